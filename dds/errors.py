@@ -1,0 +1,171 @@
+"""Error types shared by bricks, the library and the admin tool.
+
+Every error that can cross the wire has a stable ``code``; the receiving side rebuilds the
+same class from it (:func:`from_wire`), so a library sees ``Locked`` or ``StaleMap`` exactly
+as the brick raised it.  ``data`` carries structured detail (for ``StaleMap``: the brick's
+own RG record, so the library can repair its map without another round trip).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DDSError(Exception):
+    """Base of every error DDS reports on purpose."""
+
+    code = "error"
+    #: Whether an operation that failed with this error may simply be retried.
+    retryable = False
+
+    def __init__(self, message: str = "", data: Any = None) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+        self.data = data
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "msg": self.message, "data": self.data}
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.message!r})"
+
+
+# -- outcomes of data operations ----------------------------------------------------------
+
+class StaleMap(DDSError):
+    """The map (version, fingerprint) the caller routed by is not the brick's."""
+
+    code = "stale_map"
+    retryable = True
+
+
+class Divergence(StaleMap):
+    """Same record version, different fingerprint: needs ``dds-admin repair``."""
+
+    code = "divergence"
+
+
+class Locked(DDSError):
+    """The key is locked by an older transaction (wait-die: the younger one dies)."""
+
+    code = "locked"
+    retryable = True
+
+
+class Exists(DDSError):
+    """``create`` of a key that already has a value."""
+
+    code = "exists"
+
+
+class VersionMismatch(DDSError):
+    """``compare_and_put`` whose expected version is not the key's current version."""
+
+    code = "version_mismatch"
+
+
+class NotServing(DDSError):
+    """The brick does not serve this partition now (not a member, no lease, recovering)."""
+
+    code = "not_serving"
+    retryable = True
+
+
+class Recovering(NotServing):
+    """Writes to the partition are fenced while a replica re-syncs."""
+
+    code = "recovering"
+
+
+class UnknownTransaction(DDSError):
+    """COMMIT or ABORT for a transaction the brick never prepared (or already forgot)."""
+
+    code = "unknown_txn"
+
+
+class Indeterminate(DDSError):
+    """The write may or may not have happened: its outcome could not be learned in time."""
+
+    code = "indeterminate"
+
+
+class Timeout(DDSError):
+    """An operation or request did not complete within its deadline."""
+
+    code = "timeout"
+    retryable = True
+
+
+class Unavailable(DDSError):
+    """No replica of the partition could be reached."""
+
+    code = "unavailable"
+    retryable = True
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+class InvalidRequest(DDSError):
+    """A request that is malformed or breaks a limit; nothing was applied."""
+
+    code = "invalid"
+
+
+class KeyTooLarge(InvalidRequest):
+    code = "key_too_large"
+
+
+class ValueTooLarge(InvalidRequest):
+    code = "value_too_large"
+
+
+class ProtocolError(DDSError):
+    """A peer broke the wire protocol (bad frame, unknown type, oversize frame)."""
+
+    code = "protocol"
+
+
+class AuthenticationFailed(DDSError):
+    """The handshake failed: wrong shared secret, cluster name or protocol version."""
+
+    code = "auth"
+
+
+class ConfigError(DDSError):
+    """A configuration file or setting is invalid; the message names the setting."""
+
+    code = "config"
+
+
+class ConnectionLost(DDSError):
+    """The connection to a peer closed before its answer arrived."""
+
+    code = "connection_lost"
+    retryable = True
+
+
+class InternalError(DDSError):
+    """The peer failed unexpectedly while handling the request (it logged the cause)."""
+
+    code = "internal"
+
+
+def _all_subclasses(cls: type[DDSError]) -> list[type[DDSError]]:
+    out: list[type[DDSError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_ERROR_CLASSES: list[type[DDSError]] = [DDSError, *_all_subclasses(DDSError)]
+_BY_CODE: dict[str, type[DDSError]] = {c.code: c for c in _ERROR_CLASSES}
+
+
+def from_wire(body: Any) -> DDSError:
+    """Rebuild an error sent by a peer; an unknown or malformed one becomes ``DDSError``."""
+    if not isinstance(body, dict):
+        return ProtocolError(f"malformed error body: {body!r:.80}")
+    cls = _BY_CODE.get(body.get("code", ""), DDSError)
+    msg = body.get("msg")
+    return cls(msg if isinstance(msg, str) else "", body.get("data"))

@@ -1,0 +1,198 @@
+"""Map records: cluster, bricks and replica groups (DESIGN §2).
+
+Records are immutable.  Each has its own version; a change makes a new record with
+version + 1.  ``fp`` is the 32-bit fingerprint of the record's canonical msgpack encoding,
+which every data operation carries so that a brick can tell in O(1) whether the caller
+routed by the same record it holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Literal, Union
+
+import attrs
+import msgpack
+import xxhash
+
+from dds.partition import PartitionId
+
+PartitionState = Literal["active", "incoming", "outgoing"]
+MemberState = Literal["active", "recovering"]
+PARTITION_STATES = ("active", "incoming", "outgoing")
+MEMBER_STATES = ("active", "recovering")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _name(inst: object, attribute: "attrs.Attribute[str]", value: str) -> None:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"{attribute.name}: invalid name {value!r}")
+
+
+def _version(inst: object, attribute: "attrs.Attribute[int]", value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{attribute.name}: version must be a non-negative integer")
+
+
+def fingerprint(canonical: Any) -> int:
+    return xxhash.xxh32_intdigest(msgpack.packb(canonical, use_bin_type=True))
+
+
+@attrs.frozen
+class ClusterRecord:
+    """Cluster-wide settings: name, replication factor, limits."""
+
+    name: str = attrs.field(validator=_name)
+    version: int = attrs.field(validator=_version)
+    replication: int = attrs.field(validator=attrs.validators.ge(1))
+    max_key_bytes: int = attrs.field(default=1024, validator=attrs.validators.ge(1))
+    max_value_bytes: int = attrs.field(default=1 << 20, validator=attrs.validators.ge(0))
+
+    @property
+    def record_id(self) -> str:
+        return "cluster"
+
+    def canonical(self) -> list[Any]:
+        return ["cluster", self.name, self.version, self.replication,
+                self.max_key_bytes, self.max_value_bytes]
+
+    @functools.cached_property
+    def fp(self) -> int:
+        return fingerprint(self.canonical())
+
+
+@attrs.frozen
+class BrickRecord:
+    """A brick: its id, where it listens, and its failure domain (``host``)."""
+
+    id: str = attrs.field(validator=_name)
+    version: int = attrs.field(validator=_version)
+    address: str = attrs.field(validator=attrs.validators.instance_of(str))
+    port: int = attrs.field(validator=attrs.validators.and_(attrs.validators.ge(1),
+                                                            attrs.validators.le(65535)))
+    host: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+
+    @property
+    def record_id(self) -> str:
+        return f"brick/{self.id}"
+
+    @property
+    def failure_domain(self) -> str:
+        return self.host or self.address
+
+    def canonical(self) -> list[Any]:
+        return ["brick", self.id, self.version, self.address, self.port, self.host]
+
+    @functools.cached_property
+    def fp(self) -> int:
+        return fingerprint(self.canonical())
+
+
+@attrs.frozen
+class Member:
+    brick: str = attrs.field(validator=_name)
+    state: MemberState = attrs.field(default="active",
+                                     validator=attrs.validators.in_(MEMBER_STATES))
+
+
+@attrs.frozen
+class PartitionEntry:
+    pid: PartitionId = attrs.field(validator=attrs.validators.instance_of(PartitionId))
+    state: PartitionState = attrs.field(default="active",
+                                        validator=attrs.validators.in_(PARTITION_STATES))
+
+
+def _members(inst: object, attribute: object, value: tuple[Member, ...]) -> None:
+    names = [m.brick for m in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"replica group lists a brick twice: {names}")
+
+
+def _member_tuple(value: Any) -> tuple[Member, ...]:
+    return tuple(value)
+
+
+def _sorted_partitions(value: Any) -> tuple[PartitionEntry, ...]:
+    return tuple(sorted(value, key=lambda e: e.pid))
+
+
+@attrs.frozen
+class RGRecord:
+    """A replica group: its members (in order) and the partitions it serves."""
+
+    name: str = attrs.field(validator=_name)
+    version: int = attrs.field(validator=_version)
+    members: tuple[Member, ...] = attrs.field(converter=_member_tuple,
+                                                validator=_members)
+    partitions: tuple[PartitionEntry, ...] = attrs.field(converter=_sorted_partitions)
+
+    @property
+    def record_id(self) -> str:
+        return f"rg/{self.name}"
+
+    def canonical(self) -> list[Any]:
+        return ["rg", self.name, self.version,
+                [[m.brick, m.state] for m in self.members],
+                [[str(e.pid), e.state] for e in self.partitions]]
+
+    @functools.cached_property
+    def fp(self) -> int:
+        return fingerprint(self.canonical())
+
+    @functools.cached_property
+    def active_members(self) -> tuple[str, ...]:
+        return tuple(m.brick for m in self.members if m.state == "active")
+
+    def member_state(self, brick: str) -> MemberState | None:
+        for m in self.members:
+            if m.brick == brick:
+                return m.state
+        return None
+
+    def partition_state(self, pid: PartitionId) -> PartitionState | None:
+        for e in self.partitions:
+            if e.pid == pid:
+                return e.state
+        return None
+
+    @functools.cached_property
+    def active_partitions(self) -> frozenset[PartitionId]:
+        return frozenset(e.pid for e in self.partitions if e.state == "active")
+
+    def serves(self, pid: PartitionId, brick: str) -> bool:
+        """Whether ``brick`` may serve data operations of ``pid`` under this record."""
+        return pid in self.active_partitions and brick in self.active_members
+
+    def with_changes(self, **changes: Any) -> "RGRecord":
+        """The next version of this record with ``changes`` applied."""
+        return attrs.evolve(self, version=self.version + 1, **changes)
+
+
+Record = Union[ClusterRecord, BrickRecord, RGRecord]
+
+
+def record_to_wire(record: Record) -> list[Any]:
+    return record.canonical()
+
+
+def record_from_wire(data: Any) -> Record:
+    """Decode a record sent by a peer; ``ValueError`` names what is wrong."""
+    try:
+        kind = data[0]
+        if kind == "cluster":
+            _, name, version, repl, mk, mv = data
+            return ClusterRecord(name, version, repl, mk, mv)
+        if kind == "brick":
+            _, bid, version, address, port, host = data
+            return BrickRecord(bid, version, address, port, host)
+        if kind == "rg":
+            _, name, version, members, parts = data
+            mlist: list[Member] = [Member(b, s) for b, s in members]
+            plist: list[PartitionEntry] = [PartitionEntry(PartitionId.parse(p), s)
+                                           for p, s in parts]
+            return RGRecord(name, version, mlist, plist)
+    except (TypeError, ValueError, IndexError, KeyError) as e:
+        raise ValueError(f"malformed record: {e}") from None
+    raise ValueError(f"malformed record: unknown kind {data[0]!r:.40}")
