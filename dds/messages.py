@@ -180,3 +180,13 @@ class Ping(Message):
     """Reply: ``{}``; used by liveness checks and the echo floor."""
 
     TYPE: ClassVar[str] = "ping"
+
+
+@attrs.frozen
+class TxnState(Message):
+    """Termination query between members.  Reply:
+    ``{"state": "prepared" | "committed" | "aborted"}``; a member that never prepared the
+    transaction records it as aborted before answering."""
+
+    TYPE: ClassVar[str] = "txn_state"
+    txid: TxnId = attrs.field(converter=_pair)

@@ -1,0 +1,123 @@
+"""The brick's copy of the cluster map: persisted, merged, and checked on every operation.
+
+``check`` is on the hot path of every GET and PREPARE: one dict probe for the RG record
+and two integer compares.  A caller that routed by another version gets ``StaleMap``
+carrying this brick's record, so the library can repair its map without another request.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import msgpack
+from twisted.logger import Logger
+
+from dds.errors import Divergence, InvalidRequest, NotServing, StaleMap
+from dds.maps import ClusterMap, MergeResult
+from dds.metrics import Metrics
+from dds.partition import PartitionId
+from dds.records import Record, RGRecord
+
+MAP_FILE = "map.msgpack"
+
+
+@functools.lru_cache(maxsize=65536)
+def parse_pid(text: str) -> PartitionId:
+    try:
+        return PartitionId.parse(text)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+
+
+class MapState:
+    log = Logger()
+
+    def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics) -> None:
+        self.brick_id = brick_id
+        self.path = Path(data_dir) / MAP_FILE
+        self.metrics = metrics
+        self.map = ClusterMap()
+        self._listeners: list[Callable[[ClusterMap, tuple[Record, ...]], None]] = []
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = msgpack.unpackb(self.path.read_bytes(), raw=False)
+            self.map = ClusterMap.from_wire(data)
+        except (ValueError, msgpack.UnpackException) as e:
+            # A torn map file cannot happen (atomic rename); a corrupt one is an operator
+            # problem, and peers will gossip the map back, so start empty and say so.
+            self.log.error("ignoring unreadable map file {path}: {error}", path=str(self.path),
+                           error=str(e))
+            self.metrics.inc("map_load_failures_total")
+        else:
+            self.log.info("loaded map with {n} records, fp {fp:#010x}", n=len(self.map),
+                          fp=self.map.fp)
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb(self.map.to_wire(), use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def on_change(self, listener: Callable[[ClusterMap, tuple[Record, ...]], None]) -> None:
+        self._listeners.append(listener)
+
+    def merge(self, records: Iterable[Record], source: str) -> MergeResult:
+        """Adopt every record newer than ours; persist before anyone can act on it."""
+        result = self.map.merge(records)
+        for c in result.conflicts:
+            self.metrics.inc("map_divergence_total")
+            self.log.error("MAP DIVERGENCE from {source}: {conflict}; run dds-admin repair",
+                           source=source, conflict=str(c))
+        if result.adopted:
+            self.map = result.map
+            self._save()
+            self.metrics.inc("map_records_adopted_total", len(result.adopted))
+            self.log.info("adopted {records} from {source}; map fp {fp:#010x}",
+                          records=[f"{r.record_id}@{r.version}" for r in result.adopted],
+                          source=source, fp=self.map.fp)
+            for listener in self._listeners:
+                listener(self.map, result.adopted)
+        return result
+
+    def check(self, pid_text: str, rg: str, version: int, fp: int) -> tuple[PartitionId,
+                                                                          RGRecord]:
+        """The data-operation gate of DESIGN §2: same record, partition active, me active."""
+        rec = self.map.rgs.get(rg)
+        if rec is None:
+            self.metrics.inc("stale_map_total")
+            raise StaleMap(f"brick {self.brick_id} knows no replica group {rg!r}")
+        if rec.version != version:
+            self.metrics.inc("stale_map_total")
+            raise StaleMap(f"{rg} is at version {rec.version} here, caller has {version}",
+                           rec.canonical())
+        if rec.fp != fp:
+            self.metrics.inc("map_divergence_total")
+            self.log.error("MAP DIVERGENCE: {rg} v{version} fp {mine:#010x} here, "
+                           "{theirs:#010x} at caller", rg=rg, version=version, mine=rec.fp,
+                           theirs=fp)
+            raise Divergence(f"{rg} v{version}: fingerprint {rec.fp:#010x} here, "
+                             f"{fp:#010x} at caller", rec.canonical())
+        pid = parse_pid(pid_text)
+        if pid not in rec.active_partitions:
+            self.metrics.inc("stale_map_total")
+            raise StaleMap(f"{pid} is not active in {rg} v{version}", rec.canonical())
+        if self.brick_id not in rec.active_members:
+            raise NotServing(f"brick {self.brick_id} is not an active member of {rg}")
+        return pid, rec
+
+    def my_partitions(self) -> set[PartitionId]:
+        """Partitions this brick should hold a replica of, under the current map."""
+        out: set[PartitionId] = set()
+        for rec in self.map.rgs.values():
+            if rec.member_state(self.brick_id) is not None:
+                out.update(e.pid for e in rec.partitions)
+        return out

@@ -1,0 +1,230 @@
+"""The 2PC participant (DESIGN §4): prepare, commit and abort of single-key writes.
+
+Each transaction is a ``Transaction`` with a named state::
+
+    PREPARING ──lock + condition ok──▶ PREPARED ──COMMIT──▶ COMMITTING ──durable──▶ COMMITTED
+        │                                 │
+        └──────── NO vote / ABORT ────────┴──────────────▶ ABORTED
+
+The key lock is held from PREPARING until the transaction is COMMITTED (after the write is
+durable) or ABORTED, so a read that finds the key locked waits for the outcome.  A
+transaction id seen first in an ABORT is recorded as ABORTED, so a PREPARE that arrives
+after its coordinator gave up is refused rather than left holding a lock.  Decided
+transactions are remembered for a while so that a repeated COMMIT or ABORT gets the same
+answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from dds.errors import (DDSError, Exists, InvalidRequest, Locked, UnknownTransaction,
+                        VersionMismatch)
+from dds.messages import Prepare, TxnId
+from dds.metrics import Metrics
+from dds.partition import PartitionId
+
+from dds.bricks.locks import LockTable
+from dds.bricks.storage import Storage
+
+#: How many decided transactions are remembered for repeated COMMIT/ABORT answers.
+DECIDED_MEMORY = 100_000
+
+
+class TxnState(enum.Enum):
+    PREPARING = "preparing"
+    PREPARED = "prepared"
+    COMMITTING = "committing"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+class Transaction:
+    __slots__ = ("txid", "pid", "key", "op", "value", "new_version", "state", "timer",
+                 "prepared_at", "waiters")
+
+    def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
+                 value: bytes | None, now: float) -> None:
+        self.txid = txid
+        self.pid = pid
+        self.key = key
+        self.op = op
+        self.value = value
+        self.new_version = 0
+        self.state = TxnState.PREPARING
+        self.timer: IDelayedCall | None = None
+        self.prepared_at = now
+        #: COMMITs that arrived while the commit was being made durable (a retry).
+        self.waiters: list[Deferred[int]] = []
+
+    @property
+    def lock_key(self) -> tuple[PartitionId, bytes]:
+        return (self.pid, self.key)
+
+
+class Participant:
+    log = Logger()
+
+    def __init__(self, storage: Storage, locks: LockTable, clock: IReactorTime,
+                 metrics: Metrics, lock_wait_s: float, txn_deadline_s: float,
+                 on_deadline: Callable[[Transaction], None] | None = None) -> None:
+        self.storage = storage
+        self.locks = locks
+        self.clock = clock
+        self.metrics = metrics
+        self.lock_wait_s = lock_wait_s
+        self.txn_deadline_s = txn_deadline_s
+        self.on_deadline = on_deadline or self._deadline_passed
+        self.active: dict[TxnId, Transaction] = {}
+        self.decided: OrderedDict[TxnId, tuple[TxnState, int]] = OrderedDict()
+
+    # -- phase one -----------------------------------------------------------------------
+
+    async def prepare(self, msg: Prepare, pid: PartitionId,
+                      recheck: Callable[[], Any]) -> dict[str, int]:
+        """Vote on ``msg``: returns the YES vote or raises the NO reason.  ``recheck``
+        re-validates the map after waiting for a lock (the map may have moved on)."""
+        txid = msg.txid
+        known = self.active.get(txid)
+        if known is not None:
+            if known.state is TxnState.PREPARED:
+                return {"version": known.new_version - 1}   # a repeated PREPARE
+            raise InvalidRequest(f"transaction {txid} is already {known.state.value}")
+        past = self.decided.get(txid)
+        if past is not None:
+            raise Locked(f"transaction {txid} was already {past[0].value}")
+        txn = Transaction(txid, pid, msg.key, msg.op, msg.value, self.clock.seconds())
+        self.active[txid] = txn
+        try:
+            await self.locks.acquire(txn.lock_key, txid, msg.ts, self.lock_wait_s)
+        except DDSError:
+            self._forget(txn, TxnState.ABORTED)
+            self.metrics.inc("prepare_locked_total")
+            raise
+        try:
+            if txn.state is TxnState.ABORTED:     # an ABORT arrived while we waited
+                raise Locked(f"transaction {txid} was aborted while waiting for its lock")
+            recheck()
+            current = self.storage.read(str(pid), msg.key)
+            if msg.op == "create" and current.value is not None:
+                raise Exists(f"key exists (version {current.version})",
+                             {"version": current.version})
+            if msg.op == "cas" and current.version != msg.expected_version:
+                raise VersionMismatch(f"key is at version {current.version}, "
+                                      f"expected {msg.expected_version}",
+                                      {"version": current.version})
+        except DDSError:
+            self.locks.release(txn.lock_key, txid)
+            self._forget(txn, TxnState.ABORTED)
+            self.metrics.inc("prepare_no_total")
+            raise
+        txn.new_version = current.version + 1
+        txn.state = TxnState.PREPARED
+        deadline = max(self.txn_deadline_s, 2 * msg.timeout_ms / 1000.0)
+        txn.timer = self.clock.callLater(deadline, self.on_deadline, txn)
+        self.metrics.inc("prepare_yes_total")
+        return {"version": current.version}
+
+    # -- phase two -----------------------------------------------------------------------
+
+    async def commit(self, txid: TxnId) -> dict[str, int]:
+        txn = self.active.get(txid)
+        if txn is None:
+            past = self.decided.get(txid)
+            if past is not None and past[0] is TxnState.COMMITTED:
+                return {"version": past[1]}
+            if past is not None:
+                raise UnknownTransaction(f"transaction {txid} was aborted here")
+            raise UnknownTransaction(f"transaction {txid} is unknown here")
+        if txn.state is TxnState.COMMITTING:
+            d: Deferred[int] = Deferred()
+            txn.waiters.append(d)
+            return {"version": await d}
+        if txn.state is not TxnState.PREPARED:
+            raise UnknownTransaction(f"transaction {txid} is {txn.state.value}, "
+                                     "not prepared")
+        txn.state = TxnState.COMMITTING
+        self._cancel_timer(txn)
+        value = txn.value if txn.op != "remove" else None
+        try:
+            await self.storage.write(str(txn.pid), txn.key, value, txn.new_version)
+        except Exception as e:
+            # The write did not become durable; the lock stays, the transaction stays
+            # prepared, and the coordinator (or termination) will ask again.
+            txn.state = TxnState.PREPARED
+            self.metrics.inc("commit_failures_total")
+            self.log.error("commit of {txid} failed to persist: {error}", txid=txid,
+                           error=repr(e))
+            waiters, txn.waiters = txn.waiters, []
+            for w in waiters:
+                w.errback(e)
+            raise
+        self.locks.release(txn.lock_key, txid)
+        self._forget(txn, TxnState.COMMITTED)
+        self.metrics.inc("commits_total")
+        waiters, txn.waiters = txn.waiters, []
+        for w in waiters:
+            w.callback(txn.new_version)
+        return {"version": txn.new_version}
+
+    def abort(self, txid: TxnId) -> dict[str, Any]:
+        txn = self.active.get(txid)
+        if txn is None:
+            past = self.decided.get(txid)
+            if past is not None and past[0] is TxnState.COMMITTED:
+                raise InvalidRequest(f"transaction {txid} was committed here")
+            self._remember(txid, TxnState.ABORTED, 0)   # refuse a late PREPARE
+            return {}
+        if txn.state in (TxnState.COMMITTING,):
+            raise InvalidRequest(f"transaction {txid} is committing here")
+        if txn.state is TxnState.PREPARING:
+            txn.state = TxnState.ABORTED   # prepare() sees this once it has the lock
+            return {}
+        self.locks.release(txn.lock_key, txid)
+        self._forget(txn, TxnState.ABORTED)
+        self.metrics.inc("aborts_total")
+        return {}
+
+    def state_of(self, txid: TxnId) -> TxnState | None:
+        txn = self.active.get(txid)
+        if txn is not None:
+            return txn.state
+        past = self.decided.get(txid)
+        return past[0] if past is not None else None
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _forget(self, txn: Transaction, outcome: TxnState) -> None:
+        self._cancel_timer(txn)
+        txn.state = outcome
+        self.active.pop(txn.txid, None)
+        self._remember(txn.txid, outcome, txn.new_version)
+
+    def _remember(self, txid: TxnId, outcome: TxnState, version: int) -> None:
+        self.decided[txid] = (outcome, version)
+        while len(self.decided) > DECIDED_MEMORY:
+            self.decided.popitem(last=False)
+
+    def _cancel_timer(self, txn: Transaction) -> None:
+        if txn.timer is not None and txn.timer.active():
+            txn.timer.cancel()
+        txn.timer = None
+
+    def _deadline_passed(self, txn: Transaction) -> None:
+        """Default deadline action: report the in-doubt transaction.  The termination
+        protocol (asking the other members) replaces this through ``on_deadline``."""
+        txn.timer = None
+        self.metrics.inc("txn_in_doubt_total")
+        self.log.warn("transaction {txid} on {pid} is past its deadline and still "
+                      "prepared", txid=txn.txid, pid=str(txn.pid))
+
+    def in_doubt(self) -> list[Transaction]:
+        now = self.clock.seconds()
+        return [t for t in self.active.values()
+                if t.state is TxnState.PREPARED and now - t.prepared_at > self.txn_deadline_s]

@@ -1,0 +1,347 @@
+"""The brick: answers data, map and admin requests over authenticated RPC connections.
+
+``Brick`` wires together storage, locks, the 2PC participant and the map, and is the
+``handler`` of every inbound connection.  Requests are decoded and validated before any
+state is touched; a bad request is answered with an error naming the problem.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dds.config import BrickConfig
+from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing,
+                        UnknownTransaction, ValueTooLarge)
+from dds.maps import ClusterMap
+from dds.messages import (Abort, Checksum, Commit, Get, Gossip, MapGet, MapPush, Message,
+                          Ping, Prepare, Status, TxnState as TxnStateMsg, decode_request)
+from dds.metrics import Metrics
+from dds.connect import ConnectionCache
+from dds.partition import PartitionId
+from dds.records import Record, record_from_wire
+from dds.rpc import RPCProtocol
+
+from dds.bricks.locks import LockTable
+from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.participant import Participant, Transaction, TxnState
+from dds.bricks.storage import Storage
+
+
+class Brick:
+    log = Logger()
+
+    def __init__(self, config: BrickConfig, reactor: Any) -> None:
+        self.config = config
+        self.id = config.brick.id
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.metrics = Metrics()
+        self.started = time.time()
+        t = config.timeouts
+        self.read_wait_s = t.read_wait_ms / 1000.0
+        self.max_key = config.limits.max_key_bytes
+        self.max_value = config.limits.max_value_bytes
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = Storage(config.data_dir, self.clock, durability=config.brick.durability,
+                               cache_entries=config.brick.cache_entries,
+                               memory_flush_s=config.brick.memory_flush_ms / 1000.0)
+        self.locks = LockTable(self.clock)
+        self.maps = MapState(self.id, config.data_dir, self.metrics)
+        self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
+                                       lock_wait_s=t.lock_wait_ms / 1000.0,
+                                       txn_deadline_s=t.txn_deadline_ms / 1000.0,
+                                       on_deadline=self._terminate_later)
+        self.peers = ConnectionCache(reactor, node_id=self.id, cluster=config.cluster.name,
+                                     secret=config.secret,
+                                     max_frame=config.limits.max_frame_bytes,
+                                     metrics=self.metrics)
+        self.connections: set[RPCProtocol] = set()
+        self.maps.on_change(self._map_changed)
+        self._open_my_partitions()
+        self._gossip = LoopingCall(self._gossip_round)
+        self._gossip.clock = self.clock
+        self._stopping = False
+        self._handlers: dict[type[Message], Callable[[Any], Any]] = {
+            Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
+            MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
+            Status: self.status, Checksum: self.checksum, Ping: lambda m: {},
+            TxnStateMsg: self.txn_state,
+        }
+        self.metrics.gauge("locks_held", lambda: len(self.locks))
+        self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
+        self.metrics.gauge("connections", lambda: len(self.connections))
+        self.metrics.gauge("partitions", lambda: len(self.storage.partitions()))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def factory(self) -> Factory:
+        brick = self
+
+        class BrickFactory(Factory):
+            noisy = False
+
+            def buildProtocol(self, addr: Any) -> RPCProtocol:
+                proto = RPCProtocol(is_client=False, node_id=brick.id,
+                                    cluster=brick.config.cluster.name,
+                                    secret=brick.config.secret, clock=brick.clock,
+                                    handler=brick.handle,
+                                    max_frame=brick.config.limits.max_frame_bytes,
+                                    metrics=brick.metrics)
+                brick.connections.add(proto)
+                proto.closed.addCallback(lambda _: brick.connections.discard(proto))
+                return proto
+        return BrickFactory()
+
+    def start(self) -> None:
+        self._gossip.start(self.config.timeouts.gossip_interval_ms / 1000.0, now=False)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
+        time, flush storage.  Prepared transactions left after the grace period stay
+        prepared on disk-less memory; their coordinators see ``Indeterminate`` or
+        termination resolves them on the other members."""
+        self._stopping = True
+        if self._gossip.running:
+            self._gossip.stop()
+        deadline = self.clock.seconds() + grace_s
+        while self.participant.active and self.clock.seconds() < deadline:
+            d: Deferred[None] = Deferred()
+            self.clock.callLater(0.05, d.callback, None)
+            await d
+        if self.participant.active:
+            self.log.warn("stopping with {n} transactions still prepared",
+                          n=len(self.participant.active))
+        for proto in list(self.connections):
+            proto.close()
+        self.peers.close_all()
+        await self.storage.flush()
+        self.storage.close()
+        self.log.info("brick {brick} stopped cleanly", brick=self.id)
+
+    def _open_my_partitions(self) -> None:
+        for pid in self.maps.my_partitions():
+            if not self.storage.has_partition(str(pid)):
+                self.storage.open_partition(str(pid))
+                self.log.info("created replica of {pid}", pid=str(pid))
+
+    def _map_changed(self, new_map: ClusterMap, adopted: tuple[Record, ...]) -> None:
+        self._open_my_partitions()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def handle(self, mtype: str, body: Any, conn: RPCProtocol) -> Any:
+        msg = decode_request(mtype, body)
+        self.metrics.inc(f"requests_{mtype}_total")
+        try:
+            result = self._handlers[type(msg)](msg)
+        except DDSError as e:
+            self.metrics.inc(f"errors_{e.code}_total")
+            raise
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
+            d = ensureDeferred(result) if not isinstance(result, Deferred) else result
+            d.addErrback(self._count_error)
+            return d
+        return result
+
+    def _count_error(self, failure: Any) -> Any:
+        if isinstance(failure.value, DDSError):
+            self.metrics.inc(f"errors_{failure.value.code}_total")
+        return failure
+
+    # -- data operations -----------------------------------------------------------------
+
+    def _check_key(self, key: bytes) -> None:
+        if len(key) > self.max_key:
+            raise KeyTooLarge(f"key of {len(key)} bytes exceeds the limit of "
+                              f"{self.max_key} bytes")
+
+    def get(self, msg: Get) -> Any:
+        self._check_key(msg.key)
+        pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+        if not pid.owns(msg.key):
+            raise InvalidRequest(f"key does not belong to partition {pid}")
+        lock_key = (pid, msg.key)
+        if self.locks.holder(lock_key) is None:
+            r = self.storage.read(msg.pid, msg.key)
+            return {"value": r.value, "version": r.version}
+        return self._get_after_outcome(msg, lock_key)
+
+    async def _get_after_outcome(self, msg: Get, lock_key: tuple[PartitionId, bytes]) -> Any:
+        """A prepared key may already be committed on another replica: wait for the
+        outcome here so that no read returns a value older than one already visible."""
+        self.metrics.inc("reads_waited_total")
+        await self.locks.wait_free(lock_key, self.read_wait_s)
+        self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+        r = self.storage.read(msg.pid, msg.key)
+        return {"value": r.value, "version": r.version}
+
+    def prepare(self, msg: Prepare) -> Awaitable[dict[str, int]]:
+        if self._stopping:
+            raise NotServing(f"brick {self.id} is shutting down")
+        self._check_key(msg.key)
+        if msg.value is not None and len(msg.value) > self.max_value:
+            raise ValueTooLarge(f"value of {len(msg.value)} bytes exceeds the limit of "
+                                f"{self.max_value} bytes")
+        pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+        if not pid.owns(msg.key):
+            raise InvalidRequest(f"key does not belong to partition {pid}")
+        return self.participant.prepare(
+            msg, pid, lambda: self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp))
+
+    def commit(self, msg: Commit) -> Awaitable[dict[str, int]]:
+        return self.participant.commit(msg.txid)
+
+    def abort(self, msg: Abort) -> dict[str, Any]:
+        return self.participant.abort(msg.txid)
+
+    def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
+        """Termination query from another member.  A transaction never prepared here is
+        recorded as aborted first, so a late PREPARE cannot revive it."""
+        state = self.participant.state_of(msg.txid)
+        if state is None or state is TxnState.PREPARING:
+            self.participant.abort(msg.txid)
+            return {"state": "aborted"}
+        if state is TxnState.COMMITTING:
+            return {"state": "prepared"}
+        return {"state": state.value}
+
+    # -- coordinator failure: cooperative termination (DESIGN §4) ------------------------
+
+    def _terminate_later(self, txn: Transaction) -> None:
+        txn.timer = None
+        self.metrics.inc("txn_terminations_total")
+        ensureDeferred(self._terminate(txn)).addErrback(
+            lambda f: self.log.failure("termination of {txid} failed", failure=f,
+                                       txid=txn.txid))
+
+    async def _terminate(self, txn: Transaction) -> None:
+        if txn.state is not TxnState.PREPARED:
+            return
+        rg = self.maps.map.partition_rg.get(txn.pid)
+        others = [b for b in (rg.active_members if rg else ()) if b != self.id]
+        states: list[str] = []
+        for brick in others:
+            try:
+                conn = await self._peer(brick)
+                reply = await conn.call("txn_state", {"txid": list(txn.txid)}, timeout=2.0)
+                states.append(str(reply.get("state")))
+            except DDSError as e:
+                states.append("unreachable")
+                self.log.warn("termination of {txid}: {brick} unreachable: {error}",
+                              txid=txn.txid, brick=brick, error=e.message)
+        if txn.state is not TxnState.PREPARED:
+            return      # the coordinator's decision arrived meanwhile
+        if "committed" in states:
+            decision = "commit"
+        elif "aborted" in states:
+            decision = "abort"
+        elif all(s == "prepared" for s in states):
+            decision = "commit"
+        else:
+            # Someone unreachable and nobody decided: stay prepared and ask again later.
+            txn.timer = self.clock.callLater(self.participant.txn_deadline_s,
+                                             self._terminate_later, txn)
+            self.log.warn("transaction {txid} stays in doubt: {states}", txid=txn.txid,
+                          states=states)
+            return
+        self.log.info("terminated {txid} by {decision} (members: {states})",
+                      txid=txn.txid, decision=decision, states=states)
+        if decision == "commit":
+            await self.participant.commit(txn.txid)
+        else:
+            self.participant.abort(txn.txid)
+
+    async def _peer(self, brick_id: str) -> RPCProtocol:
+        rec = self.maps.map.bricks.get(brick_id)
+        if rec is None:
+            raise UnknownTransaction(f"no address for brick {brick_id}")
+        return await self.peers.get(rec.address, rec.port)
+
+    # -- maps ----------------------------------------------------------------------------
+
+    def map_get(self, msg: MapGet) -> dict[str, Any]:
+        return {"map": self.maps.map.to_wire()}
+
+    def _decode_records(self, items: list[Any]) -> list[Record]:
+        try:
+            return [record_from_wire(r) for r in items]
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+
+    def map_push(self, msg: MapPush) -> dict[str, Any]:
+        result = self.maps.merge(self._decode_records(msg.records), source="push")
+        return {"adopted": len(result.adopted),
+                "conflicts": [c.mine.record_id for c in result.conflicts]}
+
+    def gossip(self, msg: Gossip) -> dict[str, Any]:
+        try:
+            digest = [(str(r), int(v), int(f)) for r, v, f in msg.digest]
+        except (TypeError, ValueError) as e:
+            raise InvalidRequest(f"gossip: malformed digest: {e}") from None
+        send, want = self.maps.map.newer_than(digest)
+        return {"records": [r.canonical() for r in send], "want": want}
+
+    async def _gossip_round(self) -> None:
+        """Exchange digests with one random peer; pull what it has newer, push ours."""
+        peers = [b for b in self.maps.map.bricks.values() if b.id != self.id]
+        seeds = [s for s in self.config.cluster.seeds]
+        if not peers and not seeds:
+            return
+        try:
+            if peers:
+                rec = random.choice(peers)
+                conn = await self.peers.get(rec.address, rec.port)
+            else:
+                host, _, port = random.choice(seeds).rpartition(":")
+                conn = await self.peers.get(host.strip("[]"), int(port))
+            reply = await conn.call("gossip", {"digest": [list(d) for d in
+                                                          self.maps.map.digest]},
+                                    timeout=5.0)
+            records = self._decode_records(reply.get("records", []))
+            if records:
+                self.maps.merge(records, source=f"gossip:{conn.peer_id}")
+            want = set(reply.get("want", []))
+            if want:
+                push = [r.canonical() for r in self.maps.map if r.record_id in want]
+                await conn.call("map_push", {"records": push}, timeout=5.0)
+            self.metrics.inc("gossip_rounds_total")
+        except DDSError as e:
+            self.metrics.inc("gossip_failures_total")
+            self.log.debug("gossip round failed: {error}", error=e.message)
+
+    # -- administration ------------------------------------------------------------------
+
+    def status(self, msg: Status) -> dict[str, Any]:
+        m = self.maps.map
+        return {
+            "id": self.id,
+            "address": f"{self.config.brick.host}:{self.config.brick.port}",
+            "uptime_s": time.time() - self.started,
+            "durability": self.config.brick.durability,
+            "map_fp": m.fp,
+            "map_version": m.version,
+            "digest": [list(d) for d in m.digest],
+            "partitions": sorted(self.storage.partitions()),
+            "prepared": len(self.participant.active),
+            "in_doubt": [list(t.txid) for t in self.participant.in_doubt()],
+            "metrics": self.metrics.snapshot(),
+        }
+
+    def checksum(self, msg: Checksum) -> dict[str, int]:
+        pid = parse_pid(msg.pid)
+        if not self.storage.has_partition(str(pid)):
+            raise NotServing(f"brick {self.id} holds no replica of {pid}")
+        store = self.storage.open_partition(str(pid))
+        return {"count": store.count(), "checksum": store.checksum(),
+                "last_lsn": store.last_lsn()}
+
+
+__all__ = ["Brick", "DeferredList", "IReactorTCP"]

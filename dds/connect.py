@@ -1,0 +1,91 @@
+"""Opening authenticated RPC connections, shared by bricks (to peers) and the library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+
+from dds.errors import DDSError, Unavailable
+from dds.metrics import Metrics
+from dds.rpc import Handler, RPCProtocol
+
+log = Logger()
+
+
+async def open_connection(reactor: Any, host: str, port: int, *, node_id: str,
+                          cluster: str, secret: bytes, max_frame: int,
+                          timeout: float = 5.0, handler: Handler | None = None,
+                          metrics: Metrics | None = None) -> RPCProtocol:
+    """Connect and complete the handshake; ``Unavailable`` names the address on failure,
+    ``AuthenticationFailed`` on a wrong secret or cluster."""
+    clock: IReactorTime = reactor
+    proto = RPCProtocol(is_client=True, node_id=node_id, cluster=cluster, secret=secret,
+                        clock=clock, handler=handler, max_frame=max_frame, metrics=metrics,
+                        handshake_timeout=timeout)
+    endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    try:
+        await connectProtocol(endpoint, proto)
+    except Exception as e:
+        raise Unavailable(f"cannot connect to {host}:{port}: "
+                          f"{getattr(e, 'osError', None) or e}") from None
+    try:
+        await proto.ready
+    except DDSError:
+        proto.close()
+        raise
+    return proto
+
+
+class ConnectionCache:
+    """One multiplexed connection per address, opened on demand and reopened after loss.
+    Concurrent callers for the same address share one connection attempt."""
+
+    def __init__(self, reactor: IReactorTCP, **options: Any) -> None:
+        self.reactor = reactor
+        self.options = options
+        self._conns: dict[tuple[str, int], RPCProtocol] = {}
+        self._opening: dict[tuple[str, int], list[Deferred[RPCProtocol]]] = {}
+
+    def cached(self, host: str, port: int) -> RPCProtocol | None:
+        return self._conns.get((host, port))
+
+    async def get(self, host: str, port: int) -> RPCProtocol:
+        addr = (host, port)
+        proto = self._conns.get(addr)
+        if proto is not None:
+            return proto
+        waiters = self._opening.get(addr)
+        if waiters is not None:
+            d: Deferred[RPCProtocol] = Deferred()
+            waiters.append(d)
+            return await d
+        self._opening[addr] = waiters = []
+        try:
+            proto = await open_connection(self.reactor, host, port, **self.options)
+        except Exception as e:
+            del self._opening[addr]
+            for w in waiters:
+                w.errback(e)
+            raise
+        del self._opening[addr]
+        self._conns[addr] = proto
+        proto.closed.addCallback(lambda _: self._lost(addr, proto))
+        for w in waiters:
+            w.callback(proto)
+        return proto
+
+    def _lost(self, addr: tuple[str, int], proto: RPCProtocol) -> None:
+        if self._conns.get(addr) is proto:
+            del self._conns[addr]
+
+    def close_all(self) -> list[Deferred[None]]:
+        closing = []
+        for proto in list(self._conns.values()):
+            closing.append(proto.closed)
+            proto.close()
+        self._conns.clear()
+        return closing

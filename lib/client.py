@@ -1,0 +1,269 @@
+"""``DDSClient``: the hash table as a service sees it (DESIGN §11).
+
+Methods return Deferreds (usable with ``await``).  Each call has a deadline; inside it
+the client repairs a stale map, backs off on ``Locked`` (keeping the transaction's start
+timestamp, so wait-die lets it win eventually), and moves reads to another replica when
+one does not answer.  Bad input (oversize keys or values, wrong types) fails before any I/O.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Coroutine, TypeVar
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dds.codec import DEFAULT_MAX_FRAME
+from dds.connect import ConnectionCache
+from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InvalidRequest,
+                        KeyTooLarge, Locked, NotServing, StaleMap, Timeout, Unavailable,
+                        ValueTooLarge, VersionMismatch)
+from dds.maps import ClusterMap
+from dds.metrics import Metrics
+from dds.rpc import RPCProtocol
+
+from dds.lib.coordinator import Coordinator, PrepareFailed
+from dds.lib.mapcache import MapCache
+from dds.lib.routing import Router, pick_replica
+
+T = TypeVar("T")
+
+#: Errors after which the same operation may be tried again (on another replica or
+#: after the map was repaired).
+_TRANSIENT = (NotServing, Timeout, ConnectionLost, Unavailable)
+
+
+@attrs.frozen
+class GetResult:
+    """A read: ``value`` is None for a key never written or removed; ``version`` is 0
+    only for a key never written."""
+
+    value: bytes | None
+    version: int
+
+
+class DDSClient:
+    log = Logger()
+
+    def __init__(self, reactor: Any, seeds: list[str], *, cluster: str, secret: bytes,
+                 timeout: float = 10.0, max_key_bytes: int = 1024,
+                 max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
+                 refresh_interval: float = 30.0, node_id: str | None = None) -> None:
+        if isinstance(secret, str):
+            secret = secret.encode()
+        self.reactor = reactor
+        self.clock: IReactorTime = reactor
+        self.timeout = timeout
+        self.max_key_bytes = max_key_bytes
+        self.max_value_bytes = max_value_bytes
+        self.metrics = Metrics("dds_client")
+        self.coordinator = Coordinator(self.clock, self._connect)
+        self.node_id = node_id or f"lib-{self.coordinator.lib_id:016x}"
+        self.connections = ConnectionCache(reactor, node_id=self.node_id, cluster=cluster,
+                                           secret=secret, max_frame=max_frame,
+                                           metrics=self.metrics)
+        self.maps = MapCache(seeds, self._connect)
+        self.router = Router()
+        self._refresh = LoopingCall(self._periodic_refresh)
+        self._refresh.clock = self.clock
+        self._refresh_interval = refresh_interval
+
+    # -- construction --------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, reactor: Any, seeds: list[str], **options: Any) -> Deferred["DDSClient"]:
+        """Create a client and fetch the map from the seeds."""
+        async def go() -> DDSClient:
+            client = cls(reactor, seeds, **options)
+            await client.start()
+            return client
+        return Deferred.fromCoroutine(go())
+
+    async def start(self) -> None:
+        await self.maps.refresh()
+        cluster = self.maps.map.cluster
+        if cluster is not None:
+            self.max_key_bytes = min(self.max_key_bytes, cluster.max_key_bytes)
+            self.max_value_bytes = min(self.max_value_bytes, cluster.max_value_bytes)
+        self._refresh.start(self._refresh_interval, now=False)
+
+    def close(self) -> Deferred[None]:
+        if self._refresh.running:
+            self._refresh.stop()
+
+        async def go() -> None:
+            for d in self.connections.close_all():
+                await d
+        return Deferred.fromCoroutine(go())
+
+    @property
+    def map(self) -> ClusterMap:
+        return self.maps.map
+
+    async def _connect(self, host: str, port: int) -> RPCProtocol:
+        return await self.connections.get(host, port)
+
+    async def _periodic_refresh(self) -> None:
+        try:
+            await self.maps.refresh()
+        except DDSError as e:
+            self.log.warn("periodic map refresh failed: {error}", error=e.message)
+
+    # -- input checks --------------------------------------------------------------------
+
+    def _check(self, key: Any, value: Any = None, needs_value: bool = False) -> None:
+        if not isinstance(key, bytes):
+            raise InvalidRequest(f"keys are bytes, got {type(key).__name__}")
+        if len(key) > self.max_key_bytes:
+            raise KeyTooLarge(f"key of {len(key)} bytes exceeds the limit of "
+                              f"{self.max_key_bytes} bytes")
+        if needs_value:
+            if not isinstance(value, bytes):
+                raise InvalidRequest(f"values are bytes, got {type(value).__name__}")
+            if len(value) > self.max_value_bytes:
+                raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
+                                    f"{self.max_value_bytes} bytes")
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> Deferred[T]:
+        return Deferred.fromCoroutine(coro)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, key: bytes, timeout: float | None = None) -> Deferred[GetResult]:
+        try:
+            self._check(key)
+        except DDSError as e:
+            return _failed(e)
+        return self._run(self._get(key, timeout or self.timeout))
+
+    async def _get(self, key: bytes, timeout: float) -> GetResult:
+        deadline = self.clock.seconds() + timeout
+        tried: set[str] = set()
+        attempt = 0
+        while True:
+            route = self.router.route(self.maps.map, key)
+            brick = pick_replica(route.replicas, tried, self.connections.cached)
+            if brick is None:        # every replica failed once: start over after a pause
+                tried.clear()
+                attempt += 1
+                await self._backoff(attempt, deadline, "no replica of "
+                                    f"{route.pid_text} answered")
+                continue
+            remaining = deadline - self.clock.seconds()
+            conn: RPCProtocol | None = None
+            try:
+                conn = await self._connect(brick.address, brick.port)
+                body = {"key": key, **route.ref()}
+                reply = await conn.call("get", body, timeout=max(remaining, 0.001))
+                return GetResult(reply["value"], reply["version"])
+            except StaleMap as e:
+                attempt += 1
+                await self._repair(e, conn, deadline)
+            except _TRANSIENT as e:
+                tried.add(brick.id)
+                self.metrics.inc("get_retries_total")
+                if self.clock.seconds() >= deadline:
+                    raise Timeout(f"get timed out after {timeout:g}s: {e.message}") from None
+
+    # -- writes --------------------------------------------------------------------------
+
+    def put(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
+        """Store ``value``; returns the key's new version."""
+        return self._write(key, "put", value, None, timeout, needs_value=True)
+
+    def remove(self, key: bytes, timeout: float | None = None) -> Deferred[int]:
+        """Delete the key (a tombstone; its version still grows)."""
+        return self._write(key, "remove", None, None, timeout)
+
+    def create(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
+        """Store ``value`` only if the key has none; fails with ``Exists`` otherwise."""
+        return self._write(key, "create", value, None, timeout, needs_value=True)
+
+    def compare_and_put(self, key: bytes, value: bytes, expected_version: int,
+                        timeout: float | None = None) -> Deferred[int]:
+        """Store ``value`` only if the key is at ``expected_version`` (0: never written);
+        fails with ``VersionMismatch`` otherwise."""
+        if not isinstance(expected_version, int) or expected_version < 0:
+            return _failed(InvalidRequest("expected_version must be a non-negative int"))
+        return self._write(key, "cas", value, expected_version, timeout, needs_value=True)
+
+    def _write(self, key: bytes, op: str, value: bytes | None, expected: int | None,
+               timeout: float | None, needs_value: bool = False) -> Deferred[int]:
+        try:
+            self._check(key, value, needs_value)
+        except DDSError as e:
+            return _failed(e)
+        return self._run(self._write_loop(key, op, value, expected,
+                                          timeout or self.timeout))
+
+    async def _write_loop(self, key: bytes, op: str, value: bytes | None,
+                          expected: int | None, timeout: float) -> int:
+        deadline = self.clock.seconds() + timeout
+        # Wait-die priority: fixed across retries, so a retried write only gets older.
+        ts = (time.time_ns(), self.coordinator.lib_id)
+        attempt = 0
+        while True:
+            route = self.router.route(self.maps.map, key)
+            try:
+                return await self.coordinator.write(route, key, op, value, expected, ts,
+                                                    deadline)
+            except PrepareFailed as e:
+                attempt += 1
+                await self._after_no_votes(e.errors, deadline, attempt)
+            except Indeterminate:
+                self.metrics.inc("indeterminate_total")
+                raise
+
+    async def _after_no_votes(self, errors: list[DDSError], deadline: float,
+                              attempt: int) -> None:
+        """Nothing was applied; decide whether and when to try again."""
+        for e in errors:
+            if isinstance(e, (Exists, VersionMismatch)):
+                raise e
+        stale = [e for e in errors if isinstance(e, StaleMap)]
+        if stale:
+            self.metrics.inc("write_stale_map_total")
+            await self._repair(stale[0], None, deadline)
+            return
+        if all(isinstance(e, (Locked,) + _TRANSIENT) for e in errors):
+            self.metrics.inc("write_retries_total")
+            if any(isinstance(e, _TRANSIENT) for e in errors):
+                self._refresh_soon()
+            await self._backoff(attempt, deadline, "; ".join(e.message for e in errors))
+            return
+        raise errors[0]
+
+    # -- recovery from errors ------------------------------------------------------------
+
+    async def _repair(self, error: StaleMap, conn: RPCProtocol | None,
+                      deadline: float) -> None:
+        self.metrics.inc("map_repairs_total")
+        if self.clock.seconds() >= deadline:
+            raise Timeout(f"map could not be repaired in time: {error.message}")
+        if conn is None:
+            await self.maps.refresh()
+        else:
+            await self.maps.repair(error, conn)
+
+    def _refresh_soon(self) -> None:
+        d = Deferred.fromCoroutine(self._periodic_refresh())
+        d.addErrback(lambda f: None)
+
+    async def _backoff(self, attempt: int, deadline: float, why: str) -> None:
+        delay = min(0.2, 0.002 * (2 ** min(attempt, 7))) * (0.5 + random.random())
+        if self.clock.seconds() + delay >= deadline:
+            raise Timeout(f"gave up at the deadline: {why}")
+        d: Deferred[None] = Deferred()
+        self.clock.callLater(delay, d.callback, None)
+        await d
+
+
+def _failed(error: DDSError) -> Deferred[Any]:
+    d: Deferred[Any] = Deferred()
+    d.errback(error)
+    return d

@@ -1,0 +1,132 @@
+"""The 2PC coordinator (DESIGN §4): one write, prepared on every active member.
+
+The outcome it reports is never a guess:
+
+* success only after every member acknowledged COMMIT (write-all);
+* a definite failure (``Exists``, ``VersionMismatch``, or a retryable NO such as ``Locked``)
+  only after every member that may have voted YES acknowledged ABORT;
+* otherwise ``Indeterminate``: the write may or may not have happened.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Awaitable, Callable
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dds.errors import DDSError, Indeterminate, InternalError, Unavailable
+from dds.records import BrickRecord
+from dds.rpc import RPCProtocol
+
+from dds.lib.routing import Route
+
+Connect = Callable[[str, int], Awaitable[RPCProtocol]]
+
+
+class PrepareFailed(Exception):
+    """Not all members voted YES; every YES was undone.  ``errors`` holds each NO."""
+
+    def __init__(self, errors: list[DDSError]) -> None:
+        super().__init__(", ".join(e.message for e in errors))
+        self.errors = errors
+
+
+class Coordinator:
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, connect: Connect) -> None:
+        self.clock = clock
+        self.connect = connect
+        self.lib_id = int.from_bytes(os.urandom(8), "big")
+        self._counter = 0
+
+    def new_txid(self) -> tuple[int, int]:
+        self._counter += 1
+        return (self.lib_id, self._counter)
+
+    async def _call(self, brick: BrickRecord, mtype: str, body: dict[str, Any],
+                    timeout: float) -> Any:
+        conn = await self.connect(brick.address, brick.port)
+        return await conn.call(mtype, body, timeout=max(timeout, 0.001))
+
+    async def write(self, route: Route, key: bytes, op: str, value: bytes | None,
+                    expected_version: int | None, ts: tuple[int, int],
+                    deadline: float) -> int:
+        """Run one transaction; returns the new version, or raises ``PrepareFailed``
+        (nothing happened) or ``Indeterminate``."""
+        txid = self.new_txid()
+        members = route.replicas
+        remaining = deadline - self.clock.seconds()
+        body = {"txid": txid, "ts": ts, "op": op, "key": key, "value": value,
+                "expected_version": expected_version,
+                "timeout_ms": max(1, int(remaining * 1000)), **route.ref()}
+        votes = await _gather([self._call(b, "prepare", body, remaining) for b in members])
+        failures = [r for r in votes if isinstance(r, BaseException)]
+        if not failures:
+            versions = {r["version"] for r in votes}
+            if len(versions) != 1:
+                self.log.error("replicas of {key!r} disagree on its version: {versions}; "
+                               "aborting", key=key[:64], versions=sorted(versions))
+                await self._abort(txid, members, deadline)
+                raise PrepareFailed([InternalError(
+                    f"replicas disagree on the key's version ({sorted(versions)}); "
+                    "run dds-admin repair")])
+            return await self._commit(txid, members, deadline, versions.pop() + 1)
+        # A member we could not even connect to never saw the PREPARE: it cannot have
+        # voted YES, and it will refuse the transaction if it ever hears of it.
+        told = [b for b, r in zip(members, votes) if not isinstance(r, Unavailable)]
+        await self._abort(txid, told, deadline)
+        raise PrepareFailed([f if isinstance(f, DDSError) else InternalError(repr(f))
+                             for f in failures])
+
+    async def _commit(self, txid: tuple[int, int], members: list[BrickRecord],
+                      deadline: float, new_version: int) -> int:
+        """The decision is commit: keep asking until every member acknowledged."""
+        pending = list(members)
+        while True:
+            remaining = deadline - self.clock.seconds()
+            results = await _gather([self._call(b, "commit", {"txid": txid}, remaining)
+                                     for b in pending])
+            pending = [b for b, r in zip(pending, results) if isinstance(r, BaseException)]
+            if not pending:
+                return new_version
+            if self.clock.seconds() >= deadline:
+                raise Indeterminate(
+                    f"transaction {txid} committed but not acknowledged by "
+                    f"{[b.id for b in pending]}: the write may not be visible everywhere "
+                    "yet")
+            await _sleep(self.clock, 0.01)
+
+    async def _abort(self, txid: tuple[int, int], members: list[BrickRecord],
+                     deadline: float) -> None:
+        """Undo every YES.  If some member cannot be told, the outcome is unknown:
+        termination on that member could still commit (everyone prepared)."""
+        pending = list(members)
+        while True:
+            remaining = deadline - self.clock.seconds()
+            results = await _gather([self._call(b, "abort", {"txid": txid}, remaining)
+                                     for b in pending])
+            pending = [b for b, r in zip(pending, results) if isinstance(r, BaseException)]
+            if not pending:
+                return
+            if self.clock.seconds() >= deadline:
+                raise Indeterminate(f"transaction {txid}: abort not acknowledged by "
+                                    f"{[b.id for b in pending]}")
+            await _sleep(self.clock, 0.01)
+
+
+async def _gather(calls: list[Awaitable[Any]]) -> list[Any]:
+    """Results in order; an exception in place of each failed call."""
+    ds = [Deferred.fromCoroutine(c) if not isinstance(c, Deferred) else c  # type: ignore[arg-type]
+          for c in calls]
+    results = await DeferredList(ds, consumeErrors=True)
+    return [r if ok else r.value for ok, r in results]
+
+
+def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d

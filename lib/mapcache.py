@@ -1,0 +1,107 @@
+"""The library's map cache: fetch, repair on ``StaleMap``, and slow periodic refresh.
+
+Nobody tells a library that the map changed (DESIGN §2, lazy replication).  It learns in
+two ways: a brick answers ``StaleMap`` with its own record (adopt it if newer, or push ours
+if the brick is behind), and a slow refresh.  Repair is per record, so a stale library
+costs one extra round trip, not a map download.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Awaitable, Callable
+
+from twisted.logger import Logger
+
+from dds.errors import DDSError, Divergence, StaleMap, Unavailable
+from dds.maps import ClusterMap
+from dds.records import Record, record_from_wire
+from dds.rpc import RPCProtocol
+
+Connect = Callable[[str, int], Awaitable[RPCProtocol]]
+
+
+def parse_seed(seed: str) -> tuple[str, int]:
+    host, sep, port = seed.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"bad seed address {seed!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+class MapCache:
+    log = Logger()
+
+    def __init__(self, seeds: list[str], connect: Connect) -> None:
+        self.seeds = [parse_seed(s) for s in seeds]
+        if not self.seeds:
+            raise ValueError("at least one seed address is needed")
+        self.connect = connect
+        self.map = ClusterMap()
+        self.repairs = 0
+
+    async def refresh(self) -> ClusterMap:
+        """Fetch the whole map from a brick: known bricks first, then the seeds."""
+        candidates = [(b.address, b.port) for b in self.map.bricks.values()]
+        random.shuffle(candidates)
+        candidates += [s for s in self.seeds if s not in candidates]
+        errors = []
+        for host, port in candidates:
+            try:
+                conn = await self.connect(host, port)
+                reply = await conn.call("map_get", {}, timeout=5.0)
+                fetched = ClusterMap.from_wire(reply["map"])
+            except (DDSError, ValueError, KeyError, TypeError) as e:
+                errors.append(f"{host}:{port}: {getattr(e, 'message', e)}")
+                continue
+            if len(fetched) == 0:
+                errors.append(f"{host}:{port}: brick has no map yet (run dds-admin init)")
+                continue
+            self.adopt(list(fetched), source=f"{host}:{port}")
+            return self.map
+        raise Unavailable("could not fetch the cluster map: " + "; ".join(errors))
+
+    def adopt(self, records: list[Record], source: str) -> int:
+        result = self.map.merge(records)
+        for c in result.conflicts:
+            self.log.error("map divergence seen via {source}: {conflict}", source=source,
+                           conflict=str(c))
+        if result.adopted:
+            candidate = result.map
+            try:
+                candidate.trie   # partitions must still tile the key space
+            except ValueError:
+                # A mid-reorganization mix of old and new records: keep the new records
+                # anyway; routing falls back to a full refresh (see ``route_failed``).
+                pass
+            self.map = candidate
+        return len(result.adopted)
+
+    async def repair(self, error: StaleMap, conn: RPCProtocol) -> None:
+        """Fix what made ``conn``'s brick answer ``StaleMap``; raise if nothing can."""
+        self.repairs += 1
+        if isinstance(error, Divergence):
+            raise error
+        if error.data is None:
+            # The brick does not know the RG at all: it is behind; give it our map.
+            await conn.call("map_push", {"records": self.map.to_wire()}, timeout=5.0)
+            return
+        try:
+            theirs = record_from_wire(error.data)
+        except ValueError:
+            await self.refresh()
+            return
+        mine = self.map.get(theirs.record_id)
+        if mine is None or theirs.version > mine.version:
+            self.adopt([theirs], source=f"stale-map from {conn.peer_id}")
+            try:
+                self.map.trie
+            except ValueError:
+                await self.refresh()
+        elif theirs.version < mine.version:
+            await conn.call("map_push", {"records": [mine.canonical()]}, timeout=5.0)
+        else:
+            # Same version: either it changed meanwhile or the partition is elsewhere.
+            await self.refresh()
+
+    def known(self) -> dict[str, Any]:
+        return {"records": len(self.map), "fp": self.map.fp, "repairs": self.repairs}

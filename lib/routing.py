@@ -1,0 +1,68 @@
+"""Key → partition → replica group → replicas, and the choice of a replica for reads."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from dds.maps import ClusterMap
+from dds.partition import PartitionId
+from dds.records import BrickRecord, RGRecord
+from dds.rpc import RPCProtocol
+
+
+class Route:
+    """Where a key lives under one map: what every data request must carry."""
+
+    __slots__ = ("pid", "pid_text", "rg", "replicas")
+
+    def __init__(self, pid: PartitionId, rg: RGRecord, replicas: list[BrickRecord]) -> None:
+        self.pid = pid
+        self.pid_text = str(pid)
+        self.rg = rg
+        self.replicas = replicas
+
+    def ref(self) -> dict[str, object]:
+        return {"pid": self.pid_text, "rg": self.rg.name, "rg_version": self.rg.version,
+                "rg_fp": self.rg.fp}
+
+
+class Router:
+    """Caches one ``Route`` per partition for the current map: routing a key is a hash,
+    a trie probe and a dict lookup."""
+
+    def __init__(self) -> None:
+        self._map: ClusterMap | None = None
+        self._routes: dict[PartitionId, Route] = {}
+
+    def route(self, cmap: ClusterMap, key: bytes) -> Route:
+        if cmap is not self._map:
+            self._map = cmap
+            self._routes = {}
+        pid, rg = cmap.route(key)
+        r = self._routes.get(pid)
+        if r is None:
+            bricks = cmap.bricks
+            replicas = [bricks[b] for b in rg.active_members if b in bricks]
+            r = self._routes[pid] = Route(pid, rg, replicas)
+        return r
+
+
+def pick_replica(replicas: list[BrickRecord], exclude: set[str],
+                 connection: Callable[[str, int], RPCProtocol | None]) -> BrickRecord | None:
+    """Least outstanding requests among connected replicas, random tie-break; a replica
+    with no connection yet counts as idle."""
+    best: list[BrickRecord] = []
+    best_load = -1
+    for b in replicas:
+        if b.id in exclude:
+            continue
+        conn = connection(b.address, b.port)
+        load = conn.outstanding if conn is not None else 0
+        if best_load < 0 or load < best_load:
+            best, best_load = [b], load
+        elif load == best_load:
+            best.append(b)
+    if not best:
+        return None
+    return best[0] if len(best) == 1 else random.choice(best)

@@ -1,0 +1,298 @@
+"""Tests of dds.config: loading, defaults, validation and error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import re
+
+import pytest
+
+from dds.config import (
+    BrickConfig, ClusterConfig, describe, load_brick_config, load_cluster_config,
+    parse_address, parse_brick_config, parse_cluster_config,
+)
+from dds.errors import ConfigError
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+ENV = {"DDS_SECRET": "s3cret"}
+
+
+def brick(**sections: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"brick": {"id": "b1"}, "cluster": {"secret": "inline"}}
+    for name, table in sections.items():
+        data.setdefault(name, {}).update(table)
+    return data
+
+
+def cluster(n: int = 3, **settings: Any) -> dict[str, Any]:
+    return {
+        "cluster": settings,
+        "bricks": [{"id": f"b{i}", "address": f"127.0.0.1:{7400 + i}"} for i in range(1, n + 1)],
+    }
+
+
+def write(tmp_path: Path, text: str, name: str = "brick.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- example files -----------------------------------------------------------------------
+
+def test_example_brick_toml_loads() -> None:
+    cfg = load_brick_config(CONF / "brick.toml", env=ENV)
+    assert cfg.brick.id == "b1"
+    assert cfg.data_dir == CONF / "data" / "b1"
+
+
+def test_example_cluster_toml_loads() -> None:
+    cfg = load_cluster_config(CONF / "cluster.toml")
+    assert [b.id for b in cfg.bricks] == [f"b{i}" for i in range(1, 7)]
+    assert [b.address for b in cfg.bricks] == [f"127.0.0.1:{7400 + i}" for i in range(1, 7)]
+    assert (cfg.cluster.replication, cfg.cluster.partitions) == (3, 16)
+
+
+@pytest.mark.parametrize("cls, name", [(BrickConfig, "brick.toml"), (ClusterConfig, "cluster.toml")])
+def test_example_files_mention_every_documented_setting(cls: type, name: str) -> None:
+    text = (CONF / name).read_text()
+    for line in describe(cls).splitlines():
+        if line and not line.startswith("#"):
+            key = line.split()[0]
+            assert key in text, f"{name} lacks {key}"
+
+
+# -- defaults and derived values ---------------------------------------------------------
+
+def test_defaults_apply_to_missing_settings() -> None:
+    cfg = parse_brick_config(brick(), env={})
+    assert cfg.brick.port == 7401
+    assert cfg.brick.durability == "disk"
+    assert cfg.cluster.name == "dds"
+    assert cfg.cluster.seeds == ()
+    assert cfg.limits.max_frame_bytes == 16777216
+    assert cfg.timeouts.txn_deadline_ms == 5000
+    assert cfg.log.level == "info"
+    assert cfg.log_file is None
+
+
+def test_default_data_dir_is_named_after_the_brick(tmp_path: Path) -> None:
+    cfg = parse_brick_config(brick(), base_dir=tmp_path, env={})
+    assert cfg.data_dir == tmp_path / "data" / "b1"
+
+
+def test_relative_data_dir_resolves_against_config_directory(tmp_path: Path) -> None:
+    path = write(tmp_path, '[brick]\nid = "b1"\ndata_dir = "d/b1"\n')
+    cfg = load_brick_config(path, env=ENV)
+    assert cfg.data_dir == tmp_path / "d" / "b1"
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    cfg = parse_brick_config(brick(brick={"data_dir": "/srv/dds"}), base_dir=tmp_path, env={})
+    assert cfg.data_dir == Path("/srv/dds")
+
+
+def test_overrides_apply_before_validation(tmp_path: Path) -> None:
+    path = write(tmp_path, '[brick]\nid = "b1"\nport = 7401\n')
+    cfg = load_brick_config(path, env=ENV, overrides={"brick.port": 0, "log.level": "debug"})
+    assert cfg.brick.port == 0
+    assert cfg.log.level == "debug"
+
+
+def test_bad_override_value_is_named_as_override() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.port \(override\): expected an integer"):
+        parse_brick_config(brick(), env={}, overrides={"brick.port": "x"})
+
+
+# -- rejected settings -------------------------------------------------------------------
+
+def test_unknown_setting_rejected_with_did_you_mean(tmp_path: Path) -> None:
+    path = write(tmp_path, '[brick]\nid = "b1"\ndurabilty = "disk"\n')
+    with pytest.raises(ConfigError) as info:
+        load_brick_config(path, env=ENV)
+    assert str(info.value) == (
+        f"{path}: brick.durabilty: unknown setting (did you mean 'durability'?)")
+
+
+def test_unknown_section_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"<config>: limit: unknown section \(did you mean 'limits'\?\)"):
+        parse_brick_config(brick(limit={"max_key_bytes": 1}), env={})
+
+
+def test_setting_outside_any_section_rejected() -> None:
+    with pytest.raises(ConfigError, match="port: setting outside any section"):
+        parse_brick_config({**brick(), "port": 1}, env={})
+
+
+def test_wrong_type_rejected_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.port: expected an integer from 0 to 65535, got 'abc'"):
+        parse_brick_config(brick(brick={"port": "abc"}), env={})
+
+
+def test_boolean_is_not_an_integer() -> None:
+    with pytest.raises(ConfigError, match=r"limits\.max_key_bytes: expected an integer"):
+        parse_brick_config(brick(limits={"max_key_bytes": True}), env={})
+
+
+def test_out_of_range_port_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.port: expected an integer from 0 to 65535, got 70000"):
+        parse_brick_config(brick(brick={"port": 70000}), env={})
+
+
+def test_bad_durability_rejected_listing_choices() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.durability: expected one of 'memory', 'disk', 'fsync', got 'ssd'"):
+        parse_brick_config(brick(brick={"durability": "ssd"}), env={})
+
+
+def test_bad_brick_id_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.id: must match"):
+        parse_brick_config(brick(brick={"id": "b 1"}), env={})
+
+
+def test_missing_brick_id_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.id: required setting is missing"):
+        parse_brick_config({"cluster": {"secret": "x"}}, env={})
+
+
+def test_bad_seed_address_rejected_with_index() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.seeds\[1\]: bad address 'nope'"):
+        parse_brick_config(brick(cluster={"seeds": ["127.0.0.1:7402", "nope"]}), env={})
+
+
+def test_frame_limit_must_fit_key_and_value() -> None:
+    with pytest.raises(ConfigError, match=r"limits\.max_frame_bytes: must exceed"):
+        parse_brick_config(brick(limits={"max_frame_bytes": 1048576}), env={})
+
+
+# -- files -------------------------------------------------------------------------------
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: no such file")):
+        load_brick_config(path, env=ENV)
+
+
+def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[brick]\nid = "b1"\nport = \n')
+    with pytest.raises(ConfigError) as info:
+        load_brick_config(path, env=ENV)
+    assert str(info.value).startswith(f"{path}: invalid TOML: ")
+    assert "line 3" in str(info.value)
+
+
+# -- the shared secret -------------------------------------------------------------------
+
+def test_secret_env_beats_file_and_inline(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("from-file\n")
+    data = brick(cluster={"secret": "inline", "secret_file": "secret"})
+    cfg = parse_brick_config(data, base_dir=tmp_path, env={"DDS_SECRET": "from-env"})
+    assert cfg.secret == b"from-env"
+
+
+def test_secret_file_beats_inline_and_is_stripped(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("  from-file\n")
+    data = brick(cluster={"secret": "inline", "secret_file": "secret"})
+    cfg = parse_brick_config(data, base_dir=tmp_path, env={})
+    assert cfg.secret == b"from-file"
+
+
+def test_inline_secret_used_when_nothing_else_is_set() -> None:
+    cfg = parse_brick_config(brick(cluster={"secret": "inline"}), env={})
+    assert cfg.secret == b"inline"
+
+
+def test_empty_secret_rejected() -> None:
+    with pytest.raises(ConfigError, match="no shared secret: set cluster.secret, cluster.secret_file or DDS_SECRET"):
+        parse_brick_config(brick(cluster={"secret": ""}), env={})
+
+
+def test_unreadable_secret_file_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.secret_file: cannot read"):
+        parse_brick_config(brick(cluster={"secret_file": "missing"}), base_dir=tmp_path, env={})
+
+
+def test_secret_not_in_repr() -> None:
+    cfg = parse_brick_config(brick(cluster={"secret": "hush-hush"}), env={})
+    assert "hush-hush" not in repr(cfg)
+
+
+# -- cluster configuration ---------------------------------------------------------------
+
+def test_cluster_defaults_and_host_from_address() -> None:
+    cfg = parse_cluster_config(cluster(3))
+    assert (cfg.cluster.replication, cfg.cluster.partitions) == (3, 16)
+    assert cfg.bricks[0].host == "127.0.0.1"
+
+
+def test_replication_above_brick_count_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.replication: 4 replicas need at least as many bricks, but only 3"):
+        parse_cluster_config(cluster(3, replication=4))
+
+
+def test_replication_zero_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.replication: must be at least 1"):
+        parse_cluster_config(cluster(3, replication=0))
+
+
+def test_duplicate_brick_ids_rejected() -> None:
+    data = cluster(3)
+    data["bricks"][2]["id"] = "b1"
+    with pytest.raises(ConfigError, match=r"bricks\[2\]\.id: duplicate brick id 'b1' \(also bricks\[0\]\)"):
+        parse_cluster_config(data)
+
+
+def test_duplicate_addresses_rejected() -> None:
+    data = cluster(3)
+    data["bricks"][1]["address"] = "127.0.0.1:7401"
+    with pytest.raises(ConfigError, match=r"bricks\[1\]\.address: duplicate address"):
+        parse_cluster_config(data)
+
+
+def test_bad_brick_address_rejected() -> None:
+    data = cluster(3)
+    data["bricks"][0]["address"] = "127.0.0.1"
+    with pytest.raises(ConfigError, match=r"bricks\[0\]\.address: bad address '127.0.0.1'"):
+        parse_cluster_config(data)
+
+
+def test_partitions_not_power_of_two_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.partitions: must be a power of two, got 12"):
+        parse_cluster_config(cluster(3, partitions=12))
+
+
+def test_cluster_without_bricks_rejected() -> None:
+    with pytest.raises(ConfigError, match="bricks: at least one"):
+        parse_cluster_config({"cluster": {"replication": 1}})
+
+
+def test_cluster_file_error_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[cluster]\nreplicas = 3\n', "cluster.toml")
+    with pytest.raises(ConfigError) as info:
+        load_cluster_config(path)
+    assert str(info.value) == f"{path}: cluster.replicas: unknown setting (did you mean 'replication'?)"
+
+
+# -- addresses and describe --------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:7401", ("127.0.0.1", 7401)),
+    ("brick-1.example.com:80", ("brick-1.example.com", 80)),
+    ("[::1]:7401", ("::1", 7401)),
+])
+def test_parse_address_accepts_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["host", ":7401", "host:", "host:0", "host:65536", "::1:7401",
+                                  "[::1]7401", "host:12a", "ho st:1"])
+def test_parse_address_rejects_bad_text_naming_it(text: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"bad address {text!r}")):
+        parse_address(text)
+
+
+def test_describe_lists_every_setting_with_default_and_doc() -> None:
+    text = describe(BrickConfig)
+    assert "[timeouts]" in text
+    assert 'durability = "disk"' in text and "memory|disk|fsync" in text
+    assert "id = <required>" in text

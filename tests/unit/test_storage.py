@@ -1,0 +1,445 @@
+"""Unit tests of dds.bricks.storage: real SQLite files in tmp_path, time from a Clock."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from dds.bricks.storage import PartitionStore, ReadResult, Storage
+from dds.errors import NotServing
+
+
+def outcome(d: Deferred[Any]) -> list[Any]:
+    """Collect what ``d`` fires with (a Failure is consumed, so nothing logs it)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def storage(tmp_path: Path, clock: Clock) -> Iterator[Storage]:
+    s = Storage(tmp_path, clock)
+    s.open_partition("p0.0")
+    yield s
+    s.close()
+
+
+def on_disk(path: Path, key: bytes) -> tuple[Any, ...] | None:
+    """A key's row as another connection sees it in the file."""
+    conn = sqlite3.connect(str(path))
+    try:
+        row: tuple[Any, ...] | None = conn.execute(
+            "SELECT value, version, lsn FROM kv WHERE key = ?", (key,)).fetchone()
+        return row
+    finally:
+        conn.close()
+
+
+class FailingConnection:
+    """Stands in for a store's sqlite3 connection and fails COMMIT like a full disk."""
+
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real = real
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def fail_commits(store: PartitionStore) -> sqlite3.Connection:
+    """Make the store's commits fail; return its real connection for :func:`heal`."""
+    real: sqlite3.Connection = store._conn
+    cast(Any, store)._conn = FailingConnection(real)
+    return real
+
+
+def heal(store: PartitionStore, real: sqlite3.Connection) -> None:
+    store._conn = real
+
+
+# -- basics ---------------------------------------------------------------------------
+
+def test_write_then_read_round_trip(storage: Storage, clock: Clock) -> None:
+    storage.write("p0.0", b"k", b"v", 1)
+    clock.advance(0)
+    assert storage.read("p0.0", b"k") == ReadResult(b"v", 1)
+
+
+def test_never_written_key_reads_none_at_version_zero(storage: Storage) -> None:
+    assert storage.read("p0.0", b"nope") == ReadResult(None, 0)
+
+
+def test_tombstone_keeps_version(storage: Storage, clock: Clock) -> None:
+    storage.write("p0.0", b"k", b"v", 1)
+    storage.write("p0.0", b"k", None, 2)
+    clock.advance(0)
+    assert storage.read("p0.0", b"k") == ReadResult(None, 2)
+    assert on_disk(storage.open_partition("p0.0").path, b"k") == (None, 2, 2)
+
+
+def test_count_excludes_tombstones(storage: Storage, clock: Clock) -> None:
+    storage.write("p0.0", b"a", b"1", 1)
+    storage.write("p0.0", b"b", b"2", 1)
+    clock.advance(0)
+    storage.write("p0.0", b"a", None, 2)  # staged only: count sees it too
+    assert storage.open_partition("p0.0").count() == 1
+
+
+def test_lsn_increments_per_write(storage: Storage, clock: Clock) -> None:
+    for i in range(3):
+        storage.write("p0.0", b"k%d" % i, b"v", 1)
+    clock.advance(0)
+    assert storage.open_partition("p0.0").last_lsn() == 3
+
+
+def test_reopen_after_close_keeps_data_and_lsn(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock)
+    s.open_partition("p1.1")
+    s.write("p1.1", b"k", b"v", 1)
+    s.write("p1.1", b"k", b"w", 2)
+    s.close()
+    s2 = Storage(tmp_path, clock)
+    assert s2.read("p1.1", b"k") == ReadResult(b"w", 2)
+    assert s2.open_partition("p1.1").last_lsn() == 2
+    s2.close()
+
+
+def test_partitions_found_after_restart(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock)
+    for pid in ("p3.5", "p1.0", "p3.1"):
+        s.open_partition(pid)
+    s.close()
+    (tmp_path / "unrelated.sqlite").write_bytes(b"")
+    s2 = Storage(tmp_path, clock)
+    assert s2.partitions() == ["p1.0", "p3.1", "p3.5"]
+    assert s2.has_partition("p3.5") and not s2.has_partition("p3.4")
+    s2.close()
+
+
+def test_open_partition_is_idempotent(storage: Storage) -> None:
+    assert storage.open_partition("p0.0") is storage.open_partition("p0.0")
+
+
+def test_file_of_another_partition_is_refused(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock)
+    s.open_partition("p1.0")
+    s.close()
+    (tmp_path / "p1.0.sqlite").rename(tmp_path / "p1.1.sqlite")
+    with pytest.raises(ValueError, match="p1.0"):
+        Storage(tmp_path, clock).open_partition("p1.1")
+
+
+def test_unknown_partition_read_raises_key_error(storage: Storage) -> None:
+    with pytest.raises(KeyError):
+        storage.read("p9.9", b"k")
+
+
+@pytest.mark.parametrize("pid", ["../p1.1", "p1", "P1.1", "p1.1/x", "p1.1.sqlite", ""])
+def test_invalid_partition_id_rejected(storage: Storage, pid: str) -> None:
+    with pytest.raises(ValueError):
+        storage.open_partition(pid)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_version_not_above_stored_raises(storage: Storage, clock: Clock, version: int) -> None:
+    storage.write("p0.0", b"k", b"v", 1)
+    storage.write("p0.0", b"k", None, 2)
+    clock.advance(0)
+    with pytest.raises(ValueError):
+        storage.write("p0.0", b"k", b"x", version)
+
+
+def test_version_check_reads_the_file_when_not_cached(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, cache_entries=0)
+    s.open_partition("p0.0")
+    s.write("p0.0", b"k", b"v", 3)
+    clock.advance(0)
+    with pytest.raises(ValueError):
+        s.write("p0.0", b"k", b"x", 3)
+    s.close()
+
+
+# -- group commit ---------------------------------------------------------------------
+
+def test_writes_in_one_turn_share_one_commit(storage: Storage, clock: Clock) -> None:
+    for i in range(10):
+        storage.write("p0.0", b"k%d" % i, b"v", 1)
+    clock.advance(0)
+    assert storage.stats["commits"] == 1
+    assert storage.stats["writes"] == 10
+
+
+def test_each_turn_commits_separately(storage: Storage, clock: Clock) -> None:
+    storage.write("p0.0", b"a", b"v", 1)
+    clock.advance(0)
+    storage.write("p0.0", b"b", b"v", 1)
+    clock.advance(0)
+    assert storage.stats["commits"] == 2
+
+
+def test_one_transaction_per_partition_file(storage: Storage, clock: Clock) -> None:
+    storage.open_partition("p1.1")
+    storage.write("p0.0", b"a", b"v", 1)
+    storage.write("p1.1", b"a", b"v", 1)
+    storage.write("p0.0", b"b", b"v", 1)
+    clock.advance(0)
+    assert storage.stats["commits"] == 2
+
+
+def test_write_deferred_fires_only_after_commit(storage: Storage, clock: Clock) -> None:
+    got = outcome(storage.write("p0.0", b"k", b"v", 1))
+    assert got == []
+    assert on_disk(storage.open_partition("p0.0").path, b"k") is None
+    clock.advance(0)
+    assert got == [None]
+    assert on_disk(storage.open_partition("p0.0").path, b"k") == (b"v", 1, 1)
+
+
+def test_deferreds_fire_in_write_order(storage: Storage, clock: Clock) -> None:
+    storage.open_partition("p1.1")
+    order: list[int] = []
+    for i, pid in enumerate(["p1.1", "p0.0", "p1.1", "p0.0"]):
+        storage.write(pid, b"k%d" % i, b"v", 1).addCallback(lambda _, i=i: order.append(i))
+    clock.advance(0)
+    assert order == [0, 1, 2, 3]
+
+
+def test_staged_write_is_readable_before_commit(storage: Storage) -> None:
+    storage.write("p0.0", b"k", b"v", 1)
+    assert storage.read("p0.0", b"k") == ReadResult(b"v", 1)
+    assert storage.open_partition("p0.0").read(b"k") == ReadResult(b"v", 1)
+
+
+def test_flush_commits_pending_now(storage: Storage, clock: Clock) -> None:
+    got = outcome(storage.write("p0.0", b"k", b"v", 1))
+    assert outcome(storage.flush()) == [None]
+    assert got == [None]
+    assert clock.getDelayedCalls() == []
+
+
+def test_write_from_a_commit_callback_goes_into_the_next_batch(storage: Storage, clock: Clock) -> None:
+    nested: list[Deferred[None]] = []
+    storage.write("p0.0", b"a", b"v", 1).addCallback(
+        lambda _: nested.append(storage.write("p0.0", b"b", b"v", 1)))
+    clock.advance(0)  # Clock also runs the callLater(0) scheduled meanwhile
+    assert storage.stats["commits"] == 2
+    assert outcome(nested[0]) == [None]
+    assert on_disk(storage.open_partition("p0.0").path, b"b") == (b"v", 1, 2)
+
+
+def test_fsync_mode_uses_synchronous_full(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, durability="fsync")
+    store = s.open_partition("p0.0")
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    got = outcome(s.write("p0.0", b"k", b"v", 1))
+    assert got == []
+    clock.advance(0)
+    assert got == [None]
+    s.close()
+
+
+# -- memory mode ----------------------------------------------------------------------
+
+def test_memory_mode_acks_at_once(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, durability="memory", memory_flush_s=0.5)
+    store = s.open_partition("p0.0")
+    assert outcome(s.write("p0.0", b"k", b"v", 1)) == [None]
+    assert s.read("p0.0", b"k") == ReadResult(b"v", 1)
+    assert on_disk(store.path, b"k") is None
+    s.close()
+
+
+def test_memory_mode_flushes_within_bound(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, durability="memory", memory_flush_s=0.5)
+    store = s.open_partition("p0.0")
+    s.write("p0.0", b"k", b"v", 1)
+    clock.advance(0.25)
+    s.write("p0.0", b"j", b"v", 1)
+    clock.advance(0.25)
+    assert on_disk(store.path, b"k") == (b"v", 1, 1)
+    assert on_disk(store.path, b"j") == (b"v", 1, 2)
+    assert s.stats["commits"] == 1 and clock.getDelayedCalls() == []
+    s.close()
+
+
+def test_memory_mode_failed_flush_keeps_writes_and_retries(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, durability="memory", memory_flush_s=0.5)
+    store = s.open_partition("p0.0")
+    real = fail_commits(store)
+    s.write("p0.0", b"k", b"v", 1)
+    clock.advance(0.5)
+    assert s.stats["commit_failures"] == 1
+    assert store.read(b"k") == ReadResult(b"v", 1)  # acknowledged: memory stays the truth
+    heal(store, real)
+    clock.advance(0.5)
+    assert on_disk(store.path, b"k") == (b"v", 1, 1)
+    s.close()
+
+
+# -- failed commits -------------------------------------------------------------------
+
+def test_failed_commit_errbacks_every_write_of_the_batch(storage: Storage, clock: Clock) -> None:
+    store = storage.open_partition("p0.0")
+    fail_commits(store)
+    got = [outcome(storage.write("p0.0", b"k%d" % i, b"v", 1)) for i in range(3)]
+    clock.advance(0)
+    assert all(isinstance(g[0], Failure) and g[0].check(sqlite3.OperationalError) for g in got)
+    assert storage.stats["commit_failures"] == 1 and storage.stats["commits"] == 0
+
+
+def test_disk_full_rolls_back_and_keeps_previous_data(storage: Storage, clock: Clock) -> None:
+    store = storage.open_partition("p0.0")
+    storage.write("p0.0", b"old", b"kept", 1)
+    clock.advance(0)
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count={pages}")  # the "disk" is now full
+    got = [outcome(storage.write("p0.0", b"new%d" % i, b"x" * 5000, 1)) for i in range(3)]
+    got.append(outcome(storage.write("p0.0", b"old", b"lost", 2)))
+    clock.advance(0)
+    assert all(isinstance(g[0], Failure) and g[0].check(sqlite3.OperationalError) for g in got)
+    assert storage.read("p0.0", b"old") == ReadResult(b"kept", 1)
+    assert storage.read("p0.0", b"new0") == ReadResult(None, 0)
+    assert store.last_lsn() == 1 and store.count() == 1
+    assert on_disk(store.path, b"old") == (b"kept", 1, 1)
+
+
+def test_reads_after_failed_batch_do_not_show_its_writes(storage: Storage, clock: Clock) -> None:
+    store = storage.open_partition("p0.0")
+    storage.write("p0.0", b"k", b"v1", 1)
+    clock.advance(0)
+    real = fail_commits(store)
+    outcome(storage.write("p0.0", b"k", b"v2", 2))
+    assert storage.read("p0.0", b"k") == ReadResult(b"v2", 2)  # staged, visible
+    clock.advance(0)
+    assert storage.read("p0.0", b"k") == ReadResult(b"v1", 1)
+    assert store.read(b"k") == ReadResult(b"v1", 1)
+    heal(store, real)
+    assert outcome(storage.write("p0.0", b"k", b"v2", 2)) == []  # same version is fine again
+    clock.advance(0)
+    assert on_disk(store.path, b"k") == (b"v2", 2, 2)
+
+
+def test_failed_partition_does_not_fail_the_others(storage: Storage, clock: Clock) -> None:
+    bad = storage.open_partition("p1.1")
+    fail_commits(bad)
+    ok = outcome(storage.write("p0.0", b"k", b"v", 1))
+    failed = outcome(storage.write("p1.1", b"k", b"v", 1))
+    clock.advance(0)
+    assert ok == [None] and isinstance(failed[0], Failure)
+
+
+def test_flush_errbacks_with_the_commit_error(storage: Storage) -> None:
+    store = storage.open_partition("p0.0")
+    fail_commits(store)
+    outcome(storage.write("p0.0", b"k", b"v", 1))
+    got = outcome(storage.flush())
+    assert isinstance(got[0], Failure) and got[0].check(sqlite3.OperationalError)
+
+
+# -- cache, checksum, copies, drop ----------------------------------------------------
+
+def test_cache_is_bounded(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, cache_entries=3)
+    s.open_partition("p0.0")
+    for i in range(10):
+        s.write("p0.0", b"k%d" % i, b"v", 1)
+        s.read("p0.0", b"x%d" % i)
+    assert s._cache is not None and len(s._cache) == 3
+    clock.advance(0)
+    assert s.read("p0.0", b"k0") == ReadResult(b"v", 1)  # evicted, read from the file
+    s.close()
+
+
+def test_cache_hit_is_counted(storage: Storage) -> None:
+    storage.read("p0.0", b"k")
+    storage.read("p0.0", b"k")
+    assert storage.stats["reads"] == 2 and storage.stats["cache_hits"] == 1
+
+
+def test_cache_disabled_with_zero_entries(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock, cache_entries=0)
+    s.open_partition("p0.0")
+    s.write("p0.0", b"k", b"v", 1)
+    assert s.read("p0.0", b"k") == ReadResult(b"v", 1)
+    assert s.stats["cache_hits"] == 0 and s._cache is None
+    s.close()
+
+
+def _filled(storage: Storage, pid: str, rows: list[tuple[bytes, bytes | None, int]]) -> PartitionStore:
+    store = storage.open_partition(pid)
+    for key, value, version in rows:
+        storage.write(pid, key, value, version)
+    return store
+
+
+def test_checksum_equal_for_equal_content(storage: Storage, clock: Clock) -> None:
+    a = _filled(storage, "p1.0", [(b"x", b"1", 1), (b"y", b"2", 1), (b"y", None, 2)])
+    b = _filled(storage, "p1.1", [(b"y", None, 2), (b"x", b"1", 1)])  # other lsns, order
+    assert a.checksum() == b.checksum()  # staged
+    clock.advance(0)
+    assert a.checksum() == b.checksum()  # committed
+
+
+@pytest.mark.parametrize("other", [
+    [(b"x", b"2", 1)],  # value
+    [(b"x", b"1", 2)],  # version
+    [(b"x", None, 1)],  # tombstone
+    [(b"x", b"1", 1), (b"y", b"", 1)],  # extra empty value
+    [(b"x1", b"", 1)],  # key/value boundary
+])
+def test_checksum_differs_for_different_content(
+        storage: Storage, clock: Clock, other: list[tuple[bytes, bytes | None, int]]) -> None:
+    a = _filled(storage, "p1.0", [(b"x", b"1", 1)])
+    b = _filled(storage, "p1.1", other)
+    clock.advance(0)
+    assert a.checksum() != b.checksum()
+
+
+def test_rows_since_returns_later_rows_in_lsn_order(storage: Storage, clock: Clock) -> None:
+    store = _filled(storage, "p0.0", [(b"a", b"1", 1), (b"b", b"1", 1), (b"a", None, 2)])
+    clock.advance(0)
+    storage.write("p0.0", b"c", b"1", 1)  # staged
+    assert list(store.rows_since(1)) == [(b"b", b"1", 1, 2), (b"a", None, 2, 3), (b"c", b"1", 1, 4)]
+
+
+def test_drop_partition_removes_files(storage: Storage, clock: Clock, tmp_path: Path) -> None:
+    storage.write("p0.0", b"k", b"v", 1)
+    clock.advance(0)
+    assert (tmp_path / "p0.0.sqlite-wal").exists()
+    storage.drop_partition("p0.0")
+    assert list(tmp_path.iterdir()) == []
+    assert not storage.has_partition("p0.0") and storage.partitions() == []
+    storage.open_partition("p0.0")
+    assert storage.read("p0.0", b"k") == ReadResult(None, 0)  # nothing stale in the cache
+
+
+def test_drop_partition_fails_its_pending_writes(storage: Storage, clock: Clock) -> None:
+    got = outcome(storage.write("p0.0", b"k", b"v", 1))
+    storage.drop_partition("p0.0")
+    assert isinstance(got[0], Failure) and got[0].check(NotServing)
+    clock.advance(0)
+    assert storage.stats["commits"] == 0
+
+
+def test_close_leaves_no_delayed_calls(storage: Storage, clock: Clock) -> None:
+    storage.write("p0.0", b"k", b"v", 1)
+    storage.close()
+    assert clock.getDelayedCalls() == []
+    assert on_disk(storage.data_dir / "p0.0.sqlite", b"k") == (b"v", 1, 1)
