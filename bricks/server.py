@@ -24,7 +24,7 @@ from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, Get, Gossip, MapGet, MapPush, Message,
                           Ping, Prepare, Status, TxnState as TxnStateMsg, decode_request)
 from dds.metrics import Metrics
-from dds.connect import ConnectionCache
+from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId
 from dds.records import Record, record_from_wire
 from dds.rpc import RPCProtocol
@@ -38,7 +38,7 @@ from dds.bricks.storage import Storage
 class Brick:
     log = Logger()
 
-    def __init__(self, config: BrickConfig, reactor: Any) -> None:
+    def __init__(self, config: BrickConfig, reactor: Any, opener: Opener | None = None) -> None:
         self.config = config
         self.id = config.brick.id
         self.reactor = reactor
@@ -59,7 +59,8 @@ class Brick:
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
                                        on_deadline=self._terminate_later)
-        self.peers = ConnectionCache(reactor, node_id=self.id, cluster=config.cluster.name,
+        self.peers = ConnectionCache(reactor, opener, node_id=self.id,
+                                     cluster=config.cluster.name,
                                      secret=config.secret,
                                      max_frame=config.limits.max_frame_bytes,
                                      metrics=self.metrics)

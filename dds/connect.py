@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
@@ -40,12 +40,20 @@ async def open_connection(reactor: Any, host: str, port: int, *, node_id: str,
     return proto
 
 
+#: How connections are opened: ``open_connection`` over TCP, or an in-memory network in
+#: protocol tests and the deterministic simulation.  Called as
+#: ``opener(reactor, host, port, node_id=…, cluster=…, secret=…, max_frame=…, metrics=…)``.
+Opener = Callable[..., Awaitable[RPCProtocol]]
+
+
 class ConnectionCache:
     """One multiplexed connection per address, opened on demand and reopened after loss.
     Concurrent callers for the same address share one connection attempt."""
 
-    def __init__(self, reactor: IReactorTCP, **options: Any) -> None:
+    def __init__(self, reactor: IReactorTCP, opener: Opener | None = None,
+                 **options: Any) -> None:
         self.reactor = reactor
+        self.opener: Opener = opener or open_connection
         self.options = options
         self._conns: dict[tuple[str, int], RPCProtocol] = {}
         self._opening: dict[tuple[str, int], list[Deferred[RPCProtocol]]] = {}
@@ -65,7 +73,7 @@ class ConnectionCache:
             return await d
         self._opening[addr] = waiters = []
         try:
-            proto = await open_connection(self.reactor, host, port, **self.options)
+            proto = await self.opener(self.reactor, host, port, **self.options)
         except Exception as e:
             del self._opening[addr]
             for w in waiters:

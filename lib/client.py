@@ -19,7 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dds.codec import DEFAULT_MAX_FRAME
-from dds.connect import ConnectionCache
+from dds.connect import ConnectionCache, Opener
 from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InvalidRequest,
                         KeyTooLarge, Locked, NotServing, StaleMap, Timeout, Unavailable,
                         ValueTooLarge, VersionMismatch)
@@ -53,7 +53,8 @@ class DDSClient:
     def __init__(self, reactor: Any, seeds: list[str], *, cluster: str, secret: bytes,
                  timeout: float = 10.0, max_key_bytes: int = 1024,
                  max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
-                 refresh_interval: float = 30.0, node_id: str | None = None) -> None:
+                 refresh_interval: float = 30.0, node_id: str | None = None,
+                 opener: Opener | None = None) -> None:
         if isinstance(secret, str):
             secret = secret.encode()
         self.reactor = reactor
@@ -64,7 +65,8 @@ class DDSClient:
         self.metrics = Metrics("dds_client")
         self.coordinator = Coordinator(self.clock, self._connect)
         self.node_id = node_id or f"lib-{self.coordinator.lib_id:016x}"
-        self.connections = ConnectionCache(reactor, node_id=self.node_id, cluster=cluster,
+        self.connections = ConnectionCache(reactor, opener, node_id=self.node_id,
+                                           cluster=cluster,
                                            secret=secret, max_frame=max_frame,
                                            metrics=self.metrics)
         self.maps = MapCache(seeds, self._connect)

@@ -1,0 +1,1 @@
+"""Test-wide settings."""

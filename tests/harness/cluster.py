@@ -1,0 +1,79 @@
+"""A whole cluster of real brick processes, initialized with the same placement code as
+``dds-admin init``, plus the plumbing tests need to talk to it."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from dds.config import parse_cluster_config
+from dds.connect import open_connection
+from dds.lib import DDSClient
+from dds.rpc import RPCProtocol
+
+from tests.harness.processes import BrickProcess
+
+CLUSTER = "dds"
+
+
+class Cluster:
+    def __init__(self, root: Path, bricks: int = 6, replication: int = 3,
+                 partitions: int = 16, durability: str = "disk") -> None:
+        self.root = root
+        self.secret = secrets.token_hex(16)
+        self.replication = replication
+        self.partitions = partitions
+        self.bricks = [BrickProcess(f"b{i + 1}", root, self.secret, CLUSTER, durability)
+                       for i in range(bricks)]
+
+    @property
+    def seeds(self) -> list[str]:
+        return [b.address for b in self.bricks]
+
+    def brick(self, brick_id: str) -> BrickProcess:
+        return next(b for b in self.bricks if b.id == brick_id)
+
+    def start(self) -> None:
+        for b in self.bricks:
+            b.start()
+        for b in self.bricks:
+            b.wait_ready()
+
+    def cluster_config(self) -> Any:
+        return parse_cluster_config({
+            "cluster": {"name": CLUSTER, "replication": self.replication,
+                        "partitions": self.partitions},
+            "bricks": [{"id": b.id, "address": b.address} for b in self.bricks]})
+
+    def records(self) -> list[Any]:
+        from dds.tools.placement import plan_cluster
+        plan = plan_cluster(self.cluster_config())
+        return list(getattr(plan, "records", plan))
+
+    async def init(self, reactor: Any) -> None:
+        """Push the initial map to every brick (what ``dds-admin init`` does)."""
+        wire = [r.canonical() for r in self.records()]
+        for b in self.bricks:
+            conn = await self.admin_connection(reactor, b)
+            await conn.call("map_push", {"records": wire}, timeout=10)
+            conn.close()
+
+    async def admin_connection(self, reactor: Any, brick: BrickProcess) -> RPCProtocol:
+        return await open_connection(reactor, "127.0.0.1", brick.port, node_id="test-admin",
+                                     cluster=CLUSTER, secret=self.secret.encode(),
+                                     max_frame=16 << 20)
+
+    async def client(self, reactor: Any, **options: Any) -> DDSClient:
+        return await DDSClient.connect(reactor, self.seeds, cluster=CLUSTER,
+                                       secret=self.secret.encode(), **options)
+
+    def stop(self) -> None:
+        errors = []
+        for b in self.bricks:
+            try:
+                b.stop()
+            except Exception as e:  # keep stopping the others
+                errors.append(f"{b.id}: {e}")
+        if errors:
+            raise RuntimeError("bricks did not stop cleanly: " + "; ".join(errors))

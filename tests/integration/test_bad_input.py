@@ -1,0 +1,173 @@
+"""Bad input against real processes: clear errors, nothing applied, no daemon crash."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from dds.errors import (AuthenticationFailed, DDSError, KeyTooLarge, Unavailable,
+                        ValueTooLarge)
+from dds.connect import open_connection
+from dds.lib import DDSClient
+
+from tests.harness.cluster import CLUSTER, Cluster
+
+
+def _raw_connection(port: int) -> socket.socket:
+    """A TCP connection that has read the brick's HELLO (so the brick is mid-handshake)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    header = s.recv(4, socket.MSG_WAITALL)
+    s.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
+    return s
+
+
+def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
+    b = cluster.brick(brick_id)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
+                                  timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"dds_{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _read_frame(s: socket.socket) -> list[Any]:
+    n = int.from_bytes(s.recv(4, socket.MSG_WAITALL), "big")
+    return msgpack.unpackb(s.recv(n, socket.MSG_WAITALL), raw=False)  # type: ignore[no-any-return]
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_frames_get_an_error_and_the_brick_keeps_serving(cluster_factory: Any
+                                                                       ) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    s = _raw_connection(cluster.brick("b1").port)
+    garbage = b"\xc1\xc1not msgpack"
+    s.sendall(len(garbage).to_bytes(4, "big") + garbage)
+    mtype, _rid, body = _read_frame(s)
+    assert mtype == "err" and body["code"] == "protocol"
+    assert "undecodable frame" in body["msg"] or "malformed" in body["msg"]
+    s.close()
+    client = await cluster.client(reactor)
+    assert await client.put(b"still", b"serving") == 1
+    assert _metric(cluster, "b1", "frames_malformed_total") >= 1
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_oversize_frame_is_refused_before_it_is_read(cluster_factory: Any) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    s = _raw_connection(cluster.brick("b2").port)
+    s.sendall((64 << 20).to_bytes(4, "big") + b"x" * 1000)
+    mtype, _rid, body = _read_frame(s)
+    assert mtype == "err" and "exceeds the limit" in body["msg"]
+    assert s.recv(1) == b""      # then the brick hangs up
+    assert cluster.brick("b2").alive()
+    assert _metric(cluster, "b2", "frames_oversize_total") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_secret_is_refused_with_a_clear_error(cluster_factory: Any) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    with pytest.raises(Unavailable) as info:
+        await DDSClient.connect(reactor, cluster.seeds[:1], cluster=CLUSTER,
+                                secret=b"not-the-secret")
+    assert "wrong shared secret" in str(info.value)
+    with pytest.raises(AuthenticationFailed, match="wrong shared secret"):
+        await open_connection(reactor, "127.0.0.1", cluster.brick("b1").port,
+                              node_id="intruder", cluster=CLUSTER, secret=b"not-the-secret",
+                              max_frame=1 << 20)
+    assert all(b.alive() for b in cluster.bricks)
+    assert _metric(cluster, "b1", "handshake_failures_total") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_brick_address_that_does_not_answer_is_named(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]        # bound, never listening: connection refused
+        with pytest.raises(Unavailable, match=f"127.0.0.1:{port}"):
+            await DDSClient.connect(reactor, [f"127.0.0.1:{port}"], cluster=CLUSTER,
+                                    secret=b"s", timeout=2.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversize_keys_and_values_fail_before_any_io(cluster_factory: Any) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    client = await cluster.client(reactor)
+    prepares = [_metric(cluster, b.id, "requests_prepare_total") for b in cluster.bricks]
+    with pytest.raises(KeyTooLarge, match="1025 bytes exceeds the limit of 1024"):
+        await client.put(b"k" * 1025, b"v")
+    with pytest.raises(ValueTooLarge, match="exceeds the limit"):
+        await client.put(b"k", b"v" * ((1 << 20) + 1))
+    assert [_metric(cluster, b.id, "requests_prepare_total")
+            for b in cluster.bricks] == prepares
+    assert (await client.get(b"k")).version == 0
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_brick_refuses_an_oversize_value_and_applies_nothing(cluster_factory: Any
+                                                                     ) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    client = await cluster.client(reactor)
+    route = client.router.route(client.map, b"big")
+    conn = await cluster.admin_connection(reactor, cluster.brick(route.replicas[0].id))
+    with pytest.raises(DDSError) as info:
+        await conn.call("prepare", {
+            "txid": [1, 1], "ts": [1, 1], "key": b"big", "op": "put",
+            "value": b"v" * ((1 << 20) + 1), "expected_version": None, "timeout_ms": 1000,
+            **route.ref()})
+    assert isinstance(info.value, ValueTooLarge)
+    assert (await client.get(b"big")).version == 0
+    status = await conn.call("status", {})
+    assert status["prepared"] == 0
+    conn.close()
+    await client.close()
+
+
+def test_an_unknown_config_key_stops_the_brick_with_the_setting_named(tmp_path: Path) -> None:
+    cfg = tmp_path / "brick.toml"
+    cfg.write_text('[brick]\nid = "b1"\ndurabilty = "disk"\n[cluster]\nsecret = "s"\n')
+    proc = subprocess.run([sys.executable, "-m", "dds.bricks.main", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "brick.durabilty: unknown setting" in proc.stderr
+    assert "did you mean 'durability'" in proc.stderr
+
+
+def test_the_blocking_client_works_without_a_reactor(cluster_factory: Any,
+                                                     tmp_path: Path) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    pytest_twisted.blockon(pytest_twisted.ensureDeferred(cluster.init(reactor)))
+    script = tmp_path / "blocking.py"
+    script.write_text(
+        "import sys\n"
+        "from dds.lib import BlockingDDSClient\n"
+        "from dds.errors import Exists\n"
+        "with BlockingDDSClient(sys.argv[1].split(','), cluster='dds',"
+        " secret=sys.argv[2]) as c:\n"
+        "    v = c.put(b'blocking', b'works')\n"
+        "    r = c.get(b'blocking')\n"
+        "    try:\n"
+        "        c.create(b'blocking', b'again')\n"
+        "    except Exists as e:\n"
+        "        print('exists:', e)\n"
+        "    print(v, r.value.decode(), r.version)\n")
+    proc = subprocess.run([sys.executable, str(script), ",".join(cluster.seeds),
+                           cluster.secret], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["exists: key exists (version 1)", "1 works 1"]
