@@ -44,7 +44,8 @@ class Cluster:
         return parse_cluster_config({
             "cluster": {"name": CLUSTER, "replication": self.replication,
                         "partitions": self.partitions},
-            "bricks": [{"id": b.id, "address": b.address} for b in self.bricks]})
+            "bricks": [{"id": b.id, "address": b.address, "host": b.id}
+                       for b in self.bricks]})
 
     def records(self) -> list[Any]:
         from dds.tools.placement import plan_cluster

@@ -79,7 +79,7 @@ class BrickProcess:
         self.port = info["port"]
         self.http_port = info["http_port"]
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, sig)
 

@@ -149,10 +149,11 @@ def test_an_unknown_config_key_stops_the_brick_with_the_setting_named(tmp_path: 
     assert "did you mean 'durability'" in proc.stderr
 
 
-def test_the_blocking_client_works_without_a_reactor(cluster_factory: Any,
-                                                     tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_the_blocking_client_works_without_a_reactor(cluster_factory: Any,
+                                                           tmp_path: Path) -> None:
     cluster = cluster_factory(bricks=3, replication=3, partitions=4)
-    pytest_twisted.blockon(pytest_twisted.ensureDeferred(cluster.init(reactor)))
+    await cluster.init(reactor)
     script = tmp_path / "blocking.py"
     script.write_text(
         "import sys\n"
