@@ -130,7 +130,11 @@ class PartitionStore:
                 raise ValueError(f"{self.path} holds partition {meta.get('partition')!r}, "
                                  f"not {self.partition_id!r}")
             if "kv" in tables and found == SCHEMA_VERSION:
-                return int(meta.get("last_lsn", 0))
+                # ``meta.last_lsn`` is a floor written at close (and before any purge of
+                # rows); the indexed MAX(lsn) covers every commit since, so commits need
+                # not rewrite the meta page each time.
+                top = self._conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
+                return max(int(meta.get("last_lsn", 0)), int(top))
         kv, meta_t = db.table("kv"), db.table("meta")
         with db.atomic():
             kv.create({"key": bytes, "value": bytes, "version": int, "lsn": int},
@@ -230,7 +234,6 @@ class PartitionStore:
         conn.execute("BEGIN")
         try:
             conn.executemany(_SQL_UPSERT, rows)
-            conn.execute(_SQL_SET_LSN, (rows[-1][3],))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -257,6 +260,10 @@ class PartitionStore:
         :class:`Storage` flushes before closing)."""
         if not self.closed:
             self.closed = True
+            try:
+                self._conn.execute(_SQL_SET_LSN, (self._committed_lsn,))
+            except sqlite3.Error:
+                pass    # only a floor: MAX(lsn) is authoritative while no row is purged
             self._conn.close()
 
 

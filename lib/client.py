@@ -8,6 +8,7 @@ one does not answer.  Bad input (oversize keys or values, wrong types) fails bef
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any, Coroutine, TypeVar
@@ -63,12 +64,14 @@ class DDSClient:
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.metrics = Metrics("dds_client")
-        self.coordinator = Coordinator(self.clock, self._connect)
-        self.node_id = node_id or f"lib-{self.coordinator.lib_id:016x}"
+        lib_id = int.from_bytes(os.urandom(8), "big")
+        self.node_id = node_id or f"lib-{lib_id:016x}"
         self.connections = ConnectionCache(reactor, opener, node_id=self.node_id,
                                            cluster=cluster,
                                            secret=secret, max_frame=max_frame,
                                            metrics=self.metrics)
+        self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
+                                       lib_id=lib_id)
         self.maps = MapCache(seeds, self._connect)
         self.router = Router()
         self._refresh = LoopingCall(self._periodic_refresh)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -24,6 +25,7 @@ from dds.rpc import RPCProtocol
 from dds.lib.routing import Route
 
 Connect = Callable[[str, int], Awaitable[RPCProtocol]]
+Cached = Callable[[str, int], "RPCProtocol | None"]
 
 
 class PrepareFailed(Exception):
@@ -37,18 +39,27 @@ class PrepareFailed(Exception):
 class Coordinator:
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, connect: Connect) -> None:
+    def __init__(self, clock: IReactorTime, connect: Connect,
+                 cached: Cached = lambda host, port: None, lib_id: int | None = None) -> None:
         self.clock = clock
         self.connect = connect
-        self.lib_id = int.from_bytes(os.urandom(8), "big")
+        self.cached = cached
+        self.lib_id = lib_id if lib_id is not None else int.from_bytes(os.urandom(8), "big")
         self._counter = 0
 
     def new_txid(self) -> tuple[int, int]:
         self._counter += 1
         return (self.lib_id, self._counter)
 
-    async def _call(self, brick: BrickRecord, mtype: str, body: dict[str, Any],
-                    timeout: float) -> Any:
+    def _call(self, brick: BrickRecord, mtype: str, body: dict[str, Any],
+              timeout: float) -> Deferred[Any]:
+        conn = self.cached(brick.address, brick.port)
+        if conn is not None:      # the common case: no coroutine, straight to the wire
+            return conn.call(mtype, body, timeout=max(timeout, 0.001))
+        return Deferred.fromCoroutine(self._connect_and_call(brick, mtype, body, timeout))
+
+    async def _connect_and_call(self, brick: BrickRecord, mtype: str, body: dict[str, Any],
+                                timeout: float) -> Any:
         conn = await self.connect(brick.address, brick.port)
         return await conn.call(mtype, body, timeout=max(timeout, 0.001))
 
@@ -118,12 +129,23 @@ class Coordinator:
             await _sleep(self.clock, 0.01)
 
 
-async def _gather(calls: list[Awaitable[Any]]) -> list[Any]:
-    """Results in order; an exception in place of each failed call."""
-    ds = [Deferred.fromCoroutine(c) if not isinstance(c, Deferred) else c  # type: ignore[arg-type]
-          for c in calls]
-    results = await DeferredList(ds, consumeErrors=True)
-    return [r if ok else r.value for ok, r in results]
+def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    """Results in order, an exception in place of each failed call (every failure is
+    consumed).  A counter rather than ``DeferredList``: this runs twice per write."""
+    results: list[Any] = [None] * len(calls)
+    remaining = [len(calls)]
+    out: Deferred[list[Any]] = Deferred()
+
+    def one(result: Any, i: int) -> None:
+        results[i] = result.value if isinstance(result, Failure) else result
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            out.callback(results)
+    for i, d in enumerate(calls):
+        d.addBoth(one, i)
+    if not calls:
+        out.callback(results)
+    return out
 
 
 def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
