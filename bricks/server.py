@@ -96,6 +96,9 @@ class Brick:
                                     handler=brick.handle,
                                     max_frame=brick.config.limits.max_frame_bytes,
                                     metrics=brick.metrics)
+                # Handshake failures are logged and counted by the protocol; nobody awaits
+                # a server's ``ready``, so consume its failure here.
+                proto.ready.addErrback(lambda _: None)
                 brick.connections.add(proto)
                 proto.closed.addCallback(lambda _: brick.connections.discard(proto))
                 return proto

@@ -11,16 +11,12 @@ from typing import Any, Iterator
 
 import msgpack
 
-from dds.errors import ProtocolError
+from dds.errors import FrameTooLarge, ProtocolError
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 _HEADER = 4
 
 Envelope = tuple[str, int, Any]
-
-
-class FrameTooLarge(ProtocolError):
-    code = "frame_too_large"
 
 
 def encode_frame(mtype: str, request_id: int, body: Any) -> bytes:

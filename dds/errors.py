@@ -125,6 +125,12 @@ class ProtocolError(DDSError):
     code = "protocol"
 
 
+class FrameTooLarge(ProtocolError):
+    """A frame's length prefix exceeds the configured maximum."""
+
+    code = "frame_too_large"
+
+
 class AuthenticationFailed(DDSError):
     """The handshake failed: wrong shared secret, cluster name or protocol version."""
 

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener
-from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InvalidRequest,
+from dds.errors import (ConnectionLost, DDSError, Divergence, Exists, Indeterminate,
+                        InvalidRequest,
                         KeyTooLarge, Locked, NotServing, StaleMap, Timeout, Unavailable,
                         ValueTooLarge, VersionMismatch)
 from dds.maps import ClusterMap
@@ -30,7 +31,8 @@ from dds.rpc import RPCProtocol
 
 from dds.lib.coordinator import Coordinator, PrepareFailed
 from dds.lib.mapcache import MapCache
-from dds.lib.routing import Router, pick_replica
+from dds.lib.routing import Route, Router, pick_replica
+from dds.records import BrickRecord
 
 T = TypeVar("T")
 
@@ -151,7 +153,7 @@ class DDSClient:
         tried: set[str] = set()
         attempt = 0
         while True:
-            route = self.router.route(self.maps.map, key)
+            route = await self._route(key)
             brick = pick_replica(route.replicas, tried, self.connections.cached)
             if brick is None:        # every replica failed once: start over after a pause
                 tried.clear()
@@ -213,27 +215,38 @@ class DDSClient:
         ts = (time.time_ns(), self.coordinator.lib_id)
         attempt = 0
         while True:
-            route = self.router.route(self.maps.map, key)
+            route = await self._route(key)
             try:
                 return await self.coordinator.write(route, key, op, value, expected, ts,
                                                     deadline)
             except PrepareFailed as e:
                 attempt += 1
-                await self._after_no_votes(e.errors, deadline, attempt)
+                await self._after_no_votes(e.errors, deadline, attempt, e.bricks)
             except Indeterminate:
                 self.metrics.inc("indeterminate_total")
                 raise
 
     async def _after_no_votes(self, errors: list[DDSError], deadline: float,
-                              attempt: int) -> None:
+                              attempt: int, bricks: list[BrickRecord] | None = None) -> None:
         """Nothing was applied; decide whether and when to try again."""
         for e in errors:
-            if isinstance(e, (Exists, VersionMismatch)):
+            if isinstance(e, (Exists, VersionMismatch, Divergence)):
                 raise e
-        stale = [e for e in errors if isinstance(e, StaleMap)]
+        who: list[BrickRecord | None] = list(bricks) if bricks else [None] * len(errors)
+        stale = [(b, e) for b, e in zip(who, errors) if isinstance(e, StaleMap)]
         if stale:
             self.metrics.inc("write_stale_map_total")
-            await self._repair(stale[0], None, deadline)
+            for brick, error in stale:      # adopt the brick's record, or push ours to it
+                conn: RPCProtocol | None = None
+                try:
+                    if brick is not None:
+                        conn = await self._connect(brick.address, brick.port)
+                    await self._repair(error, conn, deadline)
+                except _TRANSIENT:
+                    pass
+            if attempt > 1:                 # the repair did not help at once: pause
+                await self._backoff(attempt, deadline, "map still stale: " +
+                                    stale[0][1].message)
             return
         if all(isinstance(e, (Locked,) + _TRANSIENT) for e in errors):
             self.metrics.inc("write_retries_total")
@@ -242,6 +255,18 @@ class DDSClient:
             await self._backoff(attempt, deadline, "; ".join(e.message for e in errors))
             return
         raise errors[0]
+
+    async def _route(self, key: bytes) -> Route:
+        """Route by the current map; if the map cannot route the key (a record missing,
+        e.g. mid-reorganization), fetch it again once, then give up with Unavailable."""
+        try:
+            return self.router.route(self.maps.map, key)
+        except (LookupError, ValueError):
+            await self.maps.refresh()
+        try:
+            return self.router.route(self.maps.map, key)
+        except (LookupError, ValueError) as e:
+            raise Unavailable(f"the map does not route key {key[:64]!r}: {e}") from None
 
     # -- recovery from errors ------------------------------------------------------------
 

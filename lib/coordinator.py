@@ -18,22 +18,29 @@ from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from dds.errors import DDSError, Indeterminate, InternalError, Unavailable
+from dds.errors import (DDSError, Exists, Indeterminate, InternalError, InvalidRequest,
+                        Locked, NotServing, StaleMap, Unavailable, VersionMismatch)
 from dds.records import BrickRecord
 from dds.rpc import RPCProtocol
 
 from dds.lib.routing import Route
 
 Connect = Callable[[str, int], Awaitable[RPCProtocol]]
+
+#: Replies that are a definite NO: the member holds nothing for the transaction.
+_NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidRequest)
 Cached = Callable[[str, int], "RPCProtocol | None"]
 
 
 class PrepareFailed(Exception):
     """Not all members voted YES; every YES was undone.  ``errors`` holds each NO."""
 
-    def __init__(self, errors: list[DDSError]) -> None:
+    def __init__(self, errors: list[DDSError],
+                 bricks: list[BrickRecord] | None = None) -> None:
         super().__init__(", ".join(e.message for e in errors))
         self.errors = errors
+        #: The member that gave each error, in the same order (when known).
+        self.bricks = bricks or []
 
 
 class Coordinator:
@@ -86,12 +93,16 @@ class Coordinator:
                     f"replicas disagree on the key's version ({sorted(versions)}); "
                     "run dds-admin repair")])
             return await self._commit(txid, members, deadline, versions.pop() + 1)
-        # A member we could not even connect to never saw the PREPARE: it cannot have
-        # voted YES, and it will refuse the transaction if it ever hears of it.
-        told = [b for b, r in zip(members, votes) if not isinstance(r, Unavailable)]
+        # Only a member that may have voted YES needs an ABORT.  One that answered NO holds
+        # nothing; one we could not even connect to never saw the PREPARE (and will refuse
+        # the transaction if it ever hears of it).  A timeout or a lost connection leaves
+        # the vote unknown, so those members are told.
+        told = [b for b, r in zip(members, votes)
+                if not isinstance(r, (Unavailable,) + _NO_VOTES)]
         await self._abort(txid, told, deadline)
-        raise PrepareFailed([f if isinstance(f, DDSError) else InternalError(repr(f))
-                             for f in failures])
+        failed = [(b, f if isinstance(f, DDSError) else InternalError(repr(f)))
+                  for b, f in zip(members, votes) if isinstance(f, BaseException)]
+        raise PrepareFailed([e for _, e in failed], [b for b, _ in failed])
 
     async def _commit(self, txid: tuple[int, int], members: list[BrickRecord],
                       deadline: float, new_version: int) -> int:

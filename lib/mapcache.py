@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from dds.errors import DDSError, Divergence, StaleMap, Unavailable
 from dds.maps import ClusterMap
-from dds.records import Record, record_from_wire
+from dds.records import Record, RGRecord, record_from_wire
 from dds.rpc import RPCProtocol
 
 Connect = Callable[[str, int], Awaitable[RPCProtocol]]
@@ -95,7 +95,11 @@ class MapCache:
             self.adopt([theirs], source=f"stale-map from {conn.peer_id}")
             try:
                 self.map.trie
+                missing = isinstance(theirs, RGRecord) and any(
+                    m.brick not in self.map.bricks for m in theirs.members)
             except ValueError:
+                missing = True
+            if missing:     # the new record needs records we lack: fetch the whole map
                 await self.refresh()
         elif theirs.version < mine.version:
             await conn.call("map_push", {"records": [mine.canonical()]}, timeout=5.0)

@@ -43,7 +43,10 @@ class Router:
         r = self._routes.get(pid)
         if r is None:
             bricks = cmap.bricks
-            replicas = [bricks[b] for b in rg.active_members if b in bricks]
+            missing = [b for b in rg.active_members if b not in bricks]
+            if missing:     # never route around a member: writes go to all of them
+                raise LookupError(f"no brick record for {missing}, members of {rg.name}")
+            replicas = [bricks[b] for b in rg.active_members]
             r = self._routes[pid] = Route(pid, rg, replicas)
         return r
 
