@@ -1,0 +1,256 @@
+"""``dds-admin`` end to end, with real brick processes on loopback.
+
+Every test uses its own directory under ``tmp_path`` and stops what it started, also
+when it fails.  Nothing sleeps for a fixed time: commands wait for conditions themselves
+(with deadlines), and the tests poll with deadlines too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dds.tools import procs
+from dds.tools.local import Layout, LocalParams, start_bricks, stop
+from dds.tools.runner import wait_for
+
+ADMIN = Path(sys.executable).with_name("dds-admin")
+COMMAND_TIMEOUT_S = 120
+
+
+def admin(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+          via_module: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "dds.tools.admin"] if via_module or not ADMIN.exists() \
+        else [str(ADMIN)]
+    full_env = {k: v for k, v in os.environ.items() if k != "DDS_SECRET"}
+    full_env.update(env or {})
+    return subprocess.run(argv + list(args), cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=COMMAND_TIMEOUT_S)
+
+
+def recorded(cluster_dir: Path) -> list[tuple[int, int]]:
+    try:
+        data = json.loads((cluster_dir / "pids.json").read_text())
+    except FileNotFoundError:
+        return []
+    return [(b["pid"], b["start_time"]) for b in data["bricks"]]
+
+
+def kill_leftovers(pids: list[tuple[int, int]]) -> None:
+    """Last-resort cleanup of brick processes a failed test left behind."""
+    import signal
+    for pid, started in pids:
+        procs.signal_if_ours(pid, started, signal.SIGKILL)
+    wait_for(lambda: not any(procs.is_running(p, s) for p, s in pids), 10.0)
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[Path]:
+    """A running 3-brick local cluster (replication 3, 4 partitions)."""
+    cluster_dir = tmp_path / "cluster"
+    up = admin("local", "up", "--dir", str(cluster_dir), "--bricks", "3",
+               "--replication", "3", "--partitions", "4")
+    started = recorded(cluster_dir)
+    try:
+        assert up.returncode == 0, up.stderr
+        yield cluster_dir
+    finally:
+        if recorded(cluster_dir):
+            admin("local", "down", "--dir", str(cluster_dir))
+        kill_leftovers(started)
+
+
+def status_json(cluster_dir: Path, *extra: str) -> dict:
+    result = admin("status", "--dir", str(cluster_dir), "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_help_runs_as_module() -> None:
+    result = admin("--help", via_module=True)
+    assert result.returncode == 0
+    for command in ("init", "status", "bench", "local"):
+        assert command in result.stdout
+
+
+def test_local_up_status_down(local_cluster: Path) -> None:
+    pids = recorded(local_cluster)
+    assert len(pids) == 3 and all(procs.is_running(p, s) for p, s in pids)
+    secret = local_cluster / "secret"
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert (local_cluster / "cluster.toml").exists()
+    for b in ("b1", "b2", "b3"):
+        assert (local_cluster / b / "brick.toml").exists()
+
+    report = status_json(local_cluster)
+    assert report["ok"] is True
+    assert [b["id"] for b in report["bricks"]] == ["b1", "b2", "b3"]
+    assert all(b["up"] for b in report["bricks"])
+    assert {b["map_fp"] for b in report["bricks"]} == {report["map_fp"]}
+    assert report["divergence"] == []
+    assert report["partitions"] == 4 and report["replication"] == 3
+    assert len(report["rgs"]) == 3
+    assert all(len(rg["members"]) == 3 for rg in report["rgs"])
+    assert sum(rg["partitions"] for rg in report["rgs"]) == 4
+
+    # The same through explicit seeds and secret, and through `local status`.
+    seeds = ",".join(b["address"] for b in report["bricks"][:2])
+    by_seed = status_json(local_cluster, "--seeds", seeds, "--secret-file", str(secret))
+    assert by_seed["map_fp"] == report["map_fp"]
+    local_status = admin("local", "status", "--dir", str(local_cluster), "--json")
+    assert json.loads(local_status.stdout)["map_fp"] == report["map_fp"]
+    human = admin("status", "--dir", str(local_cluster))
+    assert "all bricks up, one map fingerprint" in human.stdout
+
+    down = admin("local", "down", "--dir", str(local_cluster))
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.count("stopped") == 3
+    # `down` waited for the exits itself: nothing of ours is left running.
+    assert not any(procs.is_running(p, s) for p, s in pids)
+    assert not (local_cluster / "pids.json").exists()
+    again = admin("local", "down", "--dir", str(local_cluster), "--purge")
+    assert again.returncode == 0 and "no local cluster was running" in again.stdout
+    assert not local_cluster.exists()
+
+
+def test_second_local_up_does_not_start_another(local_cluster: Path) -> None:
+    before = recorded(local_cluster)
+    second = admin("local", "up", "--dir", str(local_cluster), "--bricks", "3")
+    assert second.returncode == 0, second.stderr
+    assert "already running" in second.stdout
+    assert recorded(local_cluster) == before
+    assert all(procs.is_running(p, s) for p, s in before)
+
+
+def test_local_up_restarts_stopped_cluster_in_place(local_cluster: Path) -> None:
+    fp = status_json(local_cluster)["map_fp"]
+    assert admin("local", "down", "--dir", str(local_cluster)).returncode == 0
+    # No options: the directory's cluster comes back with its shape, ports and map.
+    up = admin("local", "up", "--dir", str(local_cluster))
+    assert up.returncode == 0, up.stderr
+    report = status_json(local_cluster)
+    assert report["ok"] and report["map_fp"] == fp and len(report["bricks"]) == 3
+    # Another shape in the same directory is refused.
+    other = admin("local", "up", "--dir", str(local_cluster), "--bricks", "4")
+    assert other.returncode == 0 and "already running" in other.stdout
+    assert admin("local", "down", "--dir", str(local_cluster)).returncode == 0
+    other = admin("local", "up", "--dir", str(local_cluster), "--bricks", "4")
+    assert other.returncode == 1 and "holds a cluster with bricks 3" in other.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_init_refuses_when_a_brick_does_not_answer(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "raw")
+    layout.dir.mkdir()
+    layout.secret.write_text("test-secret\n")
+    bricks = start_bricks(layout, LocalParams(bricks=2, replication=2, partitions=4), {})
+    try:
+        def ready() -> bool:
+            for b in bricks:
+                try:
+                    info = json.loads(layout.ready_file(b.id).read_text())
+                except (OSError, ValueError):
+                    return False
+                if info["pid"] != b.pid:
+                    return False
+                b.port = info["port"]
+            return True
+        assert wait_for(ready, 30.0), "bricks did not start"
+        dead = free_port()
+        config = tmp_path / "cluster.toml"
+        entries = [(b.id, b.port) for b in bricks] + [("b3", dead)]
+        config.write_text("[cluster]\nreplication = 2\npartitions = 4\n" + "".join(
+            f'[[bricks]]\nid = "{bid}"\naddress = "127.0.0.1:{port}"\nhost = "{bid}"\n'
+            for bid, port in entries))
+        result = admin("init", "--config", str(config), "--secret-file", str(layout.secret))
+        assert result.returncode == 1
+        assert f"error: brick b3 at 127.0.0.1:{dead} does not answer:" in result.stderr
+        assert "nothing was pushed" in result.stderr
+        # Nothing reached the bricks that do answer: they still have no map.
+        seeds = ",".join(f"127.0.0.1:{b.port}" for b in bricks)
+        empty = admin("status", "--seeds", seeds, "--json",
+                      env={"DDS_SECRET": "test-secret"})
+        assert empty.returncode == 1 and "has no map yet" in empty.stderr
+
+        # A wrong secret is named as such, and also pushes nothing.
+        wrong = admin("init", "--config", str(config), env={"DDS_SECRET": "nope"})
+        assert wrong.returncode == 1 and "refused the handshake" in wrong.stderr
+
+        # With the dead brick removed, init succeeds and is idempotent.
+        config.write_text(config.read_text().split('[[bricks]]\nid = "b3"')[0])
+        for _ in range(2):
+            ok = admin("init", "--config", str(config), "--secret-file", str(layout.secret))
+            assert ok.returncode == 0, ok.stderr
+            assert "initialized cluster dds: 2 bricks" in ok.stdout
+        report = json.loads(admin("status", "--seeds", seeds, "--json",
+                                  env={"DDS_SECRET": "test-secret"}).stdout)
+        assert report["ok"] and len(report["bricks"]) == 2
+    finally:
+        stopped = stop(bricks)
+        assert all(s.how in ("stopped", "killed", "not running") for s in stopped)
+
+
+BENCH_KEYS = ("get_ops_s", "put_ops_s", "get_p50_ms", "get_p99_ms", "put_p50_ms",
+              "put_p99_ms", "cpu_us_per_get", "cpu_us_per_put", "floor_rtt_s", "get_ratio",
+              "put_ratio")
+
+
+def test_bench_smoke(local_cluster: Path) -> None:
+    result = admin("bench", "--dir", str(local_cluster), "--seconds", "1", "--keys", "200",
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in BENCH_KEYS:
+        assert report[key] > 0, key
+    assert report["keys"] == 200 and report["clients"] == 2
+    assert report["cpu_includes_all_bricks"] is True
+    assert isinstance(report["get_target_met"], bool)
+    assert report["get_errors"] == {} and report["put_errors"] == {}
+
+
+def test_status_reports_a_stopped_brick(local_cluster: Path) -> None:
+    import signal
+    pid, started = recorded(local_cluster)[1]
+    assert procs.signal_if_ours(pid, started, signal.SIGTERM)
+    assert wait_for(lambda: not procs.is_running(pid, started), 20.0)
+    report = status_json(local_cluster)
+    assert report["ok"] is False
+    down = [b for b in report["bricks"] if not b["up"]]
+    assert [b["id"] for b in down] == ["b2"] and down[0]["error"]
+    assert all(not m["up"] for rg in report["rgs"] for m in rg["members"]
+               if m["brick"] == "b2")
+    human = admin("status", "--dir", str(local_cluster))
+    assert human.returncode == 0 and "1 brick(s) down: b2" in human.stdout
+    # `down` stops the other two and reports b2 as already gone.
+    down_run = admin("local", "down", "--dir", str(local_cluster))
+    assert "b2 (pid" in down_run.stdout and "not running" in down_run.stdout
+
+
+def test_divergence_is_flagged() -> None:
+    from dds.tools.status import divergence
+    same = [["cluster", 1, 10], ["rg/rg0", 2, 20]]
+    bricks = [{"id": "b1", "up": True, "map_fp": 1, "digest": same},
+              {"id": "b2", "up": True, "map_fp": 1, "digest": same},
+              {"id": "b3", "up": False}]
+    assert divergence(bricks) == []
+    bricks.append({"id": "b4", "up": True, "map_fp": 2,
+                   "digest": [["cluster", 1, 10], ["rg/rg0", 2, 99]]})
+    problems = divergence(bricks)
+    assert "different map fingerprints" in problems[0]
+    assert "DIVERGENCE: rg/rg0 v2" in problems[1] and "(b4)" in problems[1]
+    # Lagging (an older version) is a different fingerprint, but not a divergence.
+    lag = [bricks[0], {"id": "b5", "up": True, "map_fp": 3,
+                       "digest": [["cluster", 1, 10], ["rg/rg0", 1, 5]]}]
+    assert len(divergence(lag)) == 1

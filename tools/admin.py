@@ -1,0 +1,274 @@
+"""``dds-admin``: the command line (wiring only; each command lives in its own module).
+
+Failures are printed as ``error: ...`` lines on stderr with exit status 1; a bad option is
+exit status 2 (click's usage error).  Commands that talk to a running cluster take
+``--seeds host:port,...`` with ``--secret-file`` (or DDS_SECRET), or ``--local`` /
+nothing, which uses the local cluster in ``--dir`` (default ``./.dds-local``).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from dds.config import ConfigError, load_cluster_config
+
+from dds.tools import ui
+from dds.tools.cluster import DEFAULT_LOCAL_DIR, Target, resolve_target
+from dds.tools.runner import AdminError, run
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        ui.err.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
+    sys.exit(1)
+
+
+def reports_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AdminError as e:
+            _fail(e.lines)
+        except ConfigError as e:
+            _fail([e.message])
+        except KeyboardInterrupt:
+            ui.err.print("interrupted")
+            sys.exit(130)
+    return wrapper  # type: ignore[return-value]
+
+
+def target_options(fn: F) -> F:
+    """``--seeds/--secret-file/--cluster`` or ``--local/--dir``."""
+    fn = click.option("--dir", "local_dir", type=click.Path(path_type=Path),
+                      default=DEFAULT_LOCAL_DIR, show_default=True,
+                      help="local cluster directory (used without --seeds)")(fn)
+    fn = click.option("--local", is_flag=True,
+                      help="use the local cluster in --dir (the default without --seeds)")(fn)
+    fn = click.option("--cluster", "cluster_name", default=None,
+                      help="cluster name for the handshake (default: dds, or the local "
+                           "cluster's)")(fn)
+    fn = click.option("--secret-file", type=click.Path(dir_okay=False), default=None,
+                      help="file holding the shared secret (or set DDS_SECRET)")(fn)
+    fn = click.option("--seeds", default=None, metavar="HOST:PORT,...",
+                      help="bricks to fetch the map from")(fn)
+    return fn
+
+
+def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+            local: bool, local_dir: Path) -> Target:
+    return resolve_target(seeds, secret_file, local, local_dir, cluster_name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Administer a DDS cluster: local clusters, init, status, bench."""
+
+
+# -- init ------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
+              help="cluster configuration (TOML)")
+@click.option("--secret-file", type=click.Path(dir_okay=False), default=None,
+              help="file holding the shared secret (or set DDS_SECRET)")
+@click.option("--force", is_flag=True,
+              help="take over bricks that already hold another map")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def init(config_path: str, secret_file: str | None, force: bool, timeout: float) -> None:
+    """Push the first map to every brick of a cluster configuration."""
+    from dds.tools.initcmd import init_cluster
+
+    cfg = load_cluster_config(config_path)
+    target = resolve_target(",".join(b.address for b in cfg.bricks), secret_file, False,
+                            DEFAULT_LOCAL_DIR, cfg.cluster.name)
+    result = run(lambda reactor: init_cluster(reactor, cfg, target, force=force,
+                                              timeout=timeout, say=ui.say))
+    for w in result.warnings:
+        ui.err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    _print_init(result)
+
+
+def _print_init(result: Any) -> None:
+    cmap = result.map
+    t = Table(title="replica groups", title_justify="left")
+    for col in ("group", "members", "partitions"):
+        t.add_column(col)
+    for rg in sorted(cmap.rgs.values(), key=lambda g: (len(g.name), g.name)):
+        t.add_row(rg.name, " ".join(m.brick for m in rg.members),
+                  " ".join(str(e.pid) for e in rg.partitions))
+    ui.out.print(t)
+    ui.out.print(f"initialized cluster [bold]{cmap.cluster.name}[/bold]: "
+                 f"{len(cmap.bricks)} bricks, {len(cmap.rgs)} replica groups, "
+                 f"{len(cmap.partition_rg)} partitions, map fp {cmap.fp:#010x} "
+                 f"(records adopted: {sum(result.adopted.values())})")
+
+
+# -- status ------------------------------------------------------------------------------------
+
+@main.command()
+@target_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+@reports_errors
+def status(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
+           local_dir: Path, as_json: bool, timeout: float) -> None:
+    """Bricks, replica groups and map agreement of a running cluster."""
+    _status(_target(seeds, secret_file, cluster_name, local, local_dir), as_json, timeout)
+
+
+def _status(target: Target, as_json: bool, timeout: float) -> None:
+    from dds.tools.status import collect, render
+
+    report = run(lambda reactor: collect(reactor, target, timeout))
+    if as_json:
+        ui.print_json(report)
+    else:
+        render(report, ui.out)
+
+
+# -- bench -------------------------------------------------------------------------------------
+
+@main.command()
+@target_options
+@click.option("--seconds", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
+              help="duration of the floor, put and get phases, each")
+@click.option("--keys", type=click.IntRange(1), default=10000, show_default=True)
+@click.option("--value-size", type=click.IntRange(0), default=100, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="operations in flight, over all client processes")
+@click.option("--clients", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="client (worker) processes")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@reports_errors
+def bench(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
+          local_dir: Path, seconds: float, keys: int, value_size: int, concurrency: int,
+          clients: int, as_json: bool) -> None:
+    """Throughput, latency and CPU per operation, next to the echo floor."""
+    from dds.tools import bench as b
+    from dds.tools.status import collect
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    report = run(lambda reactor: collect(reactor, target))
+    result = b.bench(target, b.BenchParams(seconds, keys, value_size, concurrency, clients),
+                     report)
+    if as_json:
+        ui.print_json(result)
+    else:
+        b.render(result, ui.out)
+
+
+# -- local ---------------------------------------------------------------------------------------
+
+@main.group()
+def local() -> None:
+    """A cluster of bricks on this machine, under one directory."""
+
+
+dir_option = click.option("--dir", "local_dir", type=click.Path(path_type=Path),
+                          default=DEFAULT_LOCAL_DIR, show_default=True,
+                          help="directory of the local cluster")
+
+
+@local.command("up")
+@dir_option
+@click.option("--bricks", type=click.IntRange(1, 64), default=None,
+              help="number of bricks [default: 6]")
+@click.option("--replication", type=click.IntRange(1, 16), default=None,
+              help="replicas per group [default: 3]")
+@click.option("--partitions", type=click.IntRange(1, 65536), default=None,
+              help="initial partitions, a power of two [default: 16]")
+@click.option("--durability", type=click.Choice(["memory", "disk", "fsync"]), default=None,
+              help="brick durability mode [default: disk]")
+@reports_errors
+def local_up(local_dir: Path, bricks: int | None, replication: int | None,
+             partitions: int | None, durability: str | None) -> None:
+    """Start a local cluster (or say that one is running) and initialize it."""
+    from dds.tools import local as loc
+
+    if partitions is not None and partitions & (partitions - 1):
+        raise click.BadParameter(f"must be a power of two, got {partitions}",
+                                 param_hint="--partitions")
+    layout = loc.Layout(local_dir.absolute())
+    with layout.lock():
+        alive = loc.running(layout)
+        if alive:
+            ui.out.print(f"a local cluster is already running in {local_dir}: "
+                         f"{len(alive)} brick(s) up ({', '.join(b.id for b in alive)}); "
+                         f"`dds-admin local down --dir {local_dir}` stops it")
+            return
+        params, ports = loc.resolve_params(layout, {"bricks": bricks,
+                                                    "replication": replication,
+                                                    "partitions": partitions,
+                                                    "durability": durability})
+        started, result = run(lambda reactor: loc.local_up(reactor, layout, params, ports))
+    for w in result.warnings:
+        ui.err.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    t = Table(title=f"local cluster in {local_dir}", title_justify="left")
+    for col in ("brick", "address", "pid", "http port"):
+        t.add_column(col)
+    for b in started:
+        t.add_row(b.id, b.address, str(b.pid), str(b.http_port))
+    ui.out.print(t)
+    cmap = result.map
+    ui.out.print(f"{len(cmap.bricks)} bricks, replication {cmap.cluster.replication}, "
+                 f"{len(cmap.rgs)} replica groups, {len(cmap.partition_rg)} partitions, "
+                 f"durability {params.durability}, map fp {cmap.fp:#010x}")
+    seeds = ",".join(b.address for b in started[:3])
+    here = "" if local_dir == DEFAULT_LOCAL_DIR else f" --dir {local_dir}"
+    ui.out.print(f"connect: seeds [bold]{seeds}[/bold], cluster 'dds', secret in "
+                 f"{layout.secret}\n  dds-admin status --seeds {seeds} --secret-file "
+                 f"{layout.secret}\n  dds-admin status{here}    (the local cluster)",
+                 soft_wrap=True)
+
+
+@local.command("down")
+@dir_option
+@click.option("--purge", is_flag=True, help="also delete the directory (data included)")
+@reports_errors
+def local_down(local_dir: Path, purge: bool) -> None:
+    """Stop the bricks `local up` started there (SIGTERM, then SIGKILL after a deadline)."""
+    from dds.tools import local as loc
+
+    layout = loc.Layout(local_dir.absolute())
+    if layout.dir.exists():
+        with layout.lock():
+            stopped = loc.local_down(layout, purge=False)
+    else:
+        stopped = []
+    if purge:
+        loc.purge_dir(layout)
+    if not stopped:
+        ui.out.print(f"no local cluster was running in {local_dir}")
+    for s in stopped:
+        ui.out.print(f"{s.brick.id} (pid {s.brick.pid}): {s.how}"
+                     + (f" in {s.seconds:.2f}s" if s.how in ("stopped", "killed") else ""))
+    if purge:
+        ui.out.print(f"deleted {local_dir}" if not layout.dir.exists() else
+                     f"{local_dir} was not deleted")
+
+
+@local.command("status")
+@dir_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+@reports_errors
+def local_status(local_dir: Path, as_json: bool, timeout: float) -> None:
+    """`dds-admin status` for the local cluster in --dir."""
+    _status(resolve_target(None, None, True, local_dir, None), as_json, timeout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""``dds-admin bench``: throughput, latency and CPU cost of gets and puts on a running
+cluster, next to the floor that Python + Twisted + msgpack reach on the same machine.
+
+Phases, each with a progress bar on stderr:
+
+1. floor: an echo server and client process (:mod:`dds.tools.floor`), ``concurrency``
+   round trips in flight, for ``seconds``;
+2. load: ``clients`` worker processes (:mod:`dds.tools.benchworker`) put every key once;
+3. put, then get: uniform random keys for ``seconds`` each, ``concurrency`` operations in
+   flight split over the workers.
+
+CPU per operation is the user + system time (``/proc/PID/stat``) that the bricks and the
+workers used during the phase, divided by the operations done in it.  Brick PIDs come
+from the local cluster's ``pids.json``, from the status reply when a brick reports its
+``pid``, or from the owner of the brick's listening socket when the brick is local.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dds.tools import procs, ui
+from dds.tools.children import Child, Events, next_event
+from dds.tools.cluster import Target
+from dds.tools.runner import AdminError
+
+__all__ = ["BenchParams", "TARGETS", "bench", "render", "brick_pids"]
+
+#: The issue's targets, as fractions of the floor's round trips per second.
+TARGETS = {"get": 0.35, "put": 0.08}
+READY_TIMEOUT_S = 30.0
+
+
+@attrs.frozen
+class BenchParams:
+    seconds: float = 5.0
+    keys: int = 10000
+    value_size: int = 100
+    concurrency: int = 64
+    clients: int = 2
+
+
+def brick_pids(target: Target, report: dict[str, Any]) -> dict[str, int]:
+    """Brick id -> PID for the bricks whose CPU time this machine can read."""
+    found: dict[str, int] = {}
+    if target.local_dir is not None:
+        from dds.tools.local import Layout, running
+        found = {b.id: b.pid for b in running(Layout(target.local_dir.absolute()))}
+    for b in report["bricks"]:
+        if b["id"] in found or not b["up"]:
+            continue
+        if b.get("pid") and procs.is_running(int(b["pid"])):
+            found[b["id"]] = int(b["pid"])
+            continue
+        owners = procs.pids_listening(int(b["address"].rsplit(":", 1)[1]))
+        if len(owners) == 1:
+            found[b["id"]] = owners[0]
+    return found
+
+
+def _cpu(pids: Sequence[int]) -> dict[int, float]:
+    return {pid: s for pid in pids if (s := procs.cpu_seconds(pid)) is not None}
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(after[p] - before[p] for p in before if p in after)
+
+
+def _percentile(sorted_values: Sequence[int], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / 1000.0
+
+
+def _run_phase(children: list[Child], events: Events, command: dict[str, Any],
+               label: str, total: float, timed: bool, timeout: float
+               ) -> list[dict[str, Any]]:
+    """Send ``command`` to every child; follow progress until each reports done."""
+    for child in children:
+        child.send(command)
+    done: dict[str, dict[str, Any]] = {}
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    t0 = time.monotonic()
+    with ui.progress() as bar:
+        task = bar.add_task(label, total=total)
+        while len(done) < len(children):
+            child, event = next_event(events, deadline, f"the {label} phase")
+            if event.get("event") == "done":
+                done[child.name] = event
+                if event.get("crashed"):
+                    raise child.failure(f"crashed in the {label} phase: {event['crashed'][0]}")
+            counts[child.name] = int(event.get("done", event.get("ops", 0)))
+            ops = sum(counts.values())
+            bar.update(task, completed=(time.monotonic() - t0) if timed else ops,
+                       description=f"{label}: {ops} ops")
+    ui.say(f"{label}: {sum(counts.values())} ops in {time.monotonic() - t0:.1f}s")
+    return [done[c.name] for c in children]
+
+
+def _floor(params: BenchParams) -> dict[str, Any]:
+    events: Events = queue.Queue()
+    server = Child("floor server", "dds.tools.floor", ["serve"], events)
+    client: Child | None = None
+    try:
+        _who, ready = next_event(events, time.monotonic() + READY_TIMEOUT_S,
+                                 "the floor server to start")
+        client = Child("floor client", "dds.tools.floor",
+                       ["client", "--port", str(ready["port"]), "--seconds",
+                        str(params.seconds), "--concurrency", str(params.concurrency),
+                        "--value-size", str(params.value_size)], events)
+        next_event(events, time.monotonic() + READY_TIMEOUT_S, "the floor client to connect")
+        pids = [server.pid, client.pid]
+        before = _cpu(pids)
+        [result] = _run_phase([client], events, {"go": True}, "floor (echo)",
+                              params.seconds, True, params.seconds + READY_TIMEOUT_S)
+        cpu = _cpu_delta(before, _cpu(pids))
+        rtt = float(result["rtt_s"])
+        return {"floor_rtt_s": rtt, "floor_ops": result["ops"],
+                "floor_cpu_us_per_rtt": cpu * 1e6 / max(1, result["ops"]),
+                "floor_mean_latency_ms": params.concurrency / rtt * 1000 if rtt else 0.0}
+    finally:
+        for c in (client, server):
+            if c is not None:
+                c.stop()
+
+
+def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
+                 ) -> dict[str, Any]:
+    events: Events = queue.Queue()
+    clients = max(1, min(params.clients, params.concurrency))
+    seeds = ",".join(f"{h}:{p}" for h, p in target.seeds)
+    workers = []
+    out: dict[str, Any] = {}
+    try:
+        for i in range(clients):
+            share = params.concurrency // clients + (1 if i < params.concurrency % clients
+                                                     else 0)
+            workers.append(Child(f"bench worker {i}", "dds.tools.benchworker",
+                                 ["--seeds", seeds, "--cluster", target.cluster, "--index",
+                                  str(i), "--clients", str(clients), "--concurrency",
+                                  str(share), "--keys", str(params.keys), "--value-size",
+                                  str(params.value_size)], events,
+                                 env={"DDS_SECRET": target.secret.decode()}))
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for _ in workers:
+            next_event(events, deadline, "the bench workers to connect")
+        load = _run_phase(workers, events, {"phase": "load"}, "load (untimed)",
+                          params.keys, False, 600.0)
+        out["load_errors"] = sum(sum(r["errors"].values()) for r in load)
+        worker_pids = [w.pid for w in workers]
+        for phase in ("put", "get"):
+            before = _cpu(brick_pid_list), _cpu(worker_pids)
+            results = _run_phase(workers, events, {"phase": phase, "seconds": params.seconds},
+                                 phase, params.seconds, True,
+                                 params.seconds + READY_TIMEOUT_S)
+            cpu_bricks = _cpu_delta(before[0], _cpu(brick_pid_list))
+            cpu_clients = _cpu_delta(before[1], _cpu(worker_pids))
+            cpu = cpu_bricks + cpu_clients
+            ops = sum(r["ops"] for r in results)
+            lat = sorted(v for r in results for v in r["lat_us"])
+            errors: dict[str, int] = {}
+            for r in results:
+                for code, n in r["errors"].items():
+                    errors[code] = errors.get(code, 0) + n
+            out.update({
+                f"{phase}_ops": ops,
+                f"{phase}_ops_s": sum(r["ops"] / r["elapsed"] for r in results),
+                f"{phase}_p50_ms": _percentile(lat, 0.50),
+                f"{phase}_p99_ms": _percentile(lat, 0.99),
+                f"cpu_us_per_{phase}": cpu * 1e6 / max(1, ops),
+                f"cpu_us_per_{phase}_bricks": cpu_bricks * 1e6 / max(1, ops),
+                f"cpu_us_per_{phase}_clients": cpu_clients * 1e6 / max(1, ops),
+                f"{phase}_errors": errors,
+                f"{phase}_first_error": next((r["first_error"] for r in results
+                                              if r["first_error"]), ""),
+            })
+        for w in workers:
+            w.send({"phase": "quit"})
+    finally:
+        for w in workers:
+            w.stop()
+    return out
+
+
+def bench(target: Target, params: BenchParams, report: dict[str, Any]) -> dict[str, Any]:
+    """Run every phase against the cluster described by ``report`` (a status report)."""
+    down = [b["id"] for b in report["bricks"] if not b["up"]]
+    if down:
+        raise AdminError(f"bricks down: {', '.join(down)}; bench needs a healthy cluster")
+    pids = brick_pids(target, report)
+    result: dict[str, Any] = {
+        "seconds": params.seconds, "keys": params.keys, "value_size": params.value_size,
+        "concurrency": params.concurrency, "clients": max(1, min(params.clients,
+                                                                 params.concurrency)),
+        "bricks": len(report["bricks"]), "replication": report["replication"],
+        "partitions": report["partitions"],
+        "durability": sorted({b.get("durability") or "?" for b in report["bricks"]}),
+        "cpu_bricks_measured": len(pids), "cpu_includes_all_bricks":
+            len(pids) == len(report["bricks"]),
+    }
+    result.update(_floor(params))
+    result.update(_load_phases(target, params, list(pids.values())))
+    floor = result["floor_rtt_s"] or 1.0
+    for op in ("get", "put"):
+        result[f"{op}_ratio"] = result[f"{op}_ops_s"] / floor
+        result[f"{op}_target"] = TARGETS[op]
+        result[f"{op}_target_met"] = result[f"{op}_ratio"] >= TARGETS[op]
+    return result
+
+
+def render(r: dict[str, Any], console: Console) -> None:
+    console.print(f"bench: {r['bricks']} bricks, replication {r['replication']}, "
+                  f"durability {'/'.join(r['durability'])}, {r['keys']} keys of "
+                  f"{r['value_size']} bytes, {r['concurrency']} in flight over "
+                  f"{r['clients']} client process(es), {r['seconds']:g}s per phase")
+    t = Table(title_justify="left")
+    for col in ("", "DDS", "floor (echo)", "ratio", "target", "met"):
+        t.add_column(col, justify="left" if not col else "right")
+    floor = f"{r['floor_rtt_s']:,.0f} rtt/s"
+    for op in ("get", "put"):
+        met = "[green]yes[/green]" if r[f"{op}_target_met"] else "[red]no[/red]"
+        t.add_row(f"{op} ops/s", f"{r[f'{op}_ops_s']:,.0f}", floor,
+                  f"{r[f'{op}_ratio']:.3f}", f">= {r[f'{op}_target']:.2f}", met)
+    for op in ("get", "put"):
+        t.add_row(f"{op} p50 / p99 ms", f"{r[f'{op}_p50_ms']:.2f} / {r[f'{op}_p99_ms']:.2f}",
+                  f"{r['floor_mean_latency_ms']:.2f} mean", "", "", "")
+    for op in ("get", "put"):
+        t.add_row(f"CPU us per {op}", f"{r[f'cpu_us_per_{op}']:,.0f} (bricks "
+                  f"{r[f'cpu_us_per_{op}_bricks']:,.0f}, clients "
+                  f"{r[f'cpu_us_per_{op}_clients']:,.0f})",
+                  f"{r['floor_cpu_us_per_rtt']:,.1f} per rtt", "", "", "")
+    console.print(t)
+    if not r["cpu_includes_all_bricks"]:
+        console.print(f"[yellow]CPU figures include only {r['cpu_bricks_measured']} of "
+                      f"{r['bricks']} bricks (the others are not visible from here)[/yellow]")
+    for op in ("load", "get", "put"):
+        errors = r.get(f"{op}_errors")
+        if errors:
+            first = r.get(f"{op}_first_error", "")
+            console.print(f"[red]{op} errors: {escape(str(errors))}" +
+                          (f" (first: {escape(first)})" if first else "") + "[/red]")

@@ -1,0 +1,145 @@
+"""One bench load process: its own reactor and ``DDSClient``, driven by ``dds-admin bench``.
+
+    python -m dds.tools.benchworker --seeds H:P,... --index I --clients N --concurrency C ...
+
+The shared secret comes in DDS_SECRET (never on the command line).  The worker connects,
+prints ``{"event": "ready"}``, then runs one phase per line read from stdin:
+
+    {"phase": "load"}                  put this worker's share of the keys once
+    {"phase": "put", "seconds": S}     uniform random puts for S seconds
+    {"phase": "get", "seconds": S}     uniform random gets for S seconds
+    {"phase": "quit"}
+
+Each phase prints progress lines and ends with ``{"event": "done", "ops", "errors",
+"elapsed", "lat_us": [...]}``; ``C`` operations are in flight throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.internet import task, threads
+from twisted.internet.defer import Deferred, DeferredList
+
+from dds.errors import DDSError
+from dds.lib import DDSClient
+
+__all__ = ["key_of", "main"]
+
+
+def key_of(i: int) -> bytes:
+    return b"bench-%010d" % i
+
+
+def emit(**event: Any) -> None:
+    sys.stdout.write(json.dumps(event) + "\n")
+    sys.stdout.flush()
+
+
+class Phase:
+    """``concurrency`` loops, each issuing the next operation (``next_op()``) as soon as
+    its previous one finished, until ``next_op()`` returns None."""
+
+    def __init__(self, name: str, next_op: Callable[[], Deferred[Any] | None]) -> None:
+        self.name = name
+        self.next_op = next_op
+        self.ops = 0
+        self.errors: Counter[str] = Counter()
+        self.first_error = ""
+        self.lat_us: list[int] = []
+
+    async def loop(self) -> None:
+        clock = time.perf_counter
+        while True:
+            t0 = clock()
+            op = self.next_op()
+            if op is None:
+                return
+            try:
+                await op
+            except DDSError as e:
+                self.errors[e.code] += 1
+                self.first_error = self.first_error or f"{e.code}: {e.message}"
+                continue
+            self.lat_us.append(int((clock() - t0) * 1e6))
+            self.ops += 1
+
+    async def run(self, reactor: Any, concurrency: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        loops = [Deferred.fromCoroutine(self.loop()) for _ in range(concurrency)]
+        all_done = DeferredList(loops, consumeErrors=True)
+        ticker = task.LoopingCall(lambda: emit(event="progress", phase=self.name,
+                                               done=self.ops, errors=sum(self.errors.values()),
+                                               elapsed=time.perf_counter() - t0))
+        ticker.clock = reactor
+        ticker.start(0.2, now=False)
+        results: list[tuple[bool, Any]] = await all_done
+        ticker.stop()
+        elapsed = time.perf_counter() - t0
+        crashed = [f.getErrorMessage() for ok, f in results if not ok]
+        return {"event": "done", "phase": self.name, "ops": self.ops, "elapsed": elapsed,
+                "errors": dict(self.errors), "first_error": self.first_error,
+                "crashed": crashed, "lat_us": self.lat_us}
+
+
+async def work(reactor: Any, args: argparse.Namespace) -> None:
+    client: DDSClient = await DDSClient.connect(
+        reactor, seeds=args.seeds.split(","), cluster=args.cluster,
+        secret=os.environ["DDS_SECRET"].encode(), node_id=f"bench-{args.index}-{os.getpid()}")
+    rng = random.Random(args.index * 7919 + os.getpid())
+    value = os.urandom(args.value_size)
+    emit(event="ready")
+    try:
+        while True:
+            line = await threads.deferToThread(sys.stdin.readline)
+            if not line:
+                return
+            cmd = json.loads(line)
+            phase = cmd["phase"]
+            if phase == "quit":
+                return
+            if phase == "load":
+                keys: Iterator[int] = iter(range(args.index, args.keys, args.clients))
+
+                def load_next() -> Deferred[Any] | None:
+                    i = next(keys, None)
+                    return None if i is None else client.put(key_of(i), value)
+                p = Phase("load", load_next)
+            else:
+                end = time.perf_counter() + float(cmd["seconds"])
+                is_put = phase == "put"
+
+                def timed_next() -> Deferred[Any] | None:
+                    if time.perf_counter() >= end:
+                        return None
+                    key = key_of(rng.randrange(args.keys))
+                    return client.put(key, value) if is_put else client.get(key)
+                p = Phase(phase, timed_next)
+            emit(**await p.run(reactor, args.concurrency))
+    finally:
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m dds.tools.benchworker")
+    p.add_argument("--seeds", required=True)
+    p.add_argument("--cluster", default="dds")
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--keys", type=int, default=10000)
+    p.add_argument("--value-size", type=int, default=100)
+    args = p.parse_args(argv)
+    task.react(lambda reactor: Deferred.fromCoroutine(work(reactor, args)))
+
+
+if __name__ == "__main__":
+    main()
