@@ -13,6 +13,9 @@ from pathlib import Path
 
 from dds.config import ConfigError, describe, load_brick_config, BrickConfig
 from dds.logs import start_logging
+from twisted.logger import Logger
+
+log = Logger()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,10 +61,23 @@ def main(argv: list[str] | None = None) -> int:
     start_logging(config.log.level, config.log.format,
                   str(config.log_file) if config.log_file else None, node=config.brick.id)
     service = BrickService(config, reactor)
-    reactor.callWhenRunning(service.startService)
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    exit_code = [0]
+
+    def start() -> None:
+        try:
+            service.startService()
+        except Exception as e:   # e.g. the port is taken: say so and exit non-zero
+            log.critical("brick {brick} could not start: {error}", brick=config.brick.id,
+                         error=str(e))
+            print(f"dds-brick: could not start: {e}", file=sys.stderr)
+            exit_code[0] = 1
+            reactor.stop()
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    reactor.callWhenRunning(start)
     reactor.run()
-    return 0
+    return exit_code[0]
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ state is touched; a bad request is answered with an error naming the problem.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from typing import Any, Awaitable, Callable
@@ -65,6 +66,8 @@ class Brick:
                                      max_frame=config.limits.max_frame_bytes,
                                      metrics=self.metrics)
         self.connections: set[RPCProtocol] = set()
+        #: The RPC port actually bound (the configured one may be 0).
+        self.port = config.brick.port
         self.maps.on_change(self._map_changed)
         self._open_my_partitions()
         self._gossip = LoopingCall(self._gossip_round)
@@ -327,7 +330,8 @@ class Brick:
         m = self.maps.map
         return {
             "id": self.id,
-            "address": f"{self.config.brick.host}:{self.config.brick.port}",
+            "address": f"{self.config.brick.host}:{self.port}",
+            "pid": os.getpid(),
             "uptime_s": time.time() - self.started,
             "durability": self.config.brick.durability,
             "map_fp": m.fp,

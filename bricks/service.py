@@ -47,6 +47,7 @@ class BrickService(Service):
                 cfg.brick.http_port, make_site(self.brick.metrics, self.health),
                 interface=cfg.brick.host)
             http_port = self.http_port.getHost().port  # type: ignore[union-attr]
+        self.brick.port = rpc_port
         self.brick.start()
         ready = cfg.data_dir / READY_FILE
         tmp = ready.with_suffix(".tmp")

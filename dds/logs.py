@@ -11,8 +11,9 @@ import sys
 import time
 from typing import IO, Any
 
-from twisted.logger import (FilteringLogObserver, ILogObserver, LogLevel,
-                            LogLevelFilterPredicate, formatEvent, globalLogBeginner)
+from twisted.logger import (FilteringLogObserver, ILogFilterPredicate, ILogObserver, LogLevel,
+                            LogLevelFilterPredicate, PredicateResult, formatEvent,
+                            globalLogBeginner)
 from zope.interface import implementer
 
 _SKIP = {"log_logger", "log_source", "log_format", "log_flattened", "log_trace",
@@ -64,9 +65,22 @@ class LineObserver:
         self.out.flush()
 
 
+@implementer(ILogFilterPredicate)
+class _NoFactoryChatter:
+    """Twisted logs every client connection's factory start and stop at info level: one
+    pair per peer connection, noise for an operator."""
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        fmt = event.get("log_format") or ""
+        if fmt.startswith(("Starting factory", "Stopping factory")):
+            return PredicateResult.no
+        return PredicateResult.maybe
+
+
 def start_logging(level: str = "info", fmt: str = "json", file: str | None = None,
                   node: str = "") -> None:
     out: IO[str] = open(file, "a", encoding="utf-8") if file else sys.stdout
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(LineObserver(out, fmt, node), [predicate])
+    observer = FilteringLogObserver(LineObserver(out, fmt, node),
+                                    [predicate, _NoFactoryChatter()])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)

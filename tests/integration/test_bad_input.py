@@ -172,3 +172,17 @@ async def test_the_blocking_client_works_without_a_reactor(cluster_factory: Any,
                            cluster.secret], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["exists: key exists (version 1)", "1 works 1"]
+
+
+def test_a_brick_whose_port_is_taken_exits_naming_the_address(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "brick.toml"
+        cfg.write_text(f'[brick]\nid = "b1"\nport = {port}\nhttp_port = -1\n'
+                       '[cluster]\nsecret = "s"\n')
+        proc = subprocess.run([sys.executable, "-m", "dds.bricks.main", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"127.0.0.1:{port}" in proc.stderr and "Address already in use" in proc.stderr
