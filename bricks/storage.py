@@ -276,7 +276,8 @@ class Storage:
     """
 
     def __init__(self, data_dir: str | Path, clock: IReactorTime, durability: Durability = "disk",
-                 cache_entries: int = 100_000, memory_flush_s: float = 1.0) -> None:
+                 cache_entries: int = 100_000, memory_flush_s: float = 1.0,
+                 commit_window_s: float = 0.0) -> None:
         if durability not in _SYNCHRONOUS:
             raise ValueError(f"unknown durability {durability!r}")
         if cache_entries < 0 or memory_flush_s <= 0:
@@ -287,6 +288,10 @@ class Storage:
         self._clock = clock
         self._memory = durability == "memory"
         self._delay = memory_flush_s if self._memory else 0.0
+        # Under load, commit at most once per window so that batches grow with load;
+        # when idle (no commit within the window) the next turn commits, as before.
+        self._window = commit_window_s
+        self._last_flush = float("-inf")
         self._cache_entries = cache_entries
         self._cache: OrderedDict[tuple[str, bytes], ReadResult] | None = (
             OrderedDict() if cache_entries else None)
@@ -298,7 +303,7 @@ class Storage:
         self._waiting: list[tuple[PartitionStore, Deferred[None]]] = []
         self._flush_call: IDelayedCall | None = None
         self.stats: dict[str, int] = dict.fromkeys(
-            ("reads", "cache_hits", "writes", "commits", "commit_failures"), 0)
+            ("reads", "cache_hits", "writes", "commits", "committed_rows", "commit_failures"), 0)
 
     # -- partitions --------------------------------------------------------------------
 
@@ -395,7 +400,7 @@ class Storage:
         self.stats["writes"] += 1
         self._dirty[store] = None
         if self._flush_call is None:
-            self._flush_call = self._clock.callLater(self._delay, self._on_timer)
+            self._flush_call = self._clock.callLater(self._next_delay(), self._on_timer)
         if self._memory:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -403,6 +408,12 @@ class Storage:
         return d
 
     # -- commits -----------------------------------------------------------------------
+
+    def _next_delay(self) -> float:
+        if self._memory or self._window <= 0:
+            return self._delay
+        since = self._clock.seconds() - self._last_flush
+        return 0.0 if since >= self._window else self._window - since
 
     def _on_timer(self) -> None:
         self._flush_call = None
@@ -414,6 +425,7 @@ class Storage:
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
+        self._last_flush = self._clock.seconds()
         dirty, self._dirty = self._dirty, {}
         waiting, self._waiting = self._waiting, []
         failed: dict[PartitionStore, BaseException] = {}
@@ -431,8 +443,7 @@ class Storage:
                     self._forget(store)
             else:
                 self.stats["commits"] += 1
-                log.debug("committed {count} writes to {partition}", count=n,
-                          partition=store.partition_id)
+                self.stats["committed_rows"] += n
         if self._dirty and self._flush_call is None:
             self._flush_call = self._clock.callLater(self._delay, self._on_timer)
         for store, d in waiting:

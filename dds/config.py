@@ -234,6 +234,10 @@ class BrickSection:
     cache_entries: int = int_setting(100000, "read cache size in entries (0 disables it)", lo=0)
     memory_flush_ms: int = int_setting(1000, "memory durability: flush to disk within this "
                                        "many milliseconds", lo=1)
+    commit_window_ms: int = int_setting(2, "disk/fsync group commit: under load, commit at "
+                                        "most once per this many milliseconds so batches grow; "
+                                        "an idle brick commits on the next reactor turn "
+                                        "(0 = every turn)", lo=0, hi=100)
     http_port: int = int_setting(0, "/metrics and /healthz HTTP port (0 = pick a free port, "
                                  "-1 = disabled)", lo=-1, hi=65535)
 

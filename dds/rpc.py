@@ -80,6 +80,11 @@ class RPCProtocol(Protocol):
         self._peer_nonce = b""
         self._next_id = 1
         self._pending: dict[int, Deferred[Any]] = {}
+        # Request deadlines: one table swept by a single timer, rather than a DelayedCall
+        # scheduled and cancelled per request (that cost showed in every profile).
+        self._deadlines: dict[int, tuple[float, str, float]] = {}
+        self._sweeper: Any = None
+        self._sweep_at = float("inf")
         self._hs_timer: Any = None
         self.outstanding = 0
 
@@ -106,6 +111,10 @@ class RPCProtocol(Protocol):
         if not self.ready.called:
             self.ready.errback(ConnectionLost(
                 f"connection closed during handshake: {reason.getErrorMessage()}"))
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None
+        self._deadlines.clear()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(ConnectionLost(f"connection to {self.peer_id or 'peer'} lost"))
@@ -258,23 +267,42 @@ class RPCProtocol(Protocol):
         self.outstanding += 1
         self._send(mtype, rid, body)
         if timeout is not None:
-            timer = self.clock.callLater(timeout, self._timed_out, rid, mtype, timeout)
-
-            def cancel_timer(result: Any) -> Any:
-                if timer.active():
-                    timer.cancel()
-                return result
-            d.addBoth(cancel_timer)
+            at = self.clock.seconds() + timeout
+            self._deadlines[rid] = (at, mtype, timeout)
+            if at < self._sweep_at:
+                self._schedule_sweep(at)
         return d
 
-    def _timed_out(self, rid: int, mtype: str, timeout: float) -> None:
-        d = self._pending.pop(rid, None)
-        if d is not None:
-            self.outstanding -= 1
-            d.errback(Timeout(f"{mtype} to {self.peer_id} timed out after {timeout:g}s"))
+    def _schedule_sweep(self, at: float) -> None:
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweep_at = at
+        self._sweeper = self.clock.callLater(max(0.0, at - self.clock.seconds()), self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail every request past its deadline; sleep until the next deadline."""
+        self._sweeper = None
+        self._sweep_at = float("inf")
+        now = self.clock.seconds()
+        expired = [rid for rid, (at, _m, _t) in self._deadlines.items() if at <= now]
+        for rid in expired:
+            _at, mtype, timeout = self._deadlines.pop(rid)
+            d = self._pending.pop(rid, None)
+            if d is not None:
+                self.outstanding -= 1
+                d.errback(Timeout(f"{mtype} to {self.peer_id} timed out after {timeout:g}s"))
+        if self._deadlines and self.state is not State.CLOSED:
+            self._schedule_sweep(min(at for at, _m, _t in self._deadlines.values()))
 
     def _resolve(self, rid: int, body: Any, error: Any) -> None:
         d = self._pending.pop(rid, None)
+        if self._deadlines:
+            self._deadlines.pop(rid, None)
+            if not self._deadlines and self._sweeper is not None:
+                if self._sweeper.active():
+                    self._sweeper.cancel()
+                self._sweeper = None
+                self._sweep_at = float("inf")
         if d is None:
             if rid == 0 and error is not None:
                 self.log.warn("{peer} reported a protocol error: {error}",
@@ -295,6 +323,9 @@ class RPCProtocol(Protocol):
             result = self.handler(mtype, body, self)
         except Exception:
             result = fail()
+        if type(result) is dict:     # the common case: answered synchronously
+            self._send("ok", rid, result)
+            return
         if isinstance(result, Deferred):
             result.addCallbacks(self._reply_ok, self._reply_err, callbackArgs=(rid,),
                                 errbackArgs=(rid, mtype))

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener
@@ -146,11 +147,39 @@ class DDSClient:
             self._check(key)
         except DDSError as e:
             return _failed(e)
-        return self._run(self._get(key, timeout or self.timeout))
+        timeout = timeout or self.timeout
+        # Fast path, no coroutine: a routable key whose chosen replica is connected.
+        try:
+            route = self.router.route(self.maps.map, key)
+        except (LookupError, ValueError):
+            return self._run(self._get(key, timeout))
+        brick = pick_replica(route.replicas, _NONE, self.connections.cached)
+        conn = self.connections.cached(brick.address, brick.port) if brick else None
+        if conn is None or brick is None:
+            return self._run(self._get(key, timeout))
+        start = self.clock.seconds()
+        d = conn.call("get", route.request(key), timeout)
+        d.addCallbacks(_get_result, self._get_again,
+                       errbackArgs=(key, timeout, start, brick.id))
+        return d
 
-    async def _get(self, key: bytes, timeout: float) -> GetResult:
+    def _get_again(self, failure: Failure, key: bytes, timeout: float, start: float,
+                   brick_id: str) -> Deferred[GetResult] | Failure:
+        """The fast path failed: a stale map or an unresponsive replica is handled by the
+        general path, which starts by avoiding the replica that just failed."""
+        error = failure.value
+        if not isinstance(error, (StaleMap,) + _TRANSIENT):
+            return failure
+        remaining = timeout - (self.clock.seconds() - start)
+        if remaining <= 0:
+            return Failure(Timeout(f"get timed out after {timeout:g}s: {error}"))
+        tried = set() if isinstance(error, StaleMap) else {brick_id}
+        return self._run(self._get(key, remaining, tried))
+
+    async def _get(self, key: bytes, timeout: float, tried: set[str] | None = None
+                   ) -> GetResult:
         deadline = self.clock.seconds() + timeout
-        tried: set[str] = set()
+        tried = tried if tried is not None else set()
         attempt = 0
         while True:
             route = await self._route(key)
@@ -165,9 +194,9 @@ class DDSClient:
             conn: RPCProtocol | None = None
             try:
                 conn = await self._connect(brick.address, brick.port)
-                body = {"key": key, **route.ref()}
-                reply = await conn.call("get", body, timeout=max(remaining, 0.001))
-                return GetResult(reply["value"], reply["version"])
+                reply = await conn.call("get", route.request(key),
+                                        timeout=max(remaining, 0.001))
+                return _get_result(reply)
             except StaleMap as e:
                 attempt += 1
                 await self._repair(e, conn, deadline)
@@ -291,6 +320,13 @@ class DDSClient:
         d: Deferred[None] = Deferred()
         self.clock.callLater(delay, d.callback, None)
         await d
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+def _get_result(reply: dict[str, Any]) -> GetResult:
+    return GetResult(reply["value"], reply["version"])
 
 
 def _failed(error: DDSError) -> Deferred[Any]:

@@ -78,9 +78,9 @@ class Coordinator:
         txid = self.new_txid()
         members = route.replicas
         remaining = deadline - self.clock.seconds()
-        body = {"txid": txid, "ts": ts, "op": op, "key": key, "value": value,
-                "expected_version": expected_version,
-                "timeout_ms": max(1, int(remaining * 1000)), **route.ref()}
+        body = route.request(key)
+        body.update(txid=txid, ts=ts, op=op, value=value, expected_version=expected_version,
+                    timeout_ms=max(1, int(remaining * 1000)))
         votes = await _gather([self._call(b, "prepare", body, remaining) for b in members])
         failures = [r for r in votes if isinstance(r, BaseException)]
         if not failures:

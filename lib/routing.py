@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import AbstractSet, Callable
 
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
@@ -14,17 +14,25 @@ from dds.rpc import RPCProtocol
 class Route:
     """Where a key lives under one map: what every data request must carry."""
 
-    __slots__ = ("pid", "pid_text", "rg", "replicas")
+    __slots__ = ("pid", "pid_text", "rg", "replicas", "addresses", "_ref")
 
     def __init__(self, pid: PartitionId, rg: RGRecord, replicas: list[BrickRecord]) -> None:
         self.pid = pid
         self.pid_text = str(pid)
         self.rg = rg
         self.replicas = replicas
+        self.addresses = [(b.address, b.port) for b in replicas]
+        self._ref = {"pid": self.pid_text, "rg": rg.name, "rg_version": rg.version,
+                     "rg_fp": rg.fp}
 
     def ref(self) -> dict[str, object]:
-        return {"pid": self.pid_text, "rg": self.rg.name, "rg_version": self.rg.version,
-                "rg_fp": self.rg.fp}
+        """The routing fields of a data request (a fresh dict: callers add to it)."""
+        return dict(self._ref)
+
+    def request(self, key: bytes) -> dict[str, object]:
+        body = dict(self._ref)
+        body["key"] = key
+        return body
 
 
 class Router:
@@ -51,7 +59,7 @@ class Router:
         return r
 
 
-def pick_replica(replicas: list[BrickRecord], exclude: set[str],
+def pick_replica(replicas: list[BrickRecord], exclude: AbstractSet[str],
                  connection: Callable[[str, int], RPCProtocol | None]) -> BrickRecord | None:
     """Least outstanding requests among connected replicas, random tie-break; a replica
     with no connection yet counts as idle."""

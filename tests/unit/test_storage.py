@@ -443,3 +443,30 @@ def test_close_leaves_no_delayed_calls(storage: Storage, clock: Clock) -> None:
     storage.close()
     assert clock.getDelayedCalls() == []
     assert on_disk(storage.data_dir / "p0.0.sqlite", b"k") == (b"v", 1, 1)
+
+
+def test_an_idle_store_commits_on_the_next_turn_despite_a_commit_window(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "w", clock, commit_window_s=0.002)
+    s.open_partition("p0.0")
+    d = s.write("p0.0", b"k", b"v", 1)
+    clock.advance(0)
+    assert outcome(d) == [None]
+    s.close()
+
+
+def test_under_load_a_commit_window_gathers_writes_into_one_commit(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "w", clock, commit_window_s=0.002)
+    s.open_partition("p0.0")
+    s.write("p0.0", b"first", b"v", 1)
+    clock.advance(0)                       # commits at once: nothing committed recently
+    ds = [s.write("p0.0", b"k%d" % i, b"v", 1) for i in range(3)]
+    clock.advance(0)
+    ds += [s.write("p0.0", b"j%d" % i, b"v", 1) for i in range(3)]
+    clock.advance(0.001)
+    assert all(outcome(d) == [] for d in ds)          # still inside the window
+    clock.advance(0.001)
+    assert all(outcome(d) == [None] for d in ds)
+    assert s.stats["commits"] == 2 and s.stats["committed_rows"] == 7
+    s.close()
