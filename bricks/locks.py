@@ -76,6 +76,15 @@ class LockTable:
         lock = self._locks.get(key)
         return None if lock is None else lock.txn
 
+    def try_acquire(self, key: Hashable, txn: TxnId, ts: Ts) -> bool:
+        """Take the lock if it is free (or already ``txn``'s) without any Deferred: the
+        uncontended case of every PREPARE.  False means: call ``acquire``."""
+        lock = self._locks.get(key)
+        if lock is None:
+            self._locks[key] = _Lock(txn, ts)
+            return True
+        return lock.txn == txn
+
     def acquire(self, key: Hashable, txn: TxnId, ts: Ts, timeout: float) -> Deferred[None]:
         """Take the lock on ``key`` for ``txn`` (start timestamp ``ts``).
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dds.errors import (DDSError, Exists, InvalidRequest, Locked, UnknownTransaction,
                         VersionMismatch)
@@ -86,10 +87,11 @@ class Participant:
 
     # -- phase one -----------------------------------------------------------------------
 
-    async def prepare(self, msg: Prepare, pid: PartitionId,
-                      recheck: Callable[[], Any]) -> dict[str, int]:
-        """Vote on ``msg``: returns the YES vote or raises the NO reason.  ``recheck``
-        re-validates the map after waiting for a lock (the map may have moved on)."""
+    def prepare(self, msg: Prepare, pid: PartitionId,
+                recheck: Callable[[], Any]) -> dict[str, int] | Deferred[dict[str, int]]:
+        """Vote on ``msg``: the YES vote, or raises (or fails with) the NO reason.
+        ``recheck`` re-validates the map after waiting for a lock (it may have moved on).
+        An uncontended key is voted on at once, without a Deferred."""
         txid = msg.txid
         known = self.active.get(txid)
         if known is not None:
@@ -101,17 +103,30 @@ class Participant:
             raise Locked(f"transaction {txid} was already {past[0].value}")
         txn = Transaction(txid, pid, msg.key, msg.op, msg.value, self.clock.seconds())
         self.active[txid] = txn
+        if self.locks.try_acquire(txn.lock_key, txid, msg.ts):
+            return self._vote(txn, msg, recheck)
+        return Deferred.fromCoroutine(self._prepare_contended(txn, msg, recheck))
+
+    async def _prepare_contended(self, txn: Transaction, msg: Prepare,
+                                 recheck: Callable[[], Any]) -> dict[str, int]:
         try:
-            await self.locks.acquire(txn.lock_key, txid, msg.ts, self.lock_wait_s)
+            await self.locks.acquire(txn.lock_key, txn.txid, msg.ts, self.lock_wait_s)
         except DDSError:
             self._forget(txn, TxnState.ABORTED)
             self.metrics.inc("prepare_locked_total")
             raise
+        if txn.state is TxnState.ABORTED:     # an ABORT arrived while we waited
+            self.locks.release(txn.lock_key, txn.txid)
+            self._forget(txn, TxnState.ABORTED)
+            raise Locked(f"transaction {txn.txid} was aborted while waiting for its lock")
+        return self._vote(txn, msg, recheck)
+
+    def _vote(self, txn: Transaction, msg: Prepare, recheck: Callable[[], Any]
+              ) -> dict[str, int]:
+        """With the lock held: check the condition and stage, or undo and say NO."""
         try:
-            if txn.state is TxnState.ABORTED:     # an ABORT arrived while we waited
-                raise Locked(f"transaction {txid} was aborted while waiting for its lock")
             recheck()
-            current = self.storage.read(str(pid), msg.key)
+            current = self.storage.read(str(txn.pid), msg.key)
             if msg.op == "create" and current.value is not None:
                 raise Exists(f"key exists (version {current.version})",
                              {"version": current.version})
@@ -120,7 +135,7 @@ class Participant:
                                       f"expected {msg.expected_version}",
                                       {"version": current.version})
         except DDSError:
-            self.locks.release(txn.lock_key, txid)
+            self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             self.metrics.inc("prepare_no_total")
             raise
@@ -133,7 +148,8 @@ class Participant:
 
     # -- phase two -----------------------------------------------------------------------
 
-    async def commit(self, txid: TxnId) -> dict[str, int]:
+    def commit(self, txid: TxnId) -> Deferred[dict[str, int]] | dict[str, int]:
+        """Apply a prepared transaction; the answer comes once the write is durable."""
         txn = self.active.get(txid)
         if txn is None:
             past = self.decided.get(txid)
@@ -142,36 +158,40 @@ class Participant:
             if past is not None:
                 raise UnknownTransaction(f"transaction {txid} was aborted here")
             raise UnknownTransaction(f"transaction {txid} is unknown here")
-        if txn.state is TxnState.COMMITTING:
-            d: Deferred[int] = Deferred()
-            txn.waiters.append(d)
-            return {"version": await d}
+        if txn.state is TxnState.COMMITTING:        # a repeated COMMIT: same answer
+            waiter: Deferred[int] = Deferred()
+            txn.waiters.append(waiter)
+            return waiter.addCallback(lambda version: {"version": version})
         if txn.state is not TxnState.PREPARED:
             raise UnknownTransaction(f"transaction {txid} is {txn.state.value}, "
                                      "not prepared")
         txn.state = TxnState.COMMITTING
         self._cancel_timer(txn)
         value = txn.value if txn.op != "remove" else None
-        try:
-            await self.storage.write(str(txn.pid), txn.key, value, txn.new_version)
-        except Exception as e:
-            # The write did not become durable; the lock stays, the transaction stays
-            # prepared, and the coordinator (or termination) will ask again.
-            txn.state = TxnState.PREPARED
-            self.metrics.inc("commit_failures_total")
-            self.log.error("commit of {txid} failed to persist: {error}", txid=txid,
-                           error=repr(e))
-            waiters, txn.waiters = txn.waiters, []
-            for w in waiters:
-                w.errback(e)
-            raise
-        self.locks.release(txn.lock_key, txid)
+        d = self.storage.write(str(txn.pid), txn.key, value, txn.new_version)
+        return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
+                              errbackArgs=(txn,))
+
+    def _committed(self, _: None, txn: Transaction) -> dict[str, int]:
+        self.locks.release(txn.lock_key, txn.txid)
         self._forget(txn, TxnState.COMMITTED)
         self.metrics.inc("commits_total")
         waiters, txn.waiters = txn.waiters, []
         for w in waiters:
             w.callback(txn.new_version)
         return {"version": txn.new_version}
+
+    def _commit_failed(self, failure: Failure, txn: Transaction) -> Failure:
+        """The write did not become durable: the lock stays and the transaction stays
+        prepared, so the coordinator (or termination) can ask again."""
+        txn.state = TxnState.PREPARED
+        self.metrics.inc("commit_failures_total")
+        self.log.error("commit of {txid} failed to persist: {error}", txid=txn.txid,
+                       error=repr(failure.value))
+        waiters, txn.waiters = txn.waiters, []
+        for w in waiters:
+            w.errback(failure)
+        return failure
 
     def abort(self, txid: TxnId) -> dict[str, Any]:
         txn = self.active.get(txid)

@@ -231,7 +231,7 @@ class Brick:
         r = self.storage.read(str(pid), msg.key)
         return {"value": r.value, "version": r.version}
 
-    def prepare(self, msg: Prepare) -> Awaitable[dict[str, int]]:
+    def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
         if self._stopping:
             raise NotServing(f"brick {self.id} is shutting down")
         self._check_key(msg.key)
@@ -244,7 +244,7 @@ class Brick:
         return self.participant.prepare(
             msg, pid, lambda: self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp))
 
-    def commit(self, msg: Commit) -> Awaitable[dict[str, int]]:
+    def commit(self, msg: Commit) -> dict[str, int] | Deferred[dict[str, int]]:
         return self.participant.commit(msg.txid)
 
     def abort(self, msg: Abort) -> dict[str, Any]:
@@ -303,7 +303,9 @@ class Brick:
         self.log.info("terminated {txid} by {decision} (members: {states})",
                       txid=txn.txid, decision=decision, states=states)
         if decision == "commit":
-            await self.participant.commit(txn.txid)
+            outcome = self.participant.commit(txn.txid)
+            if isinstance(outcome, Deferred):
+                await outcome
         else:
             self.participant.abort(txn.txid)
 

@@ -153,3 +153,18 @@ def test_no_delayed_calls_left_after_everything_released(locks: LockTable, clock
     assert clock.getDelayedCalls() == [] and len(locks) == 0
     assert readers == [[None], [None]]
     assert waiters[1] == [None] and waiters[2] == [None] and failed_with(waiters[0], Locked)
+
+
+def test_try_acquire_takes_a_free_lock_without_waiting(clock: Clock) -> None:
+    table = LockTable(clock)
+    assert table.try_acquire("k", (1, 1), (5, 0))
+    assert table.holder("k") == (1, 1)
+    assert table.try_acquire("k", (1, 1), (5, 0))      # the holder again: still its lock
+
+
+def test_try_acquire_refuses_a_held_lock_and_leaves_it_alone(clock: Clock) -> None:
+    table = LockTable(clock)
+    assert table.try_acquire("k", (1, 1), (5, 0))
+    assert not table.try_acquire("k", (2, 1), (1, 0))   # even an older txn must acquire()
+    assert table.holder("k") == (1, 1)
+    assert clock.getDelayedCalls() == []
