@@ -45,7 +45,9 @@ _REQUEST_COUNTERS: dict[str, str] = {}
 class Brick:
     log = Logger()
 
-    def __init__(self, config: BrickConfig, reactor: Any, opener: Opener | None = None) -> None:
+    def __init__(self, config: BrickConfig, reactor: Any, opener: Opener | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.rng = rng if rng is not None else random.Random()
         self.config = config
         self.id = config.brick.id
         self.reactor = reactor
@@ -347,10 +349,10 @@ class Brick:
             return
         try:
             if peers:
-                rec = random.choice(peers)
+                rec = self.rng.choice(peers)
                 conn = await self.peers.get(rec.address, rec.port)
             else:
-                host, _, port = random.choice(seeds).rpartition(":")
+                host, _, port = self.rng.choice(seeds).rpartition(":")
                 conn = await self.peers.get(host.strip("[]"), int(port))
             reply = await conn.call("gossip", {"digest": [list(d) for d in
                                                           self.maps.map.digest]},

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import Any, Coroutine, TypeVar
 
 import attrs
@@ -58,7 +57,7 @@ class DDSClient:
                  timeout: float = 10.0, max_key_bytes: int = 1024,
                  max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
                  refresh_interval: float = 30.0, node_id: str | None = None,
-                 opener: Opener | None = None) -> None:
+                 opener: Opener | None = None, rng: random.Random | None = None) -> None:
         if isinstance(secret, str):
             secret = secret.encode()
         self.reactor = reactor
@@ -67,7 +66,10 @@ class DDSClient:
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.metrics = Metrics("dds_client")
-        lib_id = int.from_bytes(os.urandom(8), "big")
+        # Every random choice (library id, backoff jitter, replica and seed order) comes
+        # from one generator, so a seeded simulation replays exactly.
+        self.rng = rng if rng is not None else random.Random(os.urandom(16))
+        lib_id = self.rng.getrandbits(64)
         self.node_id = node_id or f"lib-{lib_id:016x}"
         self.connections = ConnectionCache(reactor, opener, node_id=self.node_id,
                                            cluster=cluster,
@@ -75,7 +77,7 @@ class DDSClient:
                                            metrics=self.metrics)
         self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
                                        lib_id=lib_id)
-        self.maps = MapCache(seeds, self._connect)
+        self.maps = MapCache(seeds, self._connect, self.rng)
         self.router = Router()
         self._refresh = LoopingCall(self._periodic_refresh)
         self._refresh.clock = self.clock
@@ -153,7 +155,7 @@ class DDSClient:
             route = self.router.route(self.maps.map, key)
         except (LookupError, ValueError):
             return self._run(self._get(key, timeout))
-        brick = pick_replica(route.replicas, _NONE, self.connections.cached)
+        brick = pick_replica(route.replicas, _NONE, self.connections.cached, self.rng)
         conn = self.connections.cached(brick.address, brick.port) if brick else None
         if conn is None or brick is None:
             return self._run(self._get(key, timeout))
@@ -183,7 +185,7 @@ class DDSClient:
         attempt = 0
         while True:
             route = await self._route(key)
-            brick = pick_replica(route.replicas, tried, self.connections.cached)
+            brick = pick_replica(route.replicas, tried, self.connections.cached, self.rng)
             if brick is None:        # every replica failed once: start over after a pause
                 tried.clear()
                 attempt += 1
@@ -241,7 +243,9 @@ class DDSClient:
                           expected: int | None, timeout: float) -> int:
         deadline = self.clock.seconds() + timeout
         # Wait-die priority: fixed across retries, so a retried write only gets older.
-        ts = (time.time_ns(), self.coordinator.lib_id)
+        # The reactor's clock is wall-clock time in production, so timestamps of different
+        # libraries are comparable; in a simulation it is the simulated clock.
+        ts = (int(self.clock.seconds() * 1e9), self.coordinator.lib_id)
         attempt = 0
         while True:
             route = await self._route(key)
@@ -314,7 +318,7 @@ class DDSClient:
         d.addErrback(lambda f: None)
 
     async def _backoff(self, attempt: int, deadline: float, why: str) -> None:
-        delay = min(0.2, 0.002 * (2 ** min(attempt, 7))) * (0.5 + random.random())
+        delay = min(0.2, 0.002 * (2 ** min(attempt, 7))) * (0.5 + self.rng.random())
         if self.clock.seconds() + delay >= deadline:
             raise Timeout(f"gave up at the deadline: {why}")
         d: Deferred[None] = Deferred()

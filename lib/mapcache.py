@@ -31,7 +31,9 @@ def parse_seed(seed: str) -> tuple[str, int]:
 class MapCache:
     log = Logger()
 
-    def __init__(self, seeds: list[str], connect: Connect) -> None:
+    def __init__(self, seeds: list[str], connect: Connect,
+                 rng: random.Random | None = None) -> None:
+        self.rng = rng if rng is not None else random.Random()
         self.seeds = [parse_seed(s) for s in seeds]
         if not self.seeds:
             raise ValueError("at least one seed address is needed")
@@ -42,7 +44,7 @@ class MapCache:
     async def refresh(self) -> ClusterMap:
         """Fetch the whole map from a brick: known bricks first, then the seeds."""
         candidates = [(b.address, b.port) for b in self.map.bricks.values()]
-        random.shuffle(candidates)
+        self.rng.shuffle(candidates)
         candidates += [s for s in self.seeds if s not in candidates]
         errors = []
         for host, port in candidates:

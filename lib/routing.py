@@ -60,7 +60,8 @@ class Router:
 
 
 def pick_replica(replicas: list[BrickRecord], exclude: AbstractSet[str],
-                 connection: Callable[[str, int], RPCProtocol | None]) -> BrickRecord | None:
+                 connection: Callable[[str, int], RPCProtocol | None],
+                 rng: random.Random) -> BrickRecord | None:
     """Least outstanding requests among connected replicas, random tie-break; a replica
     with no connection yet counts as idle."""
     best: list[BrickRecord] = []
@@ -76,4 +77,4 @@ def pick_replica(replicas: list[BrickRecord], exclude: AbstractSet[str],
             best.append(b)
     if not best:
         return None
-    return best[0] if len(best) == 1 else random.choice(best)
+    return best[0] if len(best) == 1 else rng.choice(best)
