@@ -107,36 +107,34 @@ class Coordinator:
     async def _commit(self, txid: tuple[int, int], members: list[BrickRecord],
                       deadline: float, new_version: int) -> int:
         """The decision is commit: keep asking until every member acknowledged."""
-        pending = list(members)
-        while True:
-            remaining = deadline - self.clock.seconds()
-            results = await _gather([self._call(b, "commit", {"txid": txid}, remaining)
-                                     for b in pending])
-            pending = [b for b, r in zip(pending, results) if isinstance(r, BaseException)]
-            if not pending:
-                return new_version
-            if self.clock.seconds() >= deadline:
-                raise Indeterminate(
-                    f"transaction {txid} committed but not acknowledged by "
-                    f"{[b.id for b in pending]}: the write may not be visible everywhere "
-                    "yet")
-            await _sleep(self.clock, 0.01)
+        await self._until_acknowledged("commit", txid, members, deadline,
+                                       "committed but not acknowledged by {bricks}: the "
+                                       "write may not be visible everywhere yet")
+        return new_version
 
     async def _abort(self, txid: tuple[int, int], members: list[BrickRecord],
                      deadline: float) -> None:
         """Undo every YES.  If some member cannot be told, the outcome is unknown:
         termination on that member could still commit (everyone prepared)."""
+        await self._until_acknowledged("abort", txid, members, deadline,
+                                       "abort not acknowledged by {bricks}")
+
+    async def _until_acknowledged(self, mtype: str, txid: tuple[int, int],
+                                  members: list[BrickRecord], deadline: float,
+                                  unknown: str) -> None:
+        """Send the decision to every member, again to those that did not answer, until
+        all acknowledged or the deadline passed (then the outcome is ``Indeterminate``)."""
         pending = list(members)
         while True:
             remaining = deadline - self.clock.seconds()
-            results = await _gather([self._call(b, "abort", {"txid": txid}, remaining)
+            results = await _gather([self._call(b, mtype, {"txid": txid}, remaining)
                                      for b in pending])
             pending = [b for b, r in zip(pending, results) if isinstance(r, BaseException)]
             if not pending:
                 return
             if self.clock.seconds() >= deadline:
-                raise Indeterminate(f"transaction {txid}: abort not acknowledged by "
-                                    f"{[b.id for b in pending]}")
+                raise Indeterminate(f"transaction {txid}: " +
+                                    unknown.format(bricks=[b.id for b in pending]))
             await _sleep(self.clock, 0.01)
 
 
