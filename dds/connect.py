@@ -61,6 +61,11 @@ class ConnectionCache:
     def cached(self, host: str, port: int) -> RPCProtocol | None:
         return self._conns.get((host, port))
 
+    @property
+    def open(self) -> dict[tuple[str, int], RPCProtocol]:
+        """The open connections by address (read-only use: the hot path of reads)."""
+        return self._conns
+
     async def get(self, host: str, port: int) -> RPCProtocol:
         addr = (host, port)
         proto = self._conns.get(addr)

@@ -22,9 +22,8 @@ from twisted.python.failure import Failure
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener
 from dds.errors import (ConnectionLost, DDSError, Divergence, Exists, Indeterminate,
-                        InvalidRequest,
-                        KeyTooLarge, Locked, NotServing, StaleMap, Timeout, Unavailable,
-                        ValueTooLarge, VersionMismatch)
+                        InvalidRequest, KeyTooLarge, Locked, NotServing, StaleMap, Timeout,
+                        Unavailable, ValueTooLarge, VersionMismatch)
 from dds.maps import ClusterMap
 from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
@@ -155,8 +154,9 @@ class DDSClient:
             route = self.router.route(self.maps.map, key)
         except (LookupError, ValueError):
             return self._run(self._get(key, timeout))
-        brick = pick_replica(route.replicas, _NONE, self.connections.cached, self.rng)
-        conn = self.connections.cached(brick.address, brick.port) if brick else None
+        conns = self.connections.open
+        brick = pick_replica(route, _NONE, conns, self.rng)
+        conn = conns.get((brick.address, brick.port)) if brick is not None else None
         if conn is None or brick is None:
             return self._run(self._get(key, timeout))
         start = self.clock.seconds()
@@ -170,8 +170,8 @@ class DDSClient:
         """The fast path failed: a stale map or an unresponsive replica is handled by the
         general path, which starts by avoiding the replica that just failed."""
         error = failure.value
-        if not isinstance(error, (StaleMap,) + _TRANSIENT):
-            return failure
+        if isinstance(error, Divergence) or not isinstance(error, (StaleMap,) + _TRANSIENT):
+            return failure      # divergence needs an operator (dds-admin repair), not a retry
         remaining = timeout - (self.clock.seconds() - start)
         if remaining <= 0:
             return Failure(Timeout(f"get timed out after {timeout:g}s: {error}"))
@@ -185,7 +185,7 @@ class DDSClient:
         attempt = 0
         while True:
             route = await self._route(key)
-            brick = pick_replica(route.replicas, tried, self.connections.cached, self.rng)
+            brick = pick_replica(route, tried, self.connections.open, self.rng)
             if brick is None:        # every replica failed once: start over after a pause
                 tried.clear()
                 attempt += 1

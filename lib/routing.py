@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from typing import AbstractSet, Callable
+from typing import AbstractSet, Mapping
 
 from dds.maps import ClusterMap
-from dds.partition import PartitionId
+from dds.partition import PartitionId, key_hash
 from dds.records import BrickRecord, RGRecord
 from dds.rpc import RPCProtocol
 
@@ -47,9 +47,10 @@ class Router:
         if cmap is not self._map:
             self._map = cmap
             self._routes = {}
-        pid, rg = cmap.route(key)
+        pid = cmap.trie.lookup_hash(key_hash(key))
         r = self._routes.get(pid)
         if r is None:
+            rg = cmap.partition_rg[pid]
             bricks = cmap.bricks
             missing = [b for b in rg.active_members if b not in bricks]
             if missing:     # never route around a member: writes go to all of them
@@ -59,17 +60,17 @@ class Router:
         return r
 
 
-def pick_replica(replicas: list[BrickRecord], exclude: AbstractSet[str],
-                 connection: Callable[[str, int], RPCProtocol | None],
+def pick_replica(route: Route, exclude: AbstractSet[str],
+                 connections: Mapping[tuple[str, int], RPCProtocol],
                  rng: random.Random) -> BrickRecord | None:
     """Least outstanding requests among connected replicas, random tie-break; a replica
     with no connection yet counts as idle."""
     best: list[BrickRecord] = []
     best_load = -1
-    for b in replicas:
-        if b.id in exclude:
+    for b, addr in zip(route.replicas, route.addresses):
+        if exclude and b.id in exclude:
             continue
-        conn = connection(b.address, b.port)
+        conn = connections.get(addr)
         load = conn.outstanding if conn is not None else 0
         if best_load < 0 or load < best_load:
             best, best_load = [b], load
