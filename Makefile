@@ -44,3 +44,16 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .dds-local
+
+# Fault runs (tests/faults, docs/verification.md): real bricks behind fault proxies, a seeded
+# nemesis, history checks.  SEED=N replays a run; NEMESES=pause,kill,... picks the faults.
+MINUTES ?= 60
+FAULT_ARGS = $(if $(SEED),--seed $(SEED)) $(if $(NEMESES),--nemeses $(NEMESES))
+
+.PHONY: verify soak
+
+verify: install
+	$(BIN)/python -m tests.faults.runner --profile verify $(FAULT_ARGS)
+
+soak: install
+	$(BIN)/python -m tests.faults.runner --profile soak --minutes $(MINUTES) $(FAULT_ARGS)

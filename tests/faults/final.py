@@ -1,0 +1,123 @@
+"""The runner's own DDS work, on a reactor in a crochet thread: push the initial map,
+read every key back at the end, and compare the replicas of every key.
+
+The final reads go through the library and the proxies like any client's, and are
+recorded in a history of their own (process ``FINAL_PROCESS``), so the linearizability
+check covers them too.  The replica comparison then reads each key from every replica
+directly (no proxy, no library routing), until all replicas agree or a deadline passes:
+a prepared transaction that outlived its coordinator may hold a key for a while before
+termination resolves it, so disagreement is only reported if it lasts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import crochet
+from dds.lib import DDSClient
+from twisted.internet.defer import Deferred
+
+from dds.errors import DDSError
+from tests.faults.cluster import ProxiedCluster
+from tests.verify.history import HistoryRecorder
+
+FINAL_PROCESS = 1_000_000
+State = tuple[bytes | None, int]
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+    return reactor
+
+
+def _sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    _reactor().callLater(seconds, d.callback, None)
+    return d
+
+
+@crochet.run_in_reactor
+def _init(cluster: ProxiedCluster) -> Deferred[None]:
+    return Deferred.fromCoroutine(cluster.init(_reactor()))
+
+
+def init_cluster(cluster: ProxiedCluster, timeout: float = 30.0) -> None:
+    """Push the initial map to every brick."""
+    crochet.setup()
+    result: Any = _init(cluster)
+    result.wait(timeout)
+
+
+async def _read_all(cluster: ProxiedCluster, keys: list[bytes], history: Path,
+                    deadline: float) -> tuple[dict[bytes, State], dict[bytes, str]]:
+    client = await DDSClient.connect(_reactor(), cluster.seeds, cluster="dds",
+                                     secret=cluster.secret.encode(), timeout=5.0,
+                                     node_id="faults-final-reader")
+    rec = HistoryRecorder(FINAL_PROCESS, history)
+    finals: dict[bytes, State] = {}
+    divergent: dict[bytes, str] = {}
+    try:
+        for key in keys:
+            while key not in finals:
+                h = rec.invoke("get", key)
+                try:
+                    r = await client.get(key)
+                except DDSError as e:
+                    rec.complete(h, "fail", error=f"{e.code}: {e.message}")
+                    if time.monotonic() > deadline:
+                        raise
+                    continue
+                rec.complete(h, "ok", r.value, r.version)
+                finals[key] = (r.value, r.version)
+        for key in keys:
+            problem = await _compare_replicas(cluster, client, key, deadline)
+            if problem:
+                divergent[key] = problem
+    finally:
+        rec.close()
+        await client.close()
+    return finals, divergent
+
+
+async def _compare_replicas(cluster: ProxiedCluster, client: DDSClient, key: bytes,
+                            deadline: float) -> str | None:
+    """None once every replica returns the same (value, version); else the last view."""
+    view: dict[str, Any] = {}
+    while True:
+        route = client.router.route(client.map, key)
+        view = {}
+        for rec in route.replicas:
+            try:
+                conn = await cluster.admin_connection(_reactor(), cluster.brick(rec.id))
+                try:
+                    r = await conn.call("get", {"key": key, **route.ref()}, timeout=5.0)
+                    view[rec.id] = (r["value"], r["version"])
+                finally:
+                    conn.close()
+            except DDSError as e:
+                view[rec.id] = f"{e.code}: {e.message}"
+        if len(set(map(repr, view.values()))) == 1 and not any(
+                isinstance(v, str) for v in view.values()):
+            return None
+        if time.monotonic() > deadline:
+            return f"replicas of {key!r} disagree: {view}"
+        await _sleep(0.5)
+
+
+@crochet.run_in_reactor
+def _final(cluster: ProxiedCluster, keys: list[bytes], history: Path,
+           deadline: float) -> Deferred[tuple[dict[bytes, State], dict[bytes, str]]]:
+    return Deferred.fromCoroutine(_read_all(cluster, keys, history, deadline))
+
+
+def final_reads(cluster: ProxiedCluster, keys: list[bytes], history: Path,
+                timeout: float = 90.0) -> tuple[dict[bytes, State], dict[bytes, str]]:
+    """Read every key (retrying until ``timeout``); returns the final state per key and
+    the keys whose replicas still disagree at the deadline."""
+    crochet.setup()
+    deadline = time.monotonic() + timeout
+    result: Any = _final(cluster, keys, history, deadline)   # a crochet EventualResult
+    out: tuple[dict[bytes, State], dict[bytes, str]] = result.wait(timeout + 30)
+    return out

@@ -1,0 +1,295 @@
+"""Fault runner: real bricks behind fault proxies, client processes recording histories, a
+seeded nemesis, then final reads and the linearizability and lost-write checks.
+
+``python -m tests.faults.runner --profile ci|verify|soak [--seed N] [--minutes M]
+[--nemeses pause,partition,...|all] [--restart-quiet S] [--schedule FILE] [--dir D]
+[--keep] [--plan-only]``
+
+It prints the seed and the enabled nemeses first and, at the end, the summary line
+``ops=N ok=N indeterminate=N faults=N violations=N lost=N``.  The exit code is 0 only if
+there is no violation, no lost write, no replica divergence and no brick that exited by
+itself, and the profile's floors are met: operations, faults (``verify``/``soak``: every
+enabled kind at least once) and throughput before the first fault (>= 50 ops/s).
+The same seed (with the same profile, nemeses, minutes and restart quiet period) gives
+the same fault schedule; ``--plan-only`` prints it without running anything, and
+``--schedule`` replays an earlier run's ``schedule.json`` exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import attrs
+
+from tests.faults.client_proc import key_name
+from tests.faults.cluster import ProxiedCluster
+from tests.faults.nemesis import KINDS, PASSING_TODAY, Fault, Nemesis, plan
+from tests.faults.proxy import ProxyPool
+from tests.harness.processes import wait_until
+from tests.verify.history import Op, load_histories
+from tests.verify.linearizability import check_linearizable, check_lost_writes
+
+MIN_THROUGHPUT = 50.0
+
+
+@attrs.frozen
+class Profile:
+    name: str
+    bricks: int
+    replication: int
+    partitions: int
+    clients: int
+    workers: int
+    keys: int
+    minutes: float          # whole client run: warmup + faults + tail
+    min_ops: int
+    min_faults: int
+    all_kinds: bool         # every enabled nemesis kind must have run at least once
+    warmup: float = 5.0     # seconds of clean load before the first fault
+    tail: float = 8.0       # seconds of load after the heal
+    gap: tuple[float, float] = (0.3, 2.0)   # between fault starts
+    max_active: int = 3                     # faults running at once
+    ops_per_client: int = 400_000
+    think_ms: float = 0.0   # pacing per worker between operations (soak: keeps it checkable)
+    op_timeout: float = 5.0
+    lease_s: float = 3.0
+    #: A whole-cluster restart keeps this far from any fault that lost messages: today a
+    #: brick stopped while it holds a prepared transaction loses it (docs/verification.md).
+    restart_quiet: float = 12.0
+
+    @property
+    def fault_span(self) -> float:
+        return self.minutes * 60 - self.tail
+
+
+PROFILES = {
+    "ci": Profile("ci", bricks=4, replication=3, partitions=8, clients=3, workers=8,
+                  keys=24, minutes=1.75, min_ops=2_000, min_faults=20, all_kinds=False),
+    "verify": Profile("verify", bricks=6, replication=3, partitions=16, clients=4,
+                      workers=10, keys=32, minutes=4.75, min_ops=20_000, min_faults=100,
+                      all_kinds=True, tail=10.0),
+    "soak": Profile("soak", bricks=6, replication=3, partitions=16, clients=4, workers=10,
+                    keys=32, minutes=60, min_ops=240_000, min_faults=1_200, all_kinds=True,
+                    tail=10.0, think_ms=100.0, ops_per_client=2_000_000),
+}
+
+
+def echo(text: str) -> None:
+    print(text, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tests.faults.runner",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--profile", choices=sorted(PROFILES), default="ci")
+    p.add_argument("--seed", type=int, default=None, help="default: a random one")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="client run length (the floors scale with it)")
+    p.add_argument("--nemeses", default=",".join(PASSING_TODAY),
+                   help=f"comma-separated subset of {','.join(KINDS)}, or 'all'; default: "
+                   "the kinds the product survives today")
+    p.add_argument("--restart-quiet", type=float, default=None, metavar="S",
+                   help="seconds between a message-losing fault and a whole-cluster "
+                   "restart (profile default 12; 0 shows the bug it works around)")
+    p.add_argument("--schedule", type=Path, default=None, metavar="FILE",
+                   help="replay the exact faults of an earlier run's schedule.json "
+                   "(even if the planner changed since)")
+    p.add_argument("--dir", type=Path, default=None, help="run directory (kept)")
+    p.add_argument("--keep", action="store_true", help="keep the run directory on success")
+    p.add_argument("--plan-only", action="store_true", help="print the schedule and exit")
+    return p.parse_args(argv)
+
+
+def profile_for(args: argparse.Namespace) -> Profile:
+    prof = PROFILES[args.profile]
+    if args.restart_quiet is not None:
+        prof = attrs.evolve(prof, restart_quiet=args.restart_quiet)
+    if args.minutes is not None:
+        # floors scale with the time faults can run: warmup, tail and one restart's
+        # reservation (about 20 s) do not scale
+        def useful(p: Profile) -> float:
+            return max(1.0, p.minutes * 60 - p.warmup - p.tail - 20)
+        scaled = attrs.evolve(prof, minutes=args.minutes)
+        scale = useful(scaled) / useful(prof)
+        prof = attrs.evolve(scaled, min_ops=math.ceil(prof.min_ops * scale),
+                            min_faults=math.ceil(prof.min_faults * scale))
+    return prof
+
+
+def spawn_clients(prof: Profile, cluster: ProxiedCluster, run: Path,
+                  seed: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
+    groups = math.ceil(prof.clients * prof.workers / 10)   # <= 10 workers per key
+    out = []
+    for i in range(prof.clients):
+        history = run / f"history-{i}.jsonl"
+        args = [sys.executable, "-m", "tests.faults.client_proc",
+                "--seeds", ",".join(cluster.seeds), "--secret", cluster.secret,
+                "--process", str(i), "--history", str(history), "--keys", str(prof.keys),
+                "--groups", str(groups), "--workers", str(prof.workers),
+                "--worker-base", str(i * prof.workers), "--ops", str(prof.ops_per_client),
+                "--seconds", str(prof.minutes * 60), "--timeout", str(prof.op_timeout),
+                "--think-ms", str(prof.think_ms),
+                "--seed", str(seed * 1000 + i)]
+        with open(run / f"client-{i}.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=Path(__file__).resolve().parents[2])
+        out.append((proc, history))
+    return out
+
+
+def throughput_before(ops: list[Op], first_fault: float | None) -> float:
+    if not ops:
+        return 0.0
+    start = min(o.invoke_t for o in ops)
+    end = first_fault if first_fault is not None else max(
+        (o.complete_t for o in ops if o.complete_t is not None), default=start)
+    done = sum(1 for o in ops if o.complete_t is not None and o.complete_t <= end)
+    return done / max(end - start, 1e-9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prof = profile_for(args)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
+    kinds = list(KINDS) if args.nemeses == "all" else \
+        [k.strip() for k in args.nemeses.split(",") if k.strip()]
+    bricks = [f"b{i + 1}" for i in range(prof.bricks)]
+    if args.schedule is not None:   # an exact schedule saved by an earlier run
+        schedule = [Fault.from_json(f) for f in json.loads(args.schedule.read_text())]
+        kinds = [k for k in KINDS if any(f.kind == k for f in schedule)]
+    else:
+        schedule = plan(seed, kinds, bricks, prof.fault_span, lease_s=prof.lease_s,
+                        gap=prof.gap, max_active=prof.max_active, start=prof.warmup,
+                        restart_quiet=prof.restart_quiet)
+    echo(f"seed={seed} profile={prof.name} minutes={prof.minutes:g}")
+    echo(f"nemeses enabled: {','.join(k for k in KINDS if k in kinds)}"
+         f"{'' if 'kill' in kinds else ' (kill disabled: needs recovery, issue 3)'}")
+    how = f"--schedule {args.schedule}" if args.schedule is not None else \
+        f"--nemeses {','.join(kinds)} --restart-quiet {prof.restart_quiet:g}"
+    echo(f"replay: python -m tests.faults.runner --profile {prof.name} --seed {seed}"
+         f"{f' --minutes {args.minutes:g}' if args.minutes is not None else ''} {how}")
+    echo(f"planned faults: {len(schedule)}")
+    if args.plan_only:
+        for f in schedule:
+            echo(f"  +{f.at:8.2f}s {f.describe()}")
+        return 0
+    run = args.dir or Path("/tmp/dds-faults") / f"{prof.name}-seed{seed}-{int(time.time())}"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "schedule.json").write_text(json.dumps([f.to_json() for f in schedule], indent=1))
+    echo(f"run directory: {run}")
+    code = execute(prof, seed, kinds, schedule, run)
+    if code == 0 and args.dir is None and not args.keep:
+        shutil.rmtree(run, ignore_errors=True)
+    return code
+
+
+def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
+            run: Path) -> int:
+    from tests.faults.final import final_reads, init_cluster
+
+    pool = ProxyPool()
+    cluster = ProxiedCluster(run / "cluster", pool, bricks=prof.bricks,
+                             replication=prof.replication, partitions=prof.partitions)
+    clients: list[tuple[subprocess.Popen[bytes], Path]] = []
+    nemesis = Nemesis(cluster, run / "faults.jsonl", echo)
+    problems: list[str] = []
+    finals: dict[bytes, tuple[bytes | None, int]] = {}
+    try:
+        t_boot = time.monotonic()
+        cluster.start()
+        init_cluster(cluster)
+        echo(f"cluster of {prof.bricks} bricks up in {time.monotonic() - t_boot:.1f}s; "
+             f"{prof.clients} clients x {prof.workers} workers on {prof.keys} keys")
+        clients = spawn_clients(prof, cluster, run, seed)
+        wait_until(lambda: all(h.exists() and h.stat().st_size > 0 for _, h in clients),
+                   60, "every client's first operation")
+        stop = threading.Event()
+        nemesis.run(schedule, stop)
+        nemesis.heal_all()
+        limit = prof.minutes * 60 + 3 * prof.op_timeout + 60
+        wait_until(lambda: all(p.poll() is not None for p, _ in clients), limit,
+                   "client processes to finish", interval=0.2)
+        for i, (p, _) in enumerate(clients):
+            if p.returncode != 0:
+                problems.append(f"client {i} exited with {p.returncode} (see client-{i}.log)")
+        t_final = time.monotonic()
+        keys = [key_name(k) for k in range(prof.keys)]
+        finals, divergent = final_reads(cluster, keys, run / "history-final.jsonl")
+        echo(f"final reads of {len(keys)} keys in {time.monotonic() - t_final:.1f}s")
+        problems += [f"divergent replicas: {d}" for d in divergent.values()]
+        problems += [f"nemesis: {f}" for f in nemesis.findings]
+        stats = [pool.stats(b) for b in cluster.brick_ids]
+        echo("proxies: " + " ".join(f"{k}={sum(getattr(s, k) for s in stats)}" for k in
+                                     ("connections", "forwarded", "dropped", "delayed",
+                                      "refused")))
+    finally:
+        for b in cluster.bricks:
+            if b.alive():
+                b.send_signal(signal.SIGCONT)
+        for p, _ in clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        try:
+            cluster.stop()
+        except RuntimeError as e:
+            echo(f"cleanup: {e}")
+        pool.close()
+        nemesis.close()
+    return verdict(prof, kinds, len(schedule), nemesis, [h for _, h in clients], run,
+                   finals, problems)
+
+
+def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
+            histories: list[Path], run: Path,
+            finals: dict[bytes, tuple[bytes | None, int]], problems: list[str]) -> int:
+    t0 = time.monotonic()
+    client_ops = load_histories(histories)
+    all_ops = load_histories(histories + [run / "history-final.jsonl"])
+    lin = check_linearizable(all_ops)
+    lost = check_lost_writes(client_ops, finals)
+    echo(f"checked {lin.ops_checked} ops on {lin.keys_checked} keys in "
+         f"{time.monotonic() - t0:.1f}s")
+    with open(run / "violations.txt", "w") as out:
+        out.writelines(f"{v.kind}: {v.message}\n" for v in lin.violations + lost.violations)
+    for v in (lin.violations + lost.violations)[:5]:
+        echo(f"VIOLATION {v.kind}: {v.message[:2000]}")
+    counts = nemesis.counts()
+    n_faults = sum(counts.values())
+    ok = sum(o.status == "ok" for o in client_ops)
+    indet = sum(o.status == "indeterminate" for o in client_ops)
+    tput = throughput_before(client_ops, nemesis.first_fault_t)
+    echo("faults by kind: " + " ".join(f"{k}={n}" for k, n in counts.items()))
+    echo(f"throughput before the first fault: {tput:.0f} ops/s")
+    if len(client_ops) < prof.min_ops:
+        problems.append(f"only {len(client_ops)} ops (profile needs {prof.min_ops})")
+    if n_faults < planned:
+        problems.append(f"only {n_faults} of {planned} planned faults ran")
+    if n_faults < prof.min_faults:
+        problems.append(f"only {n_faults} faults (profile needs {prof.min_faults})")
+    if prof.all_kinds:
+        missing = sorted(k for k in kinds if counts[k] == 0)
+        if missing:
+            problems.append(f"nemesis kinds that never ran: {missing}")
+    if tput < MIN_THROUGHPUT:
+        problems.append(f"throughput before the first fault {tput:.0f} ops/s < "
+                        f"{MIN_THROUGHPUT:.0f}")
+    for p in problems:
+        echo(f"PROBLEM: {p[:2000]}")
+    echo(f"ops={len(client_ops)} ok={ok} indeterminate={indet} faults={n_faults} "
+         f"violations={len(lin.violations)} lost={len(lost.violations)}")
+    return 0 if not (problems or lin.violations or lost.violations) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
