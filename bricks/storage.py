@@ -9,6 +9,11 @@ data directory:
   (``compare_and_put`` stays safe).  ``lsn`` is the partition's log position of the row's
   last write; an index on it serves delta copies (:meth:`PartitionStore.rows_since`).
 - ``meta(name TEXT PRIMARY KEY, value)``: ``schema_version``, ``partition``, ``last_lsn``.
+- ``prepared(txid BLOB PRIMARY KEY, key, op, value, new_version, ts)``: the 2PC
+  transactions this replica voted YES on and has not yet seen decided.  A record is
+  written before the vote is sent and removed in the same SQLite transaction as the
+  COMMIT's write (or after an ABORT), so a brick that dies in between finds it on
+  restart and resolves it by termination instead of forgetting a possibly committed write.
 
 **No threads.**  Every SQLite call runs synchronously on the reactor thread.  A batch commit
 in ``fsync`` mode therefore blocks the reactor for one fsync per dirty partition file; group
@@ -71,6 +76,15 @@ _SQL_UPSERT = (
 )
 _SQL_SET_LSN = "UPDATE meta SET value = ? WHERE name = 'last_lsn'"
 _SQL_SINCE = "SELECT key, value, version, lsn FROM kv WHERE lsn > ? ORDER BY lsn LIMIT ?"
+_SQL_PREPARED_TABLE = (
+    "CREATE TABLE IF NOT EXISTS prepared (txid BLOB PRIMARY KEY, key BLOB NOT NULL, "
+    "op TEXT NOT NULL, value BLOB, new_version INTEGER NOT NULL, ts BLOB NOT NULL)")
+_SQL_PREP_ADD = ("INSERT OR REPLACE INTO prepared (txid, key, op, value, new_version, ts) "
+                 "VALUES (?, ?, ?, ?, ?, ?)")
+_SQL_PREP_DEL = "DELETE FROM prepared WHERE txid = ?"
+_PAIR = struct.Struct(">QQ")
+
+TxnId = tuple[int, int]
 
 
 @attrs.frozen
@@ -83,6 +97,23 @@ class ReadResult:
 
 
 NEVER_WRITTEN = ReadResult(None, 0)
+
+
+@attrs.frozen
+class PreparedRecord:
+    """A transaction this replica voted YES on, as found in the file after a restart."""
+
+    txid: TxnId
+    key: bytes
+    op: str
+    value: bytes | None
+    new_version: int
+    ts: tuple[int, int]
+
+
+def _pack_pair(pair: tuple[int, int]) -> bytes:
+    # Library ids are unsigned 64-bit: too wide for SQLite's signed INTEGER.
+    return _PAIR.pack(*pair)
 
 
 def validate_pid(pid: str) -> str:
@@ -109,6 +140,7 @@ class PartitionStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
             self._committed_lsn = self._migrate()
+            self._conn.execute(_SQL_PREPARED_TABLE)
         except BaseException:
             self._conn.close()
             raise
@@ -116,6 +148,8 @@ class PartitionStore:
         # key -> (result, lsn) of the newest staged write; _pending keeps them all in order.
         self._overlay: dict[bytes, tuple[ReadResult, int]] = {}
         self._pending: list[Row] = []
+        # Changes to the ``prepared`` table, in order, committed with the next batch.
+        self._prep_ops: list[tuple[str, tuple[object, ...]]] = []
 
     def _migrate(self) -> int:
         """Create the schema in a new file, check an existing one; return its last lsn."""
@@ -227,13 +261,18 @@ class PartitionStore:
         self._pending.append((key, res.value, res.version, self._last_lsn))
 
     def _commit(self) -> int:
-        """Write every staged row in one transaction; on error roll back and re-raise (the
-        staged rows stay; the caller decides whether to retry or discard them)."""
+        """Write every staged row (and ``prepared`` change) in one transaction; on error
+        roll back and re-raise (the staged rows stay; the caller decides whether to retry
+        or discard them)."""
         rows = self._pending
+        ops = self._prep_ops
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            conn.executemany(_SQL_UPSERT, rows)
+            if rows:
+                conn.executemany(_SQL_UPSERT, rows)
+            for sql, args in ops:
+                conn.execute(sql, args)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -242,15 +281,27 @@ class PartitionStore:
                 except sqlite3.Error:
                     pass
             raise
-        self._committed_lsn = rows[-1][3]
+        if rows:
+            self._committed_lsn = rows[-1][3]
         self._pending = []
+        self._prep_ops = []
         self._overlay.clear()
         return len(rows)
+
+    def prepared_records(self) -> list[PreparedRecord]:
+        """The transactions recorded as prepared in the file (committed state only)."""
+        out = []
+        for txid, key, op, value, new_version, ts in self._conn.execute(
+                "SELECT txid, key, op, value, new_version, ts FROM prepared"):
+            out.append(PreparedRecord(_PAIR.unpack(txid), key, op, value, new_version,
+                                      _PAIR.unpack(ts)))
+        return out
 
     def _discard(self) -> list[bytes]:
         """Forget the staged rows (their commit failed); return the keys they touched."""
         keys = list(self._overlay)
         self._pending = []
+        self._prep_ops = []
         self._overlay.clear()
         self._last_lsn = self._committed_lsn
         return keys
@@ -374,13 +425,16 @@ class Storage:
             cache.popitem(last=False)
         return res
 
-    def write(self, pid: str, key: bytes, value: bytes | None, version: int) -> Deferred[None]:
+    def write(self, pid: str, key: bytes, value: bytes | None, version: int,
+              resolves: TxnId | None = None) -> Deferred[None]:
         """Stage ``key = value`` (None: tombstone) at ``version`` with lsn = last_lsn + 1.
 
         Readable at once.  The Deferred fires once durable per the mode (memory: now;
         disk/fsync: after the batch's commit) or errbacks with the commit's error.
         Raises ValueError if ``version`` is not above the stored one: versions never go
-        back, and the 2PC layer always writes current + 1.
+        back, and the 2PC layer always writes current + 1.  ``resolves`` names the
+        prepared transaction this write commits: its record goes in the same SQLite
+        transaction as the row, so no crash can leave one without the other.
         """
         store = self._store(pid)
         cache = self._cache
@@ -397,7 +451,13 @@ class Storage:
             cache.move_to_end(ck)
             if len(cache) > self._cache_entries:
                 cache.popitem(last=False)
+        if resolves is not None:
+            store._prep_ops.append((_SQL_PREP_DEL, (_pack_pair(resolves),)))
         self.stats["writes"] += 1
+        return self._enqueue(store)
+
+    def _enqueue(self, store: PartitionStore) -> Deferred[None]:
+        """Mark ``store`` dirty; a Deferred that fires once its batch is durable."""
         self._dirty[store] = None
         if self._flush_call is None:
             self._flush_call = self._clock.callLater(self._next_delay(), self._on_timer)
@@ -406,6 +466,27 @@ class Storage:
         d: Deferred[None] = Deferred()
         self._waiting.append((store, d))
         return d
+
+    # -- prepared transactions -------------------------------------------------------
+
+    def prepare(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
+                new_version: int, ts: tuple[int, int]) -> Deferred[None]:
+        """Record a YES vote; fires once the record is durable (memory mode: at once)."""
+        store = self._store(pid)
+        store._prep_ops.append((_SQL_PREP_ADD, (_pack_pair(txid), key, op, value,
+                                                new_version, _pack_pair(ts))))
+        return self._enqueue(store)
+
+    def forget_prepared(self, pid: str, txid: TxnId) -> None:
+        """Drop an aborted transaction's record.  Nobody waits: a record that survives a
+        crash is resolved again by termination, which finds the transaction aborted."""
+        store = self._store(pid)
+        store._prep_ops.append((_SQL_PREP_DEL, (_pack_pair(txid),)))
+        self._enqueue(store).addErrback(lambda _: None)
+
+    def prepared(self, pid: str) -> list[PreparedRecord]:
+        """Prepared transactions recorded in the partition's file (used at start)."""
+        return self._store(pid).prepared_records()
 
     # -- commits -----------------------------------------------------------------------
 

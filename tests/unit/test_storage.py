@@ -470,3 +470,49 @@ def test_under_load_a_commit_window_gathers_writes_into_one_commit(
     assert all(outcome(d) == [None] for d in ds)
     assert s.stats["commits"] == 2 and s.stats["committed_rows"] == 7
     s.close()
+
+
+def test_a_prepare_record_is_durable_and_found_after_reopening(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "p", clock)
+    s.open_partition("p0.0")
+    d = s.prepare("p0.0", (2 ** 64 - 1, 7), b"k", "put", b"v", 3, (10, 2 ** 64 - 1))
+    assert outcome(d) == []                 # not durable before the batch commits
+    clock.advance(0)
+    assert outcome(d) == [None]
+    s.close()
+    again = Storage(tmp_path / "p", clock)
+    (rec,) = again.prepared("p0.0")
+    assert (rec.txid, rec.key, rec.op, rec.value, rec.new_version, rec.ts) == (
+        (2 ** 64 - 1, 7), b"k", "put", b"v", 3, (10, 2 ** 64 - 1))
+    again.close()
+
+
+def test_the_committing_write_removes_its_prepare_record_in_the_same_transaction(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "p", clock)
+    s.open_partition("p0.0")
+    s.prepare("p0.0", (1, 1), b"k", "put", b"v", 1, (1, 1))
+    clock.advance(0)
+    real = fail_commits(s._store("p0.0"))
+    d = s.write("p0.0", b"k", b"v", 1, resolves=(1, 1))
+    clock.advance(0)
+    (failure,) = outcome(d)
+    assert isinstance(failure, Failure) and failure.check(sqlite3.OperationalError)
+    assert [r.txid for r in s.prepared("p0.0")] == [(1, 1)]   # neither row nor removal
+    heal(s._store("p0.0"), real)
+    d = s.write("p0.0", b"k", b"v", 1, resolves=(1, 1))
+    clock.advance(0)
+    assert outcome(d) == [None]
+    assert s.prepared("p0.0") == [] and s.read("p0.0", b"k") == ReadResult(b"v", 1)
+    s.close()
+
+
+def test_forgetting_a_prepare_record_removes_it(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "p", clock)
+    s.open_partition("p0.0")
+    s.prepare("p0.0", (1, 1), b"k", "remove", None, 4, (1, 1))
+    s.forget_prepared("p0.0", (1, 1))
+    clock.advance(0)
+    assert s.prepared("p0.0") == []
+    s.close()
