@@ -2,12 +2,16 @@
 
 Each transaction is a ``Transaction`` with a named state::
 
-    PREPARING ──lock + condition ok──▶ PREPARED ──COMMIT──▶ COMMITTING ──durable──▶ COMMITTED
-        │                                 │
-        └──────── NO vote / ABORT ────────┴──────────────▶ ABORTED
+    PREPARING ──lock, condition, vote recorded──▶ PREPARED ──COMMIT──▶ COMMITTING
+        │                                            │                     │ durable
+        └────────────── NO vote / ABORT ─────────────┴──▶ ABORTED          ▼
+                                                                       COMMITTED
 
 The key lock is held from PREPARING until the transaction is COMMITTED (after the write is
-durable) or ABORTED, so a read that finds the key locked waits for the outcome.  A
+durable) or ABORTED, so a read that finds the key locked waits for the outcome.  The YES
+vote is sent only after its record is durable in the partition's file, and the COMMIT's
+write removes the record atomically, so a restarted brick finds every transaction it may
+still owe (``restore``) and resolves it by termination.  A
 transaction id seen first in an ABORT is recorded as ABORTED, so a PREPARE that arrives
 after its coordinator gave up is refused rather than left holding a lock.  Decided
 transactions are remembered for a while so that a repeated COMMIT or ABORT gets the same
@@ -18,21 +22,22 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dds.errors import (DDSError, Exists, InvalidRequest, Locked, UnknownTransaction,
-                        VersionMismatch)
+from dds import failpoints
+from dds.errors import (DDSError, Exists, InternalError, InvalidRequest, Locked,
+                        UnknownTransaction, VersionMismatch)
 from dds.messages import Prepare, TxnId
 from dds.metrics import Metrics
 from dds.partition import PartitionId
 
 from dds.bricks.locks import LockTable
-from dds.bricks.storage import Storage
+from dds.bricks.storage import PreparedRecord, Storage
 
 #: How many decided transactions are remembered for repeated COMMIT/ABORT answers.
 DECIDED_MEMORY = 100_000
@@ -92,6 +97,8 @@ class Participant:
         """Vote on ``msg``: the YES vote, or raises (or fails with) the NO reason.
         ``recheck`` re-validates the map after waiting for a lock (it may have moved on).
         An uncontended key is voted on at once, without a Deferred."""
+        if failpoints.ARMED:
+            failpoints.fire("prepare.before_vote")
         txid = msg.txid
         known = self.active.get(txid)
         if known is not None:
@@ -140,11 +147,55 @@ class Participant:
             self.metrics.inc("prepare_no_total")
             raise
         txn.new_version = current.version + 1
-        txn.state = TxnState.PREPARED
+        # The vote is sent only once the record of it is durable: a brick that dies after
+        # voting YES must find the transaction again when it restarts.
+        recorded = self.storage.prepare(str(txn.pid), txn.txid, txn.key, txn.op, txn.value,
+                                        txn.new_version, msg.ts)
         deadline = max(self.txn_deadline_s, 2 * msg.timeout_ms / 1000.0)
+        if recorded.called:          # memory durability: no wait
+            return self._prepared(None, txn, deadline)
+        return recorded.addCallbacks(self._prepared, self._record_failed,
+                                     callbackArgs=(txn, deadline), errbackArgs=(txn,))
+
+    def _prepared(self, _: None, txn: Transaction, deadline: float) -> dict[str, int]:
+        if txn.state is TxnState.ABORTED:    # an ABORT arrived while the record was written
+            self.storage.forget_prepared(str(txn.pid), txn.txid)
+            self.locks.release(txn.lock_key, txn.txid)
+            self._forget(txn, TxnState.ABORTED)
+            raise Locked(f"transaction {txn.txid} was aborted while being prepared")
+        txn.state = TxnState.PREPARED
         txn.timer = self.clock.callLater(deadline, self.on_deadline, txn)
         self.metrics.inc("prepare_yes_total")
-        return {"version": current.version}
+        if failpoints.ARMED:
+            failpoints.fire("prepare.after_vote")
+        return {"version": txn.new_version - 1}
+
+    def _record_failed(self, failure: Failure, txn: Transaction) -> Failure:
+        """The prepare record could not be written (disk full …): vote NO."""
+        self.locks.release(txn.lock_key, txn.txid)
+        self._forget(txn, TxnState.ABORTED)
+        self.metrics.inc("prepare_record_failures_total")
+        self.log.error("could not record prepared {txid}: {error}", txid=txn.txid,
+                       error=repr(failure.value))
+        return Failure(InternalError(f"could not record the vote: {failure.value}"))
+
+    def restore(self, pid: PartitionId, records: Iterable[PreparedRecord],
+                resolve_after_s: float) -> int:
+        """After a restart: every recorded YES vote is a prepared transaction again, with
+        its lock, resolved by termination soon (its coordinator has likely given up)."""
+        n = 0
+        for rec in records:
+            txn = Transaction(rec.txid, pid, rec.key, rec.op, rec.value, self.clock.seconds())
+            txn.new_version = rec.new_version
+            txn.state = TxnState.PREPARED
+            if not self.locks.try_acquire(txn.lock_key, txn.txid, rec.ts):
+                self.log.error("two prepared transactions recorded for {key!r} in {pid}; "
+                               "keeping {txid} unlocked for termination", key=rec.key[:64],
+                               pid=str(pid), txid=rec.txid)
+            self.active[txn.txid] = txn
+            txn.timer = self.clock.callLater(resolve_after_s, self.on_deadline, txn)
+            n += 1
+        return n
 
     # -- phase two -----------------------------------------------------------------------
 
@@ -165,10 +216,13 @@ class Participant:
         if txn.state is not TxnState.PREPARED:
             raise UnknownTransaction(f"transaction {txid} is {txn.state.value}, "
                                      "not prepared")
+        if failpoints.ARMED:
+            failpoints.fire("commit.before_apply")
         txn.state = TxnState.COMMITTING
         self._cancel_timer(txn)
         value = txn.value if txn.op != "remove" else None
-        d = self.storage.write(str(txn.pid), txn.key, value, txn.new_version)
+        d = self.storage.write(str(txn.pid), txn.key, value, txn.new_version,
+                               resolves=txn.txid)
         return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
                               errbackArgs=(txn,))
 
@@ -179,6 +233,8 @@ class Participant:
         waiters, txn.waiters = txn.waiters, []
         for w in waiters:
             w.callback(txn.new_version)
+        if failpoints.ARMED:
+            failpoints.fire("commit.after_apply_before_ack")
         return {"version": txn.new_version}
 
     def _commit_failed(self, failure: Failure, txn: Transaction) -> Failure:
@@ -204,8 +260,10 @@ class Participant:
         if txn.state in (TxnState.COMMITTING,):
             raise InvalidRequest(f"transaction {txid} is committing here")
         if txn.state is TxnState.PREPARING:
-            txn.state = TxnState.ABORTED   # prepare() sees this once it has the lock
+            # prepare() sees this once it has the lock, or once its record is written.
+            txn.state = TxnState.ABORTED
             return {}
+        self.storage.forget_prepared(str(txn.pid), txid)
         self.locks.release(txn.lock_key, txid)
         self._forget(txn, TxnState.ABORTED)
         self.metrics.inc("aborts_total")

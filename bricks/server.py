@@ -20,12 +20,14 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from dds import failpoints
 from dds.config import BrickConfig
 from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing,
                         UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
-from dds.messages import (Abort, Checksum, Commit, Get, Gossip, MapGet, MapPush, Message,
-                          Ping, Prepare, Status, TxnState as TxnStateMsg, decode_request)
+from dds.messages import (Abort, Checksum, Commit, Failpoint, Get, Gossip, MapGet, MapPush,
+                          Message, Ping, Prepare, Status, TxnState as TxnStateMsg,
+                          decode_request)
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId
@@ -39,6 +41,8 @@ from dds.bricks.storage import Storage
 
 
 _GET_FIELDS = frozenset(attrs.fields_dict(Get))
+#: A restored prepared transaction asks the other members this soon after a restart.
+RESOLVE_AFTER_RESTART_S = 1.0
 _REQUEST_COUNTERS: dict[str, str] = {}
 
 
@@ -79,6 +83,7 @@ class Brick:
         self.port = config.brick.port
         self.maps.on_change(self._map_changed)
         self._open_my_partitions()
+        self._restore_prepared()
         self._gossip = LoopingCall(self._gossip_round)
         self._gossip.clock = self.clock
         self._stopping = False
@@ -86,7 +91,7 @@ class Brick:
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
             Status: self.status, Checksum: self.checksum, Ping: lambda m: {},
-            TxnStateMsg: self.txn_state,
+            TxnStateMsg: self.txn_state, Failpoint: self.failpoint,
         }
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
@@ -150,6 +155,17 @@ class Brick:
             if not self.storage.has_partition(str(pid)):
                 self.storage.open_partition(str(pid))
                 self.log.info("created replica of {pid}", pid=str(pid))
+
+    def _restore_prepared(self) -> None:
+        """Transactions this brick voted YES on before it stopped are prepared again, with
+        their locks, before it serves anything; termination resolves them shortly."""
+        for pid_text in self.storage.partitions():
+            records = self.storage.prepared(pid_text)
+            if records:
+                n = self.participant.restore(parse_pid(pid_text), records,
+                                             resolve_after_s=RESOLVE_AFTER_RESTART_S)
+                self.log.warn("restored {n} prepared transactions of {pid}; resolving them "
+                              "with the other members", n=n, pid=pid_text)
 
     def _map_changed(self, new_map: ClusterMap, adopted: tuple[Record, ...]) -> None:
         self._open_my_partitions()
@@ -254,8 +270,15 @@ class Brick:
 
     def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
         """Termination query from another member.  A transaction never prepared here is
-        recorded as aborted first, so a late PREPARE cannot revive it."""
+        recorded as aborted first, so a late PREPARE cannot revive it; one forgotten
+        because this brick restarted is answered from the data (its version present)."""
         state = self.participant.state_of(msg.txid)
+        if state is None and msg.pid is not None and msg.key is not None \
+                and msg.new_version is not None:
+            pid = parse_pid(msg.pid)
+            if self.storage.has_partition(str(pid)):
+                if self.storage.read(str(pid), msg.key).version >= msg.new_version:
+                    return {"state": "committed"}
         if state is None or state is TxnState.PREPARING:
             self.participant.abort(msg.txid)
             return {"state": "aborted"}
@@ -281,7 +304,9 @@ class Brick:
         for brick in others:
             try:
                 conn = await self._peer(brick)
-                reply = await conn.call("txn_state", {"txid": list(txn.txid)}, timeout=2.0)
+                reply = await conn.call("txn_state", {
+                    "txid": list(txn.txid), "pid": str(txn.pid), "key": txn.key,
+                    "new_version": txn.new_version}, timeout=2.0)
                 states.append(str(reply.get("state")))
             except DDSError as e:
                 states.append("unreachable")
@@ -385,8 +410,21 @@ class Brick:
             "partitions": sorted(self.storage.partitions()),
             "prepared": len(self.participant.active),
             "in_doubt": [list(t.txid) for t in self.participant.in_doubt()],
+            "failpoints": failpoints.armed(),
             "metrics": self.metrics.snapshot(),
         }
+
+    def failpoint(self, msg: Failpoint) -> dict[str, Any]:
+        """Arm or disarm a failpoint of this process (tests only; see
+        ``docs/failpoints.md``).  Name and action were validated on decoding."""
+        if msg.action is None:
+            failpoints.disarm(msg.name)
+            self.log.warn("failpoint {name} disarmed", name=msg.name)
+        else:
+            action = failpoints.arm(msg.name, msg.action)
+            self.log.warn("failpoint {name} armed: {action}", name=msg.name,
+                          action=str(action))
+        return {"armed": failpoints.armed()}
 
     def checksum(self, msg: Checksum) -> dict[str, int]:
         pid = parse_pid(msg.pid)

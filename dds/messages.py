@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 from attrs import validators as v
 
+from dds import failpoints
 from dds.errors import InvalidRequest
 
 Op = Literal["put", "remove", "create", "cas"]
@@ -186,7 +187,31 @@ class Ping(Message):
 class TxnState(Message):
     """Termination query between members.  Reply:
     ``{"state": "prepared" | "committed" | "aborted"}``; a member that never prepared the
-    transaction records it as aborted before answering."""
+    transaction records it as aborted before answering.  ``pid``, ``key`` and
+    ``new_version`` let a member that has forgotten the transaction (it restarted) answer
+    from its data: the key at ``new_version`` or later means it was committed there."""
 
     TYPE: ClassVar[str] = "txn_state"
     txid: TxnId = attrs.field(converter=_pair)
+    pid: str | None = attrs.field(default=None, validator=v.optional(_str))
+    key: bytes | None = attrs.field(default=None, validator=_opt_bytes)
+    new_version: int | None = attrs.field(default=None, validator=v.optional(_u64))
+
+
+@attrs.frozen
+class Failpoint(Message):
+    """Arm (``action`` given) or disarm (``action`` None) one failpoint of the brick
+    process (``dds/failpoints.py``, ``docs/failpoints.md``).  Reply:
+    ``{"armed": {name: action, ...}}``, every failpoint armed afterwards."""
+
+    TYPE: ClassVar[str] = "failpoint"
+    name: str = attrs.field(validator=_str)
+    action: str | None = attrs.field(default=None, validator=v.optional(_str))
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            failpoints.check_name(self.name)
+            if self.action is not None:
+                failpoints.parse_action(self.action)
+        except failpoints.FailpointError as e:
+            raise ValueError(e.message) from None
