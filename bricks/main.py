@@ -37,6 +37,8 @@ def _overrides(items: list[str]) -> dict[str, object]:
         value: object = raw
         if raw.lstrip("-").isdigit():
             value = int(raw)
+        elif raw in ("true", "false"):
+            value = raw == "true"
         out[key.strip()] = value
     return out
 
@@ -51,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         config = load_brick_config(args.config, overrides=_overrides(args.set))
+    except ConfigError as e:
+        print(f"dds-brick: {e.message}", file=sys.stderr)
+        return 2
+    try:
+        from dds import failpoints  # noqa: F401  (reads DDS_FAILPOINTS, may refuse it)
     except ConfigError as e:
         print(f"dds-brick: {e.message}", file=sys.stderr)
         return 2

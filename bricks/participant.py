@@ -241,6 +241,8 @@ class Participant:
         """The write did not become durable: the lock stays and the transaction stays
         prepared, so the coordinator (or termination) can ask again."""
         txn.state = TxnState.PREPARED
+        if txn.timer is None:     # commit() cancelled it: keep termination as the backstop
+            txn.timer = self.clock.callLater(self.txn_deadline_s, self.on_deadline, txn)
         self.metrics.inc("commit_failures_total")
         self.log.error("commit of {txid} failed to persist: {error}", txid=txn.txid,
                        error=repr(failure.value))

@@ -416,7 +416,12 @@ class Brick:
 
     def failpoint(self, msg: Failpoint) -> dict[str, Any]:
         """Arm or disarm a failpoint of this process (tests only; see
-        ``docs/failpoints.md``).  Name and action were validated on decoding."""
+        ``docs/failpoints.md``).  Name and action were validated on decoding.  Refused
+        unless ``brick.allow_failpoints``: the secret alone must not let a peer crash a
+        production brick."""
+        if not self.config.brick.allow_failpoints:
+            raise InvalidRequest(f"failpoints are disabled on brick {self.id} "
+                                 "(set brick.allow_failpoints = true on test clusters)")
         if msg.action is None:
             failpoints.disarm(msg.name)
             self.log.warn("failpoint {name} disarmed", name=msg.name)

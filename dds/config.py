@@ -69,7 +69,7 @@ def _suggest(name: str, known: list[str]) -> str:
 class Setting:
     """One setting: its kind, documentation and validation (kept in attrs field metadata)."""
 
-    kind: str  # "int" | "str" | "strlist"
+    kind: str  # "int" | "str" | "strlist" | "bool"
     doc: str
     required: bool = False
     lo: int | None = None
@@ -80,6 +80,8 @@ class Setting:
     check: Callable[[Any], str | None] | None = None
 
     def type_text(self) -> str:
+        if self.kind == "bool":
+            return "true or false"
         if self.kind == "int":
             if self.lo is not None and self.hi is not None:
                 return f"an integer from {self.lo} to {self.hi}"
@@ -92,6 +94,8 @@ class Setting:
 
     def short_type(self) -> str:
         """A terse type for :func:`describe`."""
+        if self.kind == "bool":
+            return "boolean"
         if self.kind == "int":
             if self.lo is not None and self.hi is not None:
                 return f"integer {self.lo}..{self.hi}"
@@ -104,6 +108,10 @@ class Setting:
 
     def convert(self, value: Any, path: str, ctx: _Ctx) -> Any:
         """The validated value to store, or ConfigError."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ctx.error(path, f"expected {self.type_text()}, got {_show(value)}")
+            return value
         if self.kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ctx.error(path, f"expected {self.type_text()}, got {_show(value)}")
@@ -139,6 +147,11 @@ def int_setting(default: int | None, doc: str, *, lo: int | None = None,
                 hi: int | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
     """An integer setting; ``default=None`` makes it required."""
     return _field(Setting("int", doc, default is None, lo, hi, check=check), default)
+
+
+def bool_setting(default: bool, doc: str) -> Any:
+    """A true/false setting."""
+    return _field(Setting("bool", doc), default)
 
 
 def str_setting(default: str | None, doc: str, *, choices: tuple[str, ...] = (),
@@ -240,6 +253,8 @@ class BrickSection:
                                         "(0 = every turn)", lo=0, hi=100)
     http_port: int = int_setting(0, "/metrics and /healthz HTTP port (0 = pick a free port, "
                                  "-1 = disabled)", lo=-1, hi=65535)
+    allow_failpoints: bool = bool_setting(False, "accept 'failpoint' admin requests that "
+                                          "crash or pause this brick (test clusters only)")
 
 
 @attrs.frozen(kw_only=True)
@@ -501,6 +516,8 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
 def _toml_value(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return json.dumps(value) if isinstance(value, str) else str(value)
 
 

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from dds import failpoints
 from dds.errors import (DDSError, Exists, Indeterminate, InternalError, InvalidRequest,
                         Locked, NotServing, StaleMap, Unavailable, VersionMismatch)
 from dds.records import BrickRecord
@@ -82,6 +83,21 @@ class Coordinator:
         body.update(txid=txid, ts=ts, op=op, value=value, expected_version=expected_version,
                     timeout_ms=max(1, int(remaining * 1000)))
         votes = await _gather([self._call(b, "prepare", body, remaining) for b in members])
+        try:
+            return await self._decide(txid, members, votes, key, deadline)
+        except (PrepareFailed, Indeterminate):
+            raise
+        except Exception as e:
+            # Members may be prepared and termination may still commit: never report
+            # an unexpected failure after PREPARE as if nothing had happened.
+            self.log.failure("coordinator failed after PREPARE of {txid}", txid=txid)
+            raise Indeterminate(f"transaction {txid}: the coordinator failed after PREPARE "
+                                f"({e!r}); the write may or may not happen") from e
+
+    async def _decide(self, txid: tuple[int, int], members: list[BrickRecord],
+                      votes: list[Any], key: bytes, deadline: float) -> int:
+        if failpoints.ARMED:
+            failpoints.fire("coordinator.after_prepare")
         failures = [r for r in votes if isinstance(r, BaseException)]
         if not failures:
             versions = {r["version"] for r in votes}
@@ -124,8 +140,16 @@ class Coordinator:
                                   unknown: str) -> None:
         """Send the decision to every member, again to those that did not answer, until
         all acknowledged or the deadline passed (then the outcome is ``Indeterminate``)."""
-        pending = list(members)
-        while True:
+        if failpoints.ARMED:
+            failpoints.fire("coordinator.after_decision")
+            if (mtype == "commit" and members
+                    and failpoints.is_armed("coordinator.between_commits")):
+                pending = await self._first_commit_alone(txid, members, deadline)
+            else:
+                pending = list(members)
+        else:
+            pending = list(members)
+        while pending:
             remaining = deadline - self.clock.seconds()
             results = await _gather([self._call(b, mtype, {"txid": txid}, remaining)
                                      for b in pending])
@@ -136,6 +160,17 @@ class Coordinator:
                 raise Indeterminate(f"transaction {txid}: " +
                                     unknown.format(bricks=[b.id for b in pending]))
             await _sleep(self.clock, 0.01)
+
+    async def _first_commit_alone(self, txid: tuple[int, int], members: list[BrickRecord],
+                                  deadline: float) -> list[BrickRecord]:
+        """Only while ``coordinator.between_commits`` is armed: COMMIT the first member
+        and wait for its answer before the others are sent anything, so the failpoint
+        fires with exactly one member committed.  Returns the members still to tell."""
+        first, rest = members[0], list(members[1:])
+        result = await _gather([self._call(first, "commit", {"txid": txid},
+                                           deadline - self.clock.seconds())])
+        failpoints.fire("coordinator.between_commits")
+        return rest + [first] if isinstance(result[0], BaseException) else rest
 
 
 def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:

@@ -40,7 +40,7 @@ class BrickProcess:
         self.config_path = self.dir / "brick.toml"
         self.config_path.write_text(
             f'[brick]\nid = "{brick_id}"\nhost = "127.0.0.1"\nport = 0\nhttp_port = 0\n'
-            f'data_dir = "data"\ndurability = "{durability}"\n'
+            f'data_dir = "data"\ndurability = "{durability}"\nallow_failpoints = true\n'
             f'[cluster]\nname = "{cluster}"\nsecret = "{secret}"\n'
             f'[log]\nformat = "json"\nlevel = "info"\n{extra}')
         self.proc: subprocess.Popen[bytes] | None = None
