@@ -11,53 +11,24 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from dds import failpoints
 from dds.errors import DDSError, Indeterminate
 from dds.failpoints import CRASH_EXIT_CODE
-from dds.lib import DDSClient
 
+from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess, wait_until
 
 TXN_DEADLINE_MS = 500
 WAIT_S = 30.0
-
-
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float,
-                     what: str) -> None:
-    """Poll an async ``condition`` without blocking the reactor, up to ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        await deferLater(reactor, 0.05, lambda: None)
-
-
-async def call(cluster: Cluster, brick: BrickProcess, mtype: str, body: dict[str, Any]
-               ) -> Any:
-    conn = await cluster.admin_connection(reactor, brick)
-    try:
-        return await conn.call(mtype, body, timeout=10)
-    finally:
-        conn.close()
-
-
-async def replica_value(cluster: Cluster, client: DDSClient, brick: BrickProcess,
-                        key: bytes) -> tuple[bytes | None, int]:
-    """The key as one replica answers it (bypassing the client's replica choice)."""
-    route = client.router.route(client.map, key)
-    reply = await call(cluster, brick, "get", {"key": key, **route.ref()})
-    return (reply["value"], reply["version"])
 
 
 def sqlite_value(brick: BrickProcess, pid: str, key: bytes) -> tuple[bytes | None, int]:

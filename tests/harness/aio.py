@@ -1,0 +1,43 @@
+"""Helpers for tests that run on the reactor (pytest-twisted) against real bricks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from dds.lib import DDSClient
+
+from tests.harness.cluster import Cluster
+from tests.harness.processes import BrickProcess
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float,
+                     what: str) -> None:
+    """Poll an async ``condition`` without blocking the reactor, up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+async def call(cluster: Cluster, brick: BrickProcess, mtype: str, body: dict[str, Any]
+               ) -> Any:
+    """One admin request to one brick, on a connection of its own."""
+    conn = await cluster.admin_connection(reactor, brick)
+    try:
+        return await conn.call(mtype, body, timeout=10)
+    finally:
+        conn.close()
+
+
+async def replica_value(cluster: Cluster, client: DDSClient, brick: BrickProcess,
+                        key: bytes) -> tuple[bytes | None, int]:
+    """The key as one replica answers it (bypassing the client's replica choice)."""
+    route = client.router.route(client.map, key)
+    reply = await call(cluster, brick, "get", {"key": key, **route.ref()})
+    return (reply["value"], reply["version"])
