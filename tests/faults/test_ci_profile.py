@@ -1,6 +1,6 @@
 """The CI fault profile, end to end: real bricks, proxies, clients, nemeses, checkers.
 
-Takes about two minutes.  The seed is random (printed by the runner, so a failure can be
+Takes about two minutes (the timeout is only a safety net for a loaded machine).  The seed is random (printed by the runner, so a failure can be
 replayed) unless ``DDS_FAULTS_SEED`` is set.
 """
 
@@ -22,7 +22,7 @@ def test_ci_profile_passes(tmp_path: Path) -> None:
             "--dir", str(tmp_path / "run")]
     if os.environ.get("DDS_FAULTS_SEED"):
         args += ["--seed", os.environ["DDS_FAULTS_SEED"]]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=180,
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
     out = proc.stdout + proc.stderr
     seed = re.search(r"^seed=(\d+)", out, re.MULTILINE)
