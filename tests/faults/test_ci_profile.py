@@ -1,7 +1,8 @@
 """The CI fault profile, end to end: real bricks, proxies, clients, nemeses, checkers.
 
-Takes about two minutes (the timeout is only a safety net for a loaded machine).  The seed is random (printed by the runner, so a failure can be
-replayed) unless ``DDS_FAULTS_SEED`` is set.
+Takes about two minutes; the subprocess timeout is only a safety net for a loaded
+machine.  The seed is random (printed by the runner, so a failure can be replayed) unless
+``DDS_FAULTS_SEED`` is set.
 """
 
 from __future__ import annotations
