@@ -33,6 +33,10 @@ _NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidReque
 Cached = Callable[[str, int], "RPCProtocol | None"]
 
 
+#: How long one COMMIT or ABORT attempt waits for its acknowledgement before resending.
+DECISION_ATTEMPT_S = 1.0
+
+
 class PrepareFailed(Exception):
     """Not all members voted YES; every YES was undone.  ``errors`` holds each NO."""
 
@@ -150,8 +154,10 @@ class Coordinator:
         else:
             pending = list(members)
         while pending:
-            remaining = deadline - self.clock.seconds()
-            results = await _gather([self._call(b, mtype, {"txid": txid}, remaining)
+            # Each attempt is bounded on its own, so a reply that never comes is asked for
+            # again (repeated COMMITs and ABORTs get the same answer) within the deadline.
+            attempt = min(deadline - self.clock.seconds(), DECISION_ATTEMPT_S)
+            results = await _gather([self._call(b, mtype, {"txid": txid}, attempt)
                                      for b in pending])
             pending = [b for b, r in zip(pending, results) if isinstance(r, BaseException)]
             if not pending:
