@@ -9,9 +9,9 @@ Each transaction is a ``Transaction`` with a named state::
 
 The key lock is held from PREPARING until the transaction is COMMITTED (after the write is
 durable) or ABORTED, so a read that finds the key locked waits for the outcome.  The YES
-vote is sent only after its record is durable in the partition's file, and the COMMIT's
-write removes the record atomically, so a restarted brick finds every transaction it may
-still owe (``restore``) and resolves it by termination.  A
+vote is sent only after its record is durable in the brick's ``prepared.sqlite``, and the
+record is removed only once the outcome is durable, so a restarted brick finds every
+transaction it may still owe (``restore``) and resolves it by termination.  A
 transaction id seen first in an ABORT is recorded as ABORTED, so a PREPARE that arrives
 after its coordinator gave up is refused rather than left holding a lock.  Decided
 transactions are remembered for a while so that a repeated COMMIT or ABORT gets the same
@@ -53,7 +53,7 @@ class TxnState(enum.Enum):
 
 class Transaction:
     __slots__ = ("txid", "pid", "key", "op", "value", "new_version", "state", "timer",
-                 "prepared_at", "waiters")
+                 "prepared_at", "due_at", "waiters")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
                  value: bytes | None, now: float) -> None:
@@ -66,6 +66,9 @@ class Transaction:
         self.state = TxnState.PREPARING
         self.timer: IDelayedCall | None = None
         self.prepared_at = now
+        #: When termination first becomes due (the deadline timer's time); None until the
+        #: YES vote is recorded.  Later retries of termination do not move it.
+        self.due_at: float | None = None
         #: COMMITs that arrived while the commit was being made durable (a retry).
         self.waiters: list[Deferred[int]] = []
 
@@ -159,11 +162,12 @@ class Participant:
 
     def _prepared(self, _: None, txn: Transaction, deadline: float) -> dict[str, int]:
         if txn.state is TxnState.ABORTED:    # an ABORT arrived while the record was written
-            self.storage.forget_prepared(str(txn.pid), txn.txid)
+            self.storage.forget_prepared(txn.txid)
             self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             raise Locked(f"transaction {txn.txid} was aborted while being prepared")
         txn.state = TxnState.PREPARED
+        txn.due_at = self.clock.seconds() + deadline
         txn.timer = self.clock.callLater(deadline, self.on_deadline, txn)
         self.metrics.inc("prepare_yes_total")
         if failpoints.ARMED:
@@ -179,20 +183,28 @@ class Participant:
                        error=repr(failure.value))
         return Failure(InternalError(f"could not record the vote: {failure.value}"))
 
-    def restore(self, pid: PartitionId, records: Iterable[PreparedRecord],
-                resolve_after_s: float) -> int:
-        """After a restart: every recorded YES vote is a prepared transaction again, with
-        its lock, resolved by termination soon (its coordinator has likely given up)."""
+    def restore(self, records: Iterable[PreparedRecord], resolve_after_s: float) -> int:
+        """After a restart: every recorded YES vote whose outcome is not already in the
+        data is a prepared transaction again, with its lock, resolved by termination soon
+        (its coordinator has likely given up).  A key already at the record's new version
+        (or later) means the transaction was decided here and only its record's removal
+        was lost: while a member holds a transaction prepared, no later one can commit
+        the key anywhere."""
         n = 0
         for rec in records:
+            pid = PartitionId.parse(rec.pid)
+            if self.storage.read(rec.pid, rec.key).version >= rec.new_version:
+                self.storage.forget_prepared(rec.txid)
+                continue
             txn = Transaction(rec.txid, pid, rec.key, rec.op, rec.value, self.clock.seconds())
             txn.new_version = rec.new_version
             txn.state = TxnState.PREPARED
             if not self.locks.try_acquire(txn.lock_key, txn.txid, rec.ts):
                 self.log.error("two prepared transactions recorded for {key!r} in {pid}; "
                                "keeping {txid} unlocked for termination", key=rec.key[:64],
-                               pid=str(pid), txid=rec.txid)
+                               pid=rec.pid, txid=rec.txid)
             self.active[txn.txid] = txn
+            txn.due_at = self.clock.seconds() + resolve_after_s
             txn.timer = self.clock.callLater(resolve_after_s, self.on_deadline, txn)
             n += 1
         return n
@@ -221,12 +233,12 @@ class Participant:
         txn.state = TxnState.COMMITTING
         self._cancel_timer(txn)
         value = txn.value if txn.op != "remove" else None
-        d = self.storage.write(str(txn.pid), txn.key, value, txn.new_version,
-                               resolves=txn.txid)
+        d = self.storage.write(str(txn.pid), txn.key, value, txn.new_version)
         return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
                               errbackArgs=(txn,))
 
     def _committed(self, _: None, txn: Transaction) -> dict[str, int]:
+        self.storage.forget_prepared(txn.txid)     # only now: the write is durable
         self.locks.release(txn.lock_key, txn.txid)
         self._forget(txn, TxnState.COMMITTED)
         self.metrics.inc("commits_total")
@@ -265,7 +277,7 @@ class Participant:
             # prepare() sees this once it has the lock, or once its record is written.
             txn.state = TxnState.ABORTED
             return {}
-        self.storage.forget_prepared(str(txn.pid), txid)
+        self.storage.forget_prepared(txid)
         self.locks.release(txn.lock_key, txid)
         self._forget(txn, TxnState.ABORTED)
         self.metrics.inc("aborts_total")
@@ -304,7 +316,16 @@ class Participant:
         self.log.warn("transaction {txid} on {pid} is past its deadline and still "
                       "prepared", txid=txn.txid, pid=str(txn.pid))
 
+    def deadline_passed(self, txn: Transaction, now: float | None = None) -> bool:
+        """Whether ``txn``'s deadline (its first termination time) has passed: from then
+        on its coordinator has given up on it, and the termination rule may decide it."""
+        if txn.due_at is None:
+            return False
+        return (self.clock.seconds() if now is None else now) >= txn.due_at
+
     def in_doubt(self) -> list[Transaction]:
+        """Prepared transactions past their deadline: termination has not decided them
+        (yet), typically because a member could not be asked."""
         now = self.clock.seconds()
         return [t for t in self.active.values()
-                if t.state is TxnState.PREPARED and now - t.prepared_at > self.txn_deadline_s]
+                if t.state is TxnState.PREPARED and self.deadline_passed(t, now)]

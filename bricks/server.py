@@ -26,8 +26,8 @@ from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing,
                         UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, Failpoint, Get, Gossip, MapGet, MapPush,
-                          Message, Ping, Prepare, Status, TxnState as TxnStateMsg,
-                          decode_request)
+                          Message, Ping, Prepare, Resolve, Status, TxnId, Txns,
+                          TxnState as TxnStateMsg, decode_request)
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId
@@ -44,6 +44,29 @@ _GET_FIELDS = frozenset(attrs.fields_dict(Get))
 #: A restored prepared transaction asks the other members this soon after a restart.
 RESOLVE_AFTER_RESTART_S = 1.0
 _REQUEST_COUNTERS: dict[str, str] = {}
+#: How long termination waits for each other member's answer.
+TXN_STATE_TIMEOUT_S = 2.0
+_DECISION_OF_STATE = {TxnState.COMMITTING: "commit", TxnState.COMMITTED: "commit",
+                      TxnState.ABORTED: "abort"}
+
+
+@attrs.frozen
+class Termination:
+    """What one run of the termination rule decided for one transaction on this brick:
+    ``commit``, ``abort`` or ``in-doubt`` (nothing decided; it stays prepared), with each
+    other member's answer (``prepared``, ``committed``, ``aborted`` or ``unreachable``)."""
+
+    txid: TxnId
+    pid: str
+    decision: str
+    members: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+    reason: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"txid": list(self.txid), "pid": self.pid, "decision": self.decision,
+                "members": list(self.members), "states": list(self.states),
+                "reason": self.reason}
 
 
 class Brick:
@@ -91,7 +114,8 @@ class Brick:
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
             Status: self.status, Checksum: self.checksum, Ping: lambda m: {},
-            TxnStateMsg: self.txn_state, Failpoint: self.failpoint,
+            TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
+            Resolve: self.resolve,
         }
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
@@ -159,13 +183,11 @@ class Brick:
     def _restore_prepared(self) -> None:
         """Transactions this brick voted YES on before it stopped are prepared again, with
         their locks, before it serves anything; termination resolves them shortly."""
-        for pid_text in self.storage.partitions():
-            records = self.storage.prepared(pid_text)
-            if records:
-                n = self.participant.restore(parse_pid(pid_text), records,
-                                             resolve_after_s=RESOLVE_AFTER_RESTART_S)
-                self.log.warn("restored {n} prepared transactions of {pid}; resolving them "
-                              "with the other members", n=n, pid=pid_text)
+        records = self.storage.prepared()
+        if records:
+            n = self.participant.restore(records, resolve_after_s=RESOLVE_AFTER_RESTART_S)
+            self.log.warn("restored {n} prepared transactions of {total} recorded; resolving "
+                          "them with the other members", n=n, total=len(records))
 
     def _map_changed(self, new_map: ClusterMap, adopted: tuple[Record, ...]) -> None:
         self._open_my_partitions()
@@ -289,44 +311,66 @@ class Brick:
     # -- coordinator failure: cooperative termination (DESIGN §4) ------------------------
 
     def _terminate_later(self, txn: Transaction) -> None:
+        """The deadline timer: run termination; while it stays in doubt, ask again every
+        ``txn_deadline_ms``."""
         txn.timer = None
         self.metrics.inc("txn_terminations_total")
-        ensureDeferred(self._terminate(txn)).addErrback(
-            lambda f: self.log.failure("termination of {txid} failed", failure=f,
-                                       txid=txn.txid))
+        d = ensureDeferred(self._terminate(txn))
+        d.addCallback(self._retry_if_in_doubt, txn)
+        d.addErrback(lambda f: self.log.failure("termination of {txid} failed", failure=f,
+                                                txid=txn.txid))
 
-    async def _terminate(self, txn: Transaction) -> None:
+    def _retry_if_in_doubt(self, result: Termination, txn: Transaction) -> None:
+        if result.decision == "in-doubt" and txn.state is TxnState.PREPARED \
+                and txn.timer is None and self.participant.active.get(txn.txid) is txn:
+            txn.timer = self.clock.callLater(self.participant.txn_deadline_s,
+                                             self._terminate_later, txn)
+
+    async def _terminate(self, txn: Transaction, infer_commit: bool = True) -> Termination:
+        """The termination rule for ``txn``, applied here; returns what it decided.
+        Any member committed → commit; any aborted (or never prepared, which it records
+        as aborted) → abort; all prepared → commit, but only with ``infer_commit`` (past
+        the deadline, the coordinator has given up; before it, a live coordinator may
+        still abort).  Otherwise, or with a member unreachable, it stays prepared."""
+        pid = str(txn.pid)
         if txn.state is not TxnState.PREPARED:
-            return
+            return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
+                               reason=f"{txn.state.value} here")
         rg = self.maps.map.partition_rg.get(txn.pid)
-        others = [b for b in (rg.active_members if rg else ()) if b != self.id]
+        others = tuple(b for b in (rg.active_members if rg else ()) if b != self.id)
         states: list[str] = []
         for brick in others:
             try:
                 conn = await self._peer(brick)
                 reply = await conn.call("txn_state", {
-                    "txid": list(txn.txid), "pid": str(txn.pid), "key": txn.key,
-                    "new_version": txn.new_version}, timeout=2.0)
+                    "txid": list(txn.txid), "pid": pid, "key": txn.key,
+                    "new_version": txn.new_version}, timeout=TXN_STATE_TIMEOUT_S)
                 states.append(str(reply.get("state")))
             except DDSError as e:
                 states.append("unreachable")
                 self.log.warn("termination of {txid}: {brick} unreachable: {error}",
                               txid=txn.txid, brick=brick, error=e.message)
-        if txn.state is not TxnState.PREPARED:
-            return      # the coordinator's decision arrived meanwhile
+        if txn.state is not TxnState.PREPARED:      # the coordinator's decision arrived
+            return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
+                               others, tuple(states),
+                               f"{txn.state.value} here meanwhile (by its coordinator)")
         if "committed" in states:
-            decision = "commit"
+            decision, reason = "commit", "a member committed"
         elif "aborted" in states:
-            decision = "abort"
+            decision, reason = "abort", "a member aborted or never prepared it"
         elif all(s == "prepared" for s in states):
-            decision = "commit"
+            if not infer_commit:
+                reason = "every member prepared, but the deadline has not passed"
+                self.log.info("transaction {txid} left prepared: {reason}", txid=txn.txid,
+                              reason=reason)
+                return Termination(txn.txid, pid, "in-doubt", others, tuple(states), reason)
+            decision, reason = "commit", "every member prepared"
         else:
-            # Someone unreachable and nobody decided: stay prepared and ask again later.
-            txn.timer = self.clock.callLater(self.participant.txn_deadline_s,
-                                             self._terminate_later, txn)
+            # Someone unreachable and nobody decided: stay prepared (ask again later).
             self.log.warn("transaction {txid} stays in doubt: {states}", txid=txn.txid,
                           states=states)
-            return
+            return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
+                               "a member is unreachable and nobody decided")
         self.log.info("terminated {txid} by {decision} (members: {states})",
                       txid=txn.txid, decision=decision, states=states)
         if decision == "commit":
@@ -335,6 +379,7 @@ class Brick:
                 await outcome
         else:
             self.participant.abort(txn.txid)
+        return Termination(txn.txid, pid, decision, others, tuple(states), reason)
 
     async def _peer(self, brick_id: str) -> RPCProtocol:
         rec = self.maps.map.bricks.get(brick_id)
@@ -430,6 +475,61 @@ class Brick:
             self.log.warn("failpoint {name} armed: {action}", name=msg.name,
                           action=str(action))
         return {"armed": failpoints.armed()}
+
+    def txns(self, msg: Txns) -> dict[str, Any]:
+        """Every active transaction (``dds-admin txns`` filters the in-doubt ones)."""
+        now = self.clock.seconds()
+        out = []
+        for t in self.participant.active.values():
+            out.append({
+                "txid": list(t.txid), "pid": str(t.pid), "key": t.key, "op": t.op,
+                "state": t.state.value, "age_s": now - t.prepared_at,
+                "deadline_s": None if t.due_at is None else t.due_at - t.prepared_at,
+                "due_in_s": None if t.due_at is None else t.due_at - now,
+                "deadline_passed": self.participant.deadline_passed(t, now),
+                "new_version": t.new_version,
+            })
+        out.sort(key=lambda e: -e["age_s"])
+        return {"brick": self.id, "txns": out}
+
+    async def resolve(self, msg: Resolve) -> dict[str, Any]:
+        """Termination now, on request (``dds-admin repair``): for ``msg.txid``, or for
+        every prepared transaction past its deadline.  The deadline timers are left as
+        they are: a transaction that stays in doubt is still retried by them."""
+        participant = self.participant
+        if msg.txid is not None:
+            txn = participant.active.get(msg.txid)
+            if txn is None:
+                state = participant.state_of(msg.txid)
+                if state is None:
+                    raise UnknownTransaction(f"transaction {msg.txid} is unknown on brick "
+                                             f"{self.id}")
+                results = [Termination(msg.txid, "", _DECISION_OF_STATE.get(state, "in-doubt"),
+                                       reason=f"already {state.value} here")]
+            else:
+                results = [await self._resolve_one(txn, msg.force)]
+        else:
+            chosen = [t for t in participant.active.values()
+                      if t.state is TxnState.PREPARED
+                      and (msg.force or participant.deadline_passed(t))]
+            done: list[tuple[bool, Any]] = await DeferredList(
+                [ensureDeferred(self._resolve_one(t, msg.force)) for t in chosen],
+                consumeErrors=True)
+            results = [r for ok, r in done if ok]
+        self.metrics.inc("txn_resolutions_total", len(results))
+        return {"brick": self.id, "resolved": [r.to_wire() for r in results]}
+
+    async def _resolve_one(self, txn: Transaction, force: bool) -> Termination:
+        infer = force or self.participant.deadline_passed(txn)
+        self.log.warn("resolving {txid} on request{how}", txid=txn.txid,
+                      how=" (forced, before its deadline)" if force and not
+                      self.participant.deadline_passed(txn) else "")
+        try:
+            return await self._terminate(txn, infer_commit=infer)
+        except Exception as e:      # e.g. the commit could not be made durable
+            self.log.error("resolving {txid} failed: {error}", txid=txn.txid, error=repr(e))
+            return Termination(txn.txid, str(txn.pid), "in-doubt",
+                               reason=f"failed: {getattr(e, 'message', None) or e!r}")
 
     def checksum(self, msg: Checksum) -> dict[str, int]:
         pid = parse_pid(msg.pid)

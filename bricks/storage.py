@@ -9,11 +9,12 @@ data directory:
   (``compare_and_put`` stays safe).  ``lsn`` is the partition's log position of the row's
   last write; an index on it serves delta copies (:meth:`PartitionStore.rows_since`).
 - ``meta(name TEXT PRIMARY KEY, value)``: ``schema_version``, ``partition``, ``last_lsn``.
-- ``prepared(txid BLOB PRIMARY KEY, key, op, value, new_version, ts)``: the 2PC
-  transactions this replica voted YES on and has not yet seen decided.  A record is
-  written before the vote is sent and removed in the same SQLite transaction as the
-  COMMIT's write (or after an ABORT), so a brick that dies in between finds it on
-  restart and resolves it by termination instead of forgetting a possibly committed write.
+
+Besides the partition files, one brick-wide file ``prepared.sqlite`` holds
+``prepared(txid BLOB PRIMARY KEY, pid, key, op, value, new_version, ts)``: the 2PC
+transactions this brick voted YES on.  A record is durable before the vote is sent and is
+removed lazily once the transaction's outcome is durable, so a brick that dies in between
+finds it on restart.  One file for all partitions keeps it to one extra commit per flush.
 
 **No threads.**  Every SQLite call runs synchronously on the reactor thread.  A batch commit
 in ``fsync`` mode therefore blocks the reactor for one fsync per dirty partition file; group
@@ -77,10 +78,12 @@ _SQL_UPSERT = (
 _SQL_SET_LSN = "UPDATE meta SET value = ? WHERE name = 'last_lsn'"
 _SQL_SINCE = "SELECT key, value, version, lsn FROM kv WHERE lsn > ? ORDER BY lsn LIMIT ?"
 _SQL_PREPARED_TABLE = (
-    "CREATE TABLE IF NOT EXISTS prepared (txid BLOB PRIMARY KEY, key BLOB NOT NULL, "
-    "op TEXT NOT NULL, value BLOB, new_version INTEGER NOT NULL, ts BLOB NOT NULL)")
-_SQL_PREP_ADD = ("INSERT OR REPLACE INTO prepared (txid, key, op, value, new_version, ts) "
-                 "VALUES (?, ?, ?, ?, ?, ?)")
+    "CREATE TABLE IF NOT EXISTS prepared (txid BLOB PRIMARY KEY, pid TEXT NOT NULL, "
+    "key BLOB NOT NULL, op TEXT NOT NULL, value BLOB, new_version INTEGER NOT NULL, "
+    "ts BLOB NOT NULL)")
+_SQL_PREP_ADD = ("INSERT OR REPLACE INTO prepared (txid, pid, key, op, value, new_version, "
+                 "ts) VALUES (?, ?, ?, ?, ?, ?, ?)")
+PREPARED_FILE = "prepared.sqlite"
 _SQL_PREP_DEL = "DELETE FROM prepared WHERE txid = ?"
 _PAIR = struct.Struct(">QQ")
 
@@ -104,6 +107,7 @@ class PreparedRecord:
     """A transaction this replica voted YES on, as found in the file after a restart."""
 
     txid: TxnId
+    pid: str
     key: bytes
     op: str
     value: bytes | None
@@ -140,7 +144,6 @@ class PartitionStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
             self._committed_lsn = self._migrate()
-            self._conn.execute(_SQL_PREPARED_TABLE)
         except BaseException:
             self._conn.close()
             raise
@@ -148,8 +151,6 @@ class PartitionStore:
         # key -> (result, lsn) of the newest staged write; _pending keeps them all in order.
         self._overlay: dict[bytes, tuple[ReadResult, int]] = {}
         self._pending: list[Row] = []
-        # Changes to the ``prepared`` table, in order, committed with the next batch.
-        self._prep_ops: list[tuple[str, tuple[object, ...]]] = []
 
     def _migrate(self) -> int:
         """Create the schema in a new file, check an existing one; return its last lsn."""
@@ -261,18 +262,13 @@ class PartitionStore:
         self._pending.append((key, res.value, res.version, self._last_lsn))
 
     def _commit(self) -> int:
-        """Write every staged row (and ``prepared`` change) in one transaction; on error
-        roll back and re-raise (the staged rows stay; the caller decides whether to retry
-        or discard them)."""
+        """Write every staged row in one transaction; on error roll back and re-raise (the
+        staged rows stay; the caller decides whether to retry or discard them)."""
         rows = self._pending
-        ops = self._prep_ops
         conn = self._conn
         conn.execute("BEGIN")
         try:
-            if rows:
-                conn.executemany(_SQL_UPSERT, rows)
-            for sql, args in ops:
-                conn.execute(sql, args)
+            conn.executemany(_SQL_UPSERT, rows)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -281,27 +277,15 @@ class PartitionStore:
                 except sqlite3.Error:
                     pass
             raise
-        if rows:
-            self._committed_lsn = rows[-1][3]
+        self._committed_lsn = rows[-1][3]
         self._pending = []
-        self._prep_ops = []
         self._overlay.clear()
         return len(rows)
-
-    def prepared_records(self) -> list[PreparedRecord]:
-        """The transactions recorded as prepared in the file (committed state only)."""
-        out = []
-        for txid, key, op, value, new_version, ts in self._conn.execute(
-                "SELECT txid, key, op, value, new_version, ts FROM prepared"):
-            out.append(PreparedRecord(_PAIR.unpack(txid), key, op, value, new_version,
-                                      _PAIR.unpack(ts)))
-        return out
 
     def _discard(self) -> list[bytes]:
         """Forget the staged rows (their commit failed); return the keys they touched."""
         keys = list(self._overlay)
         self._pending = []
-        self._prep_ops = []
         self._overlay.clear()
         self._last_lsn = self._committed_lsn
         return keys
@@ -316,6 +300,62 @@ class PartitionStore:
             except sqlite3.Error:
                 pass    # only a floor: MAX(lsn) is authoritative while no row is purged
             self._conn.close()
+
+
+class PreparedLog:
+    """The brick-wide file of recorded YES votes.  It takes part in group commit like a
+    partition file: ``_pending`` changes go into one SQLite transaction per flush."""
+
+    partition_id = "prepared"
+
+    def __init__(self, path: Path, durability: Durability) -> None:
+        self.path = path
+        self.closed = False
+        self._conn = sqlite3.connect(str(path), isolation_level=None, cached_statements=8)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
+            self._conn.execute(_SQL_PREPARED_TABLE)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._pending: list[tuple[str, tuple[object, ...]]] = []
+
+    def _commit(self) -> int:
+        ops, conn = self._pending, self._conn
+        conn.execute("BEGIN")
+        try:
+            for sql, args in ops:
+                conn.execute(sql, args)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        self._pending = []
+        return len(ops)
+
+    def _discard(self) -> list[bytes]:
+        self._pending = []
+        return []
+
+    def records(self) -> list[PreparedRecord]:
+        return [PreparedRecord(_PAIR.unpack(txid), pid, key, op, value, new_version,
+                               _PAIR.unpack(ts))
+                for txid, pid, key, op, value, new_version, ts in self._conn.execute(
+                    "SELECT txid, pid, key, op, value, new_version, ts FROM prepared")]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._conn.close()
+
+
+#: What group commit flushes: a partition file, or the brick's file of prepared votes.
+_Batch = PartitionStore | PreparedLog
 
 
 class Storage:
@@ -350,8 +390,9 @@ class Storage:
         self._known: set[str] = {
             f.name[: -len(_SUFFIX)] for f in self.data_dir.glob("p*" + _SUFFIX)
             if _PID_RE.match(f.name[: -len(_SUFFIX)])}
-        self._dirty: dict[PartitionStore, None] = {}  # insertion-ordered set
-        self._waiting: list[tuple[PartitionStore, Deferred[None]]] = []
+        self._dirty: dict[_Batch, None] = {}  # insertion-ordered set
+        self._waiting: list[tuple[_Batch, Deferred[None]]] = []
+        self._prepared_log = PreparedLog(self.data_dir / PREPARED_FILE, durability)
         self._flush_call: IDelayedCall | None = None
         self.stats: dict[str, int] = dict.fromkeys(
             ("reads", "cache_hits", "writes", "commits", "committed_rows", "commit_failures"), 0)
@@ -425,16 +466,13 @@ class Storage:
             cache.popitem(last=False)
         return res
 
-    def write(self, pid: str, key: bytes, value: bytes | None, version: int,
-              resolves: TxnId | None = None) -> Deferred[None]:
+    def write(self, pid: str, key: bytes, value: bytes | None, version: int) -> Deferred[None]:
         """Stage ``key = value`` (None: tombstone) at ``version`` with lsn = last_lsn + 1.
 
         Readable at once.  The Deferred fires once durable per the mode (memory: now;
         disk/fsync: after the batch's commit) or errbacks with the commit's error.
         Raises ValueError if ``version`` is not above the stored one: versions never go
-        back, and the 2PC layer always writes current + 1.  ``resolves`` names the
-        prepared transaction this write commits: its record goes in the same SQLite
-        transaction as the row, so no crash can leave one without the other.
+        back, and the 2PC layer always writes current + 1.
         """
         store = self._store(pid)
         cache = self._cache
@@ -451,12 +489,10 @@ class Storage:
             cache.move_to_end(ck)
             if len(cache) > self._cache_entries:
                 cache.popitem(last=False)
-        if resolves is not None:
-            store._prep_ops.append((_SQL_PREP_DEL, (_pack_pair(resolves),)))
         self.stats["writes"] += 1
         return self._enqueue(store)
 
-    def _enqueue(self, store: PartitionStore) -> Deferred[None]:
+    def _enqueue(self, store: _Batch) -> Deferred[None]:
         """Mark ``store`` dirty; a Deferred that fires once its batch is durable."""
         self._dirty[store] = None
         if self._flush_call is None:
@@ -472,21 +508,21 @@ class Storage:
     def prepare(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
                 new_version: int, ts: tuple[int, int]) -> Deferred[None]:
         """Record a YES vote; fires once the record is durable (memory mode: at once)."""
-        store = self._store(pid)
-        store._prep_ops.append((_SQL_PREP_ADD, (_pack_pair(txid), key, op, value,
-                                                new_version, _pack_pair(ts))))
-        return self._enqueue(store)
+        self._store(pid)    # the partition must exist
+        log_ = self._prepared_log
+        log_._pending.append((_SQL_PREP_ADD, (_pack_pair(txid), pid, key, op, value,
+                                              new_version, _pack_pair(ts))))
+        return self._enqueue(log_)
 
-    def forget_prepared(self, pid: str, txid: TxnId) -> None:
-        """Drop an aborted transaction's record.  Nobody waits: a record that survives a
-        crash is resolved again by termination, which finds the transaction aborted."""
-        store = self._store(pid)
-        store._prep_ops.append((_SQL_PREP_DEL, (_pack_pair(txid),)))
-        self._enqueue(store).addErrback(lambda _: None)
+    def forget_prepared(self, txid: TxnId) -> None:
+        """Drop a record once its transaction's outcome is durable (or it aborted).
+        Nobody waits: a record that survives a crash is resolved again on restart."""
+        self._prepared_log._pending.append((_SQL_PREP_DEL, (_pack_pair(txid),)))
+        self._enqueue(self._prepared_log).addErrback(lambda _: None)
 
-    def prepared(self, pid: str) -> list[PreparedRecord]:
-        """Prepared transactions recorded in the partition's file (used at start)."""
-        return self._store(pid).prepared_records()
+    def prepared(self) -> list[PreparedRecord]:
+        """Every recorded YES vote (used at start, before serving)."""
+        return self._prepared_log.records()
 
     # -- commits -----------------------------------------------------------------------
 
@@ -509,7 +545,7 @@ class Storage:
         self._last_flush = self._clock.seconds()
         dirty, self._dirty = self._dirty, {}
         waiting, self._waiting = self._waiting, []
-        failed: dict[PartitionStore, BaseException] = {}
+        failed: dict[_Batch, BaseException] = {}
         for store in dirty:
             try:
                 n = store._commit()
@@ -535,7 +571,7 @@ class Storage:
                 d.errback(Failure(err))
         return list(failed.values())
 
-    def _forget(self, store: PartitionStore) -> None:
+    def _forget(self, store: _Batch) -> None:
         keys = store._discard()
         if self._cache is not None:
             pid = store.partition_id
@@ -562,3 +598,4 @@ class Storage:
         for store in self._stores.values():
             store.close()
         self._stores.clear()
+        self._prepared_log.close()

@@ -34,9 +34,11 @@ async def _nothing_prepared(cluster: Cluster) -> bool:
 
 
 def _prepared_rows(brick: Any, pid: str) -> int:
-    db = sqlite3.connect(str(brick.data_dir / f"{pid}.sqlite"))
+    """Recorded YES votes of ``pid`` in the brick's file (read while it is down or up)."""
+    db = sqlite3.connect(str(brick.data_dir / "prepared.sqlite"))
     try:
-        return int(db.execute("SELECT COUNT(*) FROM prepared").fetchone()[0])
+        return int(db.execute("SELECT COUNT(*) FROM prepared WHERE pid = ?",
+                              (pid,)).fetchone()[0])
     finally:
         db.close()
 

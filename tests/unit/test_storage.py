@@ -424,7 +424,7 @@ def test_drop_partition_removes_files(storage: Storage, clock: Clock, tmp_path: 
     clock.advance(0)
     assert (tmp_path / "p0.0.sqlite-wal").exists()
     storage.drop_partition("p0.0")
-    assert list(tmp_path.iterdir()) == []
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith("p0.0")]
     assert not storage.has_partition("p0.0") and storage.partitions() == []
     storage.open_partition("p0.0")
     assert storage.read("p0.0", b"k") == ReadResult(None, 0)  # nothing stale in the cache
@@ -482,29 +482,39 @@ def test_a_prepare_record_is_durable_and_found_after_reopening(
     assert outcome(d) == [None]
     s.close()
     again = Storage(tmp_path / "p", clock)
-    (rec,) = again.prepared("p0.0")
-    assert (rec.txid, rec.key, rec.op, rec.value, rec.new_version, rec.ts) == (
-        (2 ** 64 - 1, 7), b"k", "put", b"v", 3, (10, 2 ** 64 - 1))
+    (rec,) = again.prepared()
+    assert (rec.txid, rec.pid, rec.key, rec.op, rec.value, rec.new_version, rec.ts) == (
+        (2 ** 64 - 1, 7), "p0.0", b"k", "put", b"v", 3, (10, 2 ** 64 - 1))
     again.close()
 
 
-def test_the_committing_write_removes_its_prepare_record_in_the_same_transaction(
+def test_prepare_records_of_all_partitions_share_one_commit(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "p", clock)
+    for pid in ("p1.0", "p1.1"):
+        s.open_partition(pid)
+    ds = [s.prepare(pid, (1, i), b"k", "put", b"v", 1, (1, 1))
+          for i, pid in enumerate(["p1.0", "p1.1", "p1.0"])]
+    clock.advance(0)
+    assert all(outcome(d) == [None] for d in ds)
+    assert s.stats["commits"] == 1
+    assert sorted(r.pid for r in s.prepared()) == ["p1.0", "p1.0", "p1.1"]
+    s.close()
+
+
+def test_a_failed_record_commit_fails_the_vote_and_keeps_nothing(
         tmp_path: Path, clock: Clock) -> None:
     s = Storage(tmp_path / "p", clock)
     s.open_partition("p0.0")
-    s.prepare("p0.0", (1, 1), b"k", "put", b"v", 1, (1, 1))
-    clock.advance(0)
-    real = fail_commits(s._store("p0.0"))
-    d = s.write("p0.0", b"k", b"v", 1, resolves=(1, 1))
+    log_ = s._prepared_log
+    real = log_._conn
+    cast(Any, log_)._conn = FailingConnection(real)
+    d = s.prepare("p0.0", (1, 1), b"k", "put", b"v", 1, (1, 1))
     clock.advance(0)
     (failure,) = outcome(d)
     assert isinstance(failure, Failure) and failure.check(sqlite3.OperationalError)
-    assert [r.txid for r in s.prepared("p0.0")] == [(1, 1)]   # neither row nor removal
-    heal(s._store("p0.0"), real)
-    d = s.write("p0.0", b"k", b"v", 1, resolves=(1, 1))
-    clock.advance(0)
-    assert outcome(d) == [None]
-    assert s.prepared("p0.0") == [] and s.read("p0.0", b"k") == ReadResult(b"v", 1)
+    log_._conn = real
+    assert s.prepared() == []
     s.close()
 
 
@@ -512,7 +522,7 @@ def test_forgetting_a_prepare_record_removes_it(tmp_path: Path, clock: Clock) ->
     s = Storage(tmp_path / "p", clock)
     s.open_partition("p0.0")
     s.prepare("p0.0", (1, 1), b"k", "remove", None, 4, (1, 1))
-    s.forget_prepared("p0.0", (1, 1))
+    s.forget_prepared((1, 1))
     clock.advance(0)
-    assert s.prepared("p0.0") == []
+    assert s.prepared() == []
     s.close()
