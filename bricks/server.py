@@ -504,7 +504,8 @@ class Brick:
                 if state is None:
                     raise UnknownTransaction(f"transaction {msg.txid} is unknown on brick "
                                              f"{self.id}")
-                results = [Termination(msg.txid, "", _DECISION_OF_STATE.get(state, "in-doubt"),
+                decision = _DECISION_OF_STATE.get(state, "in-doubt")
+                results = [Termination(msg.txid, "", decision,
                                        reason=f"already {state.value} here")]
             else:
                 results = [await self._resolve_one(txn, msg.force)]

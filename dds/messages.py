@@ -215,3 +215,43 @@ class Failpoint(Message):
                 failpoints.parse_action(self.action)
         except failpoints.FailpointError as e:
             raise ValueError(e.message) from None
+
+
+def _opt_pair(value: Any) -> tuple[int, int] | None:
+    return None if value is None else _pair(value)
+
+
+@attrs.frozen
+class Txns(Message):
+    """Every active transaction of the brick, for ``dds-admin txns``.  Reply::
+
+        {"brick": id, "txns": [{"txid": [lib, counter], "pid": str, "key": bytes,
+          "op": str, "state": "preparing" | "prepared" | "committing",
+          "age_s": float, "deadline_s": float | None, "due_in_s": float | None,
+          "deadline_passed": bool, "new_version": int}, ...]}
+
+    ``age_s`` counts from when this brick received the PREPARE (or restored the
+    transaction after a restart); ``deadline_s`` is the transaction's deadline counted
+    from then (None while it is still preparing), ``due_in_s`` the time left until it
+    (negative once passed).  A prepared transaction past its deadline is in doubt."""
+
+    TYPE: ClassVar[str] = "txns"
+
+
+@attrs.frozen
+class Resolve(Message):
+    """Run termination (DESIGN §4) now: for ``txid``, or (``txid`` absent) for every
+    prepared transaction past its deadline.  Before a transaction's deadline only a
+    decision another member already made (committed, or aborted / never prepared) is
+    followed; "all prepared, so commit" is inferred only past the deadline, when the
+    coordinator has given up, or with ``force`` (the caller knows the coordinator is dead).
+    Reply::
+
+        {"brick": id, "resolved": [{"txid": [lib, counter], "pid": str,
+          "decision": "commit" | "abort" | "in-doubt", "members": [brick id, ...],
+          "states": [state each member reported, ...], "reason": str}, ...]}
+    """
+
+    TYPE: ClassVar[str] = "resolve"
+    txid: TxnId | None = attrs.field(default=None, converter=_opt_pair)
+    force: bool = attrs.field(default=False, validator=v.instance_of(bool))

@@ -72,7 +72,7 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Administer a DDS cluster: local clusters, init, status, bench."""
+    """Administer a DDS cluster: local clusters, init, status, txns, repair, bench."""
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -137,6 +137,65 @@ def _status(target: Target, as_json: bool, timeout: float) -> None:
         ui.print_json(report)
     else:
         render(report, ui.out)
+
+
+# -- txns and repair ---------------------------------------------------------------------------
+
+@main.command()
+@target_options
+@click.option("--all", "show_all", is_flag=True,
+              help="list every active transaction, not only the in-doubt ones")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def txns(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
+         local_dir: Path, show_all: bool, as_json: bool, timeout: float) -> None:
+    """In-doubt transactions per brick.
+
+    In doubt: held prepared past its deadline, undecided.  --all lists every active one.
+    """
+    from dds.tools.txns import collect, render
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    report = run(lambda reactor: collect(reactor, target, timeout, show_all))
+    if as_json:
+        ui.print_json(report)
+    else:
+        render(report, ui.out)
+
+
+@main.command()
+@target_options
+@click.option("--txns-only", is_flag=True, help="run only the in-doubt transactions step")
+@click.option("--dry-run", is_flag=True, help="show what would be repaired; change nothing")
+@click.option("--before-deadline", is_flag=True,
+              help="also resolve prepared transactions whose deadline has not passed: "
+                   "only when their coordinators are known to be dead (a live one may "
+                   "still abort them)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def repair(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+           local: bool, local_dir: Path, txns_only: bool, dry_run: bool,
+           before_deadline: bool, as_json: bool, timeout: float) -> None:
+    """Repair step by step (today: in-doubt transactions).
+
+    Exit status 1 when a step left something unrepaired or a brick could not be reached.
+    """
+    from dds.tools import repair as r
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    options = r.Options(dry_run=dry_run, before_deadline=before_deadline, timeout=timeout)
+    report = run(lambda reactor: r.repair(reactor, target, options,
+                                          {"txns"} if txns_only else None, ui.say))
+    if as_json:
+        ui.print_json(report)
+    else:
+        r.render(report, ui.out)
+    if not report["ok"]:
+        sys.exit(1)
 
 
 # -- bench -------------------------------------------------------------------------------------
