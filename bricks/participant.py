@@ -53,7 +53,7 @@ class TxnState(enum.Enum):
 
 class Transaction:
     __slots__ = ("txid", "pid", "key", "op", "value", "new_version", "state", "timer",
-                 "prepared_at", "due_at", "waiters")
+                 "prepared_at", "due_at", "waiters", "queried")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
                  value: bytes | None, now: float) -> None:
@@ -71,6 +71,10 @@ class Transaction:
         self.due_at: float | None = None
         #: COMMITs that arrived while the commit was being made durable (a retry).
         self.waiters: list[Deferred[int]] = []
+        #: Termination has seen this member prepared (it answered a query, or started its
+        #: own termination): from then on the members decide, and a coordinator's ABORT is
+        #: refused, or some member could commit by "all prepared" while others abort.
+        self.queried = False
 
     @property
     def lock_key(self) -> tuple[PartitionId, bytes]:

@@ -288,6 +288,11 @@ class Brick:
         return self.participant.commit(msg.txid)
 
     def abort(self, msg: Abort) -> dict[str, Any]:
+        txn = self.participant.active.get(msg.txid)
+        if txn is not None and txn.queried and txn.state is TxnState.PREPARED:
+            self.metrics.inc("aborts_refused_total")
+            raise InvalidRequest(f"transaction {msg.txid} is being resolved by termination "
+                                 "among its members, who decide its outcome")
         return self.participant.abort(msg.txid)
 
     def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
@@ -306,6 +311,8 @@ class Brick:
             return {"state": "aborted"}
         if state is TxnState.COMMITTING:
             return {"state": "prepared"}
+        if state is TxnState.PREPARED:
+            self.participant.active[msg.txid].queried = True
         return {"state": state.value}
 
     # -- coordinator failure: cooperative termination (DESIGN §4) ------------------------
@@ -336,6 +343,8 @@ class Brick:
         if txn.state is not TxnState.PREPARED:
             return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
                                reason=f"{txn.state.value} here")
+        if infer_commit:
+            txn.queried = True      # we may commit by "all prepared": no coordinator ABORT now
         rg = self.maps.map.partition_rg.get(txn.pid)
         others = tuple(b for b in (rg.active_members if rg else ()) if b != self.id)
         states: list[str] = []
