@@ -203,6 +203,9 @@ class Participant:
             txn = Transaction(rec.txid, pid, rec.key, rec.op, rec.value, self.clock.seconds())
             txn.new_version = rec.new_version
             txn.state = TxnState.PREPARED
+            # It may have answered "prepared" to a termination query before it stopped:
+            # only termination decides now, never a coordinator's ABORT.
+            txn.queried = True
             if not self.locks.try_acquire(txn.lock_key, txn.txid, rec.ts):
                 self.log.error("two prepared transactions recorded for {key!r} in {pid}; "
                                "keeping {txid} unlocked for termination", key=rec.key[:64],
