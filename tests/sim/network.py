@@ -17,10 +17,17 @@ The pump interleaves deliveries and timers in simulated-time order:
 
 Faults: :meth:`~MemoryNetwork.disconnect` cuts every connection to an address (both ends
 see ``connectionLost``) and refuses new ones; :meth:`~MemoryNetwork.partition` does the
-same between two groups of nodes; :meth:`~MemoryNetwork.heal` lifts every block.
+same between two groups of nodes; :meth:`~MemoryNetwork.heal` lifts every block;
+:meth:`~MemoryNetwork.cut` breaks one connection.  :meth:`~MemoryNetwork.set_delay` adds
+latency to every connection between two nodes (a slow link; FIFO per direction stays).
 :meth:`~MemoryNetwork.pause` holds deliveries to a node until :meth:`~MemoryNetwork.resume`
-(its timers still run: the clock is shared).  An exception raised by a protocol callback is
-not swallowed: it closes the connection and is raised out of the pump.
+(its timers still run: the clock is shared); with ``stop_process=True`` the node's
+accepted connections and connection losses are held too, so that, with its timers held by
+its ``tests.sim.nodes.NodeReactor``, none of its code runs (``kill -STOP``).
+:meth:`~MemoryNetwork.kill` makes a node dead (``kill -9``): its connections break (only
+the peers see it), its listeners go, nothing is delivered to it until
+:meth:`~MemoryNetwork.revive`.  An exception raised by a protocol callback is not
+swallowed: it closes the connection and is raised out of the pump.
 
 ``SimCluster`` builds N bricks (real SQLite files under a temporary directory), a hand-made
 map pushed to all of them, and ``DDSClient``s on the network.
@@ -131,6 +138,8 @@ class Connection:
         self.last_delivery = [0.0, 0.0]
         #: Per sending side: bytes written.
         self.bytes_sent = [0, 0]
+        #: Per side: ``makeConnection`` was called (the server's waits while it is stopped).
+        self.made = [True, True]
 
     def __repr__(self) -> str:
         state = "open" if self.open else "closed"
@@ -167,6 +176,9 @@ class MemoryNetwork:
         self._down: set[Address] = set()
         self._cuts: set[frozenset[str]] = set()
         self._paused: set[str] = set()
+        self._stopped: set[str] = set()
+        self._dead: set[str] = set()
+        self._delays: dict[frozenset[str], float] = {}
         self._held: list[_Event] = []
         self._events: list[_Event] = []
         self._seq = itertools.count()
@@ -211,7 +223,12 @@ class MemoryNetwork:
         self.connections.append(conn)
         self.connects += 1
         protocol.makeConnection(_Transport(self, conn, CLIENT))
-        server.makeConnection(_Transport(self, conn, SERVER))
+        if server_name in self._stopped:    # accepted by the kernel, seen by it later
+            conn.made[SERVER] = False
+            self._held.append((self.clock.seconds(), next(self._seq), conn, SERVER, "made",
+                               b""))
+        else:
+            server.makeConnection(_Transport(self, conn, SERVER))
         return conn
 
     def opener(self) -> Opener:
@@ -259,24 +276,70 @@ class MemoryNetwork:
             if (x in group_a and y in group_b) or (x in group_b and y in group_a):
                 self._close(conn, TCPConnectionLost("memory network: partitioned"))
 
+    def cut(self, conn: Connection) -> None:
+        """Break one connection now: both ends see ``connectionLost`` (a stopped end when
+        it resumes, a dead end never); what was in flight is lost."""
+        self._close(conn, TCPConnectionLost("memory network: connection cut"))
+
+    def set_delay(self, a: str, b: str, seconds: float) -> None:
+        """Add ``seconds`` of latency to every connection between nodes ``a`` and ``b``
+        (0 lifts it).  Bytes already in flight keep their delivery time; FIFO per
+        direction is kept (later bytes never overtake earlier ones)."""
+        pair = frozenset((a, b))
+        if seconds > 0:
+            self._delays[pair] = seconds
+        else:
+            self._delays.pop(pair, None)
+
+    def clear_delays(self) -> None:
+        """Lift every :meth:`set_delay`."""
+        self._delays.clear()
+
     def heal(self) -> None:
         """Lift every :meth:`disconnect` and :meth:`partition` (cut connections stay cut)."""
         self._down.clear()
         self._cuts.clear()
 
-    def pause(self, name: str) -> None:
-        """Hold every delivery to node ``name`` (a paused process reads nothing)."""
+    def pause(self, name: str, stop_process: bool = False) -> None:
+        """Hold every delivery to node ``name`` (a paused process reads nothing).  With
+        ``stop_process``, also hold the connections it accepts and the connection losses
+        it would see: the whole process is stopped, not just its reading."""
         self._paused.add(name)
+        if stop_process:
+            self._stopped.add(name)
 
     def resume(self, name: str) -> None:
         """Deliver what was held for ``name``, in order, on the next pump step."""
         self._paused.discard(name)
+        self._stopped.discard(name)
         held, self._held = self._held, []
         for ev in held:
             if ev[2].names[ev[3]] == name:
                 heapq.heappush(self._events, ev)
             else:
                 self._held.append(ev)
+
+    def kill(self, name: str) -> None:
+        """Node ``name`` died: stop listening for it, break its connections (the peers see
+        ``connectionLost``, the dead end sees nothing), drop what is held for it, and
+        deliver nothing to it until :meth:`revive`."""
+        self._dead.add(name)
+        self._paused.discard(name)
+        self._stopped.discard(name)
+        for addr, (_factory, lname) in list(self._listeners.items()):
+            if lname == name:
+                del self._listeners[addr]
+        self._held = [ev for ev in self._held if ev[2].names[ev[3]] != name]
+        for conn in list(self.connections):
+            if conn.involves(name):
+                self._close(conn, TCPConnectionLost(f"memory network: {name} died"))
+
+    def revive(self, name: str) -> None:
+        """A new incarnation of ``name`` may listen and connect (see :meth:`kill`)."""
+        self._dead.discard(name)
+
+    def is_dead(self, name: str) -> bool:
+        return name in self._dead
 
     # -- transports ----------------------------------------------------------------------
 
@@ -286,6 +349,8 @@ class MemoryNetwork:
 
     def _delivery_time(self, conn: Connection, to_side: int) -> float:
         t = self.clock.seconds() + self.latency
+        if self._delays:
+            t += self._delays.get(frozenset(conn.names), 0.0)
         if self.jitter:
             t += self.jitter * self.rng.random()
         t = max(t, conn.last_delivery[to_side])     # FIFO per direction
@@ -293,7 +358,7 @@ class MemoryNetwork:
         return t
 
     def _send(self, conn: Connection, side: int, data: bytes) -> None:
-        if not conn.open or conn.closing[side] or not data:
+        if not conn.open or conn.closing[side] or not data or conn.names[side] in self._dead:
             return
         conn.bytes_sent[side] += len(data)
         self.bytes_sent += len(data)
@@ -312,7 +377,16 @@ class MemoryNetwork:
             return
         conn.open = False
         self.connections.remove(conn)
-        raised = [self._call(proto.connectionLost, Failure(reason)) for proto in conn.protos]
+        raised: list[Exception | None] = []
+        for side, proto in enumerate(conn.protos):
+            name = conn.names[side]
+            if name in self._dead or not conn.made[side]:
+                continue
+            if name in self._stopped:       # it learns of the loss when it resumes
+                self._held.append((self.clock.seconds(), next(self._seq), conn, side,
+                                   "lost", b""))
+                continue
+            raised.append(self._call(proto.connectionLost, Failure(reason)))
         self._raise(conn, next((e for e in raised if e is not None), None))
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Exception | None:
@@ -330,7 +404,21 @@ class MemoryNetwork:
 
     def _deliver(self, ev: _Event) -> None:
         _t, _seq, conn, to, kind, data = ev
+        if conn.names[to] in self._dead:
+            return
+        if kind in ("lost", "made") and conn.names[to] in self._stopped:
+            self._held.append(ev)           # stopped again before it was delivered
+            return
+        if kind == "lost":
+            self._raise(conn, self._call(conn.protos[to].connectionLost, Failure(
+                TCPConnectionLost("memory network: connection lost while stopped"))))
+            return
         if not conn.open:
+            return
+        if kind == "made":
+            conn.made[to] = True
+            self._raise(conn, self._call(conn.protos[to].makeConnection,
+                                         _Transport(self, conn, to)))
             return
         if kind == "abort":
             self._close(conn, TCPConnectionLost("memory network: connection aborted"))
