@@ -42,7 +42,7 @@ import re
 import sqlite3
 import struct
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -118,6 +118,22 @@ class PreparedRecord:
 def _pack_pair(pair: tuple[int, int]) -> bytes:
     # Library ids are unsigned 64-bit: too wide for SQLite's signed INTEGER.
     return _PAIR.pack(*pair)
+
+
+def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object]
+                 ) -> None:
+    """Run ``body`` in one SQLite transaction; on any error roll back and re-raise."""
+    conn.execute("BEGIN")
+    try:
+        body(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
 
 
 def validate_pid(pid: str) -> str:
@@ -265,18 +281,7 @@ class PartitionStore:
         """Write every staged row in one transaction; on error roll back and re-raise (the
         staged rows stay; the caller decides whether to retry or discard them)."""
         rows = self._pending
-        conn = self._conn
-        conn.execute("BEGIN")
-        try:
-            conn.executemany(_SQL_UPSERT, rows)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise
+        _transaction(self._conn, lambda conn: conn.executemany(_SQL_UPSERT, rows))
         self._committed_lsn = rows[-1][3]
         self._pending = []
         self._overlay.clear()
@@ -322,19 +327,12 @@ class PreparedLog:
         self._pending: list[tuple[str, tuple[object, ...]]] = []
 
     def _commit(self) -> int:
-        ops, conn = self._pending, self._conn
-        conn.execute("BEGIN")
-        try:
+        ops = self._pending
+
+        def apply(conn: sqlite3.Connection) -> None:
             for sql, args in ops:
                 conn.execute(sql, args)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise
+        _transaction(self._conn, apply)
         self._pending = []
         return len(ops)
 
