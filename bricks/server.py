@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import attrs
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -26,7 +26,7 @@ from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing,
                         UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, Failpoint, Get, Gossip, MapGet, MapPush,
-                          Message, Ping, Prepare, Resolve, Status, TxnId, Txns,
+                          Message, Ping, Prepare, Resolve, Status, Txns,
                           TxnState as TxnStateMsg, decode_request)
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
@@ -36,41 +36,19 @@ from dds.rpc import RPCProtocol
 
 from dds.bricks.locks import LockTable
 from dds.bricks.mapstate import MapState, parse_pid
-from dds.bricks.participant import Participant, Transaction, TxnState
+from dds.bricks.participant import Participant
 from dds.bricks.storage import Storage
+from dds.bricks.termination import Terminator
 
 
 _GET_FIELDS = frozenset(attrs.fields_dict(Get))
 #: A restored prepared transaction asks the other members this soon after a restart.
 RESOLVE_AFTER_RESTART_S = 1.0
 _REQUEST_COUNTERS: dict[str, str] = {}
-#: How long termination waits for each other member's answer.
-TXN_STATE_TIMEOUT_S = 2.0
-_DECISION_OF_STATE = {TxnState.COMMITTING: "commit", TxnState.COMMITTED: "commit",
-                      TxnState.ABORTED: "abort"}
-
-
-@attrs.frozen
-class Termination:
-    """What one run of the termination rule decided for one transaction on this brick:
-    ``commit``, ``abort`` or ``in-doubt`` (nothing decided; it stays prepared), with each
-    other member's answer (``prepared``, ``committed``, ``aborted`` or ``unreachable``)."""
-
-    txid: TxnId
-    pid: str
-    decision: str
-    members: tuple[str, ...] = ()
-    states: tuple[str, ...] = ()
-    reason: str = ""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"txid": list(self.txid), "pid": self.pid, "decision": self.decision,
-                "members": list(self.members), "states": list(self.states),
-                "reason": self.reason}
-
 
 class Brick:
     log = Logger()
+    termination: Terminator
 
     def __init__(self, config: BrickConfig, reactor: Any, opener: Opener | None = None,
                  rng: random.Random | None = None) -> None:
@@ -95,12 +73,14 @@ class Brick:
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
-                                       on_deadline=self._terminate_later)
+                                       on_deadline=lambda txn: self.termination.later(txn))
         self.peers = ConnectionCache(reactor, opener, node_id=self.id,
                                      cluster=config.cluster.name,
                                      secret=config.secret,
                                      max_frame=config.limits.max_frame_bytes,
                                      metrics=self.metrics)
+        self.termination = Terminator(self.id, self.participant, self.storage, self.maps,
+                                      self._peer, self.clock, self.metrics)
         self.connections: set[RPCProtocol] = set()
         #: The RPC port actually bound (the configured one may be 0).
         self.port = config.brick.port
@@ -288,107 +268,10 @@ class Brick:
         return self.participant.commit(msg.txid)
 
     def abort(self, msg: Abort) -> dict[str, Any]:
-        txn = self.participant.active.get(msg.txid)
-        if txn is not None and txn.queried and txn.state is TxnState.PREPARED:
-            self.metrics.inc("aborts_refused_total")
-            raise InvalidRequest(f"transaction {msg.txid} is being resolved by termination "
-                                 "among its members, who decide its outcome")
-        return self.participant.abort(msg.txid)
+        return self.termination.coordinator_abort(msg.txid)
 
     def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
-        """Termination query from another member.  A transaction never prepared here is
-        recorded as aborted first, so a late PREPARE cannot revive it; one forgotten
-        because this brick restarted is answered from the data (its version present)."""
-        state = self.participant.state_of(msg.txid)
-        if state is None and msg.pid is not None and msg.key is not None \
-                and msg.new_version is not None:
-            pid = parse_pid(msg.pid)
-            if self.storage.has_partition(str(pid)):
-                if self.storage.read(str(pid), msg.key).version >= msg.new_version:
-                    return {"state": "committed"}
-        if state is None or state is TxnState.PREPARING:
-            self.participant.abort(msg.txid)
-            return {"state": "aborted"}
-        if state is TxnState.COMMITTING:
-            return {"state": "prepared"}
-        if state is TxnState.PREPARED:
-            self.participant.active[msg.txid].queried = True
-        return {"state": state.value}
-
-    # -- coordinator failure: cooperative termination (DESIGN §4) ------------------------
-
-    def _terminate_later(self, txn: Transaction) -> None:
-        """The deadline timer: run termination; while it stays in doubt, ask again every
-        ``txn_deadline_ms``."""
-        txn.timer = None
-        self.metrics.inc("txn_terminations_total")
-        d = ensureDeferred(self._terminate(txn))
-        d.addCallback(self._retry_if_in_doubt, txn)
-        d.addErrback(lambda f: self.log.failure("termination of {txid} failed", failure=f,
-                                                txid=txn.txid))
-
-    def _retry_if_in_doubt(self, result: Termination, txn: Transaction) -> None:
-        if result.decision == "in-doubt" and txn.state is TxnState.PREPARED \
-                and txn.timer is None and self.participant.active.get(txn.txid) is txn:
-            txn.timer = self.clock.callLater(self.participant.txn_deadline_s,
-                                             self._terminate_later, txn)
-
-    async def _terminate(self, txn: Transaction, infer_commit: bool = True) -> Termination:
-        """The termination rule for ``txn``, applied here; returns what it decided.
-        Any member committed → commit; any aborted (or never prepared, which it records
-        as aborted) → abort; all prepared → commit, but only with ``infer_commit`` (past
-        the deadline, the coordinator has given up; before it, a live coordinator may
-        still abort).  Otherwise, or with a member unreachable, it stays prepared."""
-        pid = str(txn.pid)
-        if txn.state is not TxnState.PREPARED:
-            return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
-                               reason=f"{txn.state.value} here")
-        if infer_commit:
-            txn.queried = True      # we may commit by "all prepared": no coordinator ABORT now
-        rg = self.maps.map.partition_rg.get(txn.pid)
-        others = tuple(b for b in (rg.active_members if rg else ()) if b != self.id)
-        states: list[str] = []
-        for brick in others:
-            try:
-                conn = await self._peer(brick)
-                reply = await conn.call("txn_state", {
-                    "txid": list(txn.txid), "pid": pid, "key": txn.key,
-                    "new_version": txn.new_version}, timeout=TXN_STATE_TIMEOUT_S)
-                states.append(str(reply.get("state")))
-            except DDSError as e:
-                states.append("unreachable")
-                self.log.warn("termination of {txid}: {brick} unreachable: {error}",
-                              txid=txn.txid, brick=brick, error=e.message)
-        if txn.state is not TxnState.PREPARED:      # the coordinator's decision arrived
-            return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
-                               others, tuple(states),
-                               f"{txn.state.value} here meanwhile (by its coordinator)")
-        if "committed" in states:
-            decision, reason = "commit", "a member committed"
-        elif "aborted" in states:
-            decision, reason = "abort", "a member aborted or never prepared it"
-        elif all(s == "prepared" for s in states):
-            if not infer_commit:
-                reason = "every member prepared, but the deadline has not passed"
-                self.log.info("transaction {txid} left prepared: {reason}", txid=txn.txid,
-                              reason=reason)
-                return Termination(txn.txid, pid, "in-doubt", others, tuple(states), reason)
-            decision, reason = "commit", "every member prepared"
-        else:
-            # Someone unreachable and nobody decided: stay prepared (ask again later).
-            self.log.warn("transaction {txid} stays in doubt: {states}", txid=txn.txid,
-                          states=states)
-            return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
-                               "a member is unreachable and nobody decided")
-        self.log.info("terminated {txid} by {decision} (members: {states})",
-                      txid=txn.txid, decision=decision, states=states)
-        if decision == "commit":
-            outcome = self.participant.commit(txn.txid)
-            if isinstance(outcome, Deferred):
-                await outcome
-        else:
-            self.participant.abort(txn.txid)
-        return Termination(txn.txid, pid, decision, others, tuple(states), reason)
+        return self.termination.answer(msg)
 
     async def _peer(self, brick_id: str) -> RPCProtocol:
         rec = self.maps.map.bricks.get(brick_id)
@@ -487,59 +370,13 @@ class Brick:
 
     def txns(self, msg: Txns) -> dict[str, Any]:
         """Every active transaction (``dds-admin txns`` filters the in-doubt ones)."""
-        now = self.clock.seconds()
-        out = []
-        for t in self.participant.active.values():
-            out.append({
-                "txid": list(t.txid), "pid": str(t.pid), "key": t.key, "op": t.op,
-                "state": t.state.value, "age_s": now - t.prepared_at,
-                "deadline_s": None if t.due_at is None else t.due_at - t.prepared_at,
-                "due_in_s": None if t.due_at is None else t.due_at - now,
-                "deadline_passed": self.participant.deadline_passed(t, now),
-                "new_version": t.new_version,
-            })
-        out.sort(key=lambda e: -e["age_s"])
-        return {"brick": self.id, "txns": out}
+        return {"brick": self.id, "txns": self.termination.listing()}
 
     async def resolve(self, msg: Resolve) -> dict[str, Any]:
-        """Termination now, on request (``dds-admin repair``): for ``msg.txid``, or for
-        every prepared transaction past its deadline.  The deadline timers are left as
-        they are: a transaction that stays in doubt is still retried by them."""
-        participant = self.participant
-        if msg.txid is not None:
-            txn = participant.active.get(msg.txid)
-            if txn is None:
-                state = participant.state_of(msg.txid)
-                if state is None:
-                    raise UnknownTransaction(f"transaction {msg.txid} is unknown on brick "
-                                             f"{self.id}")
-                decision = _DECISION_OF_STATE.get(state, "in-doubt")
-                results = [Termination(msg.txid, "", decision,
-                                       reason=f"already {state.value} here")]
-            else:
-                results = [await self._resolve_one(txn, msg.force)]
-        else:
-            chosen = [t for t in participant.active.values()
-                      if t.state is TxnState.PREPARED
-                      and (msg.force or participant.deadline_passed(t))]
-            done: list[tuple[bool, Any]] = await DeferredList(
-                [ensureDeferred(self._resolve_one(t, msg.force)) for t in chosen],
-                consumeErrors=True)
-            results = [r for ok, r in done if ok]
+        """Termination now, on request (``dds-admin repair``)."""
+        results = await self.termination.resolve(msg.txid, msg.force)
         self.metrics.inc("txn_resolutions_total", len(results))
         return {"brick": self.id, "resolved": [r.to_wire() for r in results]}
-
-    async def _resolve_one(self, txn: Transaction, force: bool) -> Termination:
-        infer = force or self.participant.deadline_passed(txn)
-        self.log.warn("resolving {txid} on request{how}", txid=txn.txid,
-                      how=" (forced, before its deadline)" if force and not
-                      self.participant.deadline_passed(txn) else "")
-        try:
-            return await self._terminate(txn, infer_commit=infer)
-        except Exception as e:      # e.g. the commit could not be made durable
-            self.log.error("resolving {txid} failed: {error}", txid=txn.txid, error=repr(e))
-            return Termination(txn.txid, str(txn.pid), "in-doubt",
-                               reason=f"failed: {getattr(e, 'message', None) or e!r}")
 
     def checksum(self, msg: Checksum) -> dict[str, int]:
         pid = parse_pid(msg.pid)
@@ -550,4 +387,4 @@ class Brick:
                 "last_lsn": store.last_lsn()}
 
 
-__all__ = ["Brick", "DeferredList", "IReactorTCP"]
+__all__ = ["Brick"]

@@ -20,9 +20,9 @@ import enum
 import hashlib
 import hmac
 import os
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Callable, Coroutine
 
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -362,4 +362,4 @@ def _nonce(body: dict[str, Any]) -> bytes:
     return n
 
 
-__all__ = ["RPCProtocol", "State", "PROTOCOL_VERSION", "Handler", "succeed", "Awaitable"]
+__all__ = ["RPCProtocol", "State", "PROTOCOL_VERSION", "Handler"]

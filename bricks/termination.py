@@ -1,0 +1,231 @@
+"""Cooperative termination of prepared transactions (DESIGN §4, coordinator failure).
+
+A participant that holds a transaction prepared past its deadline cannot wait for its
+coordinator forever: it asks the other members.  Any committed → commit; any aborted (or
+never prepared it, which that member then records as aborted) → abort; all prepared →
+commit, since everyone voted YES and the coordinator has given up.  With a member
+unreachable and nobody decided, the transaction stays prepared and is asked about again.
+
+"All prepared → commit" is safe only if no coordinator ABORT lands afterwards, and a
+coordinator does abort when a vote is late, even a YES.  So a member that has answered
+"prepared" to a query, started its own termination, or restored the transaction after a
+restart is *fenced*: it refuses the coordinator's ABORT (the coordinator then reports
+``Indeterminate``) and the members' termination decides.
+
+This module also serves ``dds-admin txns`` (listing) and ``dds-admin repair`` (termination
+now, on request).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dds.errors import DDSError, InvalidRequest, UnknownTransaction
+from dds.messages import TxnId, TxnState as TxnStateMsg
+from dds.metrics import Metrics
+from dds.rpc import RPCProtocol
+
+from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.participant import Participant, Transaction, TxnState
+from dds.bricks.storage import Storage
+
+#: How long termination waits for each other member's answer.
+TXN_STATE_TIMEOUT_S = 2.0
+_DECISION_OF_STATE = {TxnState.COMMITTING: "commit", TxnState.COMMITTED: "commit",
+                      TxnState.ABORTED: "abort"}
+
+
+@attrs.frozen
+class Termination:
+    """What one run of the termination rule decided for one transaction on this brick:
+    ``commit``, ``abort`` or ``in-doubt`` (nothing decided; it stays prepared), with each
+    other member's answer (``prepared``, ``committed``, ``aborted`` or ``unreachable``)."""
+
+    txid: TxnId
+    pid: str
+    decision: str
+    members: tuple[str, ...] = ()
+    states: tuple[str, ...] = ()
+    reason: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"txid": list(self.txid), "pid": self.pid, "decision": self.decision,
+                "members": list(self.members), "states": list(self.states),
+                "reason": self.reason}
+
+
+class Terminator:
+    log = Logger()
+
+    def __init__(self, brick_id: str, participant: Participant, storage: Storage,
+                 maps: MapState, peer: Callable[[str], Awaitable[RPCProtocol]],
+                 clock: IReactorTime, metrics: Metrics) -> None:
+        self.id = brick_id
+        self.participant = participant
+        self.storage = storage
+        self.maps = maps
+        self.peer = peer
+        self.clock = clock
+        self.metrics = metrics
+
+    # -- requests from the coordinator and from other members --------------------------
+
+    def coordinator_abort(self, txid: TxnId) -> dict[str, Any]:
+        """An ABORT from the coordinator, unless termination already owns the outcome."""
+        txn = self.participant.active.get(txid)
+        if txn is not None and txn.queried and txn.state is TxnState.PREPARED:
+            self.metrics.inc("aborts_refused_total")
+            raise InvalidRequest(f"transaction {txid} is being resolved by termination "
+                                 "among its members, who decide its outcome")
+        return self.participant.abort(txid)
+
+    def answer(self, msg: TxnStateMsg) -> dict[str, str]:
+        """A termination query from another member.  A transaction never prepared here is
+        recorded as aborted first, so a late PREPARE cannot revive it; one forgotten
+        because this brick restarted is answered from the data (its version present)."""
+        state = self.participant.state_of(msg.txid)
+        if state is None and msg.pid is not None and msg.key is not None \
+                and msg.new_version is not None:
+            pid = parse_pid(msg.pid)
+            if self.storage.has_partition(str(pid)):
+                if self.storage.read(str(pid), msg.key).version >= msg.new_version:
+                    return {"state": "committed"}
+        if state is None or state is TxnState.PREPARING:
+            self.participant.abort(msg.txid)
+            return {"state": "aborted"}
+        if state is TxnState.COMMITTING:
+            return {"state": "prepared"}
+        if state is TxnState.PREPARED:
+            self.participant.active[msg.txid].queried = True
+        return {"state": state.value}
+
+    # -- the deadline timer ------------------------------------------------------------
+
+    def later(self, txn: Transaction) -> None:
+        """The participant's deadline timer: run termination; while it stays in doubt,
+        ask again every ``txn_deadline_ms``."""
+        txn.timer = None
+        self.metrics.inc("txn_terminations_total")
+        d = ensureDeferred(self.terminate(txn))
+        d.addCallback(self._retry_if_in_doubt, txn)
+        d.addErrback(lambda f: self.log.failure("termination of {txid} failed", failure=f,
+                                                txid=txn.txid))
+
+    def _retry_if_in_doubt(self, result: Termination, txn: Transaction) -> None:
+        if result.decision == "in-doubt" and txn.state is TxnState.PREPARED \
+                and txn.timer is None and self.participant.active.get(txn.txid) is txn:
+            txn.timer = self.clock.callLater(self.participant.txn_deadline_s,
+                                             self.later, txn)
+
+    # -- the rule ----------------------------------------------------------------------
+
+    async def terminate(self, txn: Transaction, infer_commit: bool = True) -> Termination:
+        """The termination rule for ``txn``, applied here; returns what it decided.
+        "All prepared → commit" only with ``infer_commit`` (past the deadline, the
+        coordinator has given up; before it, a live coordinator may still abort)."""
+        pid = str(txn.pid)
+        if txn.state is not TxnState.PREPARED:
+            return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
+                               reason=f"{txn.state.value} here")
+        if infer_commit:
+            txn.queried = True      # we may commit by "all prepared": no coordinator ABORT now
+        rg = self.maps.map.partition_rg.get(txn.pid)
+        others = tuple(b for b in (rg.active_members if rg else ()) if b != self.id)
+        states: list[str] = []
+        for brick in others:
+            try:
+                conn = await self.peer(brick)
+                reply = await conn.call("txn_state", {
+                    "txid": list(txn.txid), "pid": pid, "key": txn.key,
+                    "new_version": txn.new_version}, timeout=TXN_STATE_TIMEOUT_S)
+                states.append(str(reply.get("state")))
+            except DDSError as e:
+                states.append("unreachable")
+                self.log.warn("termination of {txid}: {brick} unreachable: {error}",
+                              txid=txn.txid, brick=brick, error=e.message)
+        if txn.state is not TxnState.PREPARED:      # the coordinator's decision arrived
+            return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
+                               others, tuple(states),
+                               f"{txn.state.value} here meanwhile (by its coordinator)")
+        if "committed" in states:
+            decision, reason = "commit", "a member committed"
+        elif "aborted" in states:
+            decision, reason = "abort", "a member aborted or never prepared it"
+        elif all(s == "prepared" for s in states):
+            if not infer_commit:
+                reason = "every member prepared, but the deadline has not passed"
+                self.log.info("transaction {txid} left prepared: {reason}", txid=txn.txid,
+                              reason=reason)
+                return Termination(txn.txid, pid, "in-doubt", others, tuple(states), reason)
+            decision, reason = "commit", "every member prepared"
+        else:
+            # Someone unreachable and nobody decided: stay prepared (ask again later).
+            self.log.warn("transaction {txid} stays in doubt: {states}", txid=txn.txid,
+                          states=states)
+            return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
+                               "a member is unreachable and nobody decided")
+        self.log.info("terminated {txid} by {decision} (members: {states})",
+                      txid=txn.txid, decision=decision, states=states)
+        if decision == "commit":
+            outcome = self.participant.commit(txn.txid)
+            if isinstance(outcome, Deferred):
+                await outcome
+        else:
+            self.participant.abort(txn.txid)
+        return Termination(txn.txid, pid, decision, others, tuple(states), reason)
+
+    # -- operators: dds-admin txns / repair --------------------------------------------
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every active transaction, oldest first (``dds-admin txns`` filters)."""
+        now = self.clock.seconds()
+        out = []
+        for t in self.participant.active.values():
+            out.append({
+                "txid": list(t.txid), "pid": str(t.pid), "key": t.key, "op": t.op,
+                "state": t.state.value, "age_s": now - t.prepared_at,
+                "deadline_s": None if t.due_at is None else t.due_at - t.prepared_at,
+                "due_in_s": None if t.due_at is None else t.due_at - now,
+                "deadline_passed": self.participant.deadline_passed(t, now),
+                "new_version": t.new_version,
+            })
+        out.sort(key=lambda e: -e["age_s"])
+        return out
+
+    async def resolve(self, txid: TxnId | None, force: bool) -> list[Termination]:
+        """Termination now, on request: for ``txid``, or for every prepared transaction
+        past its deadline (``force``: before it too).  The deadline timers are left as
+        they are: a transaction that stays in doubt is still retried by them."""
+        participant = self.participant
+        if txid is not None:
+            txn = participant.active.get(txid)
+            if txn is not None:
+                return [await self._resolve_one(txn, force)]
+            state = participant.state_of(txid)
+            if state is None:
+                raise UnknownTransaction(f"transaction {txid} is unknown on brick {self.id}")
+            return [Termination(txid, "", _DECISION_OF_STATE.get(state, "in-doubt"),
+                                reason=f"already {state.value} here")]
+        chosen = [t for t in participant.active.values()
+                  if t.state is TxnState.PREPARED
+                  and (force or participant.deadline_passed(t))]
+        done: list[tuple[bool, Any]] = await DeferredList(
+            [ensureDeferred(self._resolve_one(t, force)) for t in chosen],
+            consumeErrors=True)
+        return [r for ok, r in done if ok]
+
+    async def _resolve_one(self, txn: Transaction, force: bool) -> Termination:
+        passed = self.participant.deadline_passed(txn)
+        self.log.warn("resolving {txid} on request{how}", txid=txn.txid,
+                      how=" (forced, before its deadline)" if force and not passed else "")
+        try:
+            return await self.terminate(txn, infer_commit=force or passed)
+        except Exception as e:      # e.g. the commit could not be made durable
+            self.log.error("resolving {txid} failed: {error}", txid=txn.txid, error=repr(e))
+            return Termination(txn.txid, str(txn.pid), "in-doubt",
+                               reason=f"failed: {getattr(e, 'message', None) or e!r}")
