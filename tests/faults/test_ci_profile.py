@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,44 @@ SUMMARY = re.compile(r"^ops=(\d+) ok=(\d+) indeterminate=(\d+) faults=(\d+) "
                      r"violations=(\d+) lost=(\d+)$", re.MULTILINE)
 
 
+def _processes_under(run_dir: Path) -> list[int]:
+    """Processes whose command line names ``run_dir`` (the bricks of that run)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(run_dir).encode() in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_ci_profile_passes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "tests.faults.runner", "--profile", "ci",
-            "--dir", str(tmp_path / "run")]
+            "--dir", str(run_dir)]
     if os.environ.get("DDS_FAULTS_SEED"):
         args += ["--seed", os.environ["DDS_FAULTS_SEED"]]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False)
+    try:
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              check=False)
+    finally:
+        # A runner killed at the timeout cannot stop its bricks (they run in sessions
+        # of their own): never leave them behind.
+        leftovers = _processes_under(run_dir)
+        _kill_all(leftovers)
+    assert leftovers == [], "the runner left brick processes running"
     out = proc.stdout + proc.stderr
     seed = re.search(r"^seed=(\d+)", out, re.MULTILINE)
     assert seed, out[-3000:]
