@@ -197,6 +197,12 @@ class Participant:
         n = 0
         for rec in records:
             pid = PartitionId.parse(rec.pid)
+            if not self.storage.has_partition(rec.pid):
+                # The replica is gone (dropped after a move): nothing here to commit to.
+                self.log.warn("dropping the prepared record of {txid}: partition {pid} is "
+                              "no longer held here", txid=rec.txid, pid=rec.pid)
+                self.storage.forget_prepared(rec.txid)
+                continue
             if self.storage.read(rec.pid, rec.key).version >= rec.new_version:
                 self.storage.forget_prepared(rec.txid)
                 continue
