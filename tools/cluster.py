@@ -25,7 +25,8 @@ NODE_ID = "dds-admin"
 DEFAULT_LOCAL_DIR = Path(".dds-local")
 T = TypeVar("T")
 
-__all__ = ["Target", "resolve_target", "read_secret", "connect_brick", "describe_error",
+__all__ = ["Target", "resolve_target", "read_secret", "connect_brick", "call_brick",
+           "describe_error",
            "fetch_map", "brick_statuses", "gather", "NODE_ID", "DEFAULT_LOCAL_DIR"]
 
 
@@ -141,15 +142,24 @@ async def fetch_map(reactor: Any, target: Target, timeout: float = 5.0
     raise AdminError(*(problems or ["no seeds given"]))
 
 
-async def _status_of(reactor: Any, host: str, port: int, target: Target,
-                     timeout: float) -> dict[str, Any]:
+async def call_brick(reactor: Any, host: str, port: int, target: Target, mtype: str,
+                     body: dict[str, Any], timeout: float,
+                     call_timeout: float | None = None) -> dict[str, Any]:
+    """One request to one brick on a connection of its own; the reply carries the peer's
+    id as ``_peer_id`` (so callers can tell a brick answering under another id)."""
     conn = await connect_brick(reactor, host, port, target, timeout)
     try:
-        reply: dict[str, Any] = await conn.call("status", {}, timeout=timeout)
+        reply: dict[str, Any] = await conn.call(
+            mtype, body, timeout=timeout if call_timeout is None else call_timeout)
         reply["_peer_id"] = conn.peer_id
         return reply
     finally:
         conn.close()
+
+
+async def _status_of(reactor: Any, host: str, port: int, target: Target,
+                     timeout: float) -> dict[str, Any]:
+    return await call_brick(reactor, host, port, target, "status", {}, timeout)
 
 
 async def brick_statuses(reactor: Any, addresses: Sequence[tuple[str, str, int]],

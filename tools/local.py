@@ -34,7 +34,7 @@ import attrs
 from dds.config import ConfigError, load_cluster_config
 
 from dds.tools import procs
-from dds.tools.cluster import Target, connect_brick, describe_error
+from dds.tools.cluster import Target, connect_brick
 from dds.tools.initcmd import InitResult, init_cluster
 from dds.tools.runner import AdminError, poll_until, wait_for
 from dds.tools.ui import progress, say

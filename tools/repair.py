@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dds.tools.cluster import Target, connect_brick, describe_error, gather
+from dds.tools.cluster import Target, call_brick, describe_error, gather
 from dds.tools.txns import brick_txns, cut, is_in_doubt
 
 __all__ = ["Options", "Step", "STEPS", "repair", "render"]
@@ -65,14 +65,11 @@ class Step:
 async def _resolve(reactor: Any, target: Target, brick: dict[str, Any],
                    txid: list[int], force: bool, timeout: float) -> dict[str, Any]:
     host, _, port = brick["address"].rpartition(":")
-    conn = await connect_brick(reactor, host, int(port), target, timeout)
-    try:
-        # Termination asks the other members one by one, each with its own connect and
-        # call timeouts: leave room for that.
-        reply: dict[str, Any] = await conn.call("resolve", {"txid": txid, "force": force},
-                                                timeout=timeout + RESOLVE_ROOM_S)
-    finally:
-        conn.close()
+    # Termination asks the other members one by one, each with its own connect and call
+    # timeouts: leave room for that.
+    reply = await call_brick(reactor, host, int(port), target, "resolve",
+                             {"txid": txid, "force": force}, timeout,
+                             call_timeout=timeout + RESOLVE_ROOM_S)
     return dict(reply["resolved"][0])
 
 

@@ -15,8 +15,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dds.maps import ClusterMap
-
 from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
 
 __all__ = ["collect", "render", "divergence"]

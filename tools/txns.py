@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dds.tools.cluster import Target, connect_brick, describe_error, fetch_map, gather
+from dds.tools.cluster import Target, call_brick, describe_error, fetch_map, gather
 
 __all__ = ["collect", "render", "key_text", "txid_text", "is_in_doubt", "brick_txns",
            "cut"]
@@ -64,13 +64,7 @@ def _entry(t: dict[str, Any]) -> dict[str, Any]:
 
 async def _txns_of(reactor: Any, host: str, port: int, target: Target,
                    timeout: float) -> dict[str, Any]:
-    conn = await connect_brick(reactor, host, port, target, timeout)
-    try:
-        reply: dict[str, Any] = await conn.call("txns", {}, timeout=timeout)
-        reply["_peer_id"] = conn.peer_id
-        return reply
-    finally:
-        conn.close()
+    return await call_brick(reactor, host, port, target, "txns", {}, timeout)
 
 
 async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
