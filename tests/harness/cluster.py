@@ -19,12 +19,16 @@ CLUSTER = "dds"
 
 class Cluster:
     def __init__(self, root: Path, bricks: int = 6, replication: int = 3,
-                 partitions: int = 16, durability: str = "disk") -> None:
+                 partitions: int = 16, durability: str = "disk",
+                 txn_deadline_ms: int | None = None) -> None:
         self.root = root
         self.secret = secrets.token_hex(16)
         self.replication = replication
         self.partitions = partitions
-        self.bricks = [BrickProcess(f"b{i + 1}", root, self.secret, CLUSTER, durability)
+        extra = ("" if txn_deadline_ms is None
+                 else f"[timeouts]\ntxn_deadline_ms = {txn_deadline_ms}\n")
+        self.bricks = [BrickProcess(f"b{i + 1}", root, self.secret, CLUSTER, durability,
+                                    extra)
                        for i in range(bricks)]
 
     @property

@@ -42,7 +42,7 @@ def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
 
 def _read_frame(s: socket.socket) -> list[Any]:
     n = int.from_bytes(s.recv(4, socket.MSG_WAITALL), "big")
-    return msgpack.unpackb(s.recv(n, socket.MSG_WAITALL), raw=False)  # type: ignore[no-any-return]
+    return msgpack.unpackb(s.recv(n, socket.MSG_WAITALL), raw=False)
 
 
 @pytest_twisted.ensureDeferred

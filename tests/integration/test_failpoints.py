@@ -105,10 +105,8 @@ _CLIENT = """
 
 @pytest.fixture
 def short_deadline_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    cluster = Cluster(tmp_path / "cluster", bricks=3, replication=3, partitions=4)
-    for b in cluster.bricks:
-        b.config_path.write_text(b.config_path.read_text() +
-                                 f"\n[timeouts]\ntxn_deadline_ms = {TXN_DEADLINE_MS}\n")
+    cluster = Cluster(tmp_path / "cluster", bricks=3, replication=3, partitions=4,
+                      txn_deadline_ms=TXN_DEADLINE_MS)
     try:
         cluster.start()
         yield cluster

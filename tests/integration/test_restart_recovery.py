@@ -95,10 +95,8 @@ _COORDINATOR = """
 def patient_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Members hold prepared transactions for ten minutes before asking each other, so
     only a restart can resolve them within the test."""
-    cluster = Cluster(tmp_path / "cluster", bricks=3, replication=3, partitions=4)
-    for b in cluster.bricks:
-        b.config_path.write_text(b.config_path.read_text() +
-                                 "\n[timeouts]\ntxn_deadline_ms = 600000\n")
+    cluster = Cluster(tmp_path / "cluster", bricks=3, replication=3, partitions=4,
+                      txn_deadline_ms=600_000)
     cluster.start()
     try:
         yield cluster

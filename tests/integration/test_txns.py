@@ -102,11 +102,8 @@ async def held(cluster: Cluster, bricks: list[BrickProcess] | None = None
 
 
 def with_timeouts(tmp_path: Path, txn_deadline_ms: int) -> Cluster:
-    cluster = Cluster(tmp_path / "cluster", bricks=3, replication=3, partitions=4)
-    for b in cluster.bricks:
-        b.config_path.write_text(b.config_path.read_text() +
-                                 f"\n[timeouts]\ntxn_deadline_ms = {txn_deadline_ms}\n")
-    return cluster
+    return Cluster(tmp_path / "cluster", bricks=3, replication=3, partitions=4,
+                   txn_deadline_ms=txn_deadline_ms)
 
 
 @pytest.fixture
