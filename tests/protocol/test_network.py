@@ -7,34 +7,12 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 
 from dds.errors import Unavailable
 from tests.sim.network import MemoryNetwork, SimulationError
-
-
-class Peer(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.lost: Any = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = reason
-
-
-def serve(net: MemoryNetwork, name: str = "srv", port: int = 1) -> list[Peer]:
-    servers: list[Peer] = []
-
-    class F(Factory):
-        def buildProtocol(self, addr: Any) -> Peer:
-            servers.append(Peer())
-            return servers[-1]
-    net.listen("h", port, F(), name=name)
-    return servers
+from tests.sim.peers import Peer, serve
 
 
 def test_bytes_arrive_in_order_after_the_latency_despite_jitter() -> None:

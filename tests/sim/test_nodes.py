@@ -3,49 +3,14 @@ network's slow links, cuts, stopped and dead nodes."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 
 from dds.errors import Unavailable
 from tests.sim.network import MemoryNetwork
 from tests.sim.nodes import NodeReactor
-
-
-class Peer(Protocol):
-    def __init__(self) -> None:
-        self.received = b""
-        self.made = False
-        self.lost: Any = None
-
-    def connectionMade(self) -> None:
-        self.made = True
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = reason
-
-
-def serve(net: MemoryNetwork, name: str = "srv", port: int = 1) -> list[Peer]:
-    servers: list[Peer] = []
-
-    class F(Factory):
-        def buildProtocol(self, addr: Any) -> Peer:
-            servers.append(Peer())
-            return servers[-1]
-    net.listen("h", port, F(), name=name)
-    return servers
-
-
-def connect(net: MemoryNetwork, name: str = "c", port: int = 1) -> Peer:
-    client = Peer()
-    net.connect("h", port, client, name=name)
-    return client
+from tests.sim.peers import connect, serve
 
 
 # -- NodeReactor -------------------------------------------------------------------------
