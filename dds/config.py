@@ -255,6 +255,15 @@ class BrickSection:
                                  "-1 = disabled)", lo=-1, hi=65535)
     allow_failpoints: bool = bool_setting(False, "accept 'failpoint' admin requests that "
                                           "crash or pause this brick (test clusters only)")
+    full_lease_recovery: bool = bool_setting(False, "recovery fences writes to the source "
+                                             "for the whole partition copy (the original "
+                                             "DDS behaviour) instead of only the delta")
+    recover_on_start: bool = bool_setting(True, "a restarted brick re-syncs its partitions "
+                                          "from the other members before serving them")
+    unsafe_ignore_read_lease: bool = bool_setting(False, "DEBUG ONLY: serve reads without "
+                                                  "a valid membership lease; breaks "
+                                                  "linearizability (proves the pause test "
+                                                  "can fail)")
 
 
 @attrs.frozen(kw_only=True)
@@ -287,6 +296,15 @@ class TimeoutsSection:
                                     "outcome", lo=1)
     gossip_interval_ms: int = int_setting(1000, "interval between map gossip rounds with a "
                                           "random peer", lo=1)
+    lease_ms: int = int_setting(2000, "membership lease length; renewed every third of it, "
+                                "and an unreachable member is excluded only after it",
+                                lo=30, hi=600_000)
+    lease_drift_percent: int = int_setting(10, "clock-rate margin: a lease is trusted for "
+                                           "this much less than its length", lo=0, hi=90)
+    suspect_check_ms: int = int_setting(500, "how long a member tries to reach a suspect "
+                                        "itself before voting to exclude it", lo=1)
+    copy_fence_ms: int = int_setting(10000, "longest a recovery source fences writes while "
+                                     "waiting for the recovering brick to finish", lo=1)
 
 
 @attrs.frozen(kw_only=True)

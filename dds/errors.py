@@ -77,6 +77,14 @@ class Recovering(NotServing):
     code = "recovering"
 
 
+class Refused(DDSError):
+    """A change of an RG record was refused: the suspect answers, another change holds the
+    record's lock, the record moved on, or too few members voted (DESIGN §5)."""
+
+    code = "refused"
+    retryable = True
+
+
 class UnknownTransaction(DDSError):
     """COMMIT or ABORT for a transaction the brick never prepared (or already forgot)."""
 

@@ -255,3 +255,168 @@ class Resolve(Message):
     TYPE: ClassVar[str] = "resolve"
     txid: TxnId | None = attrs.field(default=None, converter=_opt_pair)
     force: bool = attrs.field(default=False, validator=v.instance_of(bool))
+
+
+# -- membership leases (DESIGN §6) --------------------------------------------------------
+
+@attrs.frozen
+class Lease(Message):
+    """One batched renewal: ``holder`` asks this brick to grant it a membership lease for
+    each RG in ``rgs``.  Reply: ``{"granted": [rg, ...], "refused": {rg: reason}}``.  A
+    grant promises not to vote for the holder's exclusion from that RG for one lease
+    period, counted from when the grantor received the request."""
+
+    TYPE: ClassVar[str] = "lease"
+    holder: str = attrs.field(validator=_str)
+    rgs: list[str] = attrs.field(validator=v.deep_iterable(_str, v.instance_of(list)))
+
+
+# -- RG record changes (DESIGN §5) --------------------------------------------------------
+
+_MEMBER_STATE = v.in_(("active", "recovering", "excluded"))
+
+
+@attrs.frozen
+class RGChange(Message):
+    """Ask this brick to change ``member``'s state in RG ``rg`` from the record at
+    ``version``/``fp``, coordinating the majority 2PC of DESIGN §5.  Sent by a library
+    that cannot reach a member (``state="excluded"``) and by a brick about itself (it
+    starts recovery: ``"recovering"``).  Reply: ``{"record": the new record}``, or
+    ``Refused`` naming why (the suspect answers, another change holds the lock, too few
+    votes), or ``StaleMap`` with this brick's newer record."""
+
+    TYPE: ClassVar[str] = "rg_change"
+    rg: str = attrs.field(validator=_str)
+    version: int = attrs.field(validator=_u64)
+    fp: int = attrs.field(validator=_u32)
+    member: str = attrs.field(validator=_str)
+    state: str = attrs.field(validator=_MEMBER_STATE)
+    reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
+class RecordPrepare(Message):
+    """Phase one of a record change, from its coordinator (a member) to each active
+    member.  The voter takes the record's lock, checks it holds the record at
+    ``old_version``/``old_fp``, checks an exclusion's suspect itself and waits out its
+    own grant to it.  Reply: ``{}`` (YES) or ``Refused``/``StaleMap`` (NO)."""
+
+    TYPE: ClassVar[str] = "record_prepare"
+    change: tuple[int, int] = attrs.field(converter=_pair)
+    coordinator: str = attrs.field(validator=_str)
+    old_version: int = attrs.field(validator=_u64)
+    old_fp: int = attrs.field(validator=_u32)
+    record: list[Any] = attrs.field(validator=v.instance_of(list))
+    member: str = attrs.field(validator=_str)
+    state: str = attrs.field(validator=_MEMBER_STATE)
+    reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
+class RecordDecide(Message):
+    """Phase two of a record change: ``commit`` (adopt ``record``) or abort (release the
+    lock).  Reply: ``{}``."""
+
+    TYPE: ClassVar[str] = "record_decide"
+    change: tuple[int, int] = attrs.field(converter=_pair)
+    commit: bool = attrs.field(validator=v.instance_of(bool))
+    record: list[Any] | None = attrs.field(default=None,
+                                           validator=v.optional(v.instance_of(list)))
+
+
+@attrs.frozen
+class RecordState(Message):
+    """A voter still holding a record lock asks the change's coordinator what happened.
+    Reply: ``{"state": "pending" | "committed" | "aborted", "record": record | None}``.
+    A coordinator that does not know the change (it restarted) and has not adopted a
+    newer record answers ``aborted`` and can no longer commit it."""
+
+    TYPE: ClassVar[str] = "record_state"
+    change: tuple[int, int] = attrs.field(converter=_pair)
+    rg: str = attrs.field(validator=_str)
+
+
+# -- recovery by partition copy (DESIGN §7) -----------------------------------------------
+
+_session = v.and_(v.instance_of(int), v.ge(0), v.lt(1 << 63))
+
+
+@attrs.frozen
+class CopyBegin(Message):
+    """The recovering brick ``target`` asks an active member for a copy of every partition
+    of ``rg``.  The source snapshots each (SQLite online backup).  With ``full_lease`` it
+    fences writes first, for the whole copy.  Reply::
+
+        {"session": int, "record": the source's RG record,
+         "snapshots": [{"pid": str, "size": int, "lsn": int, "checksum": int}, ...]}
+    """
+
+    TYPE: ClassVar[str] = "copy_begin"
+    rg: str = attrs.field(validator=_str)
+    target: str = attrs.field(validator=_str)
+    full_lease: bool = attrs.field(default=False, validator=v.instance_of(bool))
+
+
+@attrs.frozen
+class CopyChunk(Message):
+    """One chunk of a snapshot.  Reply: ``{"data": bytes, "checksum": xxh64 of data}``."""
+
+    TYPE: ClassVar[str] = "copy_chunk"
+    session: int = attrs.field(validator=_session)
+    pid: str = attrs.field(validator=_str)
+    offset: int = attrs.field(validator=_u64)
+    size: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(1), v.le(8 << 20)))
+
+
+@attrs.frozen
+class CopyFence(Message):
+    """Take the write lease: the source fences new writes to the RG's partitions (they
+    fail ``Recovering``), waits for prepared ones to resolve, and makes its log durable.
+    Reply: ``{"lsn": {pid: last log position}}``.  The fence lapses after
+    ``timeouts.copy_fence_ms`` unless the target is readmitted first."""
+
+    TYPE: ClassVar[str] = "copy_fence"
+    session: int = attrs.field(validator=_session)
+
+
+@attrs.frozen
+class CopyDelta(Message):
+    """Rows (tombstones included) of ``pid`` written after ``after_lsn``, in log order, at
+    most ``limit``.  Reply: ``{"rows": [[key, value, version, lsn], ...], "more": bool}``."""
+
+    TYPE: ClassVar[str] = "copy_delta"
+    session: int = attrs.field(validator=_session)
+    pid: str = attrs.field(validator=_str)
+    after_lsn: int = attrs.field(validator=_u64)
+    limit: int = attrs.field(default=10000, validator=v.and_(v.instance_of(int), v.ge(1),
+                                                             v.le(1_000_000)))
+
+
+@attrs.frozen
+class Readmit(Message):
+    """The target has applied the delta under the fence: the source changes the RG record
+    to make it active (DESIGN §5), then lifts the fence.  Reply: ``{"record": new}``."""
+
+    TYPE: ClassVar[str] = "readmit"
+    session: int = attrs.field(validator=_session)
+    checksums: dict[str, int] = attrs.field(factory=dict, validator=v.instance_of(dict))
+
+
+@attrs.frozen
+class CopyCancel(Message):
+    """Give up a copy session: lift its fence and delete its snapshots.  Reply: ``{}``."""
+
+    TYPE: ClassVar[str] = "copy_cancel"
+    session: int = attrs.field(validator=_session)
+    reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
+class Recover(Message):
+    """``dds-admin recover``: start (or restart) recovery of this brick's replicas, for
+    ``rg`` or every RG it is a non-active member of.  Reply: ``{"started": [rg, ...]}``."""
+
+    TYPE: ClassVar[str] = "recover"
+    rg: str | None = attrs.field(default=None, validator=v.optional(_str))
+    full_lease: bool | None = attrs.field(default=None,
+                                          validator=v.optional(v.instance_of(bool)))

@@ -19,9 +19,12 @@ import xxhash
 from dds.partition import PartitionId
 
 PartitionState = Literal["active", "incoming", "outgoing"]
-MemberState = Literal["active", "recovering"]
+MemberState = Literal["active", "recovering", "excluded"]
 PARTITION_STATES = ("active", "incoming", "outgoing")
-MEMBER_STATES = ("active", "recovering")
+#: active: serves and takes every write.  recovering: re-syncing by partition copy (DESIGN
+#: §7), takes no writes.  excluded: cut out by a majority after it became unreachable
+#: (§5); it comes back only through recovery.
+MEMBER_STATES = ("active", "recovering", "excluded")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -150,6 +153,19 @@ class RGRecord:
             if m.brick == brick:
                 return m.state
         return None
+
+    def with_member_state(self, brick: str, state: MemberState) -> "RGRecord":
+        """The next version of this record with ``brick``'s state changed."""
+        if self.member_state(brick) is None:
+            raise ValueError(f"{brick} is not a member of {self.name}")
+        return self.with_changes(members=[Member(m.brick, state) if m.brick == brick else m
+                                          for m in self.members])
+
+    @property
+    def quorum(self) -> int:
+        """YES votes a change of this record needs (DESIGN §5): a majority of its active
+        members.  Two changes from this version always share a voter."""
+        return len(self.active_members) // 2 + 1
 
     def partition_state(self, pid: PartitionId) -> PartitionState | None:
         for e in self.partitions:
