@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.errors import (DDSError, Exists, InternalError, InvalidRequest, Locked,
-                        UnknownTransaction, VersionMismatch)
+                        Recovering, UnknownTransaction, VersionMismatch)
 from dds.messages import Prepare, TxnId
 from dds.metrics import Metrics
 from dds.partition import PartitionId
@@ -96,6 +96,13 @@ class Participant:
         self.on_deadline = on_deadline or self._deadline_passed
         self.active: dict[TxnId, Transaction] = {}
         self.decided: OrderedDict[TxnId, tuple[TxnState, int]] = OrderedDict()
+        #: Write fence of recovery (DESIGN §7): partition -> number of copy sessions
+        #: fencing it.  A count, so two recoveries of one RG do not lift each other's.
+        #: Empty (falsy) almost always, which keeps the check in ``prepare`` free.
+        self.fenced: dict[PartitionId, int] = {}
+        #: ``quiesce`` calls waiting for their partitions' transactions to resolve.
+        self._quiet_waiters: list[tuple[frozenset[PartitionId], Deferred[bool]]] = []
+        self._quiet_check: IDelayedCall | None = None
 
     # -- phase one -----------------------------------------------------------------------
 
@@ -112,6 +119,11 @@ class Participant:
             if known.state is TxnState.PREPARED:
                 return {"version": known.new_version - 1}   # a repeated PREPARE
             raise InvalidRequest(f"transaction {txid} is already {known.state.value}")
+        if self.fenced and pid in self.fenced:
+            # Before any lock: a fenced partition takes no new transaction, so the ones
+            # in flight can drain (``quiesce``).  A repeated PREPARE above still answers.
+            self.metrics.inc("prepare_fenced_total")
+            raise Recovering(f"writes to {pid} are fenced while a replica re-syncs")
         past = self.decided.get(txid)
         if past is not None:
             raise Locked(f"transaction {txid} was already {past[0].value}")
@@ -303,6 +315,83 @@ class Participant:
         past = self.decided.get(txid)
         return past[0] if past is not None else None
 
+    def forget_partition(self, pid: PartitionId) -> int:
+        """Drop every transaction of ``pid`` without deciding it: the replica is about to
+        be replaced by a copy from an active member, whose data carries the outcome.
+        Nothing is remembered as decided, so this brick never answers a termination
+        query with a guess (it is not an active member while it recovers anyway)."""
+        dropped = [t for t in self.active.values() if t.pid == pid]
+        for txn in dropped:
+            self._cancel_timer(txn)
+            self.storage.forget_prepared(txn.txid)
+            self.locks.release(txn.lock_key, txn.txid)
+            self.active.pop(txn.txid, None)
+        if dropped:
+            self.log.warn("dropped {n} transactions of {pid}: its replica is replaced by "
+                          "a copy", n=len(dropped), pid=str(pid))
+            if self._quiet_waiters:
+                self._schedule_quiet_check()
+        return len(dropped)
+
+    # -- write fence (recovery, DESIGN §7) -----------------------------------------------
+
+    def fence(self, pids: Iterable[PartitionId]) -> None:
+        """Refuse new PREPAREs for ``pids`` with ``Recovering`` until as many ``unfence``
+        calls lift it (each copy session fences and unfences once)."""
+        for pid in pids:
+            self.fenced[pid] = self.fenced.get(pid, 0) + 1
+
+    def unfence(self, pids: Iterable[PartitionId]) -> None:
+        for pid in pids:
+            n = self.fenced.get(pid, 0) - 1
+            if n > 0:
+                self.fenced[pid] = n
+            else:
+                self.fenced.pop(pid, None)
+
+    def busy(self, pids: Iterable[PartitionId]) -> int:
+        """How many active transactions (preparing, prepared or committing) touch
+        ``pids``."""
+        wanted = pids if isinstance(pids, (set, frozenset)) else set(pids)
+        return sum(1 for t in self.active.values() if t.pid in wanted)
+
+    async def quiesce(self, pids: Iterable[PartitionId], timeout_s: float) -> bool:
+        """Wait until no active transaction touches ``pids``: True once so, False after
+        ``timeout_s`` (on the participant's clock).  Event-driven: checked whenever a
+        transaction leaves ``active``, on the next reactor turn (never from inside a
+        commit's callbacks, where the waiter's next step, a storage flush, would re-enter
+        group commit).  Meant to follow ``fence``, which stops new ones arriving."""
+        wanted = frozenset(pids)
+        if not self.busy(wanted):
+            return True
+        d: Deferred[bool] = Deferred()
+        waiter = (wanted, d)
+        self._quiet_waiters.append(waiter)
+        timer = self.clock.callLater(timeout_s, self._quiet_timeout, d)
+        try:
+            return await d
+        finally:
+            if timer.active():
+                timer.cancel()
+            if waiter in self._quiet_waiters:
+                self._quiet_waiters.remove(waiter)
+
+    @staticmethod
+    def _quiet_timeout(d: Deferred[bool]) -> None:
+        if not d.called:
+            d.callback(False)
+
+    def _schedule_quiet_check(self) -> None:
+        if self._quiet_check is None:
+            self._quiet_check = self.clock.callLater(0, self._check_quiet)
+
+    def _check_quiet(self) -> None:
+        self._quiet_check = None
+        for wanted, d in list(self._quiet_waiters):
+            if not d.called and not self.busy(wanted):
+                self._quiet_waiters.remove((wanted, d))
+                d.callback(True)
+
     # -- bookkeeping ---------------------------------------------------------------------
 
     def _forget(self, txn: Transaction, outcome: TxnState) -> None:
@@ -310,6 +399,8 @@ class Participant:
         txn.state = outcome
         self.active.pop(txn.txid, None)
         self._remember(txn.txid, outcome, txn.new_version)
+        if self._quiet_waiters:
+            self._schedule_quiet_check()
 
     def _remember(self, txid: TxnId, outcome: TxnState, version: int) -> None:
         self.decided[txid] = (outcome, version)

@@ -38,11 +38,12 @@ so memory stays the truth, DESIGN §4); they are lost only if the process dies f
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -76,6 +77,13 @@ _SQL_UPSERT = (
     "DO UPDATE SET value = excluded.value, version = excluded.version, lsn = excluded.lsn"
 )
 _SQL_SET_LSN = "UPDATE meta SET value = ? WHERE name = 'last_lsn'"
+# Recovery's delta keeps the source's lsns; the guard keeps versions from going back if a
+# delta is applied twice or arrives after a newer row.
+_SQL_APPLY = (
+    "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
+    "DO UPDATE SET value = excluded.value, version = excluded.version, lsn = excluded.lsn "
+    "WHERE excluded.version >= kv.version"
+)
 _SQL_SINCE = "SELECT key, value, version, lsn FROM kv WHERE lsn > ? ORDER BY lsn LIMIT ?"
 _SQL_PREPARED_TABLE = (
     "CREATE TABLE IF NOT EXISTS prepared (txid BLOB PRIMARY KEY, pid TEXT NOT NULL, "
@@ -134,6 +142,39 @@ def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], 
             except sqlite3.Error:
                 pass
         raise
+
+
+def _check_partition_file(path: Path, pid: str) -> None:
+    """Raise ValueError unless ``path`` is an SQLite partition file of ``pid`` that this
+    code can open (schema version not newer than ours)."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"kv", "meta"} <= tables:
+                raise ValueError(f"{path}: not a partition file (tables {sorted(tables)})")
+            meta = dict(conn.execute("SELECT name, value FROM meta"))
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise ValueError(f"{path}: not a readable SQLite file: {e}") from None
+    if meta.get("partition") != pid:
+        raise ValueError(f"{path} holds partition {meta.get('partition')!r}, not {pid!r}")
+    if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema version {meta.get('schema_version')} is newer "
+                         f"than {SCHEMA_VERSION}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX: fsync the directory)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def validate_pid(pid: str) -> str:
@@ -271,6 +312,28 @@ class PartitionStore:
             staged = self._overlay.get(row[0])
             if row[3] > cur and staged is not None and staged[1] == row[3]:
                 yield row
+
+    def apply_rows(self, rows: Sequence[Row]) -> int:
+        """Apply rows copied from another replica (recovery's delta, DESIGN §7) in one
+        durable transaction, keeping their lsns, so that this replica's log positions stay
+        those of the source and a later delta from the same source lines up.  The last lsn
+        becomes at least the highest applied.  A row whose version is below the stored one
+        is skipped: versions never go back.  Refused while writes are staged: their lsns
+        were assigned from the old last lsn and would interleave with the source's.
+        Rows must already be validated; on any error nothing is applied."""
+        if self._pending:
+            raise ValueError(f"{self.partition_id}: {len(self._pending)} staged writes "
+                             "pending; cannot apply copied rows")
+        if not rows:
+            return 0
+        top = max(self._committed_lsn, max(row[3] for row in rows))
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.executemany(_SQL_APPLY, rows)
+            conn.execute(_SQL_SET_LSN, (top,))
+        _transaction(self._conn, body)
+        self._committed_lsn = self._last_lsn = top
+        return len(rows)
 
     def _stage(self, key: bytes, res: ReadResult) -> None:
         self._last_lsn += 1
@@ -428,8 +491,15 @@ class Storage:
         """Close and delete the partition's files (incl. -wal/-shm).  Its writes still
         waiting for a commit errback with ``NotServing``; dropping an unknown one is a no-op."""
         validate_pid(pid)
-        store = self._stores.pop(pid, None)
+        self._detach(pid, "dropped")
         self._known.discard(pid)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self._path(pid)) + suffix).unlink(missing_ok=True)
+
+    def _detach(self, pid: str, why: str) -> None:
+        """Close the partition's store if open, forget its cache entries, and errback its
+        writes still waiting for a commit with ``NotServing`` (the file stays)."""
+        store = self._stores.pop(pid, None)
         if store is not None:
             self._dirty.pop(store, None)
             mine = [d for s, d in self._waiting if s is store]
@@ -439,9 +509,46 @@ class Storage:
                 for ck in [ck for ck in self._cache if ck[0] == pid]:
                     del self._cache[ck]
             for d in mine:
-                d.errback(NotServing(f"partition {pid} was dropped"))
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(self._path(pid)) + suffix).unlink(missing_ok=True)
+                d.errback(NotServing(f"partition {pid} was {why}"))
+
+    def partition_path(self, pid: str) -> Path:
+        """The partition's SQLite file (recovery snapshots it from another connection)."""
+        return self._path(validate_pid(pid))
+
+    def replace_partition(self, pid: str, new_file: Path) -> PartitionStore:
+        """Install ``new_file``, a complete partition file (recovery's received snapshot,
+        DESIGN §7), as this brick's replica of ``pid``, and reopen it.
+
+        The file is checked first (an SQLite file of schema version <= ours holding
+        ``pid``), so a bad file raises ValueError with the old replica untouched.  Then the
+        old store is closed (its waiting writes errback ``NotServing``, its cache entries
+        go), its -wal/-shm are removed (a stale WAL would be replayed onto the new file and
+        corrupt it), and ``new_file`` is renamed over the replica atomically, the
+        directory fsynced so that the rename survives a crash.  If the rename fails, the
+        old replica is reopened and the error re-raised.
+        """
+        path = self.partition_path(pid)
+        _check_partition_file(Path(new_file), pid)
+        self._detach(pid, "replaced by a copy")
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        try:
+            os.replace(new_file, path)
+        except OSError:
+            if path.exists():
+                self.open_partition(pid)
+            raise
+        _fsync_dir(self.data_dir)
+        return self.open_partition(pid)
+
+    def apply_rows(self, pid: str, rows: Sequence[Row]) -> int:
+        """Apply copied rows to the replica of ``pid`` (see
+        :meth:`PartitionStore.apply_rows`) and drop their keys from the read cache."""
+        n = self._store(pid).apply_rows(rows)
+        if self._cache is not None:
+            for row in rows:
+                self._cache.pop((pid, row[0]), None)
+        return n
 
     # -- hot path ----------------------------------------------------------------------
 

@@ -1,0 +1,422 @@
+"""The source side of recovery's copy (DESIGN §7): one state machine per copy session.
+
+A recovering brick (the *target*) asks an active member (this brick, the *source*) for a
+copy of an RG's partitions.  Each session goes::
+
+    SNAPSHOTTING ──snapshots taken──▶ STREAMING ──fence()──▶ FENCED ──readmitting()──▶ READMITTING
+         │                               │                     │                          │
+         │                               │                     │ fence lapses             │ finish()
+         ▼                               ▼                     ▼                          ▼
+     CANCELLED ◀──── cancel(), a new begin for the same (rg, target), idle 60 s ────      DONE
+
+- **SNAPSHOTTING** (``begin``): a consistent snapshot of every partition, taken in a worker
+  thread while writes go on (with ``full_lease``, the original DDS behaviour, writes are
+  fenced first, for the whole copy, and the delta is then empty).
+- **STREAMING**: the target pulls the snapshots in checksummed chunks (``chunk``).
+- **FENCED** (``fence``): new PREPAREs for the partitions fail ``Recovering``, the ones in
+  flight drain (``Participant.quiesce``), the log is flushed; the target pulls the rows
+  written since each snapshot (``delta``).  Writes are paused from here only; the fence
+  lapses after ``fence_s`` (the session is cancelled) unless readmission starts first, so a
+  target that dies cannot stop the RG's writes for long.
+- **READMITTING** (``readmitting``): this brick is changing the RG record to make the
+  target active (DESIGN §5).  The fence must hold until that change is decided, so the
+  fence timer no longer lifts it; ``finish`` (or ``cancel`` on failure) does.
+- **DONE** / **CANCELLED**: the fence is lifted and the snapshot files are deleted.
+
+A session with no request from its target for ``IDLE_S`` is cancelled (not while
+snapshotting or readmitting: those wait on this brick, not on the target).  At most one
+session runs per (rg, target): a target that restarts its recovery supersedes its old
+session.  Everything runs on the reactor thread except the snapshots themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import sqlite3
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, NoReturn
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dds import failpoints
+from dds.errors import InternalError, InvalidRequest, NotServing, Timeout
+from dds.metrics import Metrics
+from dds.partition import PartitionId
+
+from dds.bricks.participant import Participant
+from dds.bricks.snapshot import RunInThread, SnapshotInfo, read_chunk, take_snapshot
+from dds.bricks.storage import Storage
+
+#: A session whose target sends nothing for this long is cancelled.
+IDLE_S = 60.0
+#: Ended sessions kept for ``status`` and for naming why a late request finds none.
+ENDED_MEMORY = 32
+_SNAPSHOT_GLOB = "copy-*.snapshot"
+
+
+class CopyState(enum.Enum):
+    SNAPSHOTTING = "snapshotting"
+    STREAMING = "streaming"
+    FENCED = "fenced"
+    READMITTING = "readmitting"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+_LIVE = frozenset({CopyState.SNAPSHOTTING, CopyState.STREAMING, CopyState.FENCED,
+                   CopyState.READMITTING})
+#: States in which the target may read snapshots and deltas.
+_SERVING = frozenset({CopyState.STREAMING, CopyState.FENCED, CopyState.READMITTING})
+
+
+class CopySession:
+    """One copy of an RG's partitions to one target (mutable: it is the state machine)."""
+
+    __slots__ = ("id", "rg", "target", "pids", "full_lease", "state", "snapshots",
+                 "bytes_sent", "started", "last_request", "fenced_at", "fence_held_s",
+                 "fence_timer", "idle_timer", "reason")
+
+    def __init__(self, sid: int, rg: str, target: str, pids: tuple[PartitionId, ...],
+                 full_lease: bool, now: float) -> None:
+        self.id = sid
+        self.rg = rg
+        self.target = target
+        self.pids = pids
+        self.full_lease = full_lease
+        self.state = CopyState.SNAPSHOTTING
+        self.snapshots: dict[str, SnapshotInfo] = {}
+        self.bytes_sent = 0
+        self.started = now
+        self.last_request = now
+        #: When this session fenced the partitions (None: not fenced).
+        self.fenced_at: float | None = None
+        #: How long the fence was held, once lifted: the write pause DESIGN §7 measures.
+        self.fence_held_s: float | None = None
+        self.fence_timer: IDelayedCall | None = None
+        self.idle_timer: IDelayedCall | None = None
+        self.reason = ""
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.snapshots.values())
+
+
+class CopySessions:
+    """Every copy session this brick serves as a recovery source."""
+
+    log = Logger()
+
+    def __init__(self, brick_id: str, storage: Storage, participant: Participant,
+                 clock: IReactorTime, snapshot_dir: Path, run_in_thread: RunInThread,
+                 fence_s: float, metrics: Metrics, rng: random.Random | None = None) -> None:
+        self.brick_id = brick_id
+        self.storage = storage
+        self.participant = participant
+        self.clock = clock
+        self.snapshot_dir = Path(snapshot_dir)
+        self.run_in_thread = run_in_thread
+        self.fence_s = fence_s
+        self.metrics = metrics
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self.sessions: dict[int, CopySession] = {}
+        self._by_pair: dict[tuple[str, str], CopySession] = {}
+        self._ended: OrderedDict[int, CopySession] = OrderedDict()
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        # Snapshots of sessions that died with the process: nobody can resume them.
+        for stale in self.snapshot_dir.glob(_SNAPSHOT_GLOB):
+            stale.unlink(missing_ok=True)
+        for stale in self.snapshot_dir.glob(_SNAPSHOT_GLOB + ".tmp"):
+            stale.unlink(missing_ok=True)
+
+    # -- requests from the target ------------------------------------------------------
+
+    async def begin(self, rg: str, target: str, pids: list[PartitionId],
+                    full_lease: bool) -> dict[str, Any]:
+        """Start a session: snapshot every partition in ``pids``.  Reply (the brick adds
+        ``record``): ``{"session": id, "snapshots": [{"pid", "size", "lsn", "checksum"}]}``."""
+        old = self._by_pair.get((rg, target))
+        if old is not None:
+            self.cancel(old.id, f"superseded by a new copy_begin from {target}")
+        s = CopySession(self._new_id(), rg, target, tuple(dict.fromkeys(pids)), full_lease,
+                        self.clock.seconds())
+        self.sessions[s.id] = s
+        self._by_pair[(rg, target)] = s
+        self.metrics.inc("copy_sessions_total")
+        self._arm_idle(s, IDLE_S)
+        self.log.info("copy session {session} of {rg} to {target} begins: {count} "
+                      "partitions{lease}", session=s.id, rg=rg, target=target,
+                      count=len(s.pids), lease=" (full lease)" if full_lease else "")
+        try:
+            if full_lease:
+                await self._fence_and_drain(s)
+            for pid in s.pids:
+                info = await self._snapshot(s, pid)
+                if s.state is not CopyState.SNAPSHOTTING:   # cancelled meanwhile
+                    info.path.unlink(missing_ok=True)
+                    self._gone(s)
+                s.snapshots[str(pid)] = info
+        except BaseException as e:
+            if s.state is CopyState.SNAPSHOTTING:
+                self.cancel(s.id, f"begin failed: {e}")
+            raise
+        s.state = CopyState.STREAMING
+        self._touch(s)
+        return {"session": s.id, "snapshots": [s.snapshots[str(p)].to_wire()
+                                               for p in s.pids]}
+
+    def chunk(self, session: int, pid: str, offset: int, size: int) -> dict[str, Any]:
+        """``size`` bytes of the snapshot of ``pid`` from ``offset``: ``{"data",
+        "checksum"}`` (xxh64 of data; short or empty at the end of the file)."""
+        s = self._serving(session)
+        info = s.snapshots.get(pid)
+        if info is None:
+            raise InvalidRequest(f"copy session {session} has no snapshot of {pid!r}")
+        if offset > info.size:
+            raise InvalidRequest(f"offset {offset} is past the end of the snapshot of {pid} "
+                                 f"({info.size} bytes)")
+        if failpoints.ARMED and offset <= info.size // 2 < offset + size:
+            failpoints.fire("copy.mid")
+        try:
+            data, checksum = read_chunk(info.path, offset, size)
+        except OSError as e:
+            self.cancel(session, f"reading the snapshot of {pid}: {e}")
+            raise InternalError(f"copy session {session}: cannot read the snapshot of "
+                                f"{pid}: {e.strerror or e}") from e
+        s.bytes_sent += len(data)
+        self.metrics.inc("copy_bytes_sent_total", len(data))
+        return {"data": data, "checksum": checksum}
+
+    async def fence(self, session: int) -> dict[str, Any]:
+        """Take the write lease: fence, drain, flush.  ``{"lsn": {pid: last committed
+        lsn}}``.  Repeating it while FENCED returns the same answer."""
+        s = self._get(session)
+        self._touch(s)
+        if s.state is CopyState.FENCED:
+            return {"lsn": self._lsns(s)}
+        if s.state is not CopyState.STREAMING:
+            raise InvalidRequest(f"copy session {session} is {s.state.value}, "
+                                 "not streaming: cannot fence")
+        if s.fenced_at is None:
+            await self._fence_and_drain(s)
+        else:    # full lease: fenced and drained since begin
+            await self._flush(s)
+        if s.state is not CopyState.STREAMING:
+            self._gone(s)
+        s.state = CopyState.FENCED
+        self._cancel(s.fence_timer)
+        s.fence_timer = self.clock.callLater(self.fence_s, self._fence_lapsed, s)
+        return {"lsn": self._lsns(s)}
+
+    def delta(self, session: int, pid: str, after_lsn: int, limit: int) -> dict[str, Any]:
+        """Committed rows of ``pid`` written after ``after_lsn``, tombstones included, in
+        log order, at most ``limit``: ``{"rows": [[key, value, version, lsn]], "more":
+        bool}``."""
+        s = self._serving(session)
+        if pid not in s.snapshots:
+            raise InvalidRequest(f"copy session {session} does not copy {pid!r}")
+        store = self.storage.open_partition(pid)
+        # Committed rows only: a staged row's lsn is reused if its commit fails, so a
+        # target that had copied it would skip the row that later takes that lsn.  Under
+        # the fence (flushed) nothing is staged; before it, staged rows come next time.
+        top = store.committed_lsn()
+        rows: list[list[Any]] = []
+        for row in store.rows_since(after_lsn):
+            if row[3] > top:
+                break
+            if len(rows) == limit:
+                return {"rows": rows, "more": True}
+            rows.append(list(row))
+        return {"rows": rows, "more": False}
+
+    # -- steps taken by this brick -----------------------------------------------------
+
+    def readmitting(self, session: int) -> None:
+        """The RG record change that makes the target active has started: from now on
+        the fence holds until ``finish`` or ``cancel``, whatever its timer says."""
+        s = self._get(session)
+        if s.state is not CopyState.FENCED:
+            raise InvalidRequest(f"copy session {session} is {s.state.value}, not fenced: "
+                                 "cannot readmit")
+        s.state = CopyState.READMITTING
+        self._touch(s)
+        self.log.info("copy session {session}: readmitting {target} to {rg}",
+                      session=s.id, target=s.target, rg=s.rg)
+
+    def finish(self, session: int) -> None:
+        """The copy is complete (the target was readmitted): lift the fence, delete the
+        snapshots."""
+        s = self._get(session)
+        if s.state is CopyState.SNAPSHOTTING:
+            raise InvalidRequest(f"copy session {session} is still snapshotting")
+        self._end(s, CopyState.DONE, "finished")
+        self.log.info("copy session {session} of {rg} to {target} done: {bytes} bytes "
+                      "sent, writes fenced for {fence_s}", session=s.id, rg=s.rg,
+                      target=s.target, bytes=s.bytes_sent, fence_s=s.fence_held_s)
+
+    def cancel(self, session: int, reason: str) -> bool:
+        """Give the session up (idempotent): lift its fence, delete its snapshots.  False
+        if it was not live."""
+        s = self.sessions.get(session)
+        if s is None:
+            return False
+        self._end(s, CopyState.CANCELLED, reason)
+        self.metrics.inc("copy_cancelled_total")
+        self.log.warn("copy session {session} of {rg} to {target} cancelled: {reason}",
+                      session=s.id, rg=s.rg, target=s.target, reason=reason)
+        return True
+
+    def close(self) -> None:
+        """The brick stops: cancel every session."""
+        for sid in list(self.sessions):
+            self.cancel(sid, f"brick {self.brick_id} is stopping")
+
+    def status(self) -> list[dict[str, Any]]:
+        """Live and recently ended sessions, for ``dds-admin status``."""
+        now = self.clock.seconds()
+        return [{"session": s.id, "rg": s.rg, "target": s.target, "state": s.state.value,
+                 "pids": [str(p) for p in s.pids], "bytes_sent": s.bytes_sent,
+                 "size": s.size, "full_lease": s.full_lease, "age_s": now - s.started,
+                 "fenced_s": (s.fence_held_s if s.fence_held_s is not None else
+                              None if s.fenced_at is None else now - s.fenced_at),
+                 "reason": s.reason}
+                for s in [*self.sessions.values(), *self._ended.values()]]
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        while True:
+            sid = self._rng.getrandbits(63)
+            if sid not in self.sessions and sid not in self._ended:
+                return sid
+
+    async def _snapshot(self, s: CopySession, pid: PartitionId) -> SnapshotInfo:
+        dest = self.snapshot_dir / f"copy-{s.id:016x}-{pid}.snapshot"
+        try:
+            return await take_snapshot(self.storage, str(pid), dest, self.run_in_thread)
+        except KeyError:
+            raise NotServing(f"brick {self.brick_id} holds no replica of {pid}") from None
+        except (OSError, sqlite3.Error, ValueError) as e:
+            raise InternalError(f"snapshot of {pid} failed: {e}") from e
+
+    async def _fence_and_drain(self, s: CopySession) -> None:
+        """Fence the session's partitions, wait (bounded by ``fence_s``) for their
+        transactions in flight, then flush.  On failure the session is cancelled."""
+        self.participant.fence(s.pids)
+        s.fenced_at = self.clock.seconds()
+        self.metrics.inc("copy_fences_total")
+        self.log.info("copy session {session}: writes to {pids} fenced", session=s.id,
+                      pids=[str(p) for p in s.pids])
+        quiet = await self.participant.quiesce(s.pids, self.fence_s)
+        if s.state not in _LIVE:
+            self._gone(s)
+        if not quiet:
+            busy = self.participant.busy(s.pids)
+            self.cancel(s.id, f"{busy} transactions still in flight after {self.fence_s}s "
+                        "of fence")
+            raise Timeout(f"copy session {s.id}: {busy} transactions on "
+                          f"{[str(p) for p in s.pids]} did not resolve within "
+                          f"{self.fence_s}s; fence lifted")
+        await self._flush(s)
+
+    async def _flush(self, s: CopySession) -> None:
+        try:
+            await self.storage.flush()
+        except Exception as e:  # noqa: BLE001 -- any commit error ends the session
+            self.cancel(s.id, f"flush failed: {e!r}")
+            raise InternalError(f"copy session {s.id}: flush failed: {e}") from e
+
+    def _lsns(self, s: CopySession) -> dict[str, int]:
+        return {str(p): self.storage.open_partition(str(p)).committed_lsn() for p in s.pids}
+
+    def _fence_lapsed(self, s: CopySession) -> None:
+        s.fence_timer = None
+        if s.state is CopyState.READMITTING:
+            # The record change decides whether the target is active; lifting the fence
+            # before it does could let a write miss the target.  Say so, and keep it.
+            self.log.warn("copy session {session}: fence held past {fence_s}s while "
+                          "readmitting {target}", session=s.id, fence_s=self.fence_s,
+                          target=s.target)
+            s.fence_timer = self.clock.callLater(self.fence_s, self._fence_lapsed, s)
+            return
+        if s.state in _LIVE:
+            self.cancel(s.id, f"fence lapsed after {self.fence_s}s without readmission")
+
+    def _arm_idle(self, s: CopySession, delay: float) -> None:
+        s.idle_timer = self.clock.callLater(delay, self._idle_check, s)
+
+    def _idle_check(self, s: CopySession) -> None:
+        s.idle_timer = None
+        if s.state not in _LIVE:
+            return
+        if s.state in (CopyState.SNAPSHOTTING, CopyState.READMITTING):
+            self._arm_idle(s, IDLE_S)       # waiting on this brick, not on the target
+            return
+        idle = self.clock.seconds() - s.last_request
+        if idle >= IDLE_S:
+            self.cancel(s.id, f"no request from {s.target} for {idle:.0f}s")
+        else:
+            self._arm_idle(s, IDLE_S - idle)
+
+    def _touch(self, s: CopySession) -> None:
+        s.last_request = self.clock.seconds()
+
+    def _get(self, session: int) -> CopySession:
+        s = self.sessions.get(session)
+        if s is not None:
+            return s
+        ended = self._ended.get(session)
+        if ended is not None:
+            raise InvalidRequest(f"copy session {session} is {ended.state.value}"
+                                 + (f": {ended.reason}" if ended.reason else ""))
+        raise InvalidRequest(f"unknown copy session {session}")
+
+    def _serving(self, session: int) -> CopySession:
+        s = self._get(session)
+        if s.state not in _SERVING:
+            raise InvalidRequest(f"copy session {session} is {s.state.value}")
+        self._touch(s)
+        return s
+
+    def _gone(self, s: CopySession) -> NoReturn:
+        """The session ended while a step of it waited: say why."""
+        raise NotServing(f"copy session {s.id} is {s.state.value}: {s.reason}")
+
+    def _end(self, s: CopySession, state: CopyState, reason: str) -> None:
+        s.state = state
+        s.reason = reason
+        self._cancel(s.fence_timer)
+        self._cancel(s.idle_timer)
+        s.fence_timer = s.idle_timer = None
+        if s.fenced_at is not None and s.fence_held_s is None:
+            self.participant.unfence(s.pids)
+            s.fence_held_s = self.clock.seconds() - s.fenced_at
+            self.log.info("copy session {session}: fence on {pids} lifted after "
+                          "{held:.3f}s", session=s.id, pids=[str(p) for p in s.pids],
+                          held=s.fence_held_s)
+        # Freeing a 100 MB file takes the kernel a few hundred ms: not on the reactor
+        # thread, where it would pause the writes the fence just let go.
+        for info in s.snapshots.values():
+            d = self.run_in_thread(info.path.unlink, True)
+            d.addErrback(self._unlink_failed, info.path)
+        self.sessions.pop(s.id, None)
+        if self._by_pair.get((s.rg, s.target)) is s:
+            del self._by_pair[(s.rg, s.target)]
+        self._ended[s.id] = s
+        while len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
+    def _unlink_failed(self, failure: Failure, path: Path) -> None:
+        self.log.error("cannot delete snapshot {path}: {error}", path=str(path),
+                       error=str(failure.value))
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+
+__all__ = ["IDLE_S", "CopySession", "CopySessions", "CopyState"]
