@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import attrs
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -22,21 +23,27 @@ from twisted.logger import Logger
 
 from dds import failpoints
 from dds.config import BrickConfig
-from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing,
+from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, Refused,
                         UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
-from dds.messages import (Abort, Checksum, Commit, Failpoint, Get, Gossip, MapGet, MapPush,
-                          Message, Ping, Prepare, Resolve, Status, Txns,
-                          TxnState as TxnStateMsg, decode_request)
+from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyChunk,
+                          CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
+                          MapPush, Message, Ping, Prepare, Readmit, RecordDecide,
+                          RecordPrepare, RecordState, Recover, Resolve, RGChange, RGStatus,
+                          Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId
 from dds.records import Record, record_from_wire
 from dds.rpc import RPCProtocol
 
+from dds.bricks.copysource import CopySessions
+from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
+from dds.bricks.recovery import Recoveries
+from dds.bricks.rgchange import RecordChanges
 from dds.bricks.storage import Storage
 from dds.bricks.termination import Terminator
 
@@ -49,6 +56,7 @@ _REQUEST_COUNTERS: dict[str, str] = {}
 class Brick:
     log = Logger()
     termination: Terminator
+    changes: RecordChanges
 
     def __init__(self, config: BrickConfig, reactor: Any, opener: Opener | None = None,
                  rng: random.Random | None = None) -> None:
@@ -80,7 +88,29 @@ class Brick:
                                      max_frame=config.limits.max_frame_bytes,
                                      metrics=self.metrics)
         self.termination = Terminator(self.id, self.participant, self.storage, self.maps,
-                                      self._peer, self.clock, self.metrics)
+                                      self._peer, self.clock, self.metrics,
+                                      membership_changing=lambda rg: rg in self.changes.locks)
+        self.lease_s = t.lease_ms / 1000.0
+        self.leases = Leases(self.id, self.clock, self.lease_s, t.lease_drift_percent / 100.0,
+                             lambda: self.maps.map, self._send_lease, self.metrics)
+        self.changes = RecordChanges(self.id, self.maps, self.leases, self.clock, self._peer,
+                                     config.data_dir, self.metrics, lease_s=self.lease_s,
+                                     suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng)
+        self.copies = CopySessions(self.id, self.storage, self.participant, self.clock,
+                                   config.data_dir / "snapshots", self._in_thread,
+                                   t.copy_fence_ms / 1000.0, self.metrics, rng=self.rng)
+        self.recoveries = Recoveries(self.id, self.maps, self.storage, self.participant,
+                                     self._peer, self.clock, self.metrics,
+                                     config.data_dir / "incoming",
+                                     full_lease=config.brick.full_lease_recovery,
+                                     durability=config.brick.durability)
+        self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
+        if self.ignore_read_lease:
+            self.log.error("brick.unsafe_ignore_read_lease is set: this brick serves reads "
+                           "without a membership lease and can return stale values")
+        self._restarted = len(self.maps.map) > 0
+        self._recovery_check = LoopingCall(self.recoveries.check)
+        self._recovery_check.clock = self.clock
         self.connections: set[RPCProtocol] = set()
         #: The RPC port actually bound (the configured one may be 0).
         self.port = config.brick.port
@@ -95,7 +125,11 @@ class Brick:
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
             Status: self.status, Checksum: self.checksum, Ping: lambda m: {},
             TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
-            Resolve: self.resolve,
+            Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
+            RecordDecide: self.changes.decide, RecordState: self.changes.state,
+            RGStatus: self.rg_status, CopyBegin: self.copy_begin, CopyChunk: self.copy_chunk,
+            CopyFence: self.copy_fence, CopyDelta: self.copy_delta, Readmit: self.readmit,
+            CopyCancel: self.copy_cancel, Recover: self.recover,
         }
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
@@ -130,6 +164,10 @@ class Brick:
 
     def start(self) -> None:
         self._gossip.start(self.config.timeouts.gossip_interval_ms / 1000.0, now=False)
+        self.leases.start()
+        if self._restarted and self.config.brick.recover_on_start:
+            self.recoveries.after_restart()
+        self._recovery_check.start(2.0, now=False)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -139,6 +177,10 @@ class Brick:
         self._stopping = True
         if self._gossip.running:
             self._gossip.stop()
+        self.leases.stop()
+        self.recoveries.stop()
+        if self._recovery_check.running:
+            self._recovery_check.stop()
         deadline = self.clock.seconds() + grace_s
         while self.participant.active and self.clock.seconds() < deadline:
             d: Deferred[None] = Deferred()
@@ -150,6 +192,7 @@ class Brick:
         for proto in list(self.connections):
             proto.close()
         self.peers.close_all()
+        self.copies.close()
         await self.storage.flush()
         self.storage.close()
         self.log.info("brick {brick} stopped cleanly", brick=self.id)
@@ -171,6 +214,20 @@ class Brick:
 
     def _map_changed(self, new_map: ClusterMap, adopted: tuple[Record, ...]) -> None:
         self._open_my_partitions()
+        self.leases.on_map_change(new_map, adopted)
+        self.recoveries.check()
+        if not self._stopping and self.leases.running:
+            # A new record may make this brick active somewhere: ask for leases now
+            # rather than up to a third of a lease later.
+            ensureDeferred(self.leases.renew())
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Blocking file work (snapshots) off the reactor thread; inline on a reactor
+        without threads (the deterministic simulation)."""
+        pool = getattr(self.reactor, "getThreadPool", None)
+        if pool is None:
+            return maybeDeferred(f, *args)
+        return threads.deferToThreadPool(self.reactor, pool(), f, *args)
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -185,7 +242,10 @@ class Brick:
             name = _REQUEST_COUNTERS[mtype] = f"requests_{mtype}_total"
         self.metrics.counters[name] += 1
         try:
-            result = self._handlers[type(msg)](msg)
+            if type(msg) is RGChange:
+                result = self.rg_change(msg, conn.peer_id)
+            else:
+                result = self._handlers[type(msg)](msg)
         except DDSError as e:
             self.metrics.inc(f"errors_{e.code}_total")
             raise
@@ -224,16 +284,29 @@ class Brick:
             pid = parse_pid(pid_text)
         except InvalidRequest:
             return None
-        if (str(pid) != pid_text or pid not in rec.active_partitions or self.id not in rec.active_members
-                or not pid.owns(key) or self.locks.holder((pid, key)) is not None):
+        if (str(pid) != pid_text or pid not in rec.active_partitions
+                or self.id not in rec.active_members or not pid.owns(key)
+                or self.locks.holder((pid, key)) is not None
+                or rg in self.recoveries.blocked
+                or not (self.ignore_read_lease or self.leases.valid(rg))):
             return None
         self.metrics.counters["requests_get_total"] += 1
         r = self.storage.read(pid_text, key)
         return {"value": r.value, "version": r.version}
 
+    def _check_serving(self, rg: str, read: bool) -> None:
+        """DESIGN §6–7: no reads and no YES votes without a valid lease, and nothing at
+        all from an RG still being re-synced."""
+        if rg in self.recoveries.blocked:
+            raise NotServing(f"brick {self.id} is re-syncing {rg}")
+        if not self.leases.valid(rg) and not (read and self.ignore_read_lease):
+            self.metrics.inc("no_lease_refusals_total")
+            raise NotServing(f"brick {self.id} holds no valid membership lease for {rg}")
+
     def get(self, msg: Get) -> Any:
         self._check_key(msg.key)
         pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+        self._check_serving(msg.rg, read=True)
         if not pid.owns(msg.key):
             raise InvalidRequest(f"key does not belong to partition {pid}")
         lock_key = (pid, msg.key)
@@ -248,6 +321,7 @@ class Brick:
         self.metrics.inc("reads_waited_total")
         await self.locks.wait_free(lock_key, self.read_wait_s)
         pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+        self._check_serving(msg.rg, read=True)
         r = self.storage.read(str(pid), msg.key)
         return {"value": r.value, "version": r.version}
 
@@ -261,8 +335,13 @@ class Brick:
         pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
         if not pid.owns(msg.key):
             raise InvalidRequest(f"key does not belong to partition {pid}")
-        return self.participant.prepare(
-            msg, pid, lambda: self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp))
+        self._check_serving(msg.rg, read=False)
+
+        def recheck() -> Any:
+            checked = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+            self._check_serving(msg.rg, read=False)
+            return checked
+        return self.participant.prepare(msg, pid, recheck)
 
     def commit(self, msg: Commit) -> dict[str, int] | Deferred[dict[str, int]]:
         return self.participant.commit(msg.txid)
@@ -331,6 +410,90 @@ class Brick:
             self.metrics.inc("gossip_failures_total")
             self.log.debug("gossip round failed: {error}", error=e.message)
 
+    # -- membership: leases, record changes, recovery ----------------------------------
+
+    def _send_lease(self, peer: str, rgs: list[str]) -> Deferred[Any]:
+        async def go() -> Any:
+            conn = await self._peer(peer)
+            return await conn.call("lease", {"holder": self.id, "rgs": rgs},
+                                   timeout=self.lease_s / 3)
+        return Deferred.fromCoroutine(go())
+
+    def lease(self, msg: Lease) -> dict[str, Any]:
+        return self.leases.grant(msg.holder, msg.rgs)
+
+    def rg_change(self, msg: RGChange, requester: str | None) -> Deferred[dict[str, Any]]:
+        return self.changes.change(msg, requester)
+
+    def serving(self, rg: str) -> bool:
+        rec = self.maps.map.rgs.get(rg)
+        return (rec is not None and self.id in rec.active_members
+                and rg not in self.recoveries.blocked and self.leases.valid(rg))
+
+    def rg_status(self, msg: RGStatus) -> dict[str, Any]:
+        rec = self.maps.map.rgs.get(msg.rg)
+        return {"record": rec.canonical() if rec else None, "serving": self.serving(msg.rg),
+                "state": rec.member_state(self.id) if rec else None,
+                "reconciled": self.recoveries.reconciled(msg.rg)}
+
+    async def copy_begin(self, msg: CopyBegin) -> dict[str, Any]:
+        rec = self.maps.map.rgs.get(msg.rg)
+        if rec is None or not self.serving(msg.rg):
+            raise NotServing(f"brick {self.id} does not serve {msg.rg}: it cannot be a "
+                             "recovery source")
+        if rec.member_state(msg.target) != "recovering":
+            raise Refused(f"{msg.target} is {rec.member_state(msg.target)} in {msg.rg} "
+                          f"v{rec.version}, not recovering")
+        reply = await self.copies.begin(msg.rg, msg.target, [e.pid for e in rec.partitions],
+                                        msg.full_lease)
+        reply["record"] = rec.canonical()
+        return reply
+
+    def copy_chunk(self, msg: CopyChunk) -> dict[str, Any]:
+        return self.copies.chunk(msg.session, msg.pid, msg.offset, msg.size)
+
+    def copy_fence(self, msg: CopyFence) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self.copies.fence(msg.session))
+
+    def copy_delta(self, msg: CopyDelta) -> dict[str, Any]:
+        return self.copies.delta(msg.session, msg.pid, msg.after_lsn, msg.limit)
+
+    async def readmit(self, msg: Readmit) -> dict[str, Any]:
+        """Under the fence: compare the target's checksums with ours, then the record
+        change that makes it active; the fence is lifted either way."""
+        session = self.copies.sessions.get(msg.session)
+        if session is None:
+            raise InvalidRequest(f"unknown copy session {msg.session}")
+        self.copies.readmitting(msg.session)
+        try:
+            for pid_text, theirs in msg.checksums.items():
+                mine = self.storage.open_partition(str(parse_pid(pid_text))).checksum()
+                if mine != theirs:
+                    raise Refused(f"{session.target}'s copy of {pid_text} has checksum "
+                                  f"{theirs:#x}, the source {mine:#x}")
+            reply = await self.changes.readmit(session.rg, session.target)
+        except Exception as e:
+            self.copies.cancel(msg.session, f"readmission failed: {e!r}")
+            raise
+        self.copies.finish(msg.session)
+        return reply
+
+    def copy_cancel(self, msg: CopyCancel) -> dict[str, Any]:
+        self.copies.cancel(msg.session, msg.reason or "cancelled by the target")
+        return {}
+
+    def recover(self, msg: Recover) -> dict[str, Any]:
+        """``dds-admin recover``: re-sync now (an RG, or every RG this brick is in)."""
+        if msg.rg is not None and (msg.rg not in self.maps.map.rgs or
+                                   self.maps.map.rgs[msg.rg].member_state(self.id) is None):
+            raise InvalidRequest(f"brick {self.id} is not a member of {msg.rg!r}")
+        rgs = [msg.rg] if msg.rg else [r.name for r in self.maps.map.rgs.values()
+                                       if r.member_state(self.id) is not None]
+        started = [rg for rg in rgs
+                   if self.recoveries.ensure(rg, why="requested by dds-admin recover",
+                                             full_lease=msg.full_lease)]
+        return {"started": started}
+
     # -- administration ------------------------------------------------------------------
 
     def status(self, msg: Status) -> dict[str, Any]:
@@ -348,6 +511,13 @@ class Brick:
             "prepared": len(self.participant.active),
             "in_doubt": [list(t.txid) for t in self.participant.in_doubt()],
             "failpoints": failpoints.armed(),
+            "members": {rg.name: rg.member_state(self.id) for rg in m.rgs.values()
+                        if rg.member_state(self.id) is not None},
+            "blocked": sorted(self.recoveries.blocked),
+            "leases": self.leases.status(),
+            "recovery": self.recoveries.status(),
+            "copies": self.copies.status(),
+            "changes": self.changes.status(),
             "metrics": self.metrics.snapshot(),
         }
 

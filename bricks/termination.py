@@ -64,8 +64,12 @@ class Terminator:
 
     def __init__(self, brick_id: str, participant: Participant, storage: Storage,
                  maps: MapState, peer: Callable[[str], Awaitable[RPCProtocol]],
-                 clock: IReactorTime, metrics: Metrics) -> None:
+                 clock: IReactorTime, metrics: Metrics,
+                 membership_changing: Callable[[str], bool] = lambda rg: False) -> None:
         self.id = brick_id
+        #: Whether this brick voted on a change of the RG's record whose outcome it does
+        #: not know yet (``RecordChanges``): the members to ask may be changing.
+        self.membership_changing = membership_changing
         self.participant = participant
         self.storage = storage
         self.maps = maps
@@ -135,6 +139,9 @@ class Terminator:
         if infer_commit:
             txn.queried = True      # we may commit by "all prepared": no coordinator ABORT now
         rg = self.maps.map.partition_rg.get(txn.pid)
+        if rg is not None and self.membership_changing(rg.name):
+            return Termination(txn.txid, pid, "in-doubt",
+                               reason=f"the membership of {rg.name} is changing")
         others = tuple(b for b in (rg.active_members if rg else ()) if b != self.id)
         states: list[str] = []
         for brick in others:
@@ -152,6 +159,14 @@ class Terminator:
             return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
                                others, tuple(states),
                                f"{txn.state.value} here meanwhile (by its coordinator)")
+        now = self.maps.map.partition_rg.get(txn.pid)
+        if rg is not None and (now is None or now.version != rg.version
+                               or self.membership_changing(rg.name)):
+            # The answers were asked of the members of an older record: a member
+            # excluded since may have answered "aborted" while the current members
+            # commit by "all prepared".  Decide only among one record's members.
+            return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
+                               f"the record of {rg.name} changed while asking")
         if "committed" in states:
             decision, reason = "commit", "a member committed"
         elif "aborted" in states:
@@ -169,8 +184,8 @@ class Terminator:
                           states=states)
             return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
                                "a member is unreachable and nobody decided")
-        self.log.info("terminated {txid} by {decision} (members: {states})",
-                      txid=txn.txid, decision=decision, states=states)
+        self.log.info("terminated {txid} by {decision} (members {others}: {states})",
+                      txid=txn.txid, decision=decision, states=states, others=others)
         if decision == "commit":
             outcome = self.participant.commit(txn.txid)
             if isinstance(outcome, Deferred):

@@ -71,25 +71,28 @@ class ConnectionCache:
         proto = self._conns.get(addr)
         if proto is not None:
             return proto
+        # Each caller waits on a Deferred of its own: a caller that gives up (its
+        # Deferred is cancelled on a timeout) must not cancel the shared attempt.
+        waiter: Deferred[RPCProtocol] = Deferred()
         waiters = self._opening.get(addr)
-        if waiters is not None:
-            d: Deferred[RPCProtocol] = Deferred()
-            waiters.append(d)
-            return await d
-        self._opening[addr] = waiters = []
+        if waiters is None:
+            self._opening[addr] = [waiter]
+            Deferred.fromCoroutine(self._open(addr))
+        else:
+            waiters.append(waiter)
+        return await waiter
+
+    async def _open(self, addr: tuple[str, int]) -> None:
         try:
-            proto = await self.opener(self.reactor, host, port, **self.options)
+            proto = await self.opener(self.reactor, addr[0], addr[1], **self.options)
         except Exception as e:
-            del self._opening[addr]
-            for w in waiters:
-                w.errback(e)
-            raise
-        del self._opening[addr]
+            for w in self._opening.pop(addr, []):
+                w.errback(e)        # ignored by a waiter already cancelled
+            return
         self._conns[addr] = proto
         proto.closed.addCallback(lambda _: self._lost(addr, proto))
-        for w in waiters:
+        for w in self._opening.pop(addr, []):
             w.callback(proto)
-        return proto
 
     def _lost(self, addr: tuple[str, int], proto: RPCProtocol) -> None:
         if self._conns.get(addr) is proto:

@@ -80,7 +80,7 @@ KNOWN: Mapping[str, str] = {
     "coordinator.between_commits":
         "library: the first member acknowledged COMMIT; the others not yet sent it",
     "copy.mid":
-        "brick: a partition copy is half streamed (reserved for recovery; no hook yet)",
+        "brick (recovery source): the chunk holding the middle of a snapshot is asked for",
 }
 
 #: True while at least one failpoint is armed; hooks test this and nothing else.

@@ -420,3 +420,13 @@ class Recover(Message):
     rg: str | None = attrs.field(default=None, validator=v.optional(_str))
     full_lease: bool | None = attrs.field(default=None,
                                           validator=v.optional(v.instance_of(bool)))
+
+
+@attrs.frozen
+class RGStatus(Message):
+    """What this brick knows of RG ``rg``: asked by a restarted brick before it serves.
+    Reply: ``{"record": record | None, "serving": bool, "state": str}`` where ``serving``
+    means an active member with a valid lease that is not itself re-syncing."""
+
+    TYPE: ClassVar[str] = "rg_status"
+    rg: str = attrs.field(validator=_str)

@@ -21,14 +21,15 @@ from twisted.python.failure import Failure
 
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener
-from dds.errors import (ConnectionLost, DDSError, Divergence, Exists, Indeterminate,
+from dds.errors import (Recovering, ConnectionLost, DDSError, Divergence, Exists, Indeterminate,
                         InvalidRequest, KeyTooLarge, Locked, NotServing, StaleMap, Timeout,
                         Unavailable, ValueTooLarge, VersionMismatch)
 from dds.maps import ClusterMap
 from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
-from dds.lib.coordinator import Coordinator, PrepareFailed
+from dds.lib.exclusion import Excluder
+from dds.lib.coordinator import UNREACHABLE, Coordinator, PrepareFailed
 from dds.lib.mapcache import MapCache
 from dds.lib.routing import Route, Router, pick_replica
 from dds.records import BrickRecord
@@ -74,9 +75,10 @@ class DDSClient:
                                            cluster=cluster,
                                            secret=secret, max_frame=max_frame,
                                            metrics=self.metrics)
-        self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
-                                       lib_id=lib_id)
         self.maps = MapCache(seeds, self._connect, self.rng)
+        self.excluder = Excluder(self._connect, self.maps, self.clock, self.metrics)
+        self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
+                                       lib_id=lib_id, exclude=self.excluder.exclude)
         self.router = Router()
         self._refresh = LoopingCall(self._periodic_refresh)
         self._refresh.clock = self.clock
@@ -254,18 +256,27 @@ class DDSClient:
                                                     deadline)
             except PrepareFailed as e:
                 attempt += 1
-                await self._after_no_votes(e.errors, deadline, attempt, e.bricks)
+                await self._after_no_votes(e.errors, deadline, attempt, e.bricks, route)
             except Indeterminate:
                 self.metrics.inc("indeterminate_total")
                 raise
 
     async def _after_no_votes(self, errors: list[DDSError], deadline: float,
-                              attempt: int, bricks: list[BrickRecord] | None = None) -> None:
+                              attempt: int, bricks: list[BrickRecord] | None = None,
+                              route: Route | None = None) -> None:
         """Nothing was applied; decide whether and when to try again."""
         for e in errors:
             if isinstance(e, (Exists, VersionMismatch, Divergence)):
                 raise e
         who: list[BrickRecord | None] = list(bricks) if bricks else [None] * len(errors)
+        lost = [(b, e) for b, e in zip(who, errors)
+                if b is not None and isinstance(e, UNREACHABLE)]
+        if lost and route is not None and len(lost) == len(errors):
+            # Write-all cannot go on without them: have them excluded, then retry at once.
+            outcomes = [await self.excluder.exclude(route, b, f"prepare failed: {e.message}",
+                                                    deadline) for b, e in lost if b]
+            if all(outcomes):
+                return
         stale = [(b, e) for b, e in zip(who, errors) if isinstance(e, StaleMap)]
         if stale:
             self.metrics.inc("write_stale_map_total")
@@ -280,6 +291,12 @@ class DDSClient:
             if attempt > 1:                 # the repair did not help at once: pause
                 await self._backoff(attempt, deadline, "map still stale: " +
                                     stale[0][1].message)
+            return
+        if all(isinstance(e, Recovering) for e in errors):
+            # A recovery source fences writes for the short delta of a re-sync (DESIGN
+            # §7): try again soon, without growing the backoff or refetching the map.
+            self.metrics.inc("write_fenced_retries_total")
+            await self._backoff(1, deadline, "; ".join(e.message for e in errors))
             return
         if all(isinstance(e, (Locked,) + _TRANSIENT) for e in errors):
             self.metrics.inc("write_retries_total")

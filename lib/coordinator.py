@@ -19,8 +19,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds import failpoints
-from dds.errors import (DDSError, Exists, Indeterminate, InternalError, InvalidRequest,
-                        Locked, NotServing, StaleMap, Unavailable, VersionMismatch)
+from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InternalError,
+                        InvalidRequest, Locked, NotServing, StaleMap, Timeout, Unavailable,
+                        VersionMismatch)
 from dds.records import BrickRecord
 from dds.rpc import RPCProtocol
 
@@ -31,10 +32,17 @@ Connect = Callable[[str, int], Awaitable[RPCProtocol]]
 #: Replies that are a definite NO: the member holds nothing for the transaction.
 _NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidRequest)
 Cached = Callable[[str, int], "RPCProtocol | None"]
+#: Ask the RG to exclude a member (``lib/exclusion.py``): true once it is no longer active.
+Exclude = Callable[[Route, BrickRecord, str, float], Deferred[bool]]
+#: Failures that say a member could not be reached (rather than that it said no).
+UNREACHABLE = (Unavailable, Timeout, ConnectionLost)
 
 
 #: How long one COMMIT or ABORT attempt waits for its acknowledgement before resending.
 DECISION_ATTEMPT_S = 1.0
+#: Longest wait for a vote: a member waits at most ``lock_wait_ms`` (2 s) for a lock, so
+#: a member silent longer is unreachable, and is excluded rather than waited for.
+PREPARE_ATTEMPT_S = 2.5
 
 
 class PrepareFailed(Exception):
@@ -52,8 +60,10 @@ class Coordinator:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, connect: Connect,
-                 cached: Cached = lambda host, port: None, lib_id: int | None = None) -> None:
+                 cached: Cached = lambda host, port: None, lib_id: int | None = None,
+                 exclude: Exclude | None = None) -> None:
         self.clock = clock
+        self.exclude = exclude
         self.connect = connect
         self.cached = cached
         self.lib_id = lib_id if lib_id is not None else int.from_bytes(os.urandom(8), "big")
@@ -86,9 +96,11 @@ class Coordinator:
         body = route.request(key)
         body.update(txid=txid, ts=ts, op=op, value=value, expected_version=expected_version,
                     timeout_ms=max(1, int(remaining * 1000)))
-        votes = await _gather([self._call(b, "prepare", body, remaining) for b in members])
+        votes = await _gather([self._call(b, "prepare", body,
+                                          min(remaining, PREPARE_ATTEMPT_S))
+                               for b in members])
         try:
-            return await self._decide(txid, members, votes, key, deadline)
+            return await self._decide(route, txid, members, votes, key, deadline)
         except (PrepareFailed, Indeterminate):
             raise
         except Exception as e:
@@ -98,7 +110,7 @@ class Coordinator:
             raise Indeterminate(f"transaction {txid}: the coordinator failed after PREPARE "
                                 f"({e!r}); the write may or may not happen") from e
 
-    async def _decide(self, txid: tuple[int, int], members: list[BrickRecord],
+    async def _decide(self, route: Route, txid: tuple[int, int], members: list[BrickRecord],
                       votes: list[Any], key: bytes, deadline: float) -> int:
         if failpoints.ARMED:
             failpoints.fire("coordinator.after_prepare")
@@ -108,42 +120,46 @@ class Coordinator:
             if len(versions) != 1:
                 self.log.error("replicas of {key!r} disagree on its version: {versions}; "
                                "aborting", key=key[:64], versions=sorted(versions))
-                await self._abort(txid, members, deadline)
+                await self._abort(route, txid, members, deadline)
                 raise PrepareFailed([InternalError(
                     f"replicas disagree on the key's version ({sorted(versions)}); "
                     "run dds-admin repair")])
-            return await self._commit(txid, members, deadline, versions.pop() + 1)
+            return await self._commit(route, txid, members, deadline, versions.pop() + 1)
         # Only a member that may have voted YES needs an ABORT.  One that answered NO holds
         # nothing; one we could not even connect to never saw the PREPARE (and will refuse
         # the transaction if it ever hears of it).  A timeout or a lost connection leaves
         # the vote unknown, so those members are told.
         told = [b for b, r in zip(members, votes)
                 if not isinstance(r, (Unavailable,) + _NO_VOTES)]
-        await self._abort(txid, told, deadline)
+        await self._abort(route, txid, told, deadline)
         failed = [(b, f if isinstance(f, DDSError) else InternalError(repr(f)))
                   for b, f in zip(members, votes) if isinstance(f, BaseException)]
         raise PrepareFailed([e for _, e in failed], [b for b, _ in failed])
 
-    async def _commit(self, txid: tuple[int, int], members: list[BrickRecord],
-                      deadline: float, new_version: int) -> int:
-        """The decision is commit: keep asking until every member acknowledged."""
-        await self._until_acknowledged("commit", txid, members, deadline,
+    async def _commit(self, route: Route, txid: tuple[int, int],
+                      members: list[BrickRecord], deadline: float, new_version: int) -> int:
+        """The decision is commit: keep asking until every member acknowledged (or was
+        excluded, so the write is on every active member of the new record)."""
+        await self._until_acknowledged(route, "commit", txid, members, deadline,
                                        "committed but not acknowledged by {bricks}: the "
                                        "write may not be visible everywhere yet")
         return new_version
 
-    async def _abort(self, txid: tuple[int, int], members: list[BrickRecord],
+    async def _abort(self, route: Route, txid: tuple[int, int], members: list[BrickRecord],
                      deadline: float) -> None:
-        """Undo every YES.  If some member cannot be told, the outcome is unknown:
-        termination on that member could still commit (everyone prepared)."""
-        await self._until_acknowledged("abort", txid, members, deadline,
+        """Undo every YES.  If some member can be neither told nor excluded, the outcome
+        is unknown: termination on that member could still commit (everyone prepared)."""
+        await self._until_acknowledged(route, "abort", txid, members, deadline,
                                        "abort not acknowledged by {bricks}")
 
-    async def _until_acknowledged(self, mtype: str, txid: tuple[int, int],
+    async def _until_acknowledged(self, route: Route, mtype: str, txid: tuple[int, int],
                                   members: list[BrickRecord], deadline: float,
                                   unknown: str) -> None:
         """Send the decision to every member, again to those that did not answer, until
-        all acknowledged or the deadline passed (then the outcome is ``Indeterminate``)."""
+        all acknowledged or the deadline passed (then the outcome is ``Indeterminate``).
+        A member that cannot be reached is excluded from the RG (DESIGN §4, participant
+        failure): once it is, its acknowledgement is no longer needed."""
+        asked: set[str] = set()
         if failpoints.ARMED:
             failpoints.fire("coordinator.after_decision")
             if (mtype == "commit" and members
@@ -159,9 +175,20 @@ class Coordinator:
             attempt = min(deadline - self.clock.seconds(), DECISION_ATTEMPT_S)
             results = await _gather([self._call(b, mtype, {"txid": txid}, attempt)
                                      for b in pending])
-            pending = [b for b, r in zip(pending, results) if isinstance(r, BaseException)]
+            failed = [(b, r) for b, r in zip(pending, results) if isinstance(r, BaseException)]
+            pending = [b for b, _ in failed]
             if not pending:
                 return
+            lost = [(b, r) for b, r in failed if isinstance(r, UNREACHABLE) and b.id not in asked]
+            if lost and self.exclude is not None:
+                asked.update(b.id for b, _ in lost)
+                outcomes = await _gather([
+                    self.exclude(route, b, f"{mtype} of {txid} not acknowledged: {r.message}",
+                                 deadline) for b, r in lost])
+                gone = {b.id for (b, _), ok in zip(lost, outcomes) if ok is True}
+                pending = [b for b in pending if b.id not in gone]
+                if not pending:
+                    return
             if self.clock.seconds() >= deadline:
                 raise Indeterminate(f"transaction {txid}: " +
                                     unknown.format(bricks=[b.id for b in pending]))

@@ -66,6 +66,16 @@ async def _open(reactor: Any, b: _Brick, target: Target, timeout: float
         raise
 
 
+def _evolved(want: Record, held: Record) -> bool:
+    """``held`` is ``want`` after membership changes (DESIGN §5): same bricks, same
+    partitions, only member states and the version moved on.  Re-running init on a
+    running cluster (``dds-admin local up`` after a restart) must accept that."""
+    return (isinstance(want, RGRecord) and isinstance(held, RGRecord)
+            and held.version > want.version
+            and [m.brick for m in held.members] == [m.brick for m in want.members]
+            and held.partitions == want.partitions)
+
+
 def _conflicts(planned: ClusterMap, held: dict[str, ClusterMap]) -> list[str]:
     """Why the planned records would not simply be adopted by every brick."""
     problems = []
@@ -82,6 +92,8 @@ def _conflicts(planned: ClusterMap, held: dict[str, ClusterMap]) -> list[str]:
             if want is None and isinstance(rec, RGRecord) and rec.members:
                 problems.append(f"brick {bid} holds {rec.record_id}, which this plan "
                                 "does not have")
+            elif want is not None and _evolved(want, rec):
+                continue    # the same group after exclusions or recoveries: in service
             elif want is not None and (rec.version > want.version or
                                        (rec.version == want.version and rec.fp != want.fp)):
                 problems.append(f"brick {bid} holds a different {rec.record_id} "

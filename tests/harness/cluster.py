@@ -17,18 +17,28 @@ from tests.harness.processes import BrickProcess
 CLUSTER = "dds"
 
 
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if not isinstance(value, str) else f'"{value}"'
+
+
 class Cluster:
     def __init__(self, root: Path, bricks: int = 6, replication: int = 3,
                  partitions: int = 16, durability: str = "disk",
-                 txn_deadline_ms: int | None = None) -> None:
+                 txn_deadline_ms: int | None = None, lease_ms: int | None = None,
+                 brick_settings: dict[str, Any] | None = None) -> None:
         self.root = root
         self.secret = secrets.token_hex(16)
         self.replication = replication
         self.partitions = partitions
-        extra = ("" if txn_deadline_ms is None
-                 else f"[timeouts]\ntxn_deadline_ms = {txn_deadline_ms}\n")
+        timeouts = {"txn_deadline_ms": txn_deadline_ms, "lease_ms": lease_ms}
+        extra = "".join(f"[timeouts]\n{k} = {v}\n" for k, v in timeouts.items()
+                        if v is not None)
+        settings = "".join(f"{name} = {_toml(value)}\n"
+                           for name, value in (brick_settings or {}).items())
         self.bricks = [BrickProcess(f"b{i + 1}", root, self.secret, CLUSTER, durability,
-                                    extra)
+                                    extra, settings)
                        for i in range(bricks)]
 
     @property
@@ -56,13 +66,37 @@ class Cluster:
         plan = plan_cluster(self.cluster_config())
         return list(getattr(plan, "records", plan))
 
-    async def init(self, reactor: Any) -> None:
-        """Push the initial map to every brick (what ``dds-admin init`` does)."""
+    async def init(self, reactor: Any, wait_serving: bool = True) -> None:
+        """Push the initial map to every brick (what ``dds-admin init`` does), then wait
+        until every brick serves every RG it is in (holds its membership leases)."""
         wire = [r.canonical() for r in self.records()]
         for b in self.bricks:
             conn = await self.admin_connection(reactor, b)
             await conn.call("map_push", {"records": wire}, timeout=10)
             conn.close()
+        if wait_serving:
+            await self.wait_serving(reactor, self.bricks)
+
+    async def wait_serving(self, reactor: Any, bricks: list[BrickProcess],
+                           timeout: float = 30.0) -> None:
+        """Until each of ``bricks`` is active in, and serves, every RG it belongs to."""
+        from tests.harness.aio import eventually
+
+        async def all_serving() -> bool:
+            for b in bricks:
+                conn = await self.admin_connection(reactor, b)
+                try:
+                    status = await conn.call("status", {}, timeout=10)
+                finally:
+                    conn.close()
+                members = status.get("members", {})
+                if not members or any(state != "active" for state in members.values()):
+                    return False
+                if status.get("blocked") or any(
+                        lease["state"] != "valid" for lease in status["leases"].values()):
+                    return False
+            return True
+        await eventually(all_serving, timeout, "bricks to serve all their RGs")
 
     async def admin_connection(self, reactor: Any, brick: BrickProcess) -> RPCProtocol:
         return await open_connection(reactor, "127.0.0.1", brick.port, node_id="test-admin",

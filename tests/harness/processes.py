@@ -31,7 +31,8 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
 
 class BrickProcess:
     def __init__(self, brick_id: str, root: Path, secret: str, cluster: str = "dds",
-                 durability: str = "disk", extra: str = "") -> None:
+                 durability: str = "disk", extra: str = "",
+                 brick_settings: str = "") -> None:
         self.id = brick_id
         self.dir = root / brick_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -41,6 +42,7 @@ class BrickProcess:
         self.config_path.write_text(
             f'[brick]\nid = "{brick_id}"\nhost = "127.0.0.1"\nport = 0\nhttp_port = 0\n'
             f'data_dir = "data"\ndurability = "{durability}"\nallow_failpoints = true\n'
+            f'{brick_settings}'
             f'[cluster]\nname = "{cluster}"\nsecret = "{secret}"\n'
             f'[log]\nformat = "json"\nlevel = "info"\n{extra}')
         self.proc: subprocess.Popen[bytes] | None = None

@@ -576,6 +576,17 @@ class SimCluster:
         if gossip:
             for b in self.bricks:
                 b.start()
+        self.settle_leases()
+
+    def settle_leases(self, timeout: float = 10.0) -> None:
+        """Let simulated time pass until every brick holds the lease of each RG it is an
+        active member of."""
+        deadline = self.clock.seconds() + timeout
+        while not all(b.leases.valid(rg.name) for b in self.bricks
+                      for rg in b.maps.map.rgs.values() if b.id in rg.active_members):
+            if self.clock.seconds() > deadline:
+                raise SimulationError("bricks did not gain their membership leases")
+            self.net.advance(0.01)
 
     # -- bricks --------------------------------------------------------------------------
 
@@ -600,6 +611,8 @@ class SimCluster:
         """Build brick ``b{i}`` and listen for it (it learns the map by :meth:`push`)."""
         brick = Brick(self.brick_config(i), self.clock, opener=self.net.opener())
         self.net.listen("127.0.0.1", BASE_PORT + i, brick.factory(), name=brick.id)
+        # Membership leases even without gossip: without them no brick serves (§6).
+        brick.leases.start()
         return brick
 
     def brick(self, brick_id: str) -> Brick:

@@ -71,6 +71,7 @@ class SimWorld(SimCluster):
         brick = Brick(self.brick_config(i), reactor, opener=self.net.opener(),
                       rng=derived_rng(self.seed, name, self.incarnation[name]))
         self.net.listen("127.0.0.1", BASE_PORT + i, brick.factory(), name=brick.id)
+        brick.leases.start()        # without gossip too: no lease, no service (§6)
         return brick
 
     def new_client(self, name: str, **options: Any) -> DDSClient:

@@ -1,0 +1,392 @@
+"""A brick re-syncing its replicas of an RG (DESIGN §7): the recovering side.
+
+One ``Recovery`` per RG, an explicit state machine::
+
+    DISCOVERING ─ a member serves ─▶ MARKING ─▶ COPYING ─▶ DELTA ─▶ READMITTING ─▶ DONE
+         │                      (me: recovering) (snapshots) (fenced)  (record change)
+         └─ nobody serves, I am active (whole-RG restart) ─▶ RECONCILING ─▶ DONE
+
+Any failure (a source gone, a stream cut, a checksum mismatch, a full disk) cancels the
+copy session at the source, deletes what was received, and the machine starts again
+from DISCOVERING after a backoff.  The stale replica is replaced only by a complete,
+verified snapshot, so a failed attempt leaves it as it was.
+
+Until its Recovery is DONE the brick serves nothing of that RG (``blocked``): no reads,
+no YES votes.  Discovery first asks the other members for their record, so a brick that
+was excluded while it was down learns it before deciding anything.
+
+Whole-RG restart: when no member serves and this brick is still active in the newest
+record a quorum of members reports, every member that was active holds every
+acknowledged write (write-all, and in ``disk``/``fsync`` mode it is durable), so the
+brick serves again once the transactions it restored as prepared are resolved.  In
+``memory`` mode the unflushed tail may be lost; see ``docs/operations.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dds.errors import DDSError
+from dds.metrics import Metrics
+from dds.partition import PartitionId
+from dds.records import RGRecord, record_from_wire
+from dds.rpc import RPCProtocol
+
+from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.participant import Participant
+from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, apply_delta
+from dds.bricks.storage import Storage
+
+Peer = Callable[[str], Awaitable[RPCProtocol]]
+
+CHUNK_BYTES = 1 << 20
+#: Chunk requests in flight per partition: enough to keep loopback busy.
+WINDOW = 4
+DELTA_ROWS = 20000
+RPC_TIMEOUT_S = 10.0
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Phase(enum.Enum):
+    DISCOVERING = "discovering"
+    MARKING = "marking"
+    COPYING = "copying"
+    DELTA = "delta"
+    READMITTING = "readmitting"
+    RECONCILING = "reconciling"
+    RETRYING = "retrying"
+    DONE = "done"
+
+
+class RecoveryAborted(Exception):
+    """This attempt cannot go on; the message says why.  The next attempt starts over."""
+
+
+@attrs.define
+class Recovery:
+    """Progress of one RG's recovery, as ``dds-admin status`` shows it."""
+
+    rg: str
+    phase: Phase = Phase.DISCOVERING
+    source: str | None = None
+    bytes_total: int = 0
+    bytes_done: int = 0
+    attempts: int = 0
+    started: float = 0.0
+    copy_s: float | None = None
+    fenced_s: float | None = None
+    last_error: str | None = None
+    #: How the last attempt ended: "copied" or "reconciled" (whole-RG restart).
+    how: str | None = None
+    running: Deferred[None] | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"rg": self.rg, "phase": self.phase.value, "source": self.source,
+                "bytes_total": self.bytes_total, "bytes_done": self.bytes_done,
+                "attempts": self.attempts, "copy_s": self.copy_s,
+                "fenced_s": self.fenced_s, "last_error": self.last_error, "how": self.how}
+
+
+class Recoveries:
+    log = Logger()
+
+    def __init__(self, brick_id: str, maps: MapState, storage: Storage,
+                 participant: Participant, peer: Peer, clock: IReactorTime,
+                 metrics: Metrics, work_dir: Path, *, full_lease: bool,
+                 durability: str) -> None:
+        self.id = brick_id
+        self.maps = maps
+        self.storage = storage
+        self.participant = participant
+        self.peer = peer
+        self.clock = clock
+        self.metrics = metrics
+        self.work_dir = Path(work_dir)
+        self.full_lease = full_lease
+        self.durability = durability
+        self.by_rg: dict[str, Recovery] = {}
+        #: RGs this brick must not serve until their recovery is done.
+        self.blocked: set[str] = set()
+        self._stopping = False
+        # Copies a crash interrupted: nothing resumes them.
+        if self.work_dir.exists():
+            for stale in self.work_dir.glob("*.incoming"):
+                stale.unlink(missing_ok=True)
+
+    # -- what to recover ---------------------------------------------------------------
+
+    def after_restart(self) -> None:
+        """A restarted brick treats every RG it belongs to as stale."""
+        for rec in self.maps.map.rgs.values():
+            if rec.member_state(self.id) is not None:
+                self.blocked.add(rec.name)
+                self.ensure(rec.name, why="restarted")
+
+    def check(self) -> None:
+        """Start recovery of every RG where the map says this brick is not active."""
+        for rec in self.maps.map.rgs.values():
+            state = rec.member_state(self.id)
+            if state in ("recovering", "excluded"):
+                self.ensure(rec.name, why=f"{state} in {rec.name} v{rec.version}")
+
+    def ensure(self, rg: str, why: str, full_lease: bool | None = None) -> bool:
+        """Start recovery of ``rg`` unless it is running; True if it was started."""
+        r = self.by_rg.get(rg)
+        if r is not None and r.running is not None:
+            return False
+        if self._stopping:
+            return False
+        r = self.by_rg[rg] = Recovery(rg, started=self.clock.seconds())
+        self.blocked.add(rg)
+        self.log.warn("recovering {rg}: {why}", rg=rg, why=why)
+        self.metrics.inc("recoveries_started_total")
+        r.running = ensureDeferred(self._loop(r, self.full_lease if full_lease is None
+                                               else full_lease))
+        r.running.addErrback(lambda f: self.log.failure("recovery of {rg} crashed",
+                                                        failure=f, rg=rg))
+        return True
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def status(self) -> dict[str, Any]:
+        return {rg: r.to_wire() for rg, r in self.by_rg.items()}
+
+    # -- the machine -------------------------------------------------------------------
+
+    async def _loop(self, r: Recovery, full_lease: bool) -> None:
+        try:
+            while not self._stopping:
+                r.attempts += 1
+                try:
+                    await self._attempt(r, full_lease)
+                except (RecoveryAborted, CopyFailed, DDSError) as e:
+                    message = getattr(e, "message", None) or str(e)
+                    r.last_error = message
+                    r.phase = Phase.RETRYING
+                    self.metrics.inc("recovery_attempts_failed_total")
+                    delay = BACKOFF_S[min(r.attempts - 1, len(BACKOFF_S) - 1)]
+                    self.log.warn("recovery of {rg} (attempt {n}) failed: {error}; "
+                                  "retrying in {delay}s", rg=r.rg, n=r.attempts,
+                                  error=message, delay=delay)
+                    await _sleep(self.clock, delay)
+                    continue
+                r.phase = Phase.DONE
+                self.blocked.discard(r.rg)
+                self.metrics.inc("recoveries_done_total")
+                self.log.warn("{rg} re-synced after {n} attempt(s); serving it again",
+                              rg=r.rg, n=r.attempts)
+                return
+        finally:
+            r.running = None
+
+    async def _attempt(self, r: Recovery, full_lease: bool) -> None:
+        r.phase = Phase.DISCOVERING
+        rec, serving, reconciled = await self._discover(r.rg)
+        me = rec.member_state(self.id)
+        if me is None:
+            self.log.info("no longer a member of {rg}; nothing to recover", rg=r.rg)
+            return
+        sources = [b for b in serving if b != self.id and b in rec.active_members]
+        # Whole-RG restart: nobody serves, or only members that came back the same way.
+        # Still active in the newest record, this brick took part in every write that
+        # committed, and (unless in memory mode) kept it; copying would change nothing.
+        together = me == "active" and self.durability != "memory" and all(
+            b in reconciled for b in sources)
+        if not sources or together:
+            if me == "active":
+                await self._reconcile(r, rec)
+                r.how = "reconciled"
+                return
+            raise RecoveryAborted(f"no active member of {r.rg} serves it now")
+        source = r.source = sources[0]
+        if me != "recovering":
+            r.phase = Phase.MARKING
+            rec = await self._mark_recovering(rec, source)
+        await self._copy(r, rec, source, full_lease)
+        r.how = "copied"
+
+    def reconciled(self, rg: str) -> bool:
+        """Whether this brick serves ``rg`` again after a whole-RG restart."""
+        r = self.by_rg.get(rg)
+        return r is not None and r.phase is Phase.DONE and r.how == "reconciled"
+
+    async def _discover(self, rg: str) -> tuple[RGRecord, list[str], set[str]]:
+        """The newest record of ``rg`` among the members, and who serves it.  Needs
+        answers from a quorum of the newest record's active members (counting this
+        brick), so an exclusion made while it was away is found."""
+        rec = self.maps.map.rgs.get(rg)
+        if rec is None:
+            raise RecoveryAborted(f"{rg} is not in the map")
+        others = [m.brick for m in rec.members if m.brick != self.id]
+        replies = await _gather([Deferred.fromCoroutine(self._call(b, "rg_status",
+                                                                   {"rg": rg}, 3.0))
+                                 for b in others])
+        answered = {self.id}
+        serving: list[str] = []
+        reconciled: set[str] = set()
+        for brick, reply in zip(others, replies):
+            if isinstance(reply, BaseException) or not isinstance(reply, dict):
+                continue
+            answered.add(brick)
+            data = reply.get("record")
+            if data is not None:
+                try:
+                    self.maps.merge([record_from_wire(data)], source=f"rg_status:{brick}")
+                except ValueError:
+                    continue
+            if reply.get("serving") is True:
+                serving.append(brick)
+            if reply.get("reconciled") is True:
+                reconciled.add(brick)
+        rec = self.maps.map.rgs[rg]
+        heard = [b for b in rec.active_members if b in answered]
+        if len(heard) < rec.quorum:
+            raise RecoveryAborted(f"heard from {sorted(answered)}, not from a quorum of "
+                                  f"{rg}'s active members {list(rec.active_members)}")
+        return rec, serving, reconciled
+
+    async def _mark_recovering(self, rec: RGRecord, source: str) -> RGRecord:
+        reply = await self._call_or_raise(source, "rg_change", {
+            "rg": rec.name, "version": rec.version, "fp": rec.fp, "member": self.id,
+            "state": "recovering", "reason": "re-syncing after a restart or exclusion"},
+            RPC_TIMEOUT_S)
+        self.maps.merge([record_from_wire(reply["record"])], source=f"rg_change:{source}")
+        new = self.maps.map.rgs[rec.name]
+        if new.member_state(self.id) != "recovering":
+            raise RecoveryAborted(f"{rec.name} v{new.version} does not list me recovering")
+        return new
+
+    async def _reconcile(self, r: Recovery, rec: RGRecord) -> None:
+        r.phase = Phase.RECONCILING
+        pids = {e.pid for e in rec.partitions}
+        if self.durability == "memory":
+            self.log.warn("whole-RG restart of {rg} in memory durability: writes not yet "
+                          "flushed when the bricks stopped are lost", rg=rec.name)
+        while any(t.pid in pids for t in self.participant.active.values()):
+            await _sleep(self.clock, 0.1)       # restored transactions: termination
+            if self._stopping:
+                raise RecoveryAborted("brick stopping")
+        self.log.warn("{rg}: no member was serving it; this brick was active and holds "
+                      "every acknowledged write, so it serves again", rg=rec.name)
+
+    async def _copy(self, r: Recovery, rec: RGRecord, source: str, full_lease: bool) -> None:
+        r.phase = Phase.COPYING
+        began = self.clock.seconds()
+        reply = await self._call_or_raise(source, "copy_begin", {
+            "rg": rec.name, "target": self.id, "full_lease": full_lease}, 60.0)
+        session = int(reply["session"])
+        receivers: list[tuple[dict[str, Any], SnapshotReceiver]] = []
+        try:
+            snaps = list(reply["snapshots"])
+            r.bytes_total = sum(int(s["size"]) for s in snaps)
+            r.bytes_done = 0
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            for snap in snaps:
+                receiver = SnapshotReceiver(self.work_dir, str(snap["pid"]), int(snap["size"]),
+                                            int(snap["checksum"]))
+                receivers.append((snap, receiver))
+                await self._pull(r, source, session, snap, receiver)
+                receiver.finish()
+            for snap, receiver in receivers:
+                pid = parse_pid(str(snap["pid"]))
+                self.participant.forget_partition(pid)
+                receiver.install(self.storage)
+            r.copy_s = self.clock.seconds() - began
+            r.phase = Phase.DELTA
+            # With the full lease the source fenced writes at copy_begin.
+            fenced_at = began if full_lease else self.clock.seconds()
+            await self._call_or_raise(source, "copy_fence", {"session": session}, 30.0)
+            for snap, _ in receivers:
+                await self._delta(source, session, str(snap["pid"]), int(snap["lsn"]))
+            r.phase = Phase.READMITTING
+            # No full-table checksums here: they would run under the fence, and the
+            # snapshot (whole-file xxh64) and each delta row were verified already.
+            done = await self._call_or_raise(source, "readmit", {"session": session},
+                                             RPC_TIMEOUT_S + 10.0)
+            r.fenced_s = self.clock.seconds() - fenced_at
+            self.maps.merge([record_from_wire(done["record"])], source=f"readmit:{source}")
+            if self.maps.map.rgs[rec.name].member_state(self.id) != "active":
+                raise RecoveryAborted("readmission did not make this brick active")
+            self.metrics.inc("recovery_bytes_total", r.bytes_total)
+            self.log.warn("{rg}: copied {bytes} bytes from {source} in {copy:.2f}s; writes "
+                          "were fenced {fenced:.3f}s", rg=rec.name, bytes=r.bytes_total,
+                          source=source, copy=r.copy_s, fenced=r.fenced_s)
+        except Exception as e:
+            for _, receiver in receivers:
+                receiver.abort()
+            d = ensureDeferred(self._call(source, "copy_cancel",
+                                          {"session": session, "reason": repr(e)[:200]}, 5.0))
+            d.addErrback(lambda f: None)
+            raise
+
+    async def _pull(self, r: Recovery, source: str, session: int, snap: dict[str, Any],
+                    receiver: SnapshotReceiver) -> None:
+        """Chunks of one snapshot, ``WINDOW`` requests in flight: flow control is the
+        receiver asking only for what it can take."""
+        size, pid = int(snap["size"]), str(snap["pid"])
+        offsets = list(range(0, size, CHUNK_BYTES))
+
+        async def one(offset: int) -> None:
+            n = min(CHUNK_BYTES, size - offset)
+            reply = await self._call_or_raise(source, "copy_chunk", {
+                "session": session, "pid": pid, "offset": offset, "size": n}, RPC_TIMEOUT_S)
+            data = reply["data"]
+            if not isinstance(data, bytes) or len(data) != n:
+                raise CopyFailed(pid, f"chunk at {offset} has the wrong size")
+            receiver.write(offset, data, int(reply["checksum"]))
+            r.bytes_done += n
+
+        for start in range(0, len(offsets), WINDOW):
+            await _all([Deferred.fromCoroutine(one(o))
+                        for o in offsets[start:start + WINDOW]])
+
+    async def _delta(self, source: str, session: int, pid: str, after: int) -> None:
+        while True:
+            reply = await self._call_or_raise(source, "copy_delta", {
+                "session": session, "pid": pid, "after_lsn": after, "limit": DELTA_ROWS},
+                RPC_TIMEOUT_S)
+            rows = reply["rows"]
+            if rows:
+                apply_delta(self.storage, pid, rows)
+                after = max(after, int(rows[-1][3]))
+            if not reply.get("more"):
+                return
+
+    async def _call(self, brick: str, mtype: str, body: dict[str, Any],
+                    timeout: float) -> Any:
+        conn = await self.peer(brick)
+        return await conn.call(mtype, body, timeout=timeout)
+
+    async def _call_or_raise(self, brick: str, mtype: str, body: dict[str, Any],
+                             timeout: float) -> Any:
+        try:
+            return await self._call(brick, mtype, body, timeout)
+        except DDSError as e:
+            raise RecoveryAborted(f"{mtype} to {brick}: {e.message}") from None
+
+
+def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    d = DeferredList(calls, consumeErrors=True)
+    return d.addCallback(lambda rs: [r if ok else r.value for ok, r in rs])
+
+
+async def _all(calls: list[Deferred[Any]]) -> None:
+    results = await _gather(calls)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
+def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d

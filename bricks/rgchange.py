@@ -1,0 +1,488 @@
+"""Changes of RG records by majority 2PC with a record lock (DESIGN §5).
+
+Exclusion, the start of a recovery and readmission all change one member's state in an
+RG record, from version v to v+1.  Any active member may coordinate a change; it asks
+every active member at v (the member being excluded does not vote) to vote, and commits
+with YES from a majority of them (``RGRecord.quorum``).  Two changes from the same
+version cannot both commit: their majorities share a voter, and a voter holds one lock
+per record until it learns the outcome.
+
+The voter's lock is durable (``record_locks.msgpack``): a voter that restarts while it
+holds one must not vote for a conflicting change.  It is released by the coordinator's
+decision, by asking the coordinator (``record_state``), or as soon as this brick holds
+the record at a later version by any route (gossip): then no change from the old version
+can commit here anyway.
+
+The coordinator's commit point is adopting the new record into its own persisted map.
+A coordinator that restarts before that point has forgotten the change and answers
+"aborted" to voters asking about it: it can no longer commit it.
+
+Before voting to exclude a member, a voter checks the suspect itself (a suspect it can
+reach is not excluded), stops granting it leases, and waits until its own last grant to
+it has expired (DESIGN §6): so an excluded brick has stopped serving before anyone writes
+without it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import attrs
+import msgpack
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from dds.errors import DDSError, Divergence, InvalidRequest, Refused, StaleMap
+from dds.maps import ClusterMap
+from dds.messages import RecordDecide, RecordPrepare, RecordState, RGChange
+from dds.metrics import Metrics
+from dds.records import Record, RGRecord, record_from_wire
+from dds.rpc import RPCProtocol
+
+from dds.bricks.leases import Leases
+from dds.bricks.mapstate import MapState
+
+LOCK_FILE = "record_locks.msgpack"
+#: A voter still holding a lock this long after its vote asks the coordinator.
+ASK_AFTER_S = 3.0
+#: Decided changes a coordinator remembers for voters asking late.
+DECIDED_MEMORY = 1000
+#: How many recent changes each brick keeps for ``dds-admin status``.
+HISTORY = 50
+
+ChangeId = tuple[int, int]
+Peer = Callable[[str], Awaitable[RPCProtocol]]
+
+
+class Phase(enum.Enum):
+    """A change as its coordinator sees it."""
+
+    VOTING = "pending"
+    COMMITTED = "committed"
+    ABORTED = "aborted"
+
+
+@attrs.frozen
+class VoteLock:
+    """The record lock a voter holds from its YES vote until it learns the outcome."""
+
+    rg: str
+    change: ChangeId
+    coordinator: str
+    old_version: int
+    member: str
+    state: str
+    reason: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.rg, list(self.change), self.coordinator, self.old_version,
+                self.member, self.state, self.reason]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> "VoteLock":
+        rg, change, coordinator, old_version, member, state, reason = data
+        return cls(rg, (int(change[0]), int(change[1])), coordinator, int(old_version),
+                   member, state, str(reason))
+
+
+@attrs.frozen
+class ChangeEvent:
+    """One committed change, as ``dds-admin status`` shows it ("last exclusion")."""
+
+    rg: str
+    version: int
+    member: str
+    state: str
+    reason: str
+    coordinator: str
+    at: float       # wall-clock time, for people only
+
+    def to_wire(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class RecordChanges:
+    log = Logger()
+
+    def __init__(self, brick_id: str, maps: MapState, leases: Leases, clock: IReactorTime,
+                 peer: Peer, data_dir: Path, metrics: Metrics, *, lease_s: float,
+                 suspect_check_s: float, rng: random.Random | None = None) -> None:
+        self.id = brick_id
+        self.maps = maps
+        self.leases = leases
+        self.clock = clock
+        self.peer = peer
+        self.path = Path(data_dir) / LOCK_FILE
+        self.metrics = metrics
+        self.lease_s = lease_s
+        self.suspect_check_s = suspect_check_s
+        self.rng = rng if rng is not None else random.Random()
+        self._counter = 0
+        self.locks: dict[str, VoteLock] = {}
+        self._ask_timers: dict[str, IDelayedCall] = {}
+        self.changes: OrderedDict[ChangeId, Phase] = OrderedDict()
+        self._inflight: dict[tuple[str, str, str], list[Deferred[dict[str, Any]]]] = {}
+        self.history: list[ChangeEvent] = []
+        self._load_locks()
+        maps.on_change(self._map_changed)
+
+    # -- the durable vote locks --------------------------------------------------------
+
+    def _load_locks(self) -> None:
+        if not self.path.exists():
+            return
+        try:
+            data = msgpack.unpackb(self.path.read_bytes(), raw=False)
+            self.locks = {lock.rg: lock for lock in map(VoteLock.from_wire, data)}
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+            # Written by atomic rename, so only an operator can have damaged it.  Voting
+            # on with a lost lock could let two changes commit: refuse to start.
+            raise RuntimeError(f"unreadable record lock file {self.path}: {e}; it holds "
+                               "this brick's votes on RG record changes") from None
+        for lock in self.locks.values():
+            if lock.state == "excluded":
+                self.leases.block(lock.member, lock.rg)
+            self.log.warn("restored the lock of {rg} from change {change} by {coordinator}; "
+                          "asking it for the outcome", rg=lock.rg, change=lock.change,
+                          coordinator=lock.coordinator)
+            self._ask_later(lock, 0.5)
+        self._release_moved()
+
+    def _save_locks(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb([lock.to_wire() for lock in self.locks.values()],
+                                  use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def _take(self, lock: VoteLock) -> None:
+        self.locks[lock.rg] = lock
+        self._save_locks()
+
+    def _release(self, rg: str, why: str) -> None:
+        lock = self.locks.pop(rg, None)
+        if lock is None:
+            return
+        self._save_locks()
+        timer = self._ask_timers.pop(rg, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if lock.state == "excluded":
+            self.leases.unblock(lock.member, rg)
+        self.log.info("released the lock of {rg} (change {change}): {why}", rg=rg,
+                      change=lock.change, why=why)
+
+    def _map_changed(self, new_map: ClusterMap, adopted: tuple[Record, ...]) -> None:
+        self._release_moved()
+
+    def _release_moved(self) -> None:
+        """A lock on version v is moot once this brick holds the record past v."""
+        for rg, lock in list(self.locks.items()):
+            rec = self.maps.map.rgs.get(rg)
+            if rec is not None and rec.version > lock.old_version:
+                self._release(rg, f"{rg} is at version {rec.version} now")
+
+    # -- coordinator -------------------------------------------------------------------
+
+    def change(self, msg: RGChange, requester: str | None,
+               internal: bool = False) -> Deferred[dict[str, Any]]:
+        """Coordinate ``msg``; the same change asked for again while it runs (two
+        libraries losing the same member) waits for the first instead of being refused."""
+        key = (msg.rg, msg.member, msg.state)
+        if key in self._inflight:
+            waiter: Deferred[dict[str, Any]] = Deferred()
+            self._inflight[key].append(waiter)
+            return waiter
+        self._inflight[key] = []
+        d = ensureDeferred(self._change(msg, requester, internal))
+
+        def done(result: Any) -> Any:
+            for waiter in self._inflight.pop(key, []):
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            return result
+        d.addBoth(done)
+        return d
+
+    async def _change(self, msg: RGChange, requester: str | None,
+                      internal: bool) -> dict[str, Any]:
+        rec = self.maps.map.rgs.get(msg.rg)
+        if rec is None:
+            raise StaleMap(f"brick {self.id} knows no replica group {msg.rg!r}")
+        current = rec.member_state(msg.member)
+        if rec.version > msg.version:
+            if current == msg.state or (msg.state == "excluded" and current != "active"):
+                return {"record": rec.canonical()}      # done already, by someone
+            raise StaleMap(f"{msg.rg} is at version {rec.version} here, caller has "
+                           f"{msg.version}", rec.canonical())
+        if rec.version < msg.version:
+            raise Refused(f"brick {self.id} holds {msg.rg} at version {rec.version}, older "
+                          f"than the caller's {msg.version}; ask another member")
+        if rec.fp != msg.fp:
+            raise Divergence(f"{msg.rg} v{rec.version}: fingerprint {rec.fp:#010x} here, "
+                             f"{msg.fp:#010x} at caller", rec.canonical())
+        if current is None:
+            raise InvalidRequest(f"{msg.member} is not a member of {msg.rg}")
+        if current == msg.state:
+            return {"record": rec.canonical()}
+        self._check_transition(rec, msg, current, requester, internal)
+        if self.id not in rec.active_members or self.id == msg.member:
+            raise Refused(f"brick {self.id} is not an active member of {msg.rg} other than "
+                          f"{msg.member}: it cannot coordinate the change")
+        new = rec.with_member_state(msg.member, msg.state)
+        voters = [b for b in rec.active_members if b != msg.member]
+        if len(voters) < rec.quorum:
+            raise Refused(f"changing {msg.member} to {msg.state} in {msg.rg} needs "
+                          f"{rec.quorum} votes of its active members {list(rec.active_members)}"
+                          f"; only {len(voters)} can vote")
+        self._counter += 1
+        change = (self.rng.getrandbits(62), self._counter)
+        self.changes[change] = Phase.VOTING
+        while len(self.changes) > DECIDED_MEMORY:
+            self.changes.popitem(last=False)
+        self.log.info("change {change}: {member} to {state} in {rg} v{version} "
+                      "({reason}); asking {voters}", change=change, member=msg.member,
+                      state=msg.state, rg=msg.rg, version=rec.version, reason=msg.reason,
+                      voters=voters)
+        body = RecordPrepare(change=change, coordinator=self.id, old_version=rec.version,
+                             old_fp=rec.fp, record=new.canonical(), member=msg.member,
+                             state=msg.state, reason=msg.reason).to_wire()
+        timeout = self.suspect_check_s + self.lease_s + 2.0
+        results = await _gather([self._vote(b, body, timeout) for b in voters])
+        yes = [b for b, r in zip(voters, results) if not isinstance(r, BaseException)]
+        if len(yes) >= rec.quorum and self.changes.get(change) is Phase.VOTING:
+            self.changes[change] = Phase.COMMITTED
+            self.maps.merge([new], source=f"record change {change}")   # the commit point
+            self._remember(new, msg, self.id)
+            self.metrics.inc("record_changes_total")
+            self.log.warn("{rg} v{version}: {member} is {state} ({reason})", rg=new.name,
+                          version=new.version, member=msg.member, state=msg.state,
+                          reason=msg.reason)
+            # Not to an excluded member: it is presumed gone, and if it is only paused it
+            # must stop serving by its lease, not by luck of a message (gossip tells it).
+            self._tell(change, True, new, [m for m in rec.members if m.brick != self.id
+                                           and not (m.brick == msg.member
+                                                    and msg.state == "excluded")])
+            return {"record": new.canonical()}
+        self.changes[change] = Phase.ABORTED
+        self._tell(change, False, None, [m for m in rec.members if m.brick in yes])
+        self.metrics.inc("record_changes_refused_total")
+        reasons = "; ".join(f"{b}: {getattr(r, 'message', r)!s}"
+                            for b, r in zip(voters, results) if isinstance(r, BaseException))
+        raise Refused(f"changing {msg.member} to {msg.state} in {msg.rg}: {len(yes)} of the "
+                      f"{rec.quorum} votes needed ({reasons})")
+
+    def _check_transition(self, rec: RGRecord, msg: RGChange, current: str,
+                          requester: str | None, internal: bool) -> None:
+        if msg.state == "excluded":
+            if current not in ("active", "recovering"):
+                raise Refused(f"{msg.member} is {current} in {msg.rg}")
+        elif msg.state == "recovering":
+            if requester != msg.member:
+                raise Refused(f"only {msg.member} itself starts its recovery")
+        elif not internal:
+            raise Refused(f"{msg.member} becomes active in {msg.rg} only by readmission "
+                          "after recovery")
+
+    def _vote(self, brick: str, body: dict[str, Any], timeout: float) -> Deferred[Any]:
+        if brick == self.id:
+            return ensureDeferred(self.prepare(RecordPrepare(**body)))
+        return ensureDeferred(self._call(brick, "record_prepare", body, timeout))
+
+    async def _call(self, brick: str, mtype: str, body: dict[str, Any],
+                    timeout: float) -> Any:
+        conn = await self.peer(brick)
+        return await conn.call(mtype, body, timeout=timeout)
+
+    def _tell(self, change: ChangeId, commit: bool, new: RGRecord | None,
+              members: list[Any]) -> None:
+        """The decision to the voters (and, for a commit, every member), best effort:
+        a voter that misses it asks, or learns the record by gossip."""
+        body = RecordDecide(change=change, commit=commit,
+                            record=new.canonical() if new else None).to_wire()
+        for m in members:
+            d = ensureDeferred(self._call(m.brick, "record_decide", body, 2.0))
+            d.addErrback(self._undelivered, change, m.brick)
+
+    def _undelivered(self, failure: Failure, change: ChangeId, brick: str) -> None:
+        self.log.debug("decision of {change} not delivered to {brick}: {error}",
+                       change=change, brick=brick, error=str(failure.value))
+
+    def _remember(self, new: RGRecord, msg: "RGChange | RecordPrepare | VoteLock",
+                  coordinator: str) -> None:
+        self.history.append(ChangeEvent(new.name, new.version, msg.member, msg.state,
+                                        msg.reason, coordinator, time.time()))
+        del self.history[:-HISTORY]
+
+    def readmit(self, rg: str, target: str) -> Deferred[dict[str, Any]]:
+        """Make ``target`` active again after it re-synced (the caller holds the fence)."""
+        rec = self.maps.map.rgs[rg]
+        return self.change(RGChange(rg=rg, version=rec.version, fp=rec.fp, member=target,
+                                    state="active", reason="re-synced by partition copy"),
+                           requester=self.id, internal=True)
+
+    # -- voter -------------------------------------------------------------------------
+
+    async def prepare(self, msg: RecordPrepare) -> dict[str, Any]:
+        try:
+            new = record_from_wire(msg.record)
+        except ValueError as e:
+            raise InvalidRequest(f"record_prepare: {e}") from None
+        if not isinstance(new, RGRecord):
+            raise InvalidRequest("record_prepare: the proposed record is not an RG record")
+        rg = new.name
+        held = self.locks.get(rg)
+        if held is not None and held.change == msg.change:
+            return {}                                   # a repeated request
+        rec = self.maps.map.rgs.get(rg)
+        if rec is None:
+            raise Refused(f"brick {self.id} knows no replica group {rg!r}")
+        if rec.version != msg.old_version:
+            if rec.version > msg.old_version:
+                raise StaleMap(f"{rg} is at version {rec.version} here", rec.canonical())
+            raise Refused(f"brick {self.id} holds {rg} at version {rec.version}, older than "
+                          f"{msg.old_version}")
+        if rec.fp != msg.old_fp:
+            raise Divergence(f"{rg} v{rec.version}: fingerprint {rec.fp:#010x} here, "
+                             f"{msg.old_fp:#010x} at the coordinator", rec.canonical())
+        if self.id not in rec.active_members or self.id == msg.member:
+            raise Refused(f"brick {self.id} is not a voting member of {rg}")
+        try:
+            expected = rec.with_member_state(msg.member, msg.state)
+        except ValueError as e:
+            raise Refused(str(e)) from None
+        if expected.fp != new.fp:
+            raise Refused(f"the proposed {rg} v{new.version} is not {msg.member} turned "
+                          f"{msg.state}")
+        if held is not None:
+            raise Refused(f"{rg} is locked here by change {held.change} of {held.coordinator}")
+        lock = VoteLock(rg, msg.change, msg.coordinator, msg.old_version, msg.member,
+                        msg.state, msg.reason)
+        self._take(lock)
+        try:
+            if msg.state == "excluded":
+                await self._ready_to_exclude(rg, msg.member)
+            now = self.maps.map.rgs.get(rg)
+            if now is None or now.version != msg.old_version:
+                raise Refused(f"{rg} changed while voting")
+        except Exception:
+            if self.locks.get(rg) == lock:
+                self._release(rg, "did not vote YES")
+            raise
+        self._ask_later(lock, ASK_AFTER_S)
+        self.metrics.inc("record_votes_total")
+        return {}
+
+    async def _ready_to_exclude(self, rg: str, suspect: str) -> None:
+        self.leases.block(suspect, rg)
+        if await self._reachable(suspect):
+            self.metrics.inc("exclusions_refused_alive_total")
+            raise Refused(f"{suspect} answers {self.id}: not excluding it")
+        wait = self.leases.grant_expiry(suspect, rg) - self.clock.seconds()
+        if wait > 0:
+            self.log.info("waiting {wait:.2f}s for my lease grant to {suspect} to expire "
+                          "before excluding it", wait=wait, suspect=suspect)
+            await _sleep(self.clock, wait)
+
+    async def _reachable(self, brick: str) -> bool:
+        try:
+            connecting: Deferred[RPCProtocol] = Deferred.fromCoroutine(self._connect(brick))
+            connecting.addTimeout(self.suspect_check_s, self.clock)
+            conn = await connecting
+            await conn.call("ping", {}, timeout=self.suspect_check_s)
+            return True
+        except (DDSError, defer.TimeoutError, defer.CancelledError):
+            return False
+
+    async def _connect(self, brick: str) -> RPCProtocol:
+        return await self.peer(brick)
+
+    def decide(self, msg: RecordDecide) -> dict[str, Any]:
+        lock = next((lk for lk in self.locks.values() if lk.change == msg.change), None)
+        if msg.commit and msg.record is not None:
+            try:
+                new = record_from_wire(msg.record)
+            except ValueError as e:
+                raise InvalidRequest(f"record_decide: {e}") from None
+            result = self.maps.merge([new], source=f"record change {msg.change}")
+            if isinstance(new, RGRecord) and result.adopted and lock is not None:
+                self._remember(new, lock, lock.coordinator)
+        if lock is not None and lock.rg in self.locks:
+            self._release(lock.rg, "committed" if msg.commit else "aborted by its "
+                          "coordinator")
+        return {}
+
+    def state(self, msg: RecordState) -> dict[str, Any]:
+        """A voter asks about a change this brick coordinated.  Unknown means aborted:
+        either it was, or this brick restarted before its commit point and can no longer
+        commit it.  The record as it is here comes along, so a voter whose change did
+        commit (before a restart here) catches up and releases its lock."""
+        rec = self.maps.map.rgs.get(msg.rg)
+        phase = self.changes.get(msg.change, Phase.ABORTED)
+        return {"state": phase.value, "record": rec.canonical() if rec else None}
+
+    def _ask_later(self, lock: VoteLock, after: float) -> None:
+        old = self._ask_timers.pop(lock.rg, None)
+        if old is not None and old.active():
+            old.cancel()
+        self._ask_timers[lock.rg] = self.clock.callLater(
+            after, lambda: ensureDeferred(self._ask(lock)))
+
+    async def _ask(self, lock: VoteLock) -> None:
+        self._ask_timers.pop(lock.rg, None)
+        if self.locks.get(lock.rg) != lock:
+            return
+        try:
+            reply = await self._call(lock.coordinator, "record_state",
+                                     {"change": list(lock.change), "rg": lock.rg}, 2.0)
+        except DDSError as e:
+            self.log.warn("lock of {rg} held for change {change}: its coordinator "
+                          "{coordinator} does not answer ({error}); asking again",
+                          rg=lock.rg, change=lock.change, coordinator=lock.coordinator,
+                          error=e.message)
+            self._ask_later(lock, ASK_AFTER_S)
+            return
+        if self.locks.get(lock.rg) != lock:
+            return
+        record = reply.get("record") if isinstance(reply, dict) else None
+        if record is not None:
+            try:
+                self.maps.merge([record_from_wire(record)], source=f"coordinator {lock.coordinator}")
+            except ValueError:
+                pass
+        state = reply.get("state") if isinstance(reply, dict) else None
+        if state == "aborted" and lock.rg in self.locks:
+            self._release(lock.rg, f"its coordinator {lock.coordinator} aborted it")
+        elif lock.rg in self.locks:
+            self._ask_later(lock, ASK_AFTER_S)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"locks": {rg: lock.to_wire() for rg, lock in self.locks.items()},
+                "history": [e.to_wire() for e in self.history]}
+
+
+def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
+    """Results in order, the exception in place of each failure."""
+    d = DeferredList(calls, consumeErrors=True)
+    return d.addCallback(lambda rs: [r if ok else r.value for ok, r in rs])
+
+
+def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d
