@@ -72,7 +72,8 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Administer a DDS cluster: local clusters, init, status, txns, repair, bench."""
+    """Administer a DDS cluster: local clusters, init, status, recover, txns, repair,
+    bench."""
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -139,6 +140,48 @@ def _status(target: Target, as_json: bool, timeout: float) -> None:
         render(report, ui.out)
 
 
+# -- recover -----------------------------------------------------------------------------------
+
+@main.command()
+@target_options
+@click.argument("brick")
+@click.option("--rg", default=None, metavar="RG",
+              help="recover only this replica group [default: every group of the brick]")
+@click.option("--full-lease", is_flag=True,
+              help="fence writes for the whole copy (the original DDS behaviour), not only "
+                   "for the delta [default: the brick's brick.full_lease_recovery]")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="follow the recovery until the brick is active again")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object at the end instead of a progress bar")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
+              help="seconds to wait for the recovery to finish")
+@reports_errors
+def recover(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+            local: bool, local_dir: Path, brick: str, rg: str | None, full_lease: bool,
+            wait: bool, as_json: bool, timeout: float) -> None:
+    """Make BRICK re-sync its replicas now, by partition copy, and watch it finish.
+
+    Exit status 0 once every recovery it started is done and BRICK is an active member
+    again; 1 on a failure or after --timeout (the recovery goes on in the brick).
+    """
+    from dds.tools import recover as r
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    options = r.Options(rg=rg, full_lease=full_lease, wait=wait, timeout=timeout)
+    view: r.View = r.QuietView() if as_json else r.ProgressView(ui.err, brick)
+    try:
+        report = run(lambda reactor: r.recover(reactor, target, brick, options, view))
+    finally:
+        view.close()
+    if as_json:
+        ui.print_json(report)
+    else:
+        r.render(report, ui.out)
+    if not report["ok"]:
+        _fail(report["errors"])
+
+
 # -- txns and repair ---------------------------------------------------------------------------
 
 @main.command()
@@ -200,7 +243,7 @@ def repair(seeds: str | None, secret_file: str | None, cluster_name: str | None,
 
 # -- bench -------------------------------------------------------------------------------------
 
-@main.command()
+@main.group(invoke_without_command=True)
 @target_options
 @click.option("--seconds", type=click.FloatRange(0.1, 3600), default=5.0, show_default=True,
               help="duration of the floor, put and get phases, each")
@@ -212,10 +255,15 @@ def repair(seeds: str | None, secret_file: str | None, cluster_name: str | None,
               help="client (worker) processes")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
-def bench(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
-          local_dir: Path, seconds: float, keys: int, value_size: int, concurrency: int,
-          clients: int, as_json: bool) -> None:
-    """Throughput, latency and CPU per operation, next to the echo floor."""
+@click.pass_context
+def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
+          cluster_name: str | None, local: bool, local_dir: Path, seconds: float, keys: int,
+          value_size: int, concurrency: int, clients: int, as_json: bool) -> None:
+    """Throughput, latency and CPU per operation, next to the echo floor.
+
+    `bench recovery` measures a partition re-copy on a throwaway cluster of its own."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dds.tools import bench as b
     from dds.tools.status import collect
 
@@ -227,6 +275,40 @@ def bench(seeds: str | None, secret_file: str | None, cluster_name: str | None, 
         ui.print_json(result)
     else:
         b.render(result, ui.out)
+
+
+@bench.command("recovery")
+@click.option("--keys", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="keys preloaded into the one partition")
+@click.option("--value-bytes", type=click.IntRange(0), default=100, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="writer clients, each doing sequential puts")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="processes the writer clients are split over")
+@click.option("--lease-ms", type=click.IntRange(30, 600000), default=1000, show_default=True,
+              help="the bricks' membership lease")
+@click.option("--baseline-s", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
+              help="steady writes measured before each recovery (the floor)")
+@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
+              help="a new or empty directory for the cluster [default: a temporary one]")
+@click.option("--keep", is_flag=True, help="keep the cluster directory (brick logs)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@reports_errors
+def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, lease_ms: int,
+                   baseline_s: float, work_dir: Path | None, keep: bool,
+                   as_json: bool) -> None:
+    """A rejoining brick re-copies a large partition while clients write to it: copy
+    time, MB/s and longest write pause, default and --full-lease.  Runs its own
+    throwaway 3-brick cluster."""
+    from dds.tools import benchrecovery as br
+
+    result = br.bench_recovery(br.RecoveryParams(
+        keys=keys, value_bytes=value_bytes, clients=clients, workers=workers,
+        lease_ms=lease_ms, baseline_s=baseline_s, dir=work_dir, keep=keep))
+    if as_json:
+        ui.print_json(result)
+    else:
+        br.render(result, ui.out)
 
 
 # -- local ---------------------------------------------------------------------------------------

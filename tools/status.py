@@ -4,20 +4,35 @@ The report is a plain dict (what ``--json`` prints); :func:`render` draws it as 
 Divergence is flagged, in red: bricks that report different map fingerprints, and any
 record for which two bricks hold the same version with different fingerprints (which
 only ``dds-admin repair`` can resolve).
+
+Membership (DESIGN §5–7) is shown per RG and member: the member state the map records
+next to the one the brick reports for itself (they differ briefly while a change
+spreads, and for good when a brick missed its own exclusion while it was away), the
+brick's membership lease, whether it serves the RG, the progress of a recovery, and the
+RG's last exclusion.  Exclusions are taken from the change history the bricks keep in
+memory (the coordinator's and the voters'), so one surviving member is enough to name
+it; a history lost to restarts of every member that saw it is simply not shown.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.filesize import decimal
 from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
 
-__all__ = ["collect", "render", "divergence"]
+__all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
+
+#: Member states as the map spells them, and how they are coloured.
+STATE_COLOURS = {"active": "green", "recovering": "yellow", "excluded": "red"}
 
 
 def _fp(value: int | None) -> str:
@@ -67,7 +82,14 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                          prepared=r.get("prepared", 0), in_doubt=len(r.get("in_doubt", [])),
                          uptime_s=round(float(r.get("uptime_s", 0.0)), 1),
                          durability=r.get("durability"), pid=r.get("pid"),
-                         digest=r.get("digest", []))
+                         digest=r.get("digest", []),
+                         # Membership, as this brick sees it (absent from older bricks).
+                         members=dict(r.get("members", {})),
+                         blocked=list(r.get("blocked", [])),
+                         leases=dict(r.get("leases", {})),
+                         recovery=dict(r.get("recovery", {})),
+                         copies=list(r.get("copies", [])),
+                         changes=dict(r.get("changes", {})))
             if r.get("_peer_id") != bid:
                 entry["error"] = f"answers as {r.get('_peer_id')!r}"
         bricks.append(entry)
@@ -78,6 +100,7 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
             "partitions": len(rg.partitions),
             "partition_states": {str(e.pid): e.state for e in rg.partitions}}
            for rg in sorted(cmap.rgs.values(), key=lambda g: (len(g.name), g.name))]
+    membership(bricks, rgs)
     problems = divergence(bricks)
     cluster = cmap.cluster
     return {
@@ -87,7 +110,55 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
         "partitions": len(cmap.partition_rg),
         "bricks": bricks, "rgs": rgs, "divergence": problems,
         "ok": not problems and len(up) == len(bricks),
+        # Every member active in the map and serving by its own account.  Kept apart
+        # from "ok" (reachability and map agreement), whose meaning scripts rely on.
+        "membership_ok": all(m["state"] == "active" and m["serving"]
+                             for rg in rgs for m in rg["members"]),
     }
+
+
+def last_exclusions(bricks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per RG, the newest exclusion any answering brick remembers.  Ordered by record
+    version, not wall time: the bricks' clocks need not agree, the versions do.  The same
+    change is remembered by its coordinator and each voter; the first one wins."""
+    newest: dict[str, dict[str, Any]] = {}
+    for b in bricks:
+        if not b["up"]:
+            continue
+        for event in b.get("changes", {}).get("history", []):
+            if event.get("state") != "excluded" or "rg" not in event:
+                continue
+            rg = str(event["rg"])
+            current = newest.get(rg)
+            if current is None or (int(event.get("version", 0)), float(event.get("at", 0))) \
+                    > (current["version"], current["at"]):
+                newest[rg] = {"rg": rg, "version": int(event.get("version", 0)),
+                              "member": event.get("member"), "reason": event.get("reason", ""),
+                              "coordinator": event.get("coordinator"),
+                              "at": float(event.get("at", 0.0)), "reported_by": b["id"]}
+    return newest
+
+
+def membership(bricks: list[dict[str, Any]], rgs: list[dict[str, Any]]) -> None:
+    """Add to each RG of ``rgs`` its last exclusion, and to each of its members what the
+    brick itself reports: its own member state, lease, whether it serves, its recovery."""
+    by_id = {b["id"]: b for b in bricks}
+    excluded = last_exclusions(bricks)
+    for rg in rgs:
+        name = rg["name"]
+        rg["last_exclusion"] = excluded.get(name)
+        for m in rg["members"]:
+            b = by_id.get(m["brick"], {"up": False})
+            lease = b.get("leases", {}).get(name) if b["up"] else None
+            own = b.get("members", {}).get(name) if b["up"] else None
+            m["own_state"] = own
+            m["lease"] = lease["state"] if lease else None
+            m["lease_remaining_s"] = lease.get("remaining_s") if lease else None
+            m["lease_granted_by"] = list(lease.get("granted_by", [])) if lease else []
+            m["blocked"] = bool(b["up"]) and name in b.get("blocked", [])
+            m["serving"] = (bool(b["up"]) and own == "active" and not m["blocked"]
+                            and m["lease"] == "valid")
+            m["recovery"] = b.get("recovery", {}).get(name) if b["up"] else None
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -127,10 +198,96 @@ def render(report: dict[str, Any], console: Console) -> None:
         parts = str(rg["partitions"]) + (f" ({len(moving)} moving)" if moving else "")
         g.add_row(rg["name"], str(rg["version"]), _fp(rg["fp"]), " ".join(members), parts)
     console.print(g)
+    console.print(_membership_table(report["rgs"], time.time()))
     for problem in report["divergence"]:
         console.print(f"[bold red]{escape(problem)}[/bold red]")
     down = [b["id"] for b in report["bricks"] if not b["up"]]
     if down:
         console.print(f"[red]{len(down)} brick(s) down: {', '.join(down)}[/red]")
+    not_active = [f"{m['brick']} {m['state']} in {rg['name']}" for rg in report["rgs"]
+                  for m in rg["members"] if m["state"] != "active"]
+    if not_active:
+        console.print(f"[yellow]{len(not_active)} member(s) not active: "
+                      f"{escape(', '.join(not_active))}[/yellow]")
     if report["ok"]:
         console.print("[green]all bricks up, one map fingerprint[/green]")
+
+
+# -- the membership table ------------------------------------------------------------------
+
+def _membership_table(rgs: list[dict[str, Any]], now: float) -> Table:
+    """One row per RG and member; the RG and its last exclusion on the RG's first row."""
+    t = Table(title="membership", title_justify="left")
+    for col in ("group", "brick", "member", "lease", "serves", "recovery",
+                "last exclusion"):
+        t.add_column(col)
+    for rg in rgs:
+        members = rg["members"]
+        for i, m in enumerate(members):
+            first = i == 0
+            t.add_row(rg["name"] if first else "",
+                      m["brick"] if m["up"] else f"[red]{escape(m['brick'])} (down)[/red]",
+                      _member_cell(m), _lease_cell(m),
+                      ("[green]yes[/green]" if m["serving"] else "[red]no[/red]")
+                      if m["up"] else "-",
+                      _recovery_cell(m.get("recovery")),
+                      _exclusion_cell(rg.get("last_exclusion"), now) if first else "",
+                      end_section=i == len(members) - 1)
+    return t
+
+
+def _member_cell(m: dict[str, Any]) -> str:
+    """The map's state; the brick's own view beside it when that differs."""
+    colour = STATE_COLOURS.get(m["state"], "white")
+    text = f"[{colour}]{escape(m['state'])}[/{colour}]"
+    own = m.get("own_state")
+    if m["up"] and own != m["state"]:
+        text += f" [dim](brick says {escape(str(own))})[/dim]"
+    if m.get("blocked"):
+        text += " [yellow](re-syncing)[/yellow]"
+    return text
+
+
+def _lease_cell(m: dict[str, Any]) -> str:
+    lease = m.get("lease")
+    if lease is None:
+        return "-"
+    if lease == "valid":
+        remaining = m.get("lease_remaining_s")
+        return "[green]valid[/green]" + (f" {remaining:.1f}s" if remaining is not None else "")
+    return f"[{'red' if lease == 'expired' else 'yellow'}]{escape(lease)}[/]"
+
+
+def _recovery_cell(rec: dict[str, Any] | None) -> RenderableType:
+    """A bar while a copy runs; the phase (and the last error) otherwise."""
+    if not rec:
+        return ""
+    phase = str(rec.get("phase"))
+    if phase == "done":
+        fenced = rec.get("fenced_s")
+        return Text.from_markup("[dim]done" + (f", writes fenced {fenced:.3f}s"
+                                               if fenced is not None else "") + "[/dim]")
+    total, done = int(rec.get("bytes_total") or 0), int(rec.get("bytes_done") or 0)
+    label = f"{phase}" + (f" from {rec['source']}" if rec.get("source") else "")
+    if (rec.get("attempts") or 0) > 1:
+        label += f", attempt {rec['attempts']}"
+    if rec.get("last_error") and phase == "retrying":
+        label += f": {rec['last_error']}"
+    if not total:
+        return Text(label, style="yellow")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(ProgressBar(total=total, completed=min(done, total), width=20),
+                 Text(f"{100 * done // total}% {decimal(done)}/{decimal(total)} {label}",
+                      style="yellow"))
+    return grid
+
+
+def _exclusion_cell(event: dict[str, Any] | None, now: float) -> str:
+    if not event:
+        return ""
+    when = time.strftime("%H:%M:%S", time.localtime(event["at"]))
+    ago = max(0.0, now - event["at"])
+    return (f"[red]{escape(str(event['member']))}[/red] at {when} ({ago:.0f}s ago, "
+            f"v{event['version']}, by {escape(str(event['coordinator']))}): "
+            f"{escape(str(event['reason']))}")
+
