@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 
 from dds.maps import ClusterMap
 from dds.metrics import Metrics
-from dds.records import Record
+from dds.records import Record, RGRecord
 
 #: ``send(peer brick id, rg names)`` → the reply of a ``lease`` request.
 SendLease = Callable[[str, list[str]], Deferred[dict[str, Any]]]
@@ -143,9 +143,9 @@ class Leases:
         self._seq += 1
         rnd = _Round(self._seq, self.clock.seconds())
         mine = {rec.name: rec for rec in self.current_map().rgs.values()
-                if self.brick_id in rec.active_members}
+                if _holds(rec, self.brick_id)}
         for rg in [rg for rg in self._until if rg not in mine]:
-            self._drop(rg, "this brick is no longer an active member")
+            self._drop(rg, "this brick is no longer an active or recovering member")
         batches: dict[str, list[str]] = {}
         for name, rec in mine.items():
             rnd.granted[name] = set()
@@ -206,11 +206,12 @@ class Leases:
         if self._forgotten.get(rg, 0) >= rnd.seq:
             return
         rec = self.current_map().rgs.get(rg)
-        if rec is None or self.brick_id not in rec.active_members:
-            self._drop(rg, "this brick is not an active member")
+        if rec is None or not _holds(rec, self.brick_id):
+            self._drop(rg, "this brick is not an active or recovering member")
             return
-        grantors = [self.brick_id] + sorted(b for b in rnd.granted.get(rg, ())
-                                            if b in rec.active_members)
+        me = [self.brick_id] if self.brick_id in rec.active_members else []
+        grantors = me + sorted(b for b in rnd.granted.get(rg, ())
+                               if b in rec.active_members and b != self.brick_id)
         if len(grantors) < rec.quorum:
             return
         now = self.clock.seconds()
@@ -257,8 +258,8 @@ class Leases:
         this brick is no longer active (``valid`` does not look at the map)."""
         for rg in list(self._until):
             rec = new_map.rgs.get(rg)
-            if rec is None or self.brick_id not in rec.active_members:
-                self._drop(rg, "this brick is no longer an active member")
+            if rec is None or not _holds(rec, self.brick_id):
+                self._drop(rg, "this brick is no longer an active or recovering member")
 
     def _count_valid(self) -> float:
         now = self.clock.seconds()
@@ -289,9 +290,10 @@ class Leases:
         rec = cmap.rgs.get(rg)
         if rec is None:
             return "unknown rg"
-        if holder not in rec.active_members:
+        if not _holds(rec, holder):
             state = rec.member_state(holder) or "not a member"
-            return f"holder is not an active member of rg {rg} v{rec.version} ({state})"
+            return (f"holder is not an active or recovering member of rg {rg} "
+                    f"v{rec.version} ({state})")
         if self.brick_id not in rec.active_members:
             return "grantor is not active"
         if self._blocked.get((holder, rg)):
@@ -341,3 +343,10 @@ class Leases:
                                if rg == rec.name and expiry > now},
             }
         return out
+
+
+def _holds(rec: RGRecord, brick: str) -> bool:
+    """Who holds leases: active members, and recovering ones, so that a member readmitted
+    after a re-sync serves at once instead of one renewal later (it serves nothing while
+    it re-syncs anyway, and its exclusion waits out its grants like any other's)."""
+    return rec.member_state(brick) in ("active", "recovering")

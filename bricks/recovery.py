@@ -51,6 +51,9 @@ CHUNK_BYTES = 1 << 20
 #: Chunk requests in flight per partition: enough to keep loopback busy.
 WINDOW = 4
 DELTA_ROWS = 20000
+#: Deltas pulled before the fence, until one is this small (DESIGN §7: the pause).
+CATCH_UP_ROUNDS = 4
+CATCH_UP_DONE_ROWS = 200
 RPC_TIMEOUT_S = 10.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -302,11 +305,22 @@ class Recoveries:
                 receiver.install(self.storage)
             r.copy_s = self.clock.seconds() - began
             r.phase = Phase.DELTA
+            after = {str(snap["pid"]): int(snap["lsn"]) for snap, _ in receivers}
+            if not full_lease:
+                # Catch up while writes go on, so that the fenced delta is only what was
+                # written during the last round: the write pause stays short.
+                for _ in range(CATCH_UP_ROUNDS):
+                    pulled = 0
+                    for pid in after:
+                        n, after[pid] = await self._delta(source, session, pid, after[pid])
+                        pulled += n
+                    if pulled <= CATCH_UP_DONE_ROWS:
+                        break
             # With the full lease the source fenced writes at copy_begin.
             fenced_at = began if full_lease else self.clock.seconds()
             await self._call_or_raise(source, "copy_fence", {"session": session}, 30.0)
-            for snap, _ in receivers:
-                await self._delta(source, session, str(snap["pid"]), int(snap["lsn"]))
+            for pid in after:
+                await self._delta(source, session, pid, after[pid])
             r.phase = Phase.READMITTING
             # No full-table checksums here: they would run under the fence, and the
             # snapshot (whole-file xxh64) and each delta row were verified already.
@@ -349,7 +363,11 @@ class Recoveries:
             await _all([Deferred.fromCoroutine(one(o))
                         for o in offsets[start:start + WINDOW]])
 
-    async def _delta(self, source: str, session: int, pid: str, after: int) -> None:
+    async def _delta(self, source: str, session: int, pid: str,
+                     after: int) -> tuple[int, int]:
+        """Apply the rows of ``pid`` written after log position ``after``; returns how
+        many and the new position."""
+        applied = 0
         while True:
             reply = await self._call_or_raise(source, "copy_delta", {
                 "session": session, "pid": pid, "after_lsn": after, "limit": DELTA_ROWS},
@@ -358,8 +376,9 @@ class Recoveries:
             if rows:
                 apply_delta(self.storage, pid, rows)
                 after = max(after, int(rows[-1][3]))
+                applied += len(rows)
             if not reply.get("more"):
-                return
+                return applied, after
 
     async def _call(self, brick: str, mtype: str, body: dict[str, Any],
                     timeout: float) -> Any:

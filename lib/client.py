@@ -255,8 +255,12 @@ class DDSClient:
                 return await self.coordinator.write(route, key, op, value, expected, ts,
                                                     deadline)
             except PrepareFailed as e:
-                attempt += 1
-                await self._after_no_votes(e.errors, deadline, attempt, e.bricks, route)
+                # Retries during a recovery's write fence are expected and short: they
+                # must not grow the backoff of whatever error comes next.
+                fenced = all(isinstance(x, Recovering) for x in e.errors)
+                attempt = 0 if fenced else attempt + 1
+                await self._after_no_votes(e.errors, deadline, max(attempt, 1), e.bricks,
+                                           route)
             except Indeterminate:
                 self.metrics.inc("indeterminate_total")
                 raise

@@ -468,7 +468,10 @@ def _merge(stats: list[dict[str, Any]], window: str) -> dict[str, Any]:
         errors.update(p["errors"])
     length = parts[0]["length_s"] if parts else 0.0
     ops = sum(p["ops"] for p in parts)
-    return {"max_write_pause_ms": max((p["max_gap_s"] for p in parts), default=0.0) * 1e3,
+    worst = max(parts, key=lambda p: p["max_gap_s"]) if parts else {}
+    return {"max_write_pause_ms": worst.get("max_gap_s", 0.0) * 1e3,
+            #: When the longest pause ended, in seconds after the recovery request.
+            "max_write_pause_end_s": worst.get("max_gap_end_s", 0.0),
             "max_put_ms": max(lat, default=0.0) * 1e3,
             "p50_put_ms": _percentile(lat, 0.50) * 1e3,
             "p99_put_ms": _percentile(lat, 0.99) * 1e3,
@@ -529,6 +532,9 @@ def _result(params: RecoveryParams, size: int, pid: str, rg: str,
         "recovering_brick": RECOVERING, "baseline_s": params.baseline_s,
         "replicas_identical": len(set(sums.values())) == 1,
         "targets": dict(TARGETS), "modes": {},
+        #: The writers' library counters over the whole run (retries and their causes).
+        "client_counters": dict(sum((Counter(s.get("counters", {})) for s in stats),
+                                    Counter())),
     }
     for mode, _full in MODES:
         rnd = rounds[mode]
@@ -553,7 +559,8 @@ def _result(params: RecoveryParams, size: int, pid: str, rg: str,
         out["modes"][mode] = m
         prefix = "" if mode == "default" else f"{mode}_"
         for k in ("copy_s", "copy_mb_s", "total_s", "fenced_s", "source_fence_s",
-                  "max_write_pause_ms", "max_put_ms", "p99_put_ms", "put_ops_s"):
+                  "max_write_pause_ms", "max_write_pause_end_s", "max_put_ms",
+                  "p99_put_ms", "put_ops_s"):
             out[prefix + k] = m[k]
         out[prefix + "write_errors"] = sum(m["write_errors"].values())
         for k in ("max_write_pause_ms", "p99_put_ms", "max_put_ms", "put_ops_s"):
@@ -672,9 +679,10 @@ class _Writer:
             points.append(b)
         else:
             points.append(self.ended[j] if j < len(self.ended) else self.stopped)
-        gap = max((y - x for x, y in zip(points, points[1:])), default=0.0)
+        gaps = [(y - x, y) for x, y in zip(points, points[1:])]
+        gap, gap_end = max(gaps, default=(0.0, a))
         last = min(j + 1, len(self.ended)) if extend else j
-        return {"max_gap_s": gap, "lat": self.lat[i:last], "ops": j - i,
+        return {"max_gap_s": gap, "max_gap_end_s": gap_end - a, "lat": self.lat[i:last], "ops": j - i,
                 "errors": Counter(code for t, code in self.errors if a <= t <= b)}
 
 
@@ -715,11 +723,16 @@ async def _work(reactor: Any, args: argparse.Namespace) -> None:
                     errors: Counter[str] = Counter()
                     for p in parts:
                         errors.update(p["errors"])
-                    out[name] = {"max_gap_s": max(p["max_gap_s"] for p in parts),
+                    worst = max(parts, key=lambda p: p["max_gap_s"])
+                    out[name] = {"max_gap_s": worst["max_gap_s"],
+                                 "max_gap_end_s": worst["max_gap_end_s"],
                                  "lat_s": [round(v, 6) for p in parts for v in p["lat"]],
                                  "ops": sum(p["ops"] for p in parts), "length_s": b - a,
                                  "errors": dict(errors)}
-                _emit(event="done", windows=out, crashed=crashed,
+                counters: Counter[str] = Counter()
+                for c in clients:
+                    counters.update(c.metrics.counters)
+                _emit(event="done", windows=out, crashed=crashed, counters=dict(counters),
                       puts=sum(len(w.ended) for w in writers),
                       first_error=next((w.first_error for w in writers if w.first_error),
                                        ""))

@@ -251,13 +251,22 @@ def test_valid_until_never_shrinks(w: World) -> None:
     assert w.leases.valid_until("rg1") == 1.0 + VALID_S
 
 
-def test_holder_that_stops_being_active_loses_its_lease(w: World) -> None:
+def test_holder_that_is_excluded_loses_its_lease(w: World) -> None:
     w.renew()
     w.peers.grant("b")
-    w.map = cluster_map(rg("rg1", ("a", "recovering"), "b", "c", version=2))
+    w.map = cluster_map(rg("rg1", ("a", "excluded"), "b", "c", version=2))
     w.renew()
     assert not w.leases.valid("rg1")
-    assert len(w.peers.calls) == 2  # round 2 asked nobody: a is no active member
+    assert len(w.peers.calls) == 2  # round 2 asked nobody: a is excluded
+
+
+def test_a_recovering_holder_needs_a_majority_of_the_active_members(w: World) -> None:
+    w.map = cluster_map(rg("rg1", ("a", "recovering"), "b", "c", version=2))
+    w.renew()
+    w.peers.grant("b")
+    assert not w.leases.valid("rg1")        # it does not count itself: 1 of 2
+    w.peers.grant("c")
+    assert w.leases.valid("rg1")
 
 
 def test_map_change_listener_drops_lease_at_once(w: World) -> None:
@@ -373,16 +382,21 @@ def test_unblock_allows_grants_again(w: World) -> None:
     assert w.leases.grant("b", ["rg1"])["granted"] == ["rg1"]
 
 
-def test_non_active_holder_is_refused() -> None:
+def test_a_recovering_holder_is_granted() -> None:
     w = World(cluster_map(rg("rg1", "a", ("b", "recovering"), "c")))
+    assert w.leases.grant("b", ["rg1"])["granted"] == ["rg1"]
+
+
+def test_an_excluded_holder_is_refused() -> None:
+    w = World(cluster_map(rg("rg1", "a", ("b", "excluded"), "c")))
     reply = w.leases.grant("b", ["rg1"])
     assert reply["granted"] == []
-    assert reply["refused"]["rg1"].startswith("holder is not an active member of rg")
+    assert reply["refused"]["rg1"].startswith("holder is not an active or recovering member")
     assert w.leases.status()["rg1"]["granted_to"] == {}
 
 
 def test_non_member_holder_is_refused(w: World) -> None:
-    assert "not an active member" in w.leases.grant("z", ["rg1"])["refused"]["rg1"]
+    assert "not a member" in w.leases.grant("z", ["rg1"])["refused"]["rg1"]
 
 
 def test_inactive_grantor_refuses() -> None:
