@@ -40,7 +40,6 @@ from typing import Any, NoReturn
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.errors import InternalError, InvalidRequest, NotServing, Timeout
@@ -48,7 +47,8 @@ from dds.metrics import Metrics
 from dds.partition import PartitionId
 
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import RunInThread, SnapshotInfo, read_chunk, take_snapshot
+from dds.bricks.snapshot import (RunInThread, SnapshotInfo, discard_gradually, read_chunk,
+                                 take_snapshot)
 from dds.bricks.storage import Storage
 
 #: A session whose target sends nothing for this long is cancelled.
@@ -397,21 +397,15 @@ class CopySessions:
             self.log.info("copy session {session}: fence on {pids} lifted after "
                           "{held:.3f}s", session=s.id, pids=[str(p) for p in s.pids],
                           held=s.fence_held_s)
-        # Freeing a 100 MB file takes the kernel a few hundred ms: not on the reactor
-        # thread, where it would pause the writes the fence just let go.
+        # Freeing 100 MB at once stalls the disk for a few hundred ms: a write pause.
         for info in s.snapshots.values():
-            d = self.run_in_thread(info.path.unlink, True)
-            d.addErrback(self._unlink_failed, info.path)
+            discard_gradually(info.path, self.clock)
         self.sessions.pop(s.id, None)
         if self._by_pair.get((s.rg, s.target)) is s:
             del self._by_pair[(s.rg, s.target)]
         self._ended[s.id] = s
         while len(self._ended) > ENDED_MEMORY:
             self._ended.popitem(last=False)
-
-    def _unlink_failed(self, failure: Failure, path: Path) -> None:
-        self.log.error("cannot delete snapshot {path}: {error}", path=str(path),
-                       error=str(failure.value))
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:

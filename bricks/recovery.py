@@ -42,7 +42,8 @@ from dds.rpc import RPCProtocol
 
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, apply_delta
+from dds.bricks.snapshot import (CopyFailed, SnapshotReceiver, apply_delta,
+                                 discard_gradually)
 from dds.bricks.storage import Storage
 
 Peer = Callable[[str], Awaitable[RPCProtocol]]
@@ -298,11 +299,13 @@ class Recoveries:
                                             int(snap["checksum"]))
                 receivers.append((snap, receiver))
                 await self._pull(r, source, session, snap, receiver)
-                receiver.finish()
+                receiver.finish(durable=self.durability == "fsync")
             for snap, receiver in receivers:
                 pid = parse_pid(str(snap["pid"]))
                 self.participant.forget_partition(pid)
-                receiver.install(self.storage)
+                trash = receiver.install(self.storage)
+                if trash is not None:
+                    discard_gradually(trash, self.clock)
             r.copy_s = self.clock.seconds() - began
             r.phase = Phase.DELTA
             after = {str(snap["pid"]): int(snap["lsn"]) for snap, _ in receivers}

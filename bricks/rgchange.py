@@ -243,7 +243,11 @@ class RecordChanges:
             raise Refused(f"brick {self.id} is not an active member of {msg.rg} other than "
                           f"{msg.member}: it cannot coordinate the change")
         new = rec.with_member_state(msg.member, msg.state)
-        voters = [b for b in rec.active_members if b != msg.member]
+        # A member that asks to be marked recovering votes for it too (it holds the
+        # record lock like any voter): in an RG whose other member is dead but not yet
+        # excluded, it could otherwise never start its own re-sync.
+        voters = [b for b in rec.active_members
+                  if b != msg.member or msg.state == "recovering"]
         if len(voters) < rec.quorum:
             raise Refused(f"changing {msg.member} to {msg.state} in {msg.rg} needs "
                           f"{rec.quorum} votes of its active members {list(rec.active_members)}"
@@ -358,7 +362,8 @@ class RecordChanges:
         if rec.fp != msg.old_fp:
             raise Divergence(f"{rg} v{rec.version}: fingerprint {rec.fp:#010x} here, "
                              f"{msg.old_fp:#010x} at the coordinator", rec.canonical())
-        if self.id not in rec.active_members or self.id == msg.member:
+        if self.id not in rec.active_members or (self.id == msg.member
+                                                 and msg.state != "recovering"):
             raise Refused(f"brick {self.id} is not a voting member of {rg}")
         try:
             expected = rec.with_member_state(msg.member, msg.state)

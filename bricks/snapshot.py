@@ -36,11 +36,16 @@ from typing import Any, NoReturn
 import attrs
 import xxhash
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.partition import PartitionId
 
 from dds.bricks.storage import Row, Storage, validate_pid
+
+#: ``discard_gradually``: bytes freed per step, and the pause between steps.
+DISCARD_STEP = 8 << 20
+DISCARD_INTERVAL_S = 0.02
 
 log = Logger()
 
@@ -148,6 +153,32 @@ def _hash_file(path: Path) -> tuple[int, int]:
     return size, h.intdigest()
 
 
+def discard_gradually(path: Path, clock: IReactorTime, step: int = DISCARD_STEP,
+                      interval: float = DISCARD_INTERVAL_S) -> Deferred[None]:
+    """Delete a large file a few MB at a time.  On a file system mounted with ``discard``
+    (this machine's is), unlinking 100 MB frees it in one go and stalls every writer on
+    the disk for a few hundred ms, the neighbouring bricks included: a write pause the
+    recovery would otherwise cause after it lifted its fence."""
+    done: Deferred[None] = Deferred()
+
+    def one() -> None:
+        try:
+            size = path.stat().st_size
+            if size > step:
+                os.truncate(path, size - step)
+                clock.callLater(interval, one)
+                return
+            path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.error("cannot delete {path}: {error}", path=str(path),
+                      error=e.strerror or str(e))
+        done.callback(None)
+    one()
+    return done
+
+
 def read_chunk(path: Path, offset: int, size: int) -> tuple[bytes, int]:
     """``size`` bytes of ``path`` from ``offset`` (fewer at the end, none past it) and
     their xxh64."""
@@ -217,8 +248,11 @@ class SnapshotReceiver:
         else:
             self._in_order = False
 
-    def finish(self) -> None:
-        """Verify the size and the whole file's checksum and make the file durable."""
+    def finish(self, durable: bool = True) -> None:
+        """Verify the size and the whole file's checksum and, with ``durable``, fsync
+        it.  Without: a brick that crashes re-syncs on restart anyway, and in ``disk``
+        durability only a power loss (which that mode does not survive) loses page-cache
+        data; the fsync of 100 MB saturates a shared disk and stalls its neighbours."""
         if self._fd is None:
             raise CopyFailed(self.pid, "the receiver is closed")
         try:
@@ -232,23 +266,37 @@ class SnapshotReceiver:
             if got != self.checksum:
                 self._fail(f"whole-file checksum mismatch ({got:#x}, expected "
                            f"{self.checksum:#x})")
-            os.fsync(self._fd)
+            if durable:
+                os.fsync(self._fd)
         except OSError as e:
             self._fail(f"verifying {self.path}: {e.strerror or e}")
         os.close(self._fd)
         self._fd = None
         self.finished = True
 
-    def install(self, storage: Storage) -> None:
-        """Replace the brick's replica of the partition with the verified file."""
+    def install(self, storage: Storage) -> Path | None:
+        """Replace the brick's replica of the partition with the verified file.  Returns
+        the old replica's data, kept under another name for ``discard_gradually``
+        (None if there was none): freeing it at once stalls the whole file system."""
         if not self.finished:
             raise CopyFailed(self.pid, "install before a successful finish")
+        old = storage.partition_path(self.pid)
+        trash: Path | None = old.with_name(old.name + ".discard")
+        try:
+            assert trash is not None
+            trash.unlink(missing_ok=True)
+            os.link(old, trash)
+        except OSError:
+            trash = None        # no old replica (or no hard links): nothing to keep
         try:
             storage.replace_partition(self.pid, self.path)
         except (OSError, ValueError, sqlite3.Error) as e:
             self.abort()
+            if trash is not None:
+                trash.unlink(missing_ok=True)
             raise CopyFailed(self.pid, f"installing the received file: {e}") from e
         log.info("installed a copy of {pid} ({size} bytes)", pid=self.pid, size=self.size)
+        return trash
 
     def abort(self) -> None:
         """Give up: close and delete the temporary file (idempotent)."""

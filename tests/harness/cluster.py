@@ -27,14 +27,16 @@ class Cluster:
     def __init__(self, root: Path, bricks: int = 6, replication: int = 3,
                  partitions: int = 16, durability: str = "disk",
                  txn_deadline_ms: int | None = None, lease_ms: int | None = None,
-                 brick_settings: dict[str, Any] | None = None) -> None:
+                 brick_settings: dict[str, Any] | None = None,
+                 timeout_settings: dict[str, int] | None = None) -> None:
         self.root = root
         self.secret = secrets.token_hex(16)
         self.replication = replication
         self.partitions = partitions
-        timeouts = {"txn_deadline_ms": txn_deadline_ms, "lease_ms": lease_ms}
-        extra = "".join(f"[timeouts]\n{k} = {v}\n" for k, v in timeouts.items()
-                        if v is not None)
+        timeouts = {"txn_deadline_ms": txn_deadline_ms, "lease_ms": lease_ms,
+                    **(timeout_settings or {})}
+        extra = "[timeouts]\n" + "".join(f"{k} = {v}\n" for k, v in timeouts.items()
+                                         if v is not None)
         settings = "".join(f"{name} = {_toml(value)}\n"
                            for name, value in (brick_settings or {}).items())
         self.bricks = [BrickProcess(f"b{i + 1}", root, self.secret, CLUSTER, durability,

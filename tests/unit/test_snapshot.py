@@ -416,3 +416,20 @@ def test_installing_discards_a_wal_the_old_replica_left_behind(
     store = target.open_partition(PID)
     assert target.read(PID, b"only-in-old-wal").version == 0
     assert store.checksum() == source.open_partition(PID).checksum()
+
+
+def test_discard_gradually_frees_a_large_file_a_step_at_a_time(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from dds.bricks.snapshot import discard_gradually
+
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(20 << 20)
+    clock = Clock()
+    done = discard_gradually(path, clock, step=8 << 20, interval=0.02)
+    assert path.stat().st_size == 12 << 20 and not done.called
+    clock.advance(0.02)
+    assert path.stat().st_size == 4 << 20
+    clock.advance(0.02)
+    assert not path.exists() and done.called
