@@ -55,8 +55,10 @@ def free_ports(n: int, low: int = 12000) -> list[int]:
 
 class ProxiedCluster(Cluster):
     def __init__(self, root: Path, pool: ProxyPool, bricks: int = 6, replication: int = 3,
-                 partitions: int = 16, durability: str = "disk", extra: str = "") -> None:
-        super().__init__(root, bricks, replication, partitions, durability)
+                 partitions: int = 16, durability: str = "disk", extra: str = "",
+                 lease_ms: int | None = None) -> None:
+        super().__init__(root, bricks, replication, partitions, durability,
+                         lease_ms=lease_ms)
         if extra:   # rewrite the configs with the extra settings
             self.bricks = [BrickProcess(b.id, root, self.secret, CLUSTER, durability, extra)
                            for b in self.bricks]

@@ -198,8 +198,10 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
     from tests.faults.final import final_reads, init_cluster
 
     pool = ProxyPool()
+    # The bricks' lease is the one the schedule's pauses are measured against.
     cluster = ProxiedCluster(run / "cluster", pool, bricks=prof.bricks,
-                             replication=prof.replication, partitions=prof.partitions)
+                             replication=prof.replication, partitions=prof.partitions,
+                             lease_ms=int(prof.lease_s * 1000))
     clients: list[tuple[subprocess.Popen[bytes], Path]] = []
     nemesis = Nemesis(cluster, run / "faults.jsonl", echo)
     problems: list[str] = []
