@@ -31,13 +31,13 @@ status: install
 
 test: install
 	$(BIN)/python -m pytest -q tests
-	$(BIN)/python -m mypy dds bricks lib tools
+	PYTHON=$(BIN)/python scripts/typecheck
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit tests/protocol
 
 typecheck: install
-	$(BIN)/python -m mypy dds bricks lib tools
+	PYTHON=$(BIN)/python scripts/typecheck
 
 bench: install
 	$(BIN)/dds-admin bench --local

@@ -145,10 +145,13 @@ class Participant:
             self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             raise Locked(f"transaction {txn.txid} was aborted while waiting for its lock")
-        return self._vote(txn, msg, recheck)
+        vote = self._vote(txn, msg, recheck)
+        if isinstance(vote, Deferred):      # the vote's record is being made durable
+            return await vote
+        return vote
 
     def _vote(self, txn: Transaction, msg: Prepare, recheck: Callable[[], Any]
-              ) -> dict[str, int]:
+              ) -> dict[str, int] | Deferred[dict[str, int]]:
         """With the lock held: check the condition and stage, or undo and say NO."""
         try:
             recheck()

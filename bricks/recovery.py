@@ -314,16 +314,17 @@ class Recoveries:
                 # written during the last round: the write pause stays short.
                 for _ in range(CATCH_UP_ROUNDS):
                     pulled = 0
-                    for pid in after:
-                        n, after[pid] = await self._delta(source, session, pid, after[pid])
+                    for name in after:
+                        n, after[name] = await self._delta(source, session, name,
+                                                           after[name])
                         pulled += n
                     if pulled <= CATCH_UP_DONE_ROWS:
                         break
             # With the full lease the source fenced writes at copy_begin.
             fenced_at = began if full_lease else self.clock.seconds()
             await self._call_or_raise(source, "copy_fence", {"session": session}, 30.0)
-            for pid in after:
-                await self._delta(source, session, pid, after[pid])
+            for name in after:
+                await self._delta(source, session, name, after[name])
             r.phase = Phase.READMITTING
             # No full-table checksums here: they would run under the fence, and the
             # snapshot (whole-file xxh64) and each delta row were verified already.

@@ -31,7 +31,7 @@ import random
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, cast
 
 import attrs
 import msgpack
@@ -45,7 +45,7 @@ from dds.errors import DDSError, Divergence, InvalidRequest, Refused, StaleMap
 from dds.maps import ClusterMap
 from dds.messages import RecordDecide, RecordPrepare, RecordState, RGChange
 from dds.metrics import Metrics
-from dds.records import Record, RGRecord, record_from_wire
+from dds.records import MEMBER_STATES, MemberState, Record, RGRecord, record_from_wire
 from dds.rpc import RPCProtocol
 
 from dds.bricks.leases import Leases
@@ -242,7 +242,7 @@ class RecordChanges:
         if self.id not in rec.active_members or self.id == msg.member:
             raise Refused(f"brick {self.id} is not an active member of {msg.rg} other than "
                           f"{msg.member}: it cannot coordinate the change")
-        new = rec.with_member_state(msg.member, msg.state)
+        new = rec.with_member_state(msg.member, _state(msg.state))
         # A member that asks to be marked recovering votes for it too (it holds the
         # record lock like any voter): in an RG whose other member is dead but not yet
         # excluded, it could otherwise never start its own re-sync.
@@ -366,7 +366,7 @@ class RecordChanges:
                                                  and msg.state != "recovering"):
             raise Refused(f"brick {self.id} is not a voting member of {rg}")
         try:
-            expected = rec.with_member_state(msg.member, msg.state)
+            expected = rec.with_member_state(msg.member, _state(msg.state))
         except ValueError as e:
             raise Refused(str(e)) from None
         if expected.fp != new.fp:
@@ -491,3 +491,10 @@ def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     clock.callLater(seconds, d.callback, None)
     return d
+
+
+def _state(text: str) -> MemberState:
+    """A member state from a message (validated there against ``MEMBER_STATES``)."""
+    if text not in MEMBER_STATES:
+        raise InvalidRequest(f"unknown member state {text!r}")
+    return cast(MemberState, text)

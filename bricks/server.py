@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import attrs
 
@@ -44,7 +44,7 @@ from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
 from dds.bricks.recovery import Recoveries
 from dds.bricks.rgchange import RecordChanges
-from dds.bricks.storage import Storage
+from dds.bricks.storage import Durability, Storage
 from dds.bricks.termination import Terminator
 
 
@@ -72,7 +72,8 @@ class Brick:
         self.max_key = config.limits.max_key_bytes
         self.max_value = config.limits.max_value_bytes
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(config.data_dir, self.clock, durability=config.brick.durability,
+        self.storage = Storage(config.data_dir, self.clock,
+                               durability=cast(Durability, config.brick.durability),
                                cache_entries=config.brick.cache_entries,
                                memory_flush_s=config.brick.memory_flush_ms / 1000.0,
                                commit_window_s=config.brick.commit_window_ms / 1000.0)

@@ -209,7 +209,7 @@ class Terminator:
                 "deadline_passed": self.participant.deadline_passed(t, now),
                 "new_version": t.new_version,
             })
-        out.sort(key=lambda e: -e["age_s"])
+        out.sort(key=lambda e: -float(e["age_s"]))  # type: ignore[arg-type]
         return out
 
     async def resolve(self, txid: TxnId | None, force: bool) -> list[Termination]:

@@ -364,7 +364,8 @@ def local_up(local_dir: Path, bricks: int | None, replication: int | None,
         t.add_row(b.id, b.address, str(b.pid), str(b.http_port))
     ui.out.print(t)
     cmap = result.map
-    ui.out.print(f"{len(cmap.bricks)} bricks, replication {cmap.cluster.replication}, "
+    shown = str(cmap.cluster.replication) if cmap.cluster is not None else "?"
+    ui.out.print(f"{len(cmap.bricks)} bricks, replication {shown}, "
                  f"{len(cmap.rgs)} replica groups, {len(cmap.partition_rg)} partitions, "
                  f"durability {params.durability}, map fp {cmap.fp:#010x}")
     seeds = ",".join(b.address for b in started[:3])

@@ -112,7 +112,8 @@ async def connect_brick(reactor: Any, host: str, port: int, target: Target,
                                  timeout=timeout)
 
 
-async def gather(items: Iterable[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
+async def gather(items: Iterable[Coroutine[Any, Any, T] | Deferred[T]]
+                 ) -> list[T | BaseException]:
     """Run awaitables concurrently; each result or the exception it raised, in order."""
     deferreds: list[Deferred[T]] = [ensureDeferred(i) for i in items]
     results: list[tuple[bool, Any]] = await DeferredList(deferreds, consumeErrors=True)

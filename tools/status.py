@@ -94,7 +94,7 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                 entry["error"] = f"answers as {r.get('_peer_id')!r}"
         bricks.append(entry)
     up = {b["id"] for b in bricks if b["up"]}
-    rgs = [{"name": rg.name, "version": rg.version, "fp": rg.fp,
+    rgs: list[dict[str, Any]] = [{"name": rg.name, "version": rg.version, "fp": rg.fp,
             "members": [{"brick": m.brick, "state": m.state, "up": m.brick in up}
                         for m in rg.members],
             "partitions": len(rg.partitions),
