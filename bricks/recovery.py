@@ -172,8 +172,11 @@ class Recoveries:
                 r.attempts += 1
                 try:
                     await self._attempt(r, full_lease)
-                except (RecoveryAborted, CopyFailed, DDSError) as e:
-                    message = getattr(e, "message", None) or str(e)
+                except (RecoveryAborted, CopyFailed, DDSError, KeyError, TypeError,
+                        ValueError) as e:
+                    # The last three: a reply of the wrong shape (a confused or hostile
+                    # peer); the attempt is abandoned like any other.
+                    message = getattr(e, "message", None) or f"malformed reply: {e!r}"
                     r.last_error = message
                     r.phase = Phase.RETRYING
                     self.metrics.inc("recovery_attempts_failed_total")
