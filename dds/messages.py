@@ -430,3 +430,73 @@ class RGStatus(Message):
 
     TYPE: ClassVar[str] = "rg_status"
     rg: str = attrs.field(validator=_str)
+
+
+# -- reorganization (DESIGN §8) ------------------------------------------------------------
+
+@attrs.frozen
+class JournalWrite(Message):
+    """Record a multi-step operation's progress durably before acting (DESIGN §8): create
+    job ``job`` (with ``kind`` and ``plan``), add a completed ``step`` (``{"name": str,
+    ...}``), or set its ``state`` (running | cancel-requested | done | failed | cancelled
+    | rolled-back).  Reply: ``{"job": the job as stored}``."""
+
+    TYPE: ClassVar[str] = "journal_write"
+    job: str = attrs.field(validator=_str)
+    kind: str | None = attrs.field(default=None, validator=v.optional(_str))
+    plan: dict[str, Any] | None = attrs.field(default=None,
+                                              validator=v.optional(v.instance_of(dict)))
+    step: dict[str, Any] | None = attrs.field(default=None,
+                                              validator=v.optional(v.instance_of(dict)))
+    state: str | None = attrs.field(default=None, validator=v.optional(_str))
+
+
+@attrs.frozen
+class JournalRead(Message):
+    """Jobs in this brick's journal: one (``job``), or all (``unfinished`` only, by
+    default).  Reply: ``{"jobs": [{"job", "kind", "plan", "steps": [...], "state",
+    "created", "updated"}, ...]}``."""
+
+    TYPE: ClassVar[str] = "journal_read"
+    job: str | None = attrs.field(default=None, validator=v.optional(_str))
+    unfinished: bool = attrs.field(default=True, validator=v.instance_of(bool))
+
+
+@attrs.frozen
+class RangeChecksums(Message):
+    """Scrub: the replica of ``pid`` cut into ``buckets`` key-hash ranges.  Reply:
+    ``{"buckets": [[count, checksum], ...], "lsn": last committed lsn}``."""
+
+    TYPE: ClassVar[str] = "range_checksums"
+    pid: str = attrs.field(validator=_str)
+    buckets: int = attrs.field(default=64, validator=v.and_(v.instance_of(int), v.ge(1),
+                                                            v.le(65536)))
+
+
+@attrs.frozen
+class RangeKeys(Message):
+    """Scrub: every key of bucket ``bucket`` (of ``buckets``) of ``pid`` with its version
+    and a hash of its value.  Reply: ``{"keys": [[key, version, value_hash], ...]}``."""
+
+    TYPE: ClassVar[str] = "range_keys"
+    pid: str = attrs.field(validator=_str)
+    bucket: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(0)))
+    buckets: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(1), v.le(65536)))
+
+
+@attrs.frozen
+class RGUpdate(Message):
+    """Change the partitions of RG ``rg`` from the record at ``version``/``fp`` to
+    ``partitions`` (``[[pid, state], ...]``), by the majority 2PC of DESIGN §5, or add a
+    member (``add_member``, joining as recovering) or remove one (``remove_member``).
+    Sent by dds-admin for reorganization steps.  Reply: ``{"record": new}``."""
+
+    TYPE: ClassVar[str] = "rg_update"
+    rg: str = attrs.field(validator=_str)
+    version: int = attrs.field(validator=_u64)
+    fp: int = attrs.field(validator=_u32)
+    partitions: list[Any] | None = attrs.field(default=None,
+                                               validator=v.optional(v.instance_of(list)))
+    add_member: str | None = attrs.field(default=None, validator=v.optional(_str))
+    remove_member: str | None = attrs.field(default=None, validator=v.optional(_str))
+    reason: str = attrs.field(default="", validator=_str)
