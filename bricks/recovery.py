@@ -42,20 +42,12 @@ from dds.rpc import RPCProtocol
 
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import (CopyFailed, SnapshotReceiver, apply_delta,
-                                 discard_gradually)
+from dds.bricks.pull import RPC_TIMEOUT_S, Pull, PullFailed
+from dds.bricks.snapshot import CopyFailed
 from dds.bricks.storage import Storage
 
 Peer = Callable[[str], Awaitable[RPCProtocol]]
 
-CHUNK_BYTES = 1 << 20
-#: Chunk requests in flight per partition: enough to keep loopback busy.
-WINDOW = 4
-DELTA_ROWS = 20000
-#: Deltas pulled before the fence, until one is this small (DESIGN §7: the pause).
-CATCH_UP_ROUNDS = 4
-CATCH_UP_DONE_ROWS = 200
-RPC_TIMEOUT_S = 10.0
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -81,20 +73,21 @@ class Recovery:
     rg: str
     phase: Phase = Phase.DISCOVERING
     source: str | None = None
-    bytes_total: int = 0
-    bytes_done: int = 0
     attempts: int = 0
     started: float = 0.0
     copy_s: float | None = None
     fenced_s: float | None = None
     last_error: str | None = None
+    pull: Pull | None = None
     #: How the last attempt ended: "copied" or "reconciled" (whole-RG restart).
     how: str | None = None
     running: Deferred[None] | None = None
 
     def to_wire(self) -> dict[str, Any]:
+        pull = self.pull
         return {"rg": self.rg, "phase": self.phase.value, "source": self.source,
-                "bytes_total": self.bytes_total, "bytes_done": self.bytes_done,
+                "bytes_total": pull.bytes_total if pull else 0,
+                "bytes_done": pull.bytes_done if pull else 0,
                 "attempts": self.attempts, "copy_s": self.copy_s,
                 "fenced_s": self.fenced_s, "last_error": self.last_error, "how": self.how}
 
@@ -172,8 +165,8 @@ class Recoveries:
                 r.attempts += 1
                 try:
                     await self._attempt(r, full_lease)
-                except (RecoveryAborted, CopyFailed, DDSError, KeyError, TypeError,
-                        ValueError) as e:
+                except (RecoveryAborted, PullFailed, CopyFailed, DDSError, KeyError,
+                        TypeError, ValueError) as e:
                     # The last three: a reply of the wrong shape (a confused or hostile
                     # peer); the attempt is abandoned like any other.
                     message = getattr(e, "message", None) or f"malformed reply: {e!r}"
@@ -288,104 +281,36 @@ class Recoveries:
     async def _copy(self, r: Recovery, rec: RGRecord, source: str, full_lease: bool) -> None:
         r.phase = Phase.COPYING
         began = self.clock.seconds()
-        reply = await self._call_or_raise(source, "copy_begin", {
-            "rg": rec.name, "target": self.id, "full_lease": full_lease}, 60.0)
-        session = int(reply["session"])
-        receivers: list[tuple[dict[str, Any], SnapshotReceiver]] = []
+        pull = Pull(self.id, source, self.peer, self.storage, self.participant, self.clock,
+                    self.work_dir, durable=self.durability == "fsync")
+        r.pull = pull
         try:
-            snaps = list(reply["snapshots"])
-            r.bytes_total = sum(int(s["size"]) for s in snaps)
-            r.bytes_done = 0
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            for snap in snaps:
-                receiver = SnapshotReceiver(self.work_dir, str(snap["pid"]), int(snap["size"]),
-                                            int(snap["checksum"]))
-                receivers.append((snap, receiver))
-                await self._pull(r, source, session, snap, receiver)
-                receiver.finish(durable=self.durability == "fsync")
-            for snap, receiver in receivers:
-                pid = parse_pid(str(snap["pid"]))
-                self.participant.forget_partition(pid)
-                trash = receiver.install(self.storage)
-                if trash is not None:
-                    discard_gradually(trash, self.clock)
+            await pull.begin({"rg": rec.name, "target": self.id, "full_lease": full_lease})
+            await pull.copy()
             r.copy_s = self.clock.seconds() - began
             r.phase = Phase.DELTA
-            after = {str(snap["pid"]): int(snap["lsn"]) for snap, _ in receivers}
             if not full_lease:
-                # Catch up while writes go on, so that the fenced delta is only what was
-                # written during the last round: the write pause stays short.
-                for _ in range(CATCH_UP_ROUNDS):
-                    pulled = 0
-                    for name in after:
-                        n, after[name] = await self._delta(source, session, name,
-                                                           after[name])
-                        pulled += n
-                    if pulled <= CATCH_UP_DONE_ROWS:
-                        break
+                await pull.catch_up()
             # With the full lease the source fenced writes at copy_begin.
             fenced_at = began if full_lease else self.clock.seconds()
-            await self._call_or_raise(source, "copy_fence", {"session": session}, 30.0)
-            for name in after:
-                await self._delta(source, session, name, after[name])
+            await pull.call("copy_fence", {"session": pull.session}, 30.0)
+            await pull.delta()
             r.phase = Phase.READMITTING
             # No full-table checksums here: they would run under the fence, and the
             # snapshot (whole-file xxh64) and each delta row were verified already.
-            done = await self._call_or_raise(source, "readmit", {"session": session},
-                                             RPC_TIMEOUT_S + 10.0)
+            done = await pull.call("readmit", {"session": pull.session},
+                                   RPC_TIMEOUT_S + 10.0)
             r.fenced_s = self.clock.seconds() - fenced_at
             self.maps.merge([record_from_wire(done["record"])], source=f"readmit:{source}")
             if self.maps.map.rgs[rec.name].member_state(self.id) != "active":
                 raise RecoveryAborted("readmission did not make this brick active")
-            self.metrics.inc("recovery_bytes_total", r.bytes_total)
+            self.metrics.inc("recovery_bytes_total", pull.bytes_total)
             self.log.warn("{rg}: copied {bytes} bytes from {source} in {copy:.2f}s; writes "
-                          "were fenced {fenced:.3f}s", rg=rec.name, bytes=r.bytes_total,
+                          "were fenced {fenced:.3f}s", rg=rec.name, bytes=pull.bytes_total,
                           source=source, copy=r.copy_s, fenced=r.fenced_s)
         except Exception as e:
-            for _, receiver in receivers:
-                receiver.abort()
-            d = ensureDeferred(self._call(source, "copy_cancel",
-                                          {"session": session, "reason": repr(e)[:200]}, 5.0))
-            d.addErrback(lambda f: None)
+            pull.cancel(repr(e))
             raise
-
-    async def _pull(self, r: Recovery, source: str, session: int, snap: dict[str, Any],
-                    receiver: SnapshotReceiver) -> None:
-        """Chunks of one snapshot, ``WINDOW`` requests in flight: flow control is the
-        receiver asking only for what it can take."""
-        size, pid = int(snap["size"]), str(snap["pid"])
-        offsets = list(range(0, size, CHUNK_BYTES))
-
-        async def one(offset: int) -> None:
-            n = min(CHUNK_BYTES, size - offset)
-            reply = await self._call_or_raise(source, "copy_chunk", {
-                "session": session, "pid": pid, "offset": offset, "size": n}, RPC_TIMEOUT_S)
-            data = reply["data"]
-            if not isinstance(data, bytes) or len(data) != n:
-                raise CopyFailed(pid, f"chunk at {offset} has the wrong size")
-            receiver.write(offset, data, int(reply["checksum"]))
-            r.bytes_done += n
-
-        for start in range(0, len(offsets), WINDOW):
-            await _all([Deferred.fromCoroutine(one(o))
-                        for o in offsets[start:start + WINDOW]])
-
-    async def _delta(self, source: str, session: int, pid: str,
-                     after: int) -> tuple[int, int]:
-        """Apply the rows of ``pid`` written after log position ``after``; returns how
-        many and the new position."""
-        applied = 0
-        while True:
-            reply = await self._call_or_raise(source, "copy_delta", {
-                "session": session, "pid": pid, "after_lsn": after, "limit": DELTA_ROWS},
-                RPC_TIMEOUT_S)
-            rows = reply["rows"]
-            if rows:
-                apply_delta(self.storage, pid, rows)
-                after = max(after, int(rows[-1][3]))
-                applied += len(rows)
-            if not reply.get("more"):
-                return applied, after
 
     async def _call(self, brick: str, mtype: str, body: dict[str, Any],
                     timeout: float) -> Any:
@@ -403,13 +328,6 @@ class Recoveries:
 def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
     d = DeferredList(calls, consumeErrors=True)
     return d.addCallback(lambda rs: [r if ok else r.value for ok, r in rs])
-
-
-async def _all(calls: list[Deferred[Any]]) -> None:
-    results = await _gather(calls)
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
 
 
 def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:

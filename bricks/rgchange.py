@@ -43,9 +43,11 @@ from twisted.python.failure import Failure
 
 from dds.errors import DDSError, Divergence, InvalidRequest, Refused, StaleMap
 from dds.maps import ClusterMap
-from dds.messages import RecordDecide, RecordPrepare, RecordState, RGChange
+from dds.messages import RecordDecide, RecordPrepare, RecordState, RGChange, RGUpdate
 from dds.metrics import Metrics
-from dds.records import MEMBER_STATES, MemberState, Record, RGRecord, record_from_wire
+from dds.partition import PartitionId
+from dds.records import (MEMBER_STATES, Member, MemberState, PartitionEntry, Record,
+                         RGRecord, record_from_wire)
 from dds.rpc import RPCProtocol
 
 from dds.bricks.leases import Leases
@@ -252,42 +254,95 @@ class RecordChanges:
             raise Refused(f"changing {msg.member} to {msg.state} in {msg.rg} needs "
                           f"{rec.quorum} votes of its active members {list(rec.active_members)}"
                           f"; only {len(voters)} can vote")
+        return await self._run(rec, new, voters, msg.member, msg.state, msg.reason)
+
+    async def _run(self, rec: RGRecord, new: RGRecord, voters: list[str], member: str,
+                   kind: str, reason: str) -> dict[str, Any]:
+        """The majority 2PC of one change from ``rec`` to ``new`` (DESIGN §5).  ``kind``
+        is the member's new state, or ``added``/``removed``/``partitions``: each voter
+        recomputes the change from it and votes only for exactly that."""
         self._counter += 1
         change = (self.rng.getrandbits(62), self._counter)
         self.changes[change] = Phase.VOTING
         while len(self.changes) > DECIDED_MEMORY:
             self.changes.popitem(last=False)
-        self.log.info("change {change}: {member} to {state} in {rg} v{version} "
-                      "({reason}); asking {voters}", change=change, member=msg.member,
-                      state=msg.state, rg=msg.rg, version=rec.version, reason=msg.reason,
-                      voters=voters)
+        self.log.info("change {change}: {member} {kind} in {rg} v{version} ({reason}); "
+                      "asking {voters}", change=change, member=member, kind=kind,
+                      rg=rec.name, version=rec.version, reason=reason, voters=voters)
         body = RecordPrepare(change=change, coordinator=self.id, old_version=rec.version,
-                             old_fp=rec.fp, record=new.canonical(), member=msg.member,
-                             state=msg.state, reason=msg.reason).to_wire()
+                             old_fp=rec.fp, record=new.canonical(), member=member,
+                             state=kind, reason=reason).to_wire()
         timeout = self.suspect_check_s + self.lease_s + 2.0
         results = await _gather([self._vote(b, body, timeout) for b in voters])
         yes = [b for b, r in zip(voters, results) if not isinstance(r, BaseException)]
         if len(yes) >= rec.quorum and self.changes.get(change) is Phase.VOTING:
             self.changes[change] = Phase.COMMITTED
             self.maps.merge([new], source=f"record change {change}")   # the commit point
-            self._remember(new, msg, self.id)
+            self._remember(new, _Event(member, kind, reason), self.id)
             self.metrics.inc("record_changes_total")
-            self.log.warn("{rg} v{version}: {member} is {state} ({reason})", rg=new.name,
-                          version=new.version, member=msg.member, state=msg.state,
-                          reason=msg.reason)
+            self.log.warn("{rg} v{version}: {member} {kind} ({reason})", rg=new.name,
+                          version=new.version, member=member, kind=kind, reason=reason)
             # Not to an excluded member: it is presumed gone, and if it is only paused it
             # must stop serving by its lease, not by luck of a message (gossip tells it).
-            self._tell(change, True, new, [m for m in rec.members if m.brick != self.id
-                                           and not (m.brick == msg.member
-                                                    and msg.state == "excluded")])
+            told = {m.brick for m in rec.members} | {m.brick for m in new.members}
+            told.discard(self.id)
+            if kind == "excluded":
+                told.discard(member)
+            self._tell(change, True, new, sorted(told))
             return {"record": new.canonical()}
         self.changes[change] = Phase.ABORTED
-        self._tell(change, False, None, [m for m in rec.members if m.brick in yes])
+        self._tell(change, False, None, yes)
         self.metrics.inc("record_changes_refused_total")
         reasons = "; ".join(f"{b}: {getattr(r, 'message', r)!s}"
                             for b, r in zip(voters, results) if isinstance(r, BaseException))
-        raise Refused(f"changing {msg.member} to {msg.state} in {msg.rg}: {len(yes)} of the "
+        raise Refused(f"changing {rec.name} ({member} {kind}): {len(yes)} of the "
                       f"{rec.quorum} votes needed ({reasons})")
+
+    async def update(self, msg: RGUpdate) -> dict[str, Any]:
+        """An administrative change of RG ``msg.rg`` (DESIGN §8): its partitions, or a
+        member added (as recovering: it joins by recovery) or removed."""
+        rec = self.maps.map.rgs.get(msg.rg)
+        if rec is None:
+            raise StaleMap(f"brick {self.id} knows no replica group {msg.rg!r}")
+        if rec.version != msg.version:
+            raise StaleMap(f"{msg.rg} is at version {rec.version} here, caller has "
+                           f"{msg.version}", rec.canonical())
+        if rec.fp != msg.fp:
+            raise Divergence(f"{msg.rg} v{rec.version}: fingerprint {rec.fp:#010x} here, "
+                             f"{msg.fp:#010x} at caller", rec.canonical())
+        given = [x is not None for x in (msg.partitions, msg.add_member, msg.remove_member)]
+        if sum(given) != 1:
+            raise InvalidRequest("rg_update: give exactly one of partitions, add_member, "
+                                 "remove_member")
+        if self.id not in rec.active_members:
+            raise Refused(f"brick {self.id} is not an active member of {msg.rg}")
+        if msg.partitions is not None:
+            try:
+                entries = [PartitionEntry(PartitionId.parse(p), s) for p, s in msg.partitions]
+            except (TypeError, ValueError) as e:
+                raise InvalidRequest(f"rg_update: bad partitions: {e}") from None
+            new = rec.with_changes(partitions=entries)
+            member, kind = "", "partitions"
+        elif msg.add_member is not None:
+            member, kind = msg.add_member, "added"
+            new = _added(rec, member, self.maps.map)
+        else:
+            member, kind = str(msg.remove_member), "removed"
+            new = _removed(rec, member)
+        self._check_partitions(rec, new)
+        voters = [b for b in rec.active_members if not (kind == "removed" and b == member)]
+        if len(voters) < rec.quorum:
+            raise Refused(f"{msg.rg}: {rec.quorum} votes needed, {len(voters)} can vote")
+        return await self._run(rec, new, voters, member, kind, msg.reason)
+
+    def _check_partitions(self, rec: RGRecord, new: RGRecord) -> None:
+        """A partition becomes active here only if no other RG has it active: two RGs
+        serving one key range would each accept writes the other never sees."""
+        for pid in new.active_partitions - rec.active_partitions:
+            for other in self.maps.map.rgs.values():
+                if other.name != rec.name and pid in other.active_partitions:
+                    raise Refused(f"{pid} is still active in {other.name} "
+                                  f"v{other.version} here")
 
     def _check_transition(self, rec: RGRecord, msg: RGChange, current: str,
                           requester: str | None, internal: bool) -> None:
@@ -312,20 +367,20 @@ class RecordChanges:
         return await conn.call(mtype, body, timeout=timeout)
 
     def _tell(self, change: ChangeId, commit: bool, new: RGRecord | None,
-              members: list[Any]) -> None:
+              bricks: list[str]) -> None:
         """The decision to the voters (and, for a commit, every member), best effort:
         a voter that misses it asks, or learns the record by gossip."""
         body = RecordDecide(change=change, commit=commit,
                             record=new.canonical() if new else None).to_wire()
-        for m in members:
-            d = ensureDeferred(self._call(m.brick, "record_decide", body, 2.0))
-            d.addErrback(self._undelivered, change, m.brick)
+        for brick in bricks:
+            d = ensureDeferred(self._call(brick, "record_decide", body, 2.0))
+            d.addErrback(self._undelivered, change, brick)
 
     def _undelivered(self, failure: Failure, change: ChangeId, brick: str) -> None:
         self.log.debug("decision of {change} not delivered to {brick}: {error}",
                        change=change, brick=brick, error=str(failure.value))
 
-    def _remember(self, new: RGRecord, msg: "RGChange | RecordPrepare | VoteLock",
+    def _remember(self, new: RGRecord, msg: "RGChange | RecordPrepare | VoteLock | _Event",
                   coordinator: str) -> None:
         self.history.append(ChangeEvent(new.name, new.version, msg.member, msg.state,
                                         msg.reason, coordinator, time.time()))
@@ -363,14 +418,24 @@ class RecordChanges:
             raise Divergence(f"{rg} v{rec.version}: fingerprint {rec.fp:#010x} here, "
                              f"{msg.old_fp:#010x} at the coordinator", rec.canonical())
         if self.id not in rec.active_members or (self.id == msg.member
-                                                 and msg.state != "recovering"):
+                                                 and msg.state in ("excluded", "removed")):
             raise Refused(f"brick {self.id} is not a voting member of {rg}")
         try:
-            expected = rec.with_member_state(msg.member, _state(msg.state))
+            if msg.state == "partitions":
+                if new.members != rec.members or new.version != rec.version + 1:
+                    raise ValueError("a partition change may change nothing else")
+                self._check_partitions(rec, new)
+                expected = new
+            elif msg.state == "added":
+                expected = _added(rec, msg.member, self.maps.map)
+            elif msg.state == "removed":
+                expected = _removed(rec, msg.member)
+            else:
+                expected = rec.with_member_state(msg.member, _state(msg.state))
         except ValueError as e:
             raise Refused(str(e)) from None
         if expected.fp != new.fp:
-            raise Refused(f"the proposed {rg} v{new.version} is not {msg.member} turned "
+            raise Refused(f"the proposed {rg} v{new.version} is not {msg.member} "
                           f"{msg.state}")
         if held is not None:
             raise Refused(f"{rg} is locked here by change {held.change} of {held.coordinator}")
@@ -498,3 +563,34 @@ def _state(text: str) -> MemberState:
     if text not in MEMBER_STATES:
         raise InvalidRequest(f"unknown member state {text!r}")
     return cast(MemberState, text)
+
+
+@attrs.frozen
+class _Event:
+    member: str
+    state: str
+    reason: str
+
+
+def _added(rec: RGRecord, brick: str, cmap: ClusterMap) -> RGRecord:
+    """``rec`` with ``brick`` as a new, recovering member (it joins by recovery)."""
+    if rec.member_state(brick) is not None:
+        raise Refused(f"{brick} is already a member of {rec.name}")
+    bricks = cmap.bricks
+    if brick not in bricks:
+        raise Refused(f"no brick record for {brick}")
+    domain = bricks[brick].failure_domain
+    shared = [m.brick for m in rec.members
+              if m.brick in bricks and bricks[m.brick].failure_domain == domain]
+    if shared:
+        raise Refused(f"{brick} shares host {domain!r} with {shared} in {rec.name}")
+    return rec.with_changes(members=[*rec.members, Member(brick, "recovering")])
+
+
+def _removed(rec: RGRecord, brick: str) -> RGRecord:
+    """``rec`` without ``brick``; never its last active member."""
+    if rec.member_state(brick) is None:
+        raise Refused(f"{brick} is not a member of {rec.name}")
+    if rec.active_members == (brick,):
+        raise Refused(f"{brick} is the last active member of {rec.name}")
+    return rec.with_changes(members=[m for m in rec.members if m.brick != brick])

@@ -31,6 +31,9 @@ from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyCh
                           MapPush, Message, Ping, Prepare, Readmit, RecordDecide,
                           RecordPrepare, RecordState, Recover, Resolve, RGChange, RGStatus,
                           Status, Txns, TxnState as TxnStateMsg, decode_request)
+from dds.messages import MoveFinish, MovePull, RGUpdate
+from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
+from dds.messages import RangeChecksums, RangeKeys  # scrub
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId
@@ -38,12 +41,15 @@ from dds.records import Record, record_from_wire
 from dds.rpc import RPCProtocol
 
 from dds.bricks.copysource import CopySessions
+from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
 from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.movein import IncomingMoves
 from dds.bricks.participant import Participant
 from dds.bricks.recovery import Recoveries
 from dds.bricks.rgchange import RecordChanges
+from dds.bricks.scrub import Scrubber
 from dds.bricks.storage import Durability, Storage
 from dds.bricks.termination import Terminator
 
@@ -105,6 +111,8 @@ class Brick:
                                      config.data_dir / "incoming",
                                      full_lease=config.brick.full_lease_recovery,
                                      durability=config.brick.durability)
+        # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
+        self.journal = Journal(config.data_dir, self.clock, self.metrics)
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
         if self.ignore_read_lease:
             self.log.error("brick.unsafe_ignore_read_lease is set: this brick serves reads "
@@ -132,6 +140,23 @@ class Brick:
             CopyFence: self.copy_fence, CopyDelta: self.copy_delta, Readmit: self.readmit,
             CopyCancel: self.copy_cancel, Recover: self.recover,
         }
+        # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
+        self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
+                                 self.recoveries, config.limits.max_frame_bytes)
+        self._handlers[RangeChecksums] = self.scrubber.range_checksums
+        self._handlers[RangeKeys] = self.scrubber.range_keys
+        # Reorganization (DESIGN §8): administrative changes of RG records, moves.
+        self.moves_in = IncomingMoves(self.id, self.maps, self.storage, self.participant,
+                                      self._peer, self.clock, config.data_dir / "incoming",
+                                      durable=config.brick.durability == "fsync",
+                                      metrics=self.metrics)
+        self._move_sessions: set[int] = set()
+        self._handlers[RGUpdate] = self.changes.update
+        self._handlers[MovePull] = self.moves_in.pull
+        self._handlers[MoveFinish] = self.moves_in.finish
+        # Journal of multi-step admin operations (DESIGN §8).
+        self._handlers[JournalWrite] = self.journal.write
+        self._handlers[JournalRead] = self.journal.read
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
         self.metrics.gauge("connections", lambda: len(self.connections))
@@ -196,13 +221,26 @@ class Brick:
         self.copies.close()
         await self.storage.flush()
         self.storage.close()
+        self.journal.close()
         self.log.info("brick {brick} stopped cleanly", brick=self.id)
 
     def _open_my_partitions(self) -> None:
-        for pid in self.maps.my_partitions():
+        mine = self.maps.my_partitions()
+        for pid in mine:
             if not self.storage.has_partition(str(pid)):
                 self.storage.open_partition(str(pid))
                 self.log.info("created replica of {pid}", pid=str(pid))
+        if not mine:
+            return      # not (yet) in any RG: keep whatever is on disk
+        # A partition none of my RGs lists any more moved away, was split or merged
+        # (DESIGN §8), or I left its RG: its replica is no longer mine to keep.
+        for text in self.storage.partitions():
+            pid = parse_pid(text)
+            if pid not in mine:
+                self.participant.forget_partition(pid)
+                self.storage.drop_partition(text)
+                self.log.warn("dropped replica of {pid}: no RG of mine lists it",
+                              pid=text)
 
     def _restore_prepared(self) -> None:
         """Transactions this brick voted YES on before it stopped are prepared again, with
@@ -442,19 +480,43 @@ class Brick:
         if rec is None or not self.serving(msg.rg):
             raise NotServing(f"brick {self.id} does not serve {msg.rg}: it cannot be a "
                              "recovery source")
-        if rec.member_state(msg.target) != "recovering":
+        if msg.pids is not None:
+            pids = self._moving_out(rec, msg.target, msg.pids)
+        elif rec.member_state(msg.target) != "recovering":
             raise Refused(f"{msg.target} is {rec.member_state(msg.target)} in {msg.rg} "
                           f"v{rec.version}, not recovering")
-        reply = await self.copies.begin(msg.rg, msg.target, [e.pid for e in rec.partitions],
-                                        msg.full_lease)
+        else:
+            pids = [e.pid for e in rec.partitions]
+        reply = await self.copies.begin(msg.rg, msg.target, pids, msg.full_lease)
+        if msg.pids is not None:
+            self._move_sessions.add(int(reply["session"]))
         reply["record"] = rec.canonical()
         return reply
+
+    def _moving_out(self, rec: Any, target: str, texts: list[str]) -> list[PartitionId]:
+        """The partitions of a move's copy: each in ``rec``, and incoming in an RG of
+        ``target`` (DESIGN §8)."""
+        pids = [parse_pid(t) for t in texts]
+        for pid in pids:
+            if rec.partition_state(pid) is None:
+                raise Refused(f"{pid} is not a partition of {rec.name}")
+            if not any(r.member_state(target) is not None
+                       and r.partition_state(pid) == "incoming"
+                       for r in self.maps.map.rgs.values()):
+                raise Refused(f"{pid} is not incoming in any RG of {target}")
+        return pids
 
     def copy_chunk(self, msg: CopyChunk) -> dict[str, Any]:
         return self.copies.chunk(msg.session, msg.pid, msg.offset, msg.size)
 
-    def copy_fence(self, msg: CopyFence) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(self.copies.fence(msg.session))
+    async def copy_fence(self, msg: CopyFence) -> dict[str, Any]:
+        reply = await self.copies.fence(msg.session)
+        if msg.session in self._move_sessions:
+            # A move's fence is held until dds-admin lifts it (copy_cancel) after the
+            # cut-over, or repair does: lapsing on a timer could let a write reach the
+            # source after the last delta, and the targets would never see it.
+            self.copies.readmitting(msg.session)
+        return reply
 
     def copy_delta(self, msg: CopyDelta) -> dict[str, Any]:
         return self.copies.delta(msg.session, msg.pid, msg.after_lsn, msg.limit)
@@ -518,6 +580,7 @@ class Brick:
             "leases": self.leases.status(),
             "recovery": self.recoveries.status(),
             "copies": self.copies.status(),
+            "moves_in": self.moves_in.status(),
             "changes": self.changes.status(),
             "metrics": self.metrics.snapshot(),
         }

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from dds.errors import DDSError, InvalidRequest, UnknownTransaction
 from dds.messages import TxnId, TxnState as TxnStateMsg
 from dds.metrics import Metrics
+from dds.records import RGRecord
 from dds.rpc import RPCProtocol
 
 from dds.bricks.mapstate import MapState, parse_pid
@@ -138,11 +139,15 @@ class Terminator:
                                reason=f"{txn.state.value} here")
         if infer_commit:
             txn.queried = True      # we may commit by "all prepared": no coordinator ABORT now
-        rg = self.maps.map.partition_rg.get(txn.pid)
-        if rg is not None and self.membership_changing(rg.name):
+        rg = self._rg_of(txn)
+        if rg is None:
+            # Mid-reorganization (the partition between two RGs): nobody to ask yet.
+            return Termination(txn.txid, pid, "in-doubt",
+                               reason=f"{pid} is not active in exactly one RG here")
+        if self.membership_changing(rg.name):
             return Termination(txn.txid, pid, "in-doubt",
                                reason=f"the membership of {rg.name} is changing")
-        others = tuple(b for b in (rg.active_members if rg else ()) if b != self.id)
+        others = tuple(b for b in rg.active_members if b != self.id)
         states: list[str] = []
         for brick in others:
             try:
@@ -159,9 +164,8 @@ class Terminator:
             return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
                                others, tuple(states),
                                f"{txn.state.value} here meanwhile (by its coordinator)")
-        now = self.maps.map.partition_rg.get(txn.pid)
-        if rg is not None and (now is None or now.version != rg.version
-                               or self.membership_changing(rg.name)):
+        now = self._rg_of(txn)
+        if now is None or now.version != rg.version or self.membership_changing(rg.name):
             # The answers were asked of the members of an older record: a member
             # excluded since may have answered "aborted" while the current members
             # commit by "all prepared".  Decide only among one record's members.
@@ -193,6 +197,11 @@ class Terminator:
         else:
             self.participant.abort(txn.txid)
         return Termination(txn.txid, pid, decision, others, tuple(states), reason)
+
+    def _rg_of(self, txn: Transaction) -> RGRecord | None:
+        """The one RG whose record has ``txn``'s partition active, or None."""
+        found = [rg for rg in self.maps.map.rgs.values() if txn.pid in rg.active_partitions]
+        return found[0] if len(found) == 1 else None
 
     # -- operators: dds-admin txns / repair --------------------------------------------
 

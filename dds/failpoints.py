@@ -81,6 +81,9 @@ KNOWN: Mapping[str, str] = {
         "library: the first member acknowledged COMMIT; the others not yet sent it",
     "copy.mid":
         "brick (recovery source): the chunk holding the middle of a snapshot is asked for",
+    **{f"move.after_{step}": f"dds-admin move: step {step!r} is done and journaled"
+       for step in ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in",
+                    "released", "dropped")},
 }
 
 #: True while at least one failpoint is armed; hooks test this and nothing else.

@@ -308,7 +308,9 @@ class RecordPrepare(Message):
     old_fp: int = attrs.field(validator=_u32)
     record: list[Any] = attrs.field(validator=v.instance_of(list))
     member: str = attrs.field(validator=_str)
-    state: str = attrs.field(validator=_MEMBER_STATE)
+    #: The member's new state, or the kind of change: added, removed, partitions.
+    state: str = attrs.field(validator=v.in_(("active", "recovering", "excluded", "added",
+                                              "removed", "partitions")))
     reason: str = attrs.field(default="", validator=_str)
 
 
@@ -355,6 +357,9 @@ class CopyBegin(Message):
     rg: str = attrs.field(validator=_str)
     target: str = attrs.field(validator=_str)
     full_lease: bool = attrs.field(default=False, validator=v.instance_of(bool))
+    #: A move (DESIGN §8): only these partitions, to a member of the RG taking them in.
+    pids: list[str] | None = attrs.field(
+        default=None, validator=v.optional(v.deep_iterable(_str, v.instance_of(list))))
 
 
 @attrs.frozen
@@ -500,3 +505,24 @@ class RGUpdate(Message):
     add_member: str | None = attrs.field(default=None, validator=v.optional(_str))
     remove_member: str | None = attrs.field(default=None, validator=v.optional(_str))
     reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
+class MovePull(Message):
+    """Move, on each member of the RG taking ``pid`` in (where it is incoming): copy it
+    from ``source``, a member of ``from_rg``, and catch up with its writes.  Reply:
+    ``{"session": int, "bytes": int}``."""
+
+    TYPE: ClassVar[str] = "move_pull"
+    pid: str = attrs.field(validator=_str)
+    source: str = attrs.field(validator=_str)
+    from_rg: str = attrs.field(validator=_str)
+
+
+@attrs.frozen
+class MoveFinish(Message):
+    """Move, once the source fenced writes to ``pid``: apply the last delta.  Reply:
+    ``{"rows": int}``."""
+
+    TYPE: ClassVar[str] = "move_finish"
+    pid: str = attrs.field(validator=_str)

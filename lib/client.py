@@ -186,7 +186,7 @@ class DDSClient:
         tried = tried if tried is not None else set()
         attempt = 0
         while True:
-            route = await self._route(key)
+            route = await self._route(key, deadline)
             brick = pick_replica(route, tried, self.connections.open, self.rng)
             if brick is None:        # every replica failed once: start over after a pause
                 tried.clear()
@@ -250,7 +250,7 @@ class DDSClient:
         ts = (int(self.clock.seconds() * 1e9), self.coordinator.lib_id)
         attempt = 0
         while True:
-            route = await self._route(key)
+            route = await self._route(key, deadline)
             try:
                 return await self.coordinator.write(route, key, op, value, expected, ts,
                                                     deadline)
@@ -310,17 +310,31 @@ class DDSClient:
             return
         raise errors[0]
 
-    async def _route(self, key: bytes) -> Route:
+    async def _route(self, key: bytes, deadline: float | None = None) -> Route:
         """Route by the current map; if the map cannot route the key (a record missing,
-        e.g. mid-reorganization), fetch it again once, then give up with Unavailable."""
+        or a partition between two RGs in the cut-over of a move, DESIGN §8), fetch it
+        again, and keep trying until the deadline, then give up with Unavailable."""
         try:
             return self.router.route(self.maps.map, key)
         except (LookupError, ValueError):
+            pass
+        attempt = 0
+        while True:
             await self.maps.refresh()
-        try:
-            return self.router.route(self.maps.map, key)
-        except (LookupError, ValueError) as e:
-            raise Unavailable(f"the map does not route key {key[:64]!r}: {e}") from None
+            try:
+                return self.router.route(self.maps.map, key)
+            except (LookupError, ValueError) as e:
+                attempt += 1
+                self.metrics.inc("route_retries_total")
+                if deadline is None:
+                    raise Unavailable(f"the map does not route key {key[:64]!r}: "
+                                      f"{e}") from None
+                try:
+                    await self._backoff(attempt, deadline, f"the map does not route key "
+                                        f"{key[:64]!r}: {e}")
+                except Timeout:
+                    raise Unavailable(f"the map does not route key {key[:64]!r}: "
+                                      f"{e}") from None
 
     # -- recovery from errors ------------------------------------------------------------
 

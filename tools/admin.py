@@ -72,8 +72,8 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Administer a DDS cluster: local clusters, init, status, recover, txns, repair,
-    bench."""
+    """Administer a DDS cluster: local clusters, init, status, recover, move, jobs, cancel,
+    scrub, txns, repair, bench."""
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -237,6 +237,123 @@ def repair(seeds: str | None, secret_file: str | None, cluster_name: str | None,
         ui.print_json(report)
     else:
         r.render(report, ui.out)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+# -- jobs and cancel (journaled operations, DESIGN §8) ----------------------------------------
+
+@main.command()
+@target_options
+@click.option("--all", "show_all", is_flag=True,
+              help="also list finished jobs (kept for 7 days, the last 1000)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def jobs(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
+         local_dir: Path, show_all: bool, as_json: bool, timeout: float) -> None:
+    """Running and unfinished multi-step operations (moves, splits, merges, brick changes),
+    from the journals of every brick."""
+    from dds.tools.jobs import collect, render
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    report = run(lambda reactor: collect(reactor, target, timeout, show_all))
+    if as_json:
+        ui.print_json(report)
+    else:
+        render(report, ui.out)
+
+
+@main.command()
+@target_options
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+           local: bool, local_dir: Path, job: str, as_json: bool, timeout: float) -> None:
+    """Ask for JOB to stop: the tool running it stops after its current step and rolls it
+    back (or `dds-admin repair` does, if no tool runs it any more).
+
+    Exit status 1 for an unknown or finished job, or when no brick took the request.
+    """
+    from dds.tools import jobs as j
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    report = run(lambda reactor: j.cancel(reactor, target, job, timeout))
+    if as_json:
+        ui.print_json(report)
+    else:
+        j.render_cancel(report, ui.out)
+
+
+# -- move ----------------------------------------------------------------------------------------
+
+@main.command()
+@target_options
+@click.argument("partition")
+@click.option("--to", "to_rg", required=True, metavar="RG", help="the replica group to move it to")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object at the end")
+@reports_errors
+def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
+         local_dir: Path, partition: str, to_rg: str, as_json: bool) -> None:
+    """Move PARTITION to replica group RG, online: copied while writes go on, writes paused
+    only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
+    it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
+    from dds.tools import move as mv
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
+    result = run(lambda reactor: mv.move(reactor, target, partition, to_rg, say))
+    if as_json:
+        ui.print_json(result)
+    else:
+        ui.out.print(f"moved {result['pid']} from {result['from_rg']} to {result['to_rg']}: "
+                     f"{result['bytes']:,} bytes in {result['seconds']:.2f}s "
+                     f"(job {result['job']})")
+
+
+# -- scrub -------------------------------------------------------------------------------------
+
+@main.command()
+@target_options
+@click.argument("partition", required=False)
+@click.option("--buckets", type=click.IntRange(1, 65536), default=64, show_default=True,
+              help="key-hash ranges each replica is summarized in")
+@click.option("--fix", is_flag=True,
+              help="re-copy a replica that differs from a majority that agrees (the "
+                   "brick re-syncs its RG, as `dds-admin recover` does), then check again")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object at the end instead of a progress bar")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="seconds allowed for one brick to summarize one replica")
+@reports_errors
+def scrub(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+          local: bool, local_dir: Path, partition: str | None, buckets: int, fix: bool,
+          as_json: bool, timeout: float) -> None:
+    """Compare the replicas of PARTITION (default: every partition) by checksums over
+    key ranges and report the keys that differ.
+
+    Buckets that differ are checked again after a short pause (a write may be in flight).
+    Exit status 0 when all replicas agree (or were fixed), 1 otherwise.
+    """
+    from dds.tools import scrub as s
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    options = s.Options(partition=partition, buckets=buckets, fix=fix, timeout=timeout)
+    view: s.View = s.QuietView() if as_json else s.ProgressView(ui.err)
+    try:
+        report = run(lambda reactor: s.scrub(reactor, target, options, view))
+    finally:
+        view.end()
+    if as_json:
+        ui.print_json(report)
+    else:
+        s.render(report, ui.out)
+    if report["errors"]:
+        _fail(report["errors"])
     if not report["ok"]:
         sys.exit(1)
 

@@ -11,8 +11,8 @@ pretending to have checked anything:
    past its deadline only ever follows a decision another member made).
 2. ``map`` — **map divergence** (a record at one version with different contents on
    different bricks): not implemented yet (issue 4).  ``dds-admin status`` shows it.
-3. ``reorg`` — **half-done reorganizations** (a journaled split, merge or move whose admin
-   tool died): not implemented yet (issue 4).
+3. ``reorg`` — **half-done reorganizations** (a journaled move whose admin tool died, or
+   whose brick crashed): rolled back before its cut-over, finished after it.
 
 A later step plugs in by adding a :class:`Step` with a ``run`` coroutine to :data:`STEPS`.
 :func:`repair` returns the report (what ``--json`` prints); :func:`render` draws it.
@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dds.errors import DDSError
 from dds.tools.cluster import Target, call_brick, describe_error, gather
 from dds.tools.txns import brick_txns, cut, is_in_doubt
 
@@ -151,12 +152,57 @@ def _unreachable_note(unreachable: list[dict[str, Any]]) -> str:
     return f"; not reachable, not checked: {', '.join(u['brick'] for u in unreachable)}"
 
 
+# -- step 3: half-done reorganizations -------------------------------------------------------
+
+async def resume_jobs(reactor: Any, target: Target, options: Options,
+                      say: Say) -> dict[str, Any]:
+    """Step 3: every unfinished journaled job (its tool was killed, or a brick crashed
+    under it) is finished or rolled back, by the rule of its kind (``tools/move.py``:
+    back before the cut-over, forward after it)."""
+    from dds.tools import move
+    from dds.tools.jobs import unfinished_jobs
+    from dds.tools.runner import AdminError
+
+    scan = await unfinished_jobs(reactor, target, timeout=options.timeout)
+    handlers = {"move": move.resume}
+    done: list[dict[str, Any]] = []
+    left: list[dict[str, Any]] = []
+    for view in scan.jobs:
+        names = [str(st.get("name")) for st in view.steps]
+        entry = {"job": view.job, "kind": view.kind, "steps": names}
+        handler = handlers.get(view.kind)
+        if handler is None:
+            left.append({**entry, "error": f"no repair for jobs of kind {view.kind!r}"})
+            continue
+        if options.dry_run:
+            left.append({**entry, "action": "would resume"})
+            continue
+        say(f"resuming {view.kind} job {view.job} (steps done: "
+            f"{', '.join(names) or 'none'})")
+        try:
+            action = await handler(reactor, target, view, say)
+        except (AdminError, DDSError) as e:
+            left.append({**entry, "error": describe_error(e)})
+            continue
+        done.append({**entry, "action": action})
+    unreachable = [{"brick": b, "error": e} for b, e in scan.unreachable.items()]
+    summary = (", ".join(f"{d['job']}: {d['action']}" for d in done) or
+               "no half-done reorganizations")
+    if left:
+        summary += f"; {len(left)} left: " + ", ".join(
+            f"{x['job']} ({x.get('error') or x.get('action')})" for x in left)
+    return {"resumed": done, "left": left, "unreachable": unreachable,
+            "ok": not left and not unreachable,
+            "summary": summary + _unreachable_note(unreachable)}
+
+
 STEPS: tuple[Step, ...] = (
     Step("txns", "in-doubt transactions", resolve_txns,
          "resolved by the termination rule"),
     Step("map", "map divergence", None,
          "not implemented yet (issue 4); `dds-admin status` reports divergence"),
-    Step("reorg", "half-done reorganizations", None, "not implemented yet (issue 4)"),
+    Step("reorg", "half-done reorganizations", resume_jobs,
+         "journaled moves finished or rolled back"),
 )
 
 

@@ -1,0 +1,103 @@
+"""Taking in a partition that moves to this brick's RG (DESIGN §8), on each member of the
+target RG, where the partition is *incoming*.
+
+``dds-admin move`` drives the steps and journals them: ``pull`` (snapshot copy and
+catch-up from a member of the source RG), then, once the source fenced writes, ``finish``
+(the last delta).  The cut-over itself is two record changes made by the admin tool.
+A pull that is asked again starts over, so a resumed move simply repeats it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from dds.errors import InvalidRequest, Refused
+from dds.messages import MoveFinish, MovePull
+from dds.metrics import Metrics
+
+from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.participant import Participant
+from dds.bricks.pull import Peer, Pull, PullFailed
+from dds.bricks.snapshot import CopyFailed
+from dds.bricks.storage import Storage
+
+
+class IncomingMoves:
+    log = Logger()
+
+    def __init__(self, brick_id: str, maps: MapState, storage: Storage,
+                 participant: Participant, peer: Peer, clock: IReactorTime,
+                 work_dir: Path, durable: bool, metrics: Metrics) -> None:
+        self.id = brick_id
+        self.maps = maps
+        self.storage = storage
+        self.participant = participant
+        self.peer = peer
+        self.clock = clock
+        self.work_dir = Path(work_dir)
+        self.durable = durable
+        self.metrics = metrics
+        self.pulls: dict[str, Pull] = {}
+
+    def _incoming_rg(self, pid_text: str) -> str:
+        pid = parse_pid(pid_text)
+        for rec in self.maps.map.rgs.values():
+            if rec.member_state(self.id) is not None and \
+                    rec.partition_state(pid) == "incoming":
+                return rec.name
+        raise Refused(f"{pid} is not incoming in any RG of brick {self.id}")
+
+    def _holds_active(self, pid_text: str) -> bool:
+        """Whether this brick already serves ``pid`` as an active member of the RG it
+        moves from (the two RGs share this brick): its replica is that partition, up to
+        date with every write, and it is the same file after the cut-over."""
+        pid = parse_pid(pid_text)
+        return any(pid in rec.active_partitions and self.id in rec.active_members
+                   for rec in self.maps.map.rgs.values())
+
+    async def pull(self, msg: MovePull) -> dict[str, Any]:
+        self._incoming_rg(msg.pid)
+        if self._holds_active(msg.pid):
+            return {"session": None, "bytes": 0, "local": True}
+        old = self.pulls.pop(msg.pid, None)
+        if old is not None:
+            old.cancel("superseded by a new pull")
+        pull = Pull(self.id, msg.source, self.peer, self.storage, self.participant,
+                    self.clock, self.work_dir, self.durable)
+        self.pulls[msg.pid] = pull
+        try:
+            await pull.begin({"rg": msg.from_rg, "target": self.id, "pids": [msg.pid]})
+            await pull.copy()
+            await pull.catch_up()
+        except (PullFailed, CopyFailed, KeyError, TypeError, ValueError) as e:
+            pull.cancel(repr(e))
+            self.pulls.pop(msg.pid, None)
+            self.log.warn("taking in {pid} from {source} failed: {error}", pid=msg.pid,
+                          source=msg.source, error=str(e))
+            raise Refused(f"copy of {msg.pid} from {msg.source} failed: {e}") from None
+        self.metrics.inc("move_pulls_total")
+        self.log.info("took in {pid} from {source}: {bytes} bytes, caught up", pid=msg.pid,
+                      source=msg.source, bytes=pull.bytes_total)
+        return {"session": pull.session, "bytes": pull.bytes_total}
+
+    def status(self) -> dict[str, Any]:
+        return {pid: {"source": p.source, "session": p.session, "bytes_total": p.bytes_total,
+                      "bytes_done": p.bytes_done} for pid, p in self.pulls.items()}
+
+    async def finish(self, msg: MoveFinish) -> dict[str, Any]:
+        pull = self.pulls.get(msg.pid)
+        if pull is None and self._holds_active(msg.pid):
+            return {"rows": 0, "local": True}
+        if pull is None:
+            raise InvalidRequest(f"no copy of {msg.pid} in progress on brick {self.id}")
+        try:
+            rows = await pull.delta()
+        except (PullFailed, CopyFailed, KeyError, TypeError, ValueError) as e:
+            raise Refused(f"last delta of {msg.pid} failed: {e}") from None
+        self.pulls.pop(msg.pid, None)
+        # No checksum here: this runs under the source's fence (scrub compares later).
+        return {"rows": rows}
