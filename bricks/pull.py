@@ -13,9 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from dds.deferreds import all_or_raise
 from dds.errors import DDSError
 from dds.rpc import RPCProtocol
 
@@ -114,7 +115,7 @@ class Pull:
             self.bytes_done += n
 
         for start in range(0, len(offsets), WINDOW):
-            await _all([Deferred.fromCoroutine(one(o))
+            await all_or_raise([Deferred.fromCoroutine(one(o))
                         for o in offsets[start:start + WINDOW]])
 
     async def delta(self) -> int:
@@ -149,10 +150,3 @@ class Pull:
         d = Deferred.fromCoroutine(self.call("copy_cancel", {"session": self.session,
                                                              "reason": reason[:200]}, 5.0))
         d.addErrback(lambda f: None)
-
-
-async def _all(calls: list[Deferred[Any]]) -> None:
-    results = await DeferredList(calls, consumeErrors=True)
-    for ok, r in results:
-        if not ok:
-            r.raiseException()

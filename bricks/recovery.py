@@ -25,22 +25,21 @@ brick serves again once the transactions it restored as prepared are resolved.  
 from __future__ import annotations
 
 import enum
-import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from dds.deferreds import gather, sleep
 from dds.errors import DDSError
 from dds.metrics import Metrics
-from dds.partition import PartitionId
 from dds.records import RGRecord, record_from_wire
 from dds.rpc import RPCProtocol
 
-from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
 from dds.bricks.pull import RPC_TIMEOUT_S, Pull, PullFailed
 from dds.bricks.snapshot import CopyFailed
@@ -177,7 +176,7 @@ class Recoveries:
                     self.log.warn("recovery of {rg} (attempt {n}) failed: {error}; "
                                   "retrying in {delay}s", rg=r.rg, n=r.attempts,
                                   error=message, delay=delay)
-                    await _sleep(self.clock, delay)
+                    await sleep(self.clock, delay)
                     continue
                 r.phase = Phase.DONE
                 self.blocked.discard(r.rg)
@@ -227,7 +226,7 @@ class Recoveries:
         if rec is None:
             raise RecoveryAborted(f"{rg} is not in the map")
         others = [m.brick for m in rec.members if m.brick != self.id]
-        replies = await _gather([Deferred.fromCoroutine(self._call(b, "rg_status",
+        replies = await gather([Deferred.fromCoroutine(self._call(b, "rg_status",
                                                                    {"rg": rg}, 3.0))
                                  for b in others])
         answered = {self.id}
@@ -272,7 +271,7 @@ class Recoveries:
             self.log.warn("whole-RG restart of {rg} in memory durability: writes not yet "
                           "flushed when the bricks stopped are lost", rg=rec.name)
         while any(t.pid in pids for t in self.participant.active.values()):
-            await _sleep(self.clock, 0.1)       # restored transactions: termination
+            await sleep(self.clock, 0.1)       # restored transactions: termination
             if self._stopping:
                 raise RecoveryAborted("brick stopping")
         self.log.warn("{rg}: no member was serving it; this brick was active and holds "
@@ -323,14 +322,3 @@ class Recoveries:
             return await self._call(brick, mtype, body, timeout)
         except DDSError as e:
             raise RecoveryAborted(f"{mtype} to {brick}: {e.message}") from None
-
-
-def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
-    d = DeferredList(calls, consumeErrors=True)
-    return d.addCallback(lambda rs: [r if ok else r.value for ok, r in rs])
-
-
-def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    clock.callLater(seconds, d.callback, None)
-    return d

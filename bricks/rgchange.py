@@ -36,11 +36,12 @@ from typing import Any, Awaitable, Callable, cast
 import attrs
 import msgpack
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dds.deferreds import gather, sleep
 from dds.errors import DDSError, Divergence, InvalidRequest, Refused, StaleMap
 from dds.maps import ClusterMap
 from dds.messages import RecordDecide, RecordPrepare, RecordState, RGChange, RGUpdate
@@ -273,7 +274,7 @@ class RecordChanges:
                              old_fp=rec.fp, record=new.canonical(), member=member,
                              state=kind, reason=reason).to_wire()
         timeout = self.suspect_check_s + self.lease_s + 2.0
-        results = await _gather([self._vote(b, body, timeout) for b in voters])
+        results = await gather([self._vote(b, body, timeout) for b in voters])
         yes = [b for b, r in zip(voters, results) if not isinstance(r, BaseException)]
         if len(yes) >= rec.quorum and self.changes.get(change) is Phase.VOTING:
             self.changes[change] = Phase.COMMITTED
@@ -465,7 +466,7 @@ class RecordChanges:
         if wait > 0:
             self.log.info("waiting {wait:.2f}s for my lease grant to {suspect} to expire "
                           "before excluding it", wait=wait, suspect=suspect)
-            await _sleep(self.clock, wait)
+            await sleep(self.clock, wait)
 
     async def _reachable(self, brick: str) -> bool:
         try:
@@ -544,18 +545,6 @@ class RecordChanges:
     def status(self) -> dict[str, Any]:
         return {"locks": {rg: lock.to_wire() for rg, lock in self.locks.items()},
                 "history": [e.to_wire() for e in self.history]}
-
-
-def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
-    """Results in order, the exception in place of each failure."""
-    d = DeferredList(calls, consumeErrors=True)
-    return d.addCallback(lambda rs: [r if ok else r.value for ok, r in rs])
-
-
-def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    clock.callLater(seconds, d.callback, None)
-    return d
 
 
 def _state(text: str) -> MemberState:
