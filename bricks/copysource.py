@@ -47,7 +47,8 @@ from dds.metrics import Metrics
 from dds.partition import PartitionId
 
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import (RunInThread, SnapshotInfo, discard_gradually, read_chunk,
+from dds.bricks.discard import discard_gradually
+from dds.bricks.snapshot import (RunInThread, SnapshotInfo, read_chunk,
                                  take_snapshot)
 from dds.bricks.storage import Storage
 

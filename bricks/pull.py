@@ -21,9 +21,9 @@ from dds.errors import DDSError
 from dds.rpc import RPCProtocol
 
 from dds.bricks.mapstate import parse_pid
+from dds.bricks.discard import discard_gradually
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import (CopyFailed, SnapshotReceiver, apply_delta,
-                                 discard_gradually)
+from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
 
 Peer = Callable[[str], Awaitable[RPCProtocol]]

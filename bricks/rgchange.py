@@ -63,6 +63,8 @@ DECIDED_MEMORY = 1000
 HISTORY = 50
 
 ChangeId = tuple[int, int]
+#: Changes during whose vote the member concerned gets no new lease grant.
+_BLOCKING = ("excluded", "removed")
 Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 
@@ -152,7 +154,7 @@ class RecordChanges:
             raise RuntimeError(f"unreadable record lock file {self.path}: {e}; it holds "
                                "this brick's votes on RG record changes") from None
         for lock in self.locks.values():
-            if lock.state == "excluded":
+            if lock.state in _BLOCKING:
                 self.leases.block(lock.member, lock.rg)
             self.log.warn("restored the lock of {rg} from change {change} by {coordinator}; "
                           "asking it for the outcome", rg=lock.rg, change=lock.change,
@@ -181,7 +183,7 @@ class RecordChanges:
         timer = self._ask_timers.pop(rg, None)
         if timer is not None and timer.active():
             timer.cancel()
-        if lock.state == "excluded":
+        if lock.state in _BLOCKING:
             self.leases.unblock(lock.member, rg)
         self.log.info("released the lock of {rg} (change {change}): {why}", rg=rg,
                       change=lock.change, why=why)
@@ -446,6 +448,11 @@ class RecordChanges:
         try:
             if msg.state == "excluded":
                 await self._ready_to_exclude(rg, msg.member)
+            elif msg.state == "removed":
+                # A member taken out must stop serving before anyone writes without it,
+                # as for an exclusion (DESIGN §5, §6), but it is not a suspect.
+                self.leases.block(msg.member, rg)
+                await self._grant_expired(msg.member, rg)
             now = self.maps.map.rgs.get(rg)
             if now is None or now.version != msg.old_version:
                 raise Refused(f"{rg} changed while voting")
@@ -462,10 +469,15 @@ class RecordChanges:
         if await self._reachable(suspect):
             self.metrics.inc("exclusions_refused_alive_total")
             raise Refused(f"{suspect} answers {self.id}: not excluding it")
-        wait = self.leases.grant_expiry(suspect, rg) - self.clock.seconds()
+        await self._grant_expired(suspect, rg)
+
+    async def _grant_expired(self, member: str, rg: str) -> None:
+        """Until my last lease grant to ``member`` for ``rg`` has expired (new grants are
+        blocked by the caller)."""
+        wait = self.leases.grant_expiry(member, rg) - self.clock.seconds()
         if wait > 0:
-            self.log.info("waiting {wait:.2f}s for my lease grant to {suspect} to expire "
-                          "before excluding it", wait=wait, suspect=suspect)
+            self.log.info("waiting {wait:.2f}s for my lease grant to {member} to expire",
+                          wait=wait, member=member)
             await sleep(self.clock, wait)
 
     async def _reachable(self, brick: str) -> bool:

@@ -34,6 +34,8 @@ from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyCh
 from dds.messages import MoveFinish, MovePull, RGUpdate
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
 from dds.messages import RangeChecksums, RangeKeys  # scrub
+from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # split/merge
+                          SplitPrepare, SplitRelease, SplitStatus)
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId
@@ -50,6 +52,7 @@ from dds.bricks.participant import Participant
 from dds.bricks.recovery import Recoveries
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
+from dds.bricks.split import Splits
 from dds.bricks.storage import Durability, Storage
 from dds.bricks.termination import Terminator
 
@@ -152,6 +155,18 @@ class Brick:
                                       metrics=self.metrics)
         self._move_sessions: set[int] = set()
         self._handlers[RGUpdate] = self.changes.update
+        # Split and merge in place (DESIGN §8): each member builds the new replicas locally.
+        self.splits = Splits(self.id, self.maps, self.storage, self.participant, self.clock,
+                             self._in_thread, config.data_dir / "split-staging", self.metrics,
+                             self.changes.update,
+                             durable=config.brick.durability == "fsync", rng=self.rng)
+        self._handlers[SplitPrepare] = self.splits.prepare
+        self._handlers[SplitFence] = self.splits.fence
+        self._handlers[SplitFinish] = self.splits.finish
+        self._handlers[SplitCutover] = self.splits.cutover
+        self._handlers[SplitRelease] = self.splits.release
+        self._handlers[SplitAbort] = self.splits.abort
+        self._handlers[SplitStatus] = self.splits.status
         self._handlers[MovePull] = self.moves_in.pull
         self._handlers[MoveFinish] = self.moves_in.finish
         # Journal of multi-step admin operations (DESIGN §8).
@@ -230,7 +245,7 @@ class Brick:
             if not self.storage.has_partition(str(pid)):
                 self.storage.open_partition(str(pid))
                 self.log.info("created replica of {pid}", pid=str(pid))
-        if not mine:
+        if not self.maps.map.rgs_of_brick(self.id):
             return      # not (yet) in any RG: keep whatever is on disk
         # A partition none of my RGs lists any more moved away, was split or merged
         # (DESIGN §8), or I left its RG: its replica is no longer mine to keep.

@@ -36,16 +36,13 @@ from typing import Any, NoReturn
 import attrs
 import xxhash
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.partition import PartitionId
 
+from dds.bricks.discard import discard_gradually as discard_gradually  # re-exported
 from dds.bricks.storage import Row, Storage, validate_pid
 
-#: ``discard_gradually``: bytes freed per step, and the pause between steps.
-DISCARD_STEP = 8 << 20
-DISCARD_INTERVAL_S = 0.02
 
 log = Logger()
 
@@ -151,32 +148,6 @@ def _hash_file(path: Path) -> tuple[int, int]:
             h.update(block)
             size += len(block)
     return size, h.intdigest()
-
-
-def discard_gradually(path: Path, clock: IReactorTime, step: int = DISCARD_STEP,
-                      interval: float = DISCARD_INTERVAL_S) -> Deferred[None]:
-    """Delete a large file a few MB at a time.  On a file system mounted with ``discard``
-    (this machine's is), unlinking 100 MB frees it in one go and stalls every writer on
-    the disk for a few hundred ms, the neighbouring bricks included: a write pause the
-    recovery would otherwise cause after it lifted its fence."""
-    done: Deferred[None] = Deferred()
-
-    def one() -> None:
-        try:
-            size = path.stat().st_size
-            if size > step:
-                os.truncate(path, size - step)
-                clock.callLater(interval, one)
-                return
-            path.unlink(missing_ok=True)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.error("cannot delete {path}: {error}", path=str(path),
-                      error=e.strerror or str(e))
-        done.callback(None)
-    one()
-    return done
 
 
 def read_chunk(path: Path, offset: int, size: int) -> tuple[bytes, int]:

@@ -56,6 +56,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dds.bricks.discard import discard_gradually
 from dds.errors import NotServing
 
 log = Logger()
@@ -493,8 +494,14 @@ class Storage:
         validate_pid(pid)
         self._detach(pid, "dropped")
         self._known.discard(pid)
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(self._path(pid)) + suffix).unlink(missing_ok=True)
+        path = self._path(pid)
+        for suffix in ("-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        if path.exists():
+            # Renamed first, so the partition is gone at once; freed a few MB at a time.
+            trash = path.with_name(path.name + ".dropped")
+            os.replace(path, trash)
+            discard_gradually(trash, self._clock)
 
     def _detach(self, pid: str, why: str) -> None:
         """Close the partition's store if open, forget its cache entries, and errback its

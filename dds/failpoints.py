@@ -84,6 +84,12 @@ KNOWN: Mapping[str, str] = {
     **{f"move.after_{step}": f"dds-admin move: step {step!r} is done and journaled"
        for step in ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in",
                     "released", "dropped")},
+    **{f"{kind}.after_{step}": f"dds-admin {kind}: step {step!r} is done and journaled"
+       for kind in ("split", "merge")
+       for step in ("incoming", "prepared", "fenced", "delta", "cutover", "released")},
+    **{f"membership.after_{step}": f"dds-admin add-brick/remove-brick/rebalance: step "
+       f"{step!r} (of a change) is done and journaled"
+       for step in ("registered", "added", "active", "removed")},
 }
 
 #: True while at least one failpoint is armed; hooks test this and nothing else.

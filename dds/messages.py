@@ -526,3 +526,90 @@ class MoveFinish(Message):
 
     TYPE: ClassVar[str] = "move_finish"
     pid: str = attrs.field(validator=_str)
+
+
+# -- split and merge in place (DESIGN §8; dds.bricks.split, dds.tools.split) -------------
+
+_pid_list = v.deep_iterable(member_validator=_str, iterable_validator=v.instance_of(list))
+
+
+@attrs.frozen
+class SplitPrepare(Message):
+    """Split or merge in place, on each active member of the RG: build the replica files of
+    ``targets`` (the two children of the one source, or the parent of the two sibling
+    sources) locally from a snapshot of ``sources``, then catch up with their writes.
+    A repeated request for the same ``job`` starts over.  Reply: ``{"rows": int,
+    "lsn": {source: last applied lsn}}``."""
+
+    TYPE: ClassVar[str] = "split_prepare"
+    job: str = attrs.field(validator=_str)
+    sources: list[str] = attrs.field(validator=_pid_list)
+    targets: list[str] = attrs.field(validator=_pid_list)
+
+
+@attrs.frozen
+class SplitFence(Message):
+    """On one member (the job's leader): fence writes to the job's sources, drain the
+    transactions in flight, flush.  Held until ``split_release``/``split_abort`` or it
+    lapses.  Repeated while held: the same answer.  Reply: ``{"token": int}``."""
+
+    TYPE: ClassVar[str] = "split_fence"
+    job: str = attrs.field(validator=_str)
+
+
+@attrs.frozen
+class SplitFinish(Message):
+    """On each member, after ``split_fence``: fence locally, drain, apply the last rows of
+    the sources and install the built targets as this brick's replicas (they must be
+    listed incoming in its RG).  Reply: ``{"rows": int, "counts": {target: live keys}}``."""
+
+    TYPE: ClassVar[str] = "split_finish"
+    job: str = attrs.field(validator=_str)
+
+
+@attrs.frozen
+class SplitCutover(Message):
+    """On the leader: if its fence of ``job`` (``token``) has been held without a break,
+    change RG ``rg`` from ``version``/``fp`` to ``partitions`` (the sources gone, the
+    targets active) by the majority 2PC, with the fence held throughout.  Reply:
+    ``{"record": new}``."""
+
+    TYPE: ClassVar[str] = "split_cutover"
+    job: str = attrs.field(validator=_str)
+    token: int = attrs.field(validator=_session)
+    rg: str = attrs.field(validator=_str)
+    version: int = attrs.field(validator=_u64)
+    fp: int = attrs.field(validator=_u32)
+    partitions: list[Any] = attrs.field(validator=v.instance_of(list))
+    reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
+class SplitRelease(Message):
+    """The job is over (cut over): lift this brick's fences of it and forget it.
+    Unknown jobs are fine.  Reply: ``{}``."""
+
+    TYPE: ClassVar[str] = "split_release"
+    job: str = attrs.field(validator=_str)
+
+
+@attrs.frozen
+class SplitAbort(Message):
+    """Roll the job back on this brick: no cut-over may start from it any more (one in
+    flight is waited for), its fences are lifted and its staged files deleted; installed
+    targets stay until the RG record stops listing them.  Reply: ``{"cutover_in_flight":
+    bool}``."""
+
+    TYPE: ClassVar[str] = "split_abort"
+    job: str = attrs.field(validator=_str)
+    reason: str = attrs.field(default="", validator=_str)
+
+
+@attrs.frozen
+class SplitStatus(Message):
+    """The split/merge jobs this brick works on (one ``job``, or all).  Reply:
+    ``{"jobs": {job: {"state", "sources", "targets", "rows_done", "rows_total",
+    "fenced", ...}}}``."""
+
+    TYPE: ClassVar[str] = "split_status"
+    job: str | None = attrs.field(default=None, validator=v.optional(_str))

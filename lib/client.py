@@ -78,7 +78,8 @@ class DDSClient:
         self.maps = MapCache(seeds, self._connect, self.rng)
         self.excluder = Excluder(self._connect, self.maps, self.clock, self.metrics)
         self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
-                                       lib_id=lib_id, exclude=self.excluder.exclude)
+                                       lib_id=lib_id, exclude=self.excluder.exclude,
+                                       left=self.excluder.left)
         self.router = Router()
         self._refresh = LoopingCall(self._periodic_refresh)
         self._refresh.clock = self.clock
@@ -330,8 +331,9 @@ class DDSClient:
                     raise Unavailable(f"the map does not route key {key[:64]!r}: "
                                       f"{e}") from None
                 try:
-                    await self._backoff(attempt, deadline, f"the map does not route key "
-                                        f"{key[:64]!r}: {e}")
+                    # A cut-over lasts tens of ms: retry soon, not exponentially.
+                    await self._backoff(min(attempt, 2), deadline, f"the map does not "
+                                        f"route key {key[:64]!r}: {e}")
                 except Timeout:
                     raise Unavailable(f"the map does not route key {key[:64]!r}: "
                                       f"{e}") from None

@@ -34,6 +34,8 @@ _NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidReque
 Cached = Callable[[str, int], "RPCProtocol | None"]
 #: Ask the RG to exclude a member (``lib/exclusion.py``): true once it is no longer active.
 Exclude = Callable[[Route, BrickRecord, str, float], Deferred[bool]]
+#: Whether a member is no longer active in the RG, by a fresh map (``lib/exclusion.py``).
+Left = Callable[[Route, BrickRecord], Deferred[bool]]
 #: Failures that say a member could not be reached (rather than that it said no).
 UNREACHABLE = (Unavailable, Timeout, ConnectionLost)
 
@@ -61,9 +63,10 @@ class Coordinator:
 
     def __init__(self, clock: IReactorTime, connect: Connect,
                  cached: Cached = lambda host, port: None, lib_id: int | None = None,
-                 exclude: Exclude | None = None) -> None:
+                 exclude: Exclude | None = None, left: Left | None = None) -> None:
         self.clock = clock
         self.exclude = exclude
+        self.left = left
         self.connect = connect
         self.cached = cached
         self.lib_id = lib_id if lib_id is not None else int.from_bytes(os.urandom(8), "big")
@@ -160,6 +163,7 @@ class Coordinator:
         A member that cannot be reached is excluded from the RG (DESIGN §4, participant
         failure): once it is, its acknowledgement is no longer needed."""
         asked: set[str] = set()
+        checked: set[str] = set()
         if failpoints.ARMED:
             failpoints.fire("coordinator.after_decision")
             if (mtype == "commit" and members
@@ -186,6 +190,15 @@ class Coordinator:
                     self.exclude(route, b, f"{mtype} of {txid} not acknowledged: {r.message}",
                                  deadline) for b, r in lost])
                 gone = {b.id for (b, _), ok in zip(lost, outcomes) if ok is True}
+                pending = [b for b in pending if b.id not in gone]
+                if not pending:
+                    return
+            refused = [b for b, r in failed if not isinstance(r, UNREACHABLE)
+                       and b.id not in checked and b.id in {p.id for p in pending}]
+            if refused and self.left is not None:
+                checked.update(b.id for b in refused)
+                outcomes = await _gather([self.left(route, b) for b in refused])
+                gone = {b.id for b, ok in zip(refused, outcomes) if ok is True}
                 pending = [b for b in pending if b.id not in gone]
                 if not pending:
                     return

@@ -50,6 +50,18 @@ class Excluder:
         rec = self.maps.map.rgs.get(rg_name)
         return rec is not None and brick not in rec.active_members
 
+    def left(self, route: Route, brick: BrickRecord) -> Deferred[bool]:
+        """Whether ``brick`` is no longer an active member of ``route``'s RG, by a fresh
+        map: a member removed by a reorganization (DESIGN §8) drops the transactions of
+        the partitions it gave up, and its acknowledgement is no longer needed."""
+        async def check() -> bool:
+            try:
+                await self.maps.refresh()
+            except DDSError:
+                return False
+            return self.excluded(route.rg.name, brick.id)
+        return Deferred.fromCoroutine(check())
+
     def exclude(self, route: Route, brick: BrickRecord, reason: str,
                 deadline: float) -> Deferred[bool]:
         """True once the map routes ``route``'s RG without ``brick``.  One request per

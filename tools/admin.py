@@ -72,8 +72,8 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Administer a DDS cluster: local clusters, init, status, recover, move, jobs, cancel,
-    scrub, txns, repair, bench."""
+    """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
+    add-brick, remove-brick, rebalance, jobs, cancel, scrub, txns, repair, bench."""
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -315,6 +315,71 @@ def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, l
                      f"(job {result['job']})")
 
 
+# -- split and merge (DESIGN §8; tools/split.py) ----------------------------------------------
+
+def _reshape(kind: str, target: Target, partition: str, as_json: bool) -> None:
+    from dds.tools import split as sp
+
+    say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
+    bar = None if as_json else ui.progress()
+    task: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        assert bar is not None
+        if not task:
+            task.append(bar.add_task("building: rows routed", total=max(total, 1)))
+        bar.update(task[0], completed=done, total=max(total, 1))
+
+    try:
+        if bar is not None:
+            bar.start()
+        result = run(lambda reactor: sp.reshape(reactor, target, kind, partition, say,
+                                                None if as_json else progress))
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        ui.print_json(result)
+    else:
+        keys = ", ".join(f"{t}: {n:,} keys" for t, n in sorted(result["keys"].items()))
+        done = "split" if kind == "split" else "merged"
+        ui.out.print(f"{done} {' + '.join(result['sources'])} into "
+                     f"{' + '.join(result['targets'])} in {result['rg']} ({keys}) in "
+                     f"{result['seconds']:.2f}s, writes paused {result['fence_s']:.3f}s "
+                     f"(job {result['job']})")
+
+
+@main.command()
+@target_options
+@click.argument("partition")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object at the end instead of a progress bar")
+@reports_errors
+def split(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+          local: bool, local_dir: Path, partition: str, as_json: bool) -> None:
+    """Split PARTITION into its two children, in place in its replica group, online: each
+    member builds them from its own replica while writes go on; writes to PARTITION pause
+    only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
+    it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
+    _reshape("split", _target(seeds, secret_file, cluster_name, local, local_dir),
+             partition, as_json)
+
+
+@main.command()
+@target_options
+@click.argument("partition")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON object at the end instead of a progress bar")
+@reports_errors
+def merge(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+          local: bool, local_dir: Path, partition: str, as_json: bool) -> None:
+    """Merge PARTITION with its sibling (or, given a parent, its two children) into their
+    parent, in place: both must be active in one replica group.  Online and journaled like
+    `split`."""
+    _reshape("merge", _target(seeds, secret_file, cluster_name, local, local_dir),
+             partition, as_json)
+
+
 # -- scrub -------------------------------------------------------------------------------------
 
 @main.command()
@@ -358,6 +423,110 @@ def scrub(seeds: str | None, secret_file: str | None, cluster_name: str | None,
         sys.exit(1)
 
 
+# -- add-brick, remove-brick, rebalance (DESIGN §8; tools/membership.py) ---------------------
+
+def _membership_options(fn: F) -> F:
+    fn = click.option("--timeout", type=click.FloatRange(min=1.0), default=3600.0,
+                      show_default=True,
+                      help="seconds one change may take (its new member's copy, mostly)")(fn)
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="print one JSON object at the end instead of progress bars")(fn)
+    fn = click.option("--parallel", type=click.IntRange(1, 64), default=2,
+                      show_default=True,
+                      help="changes in flight at once (one per replica group)")(fn)
+    fn = click.option("--dry-run", is_flag=True, help="print the plan; change nothing")(fn)
+    return fn
+
+
+def _run_membership(command: Callable[..., Any], target: Target, as_json: bool,
+                    dry_run: bool, parallel: int, timeout: float, **kwargs: Any) -> None:
+    from dds.tools import membership as m
+
+    options = m.Options(parallel=parallel, timeout=timeout, dry_run=dry_run)
+    view: m.View = m.QuietView() if as_json else m.ProgressView(ui.err)
+    say = (lambda text: None) if as_json else ui.say
+    try:
+        report = run(lambda reactor: command(reactor, target, options=options, view=view,
+                                             say=say, **kwargs))
+    finally:
+        view.end()
+    if as_json:
+        ui.print_json(report)
+    else:
+        m.render_report(report, ui.out)
+    if report["errors"]:
+        _fail(report["errors"])
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@main.command("add-brick")
+@target_options
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--id", "brick_id", default=None,
+              help="the brick's id (checked against the one it gives in the handshake)")
+@click.option("--host", "host", default=None,
+              help="its failure domain [default: the address's host]")
+@click.option("--rebalance/--no-rebalance", default=True, show_default=True,
+              help="give it replicas now (--no-rebalance only registers it; a later "
+                   "`dds-admin rebalance` does)")
+@_membership_options
+@reports_errors
+def add_brick(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+              local: bool, local_dir: Path, address: str, brick_id: str | None,
+              host: str | None, rebalance: bool, dry_run: bool, parallel: int,
+              as_json: bool, timeout: float) -> None:
+    """Add the brick running at HOST:PORT (started with the cluster's secret and name)
+    to the map, then make it a member of replica groups in place of busier bricks until
+    partitions per brick are level.  Journaled: `dds-admin repair` settles it if killed."""
+    from dds.tools import membership as m
+
+    _run_membership(m.add_brick, _target(seeds, secret_file, cluster_name, local,
+                                         local_dir), as_json, dry_run, parallel, timeout,
+                    address=address, brick_id=brick_id, host=host, rebalance=rebalance)
+
+
+@main.command("remove-brick")
+@target_options
+@click.argument("bricks", metavar="BRICK...", nargs=-1, required=True)
+@click.option("--drain/--no-drain", default=True, show_default=True,
+              help="replace it in each replica group by another brick before it leaves "
+                   "(--no-drain just removes it: its groups keep one replica less)")
+@click.option("--force", is_flag=True,
+              help="remove it even where a group would fall below a majority of its "
+                   "replicas or no brick on another host can replace it")
+@_membership_options
+@reports_errors
+def remove_brick(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+                 local: bool, local_dir: Path, bricks: tuple[str, ...], drain: bool,
+                 force: bool, dry_run: bool, parallel: int, as_json: bool,
+                 timeout: float) -> None:
+    """Take BRICK (one or more) out of every replica group, online.  Refused when a
+    group would fall below a majority of its replicas, or would need two replicas on one
+    host, unless --force.  Afterwards the brick holds nothing and can be stopped."""
+    from dds.tools import membership as m
+
+    _run_membership(m.remove_brick, _target(seeds, secret_file, cluster_name, local,
+                                            local_dir), as_json, dry_run, parallel,
+                    timeout, bricks=list(dict.fromkeys(bricks)), drain=drain, force=force)
+
+
+@main.command()
+@target_options
+@_membership_options
+@reports_errors
+def rebalance(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+              local: bool, local_dir: Path, dry_run: bool, parallel: int, as_json: bool,
+              timeout: float) -> None:
+    """Level partitions per brick (within ±1 of the mean where member choice allows it,
+    never two replicas of a group on one host, fewest bytes copied) and fill groups
+    below the replication factor.  --dry-run prints the plan."""
+    from dds.tools import membership as m
+
+    _run_membership(m.rebalance, _target(seeds, secret_file, cluster_name, local,
+                                         local_dir), as_json, dry_run, parallel, timeout)
+
+
 # -- bench -------------------------------------------------------------------------------------
 
 @main.group(invoke_without_command=True)
@@ -378,7 +547,8 @@ def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
           value_size: int, concurrency: int, clients: int, as_json: bool) -> None:
     """Throughput, latency and CPU per operation, next to the echo floor.
 
-    `bench recovery` measures a partition re-copy on a throwaway cluster of its own."""
+    `bench recovery` measures a partition re-copy, `bench move` a partition move, each on
+    a throwaway cluster of its own."""
     if ctx.invoked_subcommand is not None:
         return
     from dds.tools import bench as b
@@ -426,6 +596,39 @@ def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, leas
         ui.print_json(result)
     else:
         br.render(result, ui.out)
+
+
+@bench.command("move")
+@click.option("--keys", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="keys preloaded into the partition that moves")
+@click.option("--value-bytes", type=click.IntRange(0), default=100, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="writer clients, each doing sequential puts")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="processes the writer clients are split over")
+@click.option("--lease-ms", type=click.IntRange(30, 600000), default=1000, show_default=True,
+              help="the bricks' membership lease")
+@click.option("--baseline-s", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
+              help="steady writes measured before the move (the floor)")
+@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
+              help="a new or empty directory for the cluster [default: a temporary one]")
+@click.option("--keep", is_flag=True, help="keep the cluster directory (brick logs)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@reports_errors
+def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms: int,
+               baseline_s: float, work_dir: Path | None, keep: bool, as_json: bool) -> None:
+    """A large partition moves to another replica group while clients write to it: move
+    time, longest write pause, throughput during the move against before.  Runs its own
+    throwaway 6-brick cluster (two groups of 3)."""
+    from dds.tools import benchmove as bm
+
+    result = bm.bench_move(bm.MoveParams(
+        keys=keys, value_bytes=value_bytes, clients=clients, workers=workers,
+        lease_ms=lease_ms, baseline_s=baseline_s, dir=work_dir, keep=keep))
+    if as_json:
+        ui.print_json(result)
+    else:
+        bm.render(result, ui.out)
 
 
 # -- local ---------------------------------------------------------------------------------------

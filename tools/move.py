@@ -7,9 +7,9 @@ Steps, each recorded in the journal of every brick involved once done, each safe
    members create an empty replica.
 2. ``copied``: every target member copies it from one source member (snapshot, chunks,
    catch-up deltas while writes go on).
-3. ``fenced``: the source fences writes to the partition (they fail ``Recovering``; the
+3. ``fenced`` (not journaled): the source fences writes to the partition (they fail ``Recovering``; the
    library retries) and drains what was prepared.
-4. ``delta``: every target member applies the last delta.
+4. ``delta`` (not journaled): every target member applies the last delta.
 5. ``cutover-out``: the source RG marks the partition outgoing: it serves it no more.
 6. ``cutover-in``: the target RG marks it active.  Clients with old maps are redirected
    by ``StaleMap``; between 5 and 6 the key range routes nowhere and they retry.
@@ -37,6 +37,7 @@ from dds.tools.runner import AdminError, pause
 
 STEPS = ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in", "released",
          "dropped")
+#: Steps done under the fence are not journaled (see ``Mover.run``).
 Say = Callable[[str], None]
 Progress = Callable[[int, int], None]
 #: A copy of a large partition takes a while; everything else is quick.
@@ -169,15 +170,20 @@ class Mover:
                 self.progress(total, total)
             await self._step("copied", sessions=self.sessions, bytes=total)
         await self._cancel_point()
-        if not self.job.done("fenced"):
-            if self.sessions:
-                first = next(iter(self.sessions.values()))
-                await self.call(source, "copy_fence", {"session": first})
-            await self._step("fenced")
-        if not self.job.done("delta"):
-            await DeferredList([_deferred(self.call(t, "move_finish", {"pid": pid}))
-                                for t in targets], consumeErrors=False)
-            await self._step("delta")
+        # Writes are paused from here to the cut-over: nothing is journaled in between
+        # (each journal write is an fsync on every brick).  A move stopped in here is
+        # rolled back by repair, which needs no record of these two steps.
+        if self.sessions:
+            first = next(iter(self.sessions.values()))
+            await self.call(source, "copy_fence", {"session": first})
+        self._passed("fenced")
+        replies = await DeferredList([_deferred(self.call(t, "move_finish", {"pid": pid}))
+                                      for t in targets], consumeErrors=True)
+        failed = [f"{t}: {describe_error(r.value)}" for t, (ok, r) in
+                  zip(targets, replies) if not ok]
+        if failed:
+            raise AdminError(f"last delta of {pid} failed: {'; '.join(failed)}")
+        self._passed("delta")
         await self.forward()
 
     async def forward(self) -> None:
@@ -213,6 +219,9 @@ class Mover:
 
     async def _step(self, name: str, **data: Any) -> None:
         await self.job.step(name, **data)
+        self._passed(name)
+
+    def _passed(self, name: str) -> None:
         if failpoints.ARMED:
             failpoints.fire(f"move.after_{name}")
 

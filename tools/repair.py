@@ -165,6 +165,11 @@ async def resume_jobs(reactor: Any, target: Target, options: Options,
 
     scan = await unfinished_jobs(reactor, target, timeout=options.timeout)
     handlers = {"move": move.resume}
+    from dds.tools import split     # split and merge in place
+    handlers.update({"split": split.resume, "merge": split.resume})
+    from dds.tools import membership
+    handlers.update({kind: membership.resume
+                     for kind in ("add-brick", "remove-brick", "rebalance")})
     done: list[dict[str, Any]] = []
     left: list[dict[str, Any]] = []
     for view in scan.jobs:
