@@ -38,6 +38,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NoReturn
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
@@ -78,7 +79,7 @@ class CopySession:
     """One copy of an RG's partitions to one target (mutable: it is the state machine)."""
 
     __slots__ = ("id", "rg", "target", "pids", "full_lease", "state", "snapshots",
-                 "bytes_sent", "started", "last_request", "fenced_at", "fence_held_s",
+                 "bytes_sent", "started", "last_request", "fenced_at", "fence_held_s", "rate",
                  "fence_timer", "idle_timer", "reason")
 
     def __init__(self, sid: int, rg: str, target: str, pids: tuple[PartitionId, ...],
@@ -92,6 +93,8 @@ class CopySession:
         self.snapshots: dict[str, SnapshotInfo] = {}
         self.bytes_sent = 0
         self.started = now
+        #: Bytes per second the chunks may go at (0: unlimited).
+        self.rate = 0.0
         self.last_request = now
         #: When this session fenced the partitions (None: not fenced).
         self.fenced_at: float | None = None
@@ -136,7 +139,7 @@ class CopySessions:
     # -- requests from the target ------------------------------------------------------
 
     async def begin(self, rg: str, target: str, pids: list[PartitionId],
-                    full_lease: bool) -> dict[str, Any]:
+                    full_lease: bool, rate_mb_s: float = 0.0) -> dict[str, Any]:
         """Start a session: snapshot every partition in ``pids``.  Reply (the brick adds
         ``record``): ``{"session": id, "snapshots": [{"pid", "size", "lsn", "checksum"}]}``."""
         old = self._by_pair.get((rg, target))
@@ -144,6 +147,7 @@ class CopySessions:
             self.cancel(old.id, f"superseded by a new copy_begin from {target}")
         s = CopySession(self._new_id(), rg, target, tuple(dict.fromkeys(pids)), full_lease,
                         self.clock.seconds())
+        s.rate = rate_mb_s * 1e6
         self.sessions[s.id] = s
         self._by_pair[(rg, target)] = s
         self.metrics.inc("copy_sessions_total")
@@ -169,7 +173,8 @@ class CopySessions:
         return {"session": s.id, "snapshots": [s.snapshots[str(p)].to_wire()
                                                for p in s.pids]}
 
-    def chunk(self, session: int, pid: str, offset: int, size: int) -> dict[str, Any]:
+    def chunk(self, session: int, pid: str, offset: int,
+              size: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
         """``size`` bytes of the snapshot of ``pid`` from ``offset``: ``{"data",
         "checksum"}`` (xxh64 of data; short or empty at the end of the file)."""
         s = self._serving(session)
@@ -189,7 +194,16 @@ class CopySessions:
                                 f"{pid}: {e.strerror or e}") from e
         s.bytes_sent += len(data)
         self.metrics.inc("copy_bytes_sent_total", len(data))
-        return {"data": data, "checksum": checksum}
+        reply = {"data": data, "checksum": checksum}
+        if s.rate:
+            # Bandwidth limit: the reply waits until the session's bytes fit its rate
+            # (the receiver's window then keeps at most a few chunks early).
+            due = s.started + s.bytes_sent / s.rate - self.clock.seconds()
+            if due > 0:
+                d: Deferred[dict[str, Any]] = Deferred()
+                self.clock.callLater(due, d.callback, reply)
+                return d
+        return reply
 
     async def fence(self, session: int) -> dict[str, Any]:
         """Take the write lease: fence, drain, flush.  ``{"lsn": {pid: last committed

@@ -70,7 +70,8 @@ class IncomingMoves:
                     self.clock, self.work_dir, self.durable)
         self.pulls[msg.pid] = pull
         try:
-            await pull.begin({"rg": msg.from_rg, "target": self.id, "pids": [msg.pid]})
+            await pull.begin({"rg": msg.from_rg, "target": self.id, "pids": [msg.pid],
+                              "rate_mb_s": msg.rate_mb_s})
             await pull.copy()
             await pull.catch_up()
         except (PullFailed, CopyFailed, KeyError, TypeError, ValueError) as e:

@@ -502,7 +502,9 @@ class Brick:
                           f"v{rec.version}, not recovering")
         else:
             pids = [e.pid for e in rec.partitions]
-        reply = await self.copies.begin(msg.rg, msg.target, pids, msg.full_lease)
+        rate = (msg.rate_mb_s if msg.rate_mb_s is not None
+                else self.config.brick.copy_rate_mb_s)
+        reply = await self.copies.begin(msg.rg, msg.target, pids, msg.full_lease, rate)
         if msg.pids is not None:
             self._move_sessions.add(int(reply["session"]))
         reply["record"] = rec.canonical()
@@ -521,7 +523,7 @@ class Brick:
                 raise Refused(f"{pid} is not incoming in any RG of {target}")
         return pids
 
-    def copy_chunk(self, msg: CopyChunk) -> dict[str, Any]:
+    def copy_chunk(self, msg: CopyChunk) -> dict[str, Any] | Deferred[dict[str, Any]]:
         return self.copies.chunk(msg.session, msg.pid, msg.offset, msg.size)
 
     async def copy_fence(self, msg: CopyFence) -> dict[str, Any]:

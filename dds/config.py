@@ -258,6 +258,9 @@ class BrickSection:
     full_lease_recovery: bool = bool_setting(False, "recovery fences writes to the source "
                                              "for the whole partition copy (the original "
                                              "DDS behaviour) instead of only the delta")
+    copy_rate_mb_s: int = int_setting(0, "bandwidth limit of each partition copy this brick "
+                                      "serves (recovery, moves), MB/s; 0 = unlimited",
+                                      lo=0, hi=100_000)
     recover_on_start: bool = bool_setting(True, "a restarted brick re-syncs its partitions "
                                           "from the other members before serving them")
     unsafe_ignore_read_lease: bool = bool_setting(False, "DEBUG ONLY: serve reads without "

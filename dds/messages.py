@@ -360,6 +360,9 @@ class CopyBegin(Message):
     #: A move (DESIGN §8): only these partitions, to a member of the RG taking them in.
     pids: list[str] | None = attrs.field(
         default=None, validator=v.optional(v.deep_iterable(_str, v.instance_of(list))))
+    #: Bandwidth limit of this copy in MB/s (None: the source's brick.copy_rate_mb_s).
+    rate_mb_s: int | None = attrs.field(default=None, validator=v.optional(
+        v.and_(v.instance_of(int), v.ge(0), v.le(100_000))))
 
 
 @attrs.frozen
@@ -517,6 +520,8 @@ class MovePull(Message):
     pid: str = attrs.field(validator=_str)
     source: str = attrs.field(validator=_str)
     from_rg: str = attrs.field(validator=_str)
+    rate_mb_s: int | None = attrs.field(default=None, validator=v.optional(
+        v.and_(v.instance_of(int), v.ge(0), v.le(100_000))))
 
 
 @attrs.frozen

@@ -295,10 +295,14 @@ def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
 @target_options
 @click.argument("partition")
 @click.option("--to", "to_rg", required=True, metavar="RG", help="the replica group to move it to")
+@click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
+              metavar="MB/S", help="bandwidth limit of each copy (0: none) [default: the "
+              "source brick's brick.copy_rate_mb_s]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object at the end")
 @reports_errors
 def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
-         local_dir: Path, partition: str, to_rg: str, as_json: bool) -> None:
+         local_dir: Path, partition: str, to_rg: str, rate_mb_s: int | None,
+         as_json: bool) -> None:
     """Move PARTITION to replica group RG, online: copied while writes go on, writes paused
     only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
     it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
@@ -306,7 +310,8 @@ def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, l
 
     target = _target(seeds, secret_file, cluster_name, local, local_dir)
     say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
-    result = run(lambda reactor: mv.move(reactor, target, partition, to_rg, say))
+    result = run(lambda reactor: mv.move(reactor, target, partition, to_rg, say,
+                                         rate_mb_s=rate_mb_s))
     if as_json:
         ui.print_json(result)
     else:
@@ -613,10 +618,13 @@ def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, leas
 @click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
               help="a new or empty directory for the cluster [default: a temporary one]")
 @click.option("--keep", is_flag=True, help="keep the cluster directory (brick logs)")
+@click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
+              metavar="MB/S", help="bandwidth limit of each target's copy [default: none]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
 def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms: int,
-               baseline_s: float, work_dir: Path | None, keep: bool, as_json: bool) -> None:
+               baseline_s: float, work_dir: Path | None, keep: bool, rate_mb_s: int | None,
+               as_json: bool) -> None:
     """A large partition moves to another replica group while clients write to it: move
     time, longest write pause, throughput during the move against before.  Runs its own
     throwaway 6-brick cluster (two groups of 3)."""
@@ -624,7 +632,8 @@ def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms
 
     result = bm.bench_move(bm.MoveParams(
         keys=keys, value_bytes=value_bytes, clients=clients, workers=workers,
-        lease_ms=lease_ms, baseline_s=baseline_s, dir=work_dir, keep=keep))
+        lease_ms=lease_ms, baseline_s=baseline_s, dir=work_dir, keep=keep,
+        rate_mb_s=rate_mb_s))
     if as_json:
         ui.print_json(result)
     else:

@@ -103,6 +103,8 @@ class MoveParams:
     timeout_s: float = 600.0
     dir: Path | None = None
     keep: bool = False
+    #: Bandwidth limit of each target's copy, MB/s (None: unlimited).
+    rate_mb_s: int | None = None
 
 
 def move_key(i: int, pid: PartitionId = MOVED) -> bytes:
@@ -267,7 +269,7 @@ async def _orchestrate(reactor: Any, r: br._Run, params: MoveParams,
                                         **{f"w{i}": w.pid for i, w in enumerate(writers)}})
         try:
             await br._pause(reactor, params.baseline_s)
-            rnd = await _move_once(reactor, r, target, conns)
+            rnd = await _move_once(reactor, r, target, conns, params.rate_mb_s)
             await br._pause(reactor, params.after_s)
         finally:
             await sampler.stop()
@@ -297,8 +299,8 @@ async def _orchestrate(reactor: Any, r: br._Run, params: MoveParams,
     return _result(params, size, rnd, stats, sums, held)
 
 
-async def _move_once(reactor: Any, r: br._Run, target: Any,
-                     conns: dict[str, Any]) -> dict[str, Any]:
+async def _move_once(reactor: Any, r: br._Run, target: Any, conns: dict[str, Any],
+                     rate_mb_s: int | None = None) -> dict[str, Any]:
     """Move ``MOVED`` to ``TARGET_RG`` with the code of ``dds-admin move``, timed."""
     from twisted.internet.defer import Deferred
 
@@ -322,7 +324,8 @@ async def _move_once(reactor: Any, r: br._Run, target: Any,
             watcher = Deferred.fromCoroutine(_watch(reactor, conns[TARGET_BRICKS[0]],
                                                     bar, task, done))
         try:
-            result = await move(reactor, target, str(MOVED), TARGET_RG, say)
+            result = await move(reactor, target, str(MOVED), TARGET_RG, say,
+                                rate_mb_s=rate_mb_s)
         finally:
             done[0] = True
             if watcher is not None:

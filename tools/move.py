@@ -154,7 +154,8 @@ class Mover:
             self.say(f"copying {pid} from {source} to {', '.join(targets)}")
             replies = await DeferredList(
                 [_deferred(self.call(t, "move_pull", {"pid": pid, "source": source,
-                                                      "from_rg": p["from_rg"]},
+                                                      "from_rg": p["from_rg"],
+                                                      "rate_mb_s": p.get("rate_mb_s")},
                                      PULL_TIMEOUT_S)) for t in targets],
                 consumeErrors=True)
             failed = [f"{t}: {describe_error(r.value)}" for t, (ok, r) in
@@ -238,9 +239,14 @@ class Mover:
 
 
 async def move(reactor: Any, target: Target, pid: str, to_rg: str, say: Say,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None,
+               rate_mb_s: int | None = None) -> dict[str, Any]:
+    """Run a move; ``rate_mb_s`` limits each target's copy (None: the source brick's
+    ``brick.copy_rate_mb_s``)."""
     cmap, _ = await fetch_map(reactor, target)
     plan = plan_move(cmap, pid, to_rg)
+    if rate_mb_s is not None:
+        plan["rate_mb_s"] = rate_mb_s
     involved = sorted({*cmap.rgs[plan["from_rg"]].active_members, *plan["targets"]})
     job = await Job.create(reactor, target, "move", plan, brick_addresses(cmap, involved),
                            warn=say)

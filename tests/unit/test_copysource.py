@@ -405,3 +405,15 @@ def test_a_begin_superseded_while_snapshotting_fails_and_leaves_no_files(
     assert held == []                      # it took no second snapshot
     assert len(snapshot_files(src)) == 2   # the second session's
     assert state(src, second["session"]) == "streaming"
+
+
+def test_a_rate_limited_session_holds_chunks_until_its_bytes_fit_the_rate(
+        src: Source) -> None:
+    sid = value_of(outcome(src.sessions.begin("rg0", "b3", [P0], False, rate_mb_s=0.001)))
+    sid = sid["session"]                              # 1,000 bytes per second
+    first = src.sessions.chunk(sid, str(P0), 0, 500)
+    assert isinstance(first, Deferred) and not first.called
+    src.clock.advance(0.49)
+    assert not first.called
+    src.clock.advance(0.02)                           # 500 bytes at 1,000 B/s: 0.5 s
+    assert first.called and len(first.result["data"]) == 500
