@@ -69,7 +69,7 @@ from dds.records import RGRecord
 
 from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import RunInThread, discard_gradually
+from dds.bricks.snapshot import RunInThread
 from dds.bricks.storage import PartitionStore, Row, Storage
 
 #: A fence of a job lapses this long after it was taken, unless lifted or pinned.
@@ -299,8 +299,6 @@ class Job:
         self.lsn: dict[str, int] = {}
         self.staged: dict[str, Path] = {}
         self.installed: set[str] = set()
-        #: Second names of the sources' files (see ``Splits._keep_sources``).
-        self.kept: dict[str, Path] = {}
         self.leader: Fence | None = None
         self.local: Fence | None = None
         self.cutover: Deferred[None] | None = None
@@ -476,7 +474,6 @@ class Splits:
                     raise Refused(f"{t} is no longer incoming in {rec.name} v{rec.version}")
                 self.storage.replace_partition(str(t), job.staged[str(t)])
                 job.installed.add(str(t))
-            self._keep_sources(job)
             lap("install_s")
         except BaseException as e:
             if job.phase is Phase.FINISHING:
@@ -715,42 +712,11 @@ class Splits:
         self.log.info("job {job} {phase} here: {why}", job=job.job, phase=phase.value,
                       why=why)
 
-    def _keep_sources(self, job: Job) -> None:
-        """A second name for each source file, in the staging directory: when the brick
-        deletes a source after the cut-over, that frees nothing, so it does not stall the
-        reactor (and every writer on the disk) for the whole file; the job frees it a few
-        MB at a time once released (``discard_gradually``)."""
-        for s in job.sources:
-            path = self.storage.partition_path(str(s))
-            keep = self.work_dir / f"{job.job}.{job.gen}.{s}.old"
-            try:
-                keep.unlink(missing_ok=True)
-                os.link(path, keep)
-            except OSError as e:
-                self.log.warn("job {job}: no second name for {path} ({error}): deleting "
-                              "it after the cut-over frees it at once", job=job.job,
-                              path=str(path), error=e.strerror or str(e))
-                continue
-            job.kept[str(s)] = keep
-
     def _drop_files(self, job: Job) -> None:
         for t, path in job.staged.items():
             if t not in job.installed:
                 for suffix in ("", "-wal", "-shm"):
                     Path(str(path) + suffix).unlink(missing_ok=True)
-        for s, keep in list(job.kept.items()):
-            del job.kept[s]
-            try:
-                live = os.stat(self.storage.partition_path(s)).st_ino
-            except OSError:
-                live = None
-            try:
-                if os.stat(keep).st_ino == live:
-                    keep.unlink()       # the source is still in use: only a name goes
-                else:
-                    discard_gradually(keep, self.clock)
-            except OSError:
-                pass
 
     def _remember(self, job: str, phase: Phase) -> None:
         self.ended[job] = phase.value

@@ -569,22 +569,39 @@ def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
         b.render(result, ui.out)
 
 
+def writer_bench_options(what: str) -> Callable[[F], F]:
+    """The options of the benches that preload a partition and write to it while
+    ``what`` happens (``bench recovery``, ``bench move``)."""
+    def decorate(fn: F) -> F:
+        for option in reversed([
+            click.option("--keys", type=click.IntRange(1), default=1_000_000,
+                         show_default=True, help="keys preloaded into the partition"),
+            click.option("--value-bytes", type=click.IntRange(0), default=100,
+                         show_default=True),
+            click.option("--clients", type=click.IntRange(1, 256), default=16,
+                         show_default=True, help="writer clients, each doing sequential puts"),
+            click.option("--workers", type=click.IntRange(1, 16), default=2,
+                         show_default=True,
+                         help="processes the writer clients are split over"),
+            click.option("--lease-ms", type=click.IntRange(30, 600000), default=1000,
+                         show_default=True, help="the bricks' membership lease"),
+            click.option("--baseline-s", type=click.FloatRange(0.2, 60), default=2.0,
+                         show_default=True,
+                         help=f"steady writes measured before {what} (the floor)"),
+            click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
+                         help="a new or empty directory for the cluster [default: a "
+                              "temporary one]"),
+            click.option("--keep", is_flag=True,
+                         help="keep the cluster directory (brick logs)"),
+            click.option("--json", "as_json", is_flag=True, help="print one JSON object"),
+        ]):
+            fn = option(fn)
+        return fn
+    return decorate
+
+
 @bench.command("recovery")
-@click.option("--keys", type=click.IntRange(1), default=1_000_000, show_default=True,
-              help="keys preloaded into the one partition")
-@click.option("--value-bytes", type=click.IntRange(0), default=100, show_default=True)
-@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
-              help="writer clients, each doing sequential puts")
-@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
-              help="processes the writer clients are split over")
-@click.option("--lease-ms", type=click.IntRange(30, 600000), default=1000, show_default=True,
-              help="the bricks' membership lease")
-@click.option("--baseline-s", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
-              help="steady writes measured before each recovery (the floor)")
-@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
-              help="a new or empty directory for the cluster [default: a temporary one]")
-@click.option("--keep", is_flag=True, help="keep the cluster directory (brick logs)")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@writer_bench_options("each recovery")
 @reports_errors
 def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, lease_ms: int,
                    baseline_s: float, work_dir: Path | None, keep: bool,
@@ -604,27 +621,13 @@ def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, leas
 
 
 @bench.command("move")
-@click.option("--keys", type=click.IntRange(1), default=1_000_000, show_default=True,
-              help="keys preloaded into the partition that moves")
-@click.option("--value-bytes", type=click.IntRange(0), default=100, show_default=True)
-@click.option("--clients", type=click.IntRange(1, 256), default=16, show_default=True,
-              help="writer clients, each doing sequential puts")
-@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
-              help="processes the writer clients are split over")
-@click.option("--lease-ms", type=click.IntRange(30, 600000), default=1000, show_default=True,
-              help="the bricks' membership lease")
-@click.option("--baseline-s", type=click.FloatRange(0.2, 60), default=2.0, show_default=True,
-              help="steady writes measured before the move (the floor)")
-@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
-              help="a new or empty directory for the cluster [default: a temporary one]")
-@click.option("--keep", is_flag=True, help="keep the cluster directory (brick logs)")
+@writer_bench_options("the move")
 @click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
               metavar="MB/S", help="bandwidth limit of each target's copy [default: none]")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
 def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms: int,
-               baseline_s: float, work_dir: Path | None, keep: bool, rate_mb_s: int | None,
-               as_json: bool) -> None:
+               baseline_s: float, work_dir: Path | None, keep: bool, as_json: bool,
+               rate_mb_s: int | None) -> None:
     """A large partition moves to another replica group while clients write to it: move
     time, longest write pause, throughput during the move against before.  Runs its own
     throwaway 6-brick cluster (two groups of 3)."""

@@ -53,10 +53,8 @@ on an error or Ctrl-C.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
@@ -137,7 +135,8 @@ def bench_move(params: MoveParams) -> dict[str, Any]:
         ui.say(f"cluster directory {root}")
         preload = root / "preload.sqlite"
         t0 = time.monotonic()
-        size = _preload(preload, params.keys, params.value_bytes, r)
+        size = br._preload(preload, str(MOVED), params.keys, params.value_bytes, r,
+                           key=move_key)
         ui.say(f"preloaded {params.keys:,} keys into {MOVED}: {size / 1e6:,.1f} MB in "
                f"{time.monotonic() - t0:.1f}s")
         for bid in SOURCE_BRICKS:
@@ -153,39 +152,6 @@ def bench_move(params: MoveParams) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
     result["dir"] = str(root) if params.keep or not made_dir else None
     return result
-
-
-def _preload(path: Path, keys: int, value_bytes: int, r: br._Run) -> int:
-    """Write ``keys`` rows (:func:`move_key`) into a new file of ``MOVED``; its size."""
-    from dds.bricks.storage import PartitionStore
-    from dds.tools import ui
-
-    PartitionStore(path, str(MOVED), "disk").close()   # the schema, exactly as bricks make it
-    rng = random.Random(0x5EED)
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    try:
-        conn.execute("PRAGMA synchronous=OFF")
-        conn.execute("BEGIN")
-        batch = 20000
-        with ui.progress() as bar:
-            r.progress = bar
-            task = bar.add_task("preload (rows)", total=keys)
-            for start in range(0, keys, batch):
-                stop = min(keys, start + batch)
-                conn.executemany(
-                    "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, 1, ?)",
-                    ((move_key(i), rng.randbytes(value_bytes), i + 1)
-                     for i in range(start, stop)))
-                bar.update(task, completed=stop)
-            r.progress = None
-        conn.execute("UPDATE meta SET value = ? WHERE name = 'last_lsn'", (keys,))
-        conn.execute("COMMIT")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        conn.close()
-    for suffix in ("-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    return path.stat().st_size
 
 
 def _spawn_bricks(r: br._Run, params: MoveParams) -> None:

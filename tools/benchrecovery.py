@@ -62,7 +62,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from rich.console import Console
@@ -177,14 +177,18 @@ def bench_recovery(params: RecoveryParams) -> dict[str, Any]:
     return result
 
 
-def _preload(path: Path, pid: str, keys: int, value_bytes: int, r: _Run) -> int:
-    """Write ``keys`` rows into a new partition file of ``pid``; return its size."""
+def _preload(path: Path, pid: str, keys: int, value_bytes: int, r: _Run,
+             key: Callable[[int], bytes] | None = None) -> int:
+    """Write ``keys`` rows (the ``i``-th key ``key(i)``, :func:`key_of` by default) into
+    a new partition file of ``pid``, written directly (loading through the library
+    would take minutes); return its size."""
+    key = key or key_of
     from dds.bricks.storage import PartitionStore
     from dds.partition import PartitionId
     from dds.tools import ui
 
     owner = PartitionId.parse(pid)
-    if owner.depth != 0 and not all(owner.owns(key_of(i)) for i in range(keys)):
+    if owner.depth != 0 and not all(owner.owns(key(i)) for i in range(keys)):
         raise ValueError(f"the preloaded keys do not all belong to {pid}")
     PartitionStore(path, pid, "disk").close()       # the schema, exactly as bricks make it
     rng = random.Random(0x5EED)
@@ -200,7 +204,7 @@ def _preload(path: Path, pid: str, keys: int, value_bytes: int, r: _Run) -> int:
                 stop = min(keys, start + batch)
                 conn.executemany(
                     "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, 1, ?)",
-                    ((key_of(i), rng.randbytes(value_bytes), i + 1)
+                    ((key(i), rng.randbytes(value_bytes), i + 1)
                      for i in range(start, stop)))
                 bar.update(task, completed=stop)
             r.progress = None

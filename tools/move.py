@@ -27,13 +27,14 @@ from typing import Any, Callable
 from twisted.internet.defer import DeferredList
 
 from dds import failpoints
-from dds.errors import DDSError, Refused, StaleMap
+from dds.errors import DDSError
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
-from dds.records import RGRecord, record_from_wire
-from dds.tools.cluster import Target, call_brick, describe_error, fetch_map
+from dds.records import RGRecord
+from dds.tools.cluster import Target, describe_error, fetch_map
 from dds.tools.jobs import Job, JobView, brick_addresses
-from dds.tools.runner import AdminError, pause
+from dds.tools.rgedit import RecordEditor
+from dds.tools.runner import AdminError
 
 STEPS = ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in", "released",
          "dropped")
@@ -67,78 +68,16 @@ def plan_move(cmap: ClusterMap, pid_text: str, to_rg: str) -> dict[str, Any]:
             "targets": list(target_rg.active_members)}
 
 
-class Mover:
+class Mover(RecordEditor):
     """Runs (or resumes) one move job."""
 
     def __init__(self, reactor: Any, target: Target, cmap: ClusterMap, job: Job,
                  say: Say, progress: Progress | None = None) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.addresses = brick_addresses(cmap)
+        super().__init__(reactor, target, brick_addresses(cmap), say)
         self.job = job
         self.plan = job.plan
-        self.say = say
         self.progress = progress
         self.sessions: dict[str, int] = dict(job.steps.get("copied", {}).get("sessions", {}))
-
-    async def call(self, brick: str, mtype: str, body: dict[str, Any],
-                   timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        host, port = self.addresses[brick]
-        return await call_brick(self.reactor, host, port, self.target, mtype, body,
-                                timeout=5.0, call_timeout=timeout)
-
-    # -- record changes ------------------------------------------------------------------
-
-    async def record(self, rg: str) -> RGRecord:
-        """The newest record of ``rg`` any of the bricks holds."""
-        best: RGRecord | None = None
-        for brick in self.addresses:
-            try:
-                reply = await self.call(brick, "rg_status", {"rg": rg}, 5.0)
-            except DDSError:
-                continue
-            if reply.get("record") is None:
-                continue
-            rec = record_from_wire(reply["record"])
-            if isinstance(rec, RGRecord) and (best is None or rec.version > best.version):
-                best = rec
-        if best is None:
-            raise AdminError(f"no brick answers with a record of {rg}")
-        return best
-
-    async def update(self, rg: str, change: Callable[[RGRecord], list[list[str]] | None],
-                     reason: str) -> RGRecord:
-        """Apply ``change`` (the new partition list, or None if already so) to ``rg``'s
-        record by the majority 2PC, retrying while the record moves under us."""
-        for attempt in range(20):
-            rec = await self.record(rg)
-            parts = change(rec)
-            if parts is None:
-                return rec
-            errors = []
-            for coordinator in rec.active_members:
-                try:
-                    reply = await self.call(coordinator, "rg_update", {
-                        "rg": rg, "version": rec.version, "fp": rec.fp,
-                        "partitions": parts, "reason": reason})
-                    new = record_from_wire(reply["record"])
-                    assert isinstance(new, RGRecord)
-                    await self.push(new)
-                    return new
-                except (StaleMap, Refused) as e:
-                    errors.append(f"{coordinator}: {e.message}")
-                    break
-                except DDSError as e:
-                    errors.append(f"{coordinator}: {describe_error(e)}")
-            self.say(f"  {rg}: retrying the record change ({'; '.join(errors)})")
-            await pause(self.reactor, min(0.1 * (attempt + 1), 1.0))
-        raise AdminError(f"could not change {rg}: the record keeps moving or is refused")
-
-    async def push(self, rec: RGRecord) -> None:
-        """Spread a new record at once (gossip would, in a second or so)."""
-        await DeferredList([_deferred(self.call(b, "map_push",
-                                                {"records": [rec.canonical()]}, 5.0))
-                            for b in self.addresses], consumeErrors=True)
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -146,7 +85,7 @@ class Mover:
         p = self.plan
         pid, source, targets = p["pid"], p["source"], p["targets"]
         if not self.job.done("incoming"):
-            await self.update(p["to_rg"], lambda r: _with(r, pid, "incoming"),
+            await self.update(p["to_rg"], lambda r, _: _with(r, pid, "incoming"),
                               f"move of {pid} from {p['from_rg']}: incoming")
             await self._step("incoming")
         await self._cancel_point()
@@ -192,18 +131,18 @@ class Mover:
         p = self.plan
         pid = p["pid"]
         if not self.job.done("cutover-out"):
-            await self.update(p["from_rg"], lambda r: _with(r, pid, "outgoing"),
+            await self.update(p["from_rg"], lambda r, _: _with(r, pid, "outgoing"),
                               f"move of {pid} to {p['to_rg']}: outgoing")
             await self._step("cutover-out")
         if not self.job.done("cutover-in"):
-            await self.update(p["to_rg"], lambda r: _with(r, pid, "active"),
+            await self.update(p["to_rg"], lambda r, _: _with(r, pid, "active"),
                               f"move of {pid} from {p['from_rg']}: active")
             await self._step("cutover-in")
         if not self.job.done("released"):
             await self._release(f"move of {pid} done")
             await self._step("released")
         if not self.job.done("dropped"):
-            await self.update(p["from_rg"], lambda r: _without(r, pid),
+            await self.update(p["from_rg"], lambda r, _: _without(r, pid),
                               f"move of {pid} to {p['to_rg']}: dropped")
             await self._step("dropped")
         await self.job.finish("done")
@@ -214,7 +153,7 @@ class Mover:
         pid = p["pid"]
         self.say(f"rolling back the move of {pid}: {why}")
         await self._release(f"move of {pid} rolled back: {why}")
-        await self.update(p["to_rg"], lambda r: _without(r, pid),
+        await self.update(p["to_rg"], lambda r, _: _without(r, pid),
                           f"move of {pid} rolled back")
         await self.job.finish("rolled-back")
 

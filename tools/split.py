@@ -36,12 +36,13 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, DeferredList
 
 from dds import failpoints
-from dds.errors import DDSError, Refused, StaleMap
+from dds.errors import DDSError
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord, record_from_wire
-from dds.tools.cluster import Target, call_brick, describe_error, fetch_map
+from dds.tools.cluster import Target, describe_error, fetch_map
 from dds.tools.jobs import Job, JobView, brick_addresses
+from dds.tools.rgedit import RecordEditor
 from dds.tools.runner import AdminError, pause
 
 STEPS = ("incoming", "prepared", "fenced", "delta", "cutover", "released")
@@ -137,17 +138,14 @@ def cut_state(rec: RGRecord, sources: list[str], targets: list[str]) -> str:
     return "other"
 
 
-class Reshaper:
+class Reshaper(RecordEditor):
     """Runs (or resumes) one split or merge job."""
 
     def __init__(self, reactor: Any, target: Target, cmap: ClusterMap, job: Job,
                  say: Say, progress: Progress | None = None) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.addresses = brick_addresses(cmap)
+        super().__init__(reactor, target, brick_addresses(cmap), say)
         self.job = job
         self.plan = job.plan
-        self.say = say
         self.progress = progress
         self.token: int | None = job.steps.get("fenced", {}).get("token")
         self.counts: dict[str, Any] = dict(job.steps.get("delta", {}).get("counts", {}))
@@ -160,14 +158,6 @@ class Reshaper:
         return (f"{self.job.kind} of {' + '.join(p['sources'])} into "
                 f"{' + '.join(p['targets'])}")
 
-    async def call(self, brick: str, mtype: str, body: dict[str, Any],
-                   timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        if brick not in self.addresses:
-            raise AdminError(f"brick {brick} is not in the map")
-        host, port = self.addresses[brick]
-        return await call_brick(self.reactor, host, port, self.target, mtype, body,
-                                timeout=5.0, call_timeout=timeout)
-
     async def on_members(self, mtype: str, body: dict[str, Any],
                          timeout: float = CALL_TIMEOUT_S) -> list[dict[str, Any]]:
         """``mtype`` on every member at once; AdminError naming each that failed."""
@@ -179,59 +169,6 @@ class Reshaper:
         if failed:
             raise AdminError(f"{mtype} of job {self.job.id} failed: {'; '.join(failed)}")
         return [r for _, r in replies]
-
-    # -- the RG record -------------------------------------------------------------------
-
-    async def record(self) -> RGRecord:
-        """The newest record of the job's RG any brick holds."""
-        rg = self.plan["rg"]
-        replies = await DeferredList([_deferred(self.call(b, "rg_status", {"rg": rg}, 5.0))
-                                      for b in self.addresses], consumeErrors=True)
-        best: RGRecord | None = None
-        for ok, reply in replies:
-            if not ok or reply.get("record") is None:
-                continue
-            rec = record_from_wire(reply["record"])
-            if isinstance(rec, RGRecord) and (best is None or rec.version > best.version):
-                best = rec
-        if best is None:
-            raise AdminError(f"no brick answers with a record of {rg}")
-        return best
-
-    async def update(self, change: Callable[[RGRecord, int], list[list[str]] | None],
-                     reason: str) -> RGRecord:
-        """Apply ``change(record, attempt)`` (the new partition list, or None if already
-        so) to the RG record by the majority 2PC, retrying while it moves under us."""
-        rg = self.plan["rg"]
-        for attempt in range(20):
-            rec = await self.record()
-            parts = change(rec, attempt)
-            if parts is None:
-                return rec
-            errors = []
-            for coordinator in rec.active_members:
-                try:
-                    reply = await self.call(coordinator, "rg_update", {
-                        "rg": rg, "version": rec.version, "fp": rec.fp,
-                        "partitions": parts, "reason": reason})
-                    new = record_from_wire(reply["record"])
-                    assert isinstance(new, RGRecord)
-                    await self.push(new)
-                    return new
-                except (StaleMap, Refused) as e:
-                    errors.append(f"{coordinator}: {e.message}")
-                    break
-                except DDSError as e:
-                    errors.append(f"{coordinator}: {describe_error(e)}")
-            self.say(f"  {rg}: retrying the record change ({'; '.join(errors)})")
-            await pause(self.reactor, min(0.1 * (attempt + 1), 1.0))
-        raise AdminError(f"could not change {rg}: the record keeps moving or is refused")
-
-    async def push(self, rec: RGRecord) -> None:
-        """Spread a new record at once (gossip would, in a second or so)."""
-        await DeferredList([_deferred(self.call(b, "map_push",
-                                                {"records": [rec.canonical()]}, 5.0))
-                            for b in self.addresses], consumeErrors=True)
 
     def _incoming(self, rec: RGRecord, attempt: int) -> list[list[str]] | None:
         p = self.plan
@@ -278,7 +215,8 @@ class Reshaper:
         p = self.plan
         body = {"job": self.job.id}
         if not self.job.done("incoming"):
-            await self.update(self._incoming, f"{self.what}: targets incoming")
+            await self.update(self.plan["rg"], self._incoming,
+                              f"{self.what}: targets incoming")
             await self._step("incoming")
         await self._cancel_point()
         if not self.job.done("prepared"):
@@ -324,7 +262,7 @@ class Reshaper:
         deadline = self.reactor.seconds() + CUTOVER_WAIT_S
         last = ""
         while True:
-            rec = await self.record()
+            rec = await self.record(self.plan["rg"])
             state = cut_state(rec, p["sources"], p["targets"])
             if state == "after":
                 return
@@ -359,7 +297,7 @@ class Reshaper:
                 except DDSError as e:
                     last = describe_error(e)
                     if not await self._fence_held():
-                        rec = await self.record()
+                        rec = await self.record(self.plan["rg"])
                         if cut_state(rec, p["sources"], p["targets"]) == "after":
                             return
                         raise AdminError(f"cut-over of job {self.job.id} refused: {last}")
@@ -393,7 +331,7 @@ class Reshaper:
         except (DDSError, AdminError) as e:
             self.say(f"  {p['leader']}: not told ({describe_error(e)}); the record "
                      "decides")
-        rec = await self.record()
+        rec = await self.record(self.plan["rg"])
         if cut_state(rec, p["sources"], p["targets"]) == "after":
             self.say("  the cut-over happened after all: finishing the job")
             await self.forward()
@@ -407,7 +345,8 @@ class Reshaper:
                          "and its staged files go when it restarts or expires the job")
         try:
             if not self._not_ours:
-                await self.update(self._without_targets, f"{self.what}: rolled back")
+                await self.update(self.plan["rg"], self._without_targets,
+                                  f"{self.what}: rolled back")
         except CutOver:
             self.say("  the cut-over happened after all: finishing the job")
             await self.forward()
@@ -514,7 +453,7 @@ async def resume(reactor: Any, target: Target, view: JobView, say: Say) -> str:
     if job.done("cutover"):
         await runner.forward()
         return "finished"
-    rec = await runner.record()
+    rec = await runner.record(view.plan["rg"])
     if cut_state(rec, view.plan["sources"], view.plan["targets"]) == "after":
         await runner.forward()
         return "finished"

@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from dds.errors import DDSError
 from tests.faults.cluster import ProxiedCluster
+from tests.harness.aio import eventually
 from tests.verify.history import HistoryRecorder
 
 FINAL_PROCESS = 1_000_000
@@ -30,12 +31,6 @@ State = tuple[bytes | None, int]
 def _reactor() -> Any:
     from twisted.internet import reactor
     return reactor
-
-
-def _sleep(seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    _reactor().callLater(seconds, d.callback, None)
-    return d
 
 
 @crochet.run_in_reactor
@@ -85,9 +80,10 @@ async def _compare_replicas(cluster: ProxiedCluster, client: DDSClient, key: byt
                             deadline: float) -> str | None:
     """None once every replica returns the same (value, version); else the last view."""
     view: dict[str, Any] = {}
-    while True:
+
+    async def agree() -> bool:
         route = client.router.route(client.map, key)
-        view = {}
+        view.clear()
         for rec in route.replicas:
             try:
                 conn = await cluster.admin_connection(_reactor(), cluster.brick(rec.id))
@@ -98,12 +94,14 @@ async def _compare_replicas(cluster: ProxiedCluster, client: DDSClient, key: byt
                     conn.close()
             except DDSError as e:
                 view[rec.id] = f"{e.code}: {e.message}"
-        if len(set(map(repr, view.values()))) == 1 and not any(
-                isinstance(v, str) for v in view.values()):
-            return None
-        if time.monotonic() > deadline:
-            return f"replicas of {key!r} disagree: {view}"
-        await _sleep(0.5)
+        return len(set(map(repr, view.values()))) == 1 and not any(
+            isinstance(v, str) for v in view.values())
+    try:
+        await eventually(agree, max(deadline - time.monotonic(), 0.0),
+                         f"the replicas of {key!r} to agree")
+    except TimeoutError:
+        return f"replicas of {key!r} disagree: {view}"
+    return None
 
 
 @crochet.run_in_reactor

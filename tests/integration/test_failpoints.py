@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dds import failpoints
-from dds.errors import DDSError, Indeterminate
+from dds.errors import DDSError
 from dds.failpoints import CRASH_EXIT_CODE
 
 from tests.harness.aio import call, eventually, replica_value

@@ -21,6 +21,7 @@ from dds.records import RGRecord, record_from_wire
 from dds.tools import membership as m
 from dds.tools.cluster import Target
 
+from tests.harness.admin import admin
 from tests.harness.aio import call, eventually
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess
@@ -161,18 +162,6 @@ async def test_grow_3_to_6_and_shrink_back_under_load(cluster_factory: Any) -> N
     print(f"grow and shrink took {time.monotonic() - t0:.1f}s; {len(lines)} lines")
 
 
-def _admin(cluster: Cluster, *args: str, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
-    return subprocess.run(
-        [sys.executable, "-m", "dds.tools.admin", *args, "--seeds",
-         ",".join(b.address for b in cluster.bricks[:3]), "--secret-file", str(secret)],
-        env={**base, **(env or {})}, capture_output=True, text=True, timeout=120)
-
-
 @pytest.mark.parametrize("dies", [False, True], ids=["new-brick-lives", "new-brick-dies"])
 @pytest_twisted.ensureDeferred
 async def test_repair_settles_an_add_brick_killed_after_a_member_joined(
@@ -300,3 +289,9 @@ async def test_a_cancel_rolls_back_the_change_whose_copy_is_running(
     for k in keys:
         assert (await client.get(k)).value == b"v-" + k
     await client.close()
+
+
+def _admin(cluster: Cluster, *args: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """Through the first three bricks: the ones that stay for the whole test."""
+    return admin(cluster, *args, seeds=cluster.bricks[:3], env=env)

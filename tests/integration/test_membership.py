@@ -13,7 +13,7 @@ from twisted.internet import reactor
 
 from dds.errors import NotServing, Refused
 
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness.aio import call, replica_value
 from tests.harness.cluster import Cluster
 
 WAIT_S = 30.0

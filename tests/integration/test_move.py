@@ -5,9 +5,6 @@ write is lost, the clients converge to the new map, and the source drops its rep
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest_twisted
@@ -18,6 +15,7 @@ from dds import failpoints
 from dds.tools.cluster import Target
 from dds.tools.move import move
 
+from tests.harness.admin import admin as _admin
 from tests.harness.aio import call, eventually
 from tests.harness.cluster import CLUSTER, Cluster
 
@@ -94,18 +92,6 @@ STEPS = ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in", "
          "dropped")
 #: The issue asks for 20 runs: every step, and the cut-over steps more than once.
 KILL_AT = [*STEPS, *STEPS, "fenced", "delta", "cutover-out", "cutover-in"]
-
-
-def _admin(cluster: Cluster, *args: str, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
-    return subprocess.run(
-        [sys.executable, "-m", "dds.tools.admin", *args, "--seeds",
-         ",".join(b.address for b in cluster.bricks), "--secret-file", str(secret)],
-        env={**base, **(env or {})}, capture_output=True, text=True, timeout=120)
 
 
 @pytest_twisted.ensureDeferred

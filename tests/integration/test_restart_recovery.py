@@ -16,7 +16,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from dds.errors import Indeterminate
 from dds.failpoints import CRASH_EXIT_CODE
 
 from tests.harness.aio import call, eventually, replica_value

@@ -23,8 +23,10 @@ from dds.records import RGRecord, record_from_wire
 from dds.tools.cluster import Target
 from dds.tools.split import reshape
 
+from tests.harness.admin import admin as _admin
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import CLUSTER, Cluster
+from tests.harness.processes import wait_until
 from tests.harness.writers import Writers, nothing_prepared
 from tests.verify.history import HistoryRecorder
 from tests.verify.linearizability import check_linearizable, check_lost_writes
@@ -174,18 +176,6 @@ def _proc_state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def _admin(cluster: Cluster, *args: str, env: dict[str, str] | None = None
-           ) -> subprocess.CompletedProcess[str]:
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
-    return subprocess.run(
-        [sys.executable, "-m", "dds.tools.admin", *args, "--seeds",
-         ",".join(b.address for b in cluster.bricks), "--secret-file", str(secret)],
-        env={**base, **(env or {})}, capture_output=True, text=True, timeout=120)
-
-
 @pytest_twisted.ensureDeferred
 async def test_repair_finishes_or_rolls_back_a_split_or_merge_killed_at_any_step(
         cluster_factory: Any) -> None:
@@ -258,11 +248,10 @@ async def test_repair_finishes_or_rolls_back_a_split_or_merge_killed_at_any_step
          ",".join(b.address for b in cluster.bricks), "--secret-file", str(secret)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while _proc_state(running.pid) != "T":
+        def stopped() -> bool:
             assert running.poll() is None, running.communicate()
-            assert time.monotonic() < deadline, "the split did not stop after prepared"
-            time.sleep(0.05)
+            return _proc_state(running.pid) == "T"
+        wait_until(stopped, 60, "the split to stop after its prepared step")
         listed = json.loads(_admin(cluster, "jobs", "--json").stdout)["jobs"]
         assert [st["name"] for st in listed[0]["steps"]] == ["incoming", "prepared"]
         cancelled = _admin(cluster, "cancel", listed[0]["job"])

@@ -7,7 +7,6 @@ Waiting is always polling a condition with a deadline, never a fixed sleep.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,12 +23,12 @@ from twisted.internet import reactor
 from dds import failpoints
 from dds.failpoints import CRASH_EXIT_CODE
 
+from tests.harness.admin import admin, admin_json
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess
 
 WAIT_S = 30.0
-COMMAND_TIMEOUT_S = 120
 KEY = b"in-doubt"
 VALUE = b"decided-later"
 
@@ -57,27 +56,6 @@ def crash_a_coordinator_after_prepare(cluster: Cluster) -> None:
          ",".join(cluster.seeds), cluster.secret, KEY.decode(), VALUE.decode()],
         env=env, capture_output=True, text=True, timeout=60)
     assert coordinator.returncode == CRASH_EXIT_CODE, coordinator.stderr
-
-
-def admin(cluster: Cluster, *args: str, seeds: list[BrickProcess] | None = None
-          ) -> subprocess.CompletedProcess[str]:
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
-    addresses = ",".join(b.address for b in (seeds or cluster.bricks))
-    return subprocess.run(
-        [sys.executable, "-m", "dds.tools.admin", *args, "--seeds", addresses,
-         "--secret-file", str(secret)],
-        env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-
-
-def admin_json(cluster: Cluster, *args: str, code: int = 0,
-               seeds: list[BrickProcess] | None = None) -> dict[str, Any]:
-    result = admin(cluster, *args, "--json", seeds=seeds)
-    assert result.returncode == code, result.stdout + result.stderr
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
 
 
 def by_brick(report: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

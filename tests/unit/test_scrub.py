@@ -25,7 +25,7 @@ from dds.bricks.storage import Storage
 from dds.errors import InvalidRequest, NotServing, Refused
 from dds.maps import ClusterMap
 from dds.messages import RangeChecksums, RangeKeys
-from dds.partition import PartitionId, key_hash
+from dds.partition import PartitionId
 from dds.records import Member, PartitionEntry, RGRecord
 from dds.tools import scrub as admin_scrub
 from dds.tools.scrub import (KeyDiff, PartitionResult, agreement, diff_keys,

@@ -416,11 +416,11 @@ def test_a_dropped_source_is_freed_gradually_after_the_release(brick: Brick) -> 
     incoming(brick)
     brick.call(brick.splits.fence(SplitFence(job=JOB)))
     brick.call(brick.splits.finish(SplitFinish(job=JOB)))
-    [kept] = list(brick.splits.work_dir.iterdir())           # a second name of P's file
-    assert kept.name.endswith(f"{P}.old")
-    assert kept.stat().st_ino == brick.storage.partition_path(str(P)).stat().st_ino
+    path = brick.storage.partition_path(str(P))
     brick.adopt(rg(3, (OTHER, "active"), (C0, "active"), (C1, "active")))
-    assert not brick.storage.partition_path(str(P)).exists() and kept.exists()
+    # Storage.drop_partition renames the file and frees it a few MB at a time
+    # (bricks/discard.py, tested with files larger than a step in test_snapshot.py).
+    assert not path.exists()
     brick.call(brick.splits.release(SplitRelease(job=JOB)))
     brick.clock.advance(60)
-    assert list(brick.splits.work_dir.iterdir()) == []
+    assert list(path.parent.glob(path.name + "*")) == []

@@ -1,0 +1,41 @@
+"""Running ``dds-admin`` as a process against a test cluster, as an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from dds import failpoints
+
+from tests.harness.cluster import Cluster
+from tests.harness.processes import BrickProcess
+
+COMMAND_TIMEOUT_S = 120
+
+
+def admin(cluster: Cluster, *args: str, seeds: list[BrickProcess] | None = None,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``dds-admin ARGS --seeds … --secret-file …``; ``env`` is added to a clean
+    environment (no secret, no failpoint of the test process)."""
+    secret = cluster.root / "secret"
+    secret.write_text(cluster.secret)
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
+    addresses = ",".join(b.address for b in (seeds or cluster.bricks))
+    return subprocess.run(
+        [sys.executable, "-m", "dds.tools.admin", *args, "--seeds", addresses,
+         "--secret-file", str(secret)],
+        env={**base, **(env or {})}, capture_output=True, text=True,
+        timeout=COMMAND_TIMEOUT_S)
+
+
+def admin_json(cluster: Cluster, *args: str, code: int = 0,
+               seeds: list[BrickProcess] | None = None) -> dict[str, Any]:
+    """``admin(… --json)`` with exit status ``code``, its report decoded."""
+    result = admin(cluster, *args, "--json", seeds=seeds)
+    assert result.returncode == code, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
