@@ -211,7 +211,14 @@ def txns(seeds: str | None, secret_file: str | None, cluster_name: str | None, l
 @main.command()
 @target_options
 @click.option("--txns-only", is_flag=True, help="run only the in-doubt transactions step")
+@click.option("--step", "only_steps", multiple=True,
+              type=click.Choice(["txns", "map", "reorg"]),
+              help="run only this step (repeatable) [default: all]")
 @click.option("--dry-run", is_flag=True, help="show what would be repaired; change nothing")
+@click.option("--prefer", default=None, metavar="BRICK",
+              help="map step: a record held at one version with different contents and "
+                   "no majority for either takes BRICK's contents (pushed as a new "
+                   "version, without a vote: check first which is right)")
 @click.option("--before-deadline", is_flag=True,
               help="also resolve prepared transactions whose deadline has not passed: "
                    "only when their coordinators are known to be dead (a live one may "
@@ -221,18 +228,22 @@ def txns(seeds: str | None, secret_file: str | None, cluster_name: str | None, l
               help="seconds to wait for each brick")
 @reports_errors
 def repair(seeds: str | None, secret_file: str | None, cluster_name: str | None,
-           local: bool, local_dir: Path, txns_only: bool, dry_run: bool,
-           before_deadline: bool, as_json: bool, timeout: float) -> None:
-    """Repair step by step (today: in-doubt transactions).
+           local: bool, local_dir: Path, txns_only: bool, only_steps: tuple[str, ...],
+           dry_run: bool, prefer: str | None, before_deadline: bool, as_json: bool,
+           timeout: float) -> None:
+    """Repair step by step: in-doubt transactions, map divergence, half-done
+    reorganizations.
 
-    Exit status 1 when a step left something unrepaired or a brick could not be reached.
+    Exit status 1 when a step left something unrepaired (or refused to choose) or a brick
+    could not be reached.
     """
     from dds.tools import repair as r
 
     target = _target(seeds, secret_file, cluster_name, local, local_dir)
-    options = r.Options(dry_run=dry_run, before_deadline=before_deadline, timeout=timeout)
-    report = run(lambda reactor: r.repair(reactor, target, options,
-                                          {"txns"} if txns_only else None, ui.say))
+    options = r.Options(dry_run=dry_run, before_deadline=before_deadline, timeout=timeout,
+                        prefer=prefer)
+    only = {"txns"} if txns_only else (set(only_steps) or None)
+    report = run(lambda reactor: r.repair(reactor, target, options, only, ui.say))
     if as_json:
         ui.print_json(report)
     else:
@@ -444,10 +455,12 @@ def _membership_options(fn: F) -> F:
 
 
 def _run_membership(command: Callable[..., Any], target: Target, as_json: bool,
-                    dry_run: bool, parallel: int, timeout: float, **kwargs: Any) -> None:
+                    dry_run: bool, parallel: int, timeout: float,
+                    rate_mb_s: int | None = None, **kwargs: Any) -> None:
     from dds.tools import membership as m
 
-    options = m.Options(parallel=parallel, timeout=timeout, dry_run=dry_run)
+    options = m.Options(parallel=parallel, timeout=timeout, dry_run=dry_run,
+                        rate_mb_s=rate_mb_s)
     view: m.View = m.QuietView() if as_json else m.ProgressView(ui.err)
     say = (lambda text: None) if as_json else ui.say
     try:
@@ -519,17 +532,22 @@ def remove_brick(seeds: str | None, secret_file: str | None, cluster_name: str |
 @main.command()
 @target_options
 @_membership_options
+@click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
+              metavar="MB/S", help="bandwidth limit of each partition copy of a move (0: "
+              "none) [default: the source brick's brick.copy_rate_mb_s]; a member "
+              "replacement re-syncs at the source brick's setting")
 @reports_errors
 def rebalance(seeds: str | None, secret_file: str | None, cluster_name: str | None,
               local: bool, local_dir: Path, dry_run: bool, parallel: int, as_json: bool,
-              timeout: float) -> None:
+              timeout: float, rate_mb_s: int | None) -> None:
     """Level partitions per brick (within ±1 of the mean where member choice allows it,
     never two replicas of a group on one host, fewest bytes copied) and fill groups
     below the replication factor.  --dry-run prints the plan."""
     from dds.tools import membership as m
 
     _run_membership(m.rebalance, _target(seeds, secret_file, cluster_name, local,
-                                         local_dir), as_json, dry_run, parallel, timeout)
+                                         local_dir), as_json, dry_run, parallel, timeout,
+                    rate_mb_s=rate_mb_s)
 
 
 # -- bench -------------------------------------------------------------------------------------

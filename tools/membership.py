@@ -874,6 +874,10 @@ class Options:
     #: Seconds one change may take (its new member's recovery, mostly).
     timeout: float = 3600.0
     dry_run: bool = False
+    #: Bandwidth limit of each partition copy of a move, MB/s (0: none; None: the source
+    #: brick's ``brick.copy_rate_mb_s``).  A member replacement re-syncs by recovery,
+    #: which always uses the source brick's setting.
+    rate_mb_s: int | None = None
 
 
 class Executor:
@@ -1059,7 +1063,8 @@ class Executor:
             return "done"
         if where != c.rg:
             raise ChangeFailed(f"{c.pid} is active in {where or 'no RG'} now, not {c.rg}")
-        result = await mv.move(self.cl.reactor, self.cl.target, c.pid, c.to_rg, self.say)
+        result = await mv.move(self.cl.reactor, self.cl.target, c.pid, c.to_rg, self.say,
+                               rate_mb_s=self.options.rate_mb_s)
         self.copied[n] = int(result.get("bytes", 0))
         for rg in c.rgs:
             await self.cl.record(rg)
@@ -1407,16 +1412,16 @@ async def rebalance(reactor: Any, target: Target, *, options: Options, view: Vie
     plan = plan_changes(layout_from_map(cl.map, reachable=up, sizes=sizes))
     if options.dry_run or not plan.changes:
         return _report("rebalance", plan, job=None, dry_run=options.dry_run,
-                       missing=missing)
+                       missing=missing, rate_mb_s=options.rate_mb_s)
     job = await Job.create(reactor, target, "rebalance", {
-        "changes": [c.to_json() for c in plan.changes], "mean": round(plan.mean, 3)},
-        _involved(cl, plan.changes, up), warn=say)
+        "changes": [c.to_json() for c in plan.changes], "mean": round(plan.mean, 3),
+        "rate_mb_s": options.rate_mb_s}, _involved(cl, plan.changes, up), warn=say)
     say(f"job {job.id}: rebalance, {len(plan.changes)} change(s)")
     ex = await _execute(cl, job, plan, view, say, options)
     if not ex.errors and not ex.cancelled:
         await job.finish("done")
     return _report("rebalance", plan, job=job.id, dry_run=False, missing=missing, ex=ex,
-                   seconds=time.monotonic() - t0)
+                   seconds=time.monotonic() - t0, rate_mb_s=options.rate_mb_s)
 
 
 async def resume(reactor: Any, target: Target, view: JobView, say: Say) -> str:
@@ -1514,6 +1519,10 @@ def render_plan(report: Mapping[str, Any], console: Console) -> None:
     console.print(f"mean {plan['mean']:.2f} partitions per brick, target {plan['target']}")
     console.print(f"{len(changes)} change(s), {decimal(plan['bytes'])} to copy"
                   + ("" if plan["reached"] else " (target not reachable: see notes)"))
+    if report.get("rate_mb_s") is not None:
+        rate = report["rate_mb_s"]
+        console.print("copy rate of each move: " + (f"at most {rate} MB/s" if rate
+                                                    else "unlimited"))
     for note in plan["notes"]:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
     for problem in plan["problems"]:

@@ -9,8 +9,12 @@ pretending to have checked anything:
    (the brick's ``resolve`` request).  A transaction decided that way is then resolved on
    the other members that still hold it; they follow the decision (a member that is not
    past its deadline only ever follows a decision another member made).
-2. ``map`` — **map divergence** (a record at one version with different contents on
-   different bricks): not implemented yet (issue 4).  ``dds-admin status`` shows it.
+2. ``map`` — **map divergence** (implemented, ``tools/mapcheck.py``): every brick's map
+   compared record by record; bricks holding an older version of a record (or none) get
+   the newest pushed; a record held at one version with different contents on different
+   bricks is made to agree by committing the content a majority holds (of the RG's own
+   active members, for an RG record) as a new version, by the normal record change.  No
+   safe choice: nothing is changed, and the step fails (``--prefer BRICK`` chooses).
 3. ``reorg`` — **half-done reorganizations** (a journaled move whose admin tool died, or
    whose brick crashed): rolled back before its cut-over, finished after it.
 
@@ -42,6 +46,9 @@ class Options:
     #: knows their coordinators are dead).  Unsafe while a coordinator still runs.
     before_deadline: bool = False
     timeout: float = 5.0
+    #: Map step: the brick whose contents win a conflicting record that no majority
+    #: holds (pushed as a new version without a vote).  None: such a conflict is refused.
+    prefer: str | None = None
 
 
 #: Time a brick may need for termination beyond the admin tool's own timeout.
@@ -152,6 +159,19 @@ def _unreachable_note(unreachable: list[dict[str, Any]]) -> str:
     return f"; not reachable, not checked: {', '.join(u['brick'] for u in unreachable)}"
 
 
+# -- step 2: map divergence -------------------------------------------------------------------
+
+async def resolve_map(reactor: Any, target: Target, options: Options,
+                      say: Say) -> dict[str, Any]:
+    """Step 2: make every brick hold the same version and contents of every map record
+    (``tools/mapcheck.py``)."""
+    from dds.tools import mapcheck
+
+    return await mapcheck.repair_map(reactor, target, dry_run=options.dry_run,
+                                     prefer=options.prefer, timeout=options.timeout,
+                                     say=say)
+
+
 # -- step 3: half-done reorganizations -------------------------------------------------------
 
 async def resume_jobs(reactor: Any, target: Target, options: Options,
@@ -204,8 +224,9 @@ async def resume_jobs(reactor: Any, target: Target, options: Options,
 STEPS: tuple[Step, ...] = (
     Step("txns", "in-doubt transactions", resolve_txns,
          "resolved by the termination rule"),
-    Step("map", "map divergence", None,
-         "not implemented yet (issue 4); `dds-admin status` reports divergence"),
+    Step("map", "map divergence", resolve_map,
+         "lagging bricks get the newest records; a conflict is won by the contents a "
+         "majority holds, at a new version"),
     Step("reorg", "half-done reorganizations", resume_jobs,
          "journaled moves finished or rolled back"),
 )
@@ -228,7 +249,7 @@ async def repair(reactor: Any, target: Target, options: Options, only: set[str] 
         steps.append(entry)
     ran = [s for s in steps if s["ran"]]
     return {"dry_run": options.dry_run, "before_deadline": options.before_deadline,
-            "steps": steps, "ok": all(s["result"]["ok"] for s in ran)}
+            "prefer": options.prefer, "steps": steps, "ok": all(s["result"]["ok"] for s in ran)}
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -237,7 +258,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     for i, s in enumerate(report["steps"], 1):
         if s["ran"]:
             state = ("[green]done[/green]" if s["result"]["ok"] else
-                     "[red]incomplete[/red]") if not report["dry_run"] else "checked"
+                     "[red]incomplete[/red]") if not report["dry_run"] else (
+                "checked" if s["result"]["ok"] else "[red]checked[/red]")
             line = f"{state}: {escape(s['result']['summary'])}"
         elif not s["implemented"]:
             line = f"[yellow]{escape(s['note'])}[/yellow]"
@@ -247,6 +269,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     for s in report["steps"]:
         if s["name"] == "txns" and s["ran"]:
             _render_txns(s["result"], report["dry_run"], console)
+        if s["name"] == "map" and s["ran"]:
+            from dds.tools import mapcheck
+            mapcheck.render(s["result"], report["dry_run"], console)
 
 
 def _render_txns(result: dict[str, Any], dry_run: bool, console: Console) -> None:

@@ -151,7 +151,7 @@ async def test_txns_lists_and_repair_resolves_a_transaction_prepared_everywhere(
     human = admin(cluster, "repair", "--dry-run", "--before-deadline")
     assert human.returncode == 0, human.stderr
     assert "would resolve 3 transaction(s)" in human.stdout
-    assert "not implemented yet (issue 4)" in human.stdout
+    assert "all 3 bricks agree on map version" in human.stdout
     # Without --before-deadline, repair leaves a transaction inside its deadline alone:
     # its coordinator might still be deciding it.
     untouched = admin_json(cluster, "repair", "--txns-only")
