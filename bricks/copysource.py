@@ -23,6 +23,19 @@ copy of an RG's partitions.  Each session goes::
   fence timer no longer lifts it; ``finish`` (or ``cancel`` on failure) does.
 - **DONE** / **CANCELLED**: the fence is lifted and the snapshot files are deleted.
 
+**Shared snapshots.**  A move copies a partition to every member of the target RG at
+once, one session per target: sessions of the same partition taken within ``SHARE_S`` of
+each other share one snapshot file (the first one's, or the one still being taken), so
+the source backs up and hashes the file once, not once per target, and frees one file
+afterwards.  The file is deleted when the last session using it ends.  Each session's
+delta starts at the snapshot's log position, so sharing changes nothing for a target.
+Full-lease sessions (taken under their own fence) never share.
+
+**Streams.**  With a ``stream`` factory (a brick on real sockets), the ``copy_begin``
+reply names the port of this brick's :class:`~dds.bricks.stream.StreamServer` and the
+target may take each snapshot as one stream in a thread of its own instead of
+``chunk`` requests; the session's rate limit holds for both.
+
 A session with no request from its target for ``IDLE_S`` is cancelled (not while
 snapshotting or readmitting: those wait on this brick, not on the target).  At most one
 session runs per (rg, target): a target that restarts its recovery supersedes its old
@@ -32,11 +45,14 @@ session.  Everything runs on the reactor thread except the snapshots themselves.
 from __future__ import annotations
 
 import enum
+import os
 import random
 import sqlite3
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NoReturn
+
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -52,11 +68,14 @@ from dds.bricks.discard import discard_gradually
 from dds.bricks.snapshot import (RunInThread, SnapshotInfo, read_chunk,
                                  take_snapshot)
 from dds.bricks.storage import Storage
+from dds.bricks.stream import StreamServer, background
 
 #: A session whose target sends nothing for this long is cancelled.
 IDLE_S = 60.0
 #: Ended sessions kept for ``status`` and for naming why a late request finds none.
 ENDED_MEMORY = 32
+#: A snapshot this recent is shared by a new session of the same partition.
+SHARE_S = 30.0
 _SNAPSHOT_GLOB = "copy-*.snapshot"
 
 
@@ -80,7 +99,7 @@ class CopySession:
 
     __slots__ = ("id", "rg", "target", "pids", "full_lease", "state", "snapshots",
                  "bytes_sent", "started", "last_request", "fenced_at", "fence_held_s", "rate",
-                 "fence_timer", "idle_timer", "reason")
+                 "fence_timer", "idle_timer", "reason", "shared")
 
     def __init__(self, sid: int, rg: str, target: str, pids: tuple[PartitionId, ...],
                  full_lease: bool, now: float) -> None:
@@ -103,10 +122,30 @@ class CopySession:
         self.fence_timer: IDelayedCall | None = None
         self.idle_timer: IDelayedCall | None = None
         self.reason = ""
+        #: The snapshot files this session uses (shared with other sessions or not).
+        self.shared: list[_Shared] = []
 
     @property
     def size(self) -> int:
         return sum(s.size for s in self.snapshots.values())
+
+
+class _Shared:
+    """One snapshot file and the sessions using it (``refs``); ``waiters`` are sessions
+    that wait for it to be taken."""
+
+    __slots__ = ("pid", "file", "info", "taken_at", "refs", "waiters", "taking")
+
+    def __init__(self, pid: str, file: tuple[int, int] | None) -> None:
+        self.pid = pid
+        #: (device, inode) of the replica it was taken of: a replica replaced since
+        #: (recovery, a split) numbers its log anew, and the snapshot's lsn would lie.
+        self.file = file
+        self.info: SnapshotInfo | None = None
+        self.taken_at = 0.0
+        self.refs: set[int] = set()
+        self.waiters: list[Deferred[SnapshotInfo]] = []
+        self.taking = True
 
 
 class CopySessions:
@@ -116,7 +155,8 @@ class CopySessions:
 
     def __init__(self, brick_id: str, storage: Storage, participant: Participant,
                  clock: IReactorTime, snapshot_dir: Path, run_in_thread: RunInThread,
-                 fence_s: float, metrics: Metrics, rng: random.Random | None = None) -> None:
+                 fence_s: float, metrics: Metrics, rng: random.Random | None = None,
+                 stream: Callable[[], StreamServer] | None = None) -> None:
         self.brick_id = brick_id
         self.storage = storage
         self.participant = participant
@@ -129,6 +169,11 @@ class CopySessions:
         self.sessions: dict[int, CopySession] = {}
         self._by_pair: dict[tuple[str, str], CopySession] = {}
         self._ended: OrderedDict[int, CopySession] = OrderedDict()
+        #: Per partition, the snapshot a new session may share.
+        self._shared: dict[str, _Shared] = {}
+        #: Makes the stream server on first use (None: chunk requests only).
+        self._stream_factory = stream
+        self._stream: StreamServer | None = None
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         # Snapshots of sessions that died with the process: nobody can resume them.
         for stale in self.snapshot_dir.glob(_SNAPSHOT_GLOB):
@@ -161,8 +206,7 @@ class CopySessions:
             for pid in s.pids:
                 info = await self._snapshot(s, pid)
                 if s.state is not CopyState.SNAPSHOTTING:   # cancelled meanwhile
-                    info.path.unlink(missing_ok=True)
-                    self._gone(s)
+                    self._gone(s)      # (_end released the snapshot)
                 s.snapshots[str(pid)] = info
         except BaseException as e:
             if s.state is CopyState.SNAPSHOTTING:
@@ -170,8 +214,34 @@ class CopySessions:
             raise
         s.state = CopyState.STREAMING
         self._touch(s)
-        return {"session": s.id, "snapshots": [s.snapshots[str(p)].to_wire()
-                                               for p in s.pids]}
+        reply: dict[str, Any] = {"session": s.id, "snapshots": [s.snapshots[str(p)].to_wire()
+                                                                for p in s.pids]}
+        stream = self._streams()
+        if stream is not None:
+            for pid_text, info in s.snapshots.items():
+                stream.register(s.id, pid_text, info.path, info.size, info.blocks, s.rate)
+            reply["stream"] = {"port": stream.port}
+        return reply
+
+    def _streams(self) -> StreamServer | None:
+        if self._stream is None and self._stream_factory is not None:
+            try:
+                self._stream = self._stream_factory()
+            except OSError as e:
+                self.log.warn("no snapshot streams (chunk requests only): {error}",
+                              error=str(e))
+                self._stream_factory = None
+            else:
+                self._stream.on_sent = self._streamed
+        return self._stream
+
+    def _streamed(self, session: int, sent: int) -> None:
+        """A stream of ``session`` sent ``sent`` bytes more (on the reactor thread)."""
+        self.metrics.inc("copy_bytes_sent_total", sent)
+        s = self.sessions.get(session)
+        if s is not None:
+            s.bytes_sent += sent
+            self._touch(s)
 
     def chunk(self, session: int, pid: str, offset: int,
               size: int) -> dict[str, Any] | Deferred[dict[str, Any]]:
@@ -207,10 +277,11 @@ class CopySessions:
 
     async def fence(self, session: int) -> dict[str, Any]:
         """Take the write lease: fence, drain, flush.  ``{"lsn": {pid: last committed
-        lsn}}``.  Repeating it while FENCED returns the same answer."""
+        lsn}}``.  Repeating it while FENCED or READMITTING returns the same answer: the
+        fence held since (a move checks so that it was not lost to a restart)."""
         s = self._get(session)
         self._touch(s)
-        if s.state is CopyState.FENCED:
+        if s.state in (CopyState.FENCED, CopyState.READMITTING):
             return {"lsn": self._lsns(s)}
         if s.state is not CopyState.STREAMING:
             raise InvalidRequest(f"copy session {session} is {s.state.value}, "
@@ -233,6 +304,11 @@ class CopySessions:
         s = self._serving(session)
         if pid not in s.snapshots:
             raise InvalidRequest(f"copy session {session} does not copy {pid!r}")
+        if not self.storage.has_partition(pid):
+            # Dropped here meanwhile (a move's drop, a split's cut-over): opening it
+            # would create an empty replica of a partition no RG lists.
+            self.cancel(session, f"{pid} was dropped here")
+            raise NotServing(f"brick {self.brick_id} holds no replica of {pid} any more")
         store = self.storage.open_partition(pid)
         # Committed rows only: a staged row's lsn is reused if its commit fails, so a
         # target that had copied it would skip the row that later takes that lsn.  Under
@@ -251,8 +327,12 @@ class CopySessions:
 
     def readmitting(self, session: int) -> None:
         """The RG record change that makes the target active has started: from now on
-        the fence holds until ``finish`` or ``cancel``, whatever its timer says."""
+        the fence holds until ``finish`` or ``cancel``, whatever its timer says.
+        Idempotent."""
         s = self._get(session)
+        if s.state is CopyState.READMITTING:
+            self._touch(s)
+            return
         if s.state is not CopyState.FENCED:
             raise InvalidRequest(f"copy session {session} is {s.state.value}, not fenced: "
                                  "cannot readmit")
@@ -288,6 +368,9 @@ class CopySessions:
         """The brick stops: cancel every session."""
         for sid in list(self.sessions):
             self.cancel(sid, f"brick {self.brick_id} is stopping")
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
     def status(self) -> list[dict[str, Any]]:
         """Live and recently ended sessions, for ``dds-admin status``."""
@@ -309,13 +392,83 @@ class CopySessions:
                 return sid
 
     async def _snapshot(self, s: CopySession, pid: PartitionId) -> SnapshotInfo:
+        """A snapshot of ``pid`` for ``s``: a recent one another session uses, or a new
+        one.  ``s`` holds a reference on it until it ends (see ``_release``)."""
+        key = str(pid)
+        now = self.clock.seconds()
+        file = self._file_id(key)
+        sh = None if s.full_lease else self._shared.get(key)
+        if sh is not None and sh.file == file and file is not None and (
+                sh.taking or now - sh.taken_at <= SHARE_S):
+            sh.refs.add(s.id)
+            s.shared.append(sh)
+            self.metrics.inc("copy_snapshots_shared_total")
+            if sh.info is not None:
+                return sh.info
+            d: Deferred[SnapshotInfo] = Deferred()
+            sh.waiters.append(d)
+            return await d
+        sh = _Shared(key, file)
+        sh.refs.add(s.id)
+        s.shared.append(sh)
+        if not s.full_lease:
+            self._shared[key] = sh
         dest = self.snapshot_dir / f"copy-{s.id:016x}-{pid}.snapshot"
+        stream = self._streams()
+        # With streams (real threads), the backup too runs at their low priority.
+        run = (self.run_in_thread if stream is None
+               else background(stream.call_from_thread))
         try:
-            return await take_snapshot(self.storage, str(pid), dest, self.run_in_thread)
-        except KeyError:
-            raise NotServing(f"brick {self.brick_id} holds no replica of {pid}") from None
-        except (OSError, sqlite3.Error, ValueError) as e:
-            raise InternalError(f"snapshot of {pid} failed: {e}") from e
+            info = await take_snapshot(self.storage, key, dest, run)
+        except BaseException as e:
+            sh.taking = False
+            if self._shared.get(key) is sh:
+                del self._shared[key]
+            if isinstance(e, KeyError):
+                err: BaseException = NotServing(f"brick {self.brick_id} holds no replica "
+                                                f"of {pid}")
+            elif isinstance(e, (OSError, sqlite3.Error, ValueError)):
+                err = InternalError(f"snapshot of {pid} failed: {e}")
+            else:
+                err = e
+            waiters, sh.waiters = sh.waiters, []
+            for w in waiters:
+                w.errback(err)
+            if err is e:
+                raise
+            raise err from e
+        sh.info, sh.taken_at, sh.taking = info, self.clock.seconds(), False
+        if not sh.refs:           # every session using it ended meanwhile
+            self._free(sh)
+        waiters, sh.waiters = sh.waiters, []
+        for w in waiters:
+            w.callback(info)
+        return info
+
+    def _file_id(self, pid: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.storage.partition_path(pid))
+        except (OSError, ValueError):
+            return None
+        return st.st_dev, st.st_ino
+
+    def _release(self, s: CopySession) -> None:
+        """``s`` no longer uses its snapshots: free those nobody else uses."""
+        for sh in s.shared:
+            sh.refs.discard(s.id)
+            if not sh.refs:
+                if self._shared.get(sh.pid) is sh:
+                    del self._shared[sh.pid]
+                if not sh.taking:
+                    self._free(sh)
+        s.shared = []
+
+    def _free(self, sh: _Shared) -> None:
+        if self._shared.get(sh.pid) is sh:
+            del self._shared[sh.pid]
+        if sh.info is not None:
+            # Freeing 100 MB at once stalls the disk for a few hundred ms: a write pause.
+            discard_gradually(sh.info.path, self.clock)
 
     async def _fence_and_drain(self, s: CopySession) -> None:
         """Fence the session's partitions, wait (bounded by ``fence_s``) for their
@@ -345,6 +498,11 @@ class CopySessions:
             raise InternalError(f"copy session {s.id}: flush failed: {e}") from e
 
     def _lsns(self, s: CopySession) -> dict[str, int]:
+        gone = [str(p) for p in s.pids if not self.storage.has_partition(str(p))]
+        if gone:        # dropped meanwhile: do not create empty replicas of them
+            self.cancel(s.id, f"{', '.join(gone)} dropped here")
+            raise NotServing(f"brick {self.brick_id} holds no replica of "
+                             f"{', '.join(gone)} any more")
         return {str(p): self.storage.open_partition(str(p)).committed_lsn() for p in s.pids}
 
     def _fence_lapsed(self, s: CopySession) -> None:
@@ -412,9 +570,9 @@ class CopySessions:
             self.log.info("copy session {session}: fence on {pids} lifted after "
                           "{held:.3f}s", session=s.id, pids=[str(p) for p in s.pids],
                           held=s.fence_held_s)
-        # Freeing 100 MB at once stalls the disk for a few hundred ms: a write pause.
-        for info in s.snapshots.values():
-            discard_gradually(info.path, self.clock)
+        if self._stream is not None:
+            self._stream.unregister(s.id)
+        self._release(s)
         self.sessions.pop(s.id, None)
         if self._by_pair.get((s.rg, s.target)) is s:
             del self._by_pair[(s.rg, s.target)]

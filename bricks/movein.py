@@ -2,8 +2,8 @@
 target RG, where the partition is *incoming*.
 
 ``dds-admin move`` drives the steps and journals them: ``pull`` (snapshot copy and
-catch-up from a member of the source RG), then, once the source fenced writes, ``finish``
-(the last delta).  The cut-over itself is two record changes made by the admin tool.
+catch-up from a member of the source RG, after which the pull keeps following the
+source's writes), then, once the source fenced writes, ``finish`` (the last delta).  The cut-over itself is two record changes made by the admin tool.
 A pull that is asked again starts over, so a resumed move simply repeats it.
 """
 
@@ -21,7 +21,7 @@ from dds.metrics import Metrics
 
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
-from dds.bricks.pull import Peer, Pull, PullFailed
+from dds.bricks.pull import Peer, Pull, PullFailed, Streams
 from dds.bricks.snapshot import CopyFailed
 from dds.bricks.storage import Storage
 
@@ -31,7 +31,8 @@ class IncomingMoves:
 
     def __init__(self, brick_id: str, maps: MapState, storage: Storage,
                  participant: Participant, peer: Peer, clock: IReactorTime,
-                 work_dir: Path, durable: bool, metrics: Metrics) -> None:
+                 work_dir: Path, durable: bool, metrics: Metrics,
+                 streams: Streams | None = None) -> None:
         self.id = brick_id
         self.maps = maps
         self.storage = storage
@@ -41,7 +42,11 @@ class IncomingMoves:
         self.work_dir = Path(work_dir)
         self.durable = durable
         self.metrics = metrics
+        self.streams = streams
         self.pulls: dict[str, Pull] = {}
+        #: Partitions whose last delta was applied, with the session it came from: a
+        #: ``finish`` asked again (repair) answers from here.
+        self.finished: dict[str, int | None] = {}
 
     def _incoming_rg(self, pid_text: str) -> str:
         pid = parse_pid(pid_text)
@@ -54,26 +59,30 @@ class IncomingMoves:
     def _holds_active(self, pid_text: str) -> bool:
         """Whether this brick already serves ``pid`` as an active member of the RG it
         moves from (the two RGs share this brick): its replica is that partition, up to
-        date with every write, and it is the same file after the cut-over."""
+        date with every write, and it is the same file after the cut-over.  Also once
+        that RG marked it outgoing: nobody writes it from then until the cut-over."""
         pid = parse_pid(pid_text)
-        return any(pid in rec.active_partitions and self.id in rec.active_members
+        return any(rec.partition_state(pid) in ("active", "outgoing")
+                   and self.id in rec.active_members
                    for rec in self.maps.map.rgs.values())
 
     async def pull(self, msg: MovePull) -> dict[str, Any]:
         self._incoming_rg(msg.pid)
         if self._holds_active(msg.pid):
             return {"session": None, "bytes": 0, "local": True}
+        self.finished.pop(msg.pid, None)
         old = self.pulls.pop(msg.pid, None)
         if old is not None:
             old.cancel("superseded by a new pull")
         pull = Pull(self.id, msg.source, self.peer, self.storage, self.participant,
-                    self.clock, self.work_dir, self.durable)
+                    self.clock, self.work_dir, self.durable, self.streams)
         self.pulls[msg.pid] = pull
         try:
             await pull.begin({"rg": msg.from_rg, "target": self.id, "pids": [msg.pid],
                               "rate_mb_s": msg.rate_mb_s})
             await pull.copy()
             await pull.catch_up()
+            pull.follow()
         except (PullFailed, CopyFailed, KeyError, TypeError, ValueError) as e:
             pull.cancel(repr(e))
             self.pulls.pop(msg.pid, None)
@@ -90,15 +99,22 @@ class IncomingMoves:
                       "bytes_done": p.bytes_done} for pid, p in self.pulls.items()}
 
     async def finish(self, msg: MoveFinish) -> dict[str, Any]:
+        """The last delta, under the source's fence.  Asked again once it was applied
+        (``dds-admin repair`` checks a cut-over that began), it answers ``again``
+        without pulling anything."""
         pull = self.pulls.get(msg.pid)
         if pull is None and self._holds_active(msg.pid):
             return {"rows": 0, "local": True}
+        if pull is None and msg.pid in self.finished:
+            return {"rows": 0, "again": True, "session": self.finished[msg.pid]}
         if pull is None:
             raise InvalidRequest(f"no copy of {msg.pid} in progress on brick {self.id}")
+        pull.stop_following()
         try:
             rows = await pull.delta()
         except (PullFailed, CopyFailed, KeyError, TypeError, ValueError) as e:
             raise Refused(f"last delta of {msg.pid} failed: {e}") from None
         self.pulls.pop(msg.pid, None)
+        self.finished[msg.pid] = pull.session
         # No checksum here: this runs under the source's fence (scrub compares later).
         return {"rows": rows}

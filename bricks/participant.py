@@ -9,8 +9,8 @@ Each transaction is a ``Transaction`` with a named state::
 
 The key lock is held from PREPARING until the transaction is COMMITTED (after the write is
 durable) or ABORTED, so a read that finds the key locked waits for the outcome.  The YES
-vote is sent only after its record is durable in the brick's ``prepared.sqlite``, and the
-record is removed only once the outcome is durable, so a restarted brick finds every
+vote is sent only after its record is durable in the brick's transaction log, and the
+record is settled only once the outcome is durable, so a restarted brick finds every
 transaction it may still owe (``restore``) and resolves it by termination.  A
 transaction id seen first in an ABORT is recorded as ABORTED, so a PREPARE that arrives
 after its coordinator gave up is refused rather than left holding a lock.  Decided
@@ -35,12 +35,17 @@ from dds.errors import (DDSError, Exists, InternalError, InvalidRequest, Locked,
 from dds.messages import Prepare, TxnId
 from dds.metrics import Metrics
 from dds.partition import PartitionId
+from dds.rpc import LATER
 
 from dds.bricks.locks import LockTable
 from dds.bricks.storage import PreparedRecord, Storage
 
 #: How many decided transactions are remembered for repeated COMMIT/ABORT answers.
 DECIDED_MEMORY = 100_000
+
+#: Where a vote or a commit that finishes later is answered without a Deferred:
+#: ``reply(to, result)`` with the reply body or the exception (see ``dds.rpc.LATER``).
+Reply = Callable[[Any, Any], None]
 
 
 class TxnState(enum.Enum):
@@ -52,19 +57,33 @@ class TxnState(enum.Enum):
 
 
 class Transaction:
-    __slots__ = ("txid", "pid", "key", "op", "value", "new_version", "state", "timer",
-                 "prepared_at", "due_at", "waiters", "queried")
+    __slots__ = ("txid", "pid", "pid_text", "key", "op", "value", "new_version", "state",
+                 "timer", "wake_at", "prepared_at", "due_at", "waiters", "queried", "ts",
+                 "expected_version", "timeout_ms", "lock_key")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
-                 value: bytes | None, now: float) -> None:
+                 value: bytes | None, now: float, ts: tuple[int, int] = (0, 0),
+                 expected_version: int | None = None, timeout_ms: int = 0,
+                 pid_text: str | None = None) -> None:
         self.txid = txid
         self.pid = pid
+        self.pid_text = pid_text if pid_text is not None else str(pid)
         self.key = key
         self.op = op
         self.value = value
+        self.ts = ts
+        self.expected_version = expected_version
+        self.timeout_ms = timeout_ms
+        #: The key's lock: by partition id text, whose hash Python keeps.
+        self.lock_key = (self.pid_text, key)
         self.new_version = 0
         self.state = TxnState.PREPARING
+        #: A timer armed for this transaction alone (after a restart, a retry of
+        #: termination, a failed commit); the common deadline is ``wake_at``.
         self.timer: IDelayedCall | None = None
+        #: When the participant's deadline sweep hands it to ``on_deadline`` (None: not
+        #: armed); one timer serves every prepared transaction.
+        self.wake_at: float | None = None
         self.prepared_at = now
         #: When termination first becomes due (the deadline timer's time); None until the
         #: YES vote is recorded.  Later retries of termination do not move it.
@@ -75,10 +94,6 @@ class Transaction:
         #: own termination): from then on the members decide, and a coordinator's ABORT is
         #: refused, or some member could commit by "all prepared" while others abort.
         self.queried = False
-
-    @property
-    def lock_key(self) -> tuple[PartitionId, bytes]:
-        return (self.pid, self.key)
 
 
 class Participant:
@@ -103,17 +118,30 @@ class Participant:
         #: ``quiesce`` calls waiting for their partitions' transactions to resolve.
         self._quiet_waiters: list[tuple[frozenset[PartitionId], Deferred[bool]]] = []
         self._quiet_check: IDelayedCall | None = None
+        #: The deadline sweep: one timer, at the earliest ``wake_at`` of the prepared
+        #: transactions, instead of a timer per transaction armed and cancelled each time.
+        self._sweep: IDelayedCall | None = None
+        self._sweep_at = float("inf")
 
     # -- phase one -----------------------------------------------------------------------
 
     def prepare(self, msg: Prepare, pid: PartitionId,
                 recheck: Callable[[], Any]) -> dict[str, int] | Deferred[dict[str, int]]:
-        """Vote on ``msg``: the YES vote, or raises (or fails with) the NO reason.
-        ``recheck`` re-validates the map after waiting for a lock (it may have moved on).
-        An uncontended key is voted on at once, without a Deferred."""
+        """Vote on ``msg`` (see :meth:`vote`)."""
+        return self.vote(msg.txid, msg.ts, pid, msg.key, msg.op, msg.value,
+                         msg.expected_version, msg.timeout_ms, recheck)
+
+    def vote(self, txid: TxnId, ts: tuple[int, int], pid: PartitionId, key: bytes, op: str,
+             value: bytes | None, expected_version: int | None, timeout_ms: int,
+             recheck: Callable[[], Any], pid_text: str | None = None,
+             reply: Reply | None = None, to: Any = None) -> Any:
+        """Vote on a validated PREPARE: the YES vote, or raises (or fails with) the NO
+        reason.  ``recheck`` re-validates the map after waiting for a lock (it may have
+        moved on meanwhile).  An uncontended key is voted on at once, without waiting.
+        With ``reply``, a vote that waits for its record to be durable returns ``LATER``
+        and is answered by ``reply(to, ...)`` instead of a Deferred."""
         if failpoints.ARMED:
             failpoints.fire("prepare.before_vote")
-        txid = msg.txid
         known = self.active.get(txid)
         if known is not None:
             if known.state is TxnState.PREPARED:
@@ -127,16 +155,18 @@ class Participant:
         past = self.decided.get(txid)
         if past is not None:
             raise Locked(f"transaction {txid} was already {past[0].value}")
-        txn = Transaction(txid, pid, msg.key, msg.op, msg.value, self.clock.seconds())
+        txn = Transaction(txid, pid, key, op, value, self.clock.seconds(), ts,
+                          expected_version, timeout_ms, pid_text)
         self.active[txid] = txn
-        if self.locks.try_acquire(txn.lock_key, txid, msg.ts):
-            return self._vote(txn, msg, recheck)
-        return Deferred.fromCoroutine(self._prepare_contended(txn, msg, recheck))
+        if self.locks.try_acquire(txn.lock_key, txid, ts):
+            # The caller checked the map just now: nothing to re-check.
+            return self._vote(txn, None, reply, to)
+        return Deferred.fromCoroutine(self._prepare_contended(txn, recheck))
 
-    async def _prepare_contended(self, txn: Transaction, msg: Prepare,
+    async def _prepare_contended(self, txn: Transaction,
                                  recheck: Callable[[], Any]) -> dict[str, int]:
         try:
-            await self.locks.acquire(txn.lock_key, txn.txid, msg.ts, self.lock_wait_s)
+            await self.locks.acquire(txn.lock_key, txn.txid, txn.ts, self.lock_wait_s)
         except DDSError:
             self._forget(txn, TxnState.ABORTED)
             self.metrics.inc("prepare_locked_total")
@@ -145,23 +175,24 @@ class Participant:
             self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             raise Locked(f"transaction {txn.txid} was aborted while waiting for its lock")
-        vote = self._vote(txn, msg, recheck)
+        vote = self._vote(txn, recheck)
         if isinstance(vote, Deferred):      # the vote's record is being made durable
             return await vote
         return vote
 
-    def _vote(self, txn: Transaction, msg: Prepare, recheck: Callable[[], Any]
-              ) -> dict[str, int] | Deferred[dict[str, int]]:
+    def _vote(self, txn: Transaction, recheck: Callable[[], Any] | None,
+              reply: Reply | None = None, to: Any = None) -> Any:
         """With the lock held: check the condition and stage, or undo and say NO."""
         try:
-            recheck()
-            current = self.storage.read(str(txn.pid), msg.key)
-            if msg.op == "create" and current.value is not None:
+            if recheck is not None:
+                recheck()
+            current = self.storage.read(txn.pid_text, txn.key)
+            if txn.op == "create" and current.value is not None:
                 raise Exists(f"key exists (version {current.version})",
                              {"version": current.version})
-            if msg.op == "cas" and current.version != msg.expected_version:
+            if txn.op == "cas" and current.version != txn.expected_version:
                 raise VersionMismatch(f"key is at version {current.version}, "
-                                      f"expected {msg.expected_version}",
+                                      f"expected {txn.expected_version}",
                                       {"version": current.version})
         except DDSError:
             self.locks.release(txn.lock_key, txn.txid)
@@ -171,9 +202,15 @@ class Participant:
         txn.new_version = current.version + 1
         # The vote is sent only once the record of it is durable: a brick that dies after
         # voting YES must find the transaction again when it restarts.
-        recorded = self.storage.prepare(str(txn.pid), txn.txid, txn.key, txn.op, txn.value,
-                                        txn.new_version, msg.ts)
-        deadline = max(self.txn_deadline_s, 2 * msg.timeout_ms / 1000.0)
+        deadline = max(self.txn_deadline_s, 2 * txn.timeout_ms / 1000.0)
+        if reply is not None:
+            if self.storage.prepare_then(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
+                                         txn.new_version, txn.ts, self._recorded,
+                                         (txn, deadline, reply, to)):
+                return LATER
+            return self._prepared(None, txn, deadline)    # memory durability: no wait
+        recorded = self.storage.prepare(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
+                                        txn.new_version, txn.ts)
         if recorded.called:          # memory durability: no wait
             return self._prepared(None, txn, deadline)
         return recorded.addCallbacks(self._prepared, self._record_failed,
@@ -186,12 +223,25 @@ class Participant:
             self._forget(txn, TxnState.ABORTED)
             raise Locked(f"transaction {txn.txid} was aborted while being prepared")
         txn.state = TxnState.PREPARED
-        txn.due_at = self.clock.seconds() + deadline
-        txn.timer = self.clock.callLater(deadline, self.on_deadline, txn)
+        txn.due_at = due = self.clock.seconds() + deadline
+        self._wake(txn, due)
         self.metrics.inc("prepare_yes_total")
         if failpoints.ARMED:
             failpoints.fire("prepare.after_vote")
         return {"version": txn.new_version - 1}
+
+    def _recorded(self, ctx: tuple[Transaction, float, Reply, Any],
+                  error: BaseException | None) -> None:
+        """The vote's record is durable (or could not be written): answer the vote."""
+        txn, deadline, reply, to = ctx
+        try:
+            if error is not None:
+                result: Any = self._record_failed(Failure(error), txn).value
+            else:
+                result = self._prepared(None, txn, deadline)
+        except Exception as e:  # noqa: BLE001 -- the NO vote (or a failpoint's error)
+            result = e
+        reply(to, result)
 
     def _record_failed(self, failure: Failure, txn: Transaction) -> Failure:
         """The prepare record could not be written (disk full …): vote NO."""
@@ -221,7 +271,8 @@ class Participant:
             if self.storage.read(rec.pid, rec.key).version >= rec.new_version:
                 self.storage.forget_prepared(rec.txid)
                 continue
-            txn = Transaction(rec.txid, pid, rec.key, rec.op, rec.value, self.clock.seconds())
+            txn = Transaction(rec.txid, pid, rec.key, rec.op, rec.value, self.clock.seconds(),
+                              rec.ts, pid_text=rec.pid)
             txn.new_version = rec.new_version
             txn.state = TxnState.PREPARED
             # It may have answered "prepared" to a termination query before it stopped:
@@ -239,8 +290,9 @@ class Participant:
 
     # -- phase two -----------------------------------------------------------------------
 
-    def commit(self, txid: TxnId) -> Deferred[dict[str, int]] | dict[str, int]:
-        """Apply a prepared transaction; the answer comes once the write is durable."""
+    def commit(self, txid: TxnId, reply: Reply | None = None, to: Any = None) -> Any:
+        """Apply a prepared transaction; the answer comes once the write is durable (with
+        ``reply``: ``LATER``, then ``reply(to, ...)``, as for ``vote``)."""
         txn = self.active.get(txid)
         if txn is None:
             past = self.decided.get(txid)
@@ -261,12 +313,30 @@ class Participant:
         txn.state = TxnState.COMMITTING
         self._cancel_timer(txn)
         value = txn.value if txn.op != "remove" else None
-        d = self.storage.write(str(txn.pid), txn.key, value, txn.new_version)
+        if reply is not None:
+            if self.storage.write_then(txn.pid_text, txn.key, value, txn.new_version,
+                                       txn.txid, self._applied, (txn, reply, to)):
+                return LATER
+            return self._committed(None, txn)       # memory durability: no wait
+        d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version, txn.txid)
         return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
                               errbackArgs=(txn,))
 
+    def _applied(self, ctx: tuple[Transaction, Reply, Any],
+                 error: BaseException | None) -> None:
+        """The COMMIT's write is durable (or could not be made so): answer it."""
+        txn, reply, to = ctx
+        try:
+            if error is not None:
+                result: Any = self._commit_failed(Failure(error), txn).value
+            else:
+                result = self._committed(None, txn)
+        except Exception as e:  # noqa: BLE001 -- a failpoint's error, answered as such
+            result = e
+        reply(to, result)
+
     def _committed(self, _: None, txn: Transaction) -> dict[str, int]:
-        self.storage.forget_prepared(txn.txid)     # only now: the write is durable
+        # The write's durable record settled the vote too (``storage.write(..., txid)``).
         self.locks.release(txn.lock_key, txn.txid)
         self._forget(txn, TxnState.COMMITTED)
         self.metrics.inc("commits_total")
@@ -411,9 +481,41 @@ class Participant:
             self.decided.popitem(last=False)
 
     def _cancel_timer(self, txn: Transaction) -> None:
-        if txn.timer is not None and txn.timer.active():
-            txn.timer.cancel()
-        txn.timer = None
+        txn.wake_at = None
+        if txn.timer is not None:
+            if txn.timer.active():
+                txn.timer.cancel()
+            txn.timer = None
+
+    def _wake(self, txn: Transaction, at: float) -> None:
+        """Hand ``txn`` to ``on_deadline`` at ``at`` (unless it is decided first)."""
+        txn.wake_at = at
+        if at < self._sweep_at:
+            if self._sweep is not None and self._sweep.active():
+                self._sweep.cancel()
+            self._sweep_at = at
+            self._sweep = self.clock.callLater(max(0.0, at - self.clock.seconds()),
+                                               self._sweep_deadlines)
+
+    def _sweep_deadlines(self) -> None:
+        """Every transaction whose ``wake_at`` has come goes to ``on_deadline``; sleep
+        until the next one.  Decided transactions left ``active`` already: nothing to
+        cancel when a transaction ends."""
+        self._sweep = None
+        self._sweep_at = float("inf")
+        now = self.clock.seconds()
+        due = [t for t in self.active.values() if t.wake_at is not None and t.wake_at <= now]
+        for txn in due:
+            if txn.wake_at is not None and self.active.get(txn.txid) is txn:
+                txn.wake_at = None
+                self.on_deadline(txn)
+        upcoming = [t.wake_at for t in self.active.values() if t.wake_at is not None]
+        if upcoming:
+            at = min(upcoming)
+            if at < self._sweep_at:
+                self._sweep_at = at
+                self._sweep = self.clock.callLater(max(0.0, at - now),
+                                                   self._sweep_deadlines)
 
     def _deadline_passed(self, txn: Transaction) -> None:
         """Default deadline action: report the in-doubt transaction.  The termination

@@ -3,18 +3,29 @@ half shared by recovery (a brick re-syncing its RG) and moves (a brick of the ta
 taking in a partition).
 
 ``Pull`` is one copy session seen from the receiver: it asks the source for snapshots,
-pulls them in checksummed chunks with a bounded window (flow control is the receiver
-asking only for what it can take), installs them, and applies deltas by log position,
-first while writes go on (catching up), then under the source's fence.
+takes each as a stream in a thread of its own when the source offers one and the pull
+has ``streams`` (``dds.bricks.stream``: block checksums, no request per MiB, low CPU
+priority), else pulls it in checksummed chunks with a bounded window (flow control is
+the receiver asking only for what it can take), installs them, and applies deltas by
+log position, first while writes go on (catching up), then under the source's fence.
+
+A move's pull goes on *following* the source after its catch-up (``follow``: a delta
+every ``FOLLOW_S``), because the targets of a move finish their copies at different
+times and the fence comes only after the last one: without it, the fenced delta of the
+first target to finish would hold every write since then.  Deltas are applied one at a
+time, so the last one (``delta`` under the fence) waits for a following one in flight.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+import attrs
+from twisted.internet.defer import Deferred, DeferredLock
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from dds.deferreds import all_or_raise
 from dds.errors import DDSError
@@ -25,6 +36,7 @@ from dds.bricks.discard import discard_gradually
 from dds.bricks.participant import Participant
 from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
+from dds.bricks.stream import CallFromThread, StreamError, in_thread, receive
 
 Peer = Callable[[str], Awaitable[RPCProtocol]]
 
@@ -36,6 +48,17 @@ RPC_TIMEOUT_S = 10.0
 #: Deltas pulled before the fence, until one is this small (the write pause).
 CATCH_UP_ROUNDS = 4
 CATCH_UP_DONE_ROWS = 200
+#: A following pull asks for a delta this often.
+FOLLOW_S = 0.05
+
+
+@attrs.frozen
+class Streams:
+    """What a pull needs to take snapshots as streams: the cluster's secret and the
+    reactor's ``callFromThread``."""
+
+    secret: bytes = attrs.field(repr=False)
+    call_from_thread: CallFromThread
 
 
 class PullFailed(Exception):
@@ -43,9 +66,11 @@ class PullFailed(Exception):
 
 
 class Pull:
+    log = Logger()
+
     def __init__(self, brick_id: str, source: str, peer: Peer, storage: Storage,
                  participant: Participant, clock: IReactorTime, work_dir: Path,
-                 durable: bool) -> None:
+                 durable: bool, streams: Streams | None = None) -> None:
         self.id = brick_id
         self.source = source
         self.peer = peer
@@ -60,6 +85,14 @@ class Pull:
         self.after: dict[str, int] = {}
         self.bytes_total = 0
         self.bytes_done = 0
+        self._applying = DeferredLock()
+        self._follow: IDelayedCall | None = None
+        self.following = False
+        #: How to take snapshots as streams (None: chunk requests only), and the
+        #: source's stream port (from ``copy_begin``).
+        self.streams = streams
+        self.stream_port: int | None = None
+        self._stop = threading.Event()
 
     async def call(self, mtype: str, body: dict[str, Any], timeout: float) -> Any:
         try:
@@ -74,6 +107,9 @@ class Pull:
         self.session = int(reply["session"])
         self.snapshots = list(reply["snapshots"])
         self.bytes_total = sum(int(s["size"]) for s in self.snapshots)
+        stream = reply.get("stream")
+        if isinstance(stream, dict) and isinstance(stream.get("port"), int):
+            self.stream_port = int(stream["port"])
         return dict(reply)
 
     async def copy(self) -> None:
@@ -86,7 +122,8 @@ class Pull:
                 receiver = SnapshotReceiver(self.work_dir, str(snap["pid"]),
                                             int(snap["size"]), int(snap["checksum"]))
                 receivers.append(receiver)
-                await self._chunks(snap, receiver)
+                if not await self._stream(snap, receiver):
+                    await self._chunks(snap, receiver)
                 receiver.finish(durable=self.durable)
         except BaseException:
             for receiver in receivers:
@@ -98,6 +135,40 @@ class Pull:
             if trash is not None:
                 discard_gradually(trash, self.clock)
             self.after[str(snap["pid"])] = int(snap["lsn"])
+
+    async def _stream(self, snap: dict[str, Any], receiver: SnapshotReceiver) -> bool:
+        """Take the snapshot as one stream (``dds.bricks.stream``), in a thread.  False
+        if there is no stream to take, or it failed before any byte (then chunk
+        requests do); a stream that fails later fails the copy."""
+        streams, port = self.streams, self.stream_port
+        if streams is None or port is None or self.session is None:
+            return False
+        try:
+            conn = await self.peer(self.source)
+        except DDSError:
+            return False
+        peer = conn.transport.getPeer() if conn.transport is not None else None
+        host = getattr(peer, "host", None)
+        if not isinstance(host, str) or not host:
+            return False
+        base = self.bytes_done
+        received = [0]
+
+        def progress(pos: int) -> None:       # in the stream's thread
+            received[0] = pos
+            self.bytes_done = base + pos
+        try:
+            await in_thread(streams.call_from_thread, receive, host, port, streams.secret,
+                            self.session, str(snap["pid"]), int(snap["size"]),
+                            receiver.write, progress, self._stop)
+        except StreamError as e:
+            if received[0] or self._stop.is_set():
+                raise PullFailed(f"snapshot stream of {snap['pid']} from {self.source}: "
+                                 f"{e}") from None
+            self.log.warn("no snapshot stream from {source} ({error}): chunk requests "
+                          "instead", source=self.source, error=str(e))
+            return False
+        return True
 
     async def _chunks(self, snap: dict[str, Any], receiver: SnapshotReceiver) -> None:
         size, pid = int(snap["size"]), str(snap["pid"])
@@ -120,7 +191,14 @@ class Pull:
 
     async def delta(self) -> int:
         """Apply what every partition's source wrote since the last delta; returns how
-        many rows."""
+        many rows.  Waits for a delta in flight (a following one) first."""
+        await self._applying.acquire()
+        try:
+            return await self._delta()
+        finally:
+            self._applying.release()
+
+    async def _delta(self) -> int:
         total = 0
         for pid, after in list(self.after.items()):
             while True:
@@ -143,8 +221,39 @@ class Pull:
             if await self.delta() <= CATCH_UP_DONE_ROWS:
                 return
 
+    def follow(self, interval: float = FOLLOW_S) -> None:
+        """Pull a delta every ``interval`` until ``stop_following`` (or one fails)."""
+        self.following = True
+        self._follow_later(interval)
+
+    def stop_following(self) -> None:
+        self.following = False
+        if self._follow is not None and self._follow.active():
+            self._follow.cancel()
+        self._follow = None
+
+    def _follow_later(self, interval: float) -> None:
+        self._follow = self.clock.callLater(interval, self._follow_once, interval)
+
+    def _follow_once(self, interval: float) -> None:
+        self._follow = None
+        if not self.following:
+            return
+
+        def again(_: object) -> None:
+            if self.following:
+                self._follow_later(interval)
+
+        def failed(f: Any) -> None:
+            self.following = False
+            self.log.info("following {source} stopped: {error}", source=self.source,
+                          error=str(f.value))
+        Deferred.fromCoroutine(self.delta()).addCallbacks(again, failed)
+
     def cancel(self, reason: str) -> None:
         """Best effort: the source lifts its fence and deletes its snapshots."""
+        self.stop_following()
+        self._stop.set()
         if self.session is None:
             return
         d = Deferred.fromCoroutine(self.call("copy_cancel", {"session": self.session,

@@ -4,6 +4,7 @@ One ``Recovery`` per RG, an explicit state machine::
 
     DISCOVERING ─ a member serves ─▶ MARKING ─▶ COPYING ─▶ DELTA ─▶ READMITTING ─▶ DONE
          │                      (me: recovering) (snapshots) (fenced)  (record change)
+         │                              └▶ WAITING ─┘ (while a partition is incoming)
          └─ nobody serves, I am active (whole-RG restart) ─▶ RECONCILING ─▶ DONE
 
 Any failure (a source gone, a stream cut, a checksum mismatch, a full disk) cancels the
@@ -14,6 +15,14 @@ verified snapshot, so a failed attempt leaves it as it was.
 Until its Recovery is DONE the brick serves nothing of that RG (``blocked``): no reads,
 no YES votes.  Discovery first asks the other members for their record, so a brick that
 was excluded while it was down learns it before deciding anything.
+
+Reorganizations (DESIGN §8): a partition *incoming* in the RG is being filled by a move
+or a split for the members that job planned with, not for a brick that recovers
+meanwhile.  So before copying the brick waits (``WAITING``) until its RG lists no
+incoming partition, and the source refuses the readmission if the RG's partitions
+changed since the copy began (a cut-over, a drop) or one is incoming again: the next
+attempt copies the new layout.  Otherwise a member readmitted during a move would serve
+the moved-in partition without the writes the move copied to the others.
 
 Whole-RG restart: when no member serves and this brick is still active in the newest
 record a quorum of members reports, every member that was active holds every
@@ -48,11 +57,14 @@ from dds.bricks.storage import Storage
 Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+#: While its RG lists an incoming partition, a recovering brick asks again this often.
+WAIT_INCOMING_S = 0.25
 
 
 class Phase(enum.Enum):
     DISCOVERING = "discovering"
     MARKING = "marking"
+    WAITING = "waiting"
     COPYING = "copying"
     DELTA = "delta"
     READMITTING = "readmitting"
@@ -168,7 +180,10 @@ class Recoveries:
                         TypeError, ValueError) as e:
                     # The last three: a reply of the wrong shape (a confused or hostile
                     # peer); the attempt is abandoned like any other.
-                    message = getattr(e, "message", None) or f"malformed reply: {e!r}"
+                    message = (e.message if isinstance(e, DDSError) else
+                               str(e) if isinstance(e, (RecoveryAborted, PullFailed,
+                                                        CopyFailed)) else
+                               f"malformed reply: {e!r}")
                     r.last_error = message
                     r.phase = Phase.RETRYING
                     self.metrics.inc("recovery_attempts_failed_total")
@@ -210,8 +225,31 @@ class Recoveries:
         if me != "recovering":
             r.phase = Phase.MARKING
             rec = await self._mark_recovering(rec, source)
+        if _incoming(rec):
+            rec, source = await self._wait_for_incoming(r)
         await self._copy(r, rec, source, full_lease)
         r.how = "copied"
+
+    async def _wait_for_incoming(self, r: Recovery) -> tuple[RGRecord, str]:
+        """Until the RG lists no incoming partition (a move or split into it is cut over
+        or rolled back): the newest record then, and a source serving it."""
+        r.phase = Phase.WAITING
+        self.log.info("recovery of {rg} waits: {pids} incoming", rg=r.rg,
+                      pids=_incoming(self.maps.map.rgs[r.rg]))
+        while True:
+            await sleep(self.clock, WAIT_INCOMING_S)
+            if self._stopping:
+                raise RecoveryAborted("brick stopping")
+            rec, serving, _ = await self._discover(r.rg)
+            if rec.member_state(self.id) != "recovering":
+                raise RecoveryAborted(f"{r.rg} v{rec.version} no longer lists me recovering")
+            if _incoming(rec):
+                continue
+            sources = [b for b in serving if b != self.id and b in rec.active_members]
+            if not sources:
+                raise RecoveryAborted(f"no active member of {r.rg} serves it now")
+            r.source = sources[0]
+            return rec, sources[0]
 
     def reconciled(self, rg: str) -> bool:
         """Whether this brick serves ``rg`` again after a whole-RG restart."""
@@ -284,12 +322,22 @@ class Recoveries:
                     self.work_dir, durable=self.durability == "fsync")
         r.pull = pull
         try:
-            await pull.begin({"rg": rec.name, "target": self.id, "full_lease": full_lease})
+            begun = await pull.begin({"rg": rec.name, "target": self.id,
+                                      "full_lease": full_lease})
+            copied = record_from_wire(begun["record"])     # what the session copies
+            if not isinstance(copied, RGRecord):
+                raise RecoveryAborted(f"copy_begin to {source}: not an RG record")
             await pull.copy()
             r.copy_s = self.clock.seconds() - began
             r.phase = Phase.DELTA
             if not full_lease:
                 await pull.catch_up()
+            # The source refuses the readmission if the RG's partitions changed since
+            # the copy began, or one is incoming: do not make it fence writes for that.
+            now = self.maps.map.rgs[rec.name]
+            if partition_layout(now) != partition_layout(copied) or _incoming(now):
+                raise RecoveryAborted(f"{rec.name}'s partitions changed during the copy "
+                                      f"(v{copied.version} to v{now.version}): copy again")
             # With the full lease the source fenced writes at copy_begin.
             fenced_at = began if full_lease else self.clock.seconds()
             await pull.call("copy_fence", {"session": pull.session}, 30.0)
@@ -322,3 +370,13 @@ class Recoveries:
             return await self._call(brick, mtype, body, timeout)
         except DDSError as e:
             raise RecoveryAborted(f"{mtype} to {brick}: {e.message}") from None
+
+
+def _incoming(rec: RGRecord) -> list[str]:
+    return [str(e.pid) for e in rec.partitions if e.state == "incoming"]
+
+
+def partition_layout(rec: RGRecord) -> tuple[tuple[str, str], ...]:
+    """An RG record's partitions and their states, comparable across versions: what a
+    recovery copies, and what must not change before its readmission."""
+    return tuple(sorted((str(e.pid), e.state) for e in rec.partitions))

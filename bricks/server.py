@@ -32,15 +32,16 @@ from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyCh
                           RecordPrepare, RecordState, Recover, Resolve, RGChange, RGStatus,
                           Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.messages import MoveFinish, MovePull, RGUpdate
+from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
 from dds.messages import RangeChecksums, RangeKeys  # scrub
 from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # split/merge
                           SplitPrepare, SplitRelease, SplitStatus)
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
-from dds.partition import PartitionId
+from dds.partition import PartitionId, key_hash
 from dds.records import Record, record_from_wire
-from dds.rpc import RPCProtocol
+from dds.rpc import LATER, RPCProtocol, flush_sends
 
 from dds.bricks.copysource import CopySessions
 from dds.bricks.journal import Journal
@@ -48,19 +49,51 @@ from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.movein import IncomingMoves
+from dds.bricks.pull import Streams
+from dds.bricks.stream import StreamServer
 from dds.bricks.participant import Participant
-from dds.bricks.recovery import Recoveries
+from dds.bricks.recovery import Recoveries, partition_layout
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
 from dds.bricks.split import Splits
-from dds.bricks.storage import Durability, Storage
+from dds.bricks.storage import Durability, ReadResult, Storage
 from dds.bricks.termination import Terminator
 
 
 _GET_FIELDS = frozenset(attrs.fields_dict(Get))
+_PREPARE_FIELDS = frozenset(attrs.fields_dict(Prepare))
+_OPS = frozenset(OPS)
+_U64 = 1 << 64
+#: Bound of the remembered map checks (``Brick._gate``): a peer sending made-up partition
+#: ids must not grow it without end.
+_GATES_MAX = 4096
+#: A remembered map check: record version and fp, the partition, its mask and prefix.
+_Gate = tuple[int, int, PartitionId, int, int]
 #: A restored prepared transaction asks the other members this soon after a restart.
 RESOLVE_AFTER_RESTART_S = 1.0
 _REQUEST_COUNTERS: dict[str, str] = {}
+
+
+def _compact_reply(reply: dict[str, Any]) -> list[Any]:
+    return [reply["value"], reply["version"]]
+
+
+def _prepare_body_ok(b: dict[str, Any]) -> bool:
+    """Whether a PREPARE body (with exactly ``Prepare``'s fields) passes every check of
+    ``Prepare``; False sends it down the general path, which names the problem."""
+    txid, ts, op, value, expected = b["txid"], b["ts"], b["op"], b["value"], b["expected_version"]
+    version, fp, timeout = b["rg_version"], b["rg_fp"], b["timeout_ms"]
+    return (type(txid) is list and len(txid) == 2 and type(txid[0]) is int
+            and type(txid[1]) is int and type(ts) is list and len(ts) == 2
+            and type(ts[0]) is int and type(ts[1]) is int
+            and type(b["pid"]) is str and type(b["key"]) is bytes and type(b["rg"]) is str
+            and type(version) is int and 0 <= version < _U64
+            and type(fp) is int and 0 <= fp < 1 << 32
+            and type(timeout) is int and 1 <= timeout <= 600_000
+            and type(op) is str and op in _OPS
+            and (value is None if op == "remove" else type(value) is bytes)
+            and (type(expected) is int and 0 <= expected < _U64 if op == "cas"
+                 else expected is None))
 
 class Brick:
     log = Logger()
@@ -85,7 +118,9 @@ class Brick:
                                durability=cast(Durability, config.brick.durability),
                                cache_entries=config.brick.cache_entries,
                                memory_flush_s=config.brick.memory_flush_ms / 1000.0,
-                               commit_window_s=config.brick.commit_window_ms / 1000.0)
+                               commit_window_s=config.brick.commit_window_ms / 1000.0,
+                               run_in_thread=self._in_thread)
+        self.storage.after_completions = lambda: flush_sends(self.clock)
         self.locks = LockTable(self.clock)
         self.maps = MapState(self.id, config.data_dir, self.metrics)
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
@@ -106,9 +141,16 @@ class Brick:
         self.changes = RecordChanges(self.id, self.maps, self.leases, self.clock, self._peer,
                                      config.data_dir, self.metrics, lease_s=self.lease_s,
                                      suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng)
+        # Snapshot streams (dds.bricks.stream) need real sockets and threads: not in the
+        # simulation, whose bricks have an opener of their own.
+        streams = (Streams(config.secret, reactor.callFromThread)
+                   if opener is None and hasattr(reactor, "callFromThread") else None)
         self.copies = CopySessions(self.id, self.storage, self.participant, self.clock,
                                    config.data_dir / "snapshots", self._in_thread,
-                                   t.copy_fence_ms / 1000.0, self.metrics, rng=self.rng)
+                                   t.copy_fence_ms / 1000.0, self.metrics, rng=self.rng,
+                                   stream=None if streams is None else lambda: StreamServer(
+                                       config.brick.host, config.secret,
+                                       reactor.callFromThread))
         self.recoveries = Recoveries(self.id, self.maps, self.storage, self.participant,
                                      self._peer, self.clock, self.metrics,
                                      config.data_dir / "incoming",
@@ -124,6 +166,8 @@ class Brick:
         self._recovery_check = LoopingCall(self.recoveries.check)
         self._recovery_check.clock = self.clock
         self.connections: set[RPCProtocol] = set()
+        self._gates: dict[tuple[str, str], _Gate] = {}
+        self._gates_map: ClusterMap | None = None
         #: The RPC port actually bound (the configured one may be 0).
         self.port = config.brick.port
         self.maps.on_change(self._map_changed)
@@ -152,14 +196,17 @@ class Brick:
         self.moves_in = IncomingMoves(self.id, self.maps, self.storage, self.participant,
                                       self._peer, self.clock, config.data_dir / "incoming",
                                       durable=config.brick.durability == "fsync",
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, streams=streams)
         self._move_sessions: set[int] = set()
+        #: Recovery copy sessions: the RG's partitions when the copy began.
+        self._recovery_layouts: dict[int, tuple[tuple[str, str], ...]] = {}
         self._handlers[RGUpdate] = self.changes.update
         # Split and merge in place (DESIGN §8): each member builds the new replicas locally.
         self.splits = Splits(self.id, self.maps, self.storage, self.participant, self.clock,
                              self._in_thread, config.data_dir / "split-staging", self.metrics,
                              self.changes.update,
-                             durable=config.brick.durability == "fsync", rng=self.rng)
+                             durable=config.brick.durability == "fsync", rng=self.rng,
+                             blocked=lambda rg: rg in self.recoveries.blocked)
         self._handlers[SplitPrepare] = self.splits.prepare
         self._handlers[SplitFence] = self.splits.fence
         self._handlers[SplitFinish] = self.splits.finish
@@ -286,28 +333,57 @@ class Brick:
     # -- dispatch ------------------------------------------------------------------------
 
     def handle(self, mtype: str, body: Any, conn: RPCProtocol) -> Any:
-        if mtype == "get" and type(body) is dict and body.keys() == _GET_FIELDS:
-            fast = self._get_fast(body)
-            if fast is not None:
-                return fast
+        # The data operations first, without building a message object: their bodies are
+        # checked field by field here, and anything unusual takes the general path, whose
+        # decoding names the problem.
+        if mtype == GET_COMPACT:
+            return self._get_compact(body)
+        if type(body) is dict:
+            if mtype == "get":
+                if body.keys() == _GET_FIELDS:
+                    fast = self._get_fast(body)
+                    if fast is not None:
+                        return fast
+            elif mtype == "prepare":
+                if body.keys() == _PREPARE_FIELDS and _prepare_body_ok(body):
+                    return self._counted("prepare", self._prepare_fast,
+                                         (body, (conn, conn.request_id, mtype)))
+            elif mtype == "commit":
+                txid = body.get("txid") if len(body) == 1 else None
+                if (type(txid) is list and len(txid) == 2 and type(txid[0]) is int
+                        and type(txid[1]) is int):
+                    return self._counted("commit", self._commit_fast,
+                                         ((txid[0], txid[1]), (conn, conn.request_id, mtype)))
         msg = decode_request(mtype, body)
+        if type(msg) is RGChange:
+            return self._counted(mtype, lambda m: self.rg_change(m, conn.peer_id), msg)
+        return self._counted(mtype, self._handlers[type(msg)], msg)
+
+    def _counted(self, mtype: str, handler: Callable[[Any], Any], arg: Any) -> Any:
+        """Run ``handler(arg)``, counting the request and its error, if any."""
         name = _REQUEST_COUNTERS.get(mtype)
         if name is None:
             name = _REQUEST_COUNTERS[mtype] = f"requests_{mtype}_total"
         self.metrics.counters[name] += 1
         try:
-            if type(msg) is RGChange:
-                result = self.rg_change(msg, conn.peer_id)
-            else:
-                result = self._handlers[type(msg)](msg)
+            result = handler(arg)
         except DDSError as e:
             self.metrics.inc(f"errors_{e.code}_total")
             raise
-        if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            d = ensureDeferred(result) if not isinstance(result, Deferred) else result
-            d.addErrback(self._count_error)
-            return d
+        if result is LATER or type(result) is dict:
+            return result
+        if isinstance(result, Deferred):
+            return result.addErrback(self._count_error)
+        if hasattr(result, "__await__"):
+            return ensureDeferred(result).addErrback(self._count_error)
         return result
+
+    def _answer(self, to: tuple[RPCProtocol, int, str], result: Any) -> None:
+        """The answer to a request a hot path finished later (``LATER``), counted."""
+        if isinstance(result, DDSError):
+            self.metrics.inc(f"errors_{result.code}_total")
+        conn, rid, mtype = to
+        conn.answer(rid, mtype, result)
 
     def _count_error(self, failure: Any) -> Any:
         if isinstance(failure.value, DDSError):
@@ -321,32 +397,66 @@ class Brick:
             raise KeyTooLarge(f"key of {len(key)} bytes exceeds the limit of "
                               f"{self.max_key} bytes")
 
+    def _gated(self, pid_text: str, rg: str, version: int, fp: int) -> _Gate | None:
+        """What ``_gate`` remembered for these routing fields under the current map."""
+        if self._gates_map is not self.maps.map:
+            self._gates = {}
+            self._gates_map = self.maps.map
+        hit = self._gates.get((rg, pid_text))
+        if hit is not None and hit[0] == version and hit[1] == fp:
+            return hit
+        return None
+
+    def _gate(self, pid_text: str, rg: str, version: int, fp: int) -> _Gate:
+        """``maps.check`` (DESIGN §2), remembered per RG and partition for as long as the
+        map stays the same object: a data operation that passed it once costs a lookup.
+        With the partition come its hash mask and prefix (``PartitionId.owns``)."""
+        hit = self._gated(pid_text, rg, version, fp)
+        if hit is not None:
+            return hit
+        pid, rec = self.maps.check(pid_text, rg, version, fp)
+        gate = (rec.version, rec.fp, pid, pid.mask, pid.prefix)
+        if str(pid) == pid_text and len(self._gates) < _GATES_MAX:
+            self._gates[(rg, pid_text)] = gate
+        return gate
+
     def _get_fast(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """GET without building a message object: the hottest request.  Anything unusual
         (a bad type, a lock, an error) returns None and takes the general path, which
         gives the precise answer."""
-        key, pid_text, rg = body["key"], body["pid"], body["rg"]
-        version, fp = body["rg_version"], body["rg_fp"]
+        r = self._read_fast(body["pid"], body["rg"], body["rg_version"], body["rg_fp"],
+                            body["key"])
+        return None if r is None else {"value": r.value, "version": r.version}
+
+    def _get_compact(self, body: Any) -> Any:
+        """The compact read (``dds.messages.GET_COMPACT``): the fast path, or ``get``'s
+        general path (whose reply is given in the compact form)."""
+        if type(body) is list and len(body) == 5:
+            r = self._read_fast(*body)
+            if r is not None:
+                return [r.value, r.version]
+            fields: dict[str, Any] = dict(zip(GET_COMPACT_FIELDS, body))
+        else:
+            fields = {"body": body}     # refused by the decoding below, with a reason
+        result = self._counted("get", self._handlers[Get], decode_request("get", fields))
+        if isinstance(result, Deferred):
+            return result.addCallback(_compact_reply)
+        return _compact_reply(result)
+
+    def _read_fast(self, pid_text: Any, rg: Any, version: Any, fp: Any, key: Any
+                   ) -> ReadResult | None:
         if not (type(key) is bytes and type(pid_text) is str and type(rg) is str
                 and type(version) is int and type(fp) is int
                 and len(key) <= self.max_key):
             return None
-        rec = self.maps.map.rgs.get(rg)
-        if rec is None or rec.version != version or rec.fp != fp:
-            return None
-        try:
-            pid = parse_pid(pid_text)
-        except InvalidRequest:
-            return None
-        if (str(pid) != pid_text or pid not in rec.active_partitions
-                or self.id not in rec.active_members or not pid.owns(key)
-                or self.locks.holder((pid, key)) is not None
+        gate = self._gated(pid_text, rg, version, fp)
+        if (gate is None or key_hash(key) & gate[3] != gate[4]
+                or self.locks.holder((pid_text, key)) is not None
                 or rg in self.recoveries.blocked
                 or not (self.ignore_read_lease or self.leases.valid(rg))):
             return None
         self.metrics.counters["requests_get_total"] += 1
-        r = self.storage.read(pid_text, key)
-        return {"value": r.value, "version": r.version}
+        return self.storage.read(pid_text, key)
 
     def _check_serving(self, rg: str, read: bool) -> None:
         """DESIGN §6–7: no reads and no YES votes without a valid lease, and nothing at
@@ -359,17 +469,17 @@ class Brick:
 
     def get(self, msg: Get) -> Any:
         self._check_key(msg.key)
-        pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
+        pid = self._gate(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)[2]
         self._check_serving(msg.rg, read=True)
         if not pid.owns(msg.key):
             raise InvalidRequest(f"key does not belong to partition {pid}")
-        lock_key = (pid, msg.key)
+        lock_key = (str(pid), msg.key)
         if self.locks.holder(lock_key) is None:
             r = self.storage.read(str(pid), msg.key)
             return {"value": r.value, "version": r.version}
         return self._get_after_outcome(msg, lock_key)
 
-    async def _get_after_outcome(self, msg: Get, lock_key: tuple[PartitionId, bytes]) -> Any:
+    async def _get_after_outcome(self, msg: Get, lock_key: tuple[str, bytes]) -> Any:
         """A prepared key may already be committed on another replica: wait for the
         outcome here so that no read returns a value older than one already visible."""
         self.metrics.inc("reads_waited_total")
@@ -380,22 +490,46 @@ class Brick:
         return {"value": r.value, "version": r.version}
 
     def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
+        return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
+                             msg.expected_version, msg.rg, msg.rg_version, msg.rg_fp,
+                             msg.timeout_ms)
+
+    def _prepare_fast(self, args: tuple[dict[str, Any], tuple[RPCProtocol, int, str]]) -> Any:
+        """A PREPARE whose body passed ``_prepare_body_ok``, answered through ``_answer``
+        if it waits for its vote's record."""
+        b, to = args
+        txid, ts = b["txid"], b["ts"]
+        return self._prepare((txid[0], txid[1]), (ts[0], ts[1]), b["pid"], b["key"], b["op"],
+                             b["value"], b["expected_version"], b["rg"], b["rg_version"],
+                             b["rg_fp"], b["timeout_ms"], to)
+
+    def _commit_fast(self, args: tuple[tuple[int, int], tuple[RPCProtocol, int, str]]) -> Any:
+        txid, to = args
+        return self.participant.commit(txid, self._answer, to)
+
+    def _prepare(self, txid: tuple[int, int], ts: tuple[int, int], pid_text: str, key: bytes,
+                 op: str, value: bytes | None, expected_version: int | None, rg: str,
+                 rg_version: int, rg_fp: int, timeout_ms: int,
+                 to: tuple[RPCProtocol, int, str] | None = None) -> Any:
+        """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote."""
         if self._stopping:
             raise NotServing(f"brick {self.id} is shutting down")
-        self._check_key(msg.key)
-        if msg.value is not None and len(msg.value) > self.max_value:
-            raise ValueTooLarge(f"value of {len(msg.value)} bytes exceeds the limit of "
+        self._check_key(key)
+        if value is not None and len(value) > self.max_value:
+            raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
                                 f"{self.max_value} bytes")
-        pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
-        if not pid.owns(msg.key):
+        _v, _fp, pid, mask, prefix = self._gate(pid_text, rg, rg_version, rg_fp)
+        if key_hash(key) & mask != prefix:
             raise InvalidRequest(f"key does not belong to partition {pid}")
-        self._check_serving(msg.rg, read=False)
+        self._check_serving(rg, read=False)
 
         def recheck() -> Any:
-            checked = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
-            self._check_serving(msg.rg, read=False)
+            checked = self.maps.check(pid_text, rg, rg_version, rg_fp)
+            self._check_serving(rg, read=False)
             return checked
-        return self.participant.prepare(msg, pid, recheck)
+        return self.participant.vote(txid, ts, pid, key, op, value, expected_version,
+                                     timeout_ms, recheck, pid_text,
+                                     None if to is None else self._answer, to)
 
     def commit(self, msg: Commit) -> dict[str, int] | Deferred[dict[str, int]]:
         return self.participant.commit(msg.txid)
@@ -502,11 +636,17 @@ class Brick:
                           f"v{rec.version}, not recovering")
         else:
             pids = [e.pid for e in rec.partitions]
+        layout = partition_layout(rec)
         rate = (msg.rate_mb_s if msg.rate_mb_s is not None
+                else self.config.brick.move_rate_mb_s if msg.pids is not None
                 else self.config.brick.copy_rate_mb_s)
         reply = await self.copies.begin(msg.rg, msg.target, pids, msg.full_lease, rate)
         if msg.pids is not None:
             self._move_sessions.add(int(reply["session"]))
+        else:
+            for ended in [s for s in self._recovery_layouts if s not in self.copies.sessions]:
+                del self._recovery_layouts[ended]
+            self._recovery_layouts[int(reply["session"])] = layout
         reply["record"] = rec.canonical()
         return reply
 
@@ -551,12 +691,28 @@ class Brick:
                 if mine != theirs:
                     raise Refused(f"{session.target}'s copy of {pid_text} has checksum "
                                   f"{theirs:#x}, the source {mine:#x}")
+            # Checked on the record the change starts from (no wait in between).
+            self._check_layout(msg.session, session.rg)
             reply = await self.changes.readmit(session.rg, session.target)
         except Exception as e:
             self.copies.cancel(msg.session, f"readmission failed: {e!r}")
             raise
         self.copies.finish(msg.session)
         return reply
+
+    def _check_layout(self, session: int, rg: str) -> None:
+        """Readmission only into the partitions the copy copied, none incoming (see
+        ``bricks/recovery.py``): a move or split fills an incoming partition only on the
+        members it planned with, and a cut-over during the copy changed what to copy."""
+        layout = partition_layout(self.maps.map.rgs[rg])
+        began = self._recovery_layouts.pop(session, layout)
+        incoming = [p for p, state in layout if state == "incoming"]
+        if incoming:
+            raise Refused(f"{rg} lists {', '.join(incoming)} incoming: readmission waits "
+                          "until the move or split is cut over or rolled back")
+        if began != layout:
+            raise Refused(f"{rg}'s partitions changed during the copy (from "
+                          f"{_render(began)} to {_render(layout)}): copy again")
 
     def copy_cancel(self, msg: CopyCancel) -> dict[str, Any]:
         self.copies.cancel(msg.session, msg.reason or "cancelled by the target")
@@ -636,6 +792,10 @@ class Brick:
         store = self.storage.open_partition(str(pid))
         return {"count": store.count(), "checksum": store.checksum(),
                 "last_lsn": store.last_lsn()}
+
+
+def _render(layout: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{p} {state}" for p, state in layout) or "none"
 
 
 __all__ = ["Brick"]

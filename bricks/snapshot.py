@@ -42,6 +42,7 @@ from dds.partition import PartitionId
 
 from dds.bricks.discard import discard_gradually as discard_gradually  # re-exported
 from dds.bricks.storage import Row, Storage, validate_pid
+from dds.bricks.stream import BLOCK as STREAM_BLOCK
 
 
 log = Logger()
@@ -50,7 +51,7 @@ log = Logger()
 #: with its result on the reactor thread.
 RunInThread = Callable[..., "Deferred[Any]"]
 
-_HASH_BLOCK = 1 << 20
+_HASH_BLOCK = STREAM_BLOCK
 _INCOMING = ".incoming"
 
 
@@ -74,6 +75,8 @@ class SnapshotInfo:
     size: int
     lsn: int
     checksum: int
+    #: xxh64 of each ``_HASH_BLOCK`` of the file (what a stream checks block by block).
+    blocks: tuple[int, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         """The entry of the ``copy_begin`` reply."""
@@ -110,6 +113,9 @@ def _snapshot_file(source: Path, dest: Path, pid: str) -> SnapshotInfo:
         try:
             dst = sqlite3.connect(str(tmp), isolation_level=None, check_same_thread=False)
             try:
+                # A snapshot is a scratch file (a crash deletes it): no fsync of its
+                # 100 MB, which would stall every fsync on the disk meanwhile.
+                dst.execute("PRAGMA synchronous=OFF")
                 # pages=-1: the whole copy in one step, inside one read transaction, so the
                 # copy is one consistent state (WAL: the writer is not blocked meanwhile).
                 src.backup(dst, pages=-1)
@@ -128,26 +134,35 @@ def _snapshot_file(source: Path, dest: Path, pid: str) -> SnapshotInfo:
                 dst.close()
         finally:
             src.close()
-        size, checksum = _hash_file(tmp)
+        size, checksum, blocks = _hash_blocks(tmp)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return SnapshotInfo(pid=pid, path=dest, size=size, lsn=lsn, checksum=checksum)
+    return SnapshotInfo(pid=pid, path=dest, size=size, lsn=lsn, checksum=checksum,
+                        blocks=blocks)
 
 
 def _hash_file(path: Path) -> tuple[int, int]:
     """(size, xxh64) of a file's bytes."""
+    size, checksum, _ = _hash_blocks(path)
+    return size, checksum
+
+
+def _hash_blocks(path: Path) -> tuple[int, int, tuple[int, ...]]:
+    """(size, xxh64 of the whole file, xxh64 of each ``_HASH_BLOCK``) in one read."""
     h = xxhash.xxh64()
     size = 0
+    blocks = []
     with open(path, "rb") as f:
         while True:
             block = f.read(_HASH_BLOCK)
             if not block:
                 break
             h.update(block)
+            blocks.append(xxhash.xxh64_intdigest(block))
             size += len(block)
-    return size, h.intdigest()
+    return size, h.intdigest(), tuple(blocks)
 
 
 def read_chunk(path: Path, offset: int, size: int) -> tuple[bytes, int]:
@@ -195,8 +210,9 @@ class SnapshotReceiver:
         except OSError as e:
             raise CopyFailed(pid, f"cannot create {self.path}: {e.strerror or e}") from e
 
-    def write(self, offset: int, data: bytes, checksum: int) -> None:
-        """Verify and write one chunk at ``offset``."""
+    def write(self, offset: int, data: bytes | memoryview, checksum: int) -> None:
+        """Verify and write one chunk at ``offset`` (in a stream's thread: nothing else
+        uses the receiver meanwhile)."""
         if self._fd is None:
             raise CopyFailed(self.pid, "the receiver is closed")
         if xxhash.xxh64_intdigest(data) != checksum:

@@ -39,7 +39,9 @@ and journals them; here is one member's side of each, for one *job* (an admin op
 The job's state is in memory only: a brick that restarts forgets it (and deletes the
 staged files), so ``finish`` and ``cutover`` are refused there and the job is rolled back
 (or, past the cut-over, only released).  A job nobody asks about for ``EXPIRE_S`` is
-forgotten the same way.
+forgotten the same way.  A member re-syncing the RG (a restarted brick the record still
+lists active) refuses every step: its replicas may be stale, and its recovery is about
+to replace them.
 """
 
 from __future__ import annotations
@@ -342,7 +344,8 @@ class Splits:
                  participant: Participant, clock: IReactorTime, run_in_thread: RunInThread,
                  work_dir: Path, metrics: Metrics, update: Update, *,
                  fence_s: float = FENCE_S, durable: bool = False,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 blocked: Callable[[str], bool] = lambda rg: False) -> None:
         self.id = brick_id
         self.maps = maps
         self.storage = storage
@@ -354,6 +357,8 @@ class Splits:
         self.update = update
         self.fence_s = fence_s
         self.durable = durable
+        #: Whether this brick is re-syncing an RG (it serves nothing of it meanwhile).
+        self.blocked = blocked
         self._rng = rng if rng is not None else random.SystemRandom()
         self.jobs: dict[str, Job] = {}
         self.ended: OrderedDict[str, str] = OrderedDict()
@@ -578,12 +583,16 @@ class Splits:
         return job
 
     def _rg_of(self, sources: Sequence[PartitionId]) -> RGRecord:
-        """The RG where every source is active and this brick an active member."""
+        """The RG where every source is active and this brick an active member, not
+        re-syncing it (its replicas may be stale, and its recovery replaces them)."""
         for rec in self.maps.map.rgs.values():
             if all(s in rec.active_partitions for s in sources):
                 if self.id not in rec.active_members:
                     raise NotServing(f"brick {self.id} is not an active member of "
                                      f"{rec.name}")
+                if self.blocked(rec.name):
+                    raise NotServing(f"brick {self.id} is re-syncing {rec.name} (it "
+                                     "restarted): let it finish first")
                 for s in sources:
                     if not self.storage.has_partition(str(s)):
                         raise NotServing(f"brick {self.id} holds no replica of {s}")

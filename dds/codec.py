@@ -19,12 +19,18 @@ _HEADER = 4
 Envelope = tuple[str, int, Any]
 
 
+#: One packer for every frame: ``msgpack.packb`` builds a new one per call, which costs
+#: more than packing a small reply.  ``pack`` holds the GIL throughout and resets itself
+#: on an error, so sharing it is safe.
+pack = msgpack.Packer(use_bin_type=True).pack
+
+
 def encode_frame(mtype: str, request_id: int, body: Any) -> bytes:
-    payload = msgpack.packb([mtype, request_id, body], use_bin_type=True)
+    payload = pack([mtype, request_id, body])
     return len(payload).to_bytes(_HEADER, "big") + payload
 
 
-def decode_payload(payload: bytes | memoryview) -> Envelope:
+def decode_payload(payload: bytes | bytearray | memoryview) -> Envelope:
     """Decode and shape-check one frame's payload; ``ProtocolError`` names the problem."""
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True)

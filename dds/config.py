@@ -247,10 +247,11 @@ class BrickSection:
     cache_entries: int = int_setting(100000, "read cache size in entries (0 disables it)", lo=0)
     memory_flush_ms: int = int_setting(1000, "memory durability: flush to disk within this "
                                        "many milliseconds", lo=1)
-    commit_window_ms: int = int_setting(2, "disk/fsync group commit: under load, commit at "
-                                        "most once per this many milliseconds so batches grow; "
-                                        "an idle brick commits on the next reactor turn "
-                                        "(0 = every turn)", lo=0, hi=100)
+    commit_window_ms: int = int_setting(2, "fsync group commit: under load, fdatasync the "
+                                        "transaction log at most once per this many "
+                                        "milliseconds so batches grow; an idle brick syncs on "
+                                        "the next reactor turn (0 = every turn; memory and "
+                                        "disk modes write every turn)", lo=0, hi=100)
     http_port: int = int_setting(0, "/metrics and /healthz HTTP port (0 = pick a free port, "
                                  "-1 = disabled)", lo=-1, hi=65535)
     allow_failpoints: bool = bool_setting(False, "accept 'failpoint' admin requests that "
@@ -258,8 +259,12 @@ class BrickSection:
     full_lease_recovery: bool = bool_setting(False, "recovery fences writes to the source "
                                              "for the whole partition copy (the original "
                                              "DDS behaviour) instead of only the delta")
-    copy_rate_mb_s: int = int_setting(0, "bandwidth limit of each partition copy this brick "
-                                      "serves (recovery, moves), MB/s; 0 = unlimited",
+    copy_rate_mb_s: int = int_setting(0, "bandwidth limit of each recovery copy this brick "
+                                      "serves, MB/s; 0 = unlimited", lo=0, hi=100_000)
+    move_rate_mb_s: int = int_setting(40, "bandwidth limit of each target's copy of a "
+                                      "partition move (dds-admin move, rebalance, "
+                                      "add-brick, remove-brick) this brick serves, MB/s, "
+                                      "unless the move gives --rate; 0 = unlimited",
                                       lo=0, hi=100_000)
     recover_on_start: bool = bool_setting(True, "a restarted brick re-syncs its partitions "
                                           "from the other members before serving them")

@@ -90,6 +90,14 @@ class Get(Message):
     rg_fp: int = attrs.field(validator=_u32)
 
 
+#: The compact read, for the hottest request: ``Get``'s fields by position, body
+#: ``[pid, rg, rg_version, rg_fp, key]``, reply ``[value, version]``: no field names to
+#: encode and decode.  Sent only to a brick that announced the ``g`` feature in its
+#: handshake (``dds.rpc.FEATURES``); checked exactly as ``get``.
+GET_COMPACT = "g"
+GET_COMPACT_FIELDS = ("pid", "rg", "rg_version", "rg_fp", "key")
+
+
 @attrs.frozen
 class Prepare(Message):
     """Phase one of a write.  Reply (vote YES): ``{"version": current}``; a vote NO is an
@@ -360,7 +368,8 @@ class CopyBegin(Message):
     #: A move (DESIGN §8): only these partitions, to a member of the RG taking them in.
     pids: list[str] | None = attrs.field(
         default=None, validator=v.optional(v.deep_iterable(_str, v.instance_of(list))))
-    #: Bandwidth limit of this copy in MB/s (None: the source's brick.copy_rate_mb_s).
+    #: Bandwidth limit of this copy in MB/s (None: the source's brick.move_rate_mb_s for
+    #: a move, brick.copy_rate_mb_s for a recovery).
     rate_mb_s: int | None = attrs.field(default=None, validator=v.optional(
         v.and_(v.instance_of(int), v.ge(0), v.le(100_000))))
 

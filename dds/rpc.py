@@ -9,6 +9,16 @@ knows the cluster's shared secret, without sending it:
     client → HELLO2 {proto, cluster, node, nonce_c, mac = HMAC(secret, "c" nonce_s nonce_c …)}
     server → HELLO3 {mac = HMAC(secret, "s" nonce_c nonce_s …)}
 
+Once ready, the messages sent to one peer during a reactor iteration go out together at
+its end (``callLater(0)``, one for all the connections of a reactor): one frame
+``["*", n, [type, request_id, body, ...]]`` carrying the ``n`` messages, if the peer said
+in its handshake message that it reads those (``"features": ["batch", ...]``).  So the
+cost of a frame (a msgpack call, a length prefix, a transport write, a ``send``) is paid
+once per peer and iteration rather than per message.  A lone message still goes as a plain
+frame.  The other features a side announces are the caller's business (``FEATURES``,
+``RPCProtocol.peer_features``): a side uses one only if the peer announced it, so nodes of
+different versions still talk.
+
 A wrong secret, cluster name or protocol version ends the connection with an error that
 names the problem.  Malformed frames are answered with an error (or, when the stream can
 no longer be trusted, a disconnect), logged and counted; they never reach a handler.
@@ -20,24 +30,126 @@ import enum
 import hashlib
 import hmac
 import os
+import struct
+import weakref
 from typing import Any, Callable, Coroutine
 
+import msgpack
 from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dds.codec import DEFAULT_MAX_FRAME, FrameDecoder, decode_payload, encode_frame
-from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, InternalError,
-                        ProtocolError, Timeout, from_wire)
+from dds.codec import DEFAULT_MAX_FRAME, decode_payload, encode_frame, pack
+from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, FrameTooLarge,
+                        InternalError, ProtocolError, Timeout, from_wire)
 from dds.metrics import Metrics
 
 PROTOCOL_VERSION = 1
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Messages of a turn go out as one frame only up to this size; beyond it (a partition
+#: copy's chunks), each goes in a frame of its own.
+BATCH_MAX_BYTES = 1 << 20
+#: The frame type of a batch of messages.
+BATCH = "*"
+#: What this side announces in its handshake message: batch frames, and the compact
+#: ``g`` read (``dds.messages.GET_COMPACT``).
+FEATURES = ("batch", "g")
+
+_NEVER = float("inf")
+_length = struct.Struct(">I").unpack_from
+#: ``msgpack.unpackb`` with its defaults, which are the codec's (``raw=False``,
+#: ``strict_map_key=True``): ``decode_payload``'s decoding without the keywords.
+_unpackb = msgpack.unpackb
 
 Handler = Callable[[str, Any, "RPCProtocol"], Any]
+#: ``request``'s callback: called once with ``arg`` and the reply body, or with the
+#: ``DDSError`` the request failed with (an exception instance, never a ``Failure``).
+ReplyCallback = Callable[[Any, Any], None]
+
+
+def _fire(d: Deferred[Any], result: Any) -> None:
+    """``call``'s reply callback: the Deferred fires with the reply or the error."""
+    if isinstance(result, BaseException):
+        d.errback(result)
+    else:
+        d.callback(result)
+
+
+class _Flusher:
+    """The connections of one reactor holding messages back until the end of the current
+    iteration: one ``callLater(0)`` sends them all."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self.held: list[RPCProtocol] = []
+
+    def hold(self, proto: RPCProtocol) -> None:
+        if not self.held:
+            self.clock.callLater(0, self.flush)
+        self.held.append(proto)
+
+    def flush(self) -> None:
+        held, self.held = self.held, []
+        for proto in held:
+            proto._flush_out()
+
+
+#: Transports ``_write`` may send on directly.
+_TCP = (tcp.Server, tcp.Client)
+
+
+def _write(transport: Any, data: bytes) -> None:
+    """Write ``data``, sending it at once when the transport is a TCP connection with
+    nothing queued.  Twisted's ``write`` queues the bytes, registers the socket for writing
+    and sends on the next iteration: two ``epoll_ctl`` calls and a reactor event per
+    write, more than the send itself for the small frames of a turn.  Whatever the socket
+    does not take at once (or an error) goes through ``write`` as usual, so ordering and
+    connection loss are Twisted's.  (Reads Twisted's buffer state: ``dataBuffer``,
+    ``offset``, ``_tempDataLen``; any other transport just gets ``write``.)"""
+    if (type(transport) in _TCP and transport.connected and not transport.disconnecting
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)):
+        n = transport.writeSomeData(data)
+        if type(n) is int:
+            if n == len(data):
+                return
+            if n > 0:
+                data = data[n:]
+    transport.write(data)
+
+
+_flushers: weakref.WeakKeyDictionary[IReactorTime, _Flusher] = weakref.WeakKeyDictionary()
+
+
+def flush_sends(clock: IReactorTime) -> None:
+    """Send now what the connections of this reactor hold back, rather than at the end of
+    the iteration: for a burst of answers made by a timer (a group commit), which would
+    otherwise leave one iteration later."""
+    flusher = _flushers.get(clock)
+    if flusher is not None and flusher.held:
+        flusher.flush()
+
+
+def _flusher(clock: IReactorTime) -> _Flusher:
+    flusher = _flushers.get(clock)
+    if flusher is None:
+        flusher = _flushers[clock] = _Flusher(clock)
+    return flusher
+
+
+class _Later:
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+#: What a handler returns when it will answer later through ``RPCProtocol.answer`` (the
+#: request's id is ``RPCProtocol.request_id`` while the handler runs): a hot path that
+#: does without a Deferred per request.
+LATER: Any = _Later()
 
 
 class State(enum.Enum):
@@ -70,7 +182,9 @@ class RPCProtocol(Protocol):
         self.clock = clock
         self.handler = handler
         self.metrics = metrics if metrics is not None else Metrics()
-        self._decoder = FrameDecoder(max_frame)
+        self.max_frame = max_frame
+        #: Bytes of a frame not complete yet (empty between frames, the common case).
+        self._buf = bytearray()
         self._handshake_timeout = handshake_timeout
         self.state = State.AWAIT_HELLO if is_client else State.AWAIT_HELLO2
         self.peer_id: str | None = None
@@ -79,14 +193,25 @@ class RPCProtocol(Protocol):
         self._nonce = os.urandom(16)
         self._peer_nonce = b""
         self._next_id = 1
-        self._pending: dict[int, Deferred[Any]] = {}
-        # Request deadlines: one table swept by a single timer, rather than a DelayedCall
-        # scheduled and cancelled per request (that cost showed in every profile).
-        self._deadlines: dict[int, tuple[float, str, float]] = {}
+        #: Requests waiting for a reply: (callback, arg, deadline, type, timeout).  One
+        #: timer sweeps the deadlines, rather than a DelayedCall scheduled and cancelled
+        #: per request (that cost showed in every profile).
+        self._pending: dict[int, tuple[ReplyCallback, Any, float, str, float]] = {}
         self._sweeper: Any = None
-        self._sweep_at = float("inf")
+        self._sweep_at = _NEVER
         self._hs_timer: Any = None
         self.outstanding = 0
+        #: The id of the request whose handler is running (see ``LATER``).
+        self.request_id = 0
+        #: What the peer announced in its handshake message (see ``FEATURES``).
+        self.peer_features: frozenset[str] = frozenset()
+        self._peer_batches = False
+        #: Messages held back until the end of the iteration (type, id, body, ...).
+        self._out: list[Any] = []
+        self._flusher = _flusher(clock)
+        #: A server handling a read: its replies go out when the read is handled (the
+        #: same frame as at the end of the iteration, without scheduling a call for it).
+        self._reading = False
 
     # -- connection lifecycle ----------------------------------------------------------
 
@@ -95,7 +220,8 @@ class RPCProtocol(Protocol):
                                               self._handshake_timed_out)
         if not self.is_client:
             self._send("hello", 0, {"proto": PROTOCOL_VERSION, "cluster": self.cluster,
-                                    "node": self.node_id, "nonce": self._nonce})
+                                    "node": self.node_id, "nonce": self._nonce,
+                                    "features": list(FEATURES)})
 
     def _handshake_timed_out(self) -> None:
         self._hs_timer = None
@@ -114,40 +240,89 @@ class RPCProtocol(Protocol):
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
         self._sweeper = None
-        self._deadlines.clear()
+        self._out = []
         pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(ConnectionLost(f"connection to {self.peer_id or 'peer'} lost"))
+        for entry in pending.values():
+            self._run_callback(entry[0], entry[1], ConnectionLost(
+                f"connection to {self.peer_id or 'peer'} lost"))
         if was_ready or not self.closed.called:
             self.closed.callback(None)
 
     def close(self) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
+            self._flush_out()
             self.transport.loseConnection()
 
     # -- framing -------------------------------------------------------------------------
 
     def _send(self, mtype: str, rid: int, body: Any) -> None:
-        assert self.transport is not None
-        self.transport.write(encode_frame(mtype, rid, body))
+        if self._peer_batches and self.state is State.READY:
+            out = self._out
+            if not out and not self._reading:
+                self._flusher.hold(self)
+            out += (mtype, rid, body)
+            return
+        self.transport.write(encode_frame(mtype, rid, body))  # type: ignore[union-attr]
+
+    def _flush_out(self) -> None:
+        """Send the messages held back: one frame for all, or a frame each when they are
+        few or large."""
+        out, self._out = self._out, []
+        if not out or self.transport is None or self.state is State.CLOSED:
+            return
+        transport = self.transport
+        if len(out) == 3:
+            _write(transport, encode_frame(out[0], out[1], out[2]))
+            return
+        payload = pack([BATCH, len(out) // 3, out])
+        if len(payload) <= BATCH_MAX_BYTES:
+            _write(transport, len(payload).to_bytes(4, "big") + payload)
+            return
+        for i in range(0, len(out), 3):
+            _write(transport, encode_frame(out[i], out[i + 1], out[i + 2]))
 
     def dataReceived(self, data: bytes) -> None:
+        """Split the stream into frames (``dds.codec``'s framing: the size limit is
+        enforced from the length prefix, before buffering) and handle each.  Frames that
+        arrive whole are decoded straight from ``data``; only a frame split across reads
+        is gathered in a buffer."""
+        buf = self._buf
+        chunk: bytes | bytearray = data
+        if buf:
+            buf += data
+            chunk = buf
+        pos, end, limit = 0, len(chunk), self.max_frame
+        self._reading = not self.is_client
         try:
-            for payload in self._decoder.feed(data):
+            while end - pos >= 4:
+                n = _length(chunk, pos)[0]
+                if n > limit:
+                    raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of "
+                                        f"{limit} bytes")
+                start = pos + 4
+                pos = start + n
+                if pos > end:
+                    pos = start - 4
+                    break
                 if self.state is State.CLOSED:
                     return
+                payload = chunk[start:pos]
                 try:
-                    mtype, rid, body = decode_payload(payload)
-                except ProtocolError as e:
-                    self.metrics.inc("frames_malformed_total")
-                    self.log.warn("malformed frame from {peer}: {error}",
-                                  peer=self._peer_name(), error=e.message)
-                    if self.state is not State.READY:
-                        self._fail_handshake(e)
-                        return
-                    self._send("err", 0, e.to_wire())
-                    continue
-                self._frame(mtype, rid, body)
+                    obj = _unpackb(payload)
+                except Exception:
+                    obj = None
+                if type(obj) is list and len(obj) == 3:
+                    mtype, rid, body = obj
+                    if type(mtype) is str and type(rid) is int and rid >= 0:
+                        if mtype != BATCH:
+                            self._frame(mtype, rid, body)
+                            continue
+                        if (self.state is State.READY and type(body) is list
+                                and len(body) == 3 * rid and self._batch(body)):
+                            continue
+                self._malformed(payload)
+                if self.state is not State.READY:
+                    return
         except ProtocolError as e:  # oversize frame: the stream is no longer usable
             self.metrics.inc("frames_oversize_total")
             self.log.warn("dropping connection from {peer}: {error}",
@@ -155,6 +330,44 @@ class RPCProtocol(Protocol):
             if self.state is State.READY or not self.is_client:
                 self._send("err", 0, e.to_wire())
             self._abort(e)
+        finally:
+            if chunk is buf:
+                del buf[:pos]
+            elif pos < end:
+                self._buf = bytearray(data[pos:])
+            if self._reading:
+                self._reading = False
+                if self._out:
+                    self._flush_out()
+
+    def _batch(self, items: list[Any]) -> bool:
+        """Handle the messages of a batch frame in order; False (nothing handled) if one
+        of them is malformed: the whole frame is then answered as malformed."""
+        for i in range(0, len(items), 3):
+            mtype, rid = items[i], items[i + 1]
+            if not (type(mtype) is str and mtype != BATCH and type(rid) is int and rid >= 0):
+                return False
+        for i in range(0, len(items), 3):
+            if self.state is not State.READY:
+                break
+            self._frame(items[i], items[i + 1], items[i + 2])
+        return True
+
+    def _malformed(self, payload: bytes | bytearray) -> None:
+        """A frame that is not ``[type, request_id, body]``: answered with an error (or,
+        during the handshake, the end of the connection), logged and counted."""
+        try:
+            decode_payload(payload)
+            e = ProtocolError("malformed frame")
+        except ProtocolError as error:
+            e = error
+        self.metrics.inc("frames_malformed_total")
+        self.log.warn("malformed frame from {peer}: {error}", peer=self._peer_name(),
+                      error=e.message)
+        if self.state is not State.READY:
+            self._fail_handshake(e)
+            return
+        self._send("err", 0, e.to_wire())
 
     def _peer_name(self) -> str:
         if self.peer_id:
@@ -166,6 +379,7 @@ class RPCProtocol(Protocol):
         if not self.ready.called:
             self.ready.errback(error)
         if self.transport is not None:
+            self._flush_out()
             self.transport.loseConnection()
 
     def _frame(self, mtype: str, rid: int, body: Any) -> None:
@@ -193,6 +407,7 @@ class RPCProtocol(Protocol):
                 self._send("hello2", 0, {
                     "proto": PROTOCOL_VERSION, "cluster": self.cluster,
                     "node": self.node_id, "nonce": self._nonce,
+                    "features": list(FEATURES),
                     "mac": self._proof(b"c", self._peer_nonce, self._nonce)})
                 self.state = State.AWAIT_HELLO3
             elif self.state is State.AWAIT_HELLO2 and mtype == "hello2":
@@ -234,6 +449,11 @@ class RPCProtocol(Protocol):
         if not isinstance(node, str) or not node or len(node) > 128:
             raise ProtocolError("handshake: missing or bad node id")
         self.peer_id = node
+        # A peer that announces nothing (an older version) gets one frame per message.
+        features = body.get("features")
+        if isinstance(features, list):
+            self.peer_features = frozenset(f for f in features if isinstance(f, str))
+        self._peer_batches = "batch" in self.peer_features
 
     def _become_ready(self) -> None:
         self.state = State.READY
@@ -257,21 +477,37 @@ class RPCProtocol(Protocol):
     def call(self, mtype: str, body: Any, timeout: float | None = None) -> Deferred[Any]:
         """Send a request; the Deferred fires with the reply body or fails with the
         ``DDSError`` the peer answered (or ``ConnectionLost`` / ``Timeout``)."""
+        d: Deferred[Any] = Deferred()
+        self.request(mtype, body, timeout, _fire, d)
+        return d
+
+    def request(self, mtype: str, body: Any, timeout: float | None,
+                callback: ReplyCallback, arg: Any) -> None:
+        """``call`` without a Deferred, for the library's hot paths: ``callback(arg,
+        reply)`` runs once, with the reply body or with the ``DDSError`` the request
+        failed with (also at once, if the connection is not ready).  An exception the
+        callback raises is logged, never propagated into the connection."""
         if self.state is not State.READY:
-            return fail(ConnectionLost(f"connection to {self.peer_id or 'peer'} "
-                                       f"is {self.state.value}"))
+            self._run_callback(callback, arg, ConnectionLost(
+                f"connection to {self.peer_id or 'peer'} is {self.state.value}"))
+            return
         rid = self._next_id
         self._next_id = rid + 1
-        d: Deferred[Any] = Deferred()
-        self._pending[rid] = d
         self.outstanding += 1
         self._send(mtype, rid, body)
-        if timeout is not None:
-            at = self.clock.seconds() + timeout
-            self._deadlines[rid] = (at, mtype, timeout)
-            if at < self._sweep_at:
-                self._schedule_sweep(at)
-        return d
+        if timeout is None:
+            self._pending[rid] = (callback, arg, _NEVER, mtype, 0.0)
+            return
+        at = self.clock.seconds() + timeout
+        self._pending[rid] = (callback, arg, at, mtype, timeout)
+        if at < self._sweep_at:
+            self._schedule_sweep(at)
+
+    def _run_callback(self, callback: ReplyCallback, arg: Any, result: Any) -> None:
+        try:
+            callback(arg, result)
+        except Exception:
+            self.log.failure("reply callback for {peer} failed", peer=self._peer_name())
 
     def _schedule_sweep(self, at: float) -> None:
         if self._sweeper is not None and self._sweeper.active():
@@ -280,51 +516,49 @@ class RPCProtocol(Protocol):
         self._sweeper = self.clock.callLater(max(0.0, at - self.clock.seconds()), self._sweep)
 
     def _sweep(self) -> None:
-        """Fail every request past its deadline; sleep until the next deadline."""
+        """Fail every request past its deadline; sleep until the next deadline.  A reply
+        does not touch the timer: it finds the request gone when it fires."""
         self._sweeper = None
-        self._sweep_at = float("inf")
+        self._sweep_at = _NEVER
         now = self.clock.seconds()
-        expired = [rid for rid, (at, _m, _t) in self._deadlines.items() if at <= now]
+        expired = [rid for rid, entry in self._pending.items() if entry[2] <= now]
         for rid in expired:
-            _at, mtype, timeout = self._deadlines.pop(rid)
-            d = self._pending.pop(rid, None)
-            if d is not None:
-                self.outstanding -= 1
-                d.errback(Timeout(f"{mtype} to {self.peer_id} timed out after {timeout:g}s"))
-        if self._deadlines and self.state is not State.CLOSED:
-            self._schedule_sweep(min(at for at, _m, _t in self._deadlines.values()))
+            callback, arg, _at, mtype, timeout = self._pending.pop(rid)
+            self.outstanding -= 1
+            self._run_callback(callback, arg, Timeout(
+                f"{mtype} to {self.peer_id} timed out after {timeout:g}s"))
+        if self._pending and self.state is not State.CLOSED:
+            at = min(entry[2] for entry in self._pending.values())
+            if at < _NEVER:
+                self._schedule_sweep(at)
 
     def _resolve(self, rid: int, body: Any, error: Any) -> None:
-        d = self._pending.pop(rid, None)
-        if self._deadlines:
-            self._deadlines.pop(rid, None)
-            if not self._deadlines and self._sweeper is not None:
-                if self._sweeper.active():
-                    self._sweeper.cancel()
-                self._sweeper = None
-                self._sweep_at = float("inf")
-        if d is None:
+        entry = self._pending.pop(rid, None)
+        if entry is None:
             if rid == 0 and error is not None:
                 self.log.warn("{peer} reported a protocol error: {error}",
                               peer=self._peer_name(), error=from_wire(error).message)
             return  # a late reply to a request that timed out
         self.outstanding -= 1
-        if error is None:
-            d.callback(body)
-        else:
-            d.errback(from_wire(error))
+        try:
+            entry[0](entry[1], body if error is None else from_wire(error))
+        except Exception:
+            self.log.failure("reply callback for {peer} failed", peer=self._peer_name())
 
     def _request(self, mtype: str, rid: int, body: Any) -> None:
         if self.handler is None:
             self._send("err", rid, ProtocolError(
                 f"this node does not accept requests ({mtype!r:.40})").to_wire())
             return
+        self.request_id = rid
         try:
             result = self.handler(mtype, body, self)
         except Exception:
             result = fail()
-        if type(result) is dict:     # the common case: answered synchronously
+        if type(result) is dict or type(result) is list:   # answered synchronously
             self._send("ok", rid, result)
+            return
+        if result is LATER:          # the handler calls ``answer`` itself
             return
         if isinstance(result, Deferred):
             result.addCallbacks(self._reply_ok, self._reply_err, callbackArgs=(rid,),
@@ -335,6 +569,14 @@ class RPCProtocol(Protocol):
                                                 errbackArgs=(rid, mtype))
         else:
             self._reply_ok(result, rid)
+
+    def answer(self, rid: int, mtype: str, result: Any) -> None:
+        """The reply to request ``rid`` whose handler returned ``LATER``: a body, or the
+        exception it failed with."""
+        if isinstance(result, BaseException):
+            self._reply_err(Failure(result), rid, mtype)
+        elif self.state is State.READY:
+            self._send("ok", rid, result)
 
     def _reply_ok(self, result: Any, rid: int) -> None:
         if self.state is State.READY:
@@ -362,4 +604,5 @@ def _nonce(body: dict[str, Any]) -> bytes:
     return n
 
 
-__all__ = ["RPCProtocol", "State", "PROTOCOL_VERSION", "Handler"]
+__all__ = ["RPCProtocol", "State", "PROTOCOL_VERSION", "Handler", "ReplyCallback", "LATER",
+           "flush_sends"]

@@ -25,6 +25,7 @@ from dds.errors import (Recovering, ConnectionLost, DDSError, Divergence, Exists
                         InvalidRequest, KeyTooLarge, Locked, NotServing, StaleMap, Timeout,
                         Unavailable, ValueTooLarge, VersionMismatch)
 from dds.maps import ClusterMap
+from dds.messages import GET_COMPACT
 from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
@@ -147,10 +148,11 @@ class DDSClient:
     # -- reads ---------------------------------------------------------------------------
 
     def get(self, key: bytes, timeout: float | None = None) -> Deferred[GetResult]:
-        try:
-            self._check(key)
-        except DDSError as e:
-            return _failed(e)
+        if type(key) is not bytes or len(key) > self.max_key_bytes:
+            try:
+                self._check(key)
+            except DDSError as e:
+                return _failed(e)
         timeout = timeout or self.timeout
         # Fast path, no coroutine: a routable key whose chosen replica is connected.
         try:
@@ -162,11 +164,34 @@ class DDSClient:
         conn = conns.get((brick.address, brick.port)) if brick is not None else None
         if conn is None or brick is None:
             return self._run(self._get(key, timeout))
-        start = self.clock.seconds()
-        d = conn.call("get", route.request(key), timeout)
-        d.addCallbacks(_get_result, self._get_again,
-                       errbackArgs=(key, timeout, start, brick.id))
+        d: Deferred[GetResult] = Deferred()
+        ctx = (d, key, timeout, self.clock.seconds(), brick.id)
+        if GET_COMPACT in conn.peer_features:
+            rg = route.rg
+            conn.request(GET_COMPACT, [route.pid_text, rg.name, rg.version, rg.fp, key],
+                         timeout, self._got, ctx)
+        else:
+            conn.request("get", route.request(key), timeout, self._got, ctx)
         return d
+
+    def _got(self, ctx: tuple[Deferred[GetResult], bytes, float, float, str],
+             reply: Any) -> None:
+        """The fast path's reply (or error), straight from the connection."""
+        d, key, timeout, start, brick_id = ctx
+        if isinstance(reply, BaseException):
+            again = self._get_again(Failure(reply), key, timeout, start, brick_id)
+            if isinstance(again, Deferred):
+                again.chainDeferred(d)
+            else:
+                d.errback(again)
+            return
+        try:
+            result = (GetResult(reply[0], reply[1]) if type(reply) is list
+                      else _get_result(reply))
+        except Exception:
+            d.errback()
+            return
+        d.callback(result)
 
     def _get_again(self, failure: Failure, key: bytes, timeout: float, start: float,
                    brick_id: str) -> Deferred[GetResult] | Failure:
@@ -239,29 +264,58 @@ class DDSClient:
             self._check(key, value, needs_value)
         except DDSError as e:
             return _failed(e)
-        return self._run(self._write_loop(key, op, value, expected,
-                                          timeout or self.timeout))
-
-    async def _write_loop(self, key: bytes, op: str, value: bytes | None,
-                          expected: int | None, timeout: float) -> int:
-        deadline = self.clock.seconds() + timeout
+        now = self.clock.seconds()
+        deadline = now + (timeout or self.timeout)
         # Wait-die priority: fixed across retries, so a retried write only gets older.
         # The reactor's clock is wall-clock time in production, so timestamps of different
         # libraries are comparable; in a simulation it is the simulated clock.
-        ts = (int(self.clock.seconds() * 1e9), self.coordinator.lib_id)
+        ts = (int(now * 1e9), self.coordinator.lib_id)
+        try:
+            route = self.router.route(self.maps.map, key)
+        except (LookupError, ValueError):
+            return self._run(self._write_loop(key, op, value, expected, deadline, ts))
+        # The first attempt without a coroutine; retries take the general loop.  The
+        # caller's Deferred fires only with the final outcome.
+        result: Deferred[int] = Deferred()
+        self.coordinator.start(route, key, op, value, expected, ts, deadline).addCallbacks(
+            result.callback, self._write_failed,
+            errbackArgs=(result, route, key, op, value, expected, deadline, ts))
+        return result
+
+    def _write_failed(self, failure: Failure, result: Deferred[int], route: Route,
+                      key: bytes, op: str, value: bytes | None, expected: int | None,
+                      deadline: float, ts: tuple[int, int]) -> None:
+        error = failure.value
+        if isinstance(error, PrepareFailed):
+            self._run(self._write_loop(key, op, value, expected, deadline, ts,
+                                       (error, route))).chainDeferred(result)
+            return
+        if isinstance(error, Indeterminate):
+            self.metrics.inc("indeterminate_total")
+        result.errback(failure)
+
+    async def _write_loop(self, key: bytes, op: str, value: bytes | None,
+                          expected: int | None, deadline: float, ts: tuple[int, int],
+                          failed: tuple[PrepareFailed, Route] | None = None) -> int:
+        """Attempts until one succeeds or the deadline; ``failed``: a first attempt that
+        already failed with nothing applied, and the route it took."""
         attempt = 0
         while True:
-            route = await self._route(key, deadline)
-            try:
-                return await self.coordinator.write(route, key, op, value, expected, ts,
-                                                    deadline)
-            except PrepareFailed as e:
+            if failed is not None:
+                e, route = failed
+                failed = None
                 # Retries during a recovery's write fence are expected and short: they
                 # must not grow the backoff of whatever error comes next.
                 fenced = all(isinstance(x, Recovering) for x in e.errors)
                 attempt = 0 if fenced else attempt + 1
                 await self._after_no_votes(e.errors, deadline, max(attempt, 1), e.bricks,
                                            route)
+            route = await self._route(key, deadline)
+            try:
+                return await self.coordinator.start(route, key, op, value, expected, ts,
+                                                    deadline)
+            except PrepareFailed as e:
+                failed = (e, route)
             except Indeterminate:
                 self.metrics.inc("indeterminate_total")
                 raise
@@ -331,9 +385,12 @@ class DDSClient:
                     raise Unavailable(f"the map does not route key {key[:64]!r}: "
                                       f"{e}") from None
                 try:
-                    # A cut-over lasts tens of ms: retry soon, not exponentially.
-                    await self._backoff(min(attempt, 2), deadline, f"the map does not "
-                                        f"route key {key[:64]!r}: {e}")
+                    # A cut-over lasts tens of ms: retry soon, not exponentially; while
+                    # the key's partition is between two RGs, every 2-6 ms (the
+                    # backoff's first step).
+                    step = 1 if _mid_move(self.maps.map, key) else min(attempt, 2)
+                    await self._backoff(step, deadline, f"the map does not route key "
+                                        f"{key[:64]!r}: {e}")
                 except Timeout:
                     raise Unavailable(f"the map does not route key {key[:64]!r}: "
                                       f"{e}") from None
@@ -364,6 +421,13 @@ class DDSClient:
 
 
 _NONE: frozenset[str] = frozenset()
+
+
+def _mid_move(cmap: ClusterMap, key: bytes) -> bool:
+    """Whether an RG lists ``key``'s partition as outgoing or incoming: a move of it is
+    in its cut-over (DESIGN §8), which the next map will end."""
+    return any(e.state in ("outgoing", "incoming") and e.pid.owns(key)
+               for rec in cmap.rgs.values() for e in rec.partitions)
 
 
 def _get_result(reply: dict[str, Any]) -> GetResult:

@@ -23,7 +23,7 @@ from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, Interna
                         InvalidRequest, Locked, NotServing, StaleMap, Timeout, Unavailable,
                         VersionMismatch)
 from dds.records import BrickRecord
-from dds.rpc import RPCProtocol
+from dds.rpc import RPCProtocol, State
 
 from dds.lib.routing import Route
 
@@ -88,6 +88,36 @@ class Coordinator:
         conn = await self.connect(brick.address, brick.port)
         return await conn.call(mtype, body, timeout=max(timeout, 0.001))
 
+    def start(self, route: Route, key: bytes, op: str, value: bytes | None,
+              expected_version: int | None, ts: tuple[int, int],
+              deadline: float) -> Deferred[int]:
+        """``write`` as a Deferred.  The common case (every member connected, every vote
+        YES on one version, every COMMIT acknowledged at the first attempt) runs on
+        reply callbacks alone: no coroutine, no Deferred per request.  Anything else
+        continues in ``write``'s general code from where the transaction stands."""
+        conns: list[RPCProtocol] = []
+        if not failpoints.ARMED:
+            for b in route.replicas:
+                conn = self.cached(b.address, b.port)
+                if not isinstance(conn, RPCProtocol) or conn.state is not State.READY:
+                    break
+                conns.append(conn)
+        if len(conns) != len(route.replicas) or not conns:
+            return Deferred.fromCoroutine(self.write(route, key, op, value,
+                                                     expected_version, ts, deadline))
+        txn = _Write(self, route, key, conns, deadline)
+        txn.prepare(self._prepare_body(route, txn.txid, key, op, value, expected_version,
+                                       ts, deadline))
+        return txn.result
+
+    def _prepare_body(self, route: Route, txid: tuple[int, int], key: bytes, op: str,
+                      value: bytes | None, expected_version: int | None,
+                      ts: tuple[int, int], deadline: float) -> dict[str, Any]:
+        body = route.request(key)
+        body.update(txid=txid, ts=ts, op=op, value=value, expected_version=expected_version,
+                    timeout_ms=max(1, int((deadline - self.clock.seconds()) * 1000)))
+        return body
+
     async def write(self, route: Route, key: bytes, op: str, value: bytes | None,
                     expected_version: int | None, ts: tuple[int, int],
                     deadline: float) -> int:
@@ -96,14 +126,20 @@ class Coordinator:
         txid = self.new_txid()
         members = route.replicas
         remaining = deadline - self.clock.seconds()
-        body = route.request(key)
-        body.update(txid=txid, ts=ts, op=op, value=value, expected_version=expected_version,
-                    timeout_ms=max(1, int(remaining * 1000)))
+        body = self._prepare_body(route, txid, key, op, value, expected_version, ts,
+                                  deadline)
         votes = await _gather([self._call(b, "prepare", body,
                                           min(remaining, PREPARE_ATTEMPT_S))
                                for b in members])
+        return await self._after_prepare(route, txid, members, votes, key, deadline)
+
+    async def _after_prepare(self, route: Route, txid: tuple[int, int],
+                             members: list[BrickRecord], votes: list[Any], key: bytes,
+                             deadline: float, acks: list[Any] | None = None) -> int:
+        """Decide on ``votes`` and see the decision through (``acks``: the replies to a
+        first round of COMMITs already sent)."""
         try:
-            return await self._decide(route, txid, members, votes, key, deadline)
+            return await self._decide(route, txid, members, votes, key, deadline, acks)
         except (PrepareFailed, Indeterminate):
             raise
         except Exception as e:
@@ -114,8 +150,9 @@ class Coordinator:
                                 f"({e!r}); the write may or may not happen") from e
 
     async def _decide(self, route: Route, txid: tuple[int, int], members: list[BrickRecord],
-                      votes: list[Any], key: bytes, deadline: float) -> int:
-        if failpoints.ARMED:
+                      votes: list[Any], key: bytes, deadline: float,
+                      acks: list[Any] | None = None) -> int:
+        if failpoints.ARMED and acks is None:
             failpoints.fire("coordinator.after_prepare")
         failures = [r for r in votes if isinstance(r, BaseException)]
         if not failures:
@@ -127,7 +164,8 @@ class Coordinator:
                 raise PrepareFailed([InternalError(
                     f"replicas disagree on the key's version ({sorted(versions)}); "
                     "run dds-admin repair")])
-            return await self._commit(route, txid, members, deadline, versions.pop() + 1)
+            return await self._commit(route, txid, members, deadline, versions.pop() + 1,
+                                      acks)
         # Only a member that may have voted YES needs an ABORT.  One that answered NO holds
         # nothing; one we could not even connect to never saw the PREPARE (and will refuse
         # the transaction if it ever hears of it).  A timeout or a lost connection leaves
@@ -140,12 +178,13 @@ class Coordinator:
         raise PrepareFailed([e for _, e in failed], [b for b, _ in failed])
 
     async def _commit(self, route: Route, txid: tuple[int, int],
-                      members: list[BrickRecord], deadline: float, new_version: int) -> int:
+                      members: list[BrickRecord], deadline: float, new_version: int,
+                      acks: list[Any] | None = None) -> int:
         """The decision is commit: keep asking until every member acknowledged (or was
         excluded, so the write is on every active member of the new record)."""
         await self._until_acknowledged(route, "commit", txid, members, deadline,
                                        "committed but not acknowledged by {bricks}: the "
-                                       "write may not be visible everywhere yet")
+                                       "write may not be visible everywhere yet", acks)
         return new_version
 
     async def _abort(self, route: Route, txid: tuple[int, int], members: list[BrickRecord],
@@ -157,14 +196,17 @@ class Coordinator:
 
     async def _until_acknowledged(self, route: Route, mtype: str, txid: tuple[int, int],
                                   members: list[BrickRecord], deadline: float,
-                                  unknown: str) -> None:
+                                  unknown: str, first: list[Any] | None = None) -> None:
         """Send the decision to every member, again to those that did not answer, until
         all acknowledged or the deadline passed (then the outcome is ``Indeterminate``).
         A member that cannot be reached is excluded from the RG (DESIGN §4, participant
-        failure): once it is, its acknowledgement is no longer needed."""
+        failure): once it is, its acknowledgement is no longer needed.  ``first``: the
+        replies of every member to a first round already sent (the fast path's)."""
         asked: set[str] = set()
         checked: set[str] = set()
-        if failpoints.ARMED:
+        if first is not None:
+            pending = list(members)
+        elif failpoints.ARMED:
             failpoints.fire("coordinator.after_decision")
             if (mtype == "commit" and members
                     and failpoints.is_armed("coordinator.between_commits")):
@@ -176,9 +218,12 @@ class Coordinator:
         while pending:
             # Each attempt is bounded on its own, so a reply that never comes is asked for
             # again (repeated COMMITs and ABORTs get the same answer) within the deadline.
-            attempt = min(deadline - self.clock.seconds(), DECISION_ATTEMPT_S)
-            results = await _gather([self._call(b, mtype, {"txid": txid}, attempt)
-                                     for b in pending])
+            if first is not None:
+                results, first = first, None
+            else:
+                attempt = min(deadline - self.clock.seconds(), DECISION_ATTEMPT_S)
+                results = await _gather([self._call(b, mtype, {"txid": txid}, attempt)
+                                         for b in pending])
             failed = [(b, r) for b, r in zip(pending, results) if isinstance(r, BaseException)]
             pending = [b for b, _ in failed]
             if not pending:
@@ -217,6 +262,73 @@ class Coordinator:
                                            deadline - self.clock.seconds())])
         failpoints.fire("coordinator.between_commits")
         return rest + [first] if isinstance(result[0], BaseException) else rest
+
+
+class _Write:
+    """One transaction on the common path of ``Coordinator.start``: PREPARE to every
+    member, and on YES votes that agree, COMMIT to every member; the reply callbacks
+    count the answers.  Any other turn (a NO, a lost reply, a disagreement) hands the
+    transaction, with the replies so far, to the coordinator's general code."""
+
+    __slots__ = ("coordinator", "route", "key", "conns", "deadline", "txid", "replies",
+                 "waiting", "votes", "new_version", "result")
+
+    def __init__(self, coordinator: Coordinator, route: Route, key: bytes,
+                 conns: list[RPCProtocol], deadline: float) -> None:
+        self.coordinator = coordinator
+        self.route = route
+        self.key = key
+        self.conns = conns
+        self.deadline = deadline
+        self.txid = coordinator.new_txid()
+        self.replies: list[Any] = [None] * len(conns)
+        self.waiting = len(conns)
+        self.votes: list[Any] = []
+        self.new_version = 0
+        self.result: Deferred[int] = Deferred()
+
+    def prepare(self, body: dict[str, Any]) -> None:
+        timeout = max(min(self.deadline - self.coordinator.clock.seconds(),
+                          PREPARE_ATTEMPT_S), 0.001)
+        for i, conn in enumerate(self.conns):
+            conn.request("prepare", body, timeout, self._voted, i)
+
+    def _voted(self, i: int, reply: Any) -> None:
+        self.replies[i] = reply
+        self.waiting -= 1
+        if self.waiting:
+            return
+        votes, self.votes = self.replies, self.replies
+        first = votes[0]
+        version = first.get("version") if type(first) is dict else None
+        if type(version) is not int or any(type(r) is not dict or r.get("version") != version
+                                           for r in votes):
+            self._general(None)
+            return
+        self.new_version = version + 1
+        self.replies = [None] * len(self.conns)
+        self.waiting = len(self.conns)
+        clock = self.coordinator.clock
+        timeout = max(min(self.deadline - clock.seconds(), DECISION_ATTEMPT_S), 0.001)
+        body = {"txid": self.txid}
+        for j, conn in enumerate(self.conns):
+            conn.request("commit", body, timeout, self._acked, j)
+
+    def _acked(self, i: int, reply: Any) -> None:
+        self.replies[i] = reply
+        self.waiting -= 1
+        if self.waiting:
+            return
+        if any(isinstance(r, BaseException) for r in self.replies):
+            self._general(self.replies)
+        else:
+            self.result.callback(self.new_version)
+
+    def _general(self, acks: list[Any] | None) -> None:
+        c = self.coordinator
+        Deferred.fromCoroutine(c._after_prepare(
+            self.route, self.txid, self.route.replicas, self.votes, self.key, self.deadline,
+            acks)).chainDeferred(self.result)
 
 
 def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:

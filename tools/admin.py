@@ -308,7 +308,7 @@ def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
 @click.option("--to", "to_rg", required=True, metavar="RG", help="the replica group to move it to")
 @click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
               metavar="MB/S", help="bandwidth limit of each copy (0: none) [default: the "
-              "source brick's brick.copy_rate_mb_s]")
+              "source brick's brick.move_rate_mb_s, 40]")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object at the end")
 @reports_errors
 def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
@@ -534,7 +534,7 @@ def remove_brick(seeds: str | None, secret_file: str | None, cluster_name: str |
 @_membership_options
 @click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
               metavar="MB/S", help="bandwidth limit of each partition copy of a move (0: "
-              "none) [default: the source brick's brick.copy_rate_mb_s]; a member "
+              "none) [default: the source brick's brick.move_rate_mb_s]; a member "
               "replacement re-syncs at the source brick's setting")
 @reports_errors
 def rebalance(seeds: str | None, secret_file: str | None, cluster_name: str | None,
@@ -587,12 +587,12 @@ def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
         b.render(result, ui.out)
 
 
-def writer_bench_options(what: str) -> Callable[[F], F]:
+def writer_bench_options(what: str, keys: int = 1_000_000) -> Callable[[F], F]:
     """The options of the benches that preload a partition and write to it while
     ``what`` happens (``bench recovery``, ``bench move``)."""
     def decorate(fn: F) -> F:
         for option in reversed([
-            click.option("--keys", type=click.IntRange(1), default=1_000_000,
+            click.option("--keys", type=click.IntRange(1), default=keys,
                          show_default=True, help="keys preloaded into the partition"),
             click.option("--value-bytes", type=click.IntRange(0), default=100,
                          show_default=True),
@@ -639,9 +639,10 @@ def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, leas
 
 
 @bench.command("move")
-@writer_bench_options("the move")
+@writer_bench_options("the move", keys=550_000)
 @click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
-              metavar="MB/S", help="bandwidth limit of each target's copy [default: none]")
+              metavar="MB/S", help="bandwidth limit of each target's copy (0: none) "
+              "[default: the bricks' brick.move_rate_mb_s, 40, as for dds-admin move]")
 @reports_errors
 def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms: int,
                baseline_s: float, work_dir: Path | None, keep: bool, as_json: bool,

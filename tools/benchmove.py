@@ -14,7 +14,9 @@ Then:
 
 1. **preload**: ``p2.0``'s SQLite file is written directly before any brick starts, the
    way ``bench recovery`` does it: ``--keys`` rows of ``--value-bytes`` random bytes, every
-   key one that routes to ``p2.0`` (:func:`move_key`), identical on b1, b2, b3.
+   key one that routes to ``p2.0`` (:func:`move_key`), identical on b1, b2, b3.  The
+   default, 550,000 keys of 100 bytes, makes the issue's 100 MB partition (a 99.3 MB
+   file; ``partition_bytes`` gives it).
 2. the bricks start; the map records are built here (not by the placement code, which
    would choose the groups itself) and pushed to every brick; the bench waits until both
    groups serve and the source holds every key.
@@ -42,7 +44,7 @@ Figures:
   the start) and ``phases`` how long each took;
 - ``baseline_*``: the same figures for the floor window;
 - ``by_phase``: per phase (``copy`` until the ``copied`` record, ``switch`` until
-  ``released``, ``drop`` until the call returned) and for the floor and the second
+  ``cutover-in``, ``drop`` until the call returned) and for the floor and the second
   after: puts/s and its ratio to the floor, longest pause, p99, and the CPU (cores in
   use) of the source brick, the other source members, the targets and the writers.
 
@@ -91,7 +93,8 @@ _TIMELINE_NS = ("copysource", "snapshot", "rgchange", "movein", "pull", "journal
 
 @attrs.frozen
 class MoveParams:
-    keys: int = 1_000_000
+    #: 550,000 keys of 100-byte values make the issue's 100 MB partition (99.3 MB file).
+    keys: int = 550_000
     value_bytes: int = 100
     clients: int = 16
     workers: int = 2
@@ -101,7 +104,8 @@ class MoveParams:
     timeout_s: float = 600.0
     dir: Path | None = None
     keep: bool = False
-    #: Bandwidth limit of each target's copy, MB/s (None: unlimited).
+    #: Bandwidth limit of each target's copy, MB/s (None: the bricks' default
+    #: ``brick.move_rate_mb_s``, as for ``dds-admin move``; 0: unlimited).
     rate_mb_s: int | None = None
 
 
@@ -351,16 +355,17 @@ def _cpu_between(samples: list[tuple[float, dict[str, float]]], a: float,
 def _windows(rnd: dict[str, Any], params: MoveParams) -> dict[str, list[float]]:
     """The writers' windows (monotonic seconds): the floor before the move, the move as a
     whole and with ``after_s`` of aftermath, and the move's phases split at the journal
-    records: ``copy`` (until ``copied``), ``switch`` (fence, last delta, cut-over, release;
-    until ``released``) and ``drop`` (until the move returned), then ``after``."""
+    records: ``copy`` (until ``copied``), ``switch`` (records read, fence, last delta,
+    cut-over; until ``cutover-in``) and ``drop`` (release, the source RG's record, the
+    outcome; until the move returned), then ``after``."""
     t0, t1 = rnd["t_request"], rnd["t_done"]
     at = {s["step"]: t0 + s["at_s"] for s in rnd["steps"]}
     out = {"baseline": [t0 - params.baseline_s, t0], "move": [t0, t1],
            "settle": [t0, t1 + params.after_s], "after": [t1, t1 + params.after_s]}
-    if "copied" in at and "released" in at:
+    if "copied" in at and "cutover-in" in at:
         out["phase_copy"] = [t0, at["copied"]]
-        out["phase_switch"] = [at["copied"], at["released"]]
-        out["phase_drop"] = [at["released"], t1]
+        out["phase_switch"] = [at["copied"], at["cutover-in"]]
+        out["phase_drop"] = [at["cutover-in"], t1]
     return out
 
 
@@ -480,6 +485,15 @@ def _by_phase(windows: dict[str, list[float]], stats: list[dict[str, Any]],
     return out
 
 
+def _rate(params: MoveParams) -> int:
+    """The bandwidth limit of each target's copy in effect (0: none)."""
+    if params.rate_mb_s is not None:
+        return params.rate_mb_s
+    from dds.config import BrickSection
+    default = attrs.fields(BrickSection).move_rate_mb_s.default
+    return int(default or 0)
+
+
 def _result(params: MoveParams, size: int, rnd: dict[str, Any], stats: list[dict[str, Any]],
             sums: dict[str, int], held: dict[str, bool]) -> dict[str, Any]:
     windows: dict[str, list[float]] = rnd["windows"]
@@ -495,6 +509,7 @@ def _result(params: MoveParams, size: int, rnd: dict[str, Any], stats: list[dict
         "replication": len(SOURCE_BRICKS), "partition": str(MOVED), "from_rg": SOURCE_RG,
         "to_rg": TARGET_RG, "durability": "disk", "lease_ms": params.lease_ms,
         "partition_bytes": size, "baseline_s": params.baseline_s, "after_s": params.after_s,
+        "copy_rate_mb_s": _rate(params),
         "job": rnd["result"]["job"], "source": rnd["result"]["source"],
         "bytes_copied": rnd["result"]["bytes"],
         "move_s": move_s,
@@ -533,12 +548,17 @@ def _result(params: MoveParams, size: int, rnd: dict[str, Any], stats: list[dict
     return out
 
 
+def _rate_text(rate: int) -> str:
+    return f"at most {rate} MB/s per target" if rate else "full speed"
+
+
 def render(r: dict[str, Any], console: Console) -> None:
     console.print(f"bench move: {r['partition']} ({r['keys']:,} keys x {r['value_bytes']} B "
                   f"= {r['partition_bytes'] / 1e6:,.1f} MB file) from {r['from_rg']} "
                   f"(b1-b3) to {r['to_rg']} (b4-b6), replication {r['replication']}, "
                   f"durability {r['durability']}, lease {r['lease_ms']} ms; "
-                  f"{r['clients']} writers in {r['workers']} processes")
+                  f"{r['clients']} writers in {r['workers']} processes; copies "
+                  f"{_rate_text(r['copy_rate_mb_s'])}")
     t = Table(title_justify="left")
     for col in ("", "during the move", "floor: before", "after", "target", "met"):
         t.add_column(col, justify="left" if not col else "right")

@@ -875,7 +875,7 @@ class Options:
     timeout: float = 3600.0
     dry_run: bool = False
     #: Bandwidth limit of each partition copy of a move, MB/s (0: none; None: the source
-    #: brick's ``brick.copy_rate_mb_s``).  A member replacement re-syncs by recovery,
+    #: brick's ``brick.move_rate_mb_s``).  A member replacement re-syncs by recovery,
     #: which always uses the source brick's setting.
     rate_mb_s: int | None = None
 

@@ -1,41 +1,84 @@
 """Changing RG records from dds-admin (DESIGN §5, §8): the part every reorganization
 shares.  ``RecordEditor`` finds the newest record of an RG any brick holds, changes its
 partitions by the majority 2PC (``rg_update``), retrying while the record moves under
-it, and spreads the new record at once instead of waiting for gossip."""
+it, and spreads the new record at once instead of waiting for gossip.
+
+With ``reuse``, an editor keeps one connection per brick until ``close``: a move makes
+some twenty requests while writes are paused, and a new connection costs a handshake of
+three messages each time.  A connection found closed is opened again before a request is
+sent; a request whose connection breaks fails, as one on a new connection would.  Without
+it, every request has a connection of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredList
 
 from dds.errors import DDSError, Refused, StaleMap
 from dds.records import RGRecord, record_from_wire
-from dds.tools.cluster import Target, call_brick, describe_error
+from dds.rpc import RPCProtocol
+from dds.tools.cluster import Target, call_brick, connect_brick, describe_error
 from dds.tools.runner import AdminError, pause
 
 Say = Callable[[str], None]
 #: ``change(record, attempt)``: the new partition list, or None if it is already so.
 Change = Callable[[RGRecord, int], "list[list[str]] | None"]
 CALL_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 5.0
 ATTEMPTS = 20
 
 
 class RecordEditor:
     def __init__(self, reactor: Any, target: Target,
-                 addresses: dict[str, tuple[str, int]], say: Say) -> None:
+                 addresses: dict[str, tuple[str, int]], say: Say, *,
+                 reuse: bool = False) -> None:
         self.reactor = reactor
         self.target = target
         self.addresses = addresses
         self.say = say
+        self.reuse = reuse
+        self._conns: dict[str, RPCProtocol] = {}
+        #: Pushes not waited for (``update(wait_push=...)``), awaited by ``close``.
+        self._background: list[Deferred[Any]] = []
+
+    async def _connection(self, brick: str) -> RPCProtocol:
+        conn = self._conns.get(brick)
+        if conn is not None and not conn.closed.called:
+            return conn
+        host, port = self.addresses[brick]
+        conn = await connect_brick(self.reactor, host, port, self.target, CONNECT_TIMEOUT_S)
+        if conn.peer_id != brick:
+            conn.close()
+            raise AdminError(f"{host}:{port} answers as {conn.peer_id!r}, not {brick!r}")
+        old = self._conns.get(brick)
+        if old is not None and old is not conn and not old.closed.called:
+            conn.close()        # another request opened one meanwhile: use that
+            return old
+        self._conns[brick] = conn
+        return conn
 
     async def call(self, brick: str, mtype: str, body: dict[str, Any],
                    timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
         if brick not in self.addresses:
             raise AdminError(f"brick {brick} is not in the map")
-        host, port = self.addresses[brick]
-        return await call_brick(self.reactor, host, port, self.target, mtype, body,
-                                timeout=5.0, call_timeout=timeout)
+        if not self.reuse:
+            host, port = self.addresses[brick]
+            return await call_brick(self.reactor, host, port, self.target, mtype, body,
+                                    timeout=CONNECT_TIMEOUT_S, call_timeout=timeout)
+        conn = await self._connection(brick)
+        reply: dict[str, Any] = await conn.call(mtype, body, timeout=timeout)
+        return reply
+
+    async def close(self) -> None:
+        """Wait for the pushes still going on, then close every connection."""
+        background, self._background = self._background, []
+        if background:
+            await DeferredList(background, consumeErrors=True)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     async def record(self, rg: str) -> RGRecord:
         """The newest record of ``rg`` any brick holds."""
@@ -53,13 +96,24 @@ class RecordEditor:
             raise AdminError(f"no brick answers with a record of {rg}")
         return best
 
-    async def update(self, rg: str, change: Change, reason: str) -> RGRecord:
+    async def update(self, rg: str, change: Change, reason: str, *,
+                     known: RGRecord | None = None,
+                     wait_push: Collection[str] | None = None,
+                     push: bool = True) -> RGRecord:
         """Apply ``change`` to ``rg``'s record by the majority 2PC, retrying while the
-        record moves under us."""
+        record moves under us.  ``known``: the record as last seen, tried first without
+        asking the bricks (a stale one costs one refused attempt).  ``wait_push``: the
+        bricks that must hold the new record before this returns (default: all); the
+        others get it in the background.  Without ``push`` the caller spreads it."""
         for attempt in range(ATTEMPTS):
-            rec = await self.record(rg)
+            if known is not None and attempt == 0:
+                rec = known
+            else:
+                rec = await self.record(rg)
             parts = change(rec, attempt)
             if parts is None:
+                if rec is known:
+                    continue        # check against the bricks' newest record
                 return rec
             errors = []
             for coordinator in rec.active_members:
@@ -69,20 +123,31 @@ class RecordEditor:
                         "partitions": parts, "reason": reason})
                     new = record_from_wire(reply["record"])
                     assert isinstance(new, RGRecord)
-                    await self.push(new)
+                    if push:
+                        await self.push(new, wait_push)
                     return new
                 except (StaleMap, Refused) as e:
                     errors.append(f"{coordinator}: {e.message}")
                     break
                 except DDSError as e:
                     errors.append(f"{coordinator}: {describe_error(e)}")
+            if rec is known:
+                continue            # perhaps only our record was old: read it, no pause
             self.say(f"  {rg}: retrying the record change ({'; '.join(errors)})")
             await pause(self.reactor, min(0.1 * (attempt + 1), 1.0))
         raise AdminError(f"could not change {rg}: the record keeps moving or is refused")
 
-    async def push(self, rec: RGRecord) -> None:
-        """Spread a new record at once (gossip would, in a second or so)."""
-        await DeferredList([Deferred.fromCoroutine(self.call(b, "map_push",
-                                                             {"records": [rec.canonical()]},
-                                                             5.0))
-                            for b in self.addresses], consumeErrors=True)
+    async def push(self, rec: RGRecord, wait: Collection[str] | None = None) -> None:
+        """Spread a new record at once (gossip would, in a second or so).  Returns once
+        the bricks in ``wait`` (default: all) answered; the rest go on in the
+        background."""
+        body = {"records": [rec.canonical()]}
+        now: list[Deferred[Any]] = []
+        for b in self.addresses:
+            d = Deferred.fromCoroutine(self.call(b, "map_push", body, 5.0))
+            if wait is None or b in wait:
+                now.append(d)
+            else:
+                d.addErrback(lambda _: None)
+                self._background.append(d)
+        await DeferredList(now, consumeErrors=True)

@@ -55,7 +55,8 @@ PREPARE_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 30.0
 #: Fencing and the last delta drain transactions for up to the bricks' fence lapse.
 FENCE_CALL_TIMEOUT_S = 45.0
-#: A cut-over waits this long at most for a member that is recovering.
+#: A cut-over refused while the leader's fence holds (the record moved under it) is
+#: tried again for this long at most.
 CUTOVER_WAIT_S = 30.0
 
 
@@ -70,8 +71,10 @@ class NotOurs(AdminError):
 def plan(cmap: ClusterMap, kind: str, pid_text: str) -> dict[str, Any]:
     """The job's plan, checked against the map.  ``split``: ``pid`` is an active
     partition.  ``merge``: ``pid`` is either one of two active siblings of one RG, or
-    their parent.  Every member of the RG must be active (a recovering one would copy
-    replicas the job is about to change)."""
+    their parent.  The job's members are the RG's active members; one that is
+    recovering or excluded is left out: it is not readmitted while the targets are
+    incoming, nor with a copy that began before the cut-over (``bricks/recovery.py``),
+    so it copies the new partitions afterwards."""
     if kind not in KINDS:
         raise AdminError(f"unknown job kind {kind!r}")
     try:
@@ -114,15 +117,12 @@ def plan(cmap: ClusterMap, kind: str, pid_text: str) -> dict[str, Any]:
         raise AdminError(f"{rec.name} already lists {', '.join(busy)}: another job works on "
                          "it (`dds-admin jobs`; `dds-admin repair` finishes or rolls back one "
                          "whose tool is gone)")
-    not_active = [f"{m.brick} ({m.state})" for m in rec.members if m.state != "active"]
-    if not_active:
-        raise AdminError(f"{rec.name} has members that are not active: "
-                         f"{', '.join(not_active)}; let them recover first")
     if not rec.active_members:
         raise AdminError(f"{rec.name} has no active member")
     return {"pid": str(pid), "rg": rec.name, "sources": [str(s) for s in sources],
             "targets": [str(t) for t in targets], "members": list(rec.active_members),
-            "leader": rec.active_members[0], "steps": list(STEPS)}
+            "leader": rec.active_members[0], "steps": list(STEPS),
+            "left_out": [m.brick for m in rec.members if m.state != "active"]}
 
 
 def cut_state(rec: RGRecord, sources: list[str], targets: list[str]) -> str:
@@ -176,6 +176,10 @@ class Reshaper(RecordEditor):
         if not all(entries.get(s) == "active" for s in p["sources"]):
             raise AdminError(f"{p['rg']} v{rec.version} no longer lists "
                              f"{', '.join(p['sources'])} active")
+        strangers = [b for b in rec.active_members if b not in p["members"]]
+        if strangers:       # readmitted since the plan: it would not build the targets
+            raise AdminError(f"{', '.join(strangers)} became active in {p['rg']} after "
+                             "the job was planned: run it again")
         if all(entries.get(t) == "incoming" for t in p["targets"]):
             if attempt == 0 and not self.job.done("incoming") and not self._resumed:
                 self._not_ours = True
@@ -277,32 +281,31 @@ class Reshaper(RecordEditor):
             if p["leader"] not in rec.active_members:
                 raise AdminError(f"the leader {p['leader']} is no longer active in "
                                  f"{p['rg']}")
-            recovering = [m.brick for m in rec.members if m.state == "recovering"]
-            if not recovering:
-                entries = {str(e.pid): e.state for e in rec.partitions
-                           if str(e.pid) not in p["sources"]}
-                entries.update({t: "active" for t in p["targets"]})
-                parts = [[pid, s] for pid, s in sorted(entries.items())]
-                try:
-                    reply = await self.call(p["leader"], "split_cutover", {
-                        "job": self.job.id, "token": self.token, "rg": p["rg"],
-                        "version": rec.version, "fp": rec.fp, "partitions": parts,
-                        "reason": f"{self.what}: cut-over"})
-                    new = record_from_wire(reply["record"])
-                    assert isinstance(new, RGRecord)
-                    await self.push(new)
-                    if self._fenced_at is not None:
-                        self.fence_held_s = self.reactor.seconds() - self._fenced_at
-                    return
-                except DDSError as e:
-                    last = describe_error(e)
-                    if not await self._fence_held():
-                        rec = await self.record(self.plan["rg"])
-                        if cut_state(rec, p["sources"], p["targets"]) == "after":
-                            return
-                        raise AdminError(f"cut-over of job {self.job.id} refused: {last}")
-            else:
-                last = f"{', '.join(recovering)} recovering"
+            # A member recovering meanwhile is not waited for: it cannot be readmitted
+            # while the targets are incoming, nor by a copy that began before this
+            # record change (bricks/recovery.py); it copies the targets afterwards.
+            entries = {str(e.pid): e.state for e in rec.partitions
+                       if str(e.pid) not in p["sources"]}
+            entries.update({t: "active" for t in p["targets"]})
+            parts = [[pid, s] for pid, s in sorted(entries.items())]
+            try:
+                reply = await self.call(p["leader"], "split_cutover", {
+                    "job": self.job.id, "token": self.token, "rg": p["rg"],
+                    "version": rec.version, "fp": rec.fp, "partitions": parts,
+                    "reason": f"{self.what}: cut-over"})
+                new = record_from_wire(reply["record"])
+                assert isinstance(new, RGRecord)
+                await self.push(new)
+                if self._fenced_at is not None:
+                    self.fence_held_s = self.reactor.seconds() - self._fenced_at
+                return
+            except DDSError as e:
+                last = describe_error(e)
+                if not await self._fence_held():
+                    rec = await self.record(self.plan["rg"])
+                    if cut_state(rec, p["sources"], p["targets"]) == "after":
+                        return
+                    raise AdminError(f"cut-over of job {self.job.id} refused: {last}")
             if self.reactor.seconds() > deadline:
                 raise AdminError(f"cut-over of job {self.job.id} not done within "
                                  f"{CUTOVER_WAIT_S:.0f}s: {last}")
@@ -415,6 +418,9 @@ async def reshape(reactor: Any, target: Target, kind: str, pid: str, say: Say,
                            warn=say)
     runner = Reshaper(reactor, target, cmap, job, say, progress)
     say(f"job {job.id}: {runner.what} in {p['rg']}")
+    if p["left_out"]:
+        say(f"  without {', '.join(p['left_out'])} (not active): they copy the new "
+            "partitions when they recover")
     t0 = reactor.seconds()
     try:
         await runner.run()
@@ -437,7 +443,8 @@ def _report(job: Job, runner: Reshaper, seconds: float) -> dict[str, Any]:
     counts: dict[str, Any] = next(iter(runner.counts.values()), {})
     return {"job": job.id, "kind": job.kind, "pid": p["pid"], "rg": p["rg"],
             "sources": p["sources"], "targets": p["targets"], "members": p["members"],
-            "leader": p["leader"], "state": job.state, "seconds": round(seconds, 3),
+            "leader": p["leader"], "left_out": p.get("left_out", []), "state": job.state,
+            "seconds": round(seconds, 3),
             "rows": max(rows.values(), default=0), "keys": counts,
             "fence_s": round(runner.fence_held_s, 3), "warnings": list(job.warnings)}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from dds.bricks.txlog import undecided_votes
 from dds.failpoints import CRASH_EXIT_CODE
 
 from tests.harness.aio import call, eventually, replica_value
@@ -33,13 +33,9 @@ async def _nothing_prepared(cluster: Cluster) -> bool:
 
 
 def _prepared_rows(brick: Any, pid: str) -> int:
-    """Recorded YES votes of ``pid`` in the brick's file (read while it is down or up)."""
-    db = sqlite3.connect(str(brick.data_dir / "prepared.sqlite"))
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM prepared WHERE pid = ?",
-                              (pid,)).fetchone()[0])
-    finally:
-        db.close()
+    """Recorded YES votes of ``pid`` not settled in the brick's transaction log (read
+    while it is down or up)."""
+    return sum(1 for vote in undecided_votes(brick.data_dir) if vote[2] == pid)
 
 
 @pytest_twisted.ensureDeferred

@@ -357,12 +357,18 @@ def test_call_timeout_fires_timeout_and_a_late_reply_is_ignored(net: MemoryNetwo
     assert net.run(d2) == {"ok": 1}
 
 
-def test_a_reply_in_time_cancels_the_call_timer(net: MemoryNetwork) -> None:
+def test_calls_in_flight_share_one_timer_which_ends_once_they_are_answered(
+        net: MemoryNetwork) -> None:
     Server(net)
     client = net.run(connect(net))
     before = len(net.clock.getDelayedCalls())
-    assert net.run(client.call("ping", {}, timeout=5.0)) == {"echo": {}}
+    calls = [client.call("ping", {"i": i}, timeout=5.0) for i in range(10)]
+    # One deadline sweep for all ten (and the end-of-iteration flush of their frame).
+    assert len(net.clock.getDelayedCalls()) <= before + 2
+    assert [net.run(d) for d in calls] == [{"echo": {"i": i}} for i in range(10)]
+    net.advance(5.0)                 # the sweep finds nothing due and is not renewed
     assert len(net.clock.getDelayedCalls()) == before
+    assert client.outstanding == 0
 
 
 # -- property tests: codec and garbage ---------------------------------------------------
@@ -484,3 +490,78 @@ def test_garbage_never_escapes_data_received_nor_reaches_the_handler_undecoded(
     else:
         assert server.calls == []           # nothing passes before authentication
     assert net.errors == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(_values, min_size=1, max_size=5), st.lists(st.integers(0, 10 ** 6),
+                                                           max_size=8))
+def test_requests_split_across_reads_in_any_way_are_handled_in_order(
+        bodies: list[Any], cuts: list[int]) -> None:
+    """The protocol's own framing (frames decoded straight from each read, a partial
+    one kept for the next) gives every request whole and in order."""
+    net = MemoryNetwork(Clock())
+    server = Server(net)
+    client = net.run(connect(net))
+    assert client.transport is not None
+    stream = b"".join(encode_frame("work", 1000 + i, {"b": b}) for i, b in enumerate(bodies))
+    for chunk in _chunks(stream, cuts):
+        client.transport.write(chunk)
+        net.flush()
+    assert server.calls == [("work", {"b": b}) for b in bodies]
+    assert server.proto._buf == bytearray()
+    assert net.run(client.call("ping", {})) == {"echo": {}}
+
+
+# -- batching ------------------------------------------------------------------------------
+
+
+def test_the_messages_of_a_turn_go_to_a_peer_in_one_frame(net: MemoryNetwork) -> None:
+    server = Server(net)
+    client = net.run(connect(net))
+    to_server, to_client = frames_to(net, side=1), frames_to(net, side=0)
+    calls = [client.call("work", {"i": i}) for i in range(3)]
+    assert [net.run(d) for d in calls] == [{"echo": {"i": i}} for i in range(3)]
+    assert [(t, n) for t, n, _ in to_server] == [("*", 3)]
+    assert [(t, n) for t, n, _ in to_client] == [("*", 3)]
+    assert server.calls == [("work", {"i": i}) for i in range(3)]
+    one = client.call("work", {"i": 9})             # a lone message: a plain frame
+    assert net.run(one) == {"echo": {"i": 9}}
+    assert [t for t, _n, _ in to_server[1:]] == ["work"]
+
+
+class OldClient(RPCProtocol):
+    """A client of a version without batch frames: its handshake does not offer them."""
+
+    def _send(self, mtype: str, rid: int, body: Any) -> None:
+        if isinstance(body, dict):
+            body.pop("features", None)
+        super()._send(mtype, rid, body)
+
+
+def test_a_peer_that_does_not_offer_batches_gets_a_frame_per_message(
+        net: MemoryNetwork) -> None:
+    server = Server(net)
+    client = OldClient(is_client=True, node_id="old", cluster=CLUSTER, secret=SECRET,
+                       clock=net.clock)
+    net.connect(HOST, PORT, client, name="old")
+    net.run(client.ready)
+    to_client = frames_to(net, side=0)
+    calls = [client.call("work", {"i": i}) for i in range(3)]
+    assert [net.run(d) for d in calls] == [{"echo": {"i": i}} for i in range(3)]
+    assert [t for t, _n, _ in to_client] == ["ok", "ok", "ok"]
+    assert len(server.calls) == 3
+
+
+def test_a_malformed_batch_is_answered_as_malformed_and_handles_nothing(
+        net: MemoryNetwork) -> None:
+    server = Server(net)
+    client = net.run(connect(net))
+    received = frames_to(net, side=0)
+    assert client.transport is not None
+    client.transport.write(encode_frame("*", 2, ["work", 1, {}, 7, 2, {}]))
+    net.flush()
+    assert [(t, n) for t, n, _ in received] == [("err", 0)]
+    assert isinstance(from_wire(received[0][2]), ProtocolError)
+    assert server.calls == []
+    assert server.proto.metrics.counters["frames_malformed_total"] == 1
+    assert net.run(client.call("ping", {})) == {"echo": {}}

@@ -211,7 +211,7 @@ def test_read_waiting_on_a_prepared_key_times_out_after_read_wait(
     error = cluster.fail_of(read)
     assert isinstance(error, Timeout)
     assert cluster.clock.seconds() - start == pytest.approx(READ_WAIT_S)
-    assert brick.locks.holder((cluster.map.route(key)[0], key)) == (9, 3)   # still prepared
+    assert brick.locks.holder((str(cluster.map.route(key)[0]), key)) == (9, 3)   # prepared
 
 
 # -- wait-die ----------------------------------------------------------------------------

@@ -86,7 +86,14 @@ def test_a_planted_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         if key == b"k1" and self.data_dir.name == "b0":
             return succeed(None)
         return write(self, pid, key, *args, **kw)
+    write_then = Storage.write_then
+
+    def forgetful_then(self: Storage, pid: str, key: bytes, *args: Any) -> bool:
+        if key == b"k1" and self.data_dir.name == "b0":
+            return False        # "durable already": acknowledged, never stored
+        return write_then(self, pid, key, *args)
     monkeypatch.setattr(Storage, "write", forgetful)
+    monkeypatch.setattr(Storage, "write_then", forgetful_then)
     for seed in (1, 2, 3):
         result = run_seed(seed, topology=0, faults=(), duration=3.0)
         assert any("replicas of b'k1' disagree" in v for v in result.violations), \

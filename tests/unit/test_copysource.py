@@ -417,3 +417,64 @@ def test_a_rate_limited_session_holds_chunks_until_its_bytes_fit_the_rate(
     assert not first.called
     src.clock.advance(0.02)                           # 500 bytes at 1,000 B/s: 0.5 s
     assert first.called and len(first.result["data"]) == 500
+
+
+def test_sessions_of_one_partition_share_one_snapshot_freed_by_the_last(
+        src: Source) -> None:
+    """A move copies to every target member at once: one backup, one file."""
+    first = value_of(outcome(src.sessions.begin("rg0", "b4", [P0], False)))
+    second = value_of(outcome(src.sessions.begin("rg0", "b5", [P0], False)))
+    assert len(snapshot_files(src)) == 1
+    assert first["snapshots"] == second["snapshots"]
+    assert src.metrics.counters["copy_snapshots_shared_total"] == 1
+    assert src.sessions.cancel(first["session"], "done")
+    assert len(snapshot_files(src)) == 1           # the second one still reads it
+    assert src.sessions.chunk(second["session"], str(P0), 0, 10)["data"]
+    assert src.sessions.cancel(second["session"], "done")
+    assert snapshot_files(src) == []
+
+
+def test_a_snapshot_being_taken_is_shared_and_an_old_one_is_not(src: Source) -> None:
+    from dds.bricks.copysource import SHARE_S
+
+    held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        held.append((d, f, args))
+        return d
+
+    src.sessions.run_in_thread = later
+    first = outcome(src.sessions.begin("rg0", "b4", [P0], False))
+    second = outcome(src.sessions.begin("rg0", "b5", [P0], False))
+    assert len(held) == 1 and first == [] and second == []
+    d, f, args = held.pop()
+    d.callback(f(*args))
+    assert value_of(first)["snapshots"] == value_of(second)["snapshots"]
+    src.sessions.run_in_thread = inline
+    src.clock.advance(SHARE_S + 1)
+    value_of(outcome(src.sessions.begin("rg0", "b6", [P0], False)))
+    assert len(snapshot_files(src)) == 2
+
+
+def test_fence_and_readmitting_again_answer_while_the_fence_holds(src: Source) -> None:
+    """A move checks that the source's fence still holds after its cut-over record."""
+    sid = begin(src)["session"]
+    lsns = fence(src, sid)["lsn"]
+    src.sessions.readmitting(sid)
+    src.sessions.readmitting(sid)
+    assert fence(src, sid)["lsn"] == lsns
+    src.sessions.cancel(sid, "lost")
+    with pytest.raises(InvalidRequest, match="cancelled"):
+        fence(src, sid)
+
+
+def test_a_replica_replaced_since_is_snapshotted_anew(src: Source, tmp_path: Path) -> None:
+    """Its log positions are another replica's: the old snapshot's lsn would lie."""
+    first = value_of(outcome(src.sessions.begin("rg0", "b4", [P0], False)))
+    copy = tmp_path / "copy.sqlite"
+    copy.write_bytes(snapshot_files(src)[0].read_bytes())     # a whole partition file
+    src.storage.replace_partition(str(P0), copy)
+    second = value_of(outcome(src.sessions.begin("rg0", "b5", [P0], False)))
+    assert len(snapshot_files(src)) == 2
+    assert first["session"] != second["session"]

@@ -7,7 +7,6 @@ from pathlib import Path
 from twisted.internet.task import Clock
 
 from dds.metrics import Metrics
-from dds.partition import PartitionId
 
 from dds.bricks.locks import LockTable
 from dds.bricks.participant import Participant, Transaction, TxnState
@@ -34,7 +33,7 @@ def test_a_restored_vote_is_prepared_again_locked_fenced_and_resolved_soon(
     assert p.restore([_record((9, 1))], resolve_after_s=1.0) == 1
     txn = p.active[(9, 1)]
     assert txn.state is TxnState.PREPARED and txn.new_version == 1 and txn.queried
-    assert p.locks.holder((PartitionId(0, 0), b"k")) == (9, 1)
+    assert p.locks.holder(("p0.0", b"k")) == (9, 1)
     clock.advance(1.0)
     assert asked == [txn]
     storage.close()

@@ -433,3 +433,24 @@ def test_discard_gradually_frees_a_large_file_a_step_at_a_time(tmp_path: Path) -
     assert path.stat().st_size == 4 << 20
     clock.advance(0.02)
     assert not path.exists() and done.called
+
+
+def test_files_discarded_on_one_clock_are_freed_one_after_the_other(tmp_path: Path) -> None:
+    """A move frees a snapshot and a replica at once: one at a time, not both."""
+    from twisted.internet.task import Clock
+
+    from dds.bricks.snapshot import discard_gradually
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path in (a, b):
+        with open(path, "wb") as f:
+            f.truncate(3 << 20)
+    clock = Clock()
+    done_a = discard_gradually(a, clock, step=2 << 20, interval=0.02)
+    done_b = discard_gradually(b, clock, step=2 << 20, interval=0.02)
+    assert a.stat().st_size == 1 << 20 and b.stat().st_size == 3 << 20
+    clock.advance(0.02)
+    assert not a.exists() and done_a.called
+    assert b.stat().st_size == 1 << 20 and not done_b.called
+    clock.advance(0.02)
+    assert not b.exists() and done_b.called

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from dds.bricks.storage import PartitionStore, ReadResult, Storage
+from dds.bricks.storage import SQLITE_FLUSH_S, PartitionStore, ReadResult, Storage
 from dds.errors import NotServing
 
 
@@ -73,6 +73,21 @@ def heal(store: PartitionStore, real: sqlite3.Connection) -> None:
     store._conn = real
 
 
+def fail_log(storage: Storage) -> Any:
+    """Make the transaction log's appends fail like a full disk; returns the real
+    ``write`` for :func:`heal_log`."""
+    real = storage._txlog.write
+
+    def full(records: Any) -> None:
+        raise OSError(28, "No space left on device")
+    cast(Any, storage._txlog).write = full
+    return real
+
+
+def heal_log(storage: Storage, real: Any) -> None:
+    cast(Any, storage._txlog).write = real
+
+
 # -- basics ---------------------------------------------------------------------------
 
 def test_write_then_read_round_trip(storage: Storage, clock: Clock) -> None:
@@ -88,7 +103,7 @@ def test_never_written_key_reads_none_at_version_zero(storage: Storage) -> None:
 def test_tombstone_keeps_version(storage: Storage, clock: Clock) -> None:
     storage.write("p0.0", b"k", b"v", 1)
     storage.write("p0.0", b"k", None, 2)
-    clock.advance(0)
+    clock.advance(SQLITE_FLUSH_S)
     assert storage.read("p0.0", b"k") == ReadResult(None, 2)
     assert on_disk(storage.open_partition("p0.0").path, b"k") == (None, 2, 2)
 
@@ -177,38 +192,59 @@ def test_version_check_reads_the_file_when_not_cached(tmp_path: Path, clock: Clo
 
 # -- group commit ---------------------------------------------------------------------
 
-def test_writes_in_one_turn_share_one_commit(storage: Storage, clock: Clock) -> None:
+def test_writes_in_one_turn_share_one_log_append(storage: Storage, clock: Clock) -> None:
     for i in range(10):
         storage.write("p0.0", b"k%d" % i, b"v", 1)
     clock.advance(0)
-    assert storage.stats["commits"] == 1
+    assert storage.stats["log_writes"] == 1
     assert storage.stats["writes"] == 10
 
 
-def test_each_turn_commits_separately(storage: Storage, clock: Clock) -> None:
+def test_each_turn_appends_separately(storage: Storage, clock: Clock) -> None:
     storage.write("p0.0", b"a", b"v", 1)
     clock.advance(0)
     storage.write("p0.0", b"b", b"v", 1)
     clock.advance(0)
-    assert storage.stats["commits"] == 2
+    assert storage.stats["log_writes"] == 2
 
 
-def test_one_transaction_per_partition_file(storage: Storage, clock: Clock) -> None:
+def test_partition_files_get_their_rows_later_in_one_transaction_each(
+        storage: Storage, clock: Clock) -> None:
     storage.open_partition("p1.1")
     storage.write("p0.0", b"a", b"v", 1)
+    clock.advance(0)
     storage.write("p1.1", b"a", b"v", 1)
     storage.write("p0.0", b"b", b"v", 1)
     clock.advance(0)
-    assert storage.stats["commits"] == 2
+    assert storage.stats["commits"] == 0
+    clock.advance(SQLITE_FLUSH_S)
+    assert storage.stats["commits"] == 2 and storage.stats["committed_rows"] == 3
+    assert on_disk(storage.open_partition("p0.0").path, b"b") == (b"v", 1, 2)
 
 
-def test_write_deferred_fires_only_after_commit(storage: Storage, clock: Clock) -> None:
+def test_write_deferred_fires_only_after_the_log_append(storage: Storage, clock: Clock) -> None:
     got = outcome(storage.write("p0.0", b"k", b"v", 1))
-    assert got == []
-    assert on_disk(storage.open_partition("p0.0").path, b"k") is None
+    assert got == [] and storage.stats["log_writes"] == 0
     clock.advance(0)
-    assert got == [None]
-    assert on_disk(storage.open_partition("p0.0").path, b"k") == (b"v", 1, 1)
+    assert got == [None] and storage.stats["log_writes"] == 1
+
+
+def test_a_restart_redoes_the_committed_writes_a_file_missed(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path, clock)
+    s.open_partition("p0.0")
+    s.write("p0.0", b"k", b"v", 1)
+    s.write("p0.0", b"gone", None, 3)
+    clock.advance(0)                        # durable in the log, not in the file yet
+    assert on_disk(s.open_partition("p0.0").path, b"k") is None
+    for store in s._stores.values():        # the process dies: nothing else is written
+        store._conn.close()
+    s._txlog.close()
+    again = Storage(tmp_path, clock)
+    assert again.read("p0.0", b"k") == ReadResult(b"v", 1)
+    assert on_disk(again.open_partition("p0.0").path, b"k") == (b"v", 1, 1)
+    assert on_disk(again.open_partition("p0.0").path, b"gone") == (None, 3, 2)
+    again.close()
 
 
 def test_deferreds_fire_in_write_order(storage: Storage, clock: Clock) -> None:
@@ -238,8 +274,9 @@ def test_write_from_a_commit_callback_goes_into_the_next_batch(storage: Storage,
     storage.write("p0.0", b"a", b"v", 1).addCallback(
         lambda _: nested.append(storage.write("p0.0", b"b", b"v", 1)))
     clock.advance(0)  # Clock also runs the callLater(0) scheduled meanwhile
-    assert storage.stats["commits"] == 2
+    assert storage.stats["log_writes"] == 2
     assert outcome(nested[0]) == [None]
+    clock.advance(SQLITE_FLUSH_S)
     assert on_disk(storage.open_partition("p0.0").path, b"b") == (b"v", 1, 2)
 
 
@@ -293,56 +330,64 @@ def test_memory_mode_failed_flush_keeps_writes_and_retries(tmp_path: Path, clock
     s.close()
 
 
-# -- failed commits -------------------------------------------------------------------
+# -- failed appends and commits --------------------------------------------------------
 
-def test_failed_commit_errbacks_every_write_of_the_batch(storage: Storage, clock: Clock) -> None:
-    store = storage.open_partition("p0.0")
-    fail_commits(store)
+def test_a_failed_log_append_errbacks_every_write_of_the_batch(
+        storage: Storage, clock: Clock) -> None:
+    fail_log(storage)
     got = [outcome(storage.write("p0.0", b"k%d" % i, b"v", 1)) for i in range(3)]
     clock.advance(0)
-    assert all(isinstance(g[0], Failure) and g[0].check(sqlite3.OperationalError) for g in got)
-    assert storage.stats["commit_failures"] == 1 and storage.stats["commits"] == 0
+    assert all(isinstance(g[0], Failure) and g[0].check(OSError) for g in got)
+    assert storage.stats["log_failures"] == 1 and storage.stats["log_writes"] == 0
 
 
-def test_disk_full_rolls_back_and_keeps_previous_data(storage: Storage, clock: Clock) -> None:
+def test_a_failed_log_append_drops_its_writes_and_keeps_previous_data(
+        storage: Storage, clock: Clock) -> None:
     store = storage.open_partition("p0.0")
     storage.write("p0.0", b"old", b"kept", 1)
     clock.advance(0)
-    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
-    store._conn.execute(f"PRAGMA max_page_count={pages}")  # the "disk" is now full
-    got = [outcome(storage.write("p0.0", b"new%d" % i, b"x" * 5000, 1)) for i in range(3)]
+    real = fail_log(storage)
+    got = [outcome(storage.write("p0.0", b"new%d" % i, b"x", 1)) for i in range(3)]
     got.append(outcome(storage.write("p0.0", b"old", b"lost", 2)))
+    assert storage.read("p0.0", b"old") == ReadResult(b"lost", 2)  # staged, visible
     clock.advance(0)
-    assert all(isinstance(g[0], Failure) and g[0].check(sqlite3.OperationalError) for g in got)
+    assert all(isinstance(g[0], Failure) and g[0].check(OSError) for g in got)
     assert storage.read("p0.0", b"old") == ReadResult(b"kept", 1)
+    assert store.read(b"old") == ReadResult(b"kept", 1)
     assert storage.read("p0.0", b"new0") == ReadResult(None, 0)
     assert store.last_lsn() == 1 and store.count() == 1
-    assert on_disk(store.path, b"old") == (b"kept", 1, 1)
+    heal_log(storage, real)
+    assert outcome(storage.write("p0.0", b"old", b"again", 2)) == []  # same version is fine
+    clock.advance(SQLITE_FLUSH_S)
+    assert on_disk(store.path, b"old") == (b"again", 2, 2)
+    assert on_disk(store.path, b"new0") is None
 
 
-def test_reads_after_failed_batch_do_not_show_its_writes(storage: Storage, clock: Clock) -> None:
+def test_a_failed_file_commit_is_retried_and_its_writes_stay_acknowledged(
+        storage: Storage, clock: Clock) -> None:
     store = storage.open_partition("p0.0")
-    storage.write("p0.0", b"k", b"v1", 1)
-    clock.advance(0)
     real = fail_commits(store)
-    outcome(storage.write("p0.0", b"k", b"v2", 2))
-    assert storage.read("p0.0", b"k") == ReadResult(b"v2", 2)  # staged, visible
+    got = outcome(storage.write("p0.0", b"k", b"v", 1))
     clock.advance(0)
-    assert storage.read("p0.0", b"k") == ReadResult(b"v1", 1)
-    assert store.read(b"k") == ReadResult(b"v1", 1)
+    assert got == [None]                    # durable in the log
+    clock.advance(SQLITE_FLUSH_S)
+    assert storage.stats["commit_failures"] == 1
+    assert storage.read("p0.0", b"k") == ReadResult(b"v", 1)
     heal(store, real)
-    assert outcome(storage.write("p0.0", b"k", b"v2", 2)) == []  # same version is fine again
-    clock.advance(0)
-    assert on_disk(store.path, b"k") == (b"v2", 2, 2)
+    clock.advance(SQLITE_FLUSH_S)
+    assert on_disk(store.path, b"k") == (b"v", 1, 1)
 
 
-def test_failed_partition_does_not_fail_the_others(storage: Storage, clock: Clock) -> None:
+def test_a_failed_partition_file_does_not_hold_up_the_others(
+        storage: Storage, clock: Clock) -> None:
     bad = storage.open_partition("p1.1")
     fail_commits(bad)
     ok = outcome(storage.write("p0.0", b"k", b"v", 1))
-    failed = outcome(storage.write("p1.1", b"k", b"v", 1))
-    clock.advance(0)
-    assert ok == [None] and isinstance(failed[0], Failure)
+    also = outcome(storage.write("p1.1", b"k", b"v", 1))
+    clock.advance(SQLITE_FLUSH_S)
+    assert ok == [None] and also == [None]
+    assert on_disk(storage.open_partition("p0.0").path, b"k") == (b"v", 1, 1)
+    assert storage.stats["commit_failures"] == 1
 
 
 def test_flush_errbacks_with_the_commit_error(storage: Storage) -> None:
@@ -447,7 +492,7 @@ def test_close_leaves_no_delayed_calls(storage: Storage, clock: Clock) -> None:
 
 def test_an_idle_store_commits_on_the_next_turn_despite_a_commit_window(
         tmp_path: Path, clock: Clock) -> None:
-    s = Storage(tmp_path / "w", clock, commit_window_s=0.002)
+    s = Storage(tmp_path / "w", clock, durability="fsync", commit_window_s=0.002)
     s.open_partition("p0.0")
     d = s.write("p0.0", b"k", b"v", 1)
     clock.advance(0)
@@ -457,7 +502,7 @@ def test_an_idle_store_commits_on_the_next_turn_despite_a_commit_window(
 
 def test_under_load_a_commit_window_gathers_writes_into_one_commit(
         tmp_path: Path, clock: Clock) -> None:
-    s = Storage(tmp_path / "w", clock, commit_window_s=0.002)
+    s = Storage(tmp_path / "w", clock, durability="fsync", commit_window_s=0.002)
     s.open_partition("p0.0")
     s.write("p0.0", b"first", b"v", 1)
     clock.advance(0)                       # commits at once: nothing committed recently
@@ -468,7 +513,19 @@ def test_under_load_a_commit_window_gathers_writes_into_one_commit(
     assert all(outcome(d) == [] for d in ds)          # still inside the window
     clock.advance(0.001)
     assert all(outcome(d) == [None] for d in ds)
-    assert s.stats["commits"] == 2 and s.stats["committed_rows"] == 7
+    assert s.stats["log_writes"] == 2
+    s.close()
+
+
+def test_without_fsyncs_to_spread_every_turn_appends_despite_a_commit_window(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "w", clock, durability="disk", commit_window_s=0.002)
+    s.open_partition("p0.0")
+    for i in range(3):
+        d = s.write("p0.0", b"k%d" % i, b"v", 1)
+        clock.advance(0)
+        assert outcome(d) == [None]
+    assert s.stats["log_writes"] == 3
     s.close()
 
 
@@ -497,25 +554,24 @@ def test_prepare_records_of_all_partitions_share_one_commit(
           for i, pid in enumerate(["p1.0", "p1.1", "p1.0"])]
     clock.advance(0)
     assert all(outcome(d) == [None] for d in ds)
-    assert s.stats["commits"] == 1
+    assert s.stats["log_writes"] == 1
     assert sorted(r.pid for r in s.prepared()) == ["p1.0", "p1.0", "p1.1"]
     s.close()
 
 
-def test_a_failed_record_commit_fails_the_vote_and_keeps_nothing(
+def test_a_failed_record_append_fails_the_vote_and_keeps_nothing(
         tmp_path: Path, clock: Clock) -> None:
     s = Storage(tmp_path / "p", clock)
     s.open_partition("p0.0")
-    log_ = s._prepared_log
-    real = log_._conn
-    cast(Any, log_)._conn = FailingConnection(real)
+    real = fail_log(s)
     d = s.prepare("p0.0", (1, 1), b"k", "put", b"v", 1, (1, 1))
     clock.advance(0)
     (failure,) = outcome(d)
-    assert isinstance(failure, Failure) and failure.check(sqlite3.OperationalError)
-    log_._conn = real
+    assert isinstance(failure, Failure) and failure.check(OSError)
+    heal_log(s, real)
     assert s.prepared() == []
     s.close()
+    assert Storage(tmp_path / "p", clock).prepared() == []
 
 
 def test_forgetting_a_prepare_record_removes_it(tmp_path: Path, clock: Clock) -> None:
@@ -526,3 +582,136 @@ def test_forgetting_a_prepare_record_removes_it(tmp_path: Path, clock: Clock) ->
     clock.advance(0)
     assert s.prepared() == []
     s.close()
+
+
+def test_a_vote_settled_by_its_commit_is_not_restored(tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "p", clock)
+    s.open_partition("p0.0")
+    s.prepare("p0.0", (1, 1), b"k", "put", b"v", 1, (1, 1))
+    s.prepare("p0.0", (1, 2), b"j", "put", b"w", 1, (1, 2))
+    clock.advance(0)
+    s.write("p0.0", b"k", b"v", 1, txid=(1, 1))
+    clock.advance(0)
+    assert [r.txid for r in s.prepared()] == [(1, 2)]
+    for store in s._stores.values():        # dies without closing
+        store._conn.close()
+    s._txlog.close()
+    again = Storage(tmp_path / "p", clock)
+    assert [r.txid for r in again.prepared()] == [(1, 2)]
+    assert again.read("p0.0", b"k") == ReadResult(b"v", 1)
+    again.close()
+
+
+def test_the_log_starts_a_new_generation_once_the_files_have_its_writes(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dds.bricks.storage.LOG_ROTATE_BYTES", 1000)
+    s = Storage(tmp_path / "p", clock)
+    s.open_partition("p0.0")
+    s.prepare("p0.0", (1, 1), b"held", "put", b"v", 1, (1, 1))
+    for i in range(20):
+        s.write("p0.0", b"k%d" % i, b"x" * 100, 1)
+        clock.advance(0)
+    assert s.stats["log_rotations"] >= 1
+    assert len(list((tmp_path / "p").glob("txlog.*"))) == 1
+    assert on_disk(s.open_partition("p0.0").path, b"k0") == (b"x" * 100, 1, 1)
+    s.close()
+    again = Storage(tmp_path / "p", clock)
+    assert [r.txid for r in again.prepared()] == [(1, 1)]   # carried into each generation
+    again.close()
+
+
+def test_a_key_written_twice_before_its_file_commit_gets_only_its_newest_row(
+        storage: Storage, clock: Clock) -> None:
+    store = storage.open_partition("p0.0")
+    storage.write("p0.0", b"k", b"old", 1)
+    storage.write("p0.0", b"j", b"v", 1)
+    storage.write("p0.0", b"k", b"new", 2)
+    clock.advance(SQLITE_FLUSH_S)
+    assert on_disk(store.path, b"k") == (b"new", 2, 3)
+    assert store.committed_lsn() == 3
+    assert list(store.rows_since(0)) == [(b"j", b"v", 1, 2), (b"k", b"new", 2, 3)]
+
+
+def test_a_torn_last_append_is_ignored_and_what_came_before_is_kept(
+        tmp_path: Path, clock: Clock) -> None:
+    s = Storage(tmp_path / "t", clock)
+    s.open_partition("p0.0")
+    s.prepare("p0.0", (1, 1), b"k", "put", b"v", 1, (1, 1))
+    clock.advance(0)
+    for store in s._stores.values():        # the process dies mid-append
+        store._conn.close()
+    s._txlog.close()
+    (log_file,) = (tmp_path / "t").glob("txlog.*")
+    with open(log_file, "ab") as f:
+        f.write((500).to_bytes(4, "big") + b"\x00\x00\x00\x00" + b"partial")
+    again = Storage(tmp_path / "t", clock)
+    assert [r.txid for r in again.prepared()] == [(1, 1)]
+    assert len(list((tmp_path / "t").glob("txlog.*"))) == 1
+    again.close()
+
+
+def test_votes_recorded_by_an_earlier_version_in_prepared_sqlite_are_taken_up(
+        tmp_path: Path, clock: Clock) -> None:
+    d = tmp_path / "old"
+    first = Storage(d, clock)
+    first.open_partition("p0.0")
+    first.close()
+    conn = sqlite3.connect(str(d / "prepared.sqlite"))
+    conn.execute("CREATE TABLE prepared (txid BLOB PRIMARY KEY, pid TEXT NOT NULL, "
+                 "key BLOB NOT NULL, op TEXT NOT NULL, value BLOB, "
+                 "new_version INTEGER NOT NULL, ts BLOB NOT NULL)")
+    conn.execute("INSERT INTO prepared VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 ((5).to_bytes(8, "big") + (6).to_bytes(8, "big"), "p0.0", b"k", "put",
+                  b"v", 2, (7).to_bytes(8, "big") + (8).to_bytes(8, "big")))
+    conn.commit()
+    conn.close()
+    s = Storage(d, clock)
+    (rec,) = s.prepared()
+    assert (rec.txid, rec.pid, rec.key, rec.new_version, rec.ts) == ((5, 6), "p0.0", b"k", 2,
+                                                                     (7, 8))
+    assert not (d / "prepared.sqlite").exists()
+    s.close()
+    again = Storage(d, clock)
+    assert [r.txid for r in again.prepared()] == [(5, 6)]
+    again.close()
+
+
+def _wal_bytes(path: Path) -> int:
+    wal = Path(str(path) + "-wal")
+    return wal.stat().st_size if wal.exists() else 0
+
+
+def test_given_a_thread_runner_checkpoints_run_there_not_inside_commits(
+        tmp_path: Path, clock: Clock) -> None:
+    """SQLite's automatic checkpoint (inside a COMMIT, with fsyncs) stalled a brick's
+    reactor; with a thread runner the files are checkpointed by it after each sweep."""
+    calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def run_in_thread(f: Any, *args: Any) -> Deferred[Any]:
+        calls.append((f, args))
+        return Deferred()           # run below, by hand
+
+    s = Storage(tmp_path / "p", clock, run_in_thread=run_in_thread)
+    store = s.open_partition("p0.0")
+    assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(2000):
+        s.write("p0.0", b"k%d" % i, b"x" * 100, 1)
+    clock.advance(0)
+    for _ in range(10):
+        clock.advance(SQLITE_FLUSH_S)
+    assert [args for _f, args in calls] == [(store.path,)]   # one at a time per file
+    assert _wal_bytes(store.path) > 0
+    f, args = calls[0]
+    f(*args)
+    # Every row is in the main file now: a reader that ignores the WAL sees them.
+    conn = sqlite3.connect(f"file:{store.path}?immutable=1", uri=True)
+    assert conn.execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 2000
+    conn.close()
+    s.close()
+
+
+def test_a_checkpoint_never_creates_a_file_dropped_meanwhile(tmp_path: Path) -> None:
+    from dds.bricks.storage import _checkpoint
+    with pytest.raises(sqlite3.OperationalError):
+        _checkpoint(tmp_path / "gone.sqlite")
+    assert not (tmp_path / "gone.sqlite").exists()

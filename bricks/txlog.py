@@ -1,0 +1,205 @@
+"""The brick's transaction log: durable YES votes and committed writes, appended.
+
+A participant's YES vote must be durable before it is sent, and a COMMIT's write before
+it is acknowledged (DESIGN §4).  Both go into one append-only file per brick, written with
+one ``os.write`` per group commit (plus ``fdatasync`` in ``fsync`` mode), instead of a
+commit per partition file and one of a vote table each time.  The partition files
+(DESIGN §9) are written from memory lazily, in large batches; the log is what makes a
+write durable until they have it.
+
+Each ``os.write`` appends one *batch*: a header ``>II`` (payload length, CRC-32 of the
+payload) and the payload, a msgpack array of records:
+
+- ``[1, txid, pid, key, op, value, new_version, ts]``: a YES vote (a prepared
+  transaction);
+- ``[2, txid | None, pid, key, value, version]``: a committed write (``value`` None: a
+  tombstone); with a txid it also settles that transaction's vote;
+- ``[3, txid]``: the vote is settled without a write (aborted, or dropped).
+
+A process that dies mid-append leaves at most a torn last batch, which the CRC rejects;
+nothing after it was ever acknowledged.  Reading stops there.
+
+The files are ``txlog.<generation>``.  :meth:`TxnLog.rotate` starts the next generation
+holding only the votes still undecided, once every committed write of the old one is in
+the partition files, and then renames the old one to ``txlog.<generation>.old``, which
+nothing reads (the caller frees it a few MB at a time: ``bricks/discard.py``); a crash
+in between leaves both generations, and reading them in order gives the same state
+(records are idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from twisted.logger import Logger
+
+log = Logger()
+
+TxnId = tuple[int, int]
+#: A record as appended (a tuple) or as read back (a list).
+Record = Any
+
+VOTE, WRITE, SETTLED = 1, 2, 3
+_HEADER = struct.Struct(">II")
+_NAME = re.compile(r"^txlog\.(\d{8})$")
+
+
+def _name(generation: int) -> str:
+    return f"txlog.{generation:08d}"
+
+
+def read_batches(path: Path) -> Iterator[list[Record]]:
+    """The records of each intact batch of one log file, in order; stops at the first
+    torn or corrupt batch (the tail of an append that never completed)."""
+    data = path.read_bytes()
+    pos, end = 0, len(data)
+    while end - pos >= _HEADER.size:
+        n, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        payload = data[start:start + n]
+        if len(payload) < n or zlib.crc32(payload) != crc:
+            log.warn("{path}: ignoring a torn batch at offset {offset} ({n} bytes)",
+                     path=str(path), offset=pos, n=end - pos)
+            return
+        try:
+            records = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except Exception as e:  # a CRC match makes this a bug, not a torn write
+            log.error("{path}: undecodable batch at offset {offset}: {error!r}",
+                      path=str(path), offset=pos, error=e)
+            return
+        yield records
+        pos = start + n
+
+
+def log_files(directory: Path) -> list[Path]:
+    """The log files in ``directory``, oldest generation first."""
+    found = sorted(int(m.group(1)) for f in directory.iterdir()
+                   if (m := _NAME.match(f.name)))
+    return [directory / _name(g) for g in found]
+
+
+def undecided_votes(directory: Path) -> list[Record]:
+    """The vote records not settled in the log files of ``directory`` (a brick's data
+    directory), read while the brick is down or up: what a restart would restore."""
+    votes: dict[TxnId, Record] = {}
+    for path in log_files(directory):
+        for batch in read_batches(path):
+            for rec in batch:
+                if rec[0] == VOTE:
+                    votes[tuple(rec[1])] = rec
+                elif rec[1] is not None:
+                    votes.pop(tuple(rec[1]), None)
+    return list(votes.values())
+
+
+class TxnLog:
+    """Appends batches of records to the current generation's file.
+
+    Opening finds the files a previous run left (:meth:`records` reads them); the first
+    :meth:`rotate` starts this run's generation and deletes them."""
+
+    def __init__(self, directory: Path, fsync: bool) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        #: Files of earlier generations, read by ``records`` and retired by ``rotate``.
+        self.old = log_files(directory)
+        #: Files retired before a crash that had no time to free them.
+        self.retired = sorted(directory.glob("txlog.*.old"))
+        self.generation = int(self.old[-1].name.rpartition(".")[2]) if self.old else 0
+        self.path: Path | None = None
+        self._fd = -1
+        self.size = 0
+        self.closed = False
+
+    def records(self) -> Iterator[Record]:
+        """Every record the previous runs left, oldest first."""
+        for path in self.old:
+            for batch in read_batches(path):
+                yield from batch
+
+    def write(self, records: list[Record]) -> None:
+        """Append one batch; durable against a process crash on return (``fsync``: against
+        power loss too).  On an error nothing of the batch counts: the file is cut back."""
+        if self._fd < 0:
+            raise OSError("the transaction log is not open")
+        payload = msgpack.packb(records, use_bin_type=True)
+        data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(f"short write to {self.path} ({written} of {len(data)} bytes)")
+            if self.fsync:
+                os.fdatasync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self.size)
+            except OSError as e:
+                log.critical("could not cut {path} back after a failed append: {error!r}",
+                             path=str(self.path), error=e)
+            raise
+        self.size += len(data)
+
+    def rotate(self, live: Iterable[Record]) -> list[Path]:
+        """Start the next generation with ``live`` (the undecided votes) and retire every
+        older file; returns the retired files, for the caller to free.  The caller has
+        made every committed write of the current generation durable in the partition
+        files first."""
+        old = [*self.old, *([self.path] if self.path is not None else [])]
+        generation = self.generation + 1
+        path = self.directory / _name(generation)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+        try:
+            records = list(live)
+            size = 0
+            if records:
+                payload = msgpack.packb(records, use_bin_type=True)
+                data = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"short write to {path}")
+                size = len(data)
+            if self.fsync:
+                os.fdatasync(fd)
+                _fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd, self.path, self.generation, self.size = fd, path, generation, size
+        self.old = []
+        retired = []
+        for p in old:
+            if p.exists():
+                gone = p.with_name(p.name + ".old")
+                os.replace(p, gone)
+                retired.append(gone)
+        if self.fsync and retired:
+            _fsync_dir(self.directory)
+        return retired
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = ["TxnLog", "read_batches", "log_files", "undecided_votes", "VOTE", "WRITE",
+           "SETTLED"]
