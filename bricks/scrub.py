@@ -53,7 +53,8 @@ from dds.partition import PartitionId, key_hash
 
 from dds.bricks.mapstate import parse_pid
 from dds.bricks.snapshot import RunInThread
-from dds.bricks.storage import Storage, validate_pid
+from dds.bricks.partstore import validate_pid
+from dds.bricks.storage import Storage
 
 __all__ = ["bucket_of", "key_bucket", "row_hash", "value_hash", "file_checksums",
            "file_keys", "Scrubber", "MASK64"]

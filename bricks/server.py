@@ -56,7 +56,8 @@ from dds.bricks.recovery import Recoveries, partition_layout
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
 from dds.bricks.split import Splits
-from dds.bricks.storage import Durability, ReadResult, Storage
+from dds.bricks.partstore import Durability, ReadResult
+from dds.bricks.storage import Storage
 from dds.bricks.termination import Terminator
 
 

@@ -41,7 +41,8 @@ from twisted.logger import Logger
 from dds.partition import PartitionId
 
 from dds.bricks.discard import discard_gradually as discard_gradually  # re-exported
-from dds.bricks.storage import Row, Storage, validate_pid
+from dds.bricks.partstore import Row, validate_pid
+from dds.bricks.storage import Storage
 from dds.bricks.stream import BLOCK as STREAM_BLOCK
 
 

@@ -72,7 +72,8 @@ from dds.records import RGRecord
 from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
 from dds.bricks.snapshot import RunInThread
-from dds.bricks.storage import PartitionStore, Row, Storage
+from dds.bricks.partstore import PartitionStore, Row
+from dds.bricks.storage import Storage
 
 #: A fence of a job lapses this long after it was taken, unless lifted or pinned.
 FENCE_S = 30.0

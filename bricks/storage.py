@@ -46,54 +46,28 @@ the process dies first.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
-import sqlite_utils
-import xxhash
-from sqlite_utils.db import ANY
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dds.bricks.discard import discard_gradually
+from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
+                                  PartitionStore, ReadResult, Row, check_partition_file,
+                                  checkpoint, checkpointed, fsync_dir, validate_pid)
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
 
 log = Logger()
 
-Durability = Literal["memory", "disk", "fsync"]
-Row = tuple[bytes, "bytes | None", int, int]  # key, value, version, lsn
-
-SCHEMA_VERSION = 1
-_PID_RE = re.compile(r"^p\d+\.\d+$")
-_SUFFIX = ".sqlite"
-_SYNCHRONOUS = {"memory": "NORMAL", "disk": "NORMAL", "fsync": "FULL"}
-_PAGE = 1000  # rows per query in rows_since, so writes may interleave with a long copy
-
-# The sqlite3 module caches compiled statements by SQL text, so reusing these constants is
-# what "prepared once" means here.
-_SQL_READ = "SELECT value, version FROM kv WHERE key = ?"
-_SQL_UPSERT = (
-    "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
-    "DO UPDATE SET value = excluded.value, version = excluded.version, lsn = excluded.lsn"
-)
-_SQL_SET_LSN = "UPDATE meta SET value = ? WHERE name = 'last_lsn'"
-# Recovery's delta keeps the source's lsns; the guard keeps versions from going back if a
-# delta is applied twice or arrives after a newer row.
-_SQL_APPLY = (
-    "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
-    "DO UPDATE SET value = excluded.value, version = excluded.version, lsn = excluded.lsn "
-    "WHERE excluded.version >= kv.version"
-)
-_SQL_SINCE = "SELECT key, value, version, lsn FROM kv WHERE lsn > ? ORDER BY lsn LIMIT ?"
 #: The file of recorded votes of earlier versions, read once and replaced by the log.
 PREPARED_FILE = "prepared.sqlite"
 _PAIR = struct.Struct(">QQ")
@@ -111,31 +85,6 @@ LOG_ROTATE_BYTES = 16 << 20
 TxnId = tuple[int, int]
 
 
-def _checkpoint(path: Path) -> None:
-    """A PASSIVE WAL checkpoint of the file at ``path`` (run in a worker thread).  Opened
-    read-write only: a file dropped or replaced meanwhile is not created again."""
-    conn = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=rw", uri=True,
-                           isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        conn.close()
-
-
-def _checkpointed(_: Any, store: "PartitionStore") -> None:
-    store.checkpointing = False
-
-
-@attrs.frozen
-class ReadResult:
-    """A key's state: ``version`` 0 and ``value`` None = never written; ``value`` None with
-    ``version`` > 0 = tombstone (removed, but its version still counts)."""
-
-    value: bytes | None
-    version: int
-
-
-NEVER_WRITTEN = ReadResult(None, 0)
 
 
 @attrs.frozen
@@ -193,279 +142,6 @@ def _prepared_record(vote: Record) -> PreparedRecord:
                           tuple(ts))
 
 
-def _transaction(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], object]
-                 ) -> None:
-    """Run ``body`` in one SQLite transaction; on any error roll back and re-raise."""
-    conn.execute("BEGIN")
-    try:
-        body(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-        raise
-
-
-def _check_partition_file(path: Path, pid: str) -> None:
-    """Raise ValueError unless ``path`` is an SQLite partition file of ``pid`` that this
-    code can open (schema version not newer than ours)."""
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            tables = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not {"kv", "meta"} <= tables:
-                raise ValueError(f"{path}: not a partition file (tables {sorted(tables)})")
-            meta = dict(conn.execute("SELECT name, value FROM meta"))
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        raise ValueError(f"{path}: not a readable SQLite file: {e}") from None
-    if meta.get("partition") != pid:
-        raise ValueError(f"{path} holds partition {meta.get('partition')!r}, not {pid!r}")
-    if int(meta.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise ValueError(f"{path}: schema version {meta.get('schema_version')} is newer "
-                         f"than {SCHEMA_VERSION}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX: fsync the directory)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def validate_pid(pid: str) -> str:
-    """Partition ids become file names; only canonical ids like ``p3.5`` are accepted."""
-    if not isinstance(pid, str) or not _PID_RE.match(pid):
-        raise ValueError(f"invalid partition id {pid!r} (expected like 'p3.5')")
-    return pid
-
-
-class PartitionStore:
-    """One partition replica's SQLite file, with its own connection.
-
-    Writes are staged by :class:`Storage` (``_stage``) and committed in batches
-    (``_commit``); every read here sees committed rows overlaid with staged ones.
-    """
-
-    def __init__(self, path: str | Path, partition_id: str, durability: Durability = "disk",
-                 manual_checkpoints: bool = False):
-        self.path = Path(path)
-        self.partition_id = partition_id
-        self.closed = False
-        #: Commits since the WAL was last checkpointed (manual checkpoints only).
-        self.uncheckpointed = 0
-        self.checkpointing = False
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
-        self._conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=32)
-        try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
-            if manual_checkpoints:
-                # The Storage checkpoints in a worker thread: SQLite's automatic
-                # checkpoint runs inside a COMMIT on the reactor thread, and with its
-                # fsyncs it held every write of the brick for 100-200 ms (bench move).
-                self._conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._committed_lsn = self._migrate()
-        except BaseException:
-            self._conn.close()
-            raise
-        self._last_lsn = self._committed_lsn
-        #: The last log position that can no longer be dropped: in the file, or durable
-        #: in the brick's transaction log (set by ``Storage`` after each append).
-        self._durable_lsn = self._committed_lsn
-        # key -> (result, lsn) of the newest staged write; _pending keeps them all in order.
-        self._overlay: dict[bytes, tuple[ReadResult, int]] = {}
-        self._pending: list[Row] = []
-
-    def _migrate(self) -> int:
-        """Create the schema in a new file, check an existing one; return its last lsn."""
-        db = sqlite_utils.Database(self._conn, execute_plugins=False, recursive_triggers=False)
-        tables = set(db.table_names())
-        if "meta" in tables:
-            meta = dict(self._conn.execute("SELECT name, value FROM meta"))
-            found = int(meta.get("schema_version", 0))
-            if found > SCHEMA_VERSION:
-                raise ValueError(f"{self.path}: schema version {found} is newer than {SCHEMA_VERSION}")
-            if meta.get("partition") != self.partition_id:
-                raise ValueError(f"{self.path} holds partition {meta.get('partition')!r}, "
-                                 f"not {self.partition_id!r}")
-            if "kv" in tables and found == SCHEMA_VERSION:
-                # ``meta.last_lsn`` is a floor written at close (and before any purge of
-                # rows); the indexed MAX(lsn) covers every commit since, so commits need
-                # not rewrite the meta page each time.
-                top = self._conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
-                return max(int(meta.get("last_lsn", 0)), int(top))
-        kv, meta_t = db.table("kv"), db.table("meta")
-        with db.atomic():
-            kv.create({"key": bytes, "value": bytes, "version": int, "lsn": int},
-                      pk="key", not_null={"version", "lsn"}, if_not_exists=True)
-            kv.create_index(["lsn"], if_not_exists=True)
-            meta_t.create({"name": str, "value": ANY}, pk="name", if_not_exists=True)
-            last = self._conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
-            rows: list[dict[str, object]] = [
-                {"name": "schema_version", "value": SCHEMA_VERSION},
-                {"name": "partition", "value": self.partition_id},
-                {"name": "last_lsn", "value": last}]
-            meta_t.upsert_all(rows, pk="name")
-        return int(last)
-
-    def read(self, key: bytes) -> ReadResult:
-        """The key's current state, staged writes included."""
-        staged = self._overlay.get(key)
-        if staged is not None:
-            return staged[0]
-        row = self._conn.execute(_SQL_READ, (key,)).fetchone()
-        return NEVER_WRITTEN if row is None else ReadResult(row[0], row[1])
-
-    def last_lsn(self) -> int:
-        """The last log position assigned, staged writes included."""
-        return self._last_lsn
-
-    def committed_lsn(self) -> int:
-        """The last log position that is durable: its row is in the file or in the brick's
-        transaction log, and it is never dropped nor its position reused (staged rows
-        after it may be).  What a delta may serve, and what a snapshot of the file taken
-        through ``Storage.partition_path`` captures."""
-        return self._durable_lsn
-
-    def count(self) -> int:
-        """Number of live (non-tombstone) keys, staged writes included."""
-        n: int = self._conn.execute("SELECT COUNT(*) FROM kv WHERE value IS NOT NULL").fetchone()[0]
-        for key, (res, _) in self._overlay.items():
-            row = self._conn.execute(_SQL_READ, (key,)).fetchone()
-            n += (res.value is not None) - (row is not None and row[0] is not None)
-        return n
-
-    def checksum(self) -> int:
-        """xxh64 over all rows (tombstones too) sorted by key, without lsn: lsns are local
-        to a replica, so two replicas with the same keys, values and versions compare equal."""
-        h = xxhash.xxh64()
-        pack = struct.Struct(">IqQ").pack
-        for key, value, version in self._rows_by_key():
-            h.update(pack(len(key), -1 if value is None else len(value), version))
-            h.update(key)
-            if value is not None:
-                h.update(value)
-        return h.intdigest()
-
-    def _rows_by_key(self) -> Iterator[tuple[bytes, bytes | None, int]]:
-        """Committed rows merged with staged ones (staged win), in key order."""
-        staged = sorted((k, r) for k, (r, _) in self._overlay.items())
-        i, n = 0, len(staged)
-        for key, value, version in self._conn.execute("SELECT key, value, version FROM kv ORDER BY key"):
-            while i < n and staged[i][0] < key:
-                yield staged[i][0], staged[i][1].value, staged[i][1].version
-                i += 1
-            if i < n and staged[i][0] == key:
-                yield key, staged[i][1].value, staged[i][1].version
-                i += 1
-            else:
-                yield key, value, version
-        for k, r in staged[i:]:
-            yield k, r.value, r.version
-
-    def rows_since(self, lsn: int) -> Iterator[Row]:
-        """Rows (tombstones included) written after log position ``lsn``, in lsn order.
-
-        Reads in pages, so the iterator may be consumed across reactor turns while writes go
-        on; a key rewritten meanwhile shows up again with its newer lsn, and applying the
-        rows in order still converges.  Staged writes come last.
-        """
-        cur = lsn
-        while True:
-            rows = self._conn.execute(_SQL_SINCE, (cur, _PAGE)).fetchall()
-            if not rows:
-                break
-            for row in rows:
-                cur = row[3]
-                yield row
-        for row in list(self._pending):
-            staged = self._overlay.get(row[0])
-            if row[3] > cur and staged is not None and staged[1] == row[3]:
-                yield row
-
-    def apply_rows(self, rows: Sequence[Row]) -> int:
-        """Apply rows copied from another replica (recovery's delta, DESIGN §7) in one
-        durable transaction, keeping their lsns, so that this replica's log positions stay
-        those of the source and a later delta from the same source lines up.  The last lsn
-        becomes at least the highest applied.  A row whose version is below the stored one
-        is skipped: versions never go back.  Refused while writes are staged: their lsns
-        were assigned from the old last lsn and would interleave with the source's.
-        Rows must already be validated; on any error nothing is applied."""
-        if self._pending:
-            raise ValueError(f"{self.partition_id}: {len(self._pending)} staged writes "
-                             "pending; cannot apply copied rows")
-        if not rows:
-            return 0
-        top = max(self._committed_lsn, max(row[3] for row in rows))
-
-        def body(conn: sqlite3.Connection) -> None:
-            conn.executemany(_SQL_APPLY, rows)
-            conn.execute(_SQL_SET_LSN, (top,))
-        _transaction(self._conn, body)
-        self._committed_lsn = self._last_lsn = self._durable_lsn = top
-        return len(rows)
-
-    def _stage(self, key: bytes, res: ReadResult) -> None:
-        self._last_lsn += 1
-        self._overlay[key] = (res, self._last_lsn)
-        self._pending.append((key, res.value, res.version, self._last_lsn))
-
-    def _commit(self, before: int | None = None) -> int:
-        """Write the staged rows (those with a log position below ``before``, if given) in
-        one transaction; on error roll back and re-raise (the rows stay staged; the caller
-        retries them)."""
-        rows = self._pending
-        if before is not None and rows and rows[-1][3] >= before:
-            rows = [row for row in rows if row[3] < before]
-        if not rows:
-            return 0
-        # A key written twice since the last commit needs only its newest row: the lsn of
-        # the older one is below the newer's, so no delta reader can miss it.
-        newest = {row[0]: row[3] for row in rows}
-        todo = rows if len(newest) == len(rows) else [r for r in rows if newest[r[0]] == r[3]]
-        _transaction(self._conn, lambda conn: conn.executemany(_SQL_UPSERT, todo))
-        self.uncheckpointed += 1
-        self._committed_lsn = top = rows[-1][3]
-        self._durable_lsn = max(self._durable_lsn, top)
-        if len(rows) == len(self._pending):
-            self._pending = []
-            self._overlay.clear()
-        else:
-            self._pending = self._pending[len(rows):]
-            self._overlay = {k: v for k, v in self._overlay.items() if v[1] > top}
-        return len(rows)
-
-    def _unstage_from(self, lsn: int) -> list[bytes]:
-        """Forget the staged rows from log position ``lsn`` on (the log append that was to
-        make them durable failed; they are the newest); return the keys they touched."""
-        keys = [row[0] for row in self._pending if row[3] >= lsn]
-        self._pending = [row for row in self._pending if row[3] < lsn]
-        self._overlay = {row[0]: (ReadResult(row[1], row[2]), row[3]) for row in self._pending}
-        self._last_lsn = lsn - 1
-        return keys
-
-    def close(self) -> None:
-        """Close the connection; staged rows not yet committed are dropped (the
-        :class:`Storage` flushes before closing)."""
-        if not self.closed:
-            self.closed = True
-            try:
-                self._conn.execute(_SQL_SET_LSN, (self._committed_lsn,))
-            except sqlite3.Error:
-                pass    # only a floor: MAX(lsn) is authoritative while no row is purged
-            self._conn.close()
-
-
 class Storage:
     """All partition replicas of one brick, in ``data_dir``, behind one LRU read cache.
 
@@ -478,7 +154,7 @@ class Storage:
                  cache_entries: int = 100_000, memory_flush_s: float = 1.0,
                  commit_window_s: float = 0.0,
                  run_in_thread: Callable[..., Deferred[Any]] | None = None) -> None:
-        if durability not in _SYNCHRONOUS:
+        if durability not in SYNCHRONOUS:
             raise ValueError(f"unknown durability {durability!r}")
         if cache_entries < 0 or memory_flush_s <= 0:
             raise ValueError("cache_entries must be >= 0 and memory_flush_s > 0")
@@ -503,8 +179,8 @@ class Storage:
             OrderedDict() if cache_entries else None)
         self._stores: dict[str, PartitionStore] = {}
         self._known: set[str] = {
-            f.name[: -len(_SUFFIX)] for f in self.data_dir.glob("p*" + _SUFFIX)
-            if _PID_RE.match(f.name[: -len(_SUFFIX)])}
+            f.name[: -len(SUFFIX)] for f in self.data_dir.glob("p*" + SUFFIX)
+            if PID_RE.match(f.name[: -len(SUFFIX)])}
         #: Stores with staged rows their file does not have yet (an insertion-ordered set).
         self._dirty: dict[PartitionStore, None] = {}
         self._staged = 0
@@ -538,7 +214,7 @@ class Storage:
     # -- partitions --------------------------------------------------------------------
 
     def _path(self, pid: str) -> Path:
-        return self.data_dir / (pid + _SUFFIX)
+        return self.data_dir / (pid + SUFFIX)
 
     def open_partition(self, pid: str) -> PartitionStore:
         """Create the partition's file, or open it; idempotent."""
@@ -625,7 +301,7 @@ class Storage:
         old replica is reopened and the error re-raised.
         """
         path = self.partition_path(pid)
-        _check_partition_file(Path(new_file), pid)
+        check_partition_file(Path(new_file), pid)
         self._detach(pid, "replaced by a copy")
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
@@ -635,7 +311,7 @@ class Storage:
             if path.exists():
                 self.open_partition(pid)
             raise
-        _fsync_dir(self.data_dir)
+        fsync_dir(self.data_dir)
         return self.open_partition(pid)
 
     def apply_rows(self, pid: str, rows: Sequence[Row]) -> int:
@@ -847,9 +523,9 @@ class Storage:
             if store.uncheckpointed and not store.checkpointing and not store.closed:
                 store.checkpointing = True
                 store.uncheckpointed = 0
-                d = run(_checkpoint, store.path)
+                d = run(checkpoint, store.path)
                 d.addErrback(self._checkpoint_failed, store)
-                d.addBoth(_checkpointed, store)
+                d.addBoth(checkpointed, store)
 
     def _checkpoint_failed(self, failure: Failure, store: PartitionStore) -> None:
         store.uncheckpointed += 1     # try again after the next sweep

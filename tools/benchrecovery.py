@@ -7,7 +7,7 @@ partition, ``disk`` durability.  Then:
 
 1. **preload**: the partition's SQLite file is written directly, before any brick starts:
    ``--keys`` rows of ``--value-bytes`` random bytes, version 1, lsn 1..N, in the schema
-   that :class:`~dds.bricks.storage.PartitionStore` creates (it creates the file).  Every
+   that :class:`~dds.bricks.partstore.PartitionStore` creates (it creates the file).  Every
    brick gets an identical copy.  With one partition (``p0.0``, depth 0) every key belongs
    to it.  Loading a million keys through the client would take minutes.
 2. the bricks start on those files and ``init`` pushes the map (the same code as
@@ -183,7 +183,7 @@ def _preload(path: Path, pid: str, keys: int, value_bytes: int, r: _Run,
     a new partition file of ``pid``, written directly (loading through the library
     would take minutes); return its size."""
     key = key or key_of
-    from dds.bricks.storage import PartitionStore
+    from dds.bricks.partstore import PartitionStore
     from dds.partition import PartitionId
     from dds.tools import ui
 

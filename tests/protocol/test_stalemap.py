@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 import pytest
 
-from dds.bricks.storage import ReadResult
+from dds.bricks.partstore import ReadResult
 from dds.errors import (Divergence, InvalidRequest, KeyTooLarge, StaleMap, ValueTooLarge)
 from dds.lib.client import DDSClient, GetResult
 from dds.maps import ClusterMap

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dds.bricks.storage import ReadResult
+from dds.bricks.partstore import ReadResult
 from dds.codec import FrameDecoder, decode_payload
 from dds.errors import Exists, InvalidRequest, Locked, Timeout, UnknownTransaction, VersionMismatch
 from dds.lib.client import DDSClient, GetResult

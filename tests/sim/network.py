@@ -52,7 +52,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dds.bricks.server import Brick
-from dds.bricks.storage import ReadResult
+from dds.bricks.partstore import ReadResult
 from dds.config import BrickConfig, parse_brick_config
 from dds.connect import Opener
 from dds.errors import DDSError, Unavailable

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dds.bricks.storage import ReadResult
+from dds.bricks.partstore import ReadResult
 from tests.sim.network import SimCluster
 from tests.sim.world import SimWorld
 from tests.sim.stateful import SimMachine

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dds import failpoints
-from dds.bricks.storage import ReadResult
+from dds.bricks.partstore import ReadResult
 from dds.errors import Exists, Indeterminate, InternalError, InvalidRequest
 from dds.failpoints import CRASH_EXIT_CODE, FailpointError
 from dds.messages import Failpoint, decode_request

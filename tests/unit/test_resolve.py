@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dds.bricks.participant import TxnState
-from dds.bricks.storage import ReadResult
+from dds.bricks.partstore import ReadResult
 from dds.errors import InvalidRequest, UnknownTransaction
 from dds.messages import Resolve, decode_request
 from dds.tools.repair import STEPS

@@ -12,7 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from dds.bricks.storage import SQLITE_FLUSH_S, PartitionStore, ReadResult, Storage
+from dds.bricks.partstore import PartitionStore, ReadResult
+from dds.bricks.storage import SQLITE_FLUSH_S, Storage
 from dds.errors import NotServing
 
 
@@ -711,7 +712,7 @@ def test_given_a_thread_runner_checkpoints_run_there_not_inside_commits(
 
 
 def test_a_checkpoint_never_creates_a_file_dropped_meanwhile(tmp_path: Path) -> None:
-    from dds.bricks.storage import _checkpoint
+    from dds.bricks.partstore import checkpoint
     with pytest.raises(sqlite3.OperationalError):
-        _checkpoint(tmp_path / "gone.sqlite")
+        checkpoint(tmp_path / "gone.sqlite")
     assert not (tmp_path / "gone.sqlite").exists()
