@@ -696,10 +696,14 @@ class Storage:
         for path in paths:
             discard_gradually(path, self._clock)
 
-    def flush(self) -> Deferred[None]:
-        """Make everything pending durable now, in the log and in the partition files (a
-        snapshot or a delta reads the files).  Errbacks with the first error, if any."""
-        errors = self._flush_now(True)
+    def flush(self, files: bool = True) -> Deferred[None]:
+        """Make everything pending durable now, in the log and, with ``files``, in the
+        partition files (for readers of the files on other connections: a scrub, a
+        split).  Without it only the log is appended: enough for a delta, which serves
+        staged rows up to the durable position (``PartitionStore.rows_since``), and it
+        does not stall the reactor with a second of rows.  Errbacks with the first error,
+        if any."""
+        errors = self._flush_now(files)
         return fail(errors[0]) if errors else succeed(None)
 
     def close(self) -> None:
