@@ -1144,7 +1144,9 @@ class Executor:
                     if rec.member_state(c.new) == "active":
                         return
                 key = (row.get("attempts"), row.get("phase"), row.get("bytes_done"), state)
-                if key != seen:
+                # "waiting": the RG lists an incoming partition (a move into it runs), and
+                # recovery waits for it to land; that is not a stall, however long.
+                if key != seen or row.get("phase") == "waiting":
                     seen, last_progress = key, now
                 attempts = int(row.get("attempts") or 0)
                 if attempts >= MAX_ATTEMPTS and row.get("phase") == "retrying":
