@@ -417,26 +417,28 @@ async def _kill_and_restart_until_copying(cluster: Cluster, victim: BrickProcess
         await call(cluster, b, "map_push", {"records": [rec.canonical()]})
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_move_into_an_rg_whose_member_is_re_syncing(
-        clusters: Callable[..., Cluster]) -> None:
-    """A member of the target RG was killed and restarted, and is copying the RG's
-    partitions when the move starts (so the move does not copy to it): the move
-    completes, and the member ends up holding the moved-in partition too."""
+async def _move_beside_a_re_syncing_member(
+        clusters: Callable[..., Cluster], *, in_target_rg: bool, rate_mb_s: int
+) -> tuple[Cluster, BrickProcess]:
+    """Under 4 writers, kill and restart a member of the target RG (or of the source RG,
+    not the move's source) until it is copying, move ``PID`` meanwhile, and check that
+    the move left the member out, writes go on after it, and everything settles intact
+    in the target RG.  Returns the cluster and the member."""
     cluster = clusters(slow_recovery=True)
     await cluster.init(reactor)
     checker = await cluster.client(reactor, timeout=10.0)
     from_rg, to_rg = _layout(checker)
-    victim = cluster.brick(to_rg.active_members[-1])
+    rg = to_rg if in_target_rg else from_rg
+    victim = cluster.brick(rg.active_members[-1])
     moving, others = _keys(checker, to_rg)
     writers = Writers(cluster, moving + others, n=4)
     await writers.start()
     try:
         await eventually(lambda: _true(len(writers.acks) >= 40), WAIT_S, "writes to flow")
-        await _kill_and_restart_until_copying(cluster, victim, to_rg.name)
+        await _kill_and_restart_until_copying(cluster, victim, rg.name)
         lines: list[str] = []
         result = await move(reactor, _target(cluster), str(PID), to_rg.name,
-                            lines.append, rate_mb_s=RATE_MB_S)
+                            lines.append, rate_mb_s=rate_mb_s)
         assert victim.id not in result["targets"], result
         await cluster.wait_serving(reactor, cluster.bricks, timeout=WAIT_S)
         n = len(writers.acks)
@@ -447,6 +449,16 @@ async def test_a_move_into_an_rg_whose_member_is_re_syncing(
     await _settled_and_intact(cluster, checker, writers, [PID])
     assert checker.map.partition_rg[PID].name == to_rg.name
     await checker.close()
+    return cluster, victim
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_move_into_an_rg_whose_member_is_re_syncing(
+        clusters: Callable[..., Cluster]) -> None:
+    """A member of the target RG was killed and restarted, and is copying the RG's
+    partitions when the move starts (so the move does not copy to it): the move
+    completes, and the member ends up holding the moved-in partition too."""
+    await _move_beside_a_re_syncing_member(clusters, in_target_rg=True, rate_mb_s=RATE_MB_S)
 
 
 @pytest_twisted.ensureDeferred
@@ -507,31 +519,9 @@ async def test_a_move_out_of_an_rg_whose_member_is_re_syncing(
     partitions, the moved one among them, while the move runs to its end (unpaced: it
     drops the partition before that copy is done): the member is readmitted with what
     its RG lists by then, and keeps no replica of the partition that moved away."""
-    cluster = clusters(slow_recovery=True)
-    await cluster.init(reactor)
-    checker = await cluster.client(reactor, timeout=10.0)
-    from_rg, to_rg = _layout(checker)
-    victim = cluster.brick(from_rg.active_members[-1])     # not the move's source
-    moving, others = _keys(checker, to_rg)
-    writers = Writers(cluster, moving + others, n=4)
-    await writers.start()
-    try:
-        await eventually(lambda: _true(len(writers.acks) >= 40), WAIT_S, "writes to flow")
-        await _kill_and_restart_until_copying(cluster, victim, from_rg.name)
-        lines: list[str] = []
-        result = await move(reactor, _target(cluster), str(PID), to_rg.name,
-                            lines.append, rate_mb_s=FAST_MB_S)
-        assert victim.id not in result["targets"], result
-        await cluster.wait_serving(reactor, cluster.bricks, timeout=WAIT_S)
-        n = len(writers.acks)
-        await eventually(lambda: _true(len(writers.acks) >= n + 40), WAIT_S,
-                         "writes after the move")
-    finally:
-        await writers.stop()
-    await _settled_and_intact(cluster, checker, writers, [PID])
-    assert checker.map.partition_rg[PID].name == to_rg.name
+    cluster, victim = await _move_beside_a_re_syncing_member(
+        clusters, in_target_rg=False, rate_mb_s=FAST_MB_S)
     assert str(PID) not in (await _status(cluster, victim))["partitions"]
-    await checker.close()
 
 
 @pytest_twisted.ensureDeferred
