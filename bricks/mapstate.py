@@ -8,13 +8,13 @@ carrying this brick's record, so the library can repair its map without another 
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Callable, Iterable
 
 import msgpack
 from twisted.logger import Logger
 
+from dds.bricks.atomicfile import replace_file
 from dds.errors import Divergence, InvalidRequest, NotServing, StaleMap
 from dds.maps import ClusterMap, MergeResult
 from dds.metrics import Metrics
@@ -35,8 +35,10 @@ def parse_pid(text: str) -> PartitionId:
 class MapState:
     log = Logger()
 
-    def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics) -> None:
+    def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics, *,
+                 fsync: bool = True) -> None:
         self.brick_id = brick_id
+        self.fsync = fsync      # the brick's durability mode is fsync (see atomicfile)
         self.path = Path(data_dir) / MAP_FILE
         self.metrics = metrics
         self.map = ClusterMap()
@@ -60,12 +62,8 @@ class MapState:
                           fp=self.map.fp)
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgpack.packb(self.map.to_wire(), use_bin_type=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        replace_file(self.path, msgpack.packb(self.map.to_wire(), use_bin_type=True),
+                     fsync=self.fsync)
 
     def on_change(self, listener: Callable[[ClusterMap, tuple[Record, ...]], None]) -> None:
         self._listeners.append(listener)

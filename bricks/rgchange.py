@@ -26,7 +26,6 @@ without it.
 from __future__ import annotations
 
 import enum
-import os
 import random
 import time
 from collections import OrderedDict
@@ -51,6 +50,7 @@ from dds.records import (MEMBER_STATES, Member, MemberState, PartitionEntry, Rec
                          RGRecord, record_from_wire)
 from dds.rpc import RPCProtocol
 
+from dds.bricks.atomicfile import replace_file
 from dds.bricks.leases import Leases
 from dds.bricks.mapstate import MapState
 
@@ -120,8 +120,10 @@ class RecordChanges:
 
     def __init__(self, brick_id: str, maps: MapState, leases: Leases, clock: IReactorTime,
                  peer: Peer, data_dir: Path, metrics: Metrics, *, lease_s: float,
-                 suspect_check_s: float, rng: random.Random | None = None) -> None:
+                 suspect_check_s: float, rng: random.Random | None = None,
+                 fsync: bool = True) -> None:
         self.id = brick_id
+        self.fsync = fsync      # the brick's durability mode is fsync (see atomicfile)
         self.maps = maps
         self.leases = leases
         self.clock = clock
@@ -163,13 +165,8 @@ class RecordChanges:
         self._release_moved()
 
     def _save_locks(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgpack.packb([lock.to_wire() for lock in self.locks.values()],
-                                  use_bin_type=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        replace_file(self.path, msgpack.packb([lock.to_wire() for lock in self.locks.values()],
+                                              use_bin_type=True), fsync=self.fsync)
 
     def _take(self, lock: VoteLock) -> None:
         self.locks[lock.rg] = lock

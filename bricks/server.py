@@ -123,7 +123,9 @@ class Brick:
                                run_in_thread=self._in_thread)
         self.storage.after_completions = lambda: flush_sends(self.clock)
         self.locks = LockTable(self.clock)
-        self.maps = MapState(self.id, config.data_dir, self.metrics)
+        # The map, the record locks and the journal are as durable as the data (DESIGN §4).
+        power_safe = config.brick.durability == "fsync"
+        self.maps = MapState(self.id, config.data_dir, self.metrics, fsync=power_safe)
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
@@ -141,7 +143,8 @@ class Brick:
                              lambda: self.maps.map, self._send_lease, self.metrics)
         self.changes = RecordChanges(self.id, self.maps, self.leases, self.clock, self._peer,
                                      config.data_dir, self.metrics, lease_s=self.lease_s,
-                                     suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng)
+                                     suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng,
+                                     fsync=power_safe)
         # Snapshot streams (dds.bricks.stream) need real sockets and threads: not in the
         # simulation, whose bricks have an opener of their own.
         streams = (Streams(config.secret, reactor.callFromThread)
@@ -158,7 +161,7 @@ class Brick:
                                      full_lease=config.brick.full_lease_recovery,
                                      durability=config.brick.durability)
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
-        self.journal = Journal(config.data_dir, self.clock, self.metrics)
+        self.journal = Journal(config.data_dir, self.clock, self.metrics, fsync=power_safe)
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
         if self.ignore_read_lease:
             self.log.error("brick.unsafe_ignore_read_lease is set: this brick serves reads "
@@ -196,7 +199,7 @@ class Brick:
         # Reorganization (DESIGN §8): administrative changes of RG records, moves.
         self.moves_in = IncomingMoves(self.id, self.maps, self.storage, self.participant,
                                       self._peer, self.clock, config.data_dir / "incoming",
-                                      durable=config.brick.durability == "fsync",
+                                      durable=power_safe,
                                       metrics=self.metrics, streams=streams)
         self._move_sessions: set[int] = set()
         #: Recovery copy sessions: the RG's partitions when the copy began.
@@ -206,7 +209,7 @@ class Brick:
         self.splits = Splits(self.id, self.maps, self.storage, self.participant, self.clock,
                              self._in_thread, config.data_dir / "split-staging", self.metrics,
                              self.changes.update,
-                             durable=config.brick.durability == "fsync", rng=self.rng,
+                             durable=power_safe, rng=self.rng,
                              blocked=lambda rg: rg in self.recoveries.blocked)
         self._handlers[SplitPrepare] = self.splits.prepare
         self._handlers[SplitFence] = self.splits.fence
