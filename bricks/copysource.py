@@ -468,7 +468,7 @@ class CopySessions:
             del self._shared[sh.pid]
         if sh.info is not None:
             # Freeing 100 MB at once stalls the disk for a few hundred ms: a write pause.
-            discard_gradually(sh.info.path, self.clock)
+            discard_gradually(sh.info.path, self.clock, run_in_thread=self.run_in_thread)
 
     async def _fence_and_drain(self, s: CopySession) -> None:
         """Fence the session's partitions, wait (bounded by ``fence_s``) for their

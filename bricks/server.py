@@ -56,7 +56,7 @@ from dds.bricks.recovery import Recoveries, partition_layout
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
 from dds.bricks.split import Splits
-from dds.bricks.partstore import Durability, ReadResult
+from dds.bricks.partstore import Durability, ReadResult, summarize_file
 from dds.bricks.storage import Storage
 from dds.bricks.termination import Terminator
 
@@ -789,13 +789,17 @@ class Brick:
         self.metrics.inc("txn_resolutions_total", len(results))
         return {"brick": self.id, "resolved": [r.to_wire() for r in results]}
 
-    def checksum(self, msg: Checksum) -> dict[str, int]:
-        pid = parse_pid(msg.pid)
-        if not self.storage.has_partition(str(pid)):
+    async def checksum(self, msg: Checksum) -> dict[str, int]:
+        """Live keys, checksum and last lsn of the replica's durable rows (those of the
+        current reactor turn aside), read in a worker thread: on the reactor thread a
+        100 MB replica held every request of the brick for 0.4 s."""
+        pid = str(parse_pid(msg.pid))
+        if not self.storage.has_partition(pid):
             raise NotServing(f"brick {self.id} holds no replica of {pid}")
-        store = self.storage.open_partition(str(pid))
-        return {"count": store.count(), "checksum": store.checksum(),
-                "last_lsn": store.last_lsn()}
+        self.storage.open_partition(pid)
+        path = self.storage.partition_path(pid)
+        summary: dict[str, int] = await self._in_thread(summarize_file, path)
+        return summary
 
 
 def _render(layout: tuple[tuple[str, str], ...]) -> str:

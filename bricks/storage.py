@@ -62,7 +62,7 @@ from twisted.python.failure import Failure
 from dds.bricks.discard import discard_gradually
 from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
                                   PartitionStore, ReadResult, Row, check_partition_file,
-                                  checkpoint, checkpointed, fsync_dir, validate_pid)
+                                  checkpoint, fsync_dir, validate_pid)
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
 
@@ -175,7 +175,10 @@ class Storage:
         #: Runs WAL checkpoints off the reactor thread; None: SQLite checkpoints itself
         #: inside commits (unit tests on a ``Clock``).
         self._run_in_thread = run_in_thread
-        self._cache: OrderedDict[tuple[str, bytes], ReadResult] | None = (
+        # Keyed by the store object, not the partition id: a closed store's entries can
+        # never be hit again (a reopened replica gets a new store) and age out of the LRU,
+        # so closing a partition does not walk the whole cache on the reactor thread.
+        self._cache: OrderedDict[tuple[PartitionStore, bytes], ReadResult] | None = (
             OrderedDict() if cache_entries else None)
         self._stores: dict[str, PartitionStore] = {}
         self._known: set[str] = {
@@ -203,6 +206,9 @@ class Storage:
             ("reads", "cache_hits", "writes", "commits", "committed_rows", "commit_failures",
              "log_writes", "log_failures", "log_rotations", "checkpoint_failures"), 0)
         self._txlog = TxnLog(self.data_dir, fsync=durability == "fsync")
+        # Files of dropped replicas whose gradual deletion a stop interrupted.
+        for left in sorted(self.data_dir.glob("p*" + SUFFIX + "*.dropped")):
+            discard_gradually(left, self._clock, run_in_thread=self._run_in_thread)
         try:
             self._replay()
         except BaseException:
@@ -245,29 +251,49 @@ class Storage:
         """Close and delete the partition's files (incl. -wal/-shm).  Its writes still
         waiting for a commit errback with ``NotServing``; dropping an unknown one is a no-op."""
         validate_pid(pid)
-        self._detach(pid, "dropped")
-        self._known.discard(pid)
         path = self._path(pid)
+        # Closing the file deletes its WAL, which a long read (a move's snapshot) may have
+        # grown to tens of MB, freed in one go: 70-160 ms of this thread on a busy disk.
+        # A second name keeps the blocks for discard_gradually.
+        wal_trash = self._keep_blocks(Path(str(path) + "-wal"))
+        self._detach(pid, "dropped", discard=True)
+        self._known.discard(pid)
         for suffix in ("-wal", "-shm"):
             Path(str(path) + suffix).unlink(missing_ok=True)
+        trash = [wal_trash] if wal_trash is not None else []
         if path.exists():
             # Renamed first, so the partition is gone at once; freed a few MB at a time.
-            trash = path.with_name(path.name + ".dropped")
-            os.replace(path, trash)
-            discard_gradually(trash, self._clock)
+            trash.append(path.with_name(path.name + ".dropped"))
+            os.replace(path, trash[-1])
+        for file in trash:
+            discard_gradually(file, self._clock, run_in_thread=self._run_in_thread)
 
-    def _detach(self, pid: str, why: str) -> None:
-        """Close the partition's store if open, forget its cache entries, and errback its
-        writes still waiting for a commit with ``NotServing`` (the file stays)."""
+    @staticmethod
+    def _keep_blocks(path: Path) -> Path | None:
+        """A second name (``<name>.dropped``) for ``path``'s file, if it exists, so that
+        deleting ``path`` frees nothing; None if there is no file or no link was made."""
+        trash = path.with_name(path.name + ".dropped")
+        try:
+            trash.unlink(missing_ok=True)
+            os.link(path, trash)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warn("cannot link {path} for gradual deletion: {error}", path=str(path),
+                     error=e.strerror or str(e))
+            return None
+        return trash
+
+    def _detach(self, pid: str, why: str, *, discard: bool = False) -> None:
+        """Close the partition's store if open (its cache entries can no longer be hit and
+        age out) and errback its writes still waiting for a commit with ``NotServing`` (the
+        file stays).  ``discard``: the file is deleted next."""
         store = self._stores.pop(pid, None)
         if store is not None:
             self._dirty.pop(store, None)
             mine = [(fn, arg) for s, fn, arg in self._waiting if s is store]
             self._waiting = [w for w in self._waiting if w[0] is not store]
-            store.close()
-            if self._cache is not None:
-                for ck in [ck for ck in self._cache if ck[0] == pid]:
-                    del self._cache[ck]
+            store.close(discard=discard)
             for fn, arg in mine:
                 fn(arg, NotServing(f"partition {pid} was {why}"))
 
@@ -319,10 +345,11 @@ class Storage:
         :meth:`PartitionStore.apply_rows`) and drop their keys from the read cache.  The
         durable rows still staged go to the file first (``partition_path``)."""
         self.partition_path(pid)
-        n = self._store(pid).apply_rows(rows)
+        store = self._store(pid)
+        n = store.apply_rows(rows)
         if self._cache is not None:
             for row in rows:
-                self._cache.pop((pid, row[0]), None)
+                self._cache.pop((store, row[0]), None)
         return n
 
     # -- hot path ----------------------------------------------------------------------
@@ -331,16 +358,17 @@ class Storage:
         """Current state of ``key`` (a staged, uncommitted write may already show)."""
         stats = self.stats
         stats["reads"] += 1
+        store = self._stores.get(pid) or self._store(pid)
         cache = self._cache
         if cache is None:
-            return self._store(pid).read(key)
-        ck = (pid, key)
+            return store.read(key)
+        ck = (store, key)
         res = cache.get(ck)
         if res is not None:
             cache.move_to_end(ck)
             stats["cache_hits"] += 1
             return res
-        res = self._store(pid).read(key)
+        res = store.read(key)
         cache[ck] = res
         if len(cache) > self._cache_entries:
             cache.popitem(last=False)
@@ -370,7 +398,7 @@ class Storage:
                      txid: TxnId | None) -> PartitionStore:
         store = self._store(pid)
         cache = self._cache
-        ck = (pid, key)
+        ck = (store, key)
         cur = cache.get(ck) if cache is not None else None
         if cur is None:
             cur = store.read(key)
@@ -525,7 +553,12 @@ class Storage:
                 store.uncheckpointed = 0
                 d = run(checkpoint, store.path)
                 d.addErrback(self._checkpoint_failed, store)
-                d.addBoth(checkpointed, store)
+                d.addBoth(self._checkpointed, store)
+
+    def _checkpointed(self, _: object, store: PartitionStore) -> None:
+        store.checkpointing = False
+        if not store.closed and store in self._dirty:
+            self._sweep_soon()
 
     def _checkpoint_failed(self, failure: Failure, store: PartitionStore) -> None:
         store.uncheckpointed += 1     # try again after the next sweep
@@ -548,6 +581,12 @@ class Storage:
         for store in list(self._dirty):
             if store.closed or not store._pending:
                 del self._dirty[store]
+                continue
+            if store.checkpointing:
+                # Not while its checkpoint runs: a checkpoint that ends with every frame
+                # copied lets the next commit start the WAL over.  Under steady writes a
+                # commit always came first, and the WAL grew by every page written
+                # (35-77 MB in a move's few seconds) until the file was closed.
                 continue
             before = self._unlogged.get(store)
             if len(store._pending) > SWEEP_ROWS:
@@ -644,7 +683,7 @@ class Storage:
                 self._dirty.pop(store, None)
             if self._cache is not None:
                 for key in keys:
-                    self._cache.pop((store.partition_id, key), None)
+                    self._cache.pop((store, key), None)
         self._unlogged.clear()
         for rec in records:
             if rec[0] == VOTE:
@@ -694,7 +733,7 @@ class Storage:
     def _retire(self, paths: list[Path]) -> None:
         """Free retired log files a few MB at a time (a large unlink stalls this disk)."""
         for path in paths:
-            discard_gradually(path, self._clock)
+            discard_gradually(path, self._clock, run_in_thread=self._run_in_thread)
 
     def flush(self, files: bool = True) -> Deferred[None]:
         """Make everything pending durable now, in the log and, with ``files``, in the

@@ -454,3 +454,49 @@ def test_files_discarded_on_one_clock_are_freed_one_after_the_other(tmp_path: Pa
     assert b.stat().st_size == 1 << 20 and not done_b.called
     clock.advance(0.02)
     assert not b.exists() and done_b.called
+
+
+def test_discard_steps_run_where_the_caller_says(tmp_path: Path) -> None:
+    """The brick passes its thread pool: a step's truncate must not hold the reactor."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from dds.bricks.snapshot import discard_gradually
+
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(5 << 20)
+    ran: list[tuple[Any, ...]] = []
+    pending: list[Deferred[Any]] = []
+
+    def in_thread(f: Any, *args: Any) -> Deferred[Any]:
+        ran.append(args)
+        d: Deferred[Any] = Deferred()
+        pending.append(d)
+        d.addCallback(lambda _: f(*args))
+        return d
+
+    clock = Clock()
+    done = discard_gradually(path, clock, step=2 << 20, interval=0.02, run_in_thread=in_thread)
+    assert ran == [(path, 3 << 20)] and path.stat().st_size == 5 << 20  # not run inline
+    pending.pop().callback(None)
+    clock.advance(0.02)
+    assert ran[-1] == (path, 1 << 20)
+    pending.pop().callback(None)
+    clock.advance(0.02)
+    assert not path.exists() and done.called
+
+
+def test_a_failed_discard_step_deletes_the_file_in_one_go(tmp_path: Path) -> None:
+    from twisted.internet.defer import fail
+    from twisted.internet.task import Clock
+
+    from dds.bricks.snapshot import discard_gradually
+
+    path = tmp_path / "big"
+    with open(path, "wb") as f:
+        f.truncate(5 << 20)
+    clock = Clock()
+    done = discard_gradually(path, clock, step=2 << 20, interval=0.02,
+                             run_in_thread=lambda f, *a: fail(OSError(5, "I/O error")))
+    assert not path.exists() and done.called

@@ -476,6 +476,16 @@ def test_drop_partition_removes_files(storage: Storage, clock: Clock, tmp_path: 
     assert storage.read("p0.0", b"k") == ReadResult(None, 0)  # nothing stale in the cache
 
 
+def test_drop_partition_keeps_the_other_partitions_cached(storage: Storage, clock: Clock) -> None:
+    storage.open_partition("p1.1")
+    storage.write("p1.1", b"k", b"v", 1)
+    storage.write("p0.0", b"k", b"w", 1)
+    clock.advance(0)
+    storage.drop_partition("p0.0")
+    assert storage.read("p1.1", b"k") == ReadResult(b"v", 1)
+    assert storage.stats["cache_hits"] == 1
+
+
 def test_drop_partition_fails_its_pending_writes(storage: Storage, clock: Clock) -> None:
     got = outcome(storage.write("p0.0", b"k", b"v", 1))
     storage.drop_partition("p0.0")
@@ -716,3 +726,27 @@ def test_a_checkpoint_never_creates_a_file_dropped_meanwhile(tmp_path: Path) -> 
     with pytest.raises(sqlite3.OperationalError):
         checkpoint(tmp_path / "gone.sqlite")
     assert not (tmp_path / "gone.sqlite").exists()
+
+
+def test_drop_partition_frees_its_files_gradually_under_other_names(
+        storage: Storage, clock: Clock, tmp_path: Path) -> None:
+    for i in range(600):     # a WAL of more than one step (1 MB)
+        storage.write("p0.0", b"k%d" % i, b"v" * 4000, 1)
+    storage.flush()
+    assert (tmp_path / "p0.0.sqlite-wal").stat().st_size > 1 << 20
+    storage.drop_partition("p0.0")
+    left = sorted(f.name for f in tmp_path.iterdir() if f.name.startswith("p0.0"))
+    assert "p0.0.sqlite-wal.dropped" in left and not set(left) & {
+        "p0.0.sqlite", "p0.0.sqlite-wal", "p0.0.sqlite-shm"}
+    clock.pump([0.025] * 200)
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith("p0.0")]
+
+
+def test_a_restart_frees_the_files_a_stop_left_half_deleted(tmp_path: Path, clock: Clock) -> None:
+    (tmp_path / "p1.1.sqlite.dropped").write_bytes(b"x" * 100)
+    (tmp_path / "p1.1.sqlite-wal.dropped").write_bytes(b"x" * 100)
+    s = Storage(tmp_path, clock)
+    clock.advance(1)
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith("p1.1")]
+    assert s.partitions() == []
+    s.close()
