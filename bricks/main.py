@@ -8,6 +8,7 @@ A bad configuration exits 2 with the problem named on stderr, before anything st
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def _overrides(items: list[str]) -> dict[str, object]:
             value = raw == "true"
         out[key.strip()] = value
     return out
+
+
+def freeze_startup_heap() -> None:
+    """Move everything alive after start-up (modules, classes, functions, the map) out of
+    the cyclic collector's reach.
+
+    A full collection walks every tracked object while the reactor waits: ~80,000 of
+    them in a serving brick, 14-50 ms of CPU each time (and two to three times that in
+    wall time on a loaded machine), and every put in flight waits for it.  The start-up
+    heap is two thirds of those objects and is never garbage; freezing it leaves the
+    collector the objects made while serving (docs/performance.md, "Garbage collection").
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             reactor.stop()
             return
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        freeze_startup_heap()
 
     reactor.callWhenRunning(start)
     reactor.run()
