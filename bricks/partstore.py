@@ -7,6 +7,7 @@ when each commits; a store only knows its own file.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import sqlite3
@@ -58,6 +59,10 @@ def checkpoint(path: Path) -> None:
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
     finally:
         conn.close()
+
+
+#: Numbers each opened store (``PartitionStore.cache_tag``).
+_OPENED = itertools.count(1)
 
 
 @attrs.frozen
@@ -170,6 +175,8 @@ class PartitionStore:
                  manual_checkpoints: bool = False):
         self.path = Path(path)
         self.partition_id = partition_id
+        #: Names this open store in the brick's read cache (unique per process).
+        self.cache_tag = f"{partition_id}#{next(_OPENED)}"
         self.closed = False
         #: Commits since the WAL was last checkpointed (manual checkpoints only).
         self.uncheckpointed = 0

@@ -76,9 +76,11 @@ SQLITE_FLUSH_S = 1.0
 #: ... or as soon as this many rows are staged.
 SQLITE_FLUSH_ROWS = 20_000
 #: A sweep commits at most this many rows of a file per reactor turn: upserts into a large
-#: table cost ~20 µs a row, and a second of one hot partition's rows (5,000 under
-#: ``bench move``) held the reactor for 100-200 ms in one go.
-SWEEP_ROWS = 500
+#: table cost ~20 µs a row (more on a loaded machine), and a second of one hot partition's
+#: rows (5,000 under ``bench move``) held the reactor for 100-200 ms in one go; 500 rows
+#: a turn still left writers' longest pause at 69-77 ms with nothing else going on, 200
+#: rows at 29-52 ms (docs/performance.md, "Move").
+SWEEP_ROWS = 200
 #: The log starts a new generation (after the partition files have every row) past this.
 LOG_ROTATE_BYTES = 16 << 20
 
@@ -175,10 +177,12 @@ class Storage:
         #: Runs WAL checkpoints off the reactor thread; None: SQLite checkpoints itself
         #: inside commits (unit tests on a ``Clock``).
         self._run_in_thread = run_in_thread
-        # Keyed by the store object, not the partition id: a closed store's entries can
-        # never be hit again (a reopened replica gets a new store) and age out of the LRU,
-        # so closing a partition does not walk the whole cache on the reactor thread.
-        self._cache: OrderedDict[tuple[PartitionStore, bytes], ReadResult] | None = (
+        # Keyed by the store's ``cache_tag``, not the partition id: a closed store's
+        # entries can never be hit again (a reopened replica gets a new tag) and age out of
+        # the LRU, so closing a partition does not walk the whole cache on the reactor
+        # thread.  A string, not the store itself: the cyclic collector stops tracking a
+        # tuple of strings and bytes, and the cache holds 100,000 of them.
+        self._cache: OrderedDict[tuple[str, bytes], ReadResult] | None = (
             OrderedDict() if cache_entries else None)
         self._stores: dict[str, PartitionStore] = {}
         self._known: set[str] = {
@@ -349,7 +353,7 @@ class Storage:
         n = store.apply_rows(rows)
         if self._cache is not None:
             for row in rows:
-                self._cache.pop((store, row[0]), None)
+                self._cache.pop((store.cache_tag, row[0]), None)
         return n
 
     # -- hot path ----------------------------------------------------------------------
@@ -362,7 +366,7 @@ class Storage:
         cache = self._cache
         if cache is None:
             return store.read(key)
-        ck = (store, key)
+        ck = (store.cache_tag, key)
         res = cache.get(ck)
         if res is not None:
             cache.move_to_end(ck)
@@ -398,7 +402,7 @@ class Storage:
                      txid: TxnId | None) -> PartitionStore:
         store = self._store(pid)
         cache = self._cache
-        ck = (store, key)
+        ck = (store.cache_tag, key)
         cur = cache.get(ck) if cache is not None else None
         if cur is None:
             cur = store.read(key)
@@ -556,9 +560,9 @@ class Storage:
                 d.addBoth(self._checkpointed, store)
 
     def _checkpointed(self, _: object, store: PartitionStore) -> None:
+        # The next sweep comes at its time: sweeping at once after every checkpoint made
+        # a loop of tiny commits and checkpoints that cost puts 20 % more CPU.
         store.checkpointing = False
-        if not store.closed and store in self._dirty:
-            self._sweep_soon()
 
     def _checkpoint_failed(self, failure: Failure, store: PartitionStore) -> None:
         store.uncheckpointed += 1     # try again after the next sweep
@@ -683,7 +687,7 @@ class Storage:
                 self._dirty.pop(store, None)
             if self._cache is not None:
                 for key in keys:
-                    self._cache.pop((store, key), None)
+                    self._cache.pop((store.cache_tag, key), None)
         self._unlogged.clear()
         for rec in records:
             if rec[0] == VOTE:
