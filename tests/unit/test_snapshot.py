@@ -456,6 +456,12 @@ def test_files_discarded_on_one_clock_are_freed_one_after_the_other(tmp_path: Pa
     assert not b.exists() and done_b.called
 
 
+def _sparse_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
 def test_discard_steps_run_where_the_caller_says(tmp_path: Path) -> None:
     """The brick passes its thread pool: a step's truncate must not hold the reactor."""
     from twisted.internet.defer import Deferred
@@ -463,9 +469,7 @@ def test_discard_steps_run_where_the_caller_says(tmp_path: Path) -> None:
 
     from dds.bricks.snapshot import discard_gradually
 
-    path = tmp_path / "big"
-    with open(path, "wb") as f:
-        f.truncate(5 << 20)
+    path = _sparse_file(tmp_path / "big", 5 << 20)
     ran: list[tuple[Any, ...]] = []
     pending: list[Deferred[Any]] = []
 
@@ -493,9 +497,7 @@ def test_a_failed_discard_step_deletes_the_file_in_one_go(tmp_path: Path) -> Non
 
     from dds.bricks.snapshot import discard_gradually
 
-    path = tmp_path / "big"
-    with open(path, "wb") as f:
-        f.truncate(5 << 20)
+    path = _sparse_file(tmp_path / "big", 5 << 20)
     clock = Clock()
     done = discard_gradually(path, clock, step=2 << 20, interval=0.02,
                              run_in_thread=lambda f, *a: fail(OSError(5, "I/O error")))
