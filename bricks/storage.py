@@ -592,12 +592,8 @@ class Storage:
                 # commit always came first, and the WAL grew by every page written
                 # (35-77 MB in a move's few seconds) until the file was closed.
                 continue
-            before = self._unlogged.get(store)
-            if len(store._pending) > SWEEP_ROWS:
-                cap = store._pending[SWEEP_ROWS][3]
-                before = cap if before is None else min(before, cap)
             try:
-                n = store._commit(before)
+                n = store._commit(self._unlogged.get(store), SWEEP_ROWS)
             except Exception as e:  # noqa: BLE001 -- kept staged and retried
                 self.stats["commit_failures"] += 1
                 log.error("commit of {count} writes to {partition} failed: {error!r}",

@@ -750,3 +750,39 @@ def test_a_restart_frees_the_files_a_stop_left_half_deleted(tmp_path: Path, cloc
     assert not [f for f in tmp_path.iterdir() if f.name.startswith("p1.1")]
     assert s.partitions() == []
     s.close()
+
+
+def _staged(tmp_path: Path, rows: list[tuple[bytes, bytes, int]]) -> PartitionStore:
+    store = PartitionStore(tmp_path / "p0.0.sqlite", "p0.0")
+    for key, value, version in rows:
+        store._stage(key, ReadResult(value, version))
+    return store
+
+
+def test_a_commit_skips_a_row_a_newer_staged_row_of_its_key_replaces(tmp_path: Path) -> None:
+    store = _staged(tmp_path, [(b"a", b"1", 1), (b"b", b"1", 1), (b"a", b"2", 2)])
+    assert store._commit(limit=2) == 2      # a@1 is not written: a@2 is staged
+    assert on_disk(store.path, b"a") is None and on_disk(store.path, b"b") == (b"1", 1, 2)
+    assert store.read(b"a") == ReadResult(b"2", 2)
+    assert list(store.rows_since(0)) == [(b"b", b"1", 1, 2), (b"a", b"2", 2, 3)]
+    assert store._commit() == 1
+    assert on_disk(store.path, b"a") == (b"2", 2, 3)
+    store.close()
+
+
+def test_a_commit_writes_a_row_whose_newer_row_is_not_yet_logged(tmp_path: Path) -> None:
+    """The newer row (lsn 3) is past ``before``: its log append may still fail."""
+    store = _staged(tmp_path, [(b"a", b"1", 1), (b"b", b"1", 1), (b"a", b"2", 2)])
+    assert store._commit(before=3) == 2
+    assert on_disk(store.path, b"a") == (b"1", 1, 1)
+    assert store._unstage_from(3) == [b"a"]
+    assert store.read(b"a") == ReadResult(b"1", 1)
+    store.close()
+
+
+def test_a_partial_commit_keeps_only_the_keys_still_staged_in_the_overlay(tmp_path: Path) -> None:
+    store = _staged(tmp_path, [(b"a", b"1", 1), (b"b", b"1", 1), (b"c", b"1", 1)])
+    store._commit(limit=2)
+    assert set(store._overlay) == {b"c"}
+    assert [store.read(k) for k in (b"a", b"b", b"c")] == [ReadResult(b"1", 1)] * 3
+    store.close()
