@@ -79,11 +79,11 @@ PROFILES = {
     "verify": Profile("verify", bricks=6, replication=3, partitions=16, clients=4,
                       workers=10, keys=32, minutes=4.75, min_ops=20_000, min_faults=100,
                       all_kinds=True, tail=10.0),
-    # Soak's ops floor: 40 workers pacing at 100 ms under ~0.6 faults/s (three at once)
-    # make 52-60 ops/s (docs/verification.md); the floor is 42/s, not the 67/s it was set
-    # at before any soak longer than a minute had run.
+    # Soak's ops floor: 40 workers pacing at 100 ms under ~0.65 faults/s (three at once)
+    # made 42-60 ops/s in runs of 5-45 minutes (docs/verification.md); the floor is
+    # 33/s, not the 67/s it was set at before any soak longer than a minute had run.
     "soak": Profile("soak", bricks=6, replication=3, partitions=16, clients=4, workers=10,
-                    keys=32, minutes=60, min_ops=150_000, min_faults=1_200, all_kinds=True,
+                    keys=32, minutes=60, min_ops=120_000, min_faults=1_200, all_kinds=True,
                     tail=10.0, think_ms=100.0, ops_per_client=2_000_000),
 }
 
