@@ -8,7 +8,6 @@ when each commits; a store only knows its own file.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import sqlite3
 import struct
@@ -146,15 +145,6 @@ def summarize_file(path: Path) -> dict[str, int]:
         conn.close()
     return {"count": int(count), "checksum": checksum,
             "last_lsn": max(int(top), int(floor[0]) if floor else 0)}
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX: fsync the directory)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def validate_pid(pid: str) -> str:

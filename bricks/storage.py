@@ -59,10 +59,11 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dds.bricks.atomicfile import fsync_dir
 from dds.bricks.discard import discard_gradually
 from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
                                   PartitionStore, ReadResult, Row, check_partition_file,
-                                  checkpoint, fsync_dir, validate_pid)
+                                  checkpoint, validate_pid)
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
 

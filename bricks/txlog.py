@@ -40,6 +40,8 @@ from typing import Any
 import msgpack
 from twisted.logger import Logger
 
+from dds.bricks.atomicfile import fsync_dir
+
 log = Logger()
 
 TxnId = tuple[int, int]
@@ -166,7 +168,7 @@ class TxnLog:
                 size = len(data)
             if self.fsync:
                 os.fdatasync(fd)
-                _fsync_dir(self.directory)
+                fsync_dir(self.directory)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -182,7 +184,7 @@ class TxnLog:
                 os.replace(p, gone)
                 retired.append(gone)
         if self.fsync and retired:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return retired
 
     def close(self) -> None:
@@ -191,14 +193,6 @@ class TxnLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["TxnLog", "read_batches", "log_files", "undecided_votes", "VOTE", "WRITE",

@@ -33,6 +33,23 @@ def inline(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     return maybeDeferred(f, *args)
 
 
+Held = list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]]
+
+
+def hold_thread_work(src: "Source") -> Held:
+    """Make the sessions' worker-thread calls wait: each is held as (Deferred, f, args)
+    until the test runs it and fires the Deferred."""
+    held: Held = []
+
+    def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        held.append((d, f, args))
+        return d
+
+    src.sessions.run_in_thread = later
+    return held
+
+
 def key_in(pid: PartitionId, n: int) -> bytes:
     """The ``n``-th key ``k<i>`` that belongs to ``pid``."""
     keys = (b"k%d" % i for i in range(10_000) if pid.owns(b"k%d" % i))
@@ -386,14 +403,7 @@ def test_delta_serves_committed_rows_only(src: Source) -> None:
 
 def test_a_begin_superseded_while_snapshotting_fails_and_leaves_no_files(
         src: Source) -> None:
-    held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        held.append((d, f, args))
-        return d
-
-    src.sessions.run_in_thread = later
+    held = hold_thread_work(src)
     first = outcome(src.sessions.begin("rg0", "b2", [P0, P1], False))
     assert len(held) == 1 and first == []
     src.sessions.run_in_thread = inline
@@ -437,14 +447,7 @@ def test_sessions_of_one_partition_share_one_snapshot_freed_by_the_last(
 def test_a_snapshot_being_taken_is_shared_and_an_old_one_is_not(src: Source) -> None:
     from dds.bricks.copysource import SHARE_S
 
-    held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def later(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        held.append((d, f, args))
-        return d
-
-    src.sessions.run_in_thread = later
+    held = hold_thread_work(src)
     first = outcome(src.sessions.begin("rg0", "b4", [P0], False))
     second = outcome(src.sessions.begin("rg0", "b5", [P0], False))
     assert len(held) == 1 and first == [] and second == []
