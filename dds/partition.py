@@ -29,7 +29,7 @@ def _check_prefix(inst: "PartitionId", attribute: object, value: int) -> None:
         raise ValueError(f"prefix {value} does not fit in {inst.depth} bits")
 
 
-@attrs.frozen(order=True)
+@attrs.frozen(order=True, cache_hash=True)
 class PartitionId:
     """A leaf of the DP trie: owns keys whose low ``depth`` hash bits equal ``prefix``."""
 

@@ -64,18 +64,21 @@ def pick_replica(route: Route, exclude: AbstractSet[str],
                  connections: Mapping[tuple[str, int], RPCProtocol],
                  rng: random.Random) -> BrickRecord | None:
     """Least outstanding requests among connected replicas, random tie-break; a replica
-    with no connection yet counts as idle."""
-    best: list[BrickRecord] = []
+    with no connection yet counts as idle.  Every read makes this choice, so it builds
+    no list: a tie is broken as it is met, the ``n``-th equally loaded replica replacing
+    the choice with probability 1/n (uniform over the ties)."""
+    best: BrickRecord | None = None
     best_load = -1
+    ties = 0
     for b, addr in zip(route.replicas, route.addresses):
         if exclude and b.id in exclude:
             continue
         conn = connections.get(addr)
         load = conn.outstanding if conn is not None else 0
         if best_load < 0 or load < best_load:
-            best, best_load = [b], load
+            best, best_load, ties = b, load, 1
         elif load == best_load:
-            best.append(b)
-    if not best:
-        return None
-    return best[0] if len(best) == 1 else rng.choice(best)
+            ties += 1
+            if rng.random() * ties < 1.0:
+                best = b
+    return best
