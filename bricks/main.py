@@ -76,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"dds-brick: {e.message}", file=sys.stderr)
         return 2
+    from dds.bricks.reactor import install
+    reactor_name = install()
     from twisted.internet import reactor
 
     from dds.bricks.service import BrickService
 
     start_logging(config.log.level, config.log.format,
                   str(config.log_file) if config.log_file else None, node=config.brick.id)
+    log.info("brick {brick} runs on {reactor_name}", brick=config.brick.id,
+             reactor_name=reactor_name)
     service = BrickService(config, reactor)
     exit_code = [0]
 

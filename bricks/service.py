@@ -63,7 +63,8 @@ class BrickService(Service):
         b = self.brick
         ok = b is not None and not b._stopping and len(b.maps.map) > 0
         return {"ok": ok, "brick": self.config.brick.id,
-                "map_records": len(b.maps.map) if b else 0}
+                "map_records": len(b.maps.map) if b else 0,
+                "reactor": type(self.reactor).__name__}
 
     def stopService(self) -> Deferred[None]:
         super().stopService()

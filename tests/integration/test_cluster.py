@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import urllib.request
 from typing import Any
 
 import pytest_twisted
@@ -144,3 +146,14 @@ async def test_a_brick_restarted_with_sigterm_keeps_its_data(cluster_factory: An
     seen = await _read_every_replica(cluster, client, keys)
     assert seen["b1"] == {k: (k[::-1], 1) for k in keys}
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_brick_runs_on_the_lean_epoll_reactor(cluster_factory: Any) -> None:
+    cluster = cluster_factory(bricks=1, replication=1, partitions=1)
+    await cluster.init(reactor)
+    b1 = cluster.brick("b1")
+    health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{b1.http_port}/healthz",
+                                               timeout=10).read())
+    assert health["reactor"] == "LeanEPollReactor"
+    assert any(e.get("msg") == "brick b1 runs on LeanEPollReactor" for e in b1.log_events())
