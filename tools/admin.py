@@ -560,8 +560,8 @@ def rebalance(seeds: str | None, secret_file: str | None, cluster_name: str | No
 @click.option("--value-size", type=click.IntRange(0), default=100, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 100000), default=64, show_default=True,
               help="operations in flight, over all client processes")
-@click.option("--clients", type=click.IntRange(1, 256), default=2, show_default=True,
-              help="client (worker) processes")
+@click.option("--clients", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="client (worker) processes; one, like the floor's client")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
 @click.pass_context
