@@ -6,15 +6,16 @@ which asks the connection for its log prefix and runs the event inside a new
 ``twisted.python.context`` frame: five Python calls and a dict per event, so that a
 legacy ``twisted.python.log`` message logged while handling it carries the connection's
 name as its ``system``.  The brick logs through ``twisted.logger`` with its own fields
-and never reads that context, and a brick handles a few requests per event (gets from
-two clients spread over six bricks), so those calls were a measurable part of its time
-per request (``docs/performance.md``: with one bench client, gets went from 0.341-0.345
+and never reads that context, and a brick handles only a few requests per event (a
+client's requests are spread over six bricks), so those calls were a measurable part of
+its time per request (``docs/performance.md``: with one bench client, gets went from 0.341-0.345
 to 0.375-0.393 of the floor).
 
 What the lean loop keeps from Twisted: the event dispatch itself
 (``_doReadOrWrite``, which already catches and logs an exception of ``doRead`` or
 ``doWrite`` and disconnects that connection); and an exception escaping it (from a
-protocol's ``connectionLost``) is logged and ends only that event, never the loop.  What
+protocol's ``connectionLost``) is logged and ends only that event, never the loop
+(``KeyboardInterrupt`` excepted, as in Twisted).  What
 it drops: the legacy ``system`` of such messages is ``-`` instead of the connection's
 name.
 
@@ -59,6 +60,8 @@ if EPollReactor is not None:
                     continue
                 try:
                     handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
                 except BaseException:  # noqa: BLE001 -- as callWithLogger did: log it
                     log.failure("unhandled error handling an event of {selectable}",
                                 selectable=selectable)
