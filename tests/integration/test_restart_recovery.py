@@ -123,6 +123,9 @@ async def test_a_whole_cluster_restart_resolves_a_transaction_prepared_everywher
 
     await eventually(lambda: _nothing_prepared(cluster), WAIT_S,
                      "the restored transaction to be resolved")
+    # Resolved is not serving: a member may still be reconciling the RG (it answers
+    # NotServing until then), and each replica is read directly below.
+    await cluster.wait_serving(reactor, cluster.bricks, timeout=WAIT_S)
     client = await cluster.client(reactor)
     for b in cluster.bricks:     # all prepared means everyone voted YES: commit
         assert await replica_value(cluster, client, b, b"in-doubt") == (b"decided-later", 1)
