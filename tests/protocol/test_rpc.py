@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -21,7 +21,7 @@ from dds import errors
 from dds.codec import FrameDecoder, FrameTooLarge, decode_payload, encode_frame
 from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, InvalidRequest,
                         ProtocolError, Timeout, from_wire)
-from dds.rpc import RPCProtocol, State
+from dds.rpc import BATCH, RPCProtocol, State
 from tests.sim.network import Connection, MemoryNetwork, SimCluster, as_deferred
 
 CLUSTER = "dds"
@@ -457,7 +457,14 @@ def _expected_calls(stream: bytes, max_frame: int) -> list[tuple[str, Any]]:
                 mtype, _rid, body = decode_payload(payload)
             except ProtocolError:
                 continue
-            if mtype not in ("ok", "err"):
+            if mtype == BATCH:      # a batch's messages, if every one of them is well formed
+                if type(body) is list and len(body) == 3 * _rid and all(
+                        type(body[i]) is str and body[i] != BATCH
+                        and type(body[i + 1]) is int and body[i + 1] >= 0
+                        for i in range(0, len(body), 3)):
+                    out.extend((body[i], body[i + 2]) for i in range(0, len(body), 3)
+                               if body[i] not in ("ok", "err"))
+            elif mtype not in ("ok", "err"):
                 out.append((mtype, body))
     except FrameTooLarge:
         pass
@@ -468,6 +475,8 @@ def _expected_calls(stream: bytes, max_frame: int) -> list[tuple[str, Any]]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(_garbage_piece, max_size=8), st.lists(st.integers(0, 10 ** 6), max_size=6),
        st.booleans())
+@example([raw_frame(msgpack.packb(["*", 0, 0]))], [], True)    # a batch frame, malformed
+@example([raw_frame(msgpack.packb(["*", 1, ["work", 3, {"b": 1}]]))], [], True)
 def test_garbage_never_escapes_data_received_nor_reaches_the_handler_undecoded(
         pieces: list[bytes], cuts: list[int], handshake_done: bool) -> None:
     net = MemoryNetwork(Clock())
