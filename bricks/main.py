@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dds-brick: {e.message}", file=sys.stderr)
         return 2
     from dds.bricks.reactor import install
-    reactor_name = install()
+    install()
     from twisted.internet import reactor
 
     from dds.bricks.service import BrickService
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     start_logging(config.log.level, config.log.format,
                   str(config.log_file) if config.log_file else None, node=config.brick.id)
     log.info("brick {brick} runs on {reactor_name}", brick=config.brick.id,
-             reactor_name=reactor_name)
+             reactor_name=type(reactor).__name__)
     service = BrickService(config, reactor)
     exit_code = [0]
 

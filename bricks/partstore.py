@@ -339,9 +339,15 @@ class PartitionStore:
         if not eligible:
             return 0
         rows = eligible if limit is None or len(eligible) <= limit else eligible[:limit]
-        newest = {row[0]: row[3] for row in eligible}
-        todo = (rows if len(newest) == len(eligible)
-                else [r for r in rows if newest[r[0]] == r[3]])
+        if eligible is pending:
+            # Every staged row is eligible: the overlay holds each key's newest lsn, so a
+            # slice needs no map of its own (a sweep takes a file's rows 200 at a time).
+            overlay = self._overlay
+            todo = [r for r in rows if overlay[r[0]][1] == r[3]]
+        else:
+            newest = {row[0]: row[3] for row in eligible}
+            todo = (rows if len(newest) == len(eligible)
+                    else [r for r in rows if newest[r[0]] == r[3]])
         if todo:
             _transaction(self._conn, lambda conn: conn.executemany(_SQL_UPSERT, todo))
             self.uncheckpointed += 1

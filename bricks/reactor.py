@@ -69,16 +69,14 @@ if EPollReactor is not None:
         doIteration = doPoll
 
 
-def install() -> str:
+def install() -> None:
     """Install the lean reactor as the global one, unless epoll is missing or a reactor
-    is installed already; the name of the reactor class in use either way."""
+    is installed already (the caller names the one in use)."""
     import sys
 
     if "twisted.internet.reactor" not in sys.modules and EPollReactor is not None:
         from twisted.internet.main import installReactor
         installReactor(LeanEPollReactor())
-    from twisted.internet import reactor as installed
-    return type(installed).__name__
 
 
 def make() -> Any:

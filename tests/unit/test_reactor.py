@@ -3,6 +3,8 @@ with real sockets on loopback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
@@ -58,6 +60,17 @@ def _failures(events: list[Any]) -> str:
     return "\n".join(str(f.value) for f in found if f is not None)
 
 
+@contextmanager
+def _logged() -> Iterator[list[Any]]:
+    """The log events published while the block runs."""
+    events: list[Any] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
 def _connect(reactor: Any, port: int, payload: bytes, got: list[bytes]) -> None:
     f = ClientFactory()
     f.buildProtocol = lambda addr: Sender(payload, got, reactor)  # type: ignore[method-assign]
@@ -80,15 +93,10 @@ def test_the_lean_reactor_serves_a_tcp_connection() -> None:
 def test_an_error_in_a_protocol_drops_that_connection_and_is_logged() -> None:
     reactor = make()
     port = _serve(reactor, Echo)
-    failed: list[Any] = []
-    observer = failed.append
-    globalLogPublisher.addObserver(observer)
-    try:
-        got: list[bytes] = []
+    got: list[bytes] = []
+    with _logged() as failed:
         _connect(reactor, port, b"boom", got)
         _run(reactor)
-    finally:
-        globalLogPublisher.removeObserver(observer)
     assert got == [b"<lost>"]
     assert "a protocol failed handling its data" in _failures(failed)
 
@@ -97,28 +105,21 @@ def test_an_error_escaping_an_event_is_logged_and_the_loop_goes_on() -> None:
     reactor = make()
     bad_port = _serve(reactor, LosesBadly)
     good_port = _serve(reactor, Echo)
-    failed: list[Any] = []
-    observer = failed.append
-    globalLogPublisher.addObserver(observer)
     got: list[bytes] = []
-    try:
-        first: list[bytes] = []
 
-        class Closer(Protocol):
-            def connectionMade(self) -> None:
-                self.transport.loseConnection()  # type: ignore[union-attr]
+    class Closer(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.loseConnection()  # type: ignore[union-attr]
 
-            def connectionLost(self, reason: Any = None) -> None:
-                first.append(b"closed")
-                # The server side's connectionLost raises when it sees the close; the
-                # echo afterwards shows the loop still serves.
-                reactor.callLater(0.05, _connect, reactor, good_port, b"after", got)
+        def connectionLost(self, reason: Any = None) -> None:
+            # The server side's connectionLost raises when it sees the close; the echo
+            # afterwards shows the loop still serves.
+            reactor.callLater(0.05, _connect, reactor, good_port, b"after", got)
 
+    with _logged() as failed:
         f = ClientFactory()
         f.buildProtocol = lambda addr: Closer()  # type: ignore[method-assign]
         reactor.connectTCP("127.0.0.1", bad_port, f)
         _run(reactor)
-    finally:
-        globalLogPublisher.removeObserver(observer)
     assert got == [b"after"]
     assert "a protocol failed in connectionLost" in _failures(failed)
