@@ -1,0 +1,1 @@
+"""Multi-host tests: DDS bricks on network-namespace hosts (``pytest -m multihost``)."""
