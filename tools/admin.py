@@ -763,5 +763,6 @@ def local_status(local_dir: Path, as_json: bool, timeout: float) -> None:
     _status(resolve_target(None, None, True, local_dir, None), as_json, timeout)
 
 
+from dds.tools.certs import certs; main.add_command(certs)  # noqa: E402,E702
 if __name__ == "__main__":
     main()
