@@ -274,7 +274,7 @@ class NetnsCluster:
 
     # -- clients on the client host -----------------------------------------------------
 
-    def client(self, code: str, timeout: float = 20.0, **params: Any) -> Any:
+    def client(self, code: str, timeout: float = 30.0, **params: Any) -> Any:
         """Run ``code`` on the client host with ``client`` (a connected
         ``BlockingDDSClient``, ``timeout`` per operation) and ``params`` bound; it sets
         ``result``, which comes back through JSON."""
