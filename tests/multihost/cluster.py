@@ -9,7 +9,7 @@ cluster.toml naming every brick by its address (its failure domain is its host n
 never talks to a brick: it could not, being in the root namespace.
 
 How credentials are made, written and passed is decided in one class,
-:class:`Credentials`, so that the coming per-role secrets / mutual TLS change one place.
+:class:`Credentials`, so that moving to mutual TLS changes one place.
 Waiting is polling a condition with a deadline (the brick's ready file, ``status
 --json``), never a fixed sleep.
 """
