@@ -31,10 +31,15 @@ afterwards.  The file is deleted when the last session using it ends.  Each sess
 delta starts at the snapshot's log position, so sharing changes nothing for a target.
 Full-lease sessions (taken under their own fence) never share.
 
-**Streams.**  With a ``stream`` factory (a brick on real sockets), the ``copy_begin``
-reply names the port of this brick's :class:`~dds.bricks.stream.StreamServer` and the
-target may take each snapshot as one stream in a thread of its own instead of
-``chunk`` requests; the session's rate limit holds for both.
+**Streams.**  With a ``stream`` server (a brick on real sockets), the ``copy_begin``
+reply names the port of this brick's :class:`~dds.bricks.stream.StreamServer` and a
+random token made for the session, which opens that session's snapshots and nothing
+else: the target may take each snapshot as one stream in a thread of its own instead of
+``chunk`` requests; the session's rate limit holds for both.  The token travels only in
+that reply, on the brick-role RPC connection that authenticated both ends, so neither a
+shared secret nor a client's credentials open a stream.  The sessions own the server:
+they count its refusals (``stream_refused_total``, ``stream_auth_failures_total``) and
+close it in ``close``.
 
 A session with no request from its target for ``IDLE_S`` is cancelled (not while
 snapshotting or readmitting: those wait on this brick, not on the target).  At most one
@@ -47,12 +52,11 @@ from __future__ import annotations
 import enum
 import os
 import random
+import secrets
 import sqlite3
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NoReturn
-
-from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -68,7 +72,7 @@ from dds.bricks.discard import discard_gradually
 from dds.bricks.snapshot import (RunInThread, SnapshotInfo, read_chunk,
                                  take_snapshot)
 from dds.bricks.storage import Storage
-from dds.bricks.stream import StreamServer, background
+from dds.bricks.stream import AUTH, TOKEN_BYTES, StreamServer, background
 
 #: A session whose target sends nothing for this long is cancelled.
 IDLE_S = 60.0
@@ -156,7 +160,7 @@ class CopySessions:
     def __init__(self, brick_id: str, storage: Storage, participant: Participant,
                  clock: IReactorTime, snapshot_dir: Path, run_in_thread: RunInThread,
                  fence_s: float, metrics: Metrics, rng: random.Random | None = None,
-                 stream: Callable[[], StreamServer] | None = None) -> None:
+                 stream: StreamServer | None = None) -> None:
         self.brick_id = brick_id
         self.storage = storage
         self.participant = participant
@@ -171,9 +175,11 @@ class CopySessions:
         self._ended: OrderedDict[int, CopySession] = OrderedDict()
         #: Per partition, the snapshot a new session may share.
         self._shared: dict[str, _Shared] = {}
-        #: Makes the stream server on first use (None: chunk requests only).
-        self._stream_factory = stream
-        self._stream: StreamServer | None = None
+        #: The stream server (None: chunk requests only), bound by the brick at start.
+        self._stream = stream
+        if stream is not None:
+            stream.on_sent = self._streamed
+            stream.on_refused = self._stream_refused
         self.snapshot_dir.mkdir(parents=True, exist_ok=True)
         # Snapshots of sessions that died with the process: nobody can resume them.
         for stale in self.snapshot_dir.glob(_SNAPSHOT_GLOB):
@@ -216,24 +222,23 @@ class CopySessions:
         self._touch(s)
         reply: dict[str, Any] = {"session": s.id, "snapshots": [s.snapshots[str(p)].to_wire()
                                                                 for p in s.pids]}
-        stream = self._streams()
+        stream = self._stream
         if stream is not None:
+            # A token of this session only: it opens these snapshots while the session
+            # lives (``_end`` unregisters it), not another session's.
+            token = secrets.token_bytes(TOKEN_BYTES)
             for pid_text, info in s.snapshots.items():
-                stream.register(s.id, pid_text, info.path, info.size, info.blocks, s.rate)
-            reply["stream"] = {"port": stream.port}
+                stream.register(s.id, token, pid_text, info.path, info.size, info.blocks,
+                                s.rate)
+            reply["stream"] = {"port": stream.port, "token": token}
         return reply
 
-    def _streams(self) -> StreamServer | None:
-        if self._stream is None and self._stream_factory is not None:
-            try:
-                self._stream = self._stream_factory()
-            except OSError as e:
-                self.log.warn("no snapshot streams (chunk requests only): {error}",
-                              error=str(e))
-                self._stream_factory = None
-            else:
-                self._stream.on_sent = self._streamed
-        return self._stream
+    def _stream_refused(self, reason: str) -> None:
+        """The stream server refused a connection (on the reactor thread)."""
+        self.metrics.inc("stream_refused_total")
+        self.metrics.inc(f"stream_refused_{reason}_total")
+        if reason == AUTH:
+            self.metrics.inc("stream_auth_failures_total")
 
     def _streamed(self, session: int, sent: int) -> None:
         """A stream of ``session`` sent ``sent`` bytes more (on the reactor thread)."""
@@ -414,7 +419,7 @@ class CopySessions:
         if not s.full_lease:
             self._shared[key] = sh
         dest = self.snapshot_dir / f"copy-{s.id:016x}-{pid}.snapshot"
-        stream = self._streams()
+        stream = self._stream
         # With streams (real threads), the backup too runs at their low priority.
         run = (self.run_in_thread if stream is None
                else background(stream.call_from_thread))

@@ -3,9 +3,10 @@ half shared by recovery (a brick re-syncing its RG) and moves (a brick of the ta
 taking in a partition).
 
 ``Pull`` is one copy session seen from the receiver: it asks the source for snapshots,
-takes each as a stream in a thread of its own when the source offers one and the pull
-has ``streams`` (``dds.bricks.stream``: block checksums, no request per MiB, low CPU
-priority), else pulls it in checksummed chunks with a bounded window (flow control is
+takes each as a stream in a thread of its own when the source offers one (a port and
+the session's token in the ``copy_begin`` reply) and the pull has ``streams``
+(``dds.bricks.streamclient``: block checksums, no request per MiB, low CPU priority,
+TLS in TLS mode), else pulls it in checksummed chunks with a bounded window (flow control is
 the receiver asking only for what it can take), installs them, and applies deltas by
 log position, first while writes go on (catching up), then under the source's fence.
 
@@ -18,9 +19,10 @@ time, so the last one (``delta`` under the fence) waits for a following one in f
 
 from __future__ import annotations
 
+import ssl
 import threading
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
@@ -36,7 +38,11 @@ from dds.bricks.discard import discard_gradually
 from dds.bricks.participant import Participant
 from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
-from dds.bricks.stream import CallFromThread, StreamError, in_thread, receive
+from dds.bricks.streamclient import (TOKEN_BYTES, CallFromThread, StreamError, in_thread,
+                                     receive)
+
+if TYPE_CHECKING:
+    from dds.config import BrickConfig
 
 Peer = Callable[[str], Awaitable[RPCProtocol]]
 
@@ -57,11 +63,22 @@ FOLLOW_S = 0.05
 
 @attrs.frozen
 class Streams:
-    """What a pull needs to take snapshots as streams: the cluster's secret and the
-    reactor's ``callFromThread``."""
+    """What a pull needs to take snapshots as streams: the reactor's
+    ``callFromThread`` and, in TLS mode, a client context with the brick's certificate.
+    No secret: each copy session's reply carries a token of its own (``begin``)."""
 
-    secret: bytes = attrs.field(repr=False)
     call_from_thread: CallFromThread
+    ssl_client: ssl.SSLContext | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def for_brick(cls, config: BrickConfig, call_from_thread: CallFromThread) -> Streams:
+        """A brick's: in TLS mode (``credentials.tls``) its certificate, the cluster CA
+        the only trust root."""
+        tls = config.credentials.tls
+        if tls is None:
+            return cls(call_from_thread)
+        from dds.tls import ssl_context
+        return cls(call_from_thread, ssl_context(tls, server=False))
 
 
 class PullFailed(Exception):
@@ -92,9 +109,10 @@ class Pull:
         self._follow: IDelayedCall | None = None
         self.following = False
         #: How to take snapshots as streams (None: chunk requests only), and the
-        #: source's stream port (from ``copy_begin``).
+        #: source's stream port and this session's token (from ``copy_begin``).
         self.streams = streams
         self.stream_port: int | None = None
+        self.stream_token: bytes | None = None
         self._stop = threading.Event()
 
     async def call(self, mtype: str, body: dict[str, Any], timeout: float) -> Any:
@@ -111,8 +129,11 @@ class Pull:
         self.snapshots = list(reply["snapshots"])
         self.bytes_total = sum(int(s["size"]) for s in self.snapshots)
         stream = reply.get("stream")
-        if isinstance(stream, dict) and isinstance(stream.get("port"), int):
+        if (isinstance(stream, dict) and isinstance(stream.get("port"), int)
+                and isinstance(stream.get("token"), bytes)
+                and len(stream["token"]) == TOKEN_BYTES):
             self.stream_port = int(stream["port"])
+            self.stream_token = stream["token"]
         return dict(reply)
 
     async def copy(self) -> None:
@@ -143,8 +164,8 @@ class Pull:
         """Take the snapshot as one stream (``dds.bricks.stream``), in a thread.  False
         if there is no stream to take, or it failed before any byte (then chunk
         requests do); a stream that fails later fails the copy."""
-        streams, port = self.streams, self.stream_port
-        if streams is None or port is None or self.session is None:
+        streams, port, token = self.streams, self.stream_port, self.stream_token
+        if streams is None or port is None or token is None or self.session is None:
             return False
         try:
             conn = await self.peer(self.source)
@@ -161,9 +182,10 @@ class Pull:
             received[0] = pos
             self.bytes_done = base + pos
         try:
-            await in_thread(streams.call_from_thread, receive, host, port, streams.secret,
+            await in_thread(streams.call_from_thread, receive, host, port, token,
                             self.session, str(snap["pid"]), int(snap["size"]),
-                            receiver.write, progress, self._stop)
+                            receiver.write, progress, self._stop,
+                            ssl_context=streams.ssl_client)
         except StreamError as e:
             if received[0] or self._stop.is_set():
                 raise PullFailed(f"snapshot stream of {snap['pid']} from {self.source}: "

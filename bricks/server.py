@@ -146,15 +146,16 @@ class Brick:
                                      suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng,
                                      fsync=power_safe)
         # Snapshot streams (dds.bricks.stream) need real sockets and threads: not in the
-        # simulation, whose bricks have an opener of their own.
-        streams = (Streams(config.secret, reactor.callFromThread)
+        # simulation, whose bricks have an opener of their own.  The server binds
+        # brick.stream_port now, so a port already taken fails the start; the copy
+        # sessions own it (and close it).  In TLS mode streams run inside TLS.
+        streams = (Streams.for_brick(config, reactor.callFromThread)
                    if opener is None and hasattr(reactor, "callFromThread") else None)
         self.copies = CopySessions(self.id, self.storage, self.participant, self.clock,
                                    config.data_dir / "snapshots", self._in_thread,
                                    t.copy_fence_ms / 1000.0, self.metrics, rng=self.rng,
-                                   stream=None if streams is None else lambda: StreamServer(
-                                       config.brick.host, config.secret,
-                                       reactor.callFromThread))
+                                   stream=None if streams is None else StreamServer.for_brick(
+                                       config, reactor.callFromThread))
         self.recoveries = Recoveries(self.id, self.maps, self.storage, self.participant,
                                      self._peer, self.clock, self.metrics,
                                      config.data_dir / "incoming",

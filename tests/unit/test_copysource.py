@@ -1,10 +1,14 @@
 """Unit tests of recovery's source side (DESIGN §7): the participant's write fence and
 quiesce, and the CopySessions state machine.  Real SQLite files in tmp_path, time from a
-Clock, snapshots taken inline instead of in a worker thread."""
+Clock, snapshots taken inline instead of in a worker thread (but for the stream tests at
+the end: a real stream server, its threads' calls run by the test thread)."""
 
 from __future__ import annotations
 
+import queue
 import random
+import socket
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from dds.bricks.locks import LockTable
 from dds.bricks.participant import Participant
 from dds.bricks.snapshot import SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
+from dds.bricks.stream import TOKEN_BYTES, StreamError, StreamServer, receive
 
 P0, P1 = PartitionId(1, 0), PartitionId(1, 1)
 FENCE_S = 10.0
@@ -481,3 +486,107 @@ def test_a_replica_replaced_since_is_snapshotted_anew(src: Source, tmp_path: Pat
     second = value_of(outcome(src.sessions.begin("rg0", "b5", [P0], False)))
     assert len(snapshot_files(src)) == 2
     assert first["session"] != second["session"]
+
+
+# -- snapshot streams ---------------------------------------------------------------------
+
+class Pump:
+    """``call_from_thread`` for a test: the stream threads' calls wait in a queue until
+    the test thread runs them, as the reactor thread would."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            queue.SimpleQueue())
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> None:
+        self.calls.put((f, args))
+
+    def until(self, cond: Callable[[], object], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not true within {timeout}s")
+            try:
+                f, args = self.calls.get(timeout=0.01)
+            except queue.Empty:
+                continue
+            f(*args)
+
+
+@attrs.define
+class Streaming:
+    sessions: CopySessions
+    server: StreamServer
+    pump: Pump
+    metrics: Metrics
+
+    def begin(self, target: str = "b2") -> dict[str, Any]:
+        out = outcome(self.sessions.begin("rg0", target, [P0], False))
+        self.pump.until(lambda: out)           # the snapshot is taken in a thread
+        reply: dict[str, Any] = value_of(out)
+        return reply
+
+    def take(self, reply: dict[str, Any], tmp_path: Path,
+             token: bytes | None = None) -> SnapshotReceiver:
+        snap = reply["snapshots"][0]
+        receiver = SnapshotReceiver(tmp_path, snap["pid"], snap["size"], snap["checksum"])
+        receive("127.0.0.1", reply["stream"]["port"],
+                reply["stream"]["token"] if token is None else token, reply["session"],
+                snap["pid"], snap["size"], receiver.write)
+        return receiver
+
+
+@pytest.fixture
+def streaming(src: Source, tmp_path: Path) -> Iterator[Streaming]:
+    pump = Pump()
+    server = StreamServer("127.0.0.1", 0, pump)
+    metrics = Metrics()
+    sessions = CopySessions("b1", src.storage, src.participant, src.clock,
+                            tmp_path / "stream-snapshots", inline, FENCE_S, metrics,
+                            rng=random.Random(2), stream=server)
+    yield Streaming(sessions, server, pump, metrics)
+    sessions.close()
+
+
+def test_begin_replies_the_stream_port_and_a_token_of_its_own_per_session(
+        streaming: Streaming) -> None:
+    first, second = streaming.begin("b2"), streaming.begin("b3")
+    assert first["stream"]["port"] == second["stream"]["port"] == streaming.server.port
+    tokens = {first["stream"]["token"], second["stream"]["token"]}
+    assert len(tokens) == 2 and all(len(t) == TOKEN_BYTES for t in tokens)
+
+
+def test_the_replied_token_streams_the_sessions_snapshot_and_counts_its_bytes(
+        streaming: Streaming, tmp_path: Path) -> None:
+    reply = streaming.begin()
+    streaming.take(reply, tmp_path).finish()         # checks the whole file's checksum
+    size = reply["snapshots"][0]["size"]
+    counters = streaming.metrics.counters
+    streaming.pump.until(lambda: counters["copy_bytes_sent_total"] == size)
+    assert streaming.sessions.status()[0]["bytes_sent"] == size
+
+
+def test_a_token_opens_nothing_once_its_session_is_cancelled(
+        streaming: Streaming, tmp_path: Path) -> None:
+    reply = streaming.begin()
+    assert streaming.sessions.cancel(reply["session"], "target gave up")
+    with pytest.raises(StreamError, match="no snapshot of p1.0 in copy session"):
+        streaming.take(reply, tmp_path)
+
+
+def test_a_refused_stream_is_counted_as_an_authentication_failure(
+        streaming: Streaming, tmp_path: Path) -> None:
+    reply = streaming.begin()
+    with pytest.raises(StreamError, match="authentication failed"):
+        streaming.take(reply, tmp_path, token=bytes(TOKEN_BYTES))
+    counters = streaming.metrics.counters
+    streaming.pump.until(lambda: counters["stream_refused_total"] == 1)
+    assert counters["stream_auth_failures_total"] == 1
+    assert counters["stream_refused_auth_total"] == 1
+
+
+def test_close_stops_the_stream_server(streaming: Streaming) -> None:
+    port = streaming.server.port
+    streaming.sessions.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5.0).close()
