@@ -21,7 +21,8 @@ setup(
     },
     package_data={"dds": ["py.typed"], "twisted.plugins": ["dds_brick.py"]},
     install_requires=[
-        "twisted>=23.10",
+        "twisted[tls]>=23.10",
+        "cryptography>=41",
         "attrs>=23.1",
         "sqlite-utils>=3.35",
         "xxhash>=3.4",

@@ -26,10 +26,11 @@ from typing import Any
 
 import attrs
 
+from dds.auth import ROLES, Credentials, secret_env, secrets_from
 from dds.errors import ConfigError
 
 __all__ = [
-    "BrickConfig", "BrickSection", "BrickClusterSection", "LimitsSection", "TimeoutsSection",
+    "BrickConfig", "BrickSection", "BrickClusterSection", "AuthSection", "LimitsSection", "TimeoutsSection",
     "LogSection", "ClusterConfig", "ClusterSection", "BrickEntry", "Setting",
     "load_brick_config", "parse_brick_config", "load_cluster_config", "parse_cluster_config",
     "parse_address", "describe",
@@ -235,10 +236,17 @@ _NAME = r"[A-Za-z0-9_.-]{1,64}"
 @attrs.frozen(kw_only=True)
 class BrickSection:
     id: str = str_setting(None, "unique brick id (required)", pattern=_ID)
-    host: str = str_setting("127.0.0.1", "address to listen on and advertise to peers",
-                            check=_nonempty)
-    port: int = int_setting(7401, "RPC port (0 = pick a free port; the brick reports the "
-                            "chosen one)", lo=0, hi=65535)
+    host: str = str_setting("127.0.0.1", "address to listen on and advertise to peers, "
+                            "unless listen or advertise say otherwise", check=_nonempty)
+    listen: str = str_setting("", "address the RPC and stream ports bind (\"0.0.0.0\", "
+                              "\"::\", a container address); \"\" = host")
+    advertise: str = str_setting("", "address other hosts reach this brick at (a name or "
+                                 "address; named in copy-stream replies); \"\" = host")
+    port: int = int_setting(7401, "RPC port (0 = pick a free port, for dds-admin local up; "
+                            "the brick reports the chosen one)", lo=0, hi=65535)
+    stream_port: int = int_setting(7402, "copy-stream port: partition copies to recovering "
+                                   "and moving bricks (0 = pick a free port, for dds-admin "
+                                   "local up)", lo=0, hi=65535)
     data_dir: str = str_setting("", "where partition files and the map live; relative to the "
                                 "config file's directory; \"\" = data/<id>")
     durability: str = str_setting("disk", "memory: ack in memory, flush within memory_flush_ms"
@@ -252,8 +260,11 @@ class BrickSection:
                                         "milliseconds so batches grow; an idle brick syncs on "
                                         "the next reactor turn (0 = every turn; memory and "
                                         "disk modes write every turn)", lo=0, hi=100)
-    http_port: int = int_setting(0, "/metrics and /healthz HTTP port (0 = pick a free port, "
-                                 "-1 = disabled)", lo=-1, hi=65535)
+    http_port: int = int_setting(7403, "/metrics and /healthz HTTP port (0 = pick a free "
+                                 "port, for dds-admin local up; -1 = disabled)",
+                                 lo=-1, hi=65535)
+    http_listen: str = str_setting("", "address the HTTP port binds (metrics are often "
+                                   "scraped on another interface); \"\" = listen")
     allow_failpoints: bool = bool_setting(False, "accept 'failpoint' admin requests that "
                                           "crash or pause this brick (test clusters only)")
     full_lease_recovery: bool = bool_setting(False, "recovery fences writes to the source "
@@ -278,12 +289,37 @@ class BrickSection:
 class BrickClusterSection:
     name: str = str_setting("dds", "cluster name; the handshake refuses peers of another "
                             "cluster", pattern=_NAME)
-    secret: str = str_setting("", "shared secret for the HMAC handshake (DDS_SECRET in the "
-                              "environment and secret_file take precedence)", secret=True)
-    secret_file: str = str_setting("", "file holding the shared secret (stripped); relative "
-                                   "to the config file's directory")
+    secret: str = str_setting("", "no longer accepted (one secret was every role's): use "
+                              "the [auth] section", secret=True)
+    secret_file: str = str_setting("", "no longer accepted: use the [auth] section")
     seeds: tuple[str, ...] = list_setting("\"host:port\" of other bricks to gossip the map "
                                           "with", check=_address_problem)
+
+
+@attrs.frozen(kw_only=True)
+class AuthSection:
+    mode: str = str_setting("secret", "secret: one shared secret per role (HMAC handshake); "
+                            "tls: mutual TLS with certificates from the cluster CA "
+                            "(dds-admin certs)", choices=("secret", "tls"))
+    brick_secret_file: str = str_setting("", "secret mode: file holding the brick (peer) "
+                                         "role's secret, mode 0600, >= 32 bytes; "
+                                         "DDS_BRICK_SECRET overrides it")
+    admin_secret_file: str = str_setting("", "secret mode: file holding the admin role's "
+                                         "secret; DDS_ADMIN_SECRET overrides it")
+    client_secret_file: str = str_setting("", "secret mode: file holding the client role's "
+                                          "secret; DDS_CLIENT_SECRET overrides it")
+    ca_file: str = str_setting("", "tls mode: the cluster CA certificate (PEM)")
+    cert_file: str = str_setting("", "tls mode: this brick's certificate (role brick, PEM)")
+    key_file: str = str_setting("", "tls mode: this brick's private key (PEM, mode 0600)")
+    handshake_timeout_ms: int = int_setting(5000, "a connection that has not authenticated "
+                                            "within this long is closed", lo=100, hi=60_000)
+    max_unauthenticated: int = int_setting(256, "most connections still authenticating at "
+                                           "once; more are closed at once", lo=1, hi=100_000)
+    max_unauthenticated_per_source: int = int_setting(32, "most connections still "
+                                                      "authenticating at once from one "
+                                                      "address", lo=1, hi=100_000)
+    cert_warn_days: int = int_setting(30, "tls mode: warn this many days before this "
+                                      "brick's certificate expires", lo=0, hi=3650)
 
 
 @attrs.frozen(kw_only=True)
@@ -331,17 +367,30 @@ class BrickConfig:
 
     brick: BrickSection = section(BrickSection, "the brick itself")
     cluster: BrickClusterSection = section(BrickClusterSection, "the cluster it belongs to")
+    auth: AuthSection = section(AuthSection, "authentication: roles, secrets, TLS")
     limits: LimitsSection = section(LimitsSection, "size limits")
     timeouts: TimeoutsSection = section(TimeoutsSection, "timeouts, milliseconds")
     log: LogSection = section(LogSection, "logging")
-    #: The effective shared secret: DDS_SECRET, else secret_file's contents, else secret.
-    secret: bytes = attrs.field(repr=False)
+    #: What this brick presents (role brick) and verifies (every role).
+    credentials: Credentials = attrs.field(repr=False)
     #: brick.data_dir resolved against the config file's directory.
     data_dir: Path
     #: log.file resolved against the config file's directory; None = standard output.
     log_file: Path | None = None
     #: Where the configuration came from (file name or "<config>").
     source: str = "<config>"
+
+    @property
+    def listen_host(self) -> str:
+        return self.brick.listen or self.brick.host
+
+    @property
+    def advertise_host(self) -> str:
+        return self.brick.advertise or self.brick.host
+
+    @property
+    def http_host(self) -> str:
+        return self.brick.http_listen or self.listen_host
 
 
 # -- cluster configuration ---------------------------------------------------------------
@@ -451,24 +500,53 @@ def _resolve(base_dir: Path, text: str) -> Path:
     return p if p.is_absolute() else base_dir / p
 
 
-def _effective_secret(cluster: BrickClusterSection, base_dir: Path, env: Mapping[str, str],
-                      ctx: _Ctx) -> bytes:
-    if env.get("DDS_SECRET"):
-        return env["DDS_SECRET"].encode("utf-8")
-    if cluster.secret_file:
-        path = _resolve(base_dir, cluster.secret_file)
+def _credentials(cfg: Mapping[str, Any], base_dir: Path, env: Mapping[str, str],
+                 ctx: _Ctx) -> Credentials:
+    cluster: BrickClusterSection = cfg["cluster"]
+    auth: AuthSection = cfg["auth"]
+    for name in ("secret", "secret_file"):
+        if getattr(cluster, name):
+            raise ctx.error(f"cluster.{name}", "one secret for every role is no longer "
+                            "accepted (a client could act as an admin or a brick): put one "
+                            "secret per role in auth.brick_secret_file, "
+                            "auth.admin_secret_file and auth.client_secret_file, or use "
+                            "auth.mode = \"tls\"")
+    if auth.mode == "tls":
+        from dds.tls import load_tls_files
+        paths = {}
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(auth, name)
+            if not value:
+                raise ctx.error(f"auth.{name}", "required when auth.mode is \"tls\"")
+            paths[name] = _resolve(base_dir, value)
         try:
-            secret = path.read_bytes().strip()
-        except OSError as e:
-            raise ctx.error("cluster.secret_file", f"cannot read {str(path)!r}: "
-                            f"{e.strerror or e}") from None
-        if not secret:
-            raise ctx.error("cluster.secret_file", f"{str(path)!r} is empty")
-        return secret
-    if cluster.secret:
-        return cluster.secret.encode("utf-8")
-    raise ctx.error("cluster.secret", "no shared secret: set cluster.secret, "
-                    "cluster.secret_file or DDS_SECRET")
+            files = load_tls_files(paths["ca_file"], paths["cert_file"], paths["key_file"],
+                                   cluster=cluster.name, role="brick")
+        except ConfigError as e:
+            raise ConfigError(f"{ctx.source}: auth: {e.message}") from None
+        return Credentials("brick", {}, files)
+    files_by_role: dict[str, Path | None] = {}
+    where: dict[str, str] = {}
+    for role in ROLES:
+        value = getattr(auth, f"{role}_secret_file")
+        files_by_role[role] = _resolve(base_dir, value) if value else None
+        where[role] = f"{ctx.source}: auth.{role}_secret_file"
+    try:
+        secrets = secrets_from(env, files_by_role, where)
+    except ConfigError as e:
+        raise ConfigError(e.message) from None
+    missing = [r for r in ROLES if r not in secrets]
+    if missing:
+        hint = (" (DDS_SECRET, one secret for every role, is no longer read)"
+                if env.get("DDS_SECRET") else "")
+        raise ctx.error(f"auth.{missing[0]}_secret_file",
+                        f"no {missing[0]} secret: a brick needs one secret per role "
+                        f"({', '.join(ROLES)}) in auth.<role>_secret_file or "
+                        f"{secret_env(missing[0])}{hint}")
+    if len(set(secrets.values())) < len(ROLES):
+        raise ctx.error("auth", "the roles' secrets must differ: with one secret for two "
+                        "roles, either role can act as the other")
+    return Credentials("brick", secrets)
 
 
 # -- public API --------------------------------------------------------------------------
@@ -488,11 +566,16 @@ def parse_brick_config(data: Mapping[str, Any], source: str = "<config>",
             limits.max_frame_bytes:
         raise ctx.error("limits.max_frame_bytes", f"must exceed max_key_bytes + max_value_bytes"
                         f" by at least {FRAME_OVERHEAD_BYTES}, got {limits.max_frame_bytes}")
-    if brick.http_port > 0 and brick.http_port == brick.port:
-        raise ctx.error("brick.http_port", f"must differ from brick.port ({brick.port})")
+    ports = {"brick.port": brick.port, "brick.stream_port": brick.stream_port,
+             "brick.http_port": brick.http_port}
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port > 0 and port in seen:
+            raise ctx.error(name, f"must differ from {seen[port]} ({port})")
+        seen.setdefault(port, name)
     return BrickConfig(
         **sections,
-        secret=_effective_secret(sections["cluster"], base_dir, env, ctx),
+        credentials=_credentials(sections, base_dir, env, ctx),
         data_dir=_resolve(base_dir, brick.data_dir or f"data/{brick.id}"),
         log_file=_resolve(base_dir, log.file) if log.file else None,
         source=source,

@@ -1,4 +1,5 @@
-"""Opening authenticated RPC connections, shared by bricks (to peers) and the library."""
+"""Opening authenticated RPC connections, shared by bricks (to peers), the library and
+``dds-admin``: plain TCP with the shared-secret handshake, or mutual TLS (``dds.tls``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
 from twisted.internet.interfaces import IReactorTCP, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 
+from dds.auth import Credentials
 from dds.errors import DDSError, Unavailable
 from dds.metrics import Metrics
 from dds.rpc import Handler, RPCProtocol
@@ -20,17 +22,34 @@ from dds.rpc import Handler, RPCProtocol
 log = Logger()
 
 
+def credentials_of(credentials: Credentials | None, secret: bytes | str | None,
+                   role: str) -> Credentials:
+    """``credentials``, or a shared secret for ``role``: the short form callers use."""
+    if credentials is not None:
+        return credentials
+    if secret is None:
+        raise ValueError("give credentials= or secret=")
+    return Credentials.shared(role, secret)
+
+
 async def open_connection(reactor: Any, host: str, port: int, *, node_id: str,
-                          cluster: str, secret: bytes, max_frame: int,
+                          cluster: str, max_frame: int,
+                          credentials: Credentials | None = None,
+                          secret: bytes | str | None = None, role: str = "client",
                           timeout: float = 5.0, handler: Handler | None = None,
                           metrics: Metrics | None = None) -> RPCProtocol:
-    """Connect and complete the handshake; ``Unavailable`` names the address on failure,
-    ``AuthenticationFailed`` on a wrong secret or cluster."""
+    """Connect and complete the handshake as ``credentials`` (or as ``role`` with its
+    shared ``secret``); ``Unavailable`` names the address on failure,
+    ``AuthenticationFailed`` on a wrong secret, certificate or cluster."""
     clock: IReactorTime = reactor
-    proto = RPCProtocol(is_client=True, node_id=node_id, cluster=cluster, secret=secret,
+    creds = credentials_of(credentials, secret, role)
+    proto = RPCProtocol(is_client=True, node_id=node_id, cluster=cluster, credentials=creds,
                         clock=clock, handler=handler, max_frame=max_frame, metrics=metrics,
                         handshake_timeout=timeout)
     endpoint = _endpoint(reactor, host, port, timeout)
+    if creds.tls is not None:
+        from twisted.internet.endpoints import wrapClientTLS
+        endpoint = wrapClientTLS(_client_tls(creds.tls), endpoint)
     try:
         await connectProtocol(endpoint, proto)
     except Exception as e:
@@ -41,6 +60,19 @@ async def open_connection(reactor: Any, host: str, port: int, *, node_id: str,
         proto.close()
         raise
     return proto
+
+
+#: TLS client options by the files they were made of: an OpenSSL context costs far more
+#: than a connection, so each process makes one per set of credentials.
+_tls_options: dict[int, tuple[Any, Any]] = {}
+
+
+def _client_tls(files: Any) -> Any:
+    hit = _tls_options.get(id(files))
+    if hit is None or hit[0] is not files:
+        from dds.tls import client_options
+        hit = _tls_options[id(files)] = (files, client_options(files))
+    return hit[1]
 
 
 def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
@@ -66,7 +98,8 @@ def _reason(e: BaseException) -> str:
 
 #: How connections are opened: ``open_connection`` over TCP, or an in-memory network in
 #: protocol tests and the deterministic simulation.  Called as
-#: ``opener(reactor, host, port, node_id=…, cluster=…, secret=…, max_frame=…, metrics=…)``.
+#: ``opener(reactor, host, port, node_id=…, cluster=…, credentials=…, max_frame=…,
+#: metrics=…)``.
 Opener = Callable[..., Awaitable[RPCProtocol]]
 
 

@@ -145,6 +145,13 @@ class AuthenticationFailed(DDSError):
     code = "auth"
 
 
+class PermissionDenied(DDSError):
+    """The request is outside the role the connection authenticated as (DESIGN §10): a
+    client asked for an admin or peer operation, say.  Nothing was applied."""
+
+    code = "permission_denied"
+
+
 class ConfigError(DDSError):
     """A configuration file or setting is invalid; the message names the setting."""
 
@@ -180,6 +187,7 @@ def from_wire(body: Any) -> DDSError:
     """Rebuild an error sent by a peer; an unknown or malformed one becomes ``DDSError``."""
     if not isinstance(body, dict):
         return ProtocolError(f"malformed error body: {body!r:.80}")
-    cls = _BY_CODE.get(body.get("code", ""), DDSError)
+    code = body.get("code")
+    cls = _BY_CODE.get(code, DDSError) if isinstance(code, str) else DDSError
     msg = body.get("msg")
     return cls(msg if isinstance(msg, str) else "", body.get("data"))

@@ -38,11 +38,20 @@ def _pair(value: Any) -> tuple[int, int]:
 
 _REGISTRY: dict[str, type["Message"]] = {}
 
+#: Who may send a request (DESIGN §10), declared on each class for both ends, as its
+#: fields are.  ``client``: the library (reads, the 2PC of its own writes, the map, asking
+#: for an exclusion); ``admin``: ``dds-admin``; ``brick``: peer traffic.
+ANY_ROLE: frozenset[str] = frozenset({"client", "admin", "brick"})
+STAFF: frozenset[str] = frozenset({"admin", "brick"})
+PEERS: frozenset[str] = frozenset({"brick"})
+
 
 class Message:
-    """Base: ``TYPE`` names the frame type; ``to_wire`` gives the body dict."""
+    """Base: ``TYPE`` names the frame type; ``to_wire`` gives the body dict; ``ROLES``
+    the roles that may send it (admin and brick unless a class says otherwise)."""
 
     TYPE: ClassVar[str] = ""
+    ROLES: ClassVar[frozenset[str]] = STAFF
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -51,6 +60,13 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
+
+
+def roles_of(mtype: str) -> frozenset[str]:
+    """The roles that may send ``mtype``; every role for an unknown type, whose decoding
+    then names the problem."""
+    cls = _REGISTRY.get(mtype)
+    return ANY_ROLE if cls is None else cls.ROLES
 
 
 def decode_request(mtype: str, body: Any) -> Message:
@@ -83,6 +99,7 @@ class Get(Message):
     """Read one key.  Reply: ``{"value": bytes|None, "version": int}``."""
 
     TYPE: ClassVar[str] = "get"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     pid: str = attrs.field(validator=_str)
     key: bytes = attrs.field(validator=_bytes)
     rg: str = attrs.field(validator=_str)
@@ -104,6 +121,7 @@ class Prepare(Message):
     error reply (``Locked``, ``Exists``, ``VersionMismatch``, ``StaleMap``, ``NotServing``)."""
 
     TYPE: ClassVar[str] = "prepare"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     txid: TxnId = attrs.field(converter=_pair)
     ts: tuple[int, int] = attrs.field(converter=_pair)
     pid: str = attrs.field(validator=_str)
@@ -129,6 +147,7 @@ class Commit(Message):
     """Phase two, commit.  Reply: ``{"version": new}``."""
 
     TYPE: ClassVar[str] = "commit"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     txid: TxnId = attrs.field(converter=_pair)
 
 
@@ -137,6 +156,7 @@ class Abort(Message):
     """Phase two, abort.  Reply: ``{}``."""
 
     TYPE: ClassVar[str] = "abort"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     txid: TxnId = attrs.field(converter=_pair)
 
 
@@ -147,6 +167,7 @@ class MapGet(Message):
     """Reply: ``{"map": [record, ...]}`` (canonical record encodings)."""
 
     TYPE: ClassVar[str] = "map_get"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
 
 
 @attrs.frozen
@@ -155,6 +176,7 @@ class MapPush(Message):
     Reply: ``{"adopted": int, "conflicts": [record id, ...]}``."""
 
     TYPE: ClassVar[str] = "map_push"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     records: list[Any] = attrs.field(validator=v.instance_of(list))
 
 
@@ -163,6 +185,7 @@ class Gossip(Message):
     """Digest exchange.  Reply: ``{"records": [newer records], "want": [record ids]}``."""
 
     TYPE: ClassVar[str] = "gossip"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     digest: list[Any] = attrs.field(validator=v.instance_of(list))
 
 
@@ -189,6 +212,7 @@ class Ping(Message):
     """Reply: ``{}``; used by liveness checks and the echo floor."""
 
     TYPE: ClassVar[str] = "ping"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
 
 
 @attrs.frozen
@@ -200,6 +224,7 @@ class TxnState(Message):
     from its data: the key at ``new_version`` or later means it was committed there."""
 
     TYPE: ClassVar[str] = "txn_state"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     txid: TxnId = attrs.field(converter=_pair)
     pid: str | None = attrs.field(default=None, validator=v.optional(_str))
     key: bytes | None = attrs.field(default=None, validator=_opt_bytes)
@@ -275,6 +300,7 @@ class Lease(Message):
     period, counted from when the grantor received the request."""
 
     TYPE: ClassVar[str] = "lease"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     holder: str = attrs.field(validator=_str)
     rgs: list[str] = attrs.field(validator=v.deep_iterable(_str, v.instance_of(list)))
 
@@ -294,6 +320,7 @@ class RGChange(Message):
     votes), or ``StaleMap`` with this brick's newer record."""
 
     TYPE: ClassVar[str] = "rg_change"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     rg: str = attrs.field(validator=_str)
     version: int = attrs.field(validator=_u64)
     fp: int = attrs.field(validator=_u32)
@@ -310,6 +337,7 @@ class RecordPrepare(Message):
     own grant to it.  Reply: ``{}`` (YES) or ``Refused``/``StaleMap`` (NO)."""
 
     TYPE: ClassVar[str] = "record_prepare"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     change: tuple[int, int] = attrs.field(converter=_pair)
     coordinator: str = attrs.field(validator=_str)
     old_version: int = attrs.field(validator=_u64)
@@ -328,6 +356,7 @@ class RecordDecide(Message):
     lock).  Reply: ``{}``."""
 
     TYPE: ClassVar[str] = "record_decide"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     change: tuple[int, int] = attrs.field(converter=_pair)
     commit: bool = attrs.field(validator=v.instance_of(bool))
     record: list[Any] | None = attrs.field(default=None,
@@ -342,6 +371,7 @@ class RecordState(Message):
     newer record answers ``aborted`` and can no longer commit it."""
 
     TYPE: ClassVar[str] = "record_state"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     change: tuple[int, int] = attrs.field(converter=_pair)
     rg: str = attrs.field(validator=_str)
 
@@ -362,6 +392,7 @@ class CopyBegin(Message):
     """
 
     TYPE: ClassVar[str] = "copy_begin"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     rg: str = attrs.field(validator=_str)
     target: str = attrs.field(validator=_str)
     full_lease: bool = attrs.field(default=False, validator=v.instance_of(bool))
@@ -379,6 +410,7 @@ class CopyChunk(Message):
     """One chunk of a snapshot.  Reply: ``{"data": bytes, "checksum": xxh64 of data}``."""
 
     TYPE: ClassVar[str] = "copy_chunk"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     session: int = attrs.field(validator=_session)
     pid: str = attrs.field(validator=_str)
     offset: int = attrs.field(validator=_u64)
@@ -402,6 +434,7 @@ class CopyDelta(Message):
     most ``limit``.  Reply: ``{"rows": [[key, value, version, lsn], ...], "more": bool}``."""
 
     TYPE: ClassVar[str] = "copy_delta"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     session: int = attrs.field(validator=_session)
     pid: str = attrs.field(validator=_str)
     after_lsn: int = attrs.field(validator=_u64)
@@ -415,6 +448,7 @@ class Readmit(Message):
     to make it active (DESIGN §5), then lifts the fence.  Reply: ``{"record": new}``."""
 
     TYPE: ClassVar[str] = "readmit"
+    ROLES: ClassVar[frozenset[str]] = PEERS
     session: int = attrs.field(validator=_session)
     checksums: dict[str, int] = attrs.field(factory=dict, validator=v.instance_of(dict))
 

@@ -1,13 +1,25 @@
-"""Multiplexed request/response over framed msgpack, with a mutual HMAC handshake.
+"""Multiplexed request/response over framed msgpack, with a mutual authentication.
 
 One ``RPCProtocol`` serves both ends of a connection.  Requests carry a request id and
 are answered out of order; either side may send requests once the handshake is done
-(bricks call each other for gossip).  The handshake proves to each side that the other
-knows the cluster's shared secret, without sending it:
+(bricks call each other for gossip).  The connecting side names its **role** (DESIGN §10:
+``brick``, ``admin`` or ``client``, ``dds.auth``), and the handshake proves it:
 
+    client → HELLO0 {proto}                    (plain text only: the client speaks first)
     server → HELLO  {proto, cluster, node, nonce_s}
-    client → HELLO2 {proto, cluster, node, nonce_c, mac = HMAC(secret, "c" nonce_s nonce_c …)}
-    server → HELLO3 {mac = HMAC(secret, "s" nonce_c nonce_s …)}
+    client → HELLO2 {proto, cluster, node, role, nonce_c,
+                     mac = HMAC(secret[role], "c" nonce_s nonce_c …)}
+    server → HELLO3 {mac = HMAC(secret[role], "s" nonce_c nonce_s …)}
+
+With shared secrets, each role has its own secret: a brick holds all three and checks the
+MAC with the secret of the role claimed, so a client's secret proves nothing but "client".
+With mutual TLS (``dds.tls``) the same messages run inside the TLS session without MACs,
+and the role, id and cluster are read from the peer's certificate, never from its claims.
+
+Before the handshake is done a peer is a stranger, and gets little: frames of at most
+``PREAUTH_MAX_FRAME`` bytes, decoded with small element limits, only handshake messages,
+and a time limit.  Failures are counted in metrics and logged at a bounded rate
+(``dds.ratelimit``); the id a peer claims is never logged before it is proven.
 
 Once ready, the messages sent to one peer during a reactor iteration go out together at
 its end (``callLater(0)``, one for all the connections of a reactor): one frame
@@ -43,13 +55,20 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dds.auth import ROLES, Credentials
 from dds.codec import DEFAULT_MAX_FRAME, decode_payload, encode_frame, pack
 from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, FrameTooLarge,
                         InternalError, ProtocolError, Timeout, from_wire)
 from dds.metrics import Metrics
+from dds.ratelimit import LogLimiter
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HANDSHAKE_TIMEOUT_S = 10.0
+#: The largest frame a peer may send before it has authenticated: a handshake message
+#: is a few hundred bytes.
+PREAUTH_MAX_FRAME = 4096
+#: A TLS record of type handshake starts with this byte: a TLS client on a plain port.
+_TLS_HANDSHAKE_BYTE = 0x16
 #: Messages of a turn go out as one frame only up to this size; beyond it (a partition
 #: copy's chunks), each goes in a frame of its own.
 BATCH_MAX_BYTES = 1 << 20
@@ -64,6 +83,13 @@ _length = struct.Struct(">I").unpack_from
 #: ``msgpack.unpackb`` with its defaults, which are the codec's (``raw=False``,
 #: ``strict_map_key=True``): ``decode_payload``'s decoding without the keywords.
 _unpackb = msgpack.unpackb
+
+
+def _unpack_preauth(payload: bytes | bytearray) -> Any:
+    """Decode a stranger's frame with small element limits: its cost stays bounded by
+    the handshake's few fields, whatever the frame is made of."""
+    return msgpack.unpackb(payload, max_str_len=1024, max_bin_len=1024, max_array_len=16,
+                           max_map_len=16, max_ext_len=0)
 
 Handler = Callable[[str, Any, "RPCProtocol"], Any]
 #: ``request``'s callback: called once with ``arg`` and the reply body, or with the
@@ -160,6 +186,19 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+#: Handshake failures and malformed frames logged, per process: a flood of strangers
+#: costs a bounded amount of log (each is still counted in metrics).
+_log_limiters: weakref.WeakKeyDictionary[IReactorTime, LogLimiter] = \
+    weakref.WeakKeyDictionary()
+
+
+def _limited(clock: IReactorTime) -> LogLimiter:
+    limiter = _log_limiters.get(clock)
+    if limiter is None:
+        limiter = _log_limiters[clock] = LogLimiter(clock, RPCProtocol.log)
+    return limiter
+
+
 def _mac(secret: bytes, tag: bytes, *parts: bytes) -> bytes:
     h = hmac.new(secret, tag, hashlib.sha256)
     for p in parts:
@@ -171,14 +210,21 @@ def _mac(secret: bytes, tag: bytes, *parts: bytes) -> bytes:
 class RPCProtocol(Protocol):
     log = Logger()
 
-    def __init__(self, *, is_client: bool, node_id: str, cluster: str, secret: bytes,
-                 clock: IReactorTime, handler: Handler | None = None,
+    def __init__(self, *, is_client: bool, node_id: str, cluster: str,
+                 credentials: Credentials, clock: IReactorTime,
+                 handler: Handler | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, metrics: Metrics | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.is_client = is_client
         self.node_id = node_id
         self.cluster = cluster
-        self._secret = secret
+        self.credentials = credentials
+        #: The role the peer proved (a server's peer) or that this side proved (a
+        #: client's, whose peer is always a brick); None until the handshake is done.
+        self.peer_role: str | None = None
+        #: The id the peer claimed, not yet proven: never logged.
+        self._claimed_id = ""
+        self._log_limited = _limited(clock)
         self.clock = clock
         self.handler = handler
         self.metrics = metrics if metrics is not None else Metrics()
@@ -218,10 +264,15 @@ class RPCProtocol(Protocol):
     def connectionMade(self) -> None:
         self._hs_timer = self.clock.callLater(self._handshake_timeout,
                                               self._handshake_timed_out)
+        if self.is_client and self.credentials.tls is None:
+            # A plain-text client speaks first, so that a TLS brick (which waits for a
+            # TLS ClientHello) sees at once that it is not TLS and can say so.
+            self._send("hello0", 0, {"proto": PROTOCOL_VERSION})
         if not self.is_client:
             self._send("hello", 0, {"proto": PROTOCOL_VERSION, "cluster": self.cluster,
                                     "node": self.node_id, "nonce": self._nonce,
-                                    "features": list(FEATURES)})
+                                    "features": list(FEATURES),
+                                    "auth": self.credentials.mode})
 
     def _handshake_timed_out(self) -> None:
         self._hs_timer = None
@@ -235,8 +286,13 @@ class RPCProtocol(Protocol):
             self._hs_timer.cancel()
         self._hs_timer = None
         if not self.ready.called:
-            self.ready.errback(ConnectionLost(
-                f"connection closed during handshake: {reason.getErrorMessage()}"))
+            tls = _tls_problem(reason)
+            if tls is not None:
+                self._count_failure(tls)
+                self.ready.errback(tls)
+            else:
+                self.ready.errback(ConnectionLost(
+                    f"connection closed during handshake: {reason.getErrorMessage()}"))
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
         self._sweeper = None
@@ -291,12 +347,23 @@ class RPCProtocol(Protocol):
         if buf:
             buf += data
             chunk = buf
-        pos, end, limit = 0, len(chunk), self.max_frame
+        pos, end = 0, len(chunk)
+        ready = True
         self._reading = not self.is_client
         try:
             while end - pos >= 4:
+                # Checked per frame: the handshake's last message and the first requests
+                # may arrive in one read.
+                ready = self.state is State.READY
+                limit = self.max_frame if ready else PREAUTH_MAX_FRAME
                 n = _length(chunk, pos)[0]
                 if n > limit:
+                    if not ready and chunk[pos] == _TLS_HANDSHAKE_BYTE:
+                        raise ProtocolError("a TLS handshake arrived, but this side does "
+                                            "not use TLS (auth.mode = \"secret\")")
+                    if not ready:
+                        raise FrameTooLarge(f"frame of {n} bytes before authentication "
+                                            f"exceeds the limit of {limit} bytes")
                     raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of "
                                         f"{limit} bytes")
                 start = pos + 4
@@ -308,7 +375,7 @@ class RPCProtocol(Protocol):
                     return
                 payload = chunk[start:pos]
                 try:
-                    obj = _unpackb(payload)
+                    obj = _unpackb(payload) if ready else _unpack_preauth(payload)
                 except Exception:
                     obj = None
                 if type(obj) is list and len(obj) == 3:
@@ -324,9 +391,12 @@ class RPCProtocol(Protocol):
                 if self.state is not State.READY:
                     return
         except ProtocolError as e:  # oversize frame: the stream is no longer usable
-            self.metrics.inc("frames_oversize_total")
-            self.log.warn("dropping connection from {peer}: {error}",
-                          peer=self._peer_name(), error=e.message)
+            self.metrics.inc("frames_oversize_total" if isinstance(e, FrameTooLarge)
+                             else "frames_malformed_total")
+            if not ready:
+                self.metrics.inc("handshake_failures_total")
+            self._log_limited.warn("dropping connection from {peer}: {error}",
+                                   peer=self._peer_name(), error=e.message)
             if self.state is State.READY or not self.is_client:
                 self._send("err", 0, e.to_wire())
             self._abort(e)
@@ -356,24 +426,25 @@ class RPCProtocol(Protocol):
     def _malformed(self, payload: bytes | bytearray) -> None:
         """A frame that is not ``[type, request_id, body]``: answered with an error (or,
         during the handshake, the end of the connection), logged and counted."""
+        if self.state is not State.READY:
+            self.metrics.inc("frames_malformed_total")
+            self._fail_handshake(ProtocolError("malformed handshake frame"))
+            return
         try:
             decode_payload(payload)
             e = ProtocolError("malformed frame")
         except ProtocolError as error:
             e = error
         self.metrics.inc("frames_malformed_total")
-        self.log.warn("malformed frame from {peer}: {error}", peer=self._peer_name(),
-                      error=e.message)
-        if self.state is not State.READY:
-            self._fail_handshake(e)
-            return
+        self._log_limited.warn("malformed frame from {peer}: {error}",
+                               peer=self._peer_name(), error=e.message)
         self._send("err", 0, e.to_wire())
 
     def _peer_name(self) -> str:
+        """The proven id of the peer, or its address while it is a stranger."""
         if self.peer_id:
             return self.peer_id
-        peer = self.transport.getPeer() if self.transport is not None else None
-        return str(getattr(peer, "host", "?")) + ":" + str(getattr(peer, "port", "?"))
+        return self._address()
 
     def _abort(self, error: DDSError) -> None:
         if not self.ready.called:
@@ -401,42 +472,77 @@ class RPCProtocol(Protocol):
                 raise from_wire(body)
             if not isinstance(body, dict):
                 raise ProtocolError(f"malformed handshake message {mtype!r:.20}")
+            if self.state is State.AWAIT_HELLO2 and mtype == "hello0":
+                return      # a plain-text client's opening word (see connectionMade)
             if self.state is State.AWAIT_HELLO and mtype == "hello":
                 self._check_peer(body)
                 self._peer_nonce = _nonce(body)
-                self._send("hello2", 0, {
-                    "proto": PROTOCOL_VERSION, "cluster": self.cluster,
-                    "node": self.node_id, "nonce": self._nonce,
-                    "features": list(FEATURES),
-                    "mac": self._proof(b"c", self._peer_nonce, self._nonce)})
+                role = self.credentials.role
+                hello2 = {"proto": PROTOCOL_VERSION, "cluster": self.cluster,
+                          "node": self.node_id, "role": role, "nonce": self._nonce,
+                          "features": list(FEATURES)}
+                if self.credentials.tls is None:
+                    hello2["mac"] = self._proof(b"c", self._peer_nonce, self._nonce, role)
+                self._send("hello2", 0, hello2)
                 self.state = State.AWAIT_HELLO3
             elif self.state is State.AWAIT_HELLO2 and mtype == "hello2":
                 self._check_peer(body)
                 self._peer_nonce = _nonce(body)
-                expected = self._proof(b"c", self._nonce, self._peer_nonce)
-                if not hmac.compare_digest(expected, _bytes(body.get("mac"))):
-                    raise AuthenticationFailed(
-                        f"node {self.peer_id!r} failed authentication: wrong shared secret")
-                self._send("hello3", 0, {"mac": self._proof(b"s", self._peer_nonce,
-                                                            self._nonce)})
-                self._become_ready()
+                claimed = body.get("role")
+                if not isinstance(claimed, str) or claimed not in ROLES:
+                    raise ProtocolError(f"handshake: unknown role {claimed!r:.20} (expected "
+                                        f"one of {', '.join(ROLES)})")
+                role = claimed
+                hello3: dict[str, Any] = {}
+                if self.credentials.tls is None:
+                    secret = self.credentials.secret(role)
+                    expected = self._proof(b"c", self._nonce, self._peer_nonce, role)
+                    if secret is None or not hmac.compare_digest(expected,
+                                                                 _bytes(body.get("mac"))):
+                        raise AuthenticationFailed(
+                            f"authentication as {role} failed: wrong shared secret for "
+                            f"the {role} role")
+                    hello3["mac"] = self._proof(b"s", self._peer_nonce, self._nonce, role)
+                else:
+                    self._claimed_id = self._certified(role)
+                self._send("hello3", 0, hello3)
+                self._become_ready(role)
             elif self.state is State.AWAIT_HELLO3 and mtype == "hello3":
-                expected = self._proof(b"s", self._nonce, self._peer_nonce)
-                if not hmac.compare_digest(expected, _bytes(body.get("mac"))):
-                    raise AuthenticationFailed(
-                        f"brick {self.peer_id!r} failed authentication: wrong shared secret")
-                self._become_ready()
+                role = self.credentials.role
+                if self.credentials.tls is None:
+                    expected = self._proof(b"s", self._nonce, self._peer_nonce, role)
+                    if not hmac.compare_digest(expected, _bytes(body.get("mac"))):
+                        raise AuthenticationFailed(
+                            f"the brick at {self._address()} failed authentication: it "
+                            f"does not hold this cluster's {role} secret")
+                else:
+                    self._claimed_id = self._certified("brick")
+                self._become_ready(role)
             else:
                 raise ProtocolError(f"unexpected {mtype!r:.20} during handshake "
                                     f"({self.state.value})")
         except DDSError as e:
             self._fail_handshake(e)
 
-    def _proof(self, tag: bytes, nonce_s: bytes, nonce_c: bytes) -> bytes:
-        client, server = ((self.node_id, self.peer_id) if self.is_client
-                          else (self.peer_id, self.node_id))
-        return _mac(self._secret, tag, nonce_s, nonce_c, self.cluster.encode(),
-                    (client or "").encode(), (server or "").encode())
+    def _certified(self, role: str) -> str:
+        """TLS mode: the peer's id from its certificate, which must name this cluster
+        and ``role`` (a server checks the role claimed; a client expects a brick)."""
+        from dds.tls import peer_identity
+        ident = peer_identity(self.transport)
+        if ident.cluster != self.cluster:
+            raise AuthenticationFailed(f"certificate of {self._address()} names cluster "
+                                       f"{ident.cluster!r:.64}, not {self.cluster!r}")
+        if ident.role != role:
+            raise AuthenticationFailed(f"certificate of {self._address()} is for role "
+                                       f"{ident.role!r}, not {role!r}")
+        return ident.id
+
+    def _proof(self, tag: bytes, nonce_s: bytes, nonce_c: bytes, role: str) -> bytes:
+        client, server = ((self.node_id, self._claimed_id) if self.is_client
+                          else (self._claimed_id, self.node_id))
+        secret = self.credentials.secret(role) or b""
+        return _mac(secret, tag, nonce_s, nonce_c, self.cluster.encode(), role.encode(),
+                    client.encode(), server.encode())
 
     def _check_peer(self, body: dict[str, Any]) -> None:
         if body.get("proto") != PROTOCOL_VERSION:
@@ -448,24 +554,37 @@ class RPCProtocol(Protocol):
         node = body.get("node")
         if not isinstance(node, str) or not node or len(node) > 128:
             raise ProtocolError("handshake: missing or bad node id")
-        self.peer_id = node
+        self._claimed_id = node
         # A peer that announces nothing (an older version) gets one frame per message.
         features = body.get("features")
         if isinstance(features, list):
             self.peer_features = frozenset(f for f in features if isinstance(f, str))
         self._peer_batches = "batch" in self.peer_features
 
-    def _become_ready(self) -> None:
+    def _become_ready(self, role: str) -> None:
         self.state = State.READY
+        self.peer_id = self._claimed_id
+        self.peer_role = role
         if self._hs_timer is not None and self._hs_timer.active():
             self._hs_timer.cancel()
         self._hs_timer = None
         self.ready.callback(self)
 
-    def _fail_handshake(self, error: DDSError) -> None:
+    def _address(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host = str(getattr(peer, "host", "?"))
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{getattr(peer, 'port', '?')}"
+
+    def _count_failure(self, error: DDSError) -> None:
         self.metrics.inc("handshake_failures_total")
-        self.log.warn("handshake with {peer} failed: {error}", peer=self._peer_name(),
-                      error=error.message)
+        if isinstance(error, AuthenticationFailed):
+            self.metrics.inc("auth_failures_total")
+        self._log_limited.warn("handshake with {peer} failed: {error}",
+                               peer=self._address(), error=error.message)
+
+    def _fail_handshake(self, error: DDSError) -> None:
+        self._count_failure(error)
         if self.transport is not None and self.state is not State.CLOSED:
             if not (self.is_client and isinstance(error, AuthenticationFailed)
                     and self.state is State.AWAIT_HELLO3):
@@ -595,6 +714,25 @@ class RPCProtocol(Protocol):
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else b""
+
+
+def _tls_problem(reason: Failure) -> AuthenticationFailed | None:
+    """A TLS failure as an error that says what went wrong, or None for anything else."""
+    try:
+        from OpenSSL.SSL import Error as SSLError
+    except ImportError:     # pragma: no cover -- pyOpenSSL is a dependency
+        return None
+    if not reason.check(SSLError):
+        return None
+    text = str(reason.value)
+    hint = ""
+    if "wrong version number" in text or "packet length too long" in text \
+            or "record layer failure" in text or "http request" in text:
+        hint = " (the other side does not speak TLS: is auth.mode \"tls\" on both sides?)"
+    elif "certificate verify failed" in text or "unknown ca" in text \
+            or "bad certificate" in text or "certificate required" in text:
+        hint = " (the certificate is not from this cluster's CA, expired, or missing)"
+    return AuthenticationFailed(f"TLS handshake failed: {text:.200}{hint}")
 
 
 def _nonce(body: dict[str, Any]) -> bytes:

@@ -18,6 +18,7 @@ from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import provider
 
 from dds import errors
+from dds.auth import Credentials
 from dds.codec import FrameDecoder, FrameTooLarge, decode_payload, encode_frame
 from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, InvalidRequest,
                         ProtocolError, Timeout, from_wire)
@@ -27,6 +28,12 @@ from tests.sim.network import Connection, MemoryNetwork, SimCluster, as_deferred
 CLUSTER = "dds"
 SECRET = b"s"
 HOST, PORT = "10.0.0.1", 7000
+
+
+def _server_credentials(client_secret: bytes) -> Credentials:
+    """A brick's: every role's secret, the client role's being ``client_secret``."""
+    return Credentials("brick", {"client": client_secret, "admin": client_secret + b"-a",
+                                 "brick": client_secret + b"-b"})
 
 
 class Server:
@@ -45,7 +52,8 @@ class Server:
         class F(Factory):
             def buildProtocol(self, addr: Any) -> RPCProtocol:
                 p = RPCProtocol(is_client=False, node_id="server", cluster=cluster,
-                                secret=secret, clock=net.clock, handler=server.handle,
+                                credentials=_server_credentials(secret), clock=net.clock,
+                                handler=server.handle,
                                 max_frame=max_frame)
                 # Nobody awaits a server's ``ready``: its failures are logged and counted
                 # by the protocol itself.
@@ -143,7 +151,8 @@ def test_wrong_secret_fails_authentication_closes_and_calls_no_handler(
         net: MemoryNetwork) -> None:
     server = Server(net)
     client = EagerClient(is_client=True, node_id="intruder", cluster=CLUSTER,
-                         secret=b"wrong", clock=net.clock)
+                         credentials=Credentials.shared("client", b"wrong"),
+                         clock=net.clock)
     net.connect(HOST, PORT, client, name="intruder")
     error = net.fail_of(client.ready)
     assert isinstance(error, AuthenticationFailed)
@@ -550,8 +559,8 @@ class OldClient(RPCProtocol):
 def test_a_peer_that_does_not_offer_batches_gets_a_frame_per_message(
         net: MemoryNetwork) -> None:
     server = Server(net)
-    client = OldClient(is_client=True, node_id="old", cluster=CLUSTER, secret=SECRET,
-                       clock=net.clock)
+    client = OldClient(is_client=True, node_id="old", cluster=CLUSTER,
+                       credentials=Credentials.shared("client", SECRET), clock=net.clock)
     net.connect(HOST, PORT, client, name="old")
     net.run(client.ready)
     to_client = frames_to(net, side=0)

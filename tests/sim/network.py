@@ -53,7 +53,9 @@ from zope.interface import implementer
 
 from dds.bricks.server import Brick
 from dds.bricks.partstore import ReadResult
+from dds.auth import MIN_SECRET_BYTES, ROLES, Credentials, secret_env
 from dds.config import BrickConfig, parse_brick_config
+from dds.connect import credentials_of
 from dds.connect import Opener
 from dds.errors import DDSError, Unavailable
 from dds.lib.client import DDSClient
@@ -236,11 +238,14 @@ class MemoryNetwork:
         net = self
 
         async def open_memory(reactor: Any, host: str, port: int, *, node_id: str,
-                              cluster: str, secret: bytes, max_frame: int,
+                              cluster: str, max_frame: int,
+                              credentials: Credentials | None = None,
+                              secret: bytes | str | None = None, role: str = "client",
                               timeout: float = 5.0, handler: Handler | None = None,
                               metrics: Metrics | None = None) -> RPCProtocol:
             proto = RPCProtocol(is_client=True, node_id=node_id, cluster=cluster,
-                                secret=secret, clock=reactor, handler=handler,
+                                credentials=credentials_of(credentials, secret, role),
+                                clock=reactor, handler=handler,
                                 max_frame=max_frame, metrics=metrics,
                                 handshake_timeout=timeout)
             net.connect(host, port, proto, name=node_id)
@@ -550,7 +555,11 @@ class SimCluster:
                  gossip: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.name = name
-        self.secret = secret
+        #: One secret per role (DESIGN §10), made long enough from ``secret``; clients
+        #: connect with the client role's (``self.secret``).
+        self.secrets = {role: f"{secret}-{role}-".ljust(MIN_SECRET_BYTES, "x")
+                        for role in ROLES}
+        self.secret = self.secrets["client"]
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.config_overrides = config or {}
@@ -594,15 +603,17 @@ class SimCluster:
         data: dict[str, dict[str, Any]] = {
             "brick": {"id": f"b{i}", "host": "127.0.0.1", "port": BASE_PORT + i,
                       "data_dir": str(self.data_dir / f"b{i}"), "durability": "disk",
+                      "stream_port": 0,
                       "http_port": -1},
-            "cluster": {"name": self.name, "secret": self.secret},
+            "cluster": {"name": self.name},
             "limits": {"max_key_bytes": self.max_key_bytes,
                        "max_value_bytes": self.max_value_bytes},
             "timeouts": {},
         }
         for section, values in self.config_overrides.items():
             data.setdefault(section, {}).update(values)
-        return parse_brick_config(data, source=f"<sim b{i}>", env={})
+        env = {secret_env(role): value for role, value in self.secrets.items()}
+        return parse_brick_config(data, source=f"<sim b{i}>", env=env)
 
     def brick_record(self, i: int, version: int = 1) -> BrickRecord:
         return BrickRecord(f"b{i}", version, "127.0.0.1", BASE_PORT + i, host=f"host{i}")
@@ -687,7 +698,8 @@ class SimCluster:
         proto: RPCProtocol = self.run(open_(
             self.clock, b.config.brick.host, b.config.brick.port,
             node_id=name or f"raw{next(self._raw)}", cluster=self.name,
-            secret=self.secret.encode(), max_frame=b.config.limits.max_frame_bytes,
+            secret=self.secrets["brick"].encode(), role="brick",
+            max_frame=b.config.limits.max_frame_bytes,
             handler=handler))
         return proto
 

@@ -16,11 +16,13 @@ from dds.config import (
 from dds.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-ENV = {"DDS_SECRET": "s3cret"}
+#: One secret per role, each long enough (DESIGN §10).
+ENV = {f"DDS_{role.upper()}_SECRET": f"{role}-secret-".ljust(40, "x")
+       for role in ("brick", "admin", "client")}
 
 
 def brick(**sections: dict[str, Any]) -> dict[str, Any]:
-    data: dict[str, Any] = {"brick": {"id": "b1"}, "cluster": {"secret": "inline"}}
+    data: dict[str, Any] = {"brick": {"id": "b1"}, "cluster": {}}
     for name, table in sections.items():
         data.setdefault(name, {}).update(table)
     return data
@@ -66,7 +68,7 @@ def test_example_files_mention_every_documented_setting(cls: type, name: str) ->
 # -- defaults and derived values ---------------------------------------------------------
 
 def test_defaults_apply_to_missing_settings() -> None:
-    cfg = parse_brick_config(brick(), env={})
+    cfg = parse_brick_config(brick(), env=ENV)
     assert cfg.brick.port == 7401
     assert cfg.brick.durability == "disk"
     assert cfg.cluster.name == "dds"
@@ -78,7 +80,7 @@ def test_defaults_apply_to_missing_settings() -> None:
 
 
 def test_default_data_dir_is_named_after_the_brick(tmp_path: Path) -> None:
-    cfg = parse_brick_config(brick(), base_dir=tmp_path, env={})
+    cfg = parse_brick_config(brick(), base_dir=tmp_path, env=ENV)
     assert cfg.data_dir == tmp_path / "data" / "b1"
 
 
@@ -89,7 +91,7 @@ def test_relative_data_dir_resolves_against_config_directory(tmp_path: Path) -> 
 
 
 def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
-    cfg = parse_brick_config(brick(brick={"data_dir": "/srv/dds"}), base_dir=tmp_path, env={})
+    cfg = parse_brick_config(brick(brick={"data_dir": "/srv/dds"}), base_dir=tmp_path, env=ENV)
     assert cfg.data_dir == Path("/srv/dds")
 
 
@@ -117,52 +119,52 @@ def test_unknown_setting_rejected_with_did_you_mean(tmp_path: Path) -> None:
 
 def test_unknown_section_rejected() -> None:
     with pytest.raises(ConfigError, match=r"<config>: limit: unknown section \(did you mean 'limits'\?\)"):
-        parse_brick_config(brick(limit={"max_key_bytes": 1}), env={})
+        parse_brick_config(brick(limit={"max_key_bytes": 1}), env=ENV)
 
 
 def test_setting_outside_any_section_rejected() -> None:
     with pytest.raises(ConfigError, match="port: setting outside any section"):
-        parse_brick_config({**brick(), "port": 1}, env={})
+        parse_brick_config({**brick(), "port": 1}, env=ENV)
 
 
 def test_wrong_type_rejected_naming_the_setting() -> None:
     with pytest.raises(ConfigError, match=r"brick\.port: expected an integer from 0 to 65535, got 'abc'"):
-        parse_brick_config(brick(brick={"port": "abc"}), env={})
+        parse_brick_config(brick(brick={"port": "abc"}), env=ENV)
 
 
 def test_boolean_is_not_an_integer() -> None:
     with pytest.raises(ConfigError, match=r"limits\.max_key_bytes: expected an integer"):
-        parse_brick_config(brick(limits={"max_key_bytes": True}), env={})
+        parse_brick_config(brick(limits={"max_key_bytes": True}), env=ENV)
 
 
 def test_out_of_range_port_rejected() -> None:
     with pytest.raises(ConfigError, match=r"brick\.port: expected an integer from 0 to 65535, got 70000"):
-        parse_brick_config(brick(brick={"port": 70000}), env={})
+        parse_brick_config(brick(brick={"port": 70000}), env=ENV)
 
 
 def test_bad_durability_rejected_listing_choices() -> None:
     with pytest.raises(ConfigError, match=r"brick\.durability: expected one of 'memory', 'disk', 'fsync', got 'ssd'"):
-        parse_brick_config(brick(brick={"durability": "ssd"}), env={})
+        parse_brick_config(brick(brick={"durability": "ssd"}), env=ENV)
 
 
 def test_bad_brick_id_rejected() -> None:
     with pytest.raises(ConfigError, match=r"brick\.id: must match"):
-        parse_brick_config(brick(brick={"id": "b 1"}), env={})
+        parse_brick_config(brick(brick={"id": "b 1"}), env=ENV)
 
 
 def test_missing_brick_id_rejected() -> None:
     with pytest.raises(ConfigError, match=r"brick\.id: required setting is missing"):
-        parse_brick_config({"cluster": {"secret": "x"}}, env={})
+        parse_brick_config({"cluster": {}}, env=ENV)
 
 
 def test_bad_seed_address_rejected_with_index() -> None:
     with pytest.raises(ConfigError, match=r"cluster\.seeds\[1\]: bad address 'nope'"):
-        parse_brick_config(brick(cluster={"seeds": ["127.0.0.1:7402", "nope"]}), env={})
+        parse_brick_config(brick(cluster={"seeds": ["127.0.0.1:7402", "nope"]}), env=ENV)
 
 
 def test_frame_limit_must_fit_key_and_value() -> None:
     with pytest.raises(ConfigError, match=r"limits\.max_frame_bytes: must exceed"):
-        parse_brick_config(brick(limits={"max_frame_bytes": 1048576}), env={})
+        parse_brick_config(brick(limits={"max_frame_bytes": 1048576}), env=ENV)
 
 
 # -- files -------------------------------------------------------------------------------
@@ -181,40 +183,91 @@ def test_malformed_toml_names_file_and_line(tmp_path: Path) -> None:
     assert "line 3" in str(info.value)
 
 
-# -- the shared secret -------------------------------------------------------------------
+# -- secrets per role (DESIGN §10) -------------------------------------------------------
 
-def test_secret_env_beats_file_and_inline(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("from-file\n")
-    data = brick(cluster={"secret": "inline", "secret_file": "secret"})
-    cfg = parse_brick_config(data, base_dir=tmp_path, env={"DDS_SECRET": "from-env"})
-    assert cfg.secret == b"from-env"
-
-
-def test_secret_file_beats_inline_and_is_stripped(tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("  from-file\n")
-    data = brick(cluster={"secret": "inline", "secret_file": "secret"})
-    cfg = parse_brick_config(data, base_dir=tmp_path, env={})
-    assert cfg.secret == b"from-file"
+def _secret_files(tmp_path: Path, mode: int = 0o600, **texts: str) -> dict[str, str]:
+    """Secret files for every role (texts override), and the [auth] settings naming them."""
+    auth = {}
+    for role in ("brick", "admin", "client"):
+        path = tmp_path / f"{role}.secret"
+        path.write_text(texts.get(role, f"{role}-from-file-".ljust(40, "f")) + "\n")
+        path.chmod(mode)
+        auth[f"{role}_secret_file"] = path.name
+    return auth
 
 
-def test_inline_secret_used_when_nothing_else_is_set() -> None:
-    cfg = parse_brick_config(brick(cluster={"secret": "inline"}), env={})
-    assert cfg.secret == b"inline"
+def test_each_role_gets_its_own_secret_from_its_file(tmp_path: Path) -> None:
+    cfg = parse_brick_config(brick(auth=_secret_files(tmp_path)), base_dir=tmp_path, env={})
+    assert cfg.credentials.role == "brick"
+    assert cfg.credentials.secret("client") == b"client-from-file-".ljust(40, b"f")
+    assert cfg.credentials.secret("admin") == b"admin-from-file-".ljust(40, b"f")
 
 
-def test_empty_secret_rejected() -> None:
-    with pytest.raises(ConfigError, match="no shared secret: set cluster.secret, cluster.secret_file or DDS_SECRET"):
-        parse_brick_config(brick(cluster={"secret": ""}), env={})
+def test_a_role_secret_in_the_environment_beats_its_file(tmp_path: Path) -> None:
+    env = {"DDS_ADMIN_SECRET": "admin-from-env-".ljust(40, "e")}
+    cfg = parse_brick_config(brick(auth=_secret_files(tmp_path)), base_dir=tmp_path, env=env)
+    assert cfg.credentials.secret("admin") == b"admin-from-env-".ljust(40, b"e")
+    assert cfg.credentials.secret("brick") == b"brick-from-file-".ljust(40, b"f")
 
 
-def test_unreadable_secret_file_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cluster\.secret_file: cannot read"):
-        parse_brick_config(brick(cluster={"secret_file": "missing"}), base_dir=tmp_path, env={})
+def test_a_missing_role_secret_is_named() -> None:
+    env = {k: v for k, v in ENV.items() if k != "DDS_CLIENT_SECRET"}
+    with pytest.raises(ConfigError, match=r"auth\.client_secret_file: no client secret"):
+        parse_brick_config(brick(), env=env)
 
 
-def test_secret_not_in_repr() -> None:
-    cfg = parse_brick_config(brick(cluster={"secret": "hush-hush"}), env={})
-    assert "hush-hush" not in repr(cfg)
+def test_a_secret_shorter_than_32_bytes_is_refused(tmp_path: Path) -> None:
+    auth = _secret_files(tmp_path, admin="short")
+    with pytest.raises(ConfigError, match=r"auth\.admin_secret_file.*at least 32 bytes, got 5"):
+        parse_brick_config(brick(auth=auth), base_dir=tmp_path, env={})
+
+
+def test_a_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    auth = _secret_files(tmp_path, mode=0o644)
+    with pytest.raises(ConfigError, match=r"accessible by group or others \(mode 0644\); "
+                                          r"chmod 600 it"):
+        parse_brick_config(brick(auth=auth), base_dir=tmp_path, env={})
+
+
+def test_one_secret_for_two_roles_is_refused() -> None:
+    env = {**ENV, "DDS_CLIENT_SECRET": ENV["DDS_ADMIN_SECRET"]}
+    with pytest.raises(ConfigError, match="the roles' secrets must differ"):
+        parse_brick_config(brick(), env=env)
+
+
+def test_the_old_single_cluster_secret_is_refused_with_the_way_forward() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.secret: one secret for every role is "
+                                          r"no longer accepted.*auth\.brick_secret_file"):
+        parse_brick_config(brick(cluster={"secret": "x" * 40}), env=ENV)
+
+
+def test_an_unreadable_secret_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"auth\.brick_secret_file: cannot read"):
+        parse_brick_config(brick(auth={"brick_secret_file": "missing"}), base_dir=tmp_path,
+                           env={})
+
+
+def test_secrets_are_not_in_repr() -> None:
+    cfg = parse_brick_config(brick(), env=ENV)
+    assert all(v not in repr(cfg) for v in ENV.values())
+
+
+def test_tls_mode_needs_its_files() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.ca_file: required when auth\.mode is"):
+        parse_brick_config(brick(auth={"mode": "tls"}), env=ENV)
+
+
+def test_listen_and_advertise_default_to_host() -> None:
+    cfg = parse_brick_config(brick(brick={"host": "10.0.0.5"}), env=ENV)
+    assert (cfg.listen_host, cfg.advertise_host, cfg.http_host) == ("10.0.0.5",) * 3
+    cfg = parse_brick_config(brick(brick={"host": "h", "listen": "::", "advertise": "db1",
+                                          "http_listen": "127.0.0.1"}), env=ENV)
+    assert (cfg.listen_host, cfg.advertise_host, cfg.http_host) == ("::", "db1", "127.0.0.1")
+
+
+def test_two_ports_of_one_brick_must_differ() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.stream_port: must differ from brick\.port"):
+        parse_brick_config(brick(brick={"port": 7500, "stream_port": 7500}), env=ENV)
 
 
 # -- cluster configuration ---------------------------------------------------------------
