@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     install()
     from twisted.internet import reactor
 
-    from dds.bricks.service import BrickService
+    from dds.bricks.service import BrickService, private_files
 
+    private_files()
     start_logging(config.log.level, config.log.format,
                   str(config.log_file) if config.log_file else None, node=config.brick.id)
     log.info("brick {brick} runs on {reactor_name}", brick=config.brick.id,

@@ -23,8 +23,8 @@ from twisted.logger import Logger
 
 from dds import failpoints
 from dds.config import BrickConfig
-from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, Refused,
-                        UnknownTransaction, ValueTooLarge)
+from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
+                        Refused, UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyChunk,
                           CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
@@ -32,7 +32,7 @@ from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyCh
                           RecordPrepare, RecordState, Recover, Resolve, RGChange, RGStatus,
                           Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.messages import MoveFinish, MovePull, RGUpdate
-from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS
+from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS, roles_of
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
 from dds.messages import RangeChecksums, RangeKeys  # scrub
 from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # split/merge
@@ -41,8 +41,10 @@ from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId, key_hash
 from dds.records import Record, record_from_wire
+from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
 
+from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.copysource import CopySessions
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
@@ -132,7 +134,7 @@ class Brick:
                                        on_deadline=lambda txn: self.termination.later(txn))
         self.peers = ConnectionCache(reactor, opener, node_id=self.id,
                                      cluster=config.cluster.name,
-                                     secret=config.secret,
+                                     credentials=config.credentials,
                                      max_frame=config.limits.max_frame_bytes,
                                      metrics=self.metrics)
         self.termination = Terminator(self.id, self.participant, self.storage, self.maps,
@@ -171,6 +173,11 @@ class Brick:
         self._recovery_check = LoopingCall(self.recoveries.check)
         self._recovery_check.clock = self.clock
         self.connections: set[RPCProtocol] = set()
+        #: Caps on connections still authenticating (DESIGN §10: a stranger gets little).
+        self.admission = Admission(config.auth.max_unauthenticated,
+                                   config.auth.max_unauthenticated_per_source, self.metrics,
+                                   self.clock)
+        self._denials = LogLimiter(self.clock, self.log)
         self._gates: dict[tuple[str, str], _Gate] = {}
         self._gates_map: ClusterMap | None = None
         #: The RPC port actually bound (the configured one may be 0).
@@ -227,6 +234,12 @@ class Brick:
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
         self.metrics.gauge("connections", lambda: len(self.connections))
+        tls = config.credentials.tls
+        if tls is not None:
+            from dds.tls import seconds_to_expiry
+            self.metrics.gauge("tls_cert_expiry_seconds", lambda: seconds_to_expiry(tls))
+        self._cert_check = LoopingCall(self._check_certificate)
+        self._cert_check.clock = self.clock
         self.metrics.gauge("partitions", lambda: len(self.storage.partitions()))
         for name in self.storage.stats:
             self.metrics.gauge(f"storage_{name}",
@@ -235,27 +248,56 @@ class Brick:
     # -- lifecycle -----------------------------------------------------------------------
 
     def factory(self) -> Factory:
+        """The RPC port's factory: admission caps, then (TLS mode) TLS, then RPC."""
         brick = self
 
         class BrickFactory(Factory):
             noisy = False
 
-            def buildProtocol(self, addr: Any) -> RPCProtocol:
+            def buildProtocol(self, addr: Any) -> RPCProtocol | None:
+                source = str(getattr(addr, "host", "?"))
+                if not brick.admission.admit(source):
+                    return None         # Twisted closes the connection at once
                 proto = RPCProtocol(is_client=False, node_id=brick.id,
                                     cluster=brick.config.cluster.name,
-                                    secret=brick.config.secret, clock=brick.clock,
+                                    credentials=brick.config.credentials, clock=brick.clock,
                                     handler=brick.handle,
                                     max_frame=brick.config.limits.max_frame_bytes,
-                                    metrics=brick.metrics)
+                                    metrics=brick.metrics,
+                                    handshake_timeout=brick.config.auth.handshake_timeout_ms
+                                    / 1000.0)
                 # Handshake failures are logged and counted by the protocol; nobody awaits
                 # a server's ``ready``, so consume its failure here.
+                release = brick.admission.releaser(source)
+                proto.ready.addCallbacks(release, release)
                 proto.ready.addErrback(lambda _: None)
                 brick.connections.add(proto)
                 proto.closed.addCallback(lambda _: brick.connections.discard(proto))
+                proto.closed.addBoth(release)
                 return proto
-        return BrickFactory()
+        factory = BrickFactory()
+        tls = self.config.credentials.tls
+        if tls is None:
+            return factory
+        return tls_sniffing_factory(factory, tls, self.metrics, self.clock)
+
+    def _check_certificate(self) -> None:
+        """Warn, at start and every six hours, when this brick's certificate (or its CA)
+        expires within ``auth.cert_warn_days``: an expired one stops the cluster."""
+        tls = self.config.credentials.tls
+        if tls is None:
+            return
+        from dds.tls import seconds_to_expiry
+        left = seconds_to_expiry(tls)
+        if left < self.config.auth.cert_warn_days * 86400:
+            self.metrics.inc("tls_cert_expiry_warnings_total")
+            self.log.warn("the TLS certificate of brick {brick} ({path}) or its CA expires "
+                          "in {days:.1f} days: issue a new one (dds-admin certs issue)",
+                          brick=self.id, path=str(tls.paths.cert), days=left / 86400)
 
     def start(self) -> None:
+        if self.config.credentials.tls is not None:
+            self._cert_check.start(6 * 3600.0, now=True)
         self._gossip.start(self.config.timeouts.gossip_interval_ms / 1000.0, now=False)
         self.leases.start()
         if self._restarted and self.config.brick.recover_on_start:
@@ -271,6 +313,8 @@ class Brick:
         if self._gossip.running:
             self._gossip.stop()
         self.leases.stop()
+        if self._cert_check.running:
+            self._cert_check.stop()
         self.recoveries.stop()
         if self._recovery_check.running:
             self._recovery_check.stop()
@@ -359,10 +403,28 @@ class Brick:
                         and type(txid[1]) is int):
                     return self._counted("commit", self._commit_fast,
                                          ((txid[0], txid[1]), (conn, conn.request_id, mtype)))
+        role = conn.peer_role
+        if role not in roles_of(mtype):
+            return self._deny(conn, mtype, f"{mtype!r:.40} is not allowed for the {role} role")
         msg = decode_request(mtype, body)
         if type(msg) is RGChange:
+            if role == "client" and msg.state != "excluded":
+                return self._deny(conn, mtype, "a client may only ask for an exclusion, "
+                                  f"not to make a member {msg.state}")
             return self._counted(mtype, lambda m: self.rg_change(m, conn.peer_id), msg)
+        if type(msg) is MapPush and role == "client":
+            return self._counted(mtype, self.map_hint, msg)
         return self._counted(mtype, self._handlers[type(msg)], msg)
+
+    def _deny(self, conn: RPCProtocol, mtype: str, why: str) -> Any:
+        """A request outside the connection's role: refused, counted, logged at a bounded
+        rate; nothing was decoded further or applied."""
+        self.metrics.inc("requests_denied_total")
+        self.metrics.inc("errors_permission_denied_total")
+        self._denials.warn("refused {mtype} from {peer} (role {role}): {why}",
+                           mtype=f"{mtype:.40}", peer=conn.peer_id, role=conn.peer_role,
+                           why=why)
+        raise PermissionDenied(f"permission denied: {why}")
 
     def _counted(self, mtype: str, handler: Callable[[Any], Any], arg: Any) -> Any:
         """Run ``handler(arg)``, counting the request and its error, if any."""
@@ -567,6 +629,24 @@ class Brick:
         return {"adopted": len(result.adopted),
                 "conflicts": [c.mine.record_id for c in result.conflicts]}
 
+    def map_hint(self, msg: MapPush) -> dict[str, Any]:
+        """A library's push (DESIGN §2: it has a newer record than this brick).  Records a
+        client sends are not trusted (DESIGN §10): the brick asks the members of the RGs
+        they name, as its own map knows them, for what they hold, now rather than at the
+        next gossip round."""
+        named = {r[1] for r in msg.records[:64]
+                 if isinstance(r, list) and len(r) > 1 and r[0] == "rg"}
+        peers = {m.brick for name, rg in self.maps.map.rgs.items() if name in named
+                 for m in rg.members if m.brick != self.id}
+        if not self._stopping:
+            for peer in sorted(peers)[:16]:
+                rec = self.maps.map.bricks.get(peer)
+                if rec is not None:
+                    ensureDeferred(self._gossip_with(rec.address, rec.port))
+            if not peers:
+                ensureDeferred(self._gossip_round())
+        return {"adopted": 0, "conflicts": [], "hint": True}
+
     def gossip(self, msg: Gossip) -> dict[str, Any]:
         try:
             digest = [(str(r), int(v), int(f)) for r, v, f in msg.digest]
@@ -581,13 +661,17 @@ class Brick:
         seeds = [s for s in self.config.cluster.seeds]
         if not peers and not seeds:
             return
+        if peers:
+            rec = self.rng.choice(peers)
+            await self._gossip_with(rec.address, rec.port)
+        else:
+            host, _, port = self.rng.choice(seeds).rpartition(":")
+            await self._gossip_with(host.strip("[]"), int(port))
+
+    async def _gossip_with(self, host: str, port: int) -> None:
+        """One gossip exchange: pull what the peer has newer, push ours."""
         try:
-            if peers:
-                rec = self.rng.choice(peers)
-                conn = await self.peers.get(rec.address, rec.port)
-            else:
-                host, _, port = self.rng.choice(seeds).rpartition(":")
-                conn = await self.peers.get(host.strip("[]"), int(port))
+            conn = await self.peers.get(host, port)
             reply = await conn.call("gossip", {"digest": [list(d) for d in
                                                           self.maps.map.digest]},
                                     timeout=5.0)
@@ -761,7 +845,18 @@ class Brick:
             "moves_in": self.moves_in.status(),
             "changes": self.changes.status(),
             "metrics": self.metrics.snapshot(),
+            "auth": self._auth_status(),
         }
+
+    def _auth_status(self) -> dict[str, Any]:
+        """How this brick authenticates peers; in TLS mode, when its certificate (or the
+        CA) expires, for ``dds-admin status`` to warn."""
+        tls = self.config.credentials.tls
+        if tls is None:
+            return {"mode": "secret"}
+        from dds.tls import seconds_to_expiry
+        return {"mode": "tls", "cert_expires_in_days": round(seconds_to_expiry(tls) / 86400, 2),
+                "warn_days": self.config.auth.cert_warn_days}
 
     def failpoint(self, msg: Failpoint) -> dict[str, Any]:
         """Arm or disarm a failpoint of this process (tests only; see

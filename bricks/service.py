@@ -19,9 +19,17 @@ from twisted.logger import Logger
 from dds.config import BrickConfig
 
 from dds.bricks.http import make_site
+from dds.bricks.sdnotify import notify
 from dds.bricks.server import Brick
 
 READY_FILE = "ready.json"
+
+
+def private_files() -> None:
+    """Everything the brick creates from now on (partition files, transaction logs,
+    the map, its log file) is its owner's alone: 0600 files, 0700 directories.  Keys
+    and values are not for other users of the host."""
+    os.umask(0o077)
 
 
 class BrickService(Service):
@@ -37,27 +45,32 @@ class BrickService(Service):
     def startService(self) -> None:
         super().startService()
         cfg = self.config
+        private_files()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.data_dir, 0o700)
         self.brick = Brick(cfg, self.reactor)
         self.port = self.reactor.listenTCP(cfg.brick.port, self.brick.factory(),
-                                           interface=cfg.brick.host)
+                                           interface=cfg.listen_host)
         rpc_port: int = self.port.getHost().port  # type: ignore[union-attr]
         http_port = None
         if cfg.brick.http_port >= 0:
             self.http_port = self.reactor.listenTCP(
                 cfg.brick.http_port, make_site(self.brick.metrics, self.health),
-                interface=cfg.brick.host)
+                interface=cfg.http_host)
             http_port = self.http_port.getHost().port  # type: ignore[union-attr]
         self.brick.port = rpc_port
         self.brick.start()
         ready = cfg.data_dir / READY_FILE
         tmp = ready.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"id": cfg.brick.id, "host": cfg.brick.host,
+        tmp.write_text(json.dumps({"id": cfg.brick.id, "host": cfg.advertise_host,
                                    "port": rpc_port, "http_port": http_port,
                                    "pid": os.getpid()}))
         os.replace(tmp, ready)
         self.log.info("brick {brick} serving on {host}:{port} (http {http_port}), "
-                      "durability {durability}", brick=cfg.brick.id, host=cfg.brick.host,
+                      "durability {durability}, auth {auth}", brick=cfg.brick.id,
+                      host=cfg.listen_host, auth=cfg.credentials.mode,
                       port=rpc_port, http_port=http_port, durability=cfg.brick.durability)
+        notify(f"READY=1\nSTATUS=brick {cfg.brick.id} serving on {cfg.listen_host}:{rpc_port}")
 
     def health(self) -> dict[str, object]:
         b = self.brick
@@ -72,6 +85,7 @@ class BrickService(Service):
 
     async def _stop(self) -> None:
         self.log.info("brick {brick} stopping", brick=self.config.brick.id)
+        notify("STOPPING=1")
         for port in (self.port, self.http_port):
             if port is not None:
                 stopping = port.stopListening()
