@@ -37,14 +37,14 @@ class BlockingDDSClient:
     """Same operations as ``DDSClient``; each blocks the calling thread until done.
     Safe to share between threads."""
 
-    def __init__(self, seeds: list[str], *, cluster: str, secret: bytes | str,
-                 timeout: float = 10.0, **options: Any) -> None:
+    def __init__(self, seeds: list[str], *, cluster: str, timeout: float = 10.0,
+                 **options: Any) -> None:
         crochet.setup()
         from twisted.internet import reactor as global_reactor  # see the module docstring
 
         self.timeout = timeout
         self._client: DDSClient = self._wait(
-            DDSClient.connect, global_reactor, seeds, cluster=cluster, secret=secret,
+            DDSClient.connect, global_reactor, seeds, cluster=cluster,
             timeout=timeout, **options)
 
     def _wait(self, fn: Callable[..., Deferred[Any]], *args: Any, **kw: Any) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from typing import Any, Coroutine, TypeVar
 
 import attrs
@@ -19,6 +20,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from dds.auth import Credentials
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener
 from dds.errors import (Recovering, ConnectionLost, DDSError, Divergence, Exists, Indeterminate,
@@ -51,16 +53,47 @@ class GetResult:
     version: int
 
 
+#: TLS files as paths: ``{"ca": …, "cert": …, "key": …}`` (or a ``(ca, cert, key)``
+#: tuple); the certificate's role must be ``role`` (``client`` by default).
+TLSPaths = Mapping[str, str] | tuple[str, str, str]
+
+
+def _credentials(cluster: str, secret: bytes | str | None, tls: TLSPaths | None,
+                 role: str, credentials: Credentials | None) -> Credentials:
+    """The one way a caller says who it is: a shared secret for its role, TLS files, or
+    ready-made credentials."""
+    given = [x for x in (secret, tls, credentials) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of secret=, tls= or credentials=")
+    if credentials is not None:
+        return credentials
+    if secret is not None:
+        return Credentials.shared(role, secret)
+    from dds.tls import load_tls_files
+    assert tls is not None
+    ca, cert, key = ((tls["ca"], tls["cert"], tls["key"]) if isinstance(tls, Mapping)
+                     else tls)
+    return Credentials(role, {}, load_tls_files(ca, cert, key, cluster=cluster, role=role))
+
+
 class DDSClient:
+    """The DDS library's client: ``get``, ``put``, ``remove``, ``create`` and
+    ``compare_and_put`` on one big table.
+
+    Authenticate as the ``client`` role (DESIGN §10) with the cluster's client ``secret``
+    or with ``tls`` files (a certificate issued by ``dds-admin certs issue --role
+    client``).  ``dds-admin`` connects the same way as ``role="admin"``."""
+
     log = Logger()
 
-    def __init__(self, reactor: Any, seeds: list[str], *, cluster: str, secret: bytes,
+    def __init__(self, reactor: Any, seeds: list[str], *, cluster: str,
+                 secret: bytes | str | None = None, tls: TLSPaths | None = None,
+                 role: str = "client", credentials: Credentials | None = None,
                  timeout: float = 10.0, max_key_bytes: int = 1024,
                  max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
                  refresh_interval: float = 30.0, node_id: str | None = None,
                  opener: Opener | None = None, rng: random.Random | None = None) -> None:
-        if isinstance(secret, str):
-            secret = secret.encode()
+        credentials = _credentials(cluster, secret, tls, role, credentials)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.timeout = timeout
@@ -74,7 +107,7 @@ class DDSClient:
         self.node_id = node_id or f"lib-{lib_id:016x}"
         self.connections = ConnectionCache(reactor, opener, node_id=self.node_id,
                                            cluster=cluster,
-                                           secret=secret, max_frame=max_frame,
+                                           credentials=credentials, max_frame=max_frame,
                                            metrics=self.metrics)
         self.maps = MapCache(seeds, self._connect, self.rng)
         self.excluder = Excluder(self._connect, self.maps, self.clock, self.metrics)

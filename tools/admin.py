@@ -48,8 +48,41 @@ def reports_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _remember_tls(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """The TLS options are read by ``_target`` from the context, not passed to each
+    command: every command takes them the same way."""
+    if value:
+        ctx.meta.setdefault("dds_tls", {})[param.name] = value
+
+
+def _tls_from_context() -> tuple[str, str, str] | None:
+    ctx = click.get_current_context(silent=True)
+    given = ctx.meta.get("dds_tls", {}) if ctx is not None else {}
+    if not given:
+        return None
+    missing = [f"--{n.replace('_', '-')}" for n in ("ca_file", "cert_file", "key_file")
+               if n not in given]
+    if missing:
+        raise AdminError(f"TLS needs --ca-file, --cert-file and --key-file; missing "
+                         f"{', '.join(missing)}")
+    return given["ca_file"], given["cert_file"], given["key_file"]
+
+
+def tls_options(fn: F) -> F:
+    """``--ca-file/--cert-file/--key-file`` (or DDS_CA_FILE, …): connect with mutual TLS
+    as the admin role."""
+    for name, env, text in (("key-file", "DDS_KEY_FILE", "this admin's private key"),
+                            ("cert-file", "DDS_CERT_FILE", "this admin's certificate "
+                             "(dds-admin certs issue --role admin)"),
+                            ("ca-file", "DDS_CA_FILE", "the cluster CA certificate")):
+        fn = click.option(f"--{name}", envvar=env, type=click.Path(dir_okay=False),
+                          expose_value=False, callback=_remember_tls, is_eager=True,
+                          help=f"TLS: {text} (or {env})")(fn)
+    return fn
+
+
 def target_options(fn: F) -> F:
-    """``--seeds/--secret-file/--cluster`` or ``--local/--dir``."""
+    """``--seeds/--secret-file/--cluster`` (or TLS files) or ``--local/--dir``."""
     fn = click.option("--dir", "local_dir", type=click.Path(path_type=Path),
                       default=DEFAULT_LOCAL_DIR, show_default=True,
                       help="local cluster directory (used without --seeds)")(fn)
@@ -59,15 +92,17 @@ def target_options(fn: F) -> F:
                       help="cluster name for the handshake (default: dds, or the local "
                            "cluster's)")(fn)
     fn = click.option("--secret-file", type=click.Path(dir_okay=False), default=None,
-                      help="file holding the shared secret (or set DDS_SECRET)")(fn)
+                      help="file holding the admin role's shared secret (or set "
+                           "DDS_ADMIN_SECRET)")(fn)
     fn = click.option("--seeds", default=None, metavar="HOST:PORT,...",
                       help="bricks to fetch the map from")(fn)
-    return fn
+    return tls_options(fn)
 
 
 def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None,
             local: bool, local_dir: Path) -> Target:
-    return resolve_target(seeds, secret_file, local, local_dir, cluster_name)
+    return resolve_target(seeds, secret_file, local, local_dir, cluster_name,
+                          _tls_from_context())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -82,7 +117,8 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
               help="cluster configuration (TOML)")
 @click.option("--secret-file", type=click.Path(dir_okay=False), default=None,
-              help="file holding the shared secret (or set DDS_SECRET)")
+              help="file holding the admin role's shared secret (or set DDS_ADMIN_SECRET)")
+@tls_options
 @click.option("--force", is_flag=True,
               help="take over bricks that already hold another map")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
@@ -94,7 +130,7 @@ def init(config_path: str, secret_file: str | None, force: bool, timeout: float)
 
     cfg = load_cluster_config(config_path)
     target = resolve_target(",".join(b.address for b in cfg.bricks), secret_file, False,
-                            DEFAULT_LOCAL_DIR, cfg.cluster.name)
+                            DEFAULT_LOCAL_DIR, cfg.cluster.name, _tls_from_context())
     result = run(lambda reactor: init_cluster(reactor, cfg, target, force=force,
                                               timeout=timeout, say=ui.say))
     for w in result.warnings:
@@ -562,25 +598,38 @@ def rebalance(seeds: str | None, secret_file: str | None, cluster_name: str | No
               help="operations in flight, over all client processes")
 @click.option("--clients", type=click.IntRange(1, 256), default=1, show_default=True,
               help="client (worker) processes; one, like the floor's client")
+@click.option("--tls", "with_tls", is_flag=True,
+              help="measure what mutual TLS costs: the same phases on a throwaway plain "
+                   "cluster and a throwaway TLS cluster, one after the other")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
 @click.pass_context
 def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
           cluster_name: str | None, local: bool, local_dir: Path, seconds: float, keys: int,
-          value_size: int, concurrency: int, clients: int, as_json: bool) -> None:
+          value_size: int, concurrency: int, clients: int, with_tls: bool,
+          as_json: bool) -> None:
     """Throughput, latency and CPU per operation, next to the echo floor.
 
-    `bench recovery` measures a partition re-copy, `bench move` a partition move, each on
-    a throwaway cluster of its own."""
+    `bench --tls` compares a plain and a TLS cluster; `bench recovery` measures a
+    partition re-copy, `bench move` a partition move, each on throwaway clusters."""
     if ctx.invoked_subcommand is not None:
         return
     from dds.tools import bench as b
     from dds.tools.status import collect
 
+    params = b.BenchParams(seconds, keys, value_size, concurrency, clients)
+    if with_tls:
+        from dds.tools import benchtls
+        tls_result = run(lambda reactor: benchtls.bench_tls(reactor, params))
+        if as_json:
+            ui.print_json(tls_result)
+        else:
+            benchtls.render_tls(tls_result, ui.out)
+        return
+
     target = _target(seeds, secret_file, cluster_name, local, local_dir)
     report = run(lambda reactor: collect(reactor, target))
-    result = b.bench(target, b.BenchParams(seconds, keys, value_size, concurrency, clients),
-                     report)
+    result = b.bench(target, params, report)
     if as_json:
         ui.print_json(result)
     else:
@@ -684,9 +733,12 @@ dir_option = click.option("--dir", "local_dir", type=click.Path(path_type=Path),
               help="initial partitions, a power of two [default: 16]")
 @click.option("--durability", type=click.Choice(["memory", "disk", "fsync"]), default=None,
               help="brick durability mode [default: disk]")
+@click.option("--tls", is_flag=True, default=None,
+              help="mutual TLS: create a cluster CA and a certificate per brick, admin "
+                   "and client under DIR/tls (default: one shared secret per role)")
 @reports_errors
 def local_up(local_dir: Path, bricks: int | None, replication: int | None,
-             partitions: int | None, durability: str | None) -> None:
+             partitions: int | None, durability: str | None, tls: bool | None) -> None:
     """Start a local cluster (or say that one is running) and initialize it."""
     from dds.tools import local as loc
 
@@ -704,7 +756,8 @@ def local_up(local_dir: Path, bricks: int | None, replication: int | None,
         params, ports = loc.resolve_params(layout, {"bricks": bricks,
                                                     "replication": replication,
                                                     "partitions": partitions,
-                                                    "durability": durability})
+                                                    "durability": durability,
+                                                    "tls": tls or None})
         started, result = run(lambda reactor: loc.local_up(reactor, layout, params, ports))
     for w in result.warnings:
         ui.err.print(f"[yellow]warning:[/yellow] {escape(w)}")
@@ -721,10 +774,17 @@ def local_up(local_dir: Path, bricks: int | None, replication: int | None,
                  f"durability {params.durability}, map fp {cmap.fp:#010x}")
     seeds = ",".join(b.address for b in started[:3])
     here = "" if local_dir == DEFAULT_LOCAL_DIR else f" --dir {local_dir}"
-    ui.out.print(f"connect: seeds [bold]{seeds}[/bold], cluster 'dds', secret in "
-                 f"{layout.secret}\n  dds-admin status --seeds {seeds} --secret-file "
-                 f"{layout.secret}\n  dds-admin status{here}    (the local cluster)",
-                 soft_wrap=True)
+    if params.tls:
+        how = (f"TLS certificates in {layout.tls} (client.crt/client.key for services, "
+               f"admin.* for dds-admin)\n  dds-admin status --seeds {seeds} --ca-file "
+               f"{layout.tls / 'ca.crt'} --cert-file {layout.tls / 'admin.crt'} --key-file "
+               f"{layout.tls / 'admin.key'}")
+    else:
+        how = (f"secrets per role in {layout.secrets} (client for services, admin for "
+               f"dds-admin)\n  dds-admin status --seeds {seeds} --secret-file "
+               f"{layout.secrets / 'admin'}")
+    ui.out.print(f"connect: seeds [bold]{seeds}[/bold], cluster 'dds', {how}\n"
+                 f"  dds-admin status{here}    (the local cluster)", soft_wrap=True)
 
 
 @local.command("down")

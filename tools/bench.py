@@ -152,8 +152,9 @@ def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                                  ["--seeds", seeds, "--cluster", target.cluster, "--index",
                                   str(i), "--clients", str(clients), "--concurrency",
                                   str(share), "--keys", str(params.keys), "--value-size",
-                                  str(params.value_size)], events,
-                                 env={"DDS_SECRET": target.secret.decode()}))
+                                  str(params.value_size)]
+                                 + (["--dir", str(target.local_dir)] if target.local_dir
+                                    else []), events))
         deadline = time.monotonic() + READY_TIMEOUT_S
         for _ in workers:
             next_event(events, deadline, "the bench workers to connect")

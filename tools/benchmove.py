@@ -170,7 +170,7 @@ def _spawn_bricks(r: br._Run, params: MoveParams) -> None:
         config = bdir / "brick.toml"
         config.write_text(
             f'[brick]\nid = "{bid}"\nhost = "{HOST}"\nport = 0\ndata_dir = "data"\n'
-            f'durability = "disk"\nhttp_port = -1\n\n'
+            f'durability = "disk"\nhttp_port = -1\nstream_port = 0\n\n'
             f'[cluster]\nname = "{CLUSTER}"\n\n'
             f'[timeouts]\nlease_ms = {params.lease_ms}\n\n'
             f'[log]\nfile = "brick.log"\nformat = "json"\n')
@@ -207,10 +207,10 @@ async def _orchestrate(reactor: Any, r: br._Run, params: MoveParams,
     from dds.tools.local import wait_ready
     from dds.tools.runner import AdminError
 
-    await wait_ready(reactor, r.layout, r.bricks, Target(((HOST, 0),), r.secret.encode(),
+    await wait_ready(reactor, r.layout, r.bricks, Target(((HOST, 0),), r.admin_secret(),
                                                          CLUSTER, None),
                      timeout=READY_TIMEOUT_S)
-    target = Target(tuple((HOST, b.port) for b in r.bricks), r.secret.encode(), CLUSTER,
+    target = Target(tuple((HOST, b.port) for b in r.bricks), r.admin_secret(), CLUSTER,
                     None)
     conns = {b.id: await connect_brick(reactor, HOST, b.port, target, timeout=5.0)
              for b in r.bricks}
@@ -431,7 +431,7 @@ async def _start_writers(reactor: Any, r: br._Run, params: MoveParams) -> list[A
                                 "--cluster", CLUSTER, "--index", str(i), "--clients",
                                 str(share), "--keys", str(params.keys), "--value-bytes",
                                 str(params.value_bytes)],
-                               r.events, env={"DDS_SECRET": r.secret}))
+                               r.events, env=r.role_env()))
     deadline = time.monotonic() + READY_TIMEOUT_S
     ready = 0
     while ready < len(r.workers):

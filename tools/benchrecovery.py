@@ -52,7 +52,6 @@ import json
 import os
 import queue
 import random
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -114,14 +113,24 @@ class _Run:
         from dds.tools.local import Layout
         self.root = root
         self.layout = Layout(root)
-        self.secret = secrets.token_hex(32)
+        from dds.tools import credfiles
+        root.mkdir(parents=True, exist_ok=True)
+        credfiles.write_role_secrets(root)
         self.bricks: list[Any] = []          # local.BrickProc
         self.workers: list[Any] = []         # children.Child
         self.progress: Progress | None = None
         self.events: queue.Queue[Any] = queue.Queue()     # from the writer workers
 
+    def role_env(self) -> dict[str, str]:
+        """Each role's secret as DDS_<ROLE>_SECRET: bricks read all three from there."""
+        from dds.tools import credfiles
+        return credfiles.role_env(self.root)
+
+    def admin_secret(self) -> bytes:
+        return self.role_env()["DDS_ADMIN_SECRET"].encode()
+
     def env(self) -> dict[str, str]:
-        return {**os.environ, "DDS_SECRET": self.secret}
+        return {**os.environ, **self.role_env()}
 
     def cleanup(self) -> None:
         from dds.tools.local import stop
@@ -227,7 +236,7 @@ def _spawn_bricks(r: _Run, params: RecoveryParams) -> None:
         config = bdir / "brick.toml"
         config.write_text(
             f'[brick]\nid = "{bid}"\nhost = "{HOST}"\nport = 0\ndata_dir = "data"\n'
-            f'durability = "disk"\nhttp_port = -1\n\n'
+            f'durability = "disk"\nhttp_port = -1\nstream_port = 0\n\n'
             f'[cluster]\nname = "{CLUSTER}"\n\n'
             f'[timeouts]\nlease_ms = {params.lease_ms}\n\n'
             f'[log]\nfile = "brick.log"\nformat = "json"\n')
@@ -248,7 +257,7 @@ async def _orchestrate(reactor: Any, r: _Run, params: RecoveryParams, pid: str,
     from dds.tools.local import wait_ready
     from dds.tools.runner import AdminError
 
-    target = Target(((HOST, 0),), r.secret.encode(), CLUSTER, None)
+    target = Target(((HOST, 0),), r.admin_secret(), CLUSTER, None)
     await wait_ready(reactor, r.layout, r.bricks, target, timeout=READY_TIMEOUT_S)
     cfg = parse_cluster_config({
         "cluster": {"name": CLUSTER, "replication": len(BRICKS), "partitions": 1},
@@ -427,7 +436,7 @@ async def _start_writers(reactor: Any, r: _Run, params: RecoveryParams) -> list[
                                ["worker", "--seeds", seeds, "--cluster", CLUSTER,
                                 "--index", str(i), "--clients", str(share), "--keys",
                                 str(params.keys), "--value-bytes", str(params.value_bytes)],
-                               events, env={"DDS_SECRET": r.secret}))
+                               events, env=r.role_env()))
     deadline = time.monotonic() + READY_TIMEOUT_S
     ready = 0
     while ready < len(r.workers):
@@ -696,7 +705,7 @@ async def _work(reactor: Any, args: argparse.Namespace) -> None:
 
     from dds.lib import DDSClient
 
-    secret = os.environ["DDS_SECRET"].encode()
+    secret = os.environ["DDS_CLIENT_SECRET"].encode()
     clients = [await DDSClient.connect(reactor, seeds=args.seeds.split(","),
                                        cluster=args.cluster, secret=secret, timeout=120.0,
                                        node_id=f"bench-recovery-{args.index}-{n}-{os.getpid()}")

@@ -2,7 +2,8 @@
 
     python -m dds.tools.benchworker --seeds H:P,... --index I --clients N --concurrency C ...
 
-The shared secret comes in DDS_SECRET (never on the command line).  The worker connects,
+The client's credentials come from the cluster directory (``--dir``) or DDS_CLIENT_SECRET
+(never on the command line).  The worker connects,
 prints ``{"event": "ready"}``, then runs one phase per line read from stdin:
 
     {"phase": "load"}                  put this worker's share of the keys once
@@ -24,14 +25,17 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import task, threads
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
+from dds.auth import Credentials, secret_env
 from dds.errors import DDSError
 from dds.lib import DDSClient
+from dds.tools import credfiles
 
 __all__ = ["key_of", "main"]
 
@@ -119,10 +123,17 @@ class Phase:
                 "crashed": crashed, "lat_us": self.lat_us}
 
 
+def _credentials(args: argparse.Namespace) -> Credentials:
+    """The client role's: the cluster directory's files, or DDS_CLIENT_SECRET."""
+    if args.dir:
+        return credfiles.client_credentials(Path(args.dir), args.cluster)
+    return Credentials.shared("client", os.environ[secret_env("client")])
+
+
 async def work(reactor: Any, args: argparse.Namespace) -> None:
     client: DDSClient = await DDSClient.connect(
         reactor, seeds=args.seeds.split(","), cluster=args.cluster,
-        secret=os.environ["DDS_SECRET"].encode(), node_id=f"bench-{args.index}-{os.getpid()}")
+        credentials=_credentials(args), node_id=f"bench-{args.index}-{os.getpid()}")
     rng = random.Random(args.index * 7919 + os.getpid())
     value = os.urandom(args.value_size)
     emit(event="ready")
@@ -167,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m dds.tools.benchworker")
     p.add_argument("--seeds", required=True)
     p.add_argument("--cluster", default="dds")
+    p.add_argument("--dir", default=None, help="cluster directory with the client's "
+                   "credentials (secrets/ or tls/); else DDS_CLIENT_SECRET")
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--clients", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=32)

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 
+from dds.auth import Credentials, check_secret, read_secret_file, secret_env
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.config import ConfigError, load_cluster_config, parse_address
 from dds.connect import open_connection
@@ -30,35 +31,71 @@ __all__ = ["Target", "resolve_target", "read_secret", "connect_brick", "call_bri
            "fetch_map", "brick_statuses", "gather", "NODE_ID", "DEFAULT_LOCAL_DIR"]
 
 
+def _as_credentials(value: Credentials | bytes | str) -> Credentials:
+    """A bare secret is the admin role's (the short form tests and tools use)."""
+    if isinstance(value, Credentials):
+        return value
+    return Credentials.shared("admin", value)
+
+
 @attrs.frozen
 class Target:
-    """Where a cluster is and how to authenticate to it."""
+    """Where a cluster is and how to authenticate to it (as the admin role)."""
 
     seeds: tuple[tuple[str, int], ...]
-    secret: bytes = attrs.field(repr=False)
+    credentials: Credentials = attrs.field(converter=_as_credentials, repr=False)
     cluster: str = "dds"
     #: The local cluster directory the target came from, if any.
     local_dir: Path | None = None
 
 
 def read_secret(path: str | Path) -> bytes:
+    """A role's secret from a file that only its owner may read (as a brick checks)."""
     try:
-        secret = Path(path).read_bytes().strip()
-    except OSError as e:
-        raise AdminError(f"cannot read secret file {str(path)!r}: {e.strerror or e}") from None
-    if not secret:
-        raise AdminError(f"secret file {str(path)!r} is empty")
-    return secret
+        return read_secret_file(Path(path), "secret file")
+    except ConfigError as e:
+        raise AdminError(e.message) from None
 
 
-def _secret(secret_file: str | None, fallback: Path | None) -> bytes:
+#: TLS files given on the command line or in the environment (``TLSOptions``).
+TLSOptions = tuple[str, str, str]
+
+
+def _credentials(secret_file: str | None, tls: TLSOptions | None, fallback: Path | None,
+                 cluster: str) -> Credentials:
+    """The admin role's credentials: TLS files, ``--secret-file``, DDS_ADMIN_SECRET, or
+    the local cluster's (its ``tls/`` directory or its admin secret)."""
+    if tls is not None:
+        return _tls_credentials(*tls, cluster=cluster)
     if secret_file:
-        return read_secret(secret_file)
-    if os.environ.get("DDS_SECRET"):
-        return os.environ["DDS_SECRET"].encode()
-    if fallback is not None and fallback.exists():
-        return read_secret(fallback)
-    raise AdminError("no shared secret: give --secret-file or set DDS_SECRET")
+        return Credentials.shared("admin", read_secret(secret_file))
+    env = secret_env("admin")
+    if os.environ.get(env):
+        try:
+            secret = check_secret(os.environ[env].encode(), env)
+        except ConfigError as e:
+            raise AdminError(e.message) from None
+        return Credentials.shared("admin", secret)
+    if fallback is not None:
+        local_tls = fallback / "tls"
+        if (local_tls / "admin.crt").exists():
+            return _tls_credentials(str(local_tls / "ca.crt"), str(local_tls / "admin.crt"),
+                                    str(local_tls / "admin.key"), cluster=cluster)
+        if (fallback / "secrets" / "admin").exists():
+            return Credentials.shared("admin", read_secret(fallback / "secrets" / "admin"))
+    hint = " (DDS_SECRET, one secret for every role, is no longer read)" \
+        if os.environ.get("DDS_SECRET") else ""
+    raise AdminError("no admin credentials: give --secret-file (the admin role's secret) or"
+                     f" set {env}, or --ca-file/--cert-file/--key-file for TLS{hint}")
+
+
+def _tls_credentials(ca: str, cert: str, key: str, *, cluster: str) -> Credentials:
+    from dds.tls import load_tls_files
+    try:
+        files = load_tls_files(ca, cert, key, cluster=cluster, role="admin")
+    except ConfigError as e:
+        raise AdminError(e.message) from None
+    return Credentials("admin", {}, files)
 
 
 def parse_seeds(text: str) -> tuple[tuple[str, int], ...]:
@@ -69,14 +106,16 @@ def parse_seeds(text: str) -> tuple[tuple[str, int], ...]:
 
 
 def resolve_target(seeds: str | None, secret_file: str | None, local: bool,
-                   local_dir: Path, cluster: str | None) -> Target:
-    """``--seeds`` (with ``--secret-file`` or DDS_SECRET) when given; otherwise the local
-    cluster in ``local_dir`` (its ``cluster.toml`` and ``secret``)."""
+                   local_dir: Path, cluster: str | None,
+                   tls: TLSOptions | None = None) -> Target:
+    """``--seeds`` (with ``--secret-file``, DDS_ADMIN_SECRET or TLS files) when given;
+    otherwise the local cluster in ``local_dir`` (its ``cluster.toml`` and credentials)."""
     if seeds and not local:
         parsed = parse_seeds(seeds)
         if not parsed:
             raise AdminError("--seeds: no address given")
-        return Target(parsed, _secret(secret_file, None), cluster or "dds")
+        name = cluster or "dds"
+        return Target(parsed, _credentials(secret_file, tls, None, name), name)
     cfg_path = local_dir / "cluster.toml"
     if not cfg_path.exists():
         where = f"no local cluster in {local_dir}" if not local_dir.exists() else \
@@ -87,8 +126,8 @@ def resolve_target(seeds: str | None, secret_file: str | None, local: bool,
     except ConfigError as e:
         raise AdminError(e.message) from None
     addrs = tuple(parse_address(b.address) for b in cfg.bricks)
-    return Target(addrs, _secret(secret_file, local_dir / "secret"),
-                  cluster or cfg.cluster.name, local_dir)
+    name = cluster or cfg.cluster.name
+    return Target(addrs, _credentials(secret_file, tls, local_dir, name), name, local_dir)
 
 
 def describe_error(error: BaseException) -> str:
@@ -108,7 +147,7 @@ def describe_error(error: BaseException) -> str:
 async def connect_brick(reactor: Any, host: str, port: int, target: Target,
                         timeout: float = 5.0) -> RPCProtocol:
     return await open_connection(reactor, host, port, node_id=NODE_ID, cluster=target.cluster,
-                                 secret=target.secret, max_frame=DEFAULT_MAX_FRAME,
+                                 credentials=target.credentials, max_frame=DEFAULT_MAX_FRAME,
                                  timeout=timeout)
 
 

@@ -16,17 +16,21 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import react
 
+from dds.auth import Credentials, read_secret_file, secret_env
 from dds.config import load_cluster_config
 from dds.errors import DDSError, Exists, VersionMismatch
 from dds.lib import DDSClient
+from dds.tools import credfiles
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-async def demo(reactor: Any, seeds: list[str], cluster: str, secret: bytes) -> None:
-    client = await DDSClient.connect(reactor, seeds, cluster=cluster, secret=secret)
+async def demo(reactor: Any, seeds: list[str], cluster: str,
+               credentials: Credentials) -> None:
+    client = await DDSClient.connect(reactor, seeds, cluster=cluster,
+                                     credentials=credentials)
     cmap = client.map
     _say(f"connected: {len(cmap.bricks)} bricks, {len(cmap.rgs)} replica groups, "
          f"{len(cmap.partition_rg)} partitions, map fingerprint {cmap.fp:#010x}")
@@ -83,27 +87,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=".dds-local", help="local cluster directory")
     p.add_argument("--seeds", help="host:port,host:port of bricks")
     p.add_argument("--cluster", default="dds")
-    p.add_argument("--secret-file", help="file holding the shared secret (or DDS_SECRET)")
+    p.add_argument("--secret-file", help="file holding the client role's secret (or "
+                   "DDS_CLIENT_SECRET)")
     args = p.parse_args(argv)
     try:
         if args.seeds:
             seeds = args.seeds.split(",")
             cluster = args.cluster
-            secret = (Path(args.secret_file).read_text().strip() if args.secret_file
-                      else os.environ.get("DDS_SECRET", ""))
+            secret = (read_secret_file(Path(args.secret_file), "--secret-file")
+                      if args.secret_file
+                      else os.environ.get(secret_env("client"), "").encode())
+            credentials = Credentials.shared("client", secret)
         else:
             root = Path(args.dir)
             cfg = load_cluster_config(root / "cluster.toml")
             seeds = [b.address for b in cfg.bricks]
             cluster = cfg.cluster.name
-            secret = (root / "secret").read_text().strip()
+            credentials = credfiles.client_credentials(root, cluster)
     except (OSError, DDSError) as e:
         print(f"demo: no cluster to talk to ({e}); run `dds-admin local up` first",
               file=sys.stderr)
         return 1
 
     def run(reactor: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(demo(reactor, seeds, cluster, secret.encode()))
+        return Deferred.fromCoroutine(demo(reactor, seeds, cluster, credentials))
     try:
         react(run)
     except SystemExit as e:

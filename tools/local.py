@@ -2,7 +2,8 @@
 
 Layout of the directory (``./.dds-local`` by default)::
 
-    secret          the shared secret (mode 0600)
+    secrets/        one shared secret per role: brick, admin, client (mode 0600)
+    tls/            with ``--tls``: the cluster CA and a certificate per brick, admin, client
     cluster.toml    the cluster configuration, with the bricks' real addresses
     pids.json       what ``up`` started: brick id, PID, start time, ports
     bN/brick.toml   brick N's configuration; bN/brick.log its log; bN/data its data
@@ -18,7 +19,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -33,7 +33,7 @@ import attrs
 
 from dds.config import ConfigError, load_cluster_config
 
-from dds.tools import procs
+from dds.tools import credfiles, procs
 from dds.tools.cluster import Target, connect_brick
 from dds.tools.initcmd import InitResult, init_cluster
 from dds.tools.runner import AdminError, poll_until, wait_for
@@ -54,6 +54,7 @@ class LocalParams:
     replication: int = 3
     partitions: int = 16
     durability: str = "disk"
+    tls: bool = False
 
 
 DEFAULTS = LocalParams()
@@ -77,8 +78,12 @@ class Layout:
     dir: Path
 
     @property
-    def secret(self) -> Path:
-        return self.dir / "secret"
+    def secrets(self) -> Path:
+        return credfiles.secrets_dir(self.dir)
+
+    @property
+    def tls(self) -> Path:
+        return credfiles.tls_dir(self.dir)
 
     @property
     def pids(self) -> Path:
@@ -134,19 +139,20 @@ def running(layout: Layout) -> list[BrickProc]:
 
 # -- configuration files -------------------------------------------------------------------
 
-def _write_secret(layout: Layout) -> None:
-    if layout.secret.exists():
-        return
-    fd = os.open(layout.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
+def _write_credentials(layout: Layout, params: LocalParams) -> None:
+    """One secret per role always (the admin tool finds its own there); with ``--tls``
+    also a CA and a certificate per brick, admin and client."""
+    credfiles.write_role_secrets(layout.dir)
+    if params.tls:
+        credfiles.write_tls(layout.dir, "dds", [f"b{i}" for i in range(1, params.bricks + 1)])
 
 
-def _brick_toml(bid: str, port: int, durability: str) -> str:
+def _brick_toml(layout: Layout, bid: str, port: int, params: LocalParams) -> str:
     return (f'[brick]\nid = "{bid}"\nhost = "{HOST}"\nport = {port}\ndata_dir = "data"\n'
-            f'durability = "{durability}"\nhttp_port = 0\n\n'
-            f'[cluster]\nname = "dds"\nsecret_file = "../secret"\n\n'
-            f'[log]\nfile = "brick.log"\nformat = "json"\n')
+            f'durability = "{params.durability}"\nhttp_port = 0\nstream_port = 0\n\n'
+            f'[cluster]\nname = "dds"\n\n'
+            + credfiles.auth_toml(layout.dir, bid, params.tls) +
+            '\n[log]\nfile = "brick.log"\nformat = "json"\n')
 
 
 def _cluster_toml(params: LocalParams, bricks: list[BrickProc]) -> str:
@@ -174,7 +180,7 @@ def _previous(layout: Layout) -> tuple[LocalParams, dict[str, int]] | None:
     except (OSError, ValueError, KeyError):
         pass
     params = LocalParams(len(cfg.bricks), cfg.cluster.replication, cfg.cluster.partitions,
-                         durability)
+                         durability, (layout.tls / "ca.crt").exists())
     return params, {b.id: int(b.address.rsplit(":", 1)[1]) for b in cfg.bricks}
 
 
@@ -186,7 +192,7 @@ def resolve_params(layout: Layout, given: dict[str, Any]) -> tuple[LocalParams,
     base = prev[0] if prev else DEFAULTS
     params = attrs.evolve(base, **{k: v for k, v in given.items() if v is not None})
     if prev:
-        shape = ("bricks", "replication", "partitions")
+        shape = ("bricks", "replication", "partitions", "tls")
         changed = [k for k in shape if getattr(params, k) != getattr(prev[0], k)]
         if changed:
             old = ", ".join(f"{k} {getattr(prev[0], k)}" for k in shape)
@@ -203,14 +209,16 @@ def resolve_params(layout: Layout, given: dict[str, Any]) -> tuple[LocalParams,
 
 def start_bricks(layout: Layout, params: LocalParams, ports: dict[str, int]
                  ) -> list[BrickProc]:
-    """Spawn every brick as a detached process (own session, output to its log)."""
+    """Spawn every brick as a detached process (own session, output to its log), with
+    the directory's credentials (made if missing)."""
+    _write_credentials(layout, params)
     started: list[BrickProc] = []
     for i in range(1, params.bricks + 1):
         bid = f"b{i}"
         bdir = layout.brick_dir(bid)
         (bdir / "data").mkdir(parents=True, exist_ok=True)
         config = bdir / "brick.toml"
-        config.write_text(_brick_toml(bid, ports.get(bid, 0), params.durability))
+        config.write_text(_brick_toml(layout, bid, ports.get(bid, 0), params))
         layout.ready_file(bid).unlink(missing_ok=True)
         with open(bdir / "brick.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "dds.bricks.main", "--config",
@@ -290,8 +298,9 @@ async def local_up(reactor: Any, layout: Layout, params: LocalParams,
                    ports: dict[str, int]) -> tuple[list[BrickProc], InitResult]:
     """Start the bricks, wait until they answer, write cluster.toml and init."""
     layout.dir.mkdir(parents=True, exist_ok=True)
-    _write_secret(layout)
-    target = Target(((HOST, 0),), layout.secret.read_bytes().strip(), "dds", layout.dir)
+    _write_credentials(layout, params)
+    target = Target(((HOST, 0),), credfiles.client_credentials(layout.dir, "dds", "admin"),
+                    "dds", layout.dir)
     bricks = start_bricks(layout, params, ports)
     try:
         await wait_ready(reactor, layout, bricks, target)
@@ -356,7 +365,7 @@ def purge_dir(layout: Layout) -> None:
         return
     if running(layout):
         raise AdminError(f"bricks of {layout.dir} are still running; not deleting it")
-    if not any(p.exists() for p in (layout.secret, layout.cluster, layout.pids)):
+    if not any(p.exists() for p in (layout.secrets, layout.cluster, layout.pids)):
         raise AdminError(f"{layout.dir} does not look like a local cluster directory; "
                          "not deleting it")
     shutil.rmtree(layout.dir)

@@ -89,7 +89,8 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                          leases=dict(r.get("leases", {})),
                          recovery=dict(r.get("recovery", {})),
                          copies=list(r.get("copies", [])),
-                         changes=dict(r.get("changes", {})))
+                         changes=dict(r.get("changes", {})),
+                         auth=dict(r.get("auth", {})))
             if r.get("_peer_id") != bid:
                 entry["error"] = f"answers as {r.get('_peer_id')!r}"
         bricks.append(entry)
@@ -102,19 +103,32 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
            for rg in sorted(cmap.rgs.values(), key=lambda g: (len(g.name), g.name))]
     membership(bricks, rgs)
     problems = divergence(bricks)
+    warnings = certificate_warnings(bricks)
     cluster = cmap.cluster
     return {
         "cluster": cluster.name if cluster else None,
         "replication": cluster.replication if cluster else None,
         "seed": seed, "map_fp": cmap.fp, "map_version": cmap.version,
         "partitions": len(cmap.partition_rg),
-        "bricks": bricks, "rgs": rgs, "divergence": problems,
+        "bricks": bricks, "rgs": rgs, "divergence": problems, "warnings": warnings,
         "ok": not problems and len(up) == len(bricks),
         # Every member active in the map and serving by its own account.  Kept apart
         # from "ok" (reachability and map agreement), whose meaning scripts rely on.
         "membership_ok": all(m["state"] == "active" and m["serving"]
                              for rg in rgs for m in rg["members"]),
     }
+
+
+def certificate_warnings(bricks: list[dict[str, Any]]) -> list[str]:
+    """Bricks whose TLS certificate (or CA) expires within their ``cert_warn_days``."""
+    out = []
+    for b in bricks:
+        auth = b.get("auth") or {}
+        days = auth.get("cert_expires_in_days")
+        if isinstance(days, (int, float)) and days < auth.get("warn_days", 30):
+            out.append(f"the TLS certificate of {b['id']} (or its CA) expires in "
+                       f"{days:.1f} days: issue a new one with dds-admin certs issue")
+    return out
 
 
 def last_exclusions(bricks: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -201,6 +215,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     console.print(_membership_table(report["rgs"], time.time()))
     for problem in report["divergence"]:
         console.print(f"[bold red]{escape(problem)}[/bold red]")
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
     down = [b["id"] for b in report["bricks"] if not b["up"]]
     if down:
         console.print(f"[red]{len(down)} brick(s) down: {', '.join(down)}[/red]")

@@ -60,7 +60,7 @@ class ProxiedCluster(Cluster):
         super().__init__(root, bricks, replication, partitions, durability,
                          lease_ms=lease_ms)
         if extra:   # rewrite the configs with the extra settings
-            self.bricks = [BrickProcess(b.id, root, self.secret, CLUSTER, durability, extra)
+            self.bricks = [BrickProcess(b.id, root, CLUSTER, durability, extra)
                            for b in self.bricks]
         self.pool = pool
         ports = free_ports(2 * bricks)

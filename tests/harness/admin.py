@@ -16,14 +16,22 @@ from tests.harness.processes import BrickProcess
 COMMAND_TIMEOUT_S = 120
 
 
+#: What a test process's environment may hold that must not reach a child by accident.
+_PRIVATE = ("DDS_SECRET", "DDS_BRICK_SECRET", "DDS_ADMIN_SECRET", "DDS_CLIENT_SECRET",
+            "DDS_CA_FILE", "DDS_CERT_FILE", "DDS_KEY_FILE", failpoints.ENV_VAR)
+
+
+def clean_env() -> dict[str, str]:
+    """The test process's environment without secrets, TLS files or failpoints."""
+    return {k: v for k, v in os.environ.items() if k not in _PRIVATE}
+
+
 def admin(cluster: Cluster, *args: str, seeds: list[BrickProcess] | None = None,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``dds-admin ARGS --seeds … --secret-file …``; ``env`` is added to a clean
     environment (no secret, no failpoint of the test process)."""
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
+    secret = cluster.root / "secrets" / "admin"
+    base = clean_env()
     addresses = ",".join(b.address for b in (seeds or cluster.bricks))
     return subprocess.run(
         [sys.executable, "-m", "dds.tools.admin", *args, "--seeds", addresses,

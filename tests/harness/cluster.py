@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Any
 
+from dds.auth import Credentials
 from dds.config import parse_cluster_config
 from dds.connect import open_connection
 from dds.lib import DDSClient
 from dds.rpc import RPCProtocol
+from dds.tools import credfiles
 
 from tests.harness.processes import BrickProcess
 
@@ -28,9 +29,17 @@ class Cluster:
                  partitions: int = 16, durability: str = "disk",
                  txn_deadline_ms: int | None = None, lease_ms: int | None = None,
                  brick_settings: dict[str, Any] | None = None,
-                 timeout_settings: dict[str, int] | None = None) -> None:
+                 timeout_settings: dict[str, int] | None = None, tls: bool = False,
+                 auth_settings: dict[str, Any] | None = None) -> None:
         self.root = root
-        self.secret = secrets.token_hex(16)
+        # One secret per role (DESIGN §10), in root/secrets: ``secret`` is the client
+        # role's (what the library connects with), ``admin_secret`` the admin tool's.
+        root.mkdir(parents=True, exist_ok=True)
+        credfiles.write_role_secrets(root)
+        role = credfiles.role_secrets(root)
+        self.secret = role["client"].decode()
+        self.admin_secret = role["admin"].decode()
+        self.brick_secret = role["brick"].decode()
         self.replication = replication
         self.partitions = partitions
         timeouts = {"txn_deadline_ms": txn_deadline_ms, "lease_ms": lease_ms,
@@ -39,8 +48,11 @@ class Cluster:
                                          if v is not None)
         settings = "".join(f"{name} = {_toml(value)}\n"
                            for name, value in (brick_settings or {}).items())
-        self.bricks = [BrickProcess(f"b{i + 1}", root, self.secret, CLUSTER, durability,
-                                    extra, settings)
+        self.tls = tls
+        auth = "".join(f"{name} = {_toml(value)}\n"
+                       for name, value in (auth_settings or {}).items())
+        self.bricks = [BrickProcess(f"b{i + 1}", root, CLUSTER, durability,
+                                    extra, settings, tls=tls, auth_settings=auth)
                        for i in range(bricks)]
 
     @property
@@ -102,12 +114,16 @@ class Cluster:
 
     async def admin_connection(self, reactor: Any, brick: BrickProcess) -> RPCProtocol:
         return await open_connection(reactor, "127.0.0.1", brick.port, node_id="test-admin",
-                                     cluster=CLUSTER, secret=self.secret.encode(),
+                                     cluster=CLUSTER, credentials=self.credentials("admin"),
                                      max_frame=16 << 20)
+
+    def credentials(self, role: str) -> Credentials:
+        """What ``role`` connects with: its shared secret, or its certificate (TLS)."""
+        return credfiles.client_credentials(self.root, CLUSTER, role)
 
     async def client(self, reactor: Any, **options: Any) -> DDSClient:
         return await DDSClient.connect(reactor, self.seeds, cluster=CLUSTER,
-                                       secret=self.secret.encode(), **options)
+                                       credentials=self.credentials("client"), **options)
 
     def stop(self) -> None:
         errors = []

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from dds.tools import credfiles
+
 READY_TIMEOUT_S = 30.0
 
 
@@ -30,10 +32,17 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str,
 
 
 class BrickProcess:
-    def __init__(self, brick_id: str, root: Path, secret: str, cluster: str = "dds",
+    def __init__(self, brick_id: str, root: Path, cluster: str = "dds",
                  durability: str = "disk", extra: str = "",
-                 brick_settings: str = "") -> None:
+                 brick_settings: str = "", tls: bool = False,
+                 auth_settings: str = "") -> None:
+        """A brick under ``root/brick_id``, authenticating with the per-role secrets in
+        ``root/secrets`` (made if missing: ``dds.tools.credfiles``), or with ``tls`` a
+        certificate from the CA in ``root/tls``.  ``auth_settings`` go in ``[auth]``."""
         self.id = brick_id
+        credfiles.write_role_secrets(root)
+        if tls:
+            credfiles.write_tls(root, cluster, [brick_id])
         self.dir = root / brick_id
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.dir / "data"
@@ -41,9 +50,11 @@ class BrickProcess:
         self.config_path = self.dir / "brick.toml"
         self.config_path.write_text(
             f'[brick]\nid = "{brick_id}"\nhost = "127.0.0.1"\nport = 0\nhttp_port = 0\n'
+            f'stream_port = 0\n'
             f'data_dir = "data"\ndurability = "{durability}"\nallow_failpoints = true\n'
             f'{brick_settings}'
-            f'[cluster]\nname = "{cluster}"\nsecret = "{secret}"\n'
+            f'[cluster]\nname = "{cluster}"\n'
+            + credfiles.auth_toml(root, brick_id, tls) + auth_settings +
             f'[log]\nformat = "json"\nlevel = "info"\n{extra}')
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0

@@ -83,8 +83,12 @@ def test_help_runs_as_module() -> None:
 def test_local_up_status_down(local_cluster: Path) -> None:
     pids = recorded(local_cluster)
     assert len(pids) == 3 and all(procs.is_running(p, s) for p, s in pids)
-    secret = local_cluster / "secret"
-    assert secret.stat().st_mode & 0o777 == 0o600
+    secrets = local_cluster / "secrets"
+    assert secrets.stat().st_mode & 0o777 == 0o700
+    for role in ("brick", "admin", "client"):
+        assert (secrets / role).stat().st_mode & 0o777 == 0o600
+    assert len({(secrets / role).read_text() for role in ("brick", "admin", "client")}) == 3
+    secret = secrets / "admin"
     assert (local_cluster / "cluster.toml").exists()
     for b in ("b1", "b2", "b3"):
         assert (local_cluster / b / "brick.toml").exists()
@@ -154,8 +158,9 @@ def free_port() -> int:
 def test_init_refuses_when_a_brick_does_not_answer(tmp_path: Path) -> None:
     layout = Layout(tmp_path / "raw")
     layout.dir.mkdir()
-    layout.secret.write_text("test-secret\n")
     bricks = start_bricks(layout, LocalParams(bricks=2, replication=2, partitions=4), {})
+    admin_secret = layout.secrets / "admin"
+    admin_env = {"DDS_ADMIN_SECRET": admin_secret.read_text().strip()}
     try:
         def ready() -> bool:
             for b in bricks:
@@ -174,28 +179,29 @@ def test_init_refuses_when_a_brick_does_not_answer(tmp_path: Path) -> None:
         config.write_text("[cluster]\nreplication = 2\npartitions = 4\n" + "".join(
             f'[[bricks]]\nid = "{bid}"\naddress = "127.0.0.1:{port}"\nhost = "{bid}"\n'
             for bid, port in entries))
-        result = admin("init", "--config", str(config), "--secret-file", str(layout.secret))
+        result = admin("init", "--config", str(config), "--secret-file", str(admin_secret))
         assert result.returncode == 1
         assert f"error: brick b3 at 127.0.0.1:{dead} does not answer:" in result.stderr
         assert "nothing was pushed" in result.stderr
         # Nothing reached the bricks that do answer: they still have no map.
         seeds = ",".join(f"127.0.0.1:{b.port}" for b in bricks)
         empty = admin("status", "--seeds", seeds, "--json",
-                      env={"DDS_SECRET": "test-secret"})
+                      env=admin_env)
         assert empty.returncode == 1 and "has no map yet" in empty.stderr
 
         # A wrong secret is named as such, and also pushes nothing.
-        wrong = admin("init", "--config", str(config), env={"DDS_SECRET": "nope"})
+        wrong = admin("init", "--config", str(config),
+                      env={"DDS_ADMIN_SECRET": "not-the-admin-secret".ljust(40, "x")})
         assert wrong.returncode == 1 and "refused the handshake" in wrong.stderr
 
         # With the dead brick removed, init succeeds and is idempotent.
         config.write_text(config.read_text().split('[[bricks]]\nid = "b3"')[0])
         for _ in range(2):
-            ok = admin("init", "--config", str(config), "--secret-file", str(layout.secret))
+            ok = admin("init", "--config", str(config), "--secret-file", str(admin_secret))
             assert ok.returncode == 0, ok.stderr
             assert "initialized cluster dds: 2 bricks" in ok.stdout
         report = json.loads(admin("status", "--seeds", seeds, "--json",
-                                  env={"DDS_SECRET": "test-secret"}).stdout)
+                                  env=admin_env).stdout)
         assert report["ok"] and len(report["bricks"]) == 2
     finally:
         stopped = stop(bricks)

@@ -2,7 +2,7 @@
 real brick processes with short membership leases (DESIGN §5–7).
 
 The admin tool runs as a subprocess (it runs its own reactor, the test process already
-runs one); it finds the bricks through ``--seeds`` and the secret through DDS_SECRET.
+runs one); it finds the bricks through ``--seeds`` and the admin secret through DDS_ADMIN_SECRET.
 Waiting is polling with deadlines, never a fixed sleep.
 """
 
@@ -31,7 +31,7 @@ COMMAND_TIMEOUT_S = 60
 
 def admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [str(ADMIN)] if ADMIN.exists() else [sys.executable, "-m", "dds.tools.admin"]
-    env = {**os.environ, "DDS_SECRET": cluster.secret}
+    env = {**os.environ, "DDS_ADMIN_SECRET": cluster.admin_secret}
     return subprocess.run(argv + [args[0], "--seeds", ",".join(cluster.seeds), *args[1:]],
                           env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -141,7 +142,7 @@ async def test_a_brick_refuses_an_oversize_value_and_applies_nothing(cluster_fac
 
 def test_an_unknown_config_key_stops_the_brick_with_the_setting_named(tmp_path: Path) -> None:
     cfg = tmp_path / "brick.toml"
-    cfg.write_text('[brick]\nid = "b1"\ndurabilty = "disk"\n[cluster]\nsecret = "s"\n')
+    cfg.write_text('[brick]\nid = "b1"\ndurabilty = "disk"\n')
     proc = subprocess.run([sys.executable, "-m", "dds.bricks.main", "--config", str(cfg)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
@@ -181,8 +182,10 @@ def test_a_brick_whose_port_is_taken_exits_naming_the_address(tmp_path: Path) ->
         port = taken.getsockname()[1]
         cfg = tmp_path / "brick.toml"
         cfg.write_text(f'[brick]\nid = "b1"\nport = {port}\nhttp_port = -1\n'
-                       '[cluster]\nsecret = "s"\n')
+                       'stream_port = 0\n')
+        env = {**os.environ, **{f"DDS_{r.upper()}_SECRET": f"{r}-".ljust(40, "s")
+                                for r in ("brick", "admin", "client")}}
         proc = subprocess.run([sys.executable, "-m", "dds.bricks.main", "--config", str(cfg)],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert f"127.0.0.1:{port}" in proc.stderr and "Address already in use" in proc.stderr

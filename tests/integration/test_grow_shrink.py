@@ -39,12 +39,12 @@ OPTIONS = m.Options(parallel=3, timeout=60.0)
 
 def _target(cluster: Cluster) -> Target:
     return Target(tuple(("127.0.0.1", b.port) for b in cluster.bricks[:3]),
-                  cluster.secret.encode(), CLUSTER)
+                  cluster.admin_secret.encode(), CLUSTER)
 
 
 async def _new_bricks(cluster: Cluster, names: list[str]) -> list[BrickProcess]:
     """Bricks started like the cluster's own (same secret and timeouts), not in the map."""
-    made = [BrickProcess(name, cluster.root, cluster.secret, CLUSTER, "disk",
+    made = [BrickProcess(name, cluster.root, CLUSTER, "disk",
                          "[timeouts]\nlease_ms = 1000\n") for name in names]
     for b in made:
         b.start()
@@ -245,8 +245,7 @@ async def test_a_cancel_rolls_back_the_change_whose_copy_is_running(
     live = cluster.bricks[:3]
     for b in live:       # every possible source fails the copy's middle chunk
         await call(cluster, b, "failpoint", {"name": "copy.mid", "action": "error"})
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
+    secret = cluster.root / "secrets" / "admin"
     env = {k: v for k, v in os.environ.items()
            if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
     proc = subprocess.Popen(

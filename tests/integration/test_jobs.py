@@ -2,7 +2,7 @@
 processes, read back and cancelled with ``dds-admin jobs`` / ``dds-admin cancel``.
 
 The admin tool runs as a subprocess (it runs its own reactor; the test process already
-runs one) and finds the bricks through ``--seeds`` with the secret in DDS_SECRET.
+runs one) and finds the bricks through ``--seeds`` with the admin secret in DDS_ADMIN_SECRET.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PLAN = {"pid": "p1.0", "from": "rg1", "to": "rg2",
 
 def admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [str(ADMIN)] if ADMIN.exists() else [sys.executable, "-m", "dds.tools.admin"]
-    env = {**os.environ, "DDS_SECRET": cluster.secret}
+    env = {**os.environ, "DDS_ADMIN_SECRET": cluster.admin_secret}
     return subprocess.run(argv + [args[0], "--seeds", ",".join(cluster.seeds), *args[1:]],
                           env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
 
@@ -45,7 +45,7 @@ def admin_json(cluster: Cluster, *args: str) -> dict[str, Any]:
 
 
 def target_of(cluster: Cluster) -> Target:
-    return Target(parse_seeds(",".join(cluster.seeds)), cluster.secret.encode(), CLUSTER)
+    return Target(parse_seeds(",".join(cluster.seeds)), cluster.admin_secret.encode(), CLUSTER)
 
 
 def free_port() -> int:

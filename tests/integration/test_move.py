@@ -24,7 +24,7 @@ WAIT_S = 30.0
 
 def _target(cluster: Cluster) -> Target:
     return Target(tuple(("127.0.0.1", b.port) for b in cluster.bricks),
-                  cluster.secret.encode(), CLUSTER)
+                  cluster.admin_secret.encode(), CLUSTER)
 
 
 @pytest_twisted.ensureDeferred

@@ -121,15 +121,14 @@ def clusters(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 
 def _target(cluster: Cluster) -> Target:
     return Target(tuple(("127.0.0.1", b.port) for b in cluster.bricks),
-                  cluster.secret.encode(), CLUSTER)
+                  cluster.admin_secret.encode(), CLUSTER)
 
 
 async def _admin(cluster: Cluster, *args: str,
                  env: dict[str, str] | None = None) -> tuple[int, str, str]:
     """``dds-admin ARGS`` as a process, without blocking the reactor (the writers go on):
     ``(exit status, stdout, stderr)``."""
-    secret = cluster.root / "secret"
-    secret.write_text(cluster.secret)
+    secret = cluster.root / "secrets" / "admin"
     base = {k: v for k, v in os.environ.items()
             if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
     argv = ["-m", "dds.tools.admin", *args, "--seeds",

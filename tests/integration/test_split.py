@@ -36,7 +36,7 @@ WAIT_S = 30.0
 
 def _target(cluster: Cluster) -> Target:
     return Target(tuple(("127.0.0.1", b.port) for b in cluster.bricks),
-                  cluster.secret.encode(), CLUSTER)
+                  cluster.admin_secret.encode(), CLUSTER)
 
 
 async def _true(value: bool) -> bool:
@@ -240,7 +240,7 @@ async def test_repair_finishes_or_rolls_back_a_split_or_merge_killed_at_any_step
 
     # `dds-admin cancel` while the tool runs: it stops at its next step and rolls back.
     assert leaf
-    secret = cluster.root / "secret"
+    secret = cluster.root / "secrets" / "admin"
     env = {k: v for k, v in os.environ.items() if k not in ("DDS_SECRET",)}
     env[failpoints.ENV_VAR] = "split.after_prepared=pause"      # SIGSTOP: we continue it
     running = subprocess.Popen(
