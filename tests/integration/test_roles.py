@@ -1,0 +1,142 @@
+"""Roles on real bricks (DESIGN §10): each connection proves one role, and a brick refuses
+every request outside it with a clear error, a metric and a log line, applying nothing."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from dds.auth import Credentials
+from dds.connect import open_connection
+from dds.errors import AuthenticationFailed, PermissionDenied
+from dds.rpc import RPCProtocol
+
+from tests.harness.cluster import CLUSTER, Cluster
+
+
+def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
+    b = cluster.brick(brick_id)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
+                                  timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"dds_{name} "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def _connect(cluster: Cluster, role: str, brick: str = "b1",
+                   credentials: Credentials | None = None) -> RPCProtocol:
+    return await open_connection(reactor, "127.0.0.1", cluster.brick(brick).port,
+                                 node_id=f"test-{role}", cluster=CLUSTER,
+                                 credentials=credentials or cluster.credentials(role),
+                                 max_frame=1 << 20)
+
+
+@pytest.fixture
+def cluster(cluster_factory: Any) -> Cluster:
+    made: Cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    return made
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_may_read_and_fetch_the_map(cluster: Cluster) -> None:
+    await cluster.init(reactor)
+    conn = await _connect(cluster, "client")
+    try:
+        assert conn.peer_role == "client"
+        reply = await conn.call("map_get", {}, timeout=10)
+        assert reply["map"]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mtype, body", [
+    ("status", {}),
+    ("txns", {}),
+    ("failpoint", {"name": "x", "action": "off"}),
+    ("lease", {"holder": "b2", "rgs": ["rg0"]}),
+    ("gossip", {"digest": []}),
+    ("journal_read", {}),
+])
+@pytest_twisted.ensureDeferred
+async def test_a_client_is_refused_admin_and_peer_requests(cluster: Cluster, mtype: str,
+                                                           body: dict[str, Any]) -> None:
+    await cluster.init(reactor)
+    before = _metric(cluster, "b1", "requests_denied_total")
+    conn = await _connect(cluster, "client")
+    try:
+        with pytest.raises(PermissionDenied, match=f"'{mtype}' is not allowed for the "
+                                                   "client role"):
+            await conn.call(mtype, body, timeout=10)
+    finally:
+        conn.close()
+    assert _metric(cluster, "b1", "requests_denied_total") == before + 1
+    assert any(str(e.get("msg", "")).startswith(f"refused {mtype} from test-client")
+               for e in cluster.brick("b1").log_events())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_admin_is_refused_peer_requests(cluster: Cluster) -> None:
+    await cluster.init(reactor)
+    conn = await _connect(cluster, "admin")
+    try:
+        assert (await conn.call("status", {}, timeout=10))["id"] == "b1"
+        with pytest.raises(PermissionDenied, match="not allowed for the admin role"):
+            await conn.call("lease", {"holder": "b2", "rgs": ["rg0"]}, timeout=10)
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_may_ask_for_an_exclusion_but_not_to_readmit(cluster: Cluster) -> None:
+    await cluster.init(reactor)
+    conn = await _connect(cluster, "client")
+    try:
+        rg = (await conn.call("map_get", {}, timeout=10))["map"]
+        record = next(r for r in rg if r[0] == "rg")
+        from dds.records import record_from_wire
+        rec = record_from_wire(record)
+        with pytest.raises(PermissionDenied, match="a client may only ask for an exclusion"):
+            await conn.call("rg_change", {"rg": rec.name, "version": rec.version,
+                                          "fp": rec.fp, "member": "b2",
+                                          "state": "active"}, timeout=10)
+    finally:
+        conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_record_pushed_by_a_client_changes_no_brick(cluster: Cluster) -> None:
+    """The forged-record attack: rg0 at a higher version listing no partitions, pushed with
+    the client role's credentials, is a hint the bricks check with their peers."""
+    await cluster.init(reactor)
+    conn = await _connect(cluster, "client")
+    try:
+        before = await conn.call("map_get", {}, timeout=10)
+        rg = next(r for r in before["map"] if r[0] == "rg")
+        forged = [rg[0], rg[1], rg[2] + 1, rg[3], []]
+        reply = await conn.call("map_push", {"records": [forged]}, timeout=10)
+        assert reply["adopted"] == 0 and reply["hint"] is True
+        after = await conn.call("map_get", {}, timeout=10)
+    finally:
+        conn.close()
+    assert after["map"] == before["map"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_secret_does_not_prove_the_admin_role(cluster: Cluster) -> None:
+    await cluster.init(reactor)
+    client_secret = cluster.secret.encode()
+    with pytest.raises(AuthenticationFailed, match="wrong shared secret for the admin role"):
+        await _connect(cluster, "admin", credentials=Credentials.shared("admin",
+                                                                        client_secret))
+    with pytest.raises(AuthenticationFailed, match="wrong shared secret for the brick role"):
+        await _connect(cluster, "brick", credentials=Credentials.shared("brick",
+                                                                        client_secret))
+    assert _metric(cluster, "b1", "auth_failures_total") >= 2
+    # The claimed id of a peer that failed is never logged: only its address.
+    events = cluster.brick("b1").log_events()
+    assert not any("test-admin" in str(e) or "test-brick" in str(e) for e in events)
