@@ -1,23 +1,24 @@
 """A DDS cluster whose bricks run on separate namespace hosts (``tests/multihost/netns``).
 
-Each brick is a ``tests/harness`` :class:`BrickProcess` started on its own host with
-``brick.host`` set to that host's address and a fixed port; one more host, the *client
-host*, runs everything an operator or a service would: ``dds-admin init`` with a
-cluster.toml naming every brick by its address (its failure domain is its host name),
-``dds-admin status|move|split|scrub``, and small client scripts on
-``dds.lib.BlockingDDSClient`` that print their result as JSON.  The test process itself
-never talks to a brick: it could not, being in the root namespace.
+Each brick runs on its own host with a configuration as an operator writes it for a
+host: ``listen`` on the wildcard address (or, on IPv6, the host's own), ``advertise``
+the host's address, the fixed ports 7401 (RPC), 7402 (copy stream) and 7403 (HTTP,
+``http_listen`` the host's address).  One more host, the *client host*, runs everything
+an operator or a service would: ``dds-admin init`` with a cluster.toml naming every
+brick by its address (its failure domain is its host name), ``dds-admin
+status|move|split|scrub``, and small client scripts on ``dds.lib.BlockingDDSClient``
+that print their result as JSON.  The test process itself never talks to a brick: it
+could not, being in the root namespace.
 
-How credentials are made, written and passed is decided in one class,
-:class:`Credentials`, so that moving to mutual TLS changes one place.
-Waiting is polling a condition with a deadline (the brick's ready file, ``status
---json``), never a fixed sleep.
+Credentials are mutual TLS by default (a cluster CA made with ``dds-admin certs init``,
+a certificate per brick, one for the admin and one for the client), or one shared
+secret per role (``auth="secret"``); how they are made, written and passed is decided in
+one class, :class:`Credentials`.  Waiting is polling a condition with a deadline (the
+brick's ready file, ``status --json``), never a fixed sleep.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import os
 import secrets
@@ -36,56 +37,121 @@ from tests.multihost.netns import Host, Topology
 
 CLUSTER = "dds"
 BRICK_PORT = 7401
+STREAM_PORT = 7402
+HTTP_PORT = 7403
 LEASE_MS = 1000
 COMMAND_TIMEOUT_S = 120.0
+CERTS_TIMEOUT_S = 60.0
 RESULT_MARK = "RESULT "
+ROLES = ("brick", "admin", "client")
 Status = dict[str, Any]
 
 
-class Credentials:
-    """The cluster's credentials and how each party gets them: the one place to change
-    for mutual TLS.  It does what ``tests/harness`` does, whichever scheme that is:
+def admin_command(*args: str) -> list[str]:
+    """``dds-admin ARGS`` as a command line of this interpreter."""
+    return [sys.executable, "-m", "dds.tools.admin", *args]
 
-    - one shared secret (``BrickProcess(…, secret)`` writes it into the brick's
-      ``[cluster] secret``), given to ``dds-admin`` by ``--secret-file`` and to the
-      library as ``secret=``;
-    - one secret per role (``BrickProcess`` without ``secret`` writes an ``[auth]``
-      section naming ``root/secrets/<role>``): ``dds-admin`` gets the admin role's file,
-      the library the client role's secret.
+
+def toml_str(value: str | Path) -> str:
+    return json.dumps(str(value))
+
+
+class Credentials:
+    """The cluster's credentials and how each party gets them (``mode``):
+
+    - ``"tls"``: a cluster CA made by ``dds-admin certs init`` in ``root/tls``, and
+      ``dds-admin certs issue`` certificates there: ``--role brick`` one per brick (its
+      id), ``--role admin admin`` and ``--role client client``.  A brick's ``[auth]``
+      names the CA, its certificate and key; ``dds-admin`` gets ``--ca-file/--cert-file/
+      --key-file`` of the admin's, the library ``tls=`` of the client's;
+    - ``"secret"``: one shared secret per role in ``root/secrets/<role>`` (mode 0600):
+      every brick's ``[auth]`` names the three, ``dds-admin`` gets the admin role's file
+      by ``--secret-file``, the library the client role's secret as ``secret=``.
+
+    Nothing is made until :meth:`make`, which is given the brick ids.
     """
 
+    MODES = ("tls", "secret")
     #: What the test process's environment may hold that must not reach a child.
     PRIVATE_ENV = ("DDS_SECRET", "DDS_BRICK_SECRET", "DDS_ADMIN_SECRET",
                    "DDS_CLIENT_SECRET", "DDS_CA_FILE", "DDS_CERT_FILE", "DDS_KEY_FILE")
 
-    def __init__(self, root: Path) -> None:
-        self.per_role = "secret" not in inspect.signature(BrickProcess.__init__).parameters
-        self._brick_kwargs: dict[str, Any] = {}
-        if self.per_role:
-            # Imported by name: the module arrives with the per-role secrets.
-            credfiles = importlib.import_module("dds.tools.credfiles")
-            files: dict[str, Path] = credfiles.write_role_secrets(root)
-            self.admin_file: Path = files["admin"]
-            self.client_file: Path = files["client"]
-        else:
-            secret = secrets.token_hex(16)
-            self.admin_file = self.client_file = root / "secret"
-            self.admin_file.write_text(secret)
-            self.admin_file.chmod(0o600)
-            self._brick_kwargs["secret"] = secret
+    def __init__(self, root: Path, mode: str = "tls") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, not {mode!r}")
+        self.mode = mode
+        self.tls_dir = root / "tls"
+        self.secrets_dir = root / "secrets"
 
-    def brick_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`BrickProcess` that give the brick its own."""
-        return dict(self._brick_kwargs)
+    # -- making them ----------------------------------------------------------------------
+
+    def make(self, brick_ids: list[str]) -> None:
+        """Create every party's credentials (TLS: by ``dds-admin certs`` commands)."""
+        if self.mode == "tls":
+            self._make_tls(brick_ids)
+        else:
+            self._make_secrets()
+
+    def _make_tls(self, brick_ids: list[str]) -> None:
+        self._certs(["init", str(self.tls_dir), "--cluster", CLUSTER])
+        wanted = [("brick", b) for b in brick_ids] + [("admin", "admin"), ("client", "client")]
+        # Each issue writes files of its own: run them side by side.
+        procs = [(name, subprocess.Popen(
+                    admin_command("certs", "issue", "--role", role, name,
+                                  "--ca-dir", str(self.tls_dir)),
+                    env=self.clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    text=True))
+                 for role, name in wanted]
+        failed = []
+        for name, proc in procs:
+            out, _ = proc.communicate(timeout=CERTS_TIMEOUT_S)
+            if proc.returncode != 0:
+                failed.append(f"certs issue {name} ({proc.returncode}):\n{out}")
+        assert not failed, "\n".join(failed)
+
+    def _certs(self, args: list[str]) -> None:
+        result = subprocess.run(admin_command("certs", *args), env=self.clean_env(),
+                                capture_output=True, text=True, timeout=CERTS_TIMEOUT_S)
+        assert result.returncode == 0, (f"dds-admin certs {' '.join(args)} failed "
+                                        f"({result.returncode}):\n{result.stdout}"
+                                        f"{result.stderr}")
+
+    def _make_secrets(self) -> None:
+        self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for role in ROLES:
+            fd = os.open(self.secrets_dir / role, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+
+    # -- giving them out ------------------------------------------------------------------
+
+    def _tls_files(self, name: str) -> tuple[Path, Path, Path]:
+        d = self.tls_dir
+        return d / "ca.crt", d / f"{name}.crt", d / f"{name}.key"
+
+    def brick_auth(self, brick_id: str) -> str:
+        """The ``[auth]`` section of ``brick_id``'s configuration."""
+        if self.mode == "tls":
+            ca, cert, key = self._tls_files(brick_id)
+            return (f'[auth]\nmode = "tls"\nca_file = {toml_str(ca)}\n'
+                    f'cert_file = {toml_str(cert)}\nkey_file = {toml_str(key)}\n')
+        return '[auth]\nmode = "secret"\n' + "".join(
+            f"{role}_secret_file = {toml_str(self.secrets_dir / role)}\n" for role in ROLES)
 
     def admin_args(self) -> list[str]:
         """Options for every ``dds-admin`` command."""
-        return ["--secret-file", str(self.admin_file)]
+        if self.mode == "tls":
+            ca, cert, key = self._tls_files("admin")
+            return ["--ca-file", str(ca), "--cert-file", str(cert), "--key-file", str(key)]
+        return ["--secret-file", str(self.secrets_dir / "admin")]
 
     def client_code(self) -> str:
         """Python that binds ``credentials``: the keyword arguments of the client."""
-        return (f"credentials = {{'secret': open({str(self.client_file)!r}).read()"
-                f".strip().encode()}}")
+        if self.mode == "tls":
+            ca, cert, key = (str(p) for p in self._tls_files("client"))
+            return f"credentials = {{'tls': {{'ca': {ca!r}, 'cert': {cert!r}, 'key': {key!r}}}}}"
+        return (f"credentials = {{'secret': open({str(self.secrets_dir / 'client')!r})"
+                f".read().strip().encode()}}")
 
     def clean_env(self) -> dict[str, str]:
         """The test process's environment without credentials or failpoints of its own:
@@ -95,16 +161,29 @@ class Credentials:
 
 
 class NetnsBrick(BrickProcess):
-    """A :class:`BrickProcess` run on a namespace host, at its address and a fixed port
-    (the map names both, so restarts keep them)."""
+    """A brick run on a namespace host with a host's configuration (see the module
+    docstring): the map names its address and port, so restarts keep them."""
 
     def __init__(self, brick_id: str, root: Path, topology: Topology, host: Host,
                  credentials: Credentials, extra: str) -> None:
-        super().__init__(brick_id, root, cluster=CLUSTER, durability="disk", extra=extra,
-                         **credentials.brick_kwargs())
+        super().__init__(brick_id, root, cluster=CLUSTER, durability="disk")
         self.topology = topology
         self.host = host
         self.port = BRICK_PORT
+        self.http_port = HTTP_PORT
+        # Replaces the loopback configuration BrickProcess wrote.
+        self.config_path.write_text(self.host_config(credentials, extra))
+
+    def host_config(self, credentials: Credentials, extra: str) -> str:
+        address = self.host.address
+        listen = address if ":" in address else "0.0.0.0"
+        return (f'[brick]\nid = "{self.id}"\nlisten = {toml_str(listen)}\n'
+                f'advertise = {toml_str(address)}\nport = {BRICK_PORT}\n'
+                f'stream_port = {STREAM_PORT}\nhttp_port = {HTTP_PORT}\n'
+                f'http_listen = {toml_str(address)}\ndata_dir = "data"\n'
+                f'durability = "disk"\n\n[cluster]\nname = "{CLUSTER}"\n\n'
+                f'{credentials.brick_auth(self.id)}\n'
+                f'[log]\nformat = "json"\nlevel = "info"\n\n{extra}')
 
     @property
     def address(self) -> str:
@@ -113,8 +192,7 @@ class NetnsBrick(BrickProcess):
     def start(self) -> None:
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "dds.bricks.main", "--config", str(self.config_path),
-                "--set", f"brick.host={self.host.address}", "--set", f"brick.port={self.port}"]
+        argv = [sys.executable, "-m", "dds.bricks.main", "--config", str(self.config_path)]
         with open(self.log_path, "ab") as log:
             self.proc = self.topology.popen(self.host, argv, stdout=log,
                                             stderr=subprocess.STDOUT, cwd=self.dir,
@@ -122,17 +200,19 @@ class NetnsBrick(BrickProcess):
 
 
 class NetnsCluster:
-    """``bricks`` bricks, one per host, plus a client host; see the module docstring."""
+    """``bricks`` bricks, one per host, plus a client host; see the module docstring.
+    ``auth`` is the :class:`Credentials` mode: ``"tls"`` or ``"secret"``."""
 
     def __init__(self, root: Path, bricks: int = 6, replication: int = 3,
-                 partitions: int = 8, lease_ms: int = LEASE_MS, ipv6: bool = False) -> None:
+                 partitions: int = 8, lease_ms: int = LEASE_MS, ipv6: bool = False,
+                 auth: str = "tls") -> None:
         self.root = root
         self.n_bricks = bricks
         self.replication = replication
         self.partitions = partitions
         self.lease_ms = lease_ms
         self.ipv6 = ipv6
-        self.credentials = Credentials(root)
+        self.credentials = Credentials(root, auth)
         self.topology: Topology | None = None
         self.bricks: list[NetnsBrick] = []
         self.cut_bricks: set[str] = set()
@@ -140,9 +220,11 @@ class NetnsCluster:
     # -- life cycle ---------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> None:
-        """Build the hosts, start the bricks, ``dds-admin init``, and wait until every
-        member of every RG is active and serving.  On failure everything is torn down."""
+        """Make the credentials, build the hosts, start the bricks, ``dds-admin init``,
+        and wait until every member of every RG is active and serving.  On failure
+        everything is torn down."""
         try:
+            self.credentials.make([f"b{i}" for i in range(1, self.n_bricks + 1)])
             self.topology = Topology.create(self.n_bricks + 1, ipv6=self.ipv6)
             extra = f"[timeouts]\nlease_ms = {self.lease_ms}\n"
             self.bricks = [NetnsBrick(f"b{h.index}", self.root, self.topology, h,
@@ -302,6 +384,28 @@ class NetnsCluster:
                 return json.loads(line[len(RESULT_MARK):])
         raise AssertionError(f"client script failed ({proc.returncode}):\n{proc.stdout}"
                              f"{proc.stderr}")
+
+    def http_get(self, brick_id: str, path: str) -> tuple[int, str]:
+        """``GET http://<brick's host address>:7403<path>`` from the client host: the
+        status code and the body (an error status is an answer too)."""
+        assert self.topology is not None
+        brick = self.brick(brick_id)
+        url = f"http://{brick.host.hostport(HTTP_PORT)}{path}"
+        script = textwrap.dedent("""
+            import json, sys, urllib.error, urllib.request
+            try:
+                with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+                    code, body = r.status, r.read()
+            except urllib.error.HTTPError as e:
+                code, body = e.code, e.read()
+            print(json.dumps([code, body.decode()]))
+            """)
+        proc = self.topology.run(self.client_host, [sys.executable, "-c", script, url],
+                                 env=self.credentials.clean_env(), capture_output=True,
+                                 text=True, timeout=COMMAND_TIMEOUT_S)
+        assert proc.returncode == 0, f"GET {url} failed:\n{proc.stdout}{proc.stderr}"
+        code, body = json.loads(proc.stdout)
+        return int(code), str(body)
 
     def put(self, items: dict[str, str]) -> dict[str, int]:
         """Write every ``key: value`` (8 at a time); the version of each."""

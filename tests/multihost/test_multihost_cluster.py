@@ -1,17 +1,20 @@
 """A 6-brick cluster on 6 namespace hosts, driven from a seventh (the client host) as a
 service and an operator would: clients write and read, a host is cut off the network and
-restored, a partition moves to a group on other hosts, another splits.
+restored, a partition moves to a group on other hosts, another splits.  Every party
+authenticates with mutual TLS (a cluster CA, a certificate per brick, one for the admin
+and one for the client); one small cluster of its own runs on per-role shared secrets.
 
 The tests share one cluster (module scope: ~40 s instead of several minutes) in the
 order they appear: the cut host's exclusion, then its re-sync, then the reorganizations
 on a healthy cluster.  The cut and its writes are made once, by whichever of the two
 outage tests runs first, so either can also run alone.  Every wait is a condition polled
 with a deadline (``dds-admin status --json``), never a sleep.  The last test runs a
-small cluster of its own on IPv6.
+small cluster of its own on IPv6, and another on shared secrets.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,6 +74,28 @@ def test_writes_then_reads_from_the_client_host(cluster: NetnsCluster) -> None:
 
     assert cluster.put(values) == {k: 1 for k in keys}
     assert cluster.get(keys) == {k: (values[k], 1) for k in keys}
+
+
+def test_every_brick_authenticates_with_its_tls_certificate(cluster: NetnsCluster) -> None:
+    report = cluster.wait_healthy()
+    auth = {b["id"]: b["auth"] for b in report["bricks"]}
+    assert {bid: a["mode"] for bid, a in auth.items()} == {
+        b.id: "tls" for b in cluster.bricks}, auth
+    # Issued for dds-admin certs issue's default of 825 days, a moment ago.
+    assert all(824 < a["cert_expires_in_days"] <= 825 for a in auth.values()), auth
+    assert report["warnings"] == [], report["warnings"]
+
+
+def test_healthz_and_metrics_answer_on_each_host_address(cluster: NetnsCluster) -> None:
+    cluster.wait_healthy()
+    for b in cluster.bricks:
+        code, body = cluster.http_get(b.id, "/healthz")
+        assert (code, json.loads(body)["brick"], json.loads(body)["ok"]) == (200, b.id, True)
+        code, metrics = cluster.http_get(b.id, "/metrics")
+        expiry = [line for line in metrics.splitlines()
+                  if line.startswith("dds_tls_cert_expiry_seconds ")]
+        assert code == 200 and len(expiry) == 1, metrics[:2000]
+        assert float(expiry[0].split()[1]) > 824 * 86400
 
 
 @attrs.define
@@ -204,3 +229,17 @@ def test_an_ipv6_cluster_serves_writes_and_reads(tmp_path: Path) -> None:
         assert v6.get(keys) == {k: (k.upper(), 1) for k in keys}
     finally:
         v6.stop()
+
+
+def test_a_cluster_on_per_role_shared_secrets_serves_writes_and_reads(tmp_path: Path) -> None:
+    """The other authentication mode: one shared secret per role, no certificates."""
+    shared = NetnsCluster(tmp_path, bricks=3, replication=3, partitions=2, auth="secret")
+    shared.start()
+    try:
+        report = shared.wait_healthy()
+        assert {b["auth"]["mode"] for b in report["bricks"]} == {"secret"}
+        keys = [f"secret-{i}" for i in range(8)]
+        assert shared.put({k: k.upper() for k in keys}) == {k: 1 for k in keys}
+        assert shared.get(keys) == {k: (k.upper(), 1) for k in keys}
+    finally:
+        shared.stop()
