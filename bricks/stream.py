@@ -233,8 +233,9 @@ class StreamServer:
                 self._deadlines.add(hello)
                 self._work.put((hello, peer))
                 continue
-            self._refuse_busy(conn)
+            # Counted before the peer hears it: whoever sees the refusal sees it counted.
             self._refused(BUSY, peer, f"busy: {self.max_workers} streams already")
+            self._refuse_busy(conn)
 
     def _refuse_busy(self, conn: socket.socket) -> None:
         """Say so and close, without waiting on the peer: this is the accept thread.  In
