@@ -207,6 +207,11 @@ def resolve_params(layout: Layout, given: dict[str, Any]) -> tuple[LocalParams,
 
 # -- starting and stopping -----------------------------------------------------------------
 
+def _private(path: str, flags: int) -> int:
+    """``open``'s opener for files only their owner may read (a brick's log names keys)."""
+    return os.open(path, flags, 0o600)
+
+
 def start_bricks(layout: Layout, params: LocalParams, ports: dict[str, int]
                  ) -> list[BrickProc]:
     """Spawn every brick as a detached process (own session, output to its log), with
@@ -220,7 +225,7 @@ def start_bricks(layout: Layout, params: LocalParams, ports: dict[str, int]
         config = bdir / "brick.toml"
         config.write_text(_brick_toml(layout, bid, ports.get(bid, 0), params))
         layout.ready_file(bid).unlink(missing_ok=True)
-        with open(bdir / "brick.log", "ab") as log:
+        with open(bdir / "brick.log", "ab", opener=_private) as log:
             proc = subprocess.Popen([sys.executable, "-m", "dds.bricks.main", "--config",
                                      str(config)], stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True,
