@@ -62,8 +62,10 @@ class BrickService(Service):
         self.brick.start()
         ready = cfg.data_dir / READY_FILE
         tmp = ready.with_suffix(".tmp")
+        stream = self.brick.copies._stream
         tmp.write_text(json.dumps({"id": cfg.brick.id, "host": cfg.advertise_host,
                                    "port": rpc_port, "http_port": http_port,
+                                   "stream_port": stream.port if stream else None,
                                    "pid": os.getpid()}))
         os.replace(tmp, ready)
         self.log.info("brick {brick} serving on {host}:{port} (http {http_port}), "

@@ -91,6 +91,7 @@ class BrickProcess:
         info = json.loads(ready.read_text())
         self.port = info["port"]
         self.http_port = info["http_port"]
+        self.stream_port: int | None = info.get("stream_port")
 
     def send_signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
@@ -180,3 +181,107 @@ def test_a_silent_stranger_is_closed_after_the_handshake_time_limit(
         assert _closed_by_peer(s, 10.0)
     elapsed = time.monotonic() - t0
     assert 0.8 <= elapsed <= 5.0, elapsed
+
+
+def _bad_handshake(port: int) -> None:
+    """One failed handshake by hand: read the brick's hello, send a proof made up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        size = int.from_bytes(s.recv(4, socket.MSG_WAITALL), "big")
+        s.recv(size, socket.MSG_WAITALL)
+        body = {"proto": 2, "cluster": CLUSTER, "node": "flood", "role": "client",
+                "nonce": b"n" * 16, "features": [], "mac": b"m" * 32}
+        payload = msgpack.packb(["hello2", 0, body], use_bin_type=True)
+        s.sendall(len(payload).to_bytes(4, "big") + payload)
+        assert _closed_by_peer(s, 5.0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_thousand_failed_handshakes_leave_other_clients_served(
+        cluster_factory: Any) -> None:
+    cluster: Cluster = cluster_factory(bricks=1, replication=1, partitions=1)
+    await cluster.init(reactor)
+    b1 = cluster.brick("b1")
+    client = await cluster.client(reactor)
+
+    def attack() -> None:
+        for _ in range(1000):
+            _bad_handshake(b1.port)
+    try:
+        _served(await _probe_while(client, attack))
+    finally:
+        await client.close()
+    assert _metric(cluster, "b1", "auth_failures_total") == 1000
+    logged = [e for e in b1.log_events() if str(e.get("msg", "")).startswith("handshake with")]
+    assert len(logged) <= 10 * (1 + 60 // 10), len(logged)
+
+
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_thousand_strangers_on_the_stream_port_cost_no_thread_each(
+        cluster_factory: Any) -> None:
+    cluster: Cluster = cluster_factory(bricks=1, replication=1, partitions=1)
+    await cluster.init(reactor)
+    b1 = cluster.brick("b1")
+    assert b1.stream_port
+    client = await cluster.client(reactor)
+    before = _threads(b1.pid)
+    peak = [before]
+
+    def attack() -> None:
+        socks = []
+        try:
+            for _ in range(2000):
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", b1.stream_port),
+                                                          timeout=10))
+                except OSError:
+                    continue
+                if len(socks) % 200 == 0:
+                    peak[0] = max(peak[0], _threads(b1.pid))
+        finally:
+            for s in socks:
+                s.close()
+    try:
+        _served(await _probe_while(client, attack))
+    finally:
+        await client.close()
+    assert peak[0] - before <= 16, (before, peak[0])
+    assert _metric(cluster, "b1", "stream_refused_total") > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_huge_post_to_the_http_port_is_refused_before_its_body(
+        cluster_factory: Any) -> None:
+    cluster: Cluster = cluster_factory(bricks=1, replication=1, partitions=1)
+    await cluster.init(reactor)
+    b1 = cluster.brick("b1")
+    client = await cluster.client(reactor)
+    before = _rss_bytes(b1.pid)
+    answers: list[bytes] = []
+
+    def attack() -> None:
+        with socket.create_connection(("127.0.0.1", b1.http_port), timeout=10) as s:
+            s.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 314572800\r\n\r\n")
+            try:
+                for _ in range(64):
+                    s.sendall(b"\0" * (1 << 20))
+            except OSError:
+                pass            # closed by the brick: what we want
+            s.settimeout(5)
+            try:
+                answers.append(s.recv(200))
+            except OSError:
+                answers.append(b"")
+    try:
+        _served(await _probe_while(client, attack))
+    finally:
+        await client.close()
+    assert _rss_bytes(b1.pid) - before < 32 << 20
+    text = urllib.request.urlopen(f"http://127.0.0.1:{b1.http_port}/healthz",
+                                  timeout=10).read()
+    assert b'"ok": true' in text
