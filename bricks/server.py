@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dds import failpoints
-from dds.config import BrickConfig
+from dds.config import BrickConfig, format_address
 from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
                         Refused, UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
@@ -825,7 +825,7 @@ class Brick:
         m = self.maps.map
         return {
             "id": self.id,
-            "address": f"{self.config.brick.host}:{self.port}",
+            "address": format_address(self.config.advertise_host, self.port),
             "pid": os.getpid(),
             "uptime_s": time.time() - self.started,
             "durability": self.config.brick.durability,

@@ -33,7 +33,7 @@ __all__ = [
     "BrickConfig", "BrickSection", "BrickClusterSection", "AuthSection", "LimitsSection", "TimeoutsSection",
     "LogSection", "ClusterConfig", "ClusterSection", "BrickEntry", "Setting",
     "load_brick_config", "parse_brick_config", "load_cluster_config", "parse_cluster_config",
-    "parse_address", "describe",
+    "parse_address", "format_address", "describe",
 ]
 
 _SETTING = "dds.setting"
@@ -192,6 +192,12 @@ def _address_problem(text: Any) -> str | None:
     except ConfigError as e:
         return e.message
     return None
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with brackets around an IPv6 address (``[::1]:7401``): the form
+    :func:`parse_address` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dds.config import format_address
 from dds.errors import DDSError, Divergence, StaleMap
 from dds.maps import ClusterMap
 from dds.records import BrickRecord, Record, RGRecord, record_from_wire
@@ -345,7 +346,7 @@ def _brick_rows(view: MapView) -> list[dict[str, Any]]:
     rows = []
     for b in sorted(view.bricks, key=lambda x: (len(x), x)):
         rec = view.bricks[b]
-        row: dict[str, Any] = {"brick": b, "address": f"{rec.address}:{rec.port}",
+        row: dict[str, Any] = {"brick": b, "address": format_address(rec.address, rec.port),
                                "up": b in view.maps}
         if b in view.maps:
             m = view.maps[b]

@@ -81,7 +81,7 @@ from rich.table import Table
 from twisted.internet.defer import Deferred, DeferredSemaphore
 
 from dds import failpoints
-from dds.config import ConfigError, parse_address
+from dds.config import ConfigError, parse_address, format_address
 from dds.errors import DDSError, Refused, StaleMap
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
@@ -1335,9 +1335,9 @@ async def add_brick(reactor: Any, target: Target, address: str, *, brick_id: str
                         fill=rebalance, balance=rebalance)
     if options.dry_run:
         return _report("add-brick", plan, job=None, dry_run=True, missing=missing,
-                       brick=peer, address=f"{addr_host}:{port}", host=domain)
+                       brick=peer, address=format_address(addr_host, port), host=domain)
     job = await Job.create(reactor, target, "add-brick", {
-        "brick": peer, "address": f"{addr_host}:{port}", "host": domain,
+        "brick": peer, "address": format_address(addr_host, port), "host": domain,
         "record_version": wanted.version, "changes": [c.to_json() for c in plan.changes],
         "mean": round(plan.mean, 3)}, _involved(cl, plan.changes, up, [peer]), warn=say)
     say(f"job {job.id}: add {peer} ({addr_host}:{port}, host {domain}); "
@@ -1363,7 +1363,7 @@ async def add_brick(reactor: Any, target: Target, address: str, *, brick_id: str
         await job.finish("done")
     return _report("add-brick", plan, job=job.id, dry_run=False, missing=missing, ex=ex,
                    seconds=time.monotonic() - t0, brick=peer,
-                   address=f"{addr_host}:{port}", host=domain)
+                   address=format_address(addr_host, port), host=domain)
 
 
 async def remove_brick(reactor: Any, target: Target, bricks: list[str], *, drain: bool,

@@ -25,6 +25,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColu
                            TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
 
+from dds.config import format_address
 from dds.errors import DDSError
 from dds.maps import ClusterMap
 from dds.records import BrickRecord
@@ -208,7 +209,7 @@ async def recover(reactor: Any, target: Target, brick_id: str, options: Options,
         body["full_lease"] = True
     started = await _send_recover(reactor, target, brick, body)
     report: dict[str, Any] = {
-        "brick": brick.id, "address": f"{brick.address}:{brick.port}", "rg": options.rg,
+        "brick": brick.id, "address": format_address(brick.address, brick.port), "rg": options.rg,
         "full_lease": options.full_lease, "started": started, "already_running": [],
         "waited": options.wait, "ok": True, "errors": [], "rgs": {}, "seconds": 0.0}
     if not options.wait:

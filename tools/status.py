@@ -27,6 +27,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from dds.config import format_address
 from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
 
 __all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
@@ -71,7 +72,7 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
     bricks: list[dict[str, Any]] = []
     for bid, host, port in addresses:
         r = replies[bid]
-        entry: dict[str, Any] = {"id": bid, "address": f"{host}:{port}",
+        entry: dict[str, Any] = {"id": bid, "address": format_address(host, port),
                                  "host": cmap.bricks[bid].host, "up": False}
         if isinstance(r, BaseException):
             entry["error"] = describe_error(r)

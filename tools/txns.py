@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dds.config import format_address
 from dds.tools.cluster import Target, call_brick, describe_error, fetch_map, gather
 
 __all__ = ["collect", "render", "key_text", "txid_text", "is_in_doubt", "brick_txns",
@@ -77,7 +78,7 @@ async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
     replies = await gather(_txns_of(reactor, h, p, target, timeout) for _b, h, p in addresses)
     bricks: list[dict[str, Any]] = []
     for (bid, host, port), r in zip(addresses, replies):
-        entry: dict[str, Any] = {"id": bid, "address": f"{host}:{port}", "up": False,
+        entry: dict[str, Any] = {"id": bid, "address": format_address(host, port), "up": False,
                                  "txns": []}
         if isinstance(r, BaseException):
             entry["error"] = describe_error(r)

@@ -349,3 +349,13 @@ def test_describe_lists_every_setting_with_default_and_doc() -> None:
     assert "[timeouts]" in text
     assert 'durability = "disk"' in text and "memory|disk|fsync" in text
     assert "id = <required>" in text
+
+
+@pytest.mark.parametrize("host, port, text", [("127.0.0.1", 7401, "127.0.0.1:7401"),
+                                              ("::1", 7401, "[::1]:7401"),
+                                              ("db1.example", 80, "db1.example:80")])
+def test_an_address_is_formatted_as_parse_address_reads_it(host: str, port: int,
+                                                            text: str) -> None:
+    from dds.config import format_address
+    assert format_address(host, port) == text
+    assert parse_address(text) == (host, port)
