@@ -117,13 +117,12 @@ class _Sniff(Protocol):
 
 def tls_sniffing_factory(rpc_factory: Factory, files: Any, metrics: Metrics,
                          clock: IReactorTime | None = None) -> Factory:
-    """``rpc_factory`` behind mutual TLS (``dds.tls.server_options``), on the same port
-    that plain mode uses; admission stays ``rpc_factory``'s, decided as the TCP connection
-    is accepted, before any TLS work."""
-    from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-
-    from dds.tls import server_options
-    tls_factory = TLSMemoryBIOFactory(server_options(files), False, rpc_factory)
+    """``rpc_factory`` behind mutual TLS (``dds.tlswire``, ``dds.tls.ssl_context``), on
+    the same port that plain mode uses; admission stays ``rpc_factory``'s, decided as the
+    TCP connection is accepted, before any TLS work."""
+    from dds.tls import ssl_context
+    from dds.tlswire import TLSTransport
+    context = ssl_context(files, server=True)
     limited = LogLimiter(clock, log) if clock is not None else None
 
     class SniffingFactory(Factory):
@@ -133,6 +132,6 @@ def tls_sniffing_factory(rpc_factory: Factory, files: Any, metrics: Metrics,
             rpc = rpc_factory.buildProtocol(addr)
             if rpc is None:
                 return None
-            return _Sniff(TLSMemoryBIOProtocol(tls_factory, rpc), metrics, limited)
+            return _Sniff(TLSTransport(context, True, rpc), metrics, limited)
 
     return SniffingFactory()

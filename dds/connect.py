@@ -51,7 +51,9 @@ async def open_connection(reactor: Any, host: str, port: int, *, node_id: str,
         if creds.tls is None:
             await connectProtocol(endpoint, proto)
         else:
-            await endpoint.connect(_tls_factory(creds.tls, proto, clock))
+            from dds.tlswire import TLSTransport
+            await connectProtocol(endpoint, TLSTransport(_client_tls(creds.tls), False,
+                                                         proto))
     except Exception as e:
         raise Unavailable(f"cannot connect to {host}:{port}: {_reason(e)}") from None
     try:
@@ -62,31 +64,16 @@ async def open_connection(reactor: Any, host: str, port: int, *, node_id: str,
     return proto
 
 
-#: TLS client options by the files they were made of: an OpenSSL context costs far more
-#: than a connection, so each process makes one per set of credentials.
+#: TLS client contexts by the files they were made of: a context costs far more than a
+#: connection, so each process makes one per set of credentials.
 _tls_options: dict[int, tuple[Any, Any]] = {}
-
-
-def _tls_factory(files: Any, proto: RPCProtocol, clock: IReactorTime) -> Any:
-    """``proto`` behind TLS, written through at once: Twisted's default TLS transport
-    holds small writes until the next reactor turn, which ``RPCProtocol`` already does
-    (one frame per peer and turn), so it would only add a turn of latency to every
-    request."""
-    from twisted.internet.protocol import Factory
-    from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-
-    class WriteThrough(TLSMemoryBIOFactory):
-        protocol = TLSMemoryBIOProtocol
-
-    inner = Factory.forProtocol(lambda: proto)
-    return WriteThrough(_client_tls(files), True, inner, clock)
 
 
 def _client_tls(files: Any) -> Any:
     hit = _tls_options.get(id(files))
     if hit is None or hit[0] is not files:
-        from dds.tls import client_options
-        hit = _tls_options[id(files)] = (files, client_options(files))
+        from dds.tls import ssl_context
+        hit = _tls_options[id(files)] = (files, ssl_context(files, server=False))
     return hit[1]
 
 

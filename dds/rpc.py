@@ -718,21 +718,20 @@ def _bytes(value: Any) -> bytes:
 
 def _tls_problem(reason: Failure) -> AuthenticationFailed | None:
     """A TLS failure as an error that says what went wrong, or None for anything else."""
-    try:
-        from OpenSSL.SSL import Error as SSLError
-    except ImportError:     # pragma: no cover -- pyOpenSSL is a dependency
+    import ssl
+    if not reason.check(ssl.SSLError):
         return None
-    if not reason.check(SSLError):
-        return None
-    text = str(reason.value)
+    raw = str(reason.value)
+    text = raw.lower()
     hint = ""
     if "wrong version number" in text or "packet length too long" in text \
             or "record layer failure" in text or "http request" in text:
         hint = " (the other side does not speak TLS: is auth.mode \"tls\" on both sides?)"
     elif "certificate verify failed" in text or "unknown ca" in text \
-            or "bad certificate" in text or "certificate required" in text:
+            or "bad certificate" in text or "certificate required" in text \
+            or "expired" in text:
         hint = " (the certificate is not from this cluster's CA, expired, or missing)"
-    return AuthenticationFailed(f"TLS handshake failed: {text:.200}{hint}")
+    return AuthenticationFailed(f"TLS handshake failed: {raw:.200}{hint}")
 
 
 def _nonce(body: dict[str, Any]) -> bytes:
