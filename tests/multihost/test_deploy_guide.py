@@ -893,6 +893,33 @@ def test_a_brick_answers_healthz_503_until_the_cluster_is_initialized(
     assert (code, json.loads(body)["ok"]) == ("503", False), before_init[0].output
 
 
+def test_a_renewed_brick_certificate_is_the_one_the_restarted_brick_presents(
+        deployment: Deployment) -> None:
+    run = deployment.run
+    shown = [re.search(r"serial\s+([0-9a-f]+)", s.output) for s in run.steps
+             if s.where == "host1" and "certs show /etc/dds/tls/b1.crt" in s.command]
+    assert len(shown) == 2 and all(shown), [s.command for s in run.steps]
+    first, renewed = (m.group(1) for m in shown if m is not None)
+    assert first != renewed
+    admin = run.locations["admin"]
+    ca, cert, key = (str(admin.path(p)) for p in ADMIN_TLS)
+    presented = run.admin_python(textwrap.dedent("""
+        import socket, ssl, sys
+        from cryptography import x509
+        host, port, ca, cert, key = sys.argv[1:]
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(ca)
+        ctx.load_cert_chain(cert, key)
+        with socket.create_connection((host, int(port)), 5) as raw:
+            with ctx.wrap_socket(raw) as conn:
+                der = conn.getpeercert(binary_form=True)
+        print(format(x509.load_der_x509_certificate(der).serial_number, "x"))
+        """), run.locations["host1"].host.address, "7401", ca, cert, key)
+    assert presented.returncode == 0, presented.stderr
+    assert presented.stdout.strip() == renewed
+
+
 def test_a_lost_host_is_excluded_and_resyncs_when_it_returns(deployment: Deployment) -> None:
     outage = deployment.outage
     assert outage.host == "host3" and outage.brick == "b3", outage
