@@ -235,7 +235,9 @@ class NetnsCluster:
             for b in self.bricks:
                 b.wait_ready()
             config = self.write_cluster_toml()
-            init = self.admin("init", "--config", str(config), seeds=[])
+            # Each brick gets 30 s to answer instead of 5: six bricks doing their first
+            # TLS handshakes on a loaded machine are slow, not wrong.
+            init = self.admin("init", "--config", str(config), "--timeout", "30", seeds=[])
             assert init.returncode == 0, f"dds-admin init failed:\n{init.stdout}{init.stderr}"
             self.wait_healthy(timeout)
         except BaseException:

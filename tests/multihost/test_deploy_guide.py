@@ -5,8 +5,8 @@ The guide's ```sh blocks each begin with ``# on <where>`` (``host1``, ``host2``,
 ``, once hostN is back``).  This module parses them and runs every command, in order, on
 four namespace hosts (``tests/multihost/netns``): three brick hosts and the admin host,
 which is also the guide's application and monitoring host.  A block that is not
-recognised (an unknown fence, place, placeholder or command) fails the test, as does a
-command that fails.
+recognised (an unknown fence, host or placeholder, a ``systemctl``, ``journalctl`` or
+``scp`` this test cannot stand in for) fails the test, as does a command that fails.
 
 What is not the guide's own words, and why:
 
@@ -34,7 +34,8 @@ What is not the guide's own words, and why:
   before ``once hostN is back`` the link is restored and the host "boots": systemd
   starts the units that were enabled.
 
-The guide's run is one module fixture (~60 s); the tests then check one behaviour each.
+The guide's run is one module fixture (~50 s on an idle machine, most of it the four
+``python3 -m venv``); the tests then check one behaviour each.
 """
 
 from __future__ import annotations
