@@ -140,3 +140,22 @@ async def test_the_client_secret_does_not_prove_the_admin_role(cluster: Cluster)
     # The claimed id of a peer that failed is never logged: only its address.
     events = cluster.brick("b1").log_events()
     assert not any("test-admin" in str(e) or "test-brick" in str(e) for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_brick_keeps_its_data_and_logs_to_its_owner(cluster: Cluster) -> None:
+    """Keys and values are not for other users of the host: 0700 directories, 0600 files
+    (partition files, transaction log, map, log file)."""
+    await cluster.init(reactor)
+    client = await cluster.client(reactor)
+    try:
+        await client.put(b"private", b"value")
+    finally:
+        await client.close()
+    data = cluster.brick("b1").data_dir
+    paths = [data, *data.rglob("*")]
+    assert any(p.suffix == ".sqlite" for p in paths)
+    assert any(p.name.startswith("txlog") for p in paths)
+    exposed = [f"{p} {p.stat().st_mode & 0o777:04o}" for p in paths
+               if p.stat().st_mode & 0o077]
+    assert exposed == []
