@@ -75,10 +75,15 @@ class BrickService(Service):
         notify(f"READY=1\nSTATUS=brick {cfg.brick.id} serving on {cfg.listen_host}:{rpc_port}")
 
     def health(self) -> dict[str, object]:
+        """200 once the brick has a map and serves every RG it is in; 503 before, while
+        stopping, and while it re-syncs an RG after a restart (``resyncing``): a rolling
+        restart waits for 200 before it restarts the next brick."""
         b = self.brick
-        ok = b is not None and not b._stopping and len(b.maps.map) > 0
+        resyncing = sorted(b.recoveries.blocked) if b is not None else []
+        ok = (b is not None and not b._stopping and len(b.maps.map) > 0
+              and not resyncing)
         return {"ok": ok, "brick": self.config.brick.id,
-                "map_records": len(b.maps.map) if b else 0,
+                "map_records": len(b.maps.map) if b else 0, "resyncing": resyncing,
                 "reactor": type(self.reactor).__name__}
 
     def stopService(self) -> Deferred[None]:

@@ -2,8 +2,9 @@
 
 Failures are printed as ``error: ...`` lines on stderr with exit status 1; a bad option is
 exit status 2 (click's usage error).  Commands that talk to a running cluster take
-``--seeds host:port,...`` with ``--secret-file`` (or DDS_SECRET), or ``--local`` /
-nothing, which uses the local cluster in ``--dir`` (default ``./.dds-local``).
+``--seeds host:port,...`` with ``--secret-file`` (the admin role's secret, or
+DDS_ADMIN_SECRET) or ``--ca-file/--cert-file/--key-file`` (TLS), or ``--local`` / nothing,
+which uses the local cluster in ``--dir`` (default ``./.dds-local``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.error
 import urllib.request
 from typing import Any
 
@@ -157,3 +158,39 @@ async def test_a_brick_runs_on_the_lean_epoll_reactor(cluster_factory: Any) -> N
                                                timeout=10).read())
     assert health["reactor"] == "LeanEPollReactor"
     assert any(e.get("msg") == "brick b1 runs on LeanEPollReactor" for e in b1.log_events())
+
+
+def _health(port: int) -> tuple[int, dict[str, Any]]:
+    try:
+        reply = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest_twisted.ensureDeferred
+async def test_healthz_says_503_while_a_restarted_brick_resyncs_and_200_after(
+        cluster_factory: Any) -> None:
+    """A rolling restart waits for 200: a restarted brick that cannot re-sync yet (the
+    other members are stopped) is not healthy, and names the RGs it is re-syncing."""
+    from tests.harness.aio import eventually
+
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    b1, others = cluster.brick("b1"), [cluster.brick("b2"), cluster.brick("b3")]
+    assert _health(b1.http_port)[0] == 200
+    assert b1.stop(signal.SIGTERM) == 0
+    for b in others:
+        b.send_signal(signal.SIGSTOP)
+    try:
+        b1.start()
+        b1.wait_ready()
+        code, health = _health(b1.http_port)
+        assert code == 503 and health["resyncing"] == ["rg0", "rg1", "rg2"], health
+    finally:
+        for b in others:
+            b.send_signal(signal.SIGCONT)
+
+    async def healthy() -> bool:
+        return _health(b1.http_port)[0] == 200
+    await eventually(healthy, 60.0, "b1 to re-sync and report healthy")
