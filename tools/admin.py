@@ -601,13 +601,15 @@ def rebalance(seeds: str | None, secret_file: str | None, cluster_name: str | No
               help="client (worker) processes; one, like the floor's client")
 @click.option("--tls", "with_tls", is_flag=True,
               help="measure what mutual TLS costs: the same phases on a throwaway plain "
-                   "cluster and a throwaway TLS cluster, one after the other")
+                   "cluster and a throwaway TLS cluster, alternately")
+@click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True,
+              help="with --tls: plain-then-TLS rounds; the ratios are their medians")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
 @click.pass_context
 def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
           cluster_name: str | None, local: bool, local_dir: Path, seconds: float, keys: int,
-          value_size: int, concurrency: int, clients: int, with_tls: bool,
+          value_size: int, concurrency: int, clients: int, with_tls: bool, rounds: int,
           as_json: bool) -> None:
     """Throughput, latency and CPU per operation, next to the echo floor.
 
@@ -621,7 +623,8 @@ def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
     params = b.BenchParams(seconds, keys, value_size, concurrency, clients)
     if with_tls:
         from dds.tools import benchtls
-        tls_result = run(lambda reactor: benchtls.bench_tls(reactor, params))
+        tls_result = run(lambda reactor: benchtls.bench_tls(reactor, params,
+                                                            rounds=rounds))
         if as_json:
             ui.print_json(tls_result)
         else:

@@ -1,19 +1,19 @@
 """``dds-admin bench --tls``: what mutual TLS costs, measured in one run.
 
-Two throwaway local clusters of the same shape, one after the other on this machine:
-one with a shared secret per role, one with mutual TLS (``local up --tls``).  Each runs
-the plain bench's phases (floor, load, put, get: :mod:`dds.tools.bench`); the report puts
-them side by side with ``tls_get_ratio`` and ``tls_put_ratio`` (TLS ops/s over plain
-ops/s, each against its own cluster, measured minutes apart on the same machine).
+Two throwaway local clusters of the same shape: one with a shared secret per role, one
+with mutual TLS (``local up --tls``).  In each round the plain bench's phases (floor,
+load, put, get: :mod:`dds.tools.bench`) run on the plain cluster, then on the TLS one;
+only one cluster is loaded at a time.  The report gives the last round side by side and
+``tls_get_ratio`` / ``tls_put_ratio``: the median over the rounds of TLS ops/s over
+plain ops/s (each round's ratios are listed too).
 
-A brick serves one mode at a time, so the two cannot share a cluster; running them one
-after the other (never together: two clusters would share the two cores) keeps both
-measurements on an otherwise idle machine.
+A brick serves one authentication mode at a time, so the two cannot share a cluster.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,46 +33,61 @@ __all__ = ["bench_tls", "render_tls", "TLS_TARGETS"]
 TLS_TARGETS = {"get": 0.85, "put": 0.90}
 
 
-async def _one(reactor: Any, root: Path, params: BenchParams, use_tls: bool,
-               shape: Any) -> dict[str, Any]:
+async def _start(reactor: Any, root: Path, use_tls: bool, shape: Any) -> Target:
     from dds.tools import local
+
+    ui.say(f"bench --tls: starting a {'TLS' if use_tls else 'plain'} cluster in {root}")
+    started, _ = await local.local_up(reactor, local.Layout(root),
+                                      attrs.evolve(shape, tls=use_tls), {})
+    return Target(tuple((local.HOST, b.port) for b in started),
+                  credfiles.client_credentials(root, "dds", "admin"), "dds", root)
+
+
+async def _measure(reactor: Any, target: Target, params: BenchParams) -> dict[str, Any]:
     from dds.tools.status import collect
 
-    layout = local.Layout(root)
-    ui.say(f"bench --tls: starting a {'TLS' if use_tls else 'plain'} cluster in {root}")
-    try:
-        started, _ = await local.local_up(reactor, layout, attrs.evolve(shape, tls=use_tls),
-                                          {})
-        target = Target(tuple((local.HOST, b.port) for b in started),
-                        credfiles.client_credentials(root, "dds", "admin"), "dds", root)
-        report = await collect(reactor, target)
-        result: dict[str, Any] = await threads.deferToThread(bench, target, params, report)
-        return result
-    finally:
-        local.local_down(layout, purge=False)
+    report = await collect(reactor, target)
+    result: dict[str, Any] = await threads.deferToThread(bench, target, params, report)
+    return result
 
 
 async def bench_tls(reactor: Any, params: BenchParams, work_dir: Path | None = None,
-                    keep: bool = False) -> dict[str, Any]:
-    """Plain, then TLS; the ratios of their throughputs and CPU costs."""
+                    keep: bool = False, rounds: int = 2) -> dict[str, Any]:
+    """Both clusters up (the idle one renews its leases, nothing more), then ``rounds``
+    of plain-then-TLS phases, so a change of the machine's load between two halves shows
+    as a spread of the ratios rather than as a false cost; the median ratio is reported."""
+    from dds.tools import local
     from dds.tools.local import DEFAULTS
     root = work_dir or Path(tempfile.mkdtemp(prefix="dds-bench-tls-"))
+    runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
     try:
-        plain = await _one(reactor, root / "plain", params, False, DEFAULTS)
-        secured = await _one(reactor, root / "tls", params, True, DEFAULTS)
+        plain_target = await _start(reactor, root / "plain", False, DEFAULTS)
+        tls_target = await _start(reactor, root / "tls", True, DEFAULTS)
+        for i in range(rounds):
+            ui.say(f"bench --tls: round {i + 1} of {rounds}")
+            plain = await _measure(reactor, plain_target, params)
+            secured = await _measure(reactor, tls_target, params)
+            runs.append((plain, secured))
     finally:
+        for name in ("plain", "tls"):
+            if (root / name).exists():
+                local.local_down(local.Layout(root / name), purge=False)
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    out: dict[str, Any] = {"plain": plain, "tls": secured}
+    plain, secured = runs[-1]
+    out: dict[str, Any] = {"plain": plain, "tls": secured, "rounds": rounds}
     for op in ("get", "put"):
-        ratio = secured[f"{op}_ops_s"] / max(1e-9, plain[f"{op}_ops_s"])
+        ratios = [t[f"{op}_ops_s"] / max(1e-9, p[f"{op}_ops_s"]) for p, t in runs]
+        cpu = [t[f"cpu_us_per_{op}"] / max(1e-9, p[f"cpu_us_per_{op}"]) for p, t in runs]
+        ratio = statistics.median(ratios)
+        out[f"tls_{op}_ratios"] = ratios
         out[f"tls_{op}_ratio"] = ratio
         out[f"tls_{op}_target"] = TLS_TARGETS[op]
         out[f"tls_{op}_target_met"] = ratio >= TLS_TARGETS[op]
-        out[f"tls_cpu_us_per_{op}"] = secured[f"cpu_us_per_{op}"]
-        out[f"plain_cpu_us_per_{op}"] = plain[f"cpu_us_per_{op}"]
-        out[f"{op}_floor_ratio_plain"] = plain[f"{op}_ratio"]
-        out[f"{op}_floor_ratio_tls"] = secured[f"{op}_ratio"]
+        out[f"tls_cpu_per_{op}_ratios"] = cpu
+        out[f"tls_cpu_us_per_{op}"] = statistics.median(t[f"cpu_us_per_{op}"] for _, t in runs)
+        out[f"plain_cpu_us_per_{op}"] = statistics.median(p[f"cpu_us_per_{op}"]
+                                                          for p, _ in runs)
     return out
 
 
@@ -82,6 +97,7 @@ def render_tls(r: dict[str, Any], console: Console) -> None:
     for col in ("", "plain", "TLS", "TLS / plain", "target", "met"):
         t.add_column(col, justify="left" if not col else "right")
     plain, tls = r["plain"], r["tls"]
+    t.add_row("rounds (ratios are medians)", "", "", str(r.get("rounds", 1)), "", "")
     t.add_row("floor rtt/s (same run)", f"{plain['floor_rtt_s']:,.0f}",
               f"{tls['floor_rtt_s']:,.0f}", "", "", "")
     for op in ("get", "put"):

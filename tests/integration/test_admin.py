@@ -226,6 +226,23 @@ def test_bench_smoke(local_cluster: Path) -> None:
     assert report["get_errors"] == {} and report["put_errors"] == {}
 
 
+def test_bench_tls_smoke(tmp_path: Path) -> None:
+    """`bench --tls` runs the phases on a plain and a TLS cluster it starts itself, and
+    reports the ratios it is judged by; it leaves no brick running."""
+    result = admin("bench", "--tls", "--rounds", "1", "--seconds", "0.5", "--keys", "200",
+                   "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("tls_get_ratio", "tls_put_ratio", "tls_cpu_us_per_get",
+                "plain_cpu_us_per_get", "tls_cpu_us_per_put", "plain_cpu_us_per_put"):
+        assert report[key] > 0, key
+    assert len(report["tls_get_ratios"]) == 1
+    for side in ("plain", "tls"):
+        assert report[side]["get_errors"] == {} and report[side]["put_errors"] == {}
+    assert "dds-bench-tls-" not in subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                                 text=True).stdout
+
+
 def test_status_reports_a_stopped_brick(local_cluster: Path) -> None:
     import signal
     pid, started = recorded(local_cluster)[1]
