@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from dds.config import ConfigError, describe, load_brick_config, BrickConfig
 from dds.logs import start_logging
+from dds.version import VERSION
 from twisted.logger import Logger
 
 log = Logger()
@@ -26,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a setting, e.g. --set brick.port=0 (repeatable)")
     p.add_argument("--help-config", action="store_true",
                    help="print every setting with its default and documentation")
+    p.add_argument("--version", action="version", version=f"dds-brick {VERSION}")
     return p.parse_args(argv)
 
 
@@ -58,6 +62,16 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def _reopen(lines: Any) -> None:
+    try:
+        lines.reopen()
+    except OSError as e:
+        log.error("could not reopen the log file {path}: {error}", path=lines.path,
+                  error=e.strerror or str(e))
+    else:
+        log.info("reopened the log file {path}", path=lines.path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.help_config:
@@ -83,10 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     from dds.bricks.service import BrickService, private_files
 
     private_files()
-    start_logging(config.log.level, config.log.format,
-                  str(config.log_file) if config.log_file else None, node=config.brick.id)
-    log.info("brick {brick} runs on {reactor_name}", brick=config.brick.id,
-             reactor_name=type(reactor).__name__)
+    try:
+        lines = start_logging(config.log.level, config.log.format,
+                              str(config.log_file) if config.log_file else None,
+                              node=config.brick.id)
+    except OSError as e:
+        print(f"dds-brick: {config.source}: log.file: cannot open {str(config.log_file)!r}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 2
+    # logrotate moves the file away and sends SIGHUP: write to a new one by the same name.
+    signal.signal(signal.SIGHUP, lambda _sig, _frame: reactor.callFromThread(  # type: ignore[attr-defined]
+        _reopen, lines))
+    log.info("brick {brick} (dds {version}) runs on {reactor_name}", brick=config.brick.id,
+             version=VERSION, reactor_name=type(reactor).__name__)
     service = BrickService(config, reactor)
     exit_code = [0]
 

@@ -43,6 +43,7 @@ from dds.partition import PartitionId, key_hash
 from dds.records import Record, record_from_wire
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
+from dds.version import VERSION
 
 from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.copysource import CopySessions
@@ -827,6 +828,7 @@ class Brick:
             "id": self.id,
             "address": format_address(self.config.advertise_host, self.port),
             "pid": os.getpid(),
+            "version": VERSION,
             "uptime_s": time.time() - self.started,
             "durability": self.config.brick.durability,
             "map_fp": m.fp,

@@ -2,10 +2,14 @@
 
 Events keep their format fields (``log.info("excluded {brick}", brick=b)``), so the JSON
 line carries ``brick`` as a field next to the rendered message: greppable and parseable.
+Each line has its time twice: ``t`` (seconds since the epoch, for programs) and ``time``
+(ISO 8601 in UTC, for people and log shippers).  A log file is reopened on request
+(``LineObserver.reopen``; ``dds-brick`` does it on SIGHUP), so logrotate can move it away.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 import time
@@ -34,12 +38,30 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def iso_time(t: float) -> str:
+    """``2026-12-07T10:20:00.123456Z``."""
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @implementer(ILogObserver)
 class LineObserver:
-    def __init__(self, out: IO[str], fmt: str = "json", node: str = "") -> None:
+    def __init__(self, out: IO[str], fmt: str = "json", node: str = "",
+                 path: str | None = None) -> None:
         self.out = out
         self.fmt = fmt
         self.node = node
+        #: The file ``out`` was opened from, if any: what ``reopen`` opens again.
+        self.path = path
+
+    def reopen(self) -> None:
+        """Open the log file again by its name (after logrotate moved it away); the old
+        file is closed once the new one is open.  A failure keeps the old file."""
+        if self.path is None:
+            return
+        new = open_log(self.path)
+        old, self.out = self.out, new
+        old.close()
 
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level", LogLevel.info)
@@ -48,7 +70,8 @@ class LineObserver:
         t = event.get("log_time", time.time())
         if self.fmt == "json":
             line: dict[str, Any] = {
-                "t": round(t, 6), "level": level.name, "node": self.node,
+                "t": round(t, 6), "time": iso_time(t), "level": level.name,
+                "node": self.node,
                 "ns": event.get("log_namespace", ""), "msg": text}
             for k, v in event.items():
                 if k not in _SKIP and not k.startswith("log_"):
@@ -77,10 +100,18 @@ class _NoFactoryChatter:
         return PredicateResult.maybe
 
 
+def open_log(path: str) -> IO[str]:
+    """The log file, for appending; OSError (with the reason) if it cannot be opened."""
+    return open(path, "a", encoding="utf-8")
+
+
 def start_logging(level: str = "info", fmt: str = "json", file: str | None = None,
-                  node: str = "") -> None:
-    out: IO[str] = open(file, "a", encoding="utf-8") if file else sys.stdout
+                  node: str = "") -> LineObserver:
+    """Log to ``file`` (or standard output); the observer, whose ``reopen`` a SIGHUP
+    handler calls.  OSError if the file cannot be opened."""
+    out: IO[str] = open_log(file) if file else sys.stdout
+    lines = LineObserver(out, fmt, node, path=file)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(LineObserver(out, fmt, node),
-                                    [predicate, _NoFactoryChatter()])
+    observer = FilteringLogObserver(lines, [predicate, _NoFactoryChatter()])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    return lines

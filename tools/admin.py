@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dds.config import ConfigError, load_cluster_config
+from dds.version import VERSION
 
 from dds.tools import ui
 from dds.tools.cluster import DEFAULT_LOCAL_DIR, Target, resolve_target
@@ -107,6 +108,7 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, prog_name="dds-admin", message="%(prog)s %(version)s")
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
     add-brick, remove-brick, rebalance, jobs, cancel, scrub, txns, repair, bench."""

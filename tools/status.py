@@ -83,6 +83,7 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                          prepared=r.get("prepared", 0), in_doubt=len(r.get("in_doubt", [])),
                          uptime_s=round(float(r.get("uptime_s", 0.0)), 1),
                          durability=r.get("durability"), pid=r.get("pid"),
+                         version=r.get("version"),
                          digest=r.get("digest", []),
                          # Membership, as this brick sees it (absent from older bricks).
                          members=dict(r.get("members", {})),

@@ -157,7 +157,9 @@ async def test_a_brick_runs_on_the_lean_epoll_reactor(cluster_factory: Any) -> N
     health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{b1.http_port}/healthz",
                                                timeout=10).read())
     assert health["reactor"] == "LeanEPollReactor"
-    assert any(e.get("msg") == "brick b1 runs on LeanEPollReactor" for e in b1.log_events())
+    from dds.version import VERSION
+    assert any(e.get("msg") == f"brick b1 (dds {VERSION}) runs on LeanEPollReactor"
+               for e in b1.log_events())
 
 
 def _health(port: int) -> tuple[int, dict[str, Any]]:
