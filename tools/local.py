@@ -299,10 +299,29 @@ async def wait_ready(reactor: Any, layout: Layout, bricks: list[BrickProc],
                            + _log_tail(layout, bid) for bid in sorted(pending)))
 
 
+async def _held_map(reactor: Any, bricks: list[BrickProc], target: Target
+                    ) -> InitResult | None:
+    """The map the restarted bricks already hold (they restart with it: a move, split,
+    merge or membership change since the first ``up`` is in it, and the initial plan is
+    not), or None when none of them has one yet (the first ``up`` stopped before init)."""
+    from dds.tools.cluster import fetch_map
+    seeds = Target(tuple((HOST, b.port) for b in bricks), target.credentials,
+                   target.cluster, target.local_dir)
+    try:
+        cmap, _seed = await fetch_map(reactor, seeds)
+    except AdminError as e:
+        if all("has no map yet" in line for line in e.lines):
+            return None
+        raise
+    return InitResult(cmap, (), {})
+
+
 async def local_up(reactor: Any, layout: Layout, params: LocalParams,
                    ports: dict[str, int]) -> tuple[list[BrickProc], InitResult]:
-    """Start the bricks, wait until they answer, write cluster.toml and init."""
+    """Start the bricks and wait until they answer; the first time, write cluster.toml
+    and init; later, the bricks restart with the map they hold."""
     layout.dir.mkdir(parents=True, exist_ok=True)
+    restart = layout.cluster.exists()
     _write_credentials(layout, params)
     target = Target(((HOST, 0),), credfiles.client_credentials(layout.dir, "dds", "admin"),
                     "dds", layout.dir)
@@ -310,9 +329,14 @@ async def local_up(reactor: Any, layout: Layout, params: LocalParams,
     try:
         await wait_ready(reactor, layout, bricks, target)
         layout.write_pids(bricks)
-        layout.cluster.write_text(_cluster_toml(params, bricks))
-        cfg = load_cluster_config(layout.cluster)
-        result = await init_cluster(reactor, cfg, target, say=say)
+        held = await _held_map(reactor, bricks, target) if restart else None
+        if held is not None:
+            say(f"restarted with the map the bricks hold (fp {held.map.fp:#010x})")
+            result = held
+        else:
+            layout.cluster.write_text(_cluster_toml(params, bricks))
+            cfg = load_cluster_config(layout.cluster)
+            result = await init_cluster(reactor, cfg, target, say=say)
     except BaseException:
         stop(bricks)
         layout.pids.unlink(missing_ok=True)

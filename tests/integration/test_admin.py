@@ -149,6 +149,22 @@ def test_local_up_restarts_stopped_cluster_in_place(local_cluster: Path) -> None
     assert other.returncode == 1 and "holds a cluster with bricks 3" in other.stderr
 
 
+def test_local_up_restarts_a_cluster_after_a_reorganization(local_cluster: Path) -> None:
+    """The bricks come back with the map they hold: a split since the first `up` is not
+    undone, nor refused as a conflict with the initial plan."""
+    split = admin("split", "p2.1", "--dir", str(local_cluster), "--json")
+    assert split.returncode == 0, split.stderr
+    after = status_json(local_cluster)
+    assert after["partitions"] == 5
+    assert admin("local", "down", "--dir", str(local_cluster)).returncode == 0
+    up = admin("local", "up", "--dir", str(local_cluster))
+    assert up.returncode == 0, up.stderr
+    assert "restarted with the map the bricks hold" in up.stderr + up.stdout
+    again = status_json(local_cluster)
+    assert again["ok"] and again["map_fp"] == after["map_fp"]
+    assert again["partitions"] == 5
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
