@@ -326,7 +326,9 @@ async def unfinished_jobs(reactor: Any, target: Target, *, timeout: float = 5.0,
     held: dict[str, dict[str, tuple[dict[str, Any], float]]] = {}
     for brick, r in zip(ids, replies):
         if isinstance(r, BaseException):
-            unreachable[brick] = describe_error(r)
+            rec = cmap.bricks.get(brick)
+            if rec is None or not rec.host.startswith("retired:"):
+                unreachable[brick] = describe_error(r)   # a retired one holds no job
             continue
         now = float(r.get("now", time.time()))
         for entry in r.get("jobs", []):

@@ -100,8 +100,9 @@ async def resolve_txns(reactor: Any, target: Target, options: Options,
     ones with ``before_deadline``) where they are held; then have the other holders of
     each decided transaction follow the decision."""
     _head, bricks = await brick_txns(reactor, target, options.timeout)
+    # A retired brick (remove-brick) that is stopped holds no transaction of the cluster.
     unreachable = [{"brick": b["id"], "error": b.get("error", "")}
-                   for b in bricks if not b["up"]]
+                   for b in bricks if not b["up"] and not b.get("retired")]
     holders: dict[tuple[int, int], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     due: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for b in bricks:

@@ -32,6 +32,8 @@ from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
 
 __all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
 
+#: The mark remove-brick puts on a retired brick's record (``host``).
+RETIRED = "retired:"
 #: Member states as the map spells them, and how they are coloured.
 STATE_COLOURS = {"active": "green", "recovering": "yellow", "excluded": "red"}
 
@@ -73,7 +75,8 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
     for bid, host, port in addresses:
         r = replies[bid]
         entry: dict[str, Any] = {"id": bid, "address": format_address(host, port),
-                                 "host": cmap.bricks[bid].host, "up": False}
+                                 "host": cmap.bricks[bid].host, "up": False,
+                                 "retired": cmap.bricks[bid].host.startswith(RETIRED)}
         if isinstance(r, BaseException):
             entry["error"] = describe_error(r)
         else:
@@ -97,6 +100,8 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                 entry["error"] = f"answers as {r.get('_peer_id')!r}"
         bricks.append(entry)
     up = {b["id"] for b in bricks if b["up"]}
+    # A retired brick (remove-brick) that is stopped is not down: it left the cluster.
+    counted = [b for b in bricks if b["up"] or not b["retired"]]
     rgs: list[dict[str, Any]] = [{"name": rg.name, "version": rg.version, "fp": rg.fp,
             "members": [{"brick": m.brick, "state": m.state, "up": m.brick in up}
                         for m in rg.members],
@@ -113,7 +118,7 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
         "seed": seed, "map_fp": cmap.fp, "map_version": cmap.version,
         "partitions": len(cmap.partition_rg),
         "bricks": bricks, "rgs": rgs, "divergence": problems, "warnings": warnings,
-        "ok": not problems and len(up) == len(bricks),
+        "ok": not problems and len(up) == len(counted),
         # Every member active in the map and serving by its own account.  Kept apart
         # from "ok" (reachability and map agreement), whose meaning scripts rely on.
         "membership_ok": all(m["state"] == "active" and m["serving"]
@@ -189,6 +194,10 @@ def render(report: dict[str, Any], console: Console) -> None:
         t.add_column(col, justify="right" if col in ("partitions", "prepared",
                                                        "uptime s") else "left")
     for b in report["bricks"]:
+        if not b["up"] and b.get("retired"):
+            t.add_row(b["id"], b["address"], b["host"], "[dim]retired[/dim]", "-", "-", "-",
+                      "-", "-")
+            continue
         if not b["up"]:
             t.add_row(b["id"], b["address"], b["host"], "[red]down[/red]", "-", "-", "-",
                       "-", f"[red]{escape(b.get('error', ''))}[/red]")
@@ -219,7 +228,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"[bold red]{escape(problem)}[/bold red]")
     for warning in report.get("warnings", []):
         console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
-    down = [b["id"] for b in report["bricks"] if not b["up"]]
+    down = [b["id"] for b in report["bricks"] if not b["up"] and not b.get("retired")]
     if down:
         console.print(f"[red]{len(down)} brick(s) down: {', '.join(down)}[/red]")
     not_active = [f"{m['brick']} {m['state']} in {rg['name']}" for rg in report["rgs"]

@@ -79,7 +79,8 @@ async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
     bricks: list[dict[str, Any]] = []
     for (bid, host, port), r in zip(addresses, replies):
         entry: dict[str, Any] = {"id": bid, "address": format_address(host, port), "up": False,
-                                 "txns": []}
+                                 "txns": [],
+                                 "retired": cmap.bricks[bid].host.startswith("retired:")}
         if isinstance(r, BaseException):
             entry["error"] = describe_error(r)
         elif r.get("_peer_id") != bid:

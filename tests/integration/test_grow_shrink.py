@@ -21,7 +21,7 @@ from dds.records import RGRecord, record_from_wire
 from dds.tools import membership as m
 from dds.tools.cluster import Target
 
-from tests.harness.admin import admin
+from tests.harness.admin import admin, admin_json
 from tests.harness.aio import call, eventually
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess
@@ -159,6 +159,20 @@ async def test_grow_3_to_6_and_shrink_back_under_load(cluster_factory: Any) -> N
     assert all(hosts[b].startswith(m.RETIRED) for b in ("b4", "b5", "b6")), hosts
     jobs = await call(cluster, cluster.bricks[0], "journal_read", {"unfinished": True})
     assert jobs["jobs"] == [], jobs
+
+    # -- the retired bricks are stopped: they are retired, not down ----------------------
+    for b in new:
+        assert b.stop() == 0
+    seeds = cluster.bricks[:3]
+    status = admin_json(cluster, "status", seeds=seeds)
+    assert status["ok"], status
+    retired = {b["id"]: b for b in status["bricks"] if b["retired"]}
+    assert sorted(retired) == ["b4", "b5", "b6"] and not any(
+        b["up"] for b in retired.values())
+    human = admin(cluster, "status", seeds=seeds)
+    assert "retired" in human.stdout and "down" not in human.stdout, human.stdout
+    dry = admin(cluster, "repair", "--dry-run", seeds=seeds)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
     print(f"grow and shrink took {time.monotonic() - t0:.1f}s; {len(lines)} lines")
 
 
