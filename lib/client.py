@@ -23,9 +23,10 @@ from twisted.python.failure import Failure
 from dds.auth import Credentials
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener
-from dds.errors import (Recovering, ConnectionLost, DDSError, Divergence, Exists, Indeterminate,
-                        InvalidRequest, KeyTooLarge, Locked, NotServing, StaleMap, Timeout,
-                        Unavailable, ValueTooLarge, VersionMismatch)
+from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSError, Divergence,
+                        Exists, Indeterminate, InvalidRequest, KeyTooLarge, Locked,
+                        NotServing, StaleMap, Timeout, Unavailable, ValueTooLarge,
+                        VersionMismatch)
 from dds.maps import ClusterMap
 from dds.messages import GET_COMPACT
 from dds.metrics import Metrics
@@ -105,7 +106,16 @@ class DDSClient:
         self.rng = rng if rng is not None else random.Random(os.urandom(16))
         lib_id = self.rng.getrandbits(64)
         self.node_id = node_id or f"lib-{lib_id:016x}"
-        self.connections = ConnectionCache(reactor, opener, node_id=self.node_id,
+        self.role = role
+        self.cluster = cluster
+        #: The last failure to open a connection, by address: when it happened and why.
+        #: A refused connection is a fact about the brick, not about one request, so a
+        #: call can tell "every brick refused" (fail now) from "some may answer" (retry).
+        self._unreachable: dict[tuple[str, int], tuple[float, str]] = {}
+        #: Bricks that refused our credentials, the same way.
+        self._refused: dict[tuple[str, int], tuple[float, str]] = {}
+        self.connections = ConnectionCache(reactor, opener,
+                                           node_id=self.node_id,
                                            cluster=cluster,
                                            credentials=credentials, max_frame=max_frame,
                                            metrics=self.metrics)
@@ -131,7 +141,20 @@ class DDSClient:
         return Deferred.fromCoroutine(go())
 
     async def start(self) -> None:
-        await self.maps.refresh()
+        """Fetch the map.  A wrong secret or certificate is ``AuthenticationFailed``, not
+        a retryable ``Unavailable``: retrying cannot help until the configuration changes."""
+        since = self.clock.seconds()
+        try:
+            await self.maps.refresh()
+        except Unavailable:
+            refused = _since(self._refused, since)
+            if refused:
+                raise AuthenticationFailed(
+                    f"the cluster refused the credentials of role {self.role!r} (cluster "
+                    f"{self.cluster!r}): " + "; ".join(f"{h}:{p}: {why}" for (h, p), why
+                                                       in refused.items())
+                    + "; check the secret (or TLS files) the client was given") from None
+            raise
         cluster = self.maps.map.cluster
         if cluster is not None:
             self.max_key_bytes = min(self.max_key_bytes, cluster.max_key_bytes)
@@ -152,7 +175,40 @@ class DDSClient:
         return self.maps.map
 
     async def _connect(self, host: str, port: int) -> RPCProtocol:
-        return await self.connections.get(host, port)
+        try:
+            conn = await self.connections.get(host, port)
+        except AuthenticationFailed as e:
+            self._refused[(host, port)] = (self.clock.seconds(), e.message)
+            raise
+        except Unavailable as e:       # the opener's: the connection could not be opened
+            self._unreachable[(host, port)] = (self.clock.seconds(), e.message)
+            raise
+        self._unreachable.pop((host, port), None)
+        return conn
+
+    async def _nobody_answers(self, replicas: list[BrickRecord],
+                              since: float) -> Unavailable | None:
+        """When every replica of a key refused a connection since ``since``: whether any
+        brick at all may answer (a fresh map fetch tries each one and the seeds).  If none
+        can, waiting out the deadline only delays the error, so it is returned (naming
+        each address and why) for the call to raise at once; otherwise None, and the call
+        keeps retrying, since the map may route the key elsewhere soon."""
+        if not replicas or not all((b.address, b.port) in _since(self._unreachable, since)
+                                   for b in replicas):
+            return None
+        try:
+            await self.maps.refresh()
+            return None
+        except Unavailable:
+            pass
+        down = _since(self._unreachable, since)
+        everyone = {(b.address, b.port) for b in self.maps.map.bricks.values()}
+        everyone.update(self.maps.seeds)
+        if not everyone <= down.keys():
+            return None                 # some brick answered, or failed otherwise
+        self.metrics.inc("unavailable_total")
+        return Unavailable("no brick of the cluster can be reached: " +
+                           "; ".join(sorted(set(down.values()))))
 
     async def _periodic_refresh(self) -> None:
         try:
@@ -241,13 +297,17 @@ class DDSClient:
 
     async def _get(self, key: bytes, timeout: float, tried: set[str] | None = None
                    ) -> GetResult:
-        deadline = self.clock.seconds() + timeout
+        start = self.clock.seconds()
+        deadline = start + timeout
         tried = tried if tried is not None else set()
         attempt = 0
         while True:
             route = await self._route(key, deadline)
             brick = pick_replica(route, tried, self.connections.open, self.rng)
             if brick is None:        # every replica failed once: start over after a pause
+                down = await self._nobody_answers(route.replicas, start)
+                if down is not None:
+                    raise down
                 tried.clear()
                 attempt += 1
                 await self._backoff(attempt, deadline, "no replica of "
@@ -337,6 +397,11 @@ class DDSClient:
             if failed is not None:
                 e, route = failed
                 failed = None
+                if all(isinstance(x, Unavailable) for x in e.errors):
+                    # No member could even be connected to: none saw the PREPARE.
+                    down = await self._nobody_answers(route.replicas, ts[0] / 1e9)
+                    if down is not None:
+                        raise down
                 # Retries during a recovery's write fence are expected and short: they
                 # must not grow the backoff of whatever error comes next.
                 fenced = all(isinstance(x, Recovering) for x in e.errors)
@@ -454,6 +519,13 @@ class DDSClient:
 
 
 _NONE: frozenset[str] = frozenset()
+
+
+def _since(failures: dict[tuple[str, int], tuple[float, str]], since: float
+           ) -> dict[tuple[str, int], str]:
+    """The failures seen at or after ``since``, by address."""
+    return {addr: why for addr, (at, why) in failures.items() if at >= since}
+
 
 
 def _mid_move(cmap: ClusterMap, key: bytes) -> bool:

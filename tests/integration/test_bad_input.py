@@ -81,10 +81,11 @@ async def test_an_oversize_frame_is_refused_before_it_is_read(cluster_factory: A
 async def test_a_wrong_secret_is_refused_with_a_clear_error(cluster_factory: Any) -> None:
     cluster = cluster_factory(bricks=3, replication=3, partitions=4)
     await cluster.init(reactor)
-    with pytest.raises(Unavailable) as info:
+    with pytest.raises(AuthenticationFailed) as info:
         await DDSClient.connect(reactor, cluster.seeds[:1], cluster=CLUSTER,
                                 secret=b"not-the-secret")
     assert "wrong shared secret" in str(info.value)
+    assert info.value.retryable is False          # retrying cannot fix a wrong secret
     with pytest.raises(AuthenticationFailed, match="wrong shared secret"):
         await open_connection(reactor, "127.0.0.1", cluster.brick("b1").port,
                               node_id="intruder", cluster=CLUSTER, secret=b"not-the-secret",
