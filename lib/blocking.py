@@ -19,13 +19,18 @@ from typing import Any, Callable
 import crochet
 from twisted.internet.defer import Deferred
 
-from dds.errors import Timeout
+from dds.errors import Indeterminate, Timeout
 
 from dds.lib.client import DDSClient, GetResult
 
-#: Extra seconds a thread waits beyond the operation's own deadline, so that the
-#: operation's precise error (``Indeterminate``, ``Locked`` …) wins over a bare timeout.
-_GRACE_S = 2.0
+#: How long a thread waits beyond the operation's own timeout.  ``DDSClient`` answers
+#: every call itself, shortly after its deadline: a write that may have been applied as
+#: ``Indeterminate``, ``Timeout`` only when nothing was.  Its deadline bounds each request,
+#: but not every step around them: opening a connection (``dds.connect``: up to 5 s for
+#: TCP and the handshake) and fetching the map (5 s per brick asked) may run past it.
+#: The wait outlasts those, so that what the caller gets is the async client's answer,
+#: not a guess made by a thread that stopped waiting in the middle of a 2PC.
+_GRACE_S = 30.0
 
 
 @crochet.run_in_reactor
@@ -34,8 +39,9 @@ def _in_reactor(fn: Callable[..., Deferred[Any]], *args: Any, **kw: Any) -> Defe
 
 
 class BlockingDDSClient:
-    """Same operations as ``DDSClient``; each blocks the calling thread until done.
-    Safe to share between threads."""
+    """Same operations as ``DDSClient``, with the same per-call ``timeout`` (seconds; the
+    client's ``timeout`` when None); each blocks the calling thread until done.  Safe to
+    share between threads."""
 
     def __init__(self, seeds: list[str], *, cluster: str, timeout: float = 10.0,
                  **options: Any) -> None:
@@ -44,35 +50,53 @@ class BlockingDDSClient:
 
         self.timeout = timeout
         self._client: DDSClient = self._wait(
-            DDSClient.connect, global_reactor, seeds, cluster=cluster,
-            timeout=timeout, **options)
+            self.timeout, False, DDSClient.connect, global_reactor, seeds,
+            cluster=cluster, timeout=timeout, **options)
 
-    def _wait(self, fn: Callable[..., Deferred[Any]], *args: Any, **kw: Any) -> Any:
+    def _wait(self, limit: float, write: bool, fn: Callable[..., Deferred[Any]], /,
+              *args: Any, **kw: Any) -> Any:
+        """Run ``fn`` in the reactor and wait for its own answer.  Should even the grace
+        run out, a read is cancelled (``Timeout``: nothing changed), but a write is left
+        to finish: cancelling it could stop a 2PC between its COMMITs, and whether it
+        applied is unknown, so it is ``Indeterminate``."""
         result = _in_reactor(fn, *args, **kw)
         try:
-            return result.wait(self.timeout + _GRACE_S)
+            return result.wait(limit + _GRACE_S)
         except crochet.TimeoutError:
+            waited = f"{limit + _GRACE_S:g}s"
+            if write:
+                raise Indeterminate(f"no answer within {waited}: the write may or may "
+                                    "not have happened; re-read before retrying") from None
             result.cancel()
-            raise Timeout(f"no answer within {self.timeout + _GRACE_S:g}s") from None
+            raise Timeout(f"no answer within {waited}") from None
 
-    def get(self, key: bytes) -> GetResult:
-        return self._wait(self._client.get, key)
+    def _limit(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else timeout
 
-    def put(self, key: bytes, value: bytes) -> int:
-        return self._wait(self._client.put, key, value)
+    def get(self, key: bytes, timeout: float | None = None) -> GetResult:
+        limit = self._limit(timeout)
+        return self._wait(limit, False, self._client.get, key, timeout=limit)
 
-    def remove(self, key: bytes) -> int:
-        return self._wait(self._client.remove, key)
+    def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
+        limit = self._limit(timeout)
+        return self._wait(limit, True, self._client.put, key, value, timeout=limit)
 
-    def create(self, key: bytes, value: bytes) -> int:
-        return self._wait(self._client.create, key, value)
+    def remove(self, key: bytes, timeout: float | None = None) -> int:
+        limit = self._limit(timeout)
+        return self._wait(limit, True, self._client.remove, key, timeout=limit)
 
-    def compare_and_put(self, key: bytes, value: bytes, expected_version: int) -> int:
-        return self._wait(
-            self._client.compare_and_put, key, value, expected_version)
+    def create(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
+        limit = self._limit(timeout)
+        return self._wait(limit, True, self._client.create, key, value, timeout=limit)
+
+    def compare_and_put(self, key: bytes, value: bytes, expected_version: int,
+                        timeout: float | None = None) -> int:
+        limit = self._limit(timeout)
+        return self._wait(limit, True, self._client.compare_and_put, key, value,
+                          expected_version, timeout=limit)
 
     def close(self) -> None:
-        self._wait(self._client.close)
+        self._wait(self.timeout, False, self._client.close)
 
     def __enter__(self) -> "BlockingDDSClient":
         return self

@@ -1,8 +1,12 @@
 """The errors a service developer meets first (issue 14), against real bricks: a wrong
-secret and a cluster that is down."""
+secret, a cluster that is down, and a blocking write slowed in the middle of its 2PC."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +16,7 @@ from twisted.internet import reactor
 from dds.errors import AuthenticationFailed, Unavailable
 from dds.lib import DDSClient
 
-from tests.harness.aio import eventually
+from tests.harness.aio import call, eventually
 from tests.harness.cluster import CLUSTER
 
 #: Far below the client's timeout: "fails fast" means without waiting for it.
@@ -88,3 +92,73 @@ async def test_a_get_still_succeeds_while_one_replica_answers(cluster_factory: A
     cluster.brick("b2").stop()
     assert (await client.get(b"k")).value == b"v"
     await client.close()
+
+
+def _blocking(tmp_path: Path, body: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a process of its own: the blocking client runs the global reactor
+    in a thread (crochet), which the test process's reactor must not share."""
+    script = tmp_path / "blocking_client.py"
+    script.write_text("import sys\n"
+                      "from dds.lib import BlockingDDSClient\n"
+                      "from dds.errors import DDSError\n" + body)
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_blocking_put_paused_mid_commit_is_never_reported_as_a_timeout(
+        cluster_factory: Any, tmp_path: Path) -> None:
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    await cluster.init(reactor)
+    victim = cluster.brick("b1")
+    await call(cluster, victim, "failpoint",
+               {"name": "commit.before_apply", "action": "count:1:pause"})
+    proc = _blocking(tmp_path,
+                     "c = BlockingDDSClient(sys.argv[1].split(','), cluster='dds',"
+                     " secret=sys.argv[2], timeout=10)\n"
+                     "try:\n"
+                     "    c.put(b'slowed', b'applied', timeout=1.5)\n"
+                     "    print('ok')\n"
+                     "except DDSError as e:\n"
+                     "    print(type(e).__name__, e)\n",
+                     ",".join(cluster.seeds), cluster.secret)
+    victim.send_signal(signal.SIGCONT)
+    assert "failpoint commit.before_apply: pause" in victim.log_tail()   # it was slowed
+    assert proc.returncode == 0, proc.stderr
+    outcome = proc.stdout.split()[0]
+    assert outcome in ("ok", "Indeterminate"), proc.stdout
+    client = await cluster.client(reactor, timeout=10.0)
+    assert (await client.get(b"slowed")).value == b"applied"
+    await client.close()
+
+
+_NEVER_ANSWERS = (
+    "import dds.lib.blocking as blocking\n"
+    "from twisted.internet.defer import Deferred, succeed\n"
+    "class Stuck:\n"
+    "    '''A DDSClient whose calls never answer.'''\n"
+    "    @classmethod\n"
+    "    def connect(cls, reactor, seeds, **options):\n"
+    "        return succeed(cls())\n"
+    "    def get(self, key, timeout=None):\n"
+    "        return Deferred()\n"
+    "    def put(self, key, value, timeout=None):\n"
+    "        return Deferred()\n"
+    "blocking.DDSClient = Stuck\n"
+    "blocking._GRACE_S = 0.2\n"
+    "c = BlockingDDSClient(['127.0.0.1:1'], cluster='dds', secret='s')\n"
+    "try:\n"
+    "    getattr(c, sys.argv[1])(b'k', *([b'v'] if sys.argv[1] == 'put' else []),"
+    " timeout=0.1)\n"
+    "except DDSError as e:\n"
+    "    print(type(e).__name__)\n")
+
+
+def test_a_blocking_write_whose_wait_runs_out_is_indeterminate(tmp_path: Path) -> None:
+    proc = _blocking(tmp_path, _NEVER_ANSWERS, "put")
+    assert proc.stdout.strip() == "Indeterminate", proc.stderr
+
+
+def test_a_blocking_read_whose_wait_runs_out_is_a_timeout(tmp_path: Path) -> None:
+    proc = _blocking(tmp_path, _NEVER_ANSWERS, "get")
+    assert proc.stdout.strip() == "Timeout", proc.stderr
