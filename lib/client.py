@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from dds.auth import Credentials
 from dds.codec import DEFAULT_MAX_FRAME
-from dds.connect import ConnectionCache, Opener
+from dds.connect import ConnectionCache, Opener, open_connection
 from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSError, Divergence,
                         Exists, Indeterminate, InvalidRequest, KeyTooLarge, Locked,
                         NotServing, StaleMap, Timeout, Unavailable, ValueTooLarge,
@@ -33,6 +33,7 @@ from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
 from dds.lib.exclusion import Excluder
+from dds.lib.logging_bridge import TO_LOGGING, library_logger
 from dds.lib.coordinator import UNREACHABLE, Coordinator, PrepareFailed
 from dds.lib.mapcache import MapCache
 from dds.lib.routing import Route, Router, pick_replica
@@ -85,7 +86,7 @@ class DDSClient:
     or with ``tls`` files (a certificate issued by ``dds-admin certs issue --role
     client``).  ``dds-admin`` connects the same way as ``role="admin"``."""
 
-    log = Logger()
+    log = Logger(observer=TO_LOGGING)       # to ``logging``, see lib/logging_bridge.py
 
     def __init__(self, reactor: Any, seeds: list[str], *, cluster: str,
                  secret: bytes | str | None = None, tls: TLSPaths | None = None,
@@ -114,7 +115,7 @@ class DDSClient:
         self._unreachable: dict[tuple[str, int], tuple[float, str]] = {}
         #: Bricks that refused our credentials, the same way.
         self._refused: dict[tuple[str, int], tuple[float, str]] = {}
-        self.connections = ConnectionCache(reactor, opener,
+        self.connections = ConnectionCache(reactor, _logging_opener(opener or open_connection),
                                            node_id=self.node_id,
                                            cluster=cluster,
                                            credentials=credentials, max_frame=max_frame,
@@ -124,6 +125,10 @@ class DDSClient:
         self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
                                        lib_id=lib_id, exclude=self.excluder.exclude,
                                        left=self.excluder.left)
+        # Their classes log to Twisted's global log (they are shared with bricks and
+        # tools); in a service's process the library's events go to ``logging``.
+        for part in (self.maps, self.excluder, self.coordinator):
+            part.log = library_logger(part)
         self.router = Router()
         self._refresh = LoopingCall(self._periodic_refresh)
         self._refresh.clock = self.clock
@@ -526,6 +531,19 @@ def _since(failures: dict[tuple[str, int], tuple[float, str]], since: float
     """The failures seen at or after ``since``, by address."""
     return {addr: why for addr, (at, why) in failures.items() if at >= since}
 
+
+def _logging_opener(opener: Opener) -> Opener:
+    """``opener`` whose connections log to ``logging`` (see lib/logging_bridge.py):
+    ``RPCProtocol`` is shared with bricks, so its class-level logger cannot change."""
+    async def open_logging(reactor: Any, host: str, port: int, **options: Any
+                           ) -> RPCProtocol:
+        conn = await opener(reactor, host, port, **options)
+        try:
+            conn.log = library_logger(conn)
+        except AttributeError:                   # a test's stand-in with __slots__
+            pass
+        return conn
+    return open_logging
 
 
 def _mid_move(cmap: ClusterMap, key: bytes) -> bool:
