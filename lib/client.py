@@ -16,7 +16,6 @@ from typing import Any, Coroutine, TypeVar
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -130,8 +129,10 @@ class DDSClient:
         for part in (self.maps, self.excluder, self.coordinator):
             part.log = library_logger(part)
         self.router = Router()
-        self._refresh = LoopingCall(self._periodic_refresh)
-        self._refresh.clock = self.clock
+        # A timer on the given clock, not a LoopingCall: LoopingCall's constructor imports
+        # twisted.internet.reactor, which installs the global reactor as a side effect
+        # (an asyncio service must be free to install its own, lib/aio.py).
+        self._refresh_call: Any = None
         self._refresh_interval = refresh_interval
 
     # -- construction --------------------------------------------------------------------
@@ -164,11 +165,20 @@ class DDSClient:
         if cluster is not None:
             self.max_key_bytes = min(self.max_key_bytes, cluster.max_key_bytes)
             self.max_value_bytes = min(self.max_value_bytes, cluster.max_value_bytes)
-        self._refresh.start(self._refresh_interval, now=False)
+        self._schedule_refresh()
+
+    def _schedule_refresh(self) -> None:
+        self._refresh_call = self.clock.callLater(self._refresh_interval, self._refresh_tick)
+
+    def _refresh_tick(self) -> None:
+        d = Deferred.fromCoroutine(self._periodic_refresh())
+        d.addBoth(lambda _: self._schedule_refresh() if self._refresh_call is not None
+                  else None)
 
     def close(self) -> Deferred[None]:
-        if self._refresh.running:
-            self._refresh.stop()
+        call, self._refresh_call = self._refresh_call, None
+        if call is not None and call.active():
+            call.cancel()
 
         async def go() -> None:
             for d in self.connections.close_all():

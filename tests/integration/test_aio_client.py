@@ -260,9 +260,6 @@ async def test_a_client_is_refused_on_an_event_loop_other_than_its_own(
         "an AsyncDDSClient is used on the event loop it was made on"
 
 
-@pytest.mark.xfail(strict=True, reason="DDSClient.__init__ makes a LoopingCall, whose "
-                   "constructor imports twisted.internet.reactor and so installs the "
-                   "default reactor (lib/client.py; not this face's to change)")
 @pytest_twisted.ensureDeferred
 async def test_an_asyncio_program_installs_no_global_twisted_reactor(
         cluster: Cluster) -> None:

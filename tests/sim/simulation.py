@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import logging
 import multiprocessing
 import shutil
 import sys
@@ -158,6 +159,24 @@ class _ErrorLog:
             sim.violations.append(f"unhandled error in a Deferred: {text}")
 
 
+class _LibraryErrors(logging.Handler):
+    """The library logs to ``logging`` (``dds.lib.logging_bridge``), not to Twisted's global
+    log: its error lines join the bricks' in ``sim.errors``."""
+
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__(logging.ERROR)
+        self.sim = sim
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sim = self.sim
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f"\n{record.exc_info[0].__name__ if record.exc_info[0] else ''}: " \
+                    f"{record.exc_info[1]}"
+        seen = sim.errors.get(text)
+        sim.errors[text] = (seen[0] if seen else sim.now, (seen[1] if seen else 0) + 1)
+
+
 class Simulation:
     """One seeded run; :meth:`run` does it all, the steps are public for the stateful
     test (which starts operations and faults itself)."""
@@ -189,6 +208,8 @@ class Simulation:
         self.errors: dict[str, tuple[float, int]] = {}
         self._observer = _ErrorLog(self)
         globalLogPublisher.addObserver(self._observer)
+        self._library_errors = _LibraryErrors(self)
+        logging.getLogger("dds").addHandler(self._library_errors)
 
     def _process(self, index: int, name: str) -> ClientProcess:
         client = self.world.new_client(name)
@@ -312,6 +333,7 @@ class Simulation:
 
     def close(self) -> None:
         globalLogPublisher.removeObserver(self._observer)
+        logging.getLogger("dds").removeHandler(self._library_errors)
         self.world.shutdown()
 
 
