@@ -131,6 +131,7 @@ class Brick:
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
+                                       max_txn_deadline_s=t.max_txn_deadline_ms / 1000.0,
                                        on_deadline=lambda txn: self.termination.later(txn))
         self.peers = ConnectionCache(reactor, opener, node_id=self.id,
                                      cluster=config.cluster.name,

@@ -340,6 +340,10 @@ class LimitsSection:
 class TimeoutsSection:
     txn_deadline_ms: int = int_setting(5000, "how long a prepared transaction is held before "
                                        "the participant runs termination", lo=1)
+    max_txn_deadline_ms: int = int_setting(30000, "the longest a participant holds a prepared "
+                                           "transaction before termination, whatever "
+                                           "deadline the coordinator asks for",
+                                           lo=1, hi=600_000)
     lock_wait_ms: int = int_setting(2000, "how long an older transaction waits for a key "
                                     "lock (wait-die)", lo=1)
     read_wait_ms: int = int_setting(5000, "how long a read waits for a prepared key's "
