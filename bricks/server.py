@@ -235,6 +235,10 @@ class Brick:
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
         self.metrics.gauge("connections", lambda: len(self.connections))
+        # Connections whose peer reads no replies, so the brick stopped reading from them
+        # (``dds.rpc``'s flow control; ``connections_paused_total`` counts the stops).
+        self.metrics.gauge("connections_paused",
+                           lambda: sum(1 for p in self.connections if p.paused))
         tls = config.credentials.tls
         if tls is not None:
             from dds.tls import seconds_to_expiry
@@ -266,7 +270,8 @@ class Brick:
                                     max_frame=brick.config.limits.max_frame_bytes,
                                     metrics=brick.metrics,
                                     handshake_timeout=brick.config.auth.handshake_timeout_ms
-                                    / 1000.0)
+                                    / 1000.0,
+                                    max_unsent_bytes=brick.config.limits.max_unsent_bytes)
                 # Handshake failures are logged and counted by the protocol; nobody awaits
                 # a server's ``ready``, so consume its failure here.
                 release = brick.admission.releaser(source)

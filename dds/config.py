@@ -334,6 +334,10 @@ class LimitsSection:
                                        lo=1024, hi=2**31 - 1)
     max_key_bytes: int = int_setting(1024, "largest key accepted, bytes", lo=1)
     max_value_bytes: int = int_setting(1048576, "largest value accepted, bytes", lo=1)
+    max_unsent_bytes: int = int_setting(16777216, "most reply bytes waiting to be sent to "
+                                        "one connection before the brick stops reading "
+                                        "its requests (a peer that reads no replies)",
+                                        lo=65536, hi=2**31 - 1)
 
 
 @attrs.frozen(kw_only=True)
