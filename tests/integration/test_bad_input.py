@@ -199,15 +199,16 @@ def _rss_bytes(pid: int, field: str = "VmRSS") -> int:
     raise AssertionError(f"no {field} for process {pid}")
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["secret", "tls"])
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
-        cluster_factory: Any) -> None:
+        cluster_factory: Any, tls: bool) -> None:
     """Issue 13: an authenticated client pipelining gets of a 1 MiB value and reading no
     reply grew a brick by over a gigabyte, the replies piling up in its buffers.  The
     brick now stops reading from a connection whose replies are not being consumed
     (``limits.max_unsent_bytes``) and goes on when they are; other clients are served
-    meanwhile."""
-    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+    meanwhile.  Also under TLS, whose transport hands pause and resume to TCP's."""
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4, tls=tls)
     await cluster.init(reactor)
     client = await cluster.client(reactor)
     key, value, n = b"big", os.urandom(1 << 20), 500
