@@ -2,7 +2,10 @@
 
 ``check`` is on the hot path of every GET and PREPARE: one dict probe for the RG record
 and two integer compares.  A caller that routed by another version gets ``StaleMap``
-carrying this brick's record, so the library can repair its map without another request.
+carrying this brick's record, so the library can repair its map without another request:
+also one with this brick's version but another fingerprint, which is the caller's stale or
+made-up view.  A *divergence* (two bricks holding different records at one version) is
+found only where bricks' records meet: ``merge`` (gossip, a push).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import msgpack
 from twisted.logger import Logger
 
 from dds.bricks.atomicfile import replace_file
-from dds.errors import Divergence, InvalidRequest, NotServing, StaleMap
+from dds.errors import InvalidRequest, NotServing, StaleMap
 from dds.maps import ClusterMap, MergeResult
 from dds.metrics import Metrics
 from dds.partition import PartitionId
@@ -98,12 +101,15 @@ class MapState:
             raise StaleMap(f"{rg} is at version {rec.version} here, caller has {version}",
                            rec.canonical())
         if rec.fp != fp:
-            self.metrics.inc("map_divergence_total")
-            self.log.error("MAP DIVERGENCE: {rg} v{version} fp {mine:#010x} here, "
-                           "{theirs:#010x} at caller", rg=rg, version=version, mine=rec.fp,
-                           theirs=fp)
-            raise Divergence(f"{rg} v{version}: fingerprint {rec.fp:#010x} here, "
-                             f"{fp:#010x} at caller", rec.canonical())
+            # The caller's view, not a brick's record: a stale, corrupted or made-up
+            # (rg_version, rg_fp) proves nothing about the bricks, so it is a plain
+            # StaleMap carrying our record (the caller repairs), never a divergence --
+            # which is only ever found between bricks' records (``merge``).  Counted apart,
+            # so that a client sending wrong fingerprints shows in the metrics.
+            self.metrics.inc("stale_map_total")
+            self.metrics.inc("stale_map_fp_total")
+            raise StaleMap(f"{rg} v{version}: fingerprint {rec.fp:#010x} here, "
+                           f"{fp:#010x} at caller", rec.canonical())
         pid = parse_pid(pid_text)
         if pid not in rec.active_partitions:
             self.metrics.inc("stale_map_total")

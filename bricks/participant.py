@@ -101,13 +101,19 @@ class Participant:
 
     def __init__(self, storage: Storage, locks: LockTable, clock: IReactorTime,
                  metrics: Metrics, lock_wait_s: float, txn_deadline_s: float,
-                 on_deadline: Callable[[Transaction], None] | None = None) -> None:
+                 on_deadline: Callable[[Transaction], None] | None = None,
+                 max_txn_deadline_s: float = 30.0) -> None:
         self.storage = storage
         self.locks = locks
         self.clock = clock
         self.metrics = metrics
         self.lock_wait_s = lock_wait_s
         self.txn_deadline_s = txn_deadline_s
+        #: The cap on the deadline a coordinator may ask for (``timeout_ms``): a caller
+        #: that asks for ten minutes and disappears must not hold a key locked for twenty.
+        #: Termination is safe at any time (DESIGN §4), so the cap costs a slow coordinator
+        #: at most an answer decided by termination, never a wrong one.
+        self.max_txn_deadline_s = max_txn_deadline_s
         self.on_deadline = on_deadline or self._deadline_passed
         self.active: dict[TxnId, Transaction] = {}
         self.decided: OrderedDict[TxnId, tuple[TxnState, int]] = OrderedDict()
@@ -202,7 +208,8 @@ class Participant:
         txn.new_version = current.version + 1
         # The vote is sent only once the record of it is durable: a brick that dies after
         # voting YES must find the transaction again when it restarts.
-        deadline = max(self.txn_deadline_s, 2 * txn.timeout_ms / 1000.0)
+        deadline = max(self.txn_deadline_s,
+                       min(2 * txn.timeout_ms / 1000.0, self.max_txn_deadline_s))
         if reply is not None:
             if self.storage.prepare_then(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
                                          txn.new_version, txn.ts, self._recorded,

@@ -132,6 +132,7 @@ class Brick:
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
+                                       max_txn_deadline_s=t.max_txn_deadline_ms / 1000.0,
                                        on_deadline=lambda txn: self.termination.later(txn))
         self.peers = ConnectionCache(reactor, opener, node_id=self.id,
                                      cluster=config.cluster.name,
@@ -235,6 +236,10 @@ class Brick:
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
         self.metrics.gauge("connections", lambda: len(self.connections))
+        # Connections whose peer reads no replies, so the brick stopped reading from them
+        # (``dds.rpc``'s flow control; ``connections_paused_total`` counts the stops).
+        self.metrics.gauge("connections_paused",
+                           lambda: sum(1 for p in self.connections if p.paused))
         tls = config.credentials.tls
         if tls is not None:
             from dds.tls import seconds_to_expiry
@@ -266,7 +271,8 @@ class Brick:
                                     max_frame=brick.config.limits.max_frame_bytes,
                                     metrics=brick.metrics,
                                     handshake_timeout=brick.config.auth.handshake_timeout_ms
-                                    / 1000.0)
+                                    / 1000.0,
+                                    max_unsent_bytes=brick.config.limits.max_unsent_bytes)
                 # Handshake failures are logged and counted by the protocol; nobody awaits
                 # a server's ``ready``, so consume its failure here.
                 release = brick.admission.releaser(source)

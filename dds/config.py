@@ -334,12 +334,20 @@ class LimitsSection:
                                        lo=1024, hi=2**31 - 1)
     max_key_bytes: int = int_setting(1024, "largest key accepted, bytes", lo=1)
     max_value_bytes: int = int_setting(1048576, "largest value accepted, bytes", lo=1)
+    max_unsent_bytes: int = int_setting(16777216, "most reply bytes waiting to be sent to "
+                                        "one connection before the brick stops reading "
+                                        "its requests (a peer that reads no replies)",
+                                        lo=65536, hi=2**31 - 1)
 
 
 @attrs.frozen(kw_only=True)
 class TimeoutsSection:
     txn_deadline_ms: int = int_setting(5000, "how long a prepared transaction is held before "
                                        "the participant runs termination", lo=1)
+    max_txn_deadline_ms: int = int_setting(30000, "the longest a participant holds a prepared "
+                                           "transaction before termination, whatever "
+                                           "deadline the coordinator asks for",
+                                           lo=1, hi=600_000)
     lock_wait_ms: int = int_setting(2000, "how long an older transaction waits for a key "
                                     "lock (wait-die)", lo=1)
     read_wait_ms: int = int_setting(5000, "how long a read waits for a prepared key's "

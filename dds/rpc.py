@@ -31,6 +31,20 @@ frame.  The other features a side announces are the caller's business (``FEATURE
 ``RPCProtocol.peer_features``): a side uses one only if the peer announced it, so nodes of
 different versions still talk.
 
+**Flow control.**  A peer that sends requests but reads no reply would make the answering
+side buffer every reply (issue 13: a client pipelining gets of a 1 MiB value grew a brick
+by over a gigabyte).  So the accepting side (a brick, for the library, the admin tool and
+the bricks that connect to it) stops *reading* from a peer once more than
+``max_unsent_bytes`` wait in the transport for it (``pauseProducing``): the peer can send
+no more requests, and what it sent meanwhile waits, unhandled, in the kernel's buffers
+and ours.  It reads again when the transport has sent everything (Twisted calls
+``resumeProducing`` on the protocol, registered as the transport's streaming producer).
+The cost is a look at the transport's buffer per frame written, and one attribute per
+message handled.  The connecting side (the library, a brick calling a peer) never stops
+reading: its queued bytes are its own requests, and reading the replies is what drains
+the other side -- if both ends of a connection could stop, each waiting for the other to
+read, neither would again.
+
 A wrong secret, cluster name or protocol version ends the connection with an error that
 names the problem.  Malformed frames are answered with an error (or, when the stream can
 no longer be trusted, a disconnect), logged and counted; they never reach a handler.
@@ -50,10 +64,11 @@ import msgpack
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dds.auth import ROLES, Credentials
 from dds.codec import DEFAULT_MAX_FRAME, decode_payload, encode_frame, pack
@@ -77,6 +92,14 @@ BATCH = "*"
 #: What this side announces in its handshake message: batch frames, and the compact
 #: ``g`` read (``dds.messages.GET_COMPACT``).
 FEATURES = ("batch", "g")
+#: The most bytes the accepting side lets wait in a transport for a peer before it stops
+#: reading from that peer (see "Flow control" above): the brick's default
+#: (``limits.max_unsent_bytes``).
+DEFAULT_MAX_UNSENT = 16 << 20
+#: Messages held back for the end of the iteration are sent, and the transport's buffer
+#: looked at, once this many pile up (three entries each): a read of many small requests
+#: with large answers must not first make all its answers in memory.
+_FLUSH_AT = 3 * 64
 
 _NEVER = float("inf")
 _length = struct.Struct(">I").unpack_from
@@ -126,6 +149,16 @@ class _Flusher:
 
 #: Transports ``_write`` may send on directly.
 _TCP = (tcp.Server, tcp.Client)
+
+
+def _tcp_of(transport: Any) -> Any:
+    """The TCP connection under ``transport`` (itself, or the one a ``TLSTransport``
+    writes to), whose send buffer flow control measures; None for any other transport
+    (the simulation's, a test's): no flow control there."""
+    if type(transport) in _TCP:
+        return transport
+    inner = getattr(transport, "transport", None)
+    return inner if type(inner) in _TCP else None
 
 
 def _write(transport: Any, data: bytes) -> None:
@@ -207,6 +240,7 @@ def _mac(secret: bytes, tag: bytes, *parts: bytes) -> bytes:
     return h.digest()
 
 
+@implementer(IPushProducer)
 class RPCProtocol(Protocol):
     log = Logger()
 
@@ -214,7 +248,8 @@ class RPCProtocol(Protocol):
                  credentials: Credentials, clock: IReactorTime,
                  handler: Handler | None = None,
                  max_frame: int = DEFAULT_MAX_FRAME, metrics: Metrics | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+                 max_unsent_bytes: int = DEFAULT_MAX_UNSENT) -> None:
         self.is_client = is_client
         self.node_id = node_id
         self.cluster = cluster
@@ -258,12 +293,25 @@ class RPCProtocol(Protocol):
         #: A server handling a read: its replies go out when the read is handled (the
         #: same frame as at the end of the iteration, without scheduling a call for it).
         self._reading = False
+        #: Flow control (see the module's docstring): the bound, the TCP transport whose
+        #: buffer is measured (None: no flow control on this connection), whether reading
+        #: from the peer is stopped, and the messages of a batch frame left unhandled
+        #: when it stopped.
+        self.max_unsent = max_unsent_bytes
+        self._tcp: Any = None
+        self.paused = False
+        self._rest: list[Any] | None = None
 
     # -- connection lifecycle ----------------------------------------------------------
 
     def connectionMade(self) -> None:
         self._hs_timer = self.clock.callLater(self._handshake_timeout,
                                               self._handshake_timed_out)
+        if not self.is_client and self.max_unsent > 0:
+            tcp_ = _tcp_of(self.transport)
+            if tcp_ is not None:
+                self._tcp = tcp_
+                self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         if self.is_client and self.credentials.tls is None:
             # A plain-text client speaks first, so that a TLS brick (which waits for a
             # TLS ClientHello) sees at once that it is not TLS and can say so.
@@ -297,6 +345,7 @@ class RPCProtocol(Protocol):
             self._sweeper.cancel()
         self._sweeper = None
         self._out = []
+        self._rest = None
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             self._run_callback(entry[0], entry[1], ConnectionLost(
@@ -307,7 +356,63 @@ class RPCProtocol(Protocol):
     def close(self) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
             self._flush_out()
+            self._unregister()
             self.transport.loseConnection()
+
+    def _unregister(self) -> None:
+        """Stop being the transport's producer before closing it: Twisted would otherwise
+        resume a paused producer when the buffer drains, instead of closing."""
+        if self._tcp is not None:
+            self._tcp = None
+            if self.transport is not None:
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    # -- flow control (IPushProducer, registered on the transport) -------------------------
+
+    def _check_unsent(self) -> None:
+        """After a write: stop reading from the peer if more than ``max_unsent`` bytes
+        wait for it (what the transport holds; the kernel's buffer is bounded)."""
+        t = self._tcp
+        if (t is not None and not self.paused
+                and len(t.dataBuffer) - t.offset + t._tempDataLen > self.max_unsent):
+            self.paused = True
+            self.metrics.inc("connections_paused_total")
+            self._log_limited.warn("{peer} does not read its replies: stopped reading from "
+                                   "it until {unsent} unsent bytes have gone",
+                                   peer=self._peer_name(),
+                                   unsent=len(t.dataBuffer) - t.offset + t._tempDataLen)
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        """Twisted's own mark (64 KiB unsent) is far below ours: nothing to do; our bound
+        is checked by ``_check_unsent``."""
+
+    def resumeProducing(self) -> None:
+        """The transport has sent everything: handle what was left unhandled when reading
+        stopped, then read from the peer again (unless that filled the buffer anew)."""
+        transport = self.transport
+        if not self.paused or transport is None or self.state is State.CLOSED:
+            return
+        if getattr(transport, "disconnecting", False):
+            self._unregister()      # let the close complete
+            return
+        self.paused = False
+        rest, self._rest = self._rest, None
+        if rest:
+            self._reading = not self.is_client
+            try:
+                self._batch(rest)
+            finally:
+                self._reading = False
+                if self._out:
+                    self._flush_out()
+        if not self.paused and self._buf:
+            self.dataReceived(b"")
+        if not self.paused and self.state is not State.CLOSED:
+            transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """The connection is lost; ``connectionLost`` cleans up."""
 
     # -- framing -------------------------------------------------------------------------
 
@@ -317,8 +422,12 @@ class RPCProtocol(Protocol):
             if not out and not self._reading:
                 self._flusher.hold(self)
             out += (mtype, rid, body)
+            if len(out) >= _FLUSH_AT:
+                self._flush_out()
             return
         self.transport.write(encode_frame(mtype, rid, body))  # type: ignore[union-attr]
+        if self._tcp is not None:
+            self._check_unsent()
 
     def _flush_out(self) -> None:
         """Send the messages held back: one frame for all, or a frame each when they are
@@ -329,13 +438,15 @@ class RPCProtocol(Protocol):
         transport = self.transport
         if len(out) == 3:
             _write(transport, encode_frame(out[0], out[1], out[2]))
-            return
-        payload = pack([BATCH, len(out) // 3, out])
-        if len(payload) <= BATCH_MAX_BYTES:
-            _write(transport, len(payload).to_bytes(4, "big") + payload)
-            return
-        for i in range(0, len(out), 3):
-            _write(transport, encode_frame(out[i], out[i + 1], out[i + 2]))
+        else:
+            payload = pack([BATCH, len(out) // 3, out])
+            if len(payload) <= BATCH_MAX_BYTES:
+                _write(transport, len(payload).to_bytes(4, "big") + payload)
+            else:
+                for i in range(0, len(out), 3):
+                    _write(transport, encode_frame(out[i], out[i + 1], out[i + 2]))
+        if self._tcp is not None:
+            self._check_unsent()
 
     def dataReceived(self, data: bytes) -> None:
         """Split the stream into frames (``dds.codec``'s framing: the size limit is
@@ -352,6 +463,8 @@ class RPCProtocol(Protocol):
         self._reading = not self.is_client
         try:
             while end - pos >= 4:
+                if self.paused:     # the peer reads no replies: the rest waits (resume)
+                    break
                 # Checked per frame: the handshake's last message and the first requests
                 # may arrive in one read.
                 ready = self.state is State.READY
@@ -420,6 +533,9 @@ class RPCProtocol(Protocol):
         for i in range(0, len(items), 3):
             if self.state is not State.READY:
                 break
+            if self.paused:         # handled when reading resumes (``resumeProducing``)
+                self._rest = items[i:]
+                break
             self._frame(items[i], items[i + 1], items[i + 2])
         return True
 
@@ -451,6 +567,7 @@ class RPCProtocol(Protocol):
             self.ready.errback(error)
         if self.transport is not None:
             self._flush_out()
+            self._unregister()
             self.transport.loseConnection()
 
     def _frame(self, mtype: str, rid: int, body: Any) -> None:

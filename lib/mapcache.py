@@ -93,20 +93,35 @@ class MapCache:
             await self.refresh()
             return
         mine = self.map.get(theirs.record_id)
-        if mine is None or theirs.version > mine.version:
+        if mine is not None and theirs.version == mine.version and theirs.fp != mine.fp:
+            # Our record at the brick's version differs from the brick's: ours is a stale
+            # or corrupted copy (bricks find real divergence among themselves, by gossip),
+            # so take the brick's in place of ours -- ``merge`` would keep ours.
+            self.log.warn("replacing {record} v{version} (fp {mine:#010x}) by the record "
+                          "of {brick} (fp {theirs:#010x})", record=theirs.record_id,
+                          version=theirs.version, mine=mine.fp, theirs=theirs.fp,
+                          brick=conn.peer_id)
+            self.map = ClusterMap({**self.map.records, theirs.record_id: theirs})
+            await self._complete(theirs)
+        elif mine is None or theirs.version > mine.version:
             self.adopt([theirs], source=f"stale-map from {conn.peer_id}")
-            try:
-                self.map.trie
-                missing = isinstance(theirs, RGRecord) and any(
-                    m.brick not in self.map.bricks for m in theirs.members)
-            except ValueError:
-                missing = True
-            if missing:     # the new record needs records we lack: fetch the whole map
-                await self.refresh()
+            await self._complete(theirs)
         elif theirs.version < mine.version:
             await conn.call("map_push", {"records": [mine.canonical()]}, timeout=5.0)
         else:
             # Same version: either it changed meanwhile or the partition is elsewhere.
+            await self.refresh()
+
+    async def _complete(self, theirs: Record) -> None:
+        """After taking a brick's record: fetch the whole map if the record needs records
+        we lack (a brick we do not know, or partitions that no longer tile the keys)."""
+        try:
+            self.map.trie
+            missing = isinstance(theirs, RGRecord) and any(
+                m.brick not in self.map.bricks for m in theirs.members)
+        except ValueError:
+            missing = True
+        if missing:
             await self.refresh()
 
     def known(self) -> dict[str, Any]:

@@ -190,3 +190,61 @@ def test_a_brick_whose_port_is_taken_exits_naming_the_address(tmp_path: Path) ->
                               capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1
     assert f"127.0.0.1:{port}" in proc.stderr and "Address already in use" in proc.stderr
+
+
+def _rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["secret", "tls"])
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
+        cluster_factory: Any, tls: bool) -> None:
+    """Issue 13: an authenticated client pipelining gets of a 1 MiB value and reading no
+    reply grew a brick by over a gigabyte, the replies piling up in its buffers.  The
+    brick now stops reading from a connection whose replies are not being consumed
+    (``limits.max_unsent_bytes``) and goes on when they are; other clients are served
+    meanwhile.  Also under TLS, whose transport hands pause and resume to TCP's."""
+    cluster = cluster_factory(bricks=3, replication=3, partitions=4, tls=tls)
+    await cluster.init(reactor)
+    client = await cluster.client(reactor)
+    key, value, n = b"big", os.urandom(1 << 20), 500
+    assert await client.put(key, value) == 1
+    route = client.router.route(client.map, key)
+    brick = cluster.brick(route.replicas[0].id)
+    hog = await open_connection(reactor, "127.0.0.1", brick.port, node_id="hog",
+                                cluster=CLUSTER, credentials=cluster.credentials("client"),
+                                max_frame=16 << 20)
+    assert hog.transport is not None
+    hog.transport.pauseProducing()          # read nothing from now on
+    before = _rss_bytes(brick.pid)
+    body = {"key": key, **route.ref()}
+    replies = [hog.call("get", body) for _ in range(n)]
+    for _ in range(20):                    # let the brick do what it will with them
+        await _sleep(0.25)
+    grown = _rss_bytes(brick.pid) - before
+    assert grown < 200 << 20, f"the brick grew by {grown >> 20} MiB"
+    assert _metric(cluster, brick.id, "connections_paused_total") >= 1
+    assert _metric(cluster, brick.id, "connections_paused") == 1
+    # Other clients are still served, by the same brick.
+    other = await open_connection(reactor, "127.0.0.1", brick.port, node_id="other",
+                                  cluster=CLUSTER, credentials=cluster.credentials("client"),
+                                  max_frame=16 << 20)
+    assert (await other.call("get", body, timeout=10.0))["value"] == value
+    other.close()
+    # Once the client reads again, every reply arrives: nothing was dropped.
+    hog.transport.resumeProducing()
+    results = [await d for d in replies]
+    assert all(r["value"] == value for r in results)
+    assert _metric(cluster, brick.id, "connections_paused") == 0
+    hog.close()
+    await client.close()
+
+
+async def _sleep(seconds: float) -> None:
+    from twisted.internet.task import deferLater
+    await deferLater(reactor, seconds, lambda: None)

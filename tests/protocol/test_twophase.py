@@ -332,3 +332,32 @@ def test_termination_aborts_when_a_member_never_saw_the_prepare(cluster: SimClus
     late_commit = cluster.raw(prepared[0])
     error = cluster.fail_of(late_commit.call("commit", {"txid": list(txid)}))
     assert isinstance(error, UnknownTransaction) and "aborted" in error.message
+
+
+def test_a_prepare_asking_a_long_deadline_holds_its_lock_no_longer_than_the_bound(
+        tmp_path: Path) -> None:
+    """Issue 13: a PREPARE asking ``timeout_ms=600000`` from a coordinator that then
+    disappears must not lock its key for 2 × 600 s: the brick caps the deadline at
+    ``timeouts.max_txn_deadline_ms``, and termination then settles the transaction (every
+    member prepared: committed, DESIGN §4), leaving the key writable."""
+    bound_s = 4.0
+    c = SimCluster(tmp_path, n=3, config={"timeouts": {
+        "txn_deadline_ms": int(TXN_DEADLINE_S * 1000),
+        "max_txn_deadline_ms": int(bound_s * 1000)}})
+    try:
+        key, txid = b"long", (13, 1)
+        conns = [c.raw(b) for b in c.replicas(key)]
+        for conn in conns:
+            assert c.run(prepare(c, conn, key, txid, value=b"orphan",
+                                 timeout_ms=600_000)) == {"version": 0}
+            conn.close()                            # the coordinator disappears
+        c.net.advance(bound_s * 0.9)
+        assert not no_locks(c)                      # held until the (capped) deadline
+        c.net.advance(bound_s)
+        assert everywhere(c, key, ReadResult(b"orphan", 1))
+        assert no_locks(c)
+        assert all(not b.participant.active for b in c.bricks)
+        client = c.client()
+        assert c.run(client.put(key, b"again")) == 2     # writable again
+    finally:
+        c.close()
