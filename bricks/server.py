@@ -127,7 +127,8 @@ class Brick:
         self.locks = LockTable(self.clock)
         # The map, the record locks and the journal are as durable as the data (DESIGN §4).
         power_safe = config.brick.durability == "fsync"
-        self.maps = MapState(self.id, config.data_dir, self.metrics, fsync=power_safe)
+        self.maps = MapState(self.id, config.data_dir, self.metrics, fsync=power_safe,
+                             clock=self.clock)
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
@@ -618,14 +619,24 @@ class Brick:
     def map_get(self, msg: MapGet) -> dict[str, Any]:
         return {"map": self.maps.map.to_wire()}
 
-    def _decode_records(self, items: list[Any]) -> list[Record]:
+    def _decode_records(self, items: list[Any], source: str) -> list[Record]:
+        """The records of a push or a gossip reply; one that does not decode (a version
+        out of range, a bad field) refuses the whole lot, counted as a refused record."""
         try:
             return [record_from_wire(r) for r in items]
         except ValueError as e:
+            self.metrics.inc("map_records_refused_total")
+            self._denials.warn("refused map records from {source}: {error}", source=source,
+                               error=str(e))
             raise InvalidRequest(str(e)) from None
 
     def map_push(self, msg: MapPush) -> dict[str, Any]:
-        result = self.maps.merge(self._decode_records(msg.records), source="push")
+        result = self.maps.merge(self._decode_records(msg.records, "push"), source="push")
+        if result.refused:
+            problems = "; ".join(f"{r.record_id} at version {r.version}: {problem}"
+                                 for r, problem in result.refused)
+            adopted = "".join(f" (adopted {r.record_id}@{r.version})" for r in result.adopted)
+            raise Refused(f"brick {self.id} refuses {problems}{adopted}")
         return {"adopted": len(result.adopted),
                 "conflicts": [c.mine.record_id for c in result.conflicts]}
 
@@ -675,7 +686,8 @@ class Brick:
             reply = await conn.call("gossip", {"digest": [list(d) for d in
                                                           self.maps.map.digest]},
                                     timeout=5.0)
-            records = self._decode_records(reply.get("records", []))
+            records = self._decode_records(reply.get("records", []),
+                                           f"gossip:{conn.peer_id}")
             if records:
                 self.maps.merge(records, source=f"gossip:{conn.peer_id}")
             want = set(reply.get("want", []))
