@@ -49,6 +49,7 @@ from dds.bricks.copysource import CopySessions
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
+from dds.bricks.quarantine import Quarantine, reorganized
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.movein import IncomingMoves
 from dds.bricks.pull import Streams
@@ -183,6 +184,11 @@ class Brick:
         self._gates_map: ClusterMap | None = None
         #: The RPC port actually bound (the configured one may be 0).
         self.port = config.brick.port
+        self.quarantine = Quarantine(config.data_dir, self.storage, self.clock, self.metrics,
+                                     config.brick.quarantine_hours * 3600.0,
+                                     run_in_thread=self._in_thread)
+        #: The map the replicas on disk were last reconciled with (``_open_my_partitions``).
+        self._reconciled: ClusterMap | None = None
         self.maps.on_change(self._map_changed)
         self._open_my_partitions()
         self._restore_prepared()
@@ -304,6 +310,7 @@ class Brick:
         if self._restarted and self.config.brick.recover_on_start:
             self.recoveries.after_restart()
         self._recovery_check.start(2.0, now=False)
+        self.quarantine.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -317,6 +324,7 @@ class Brick:
         if self._cert_check.running:
             self._cert_check.stop()
         self.recoveries.stop()
+        self.quarantine.stop()
         if self._recovery_check.running:
             self._recovery_check.stop()
         deadline = self.clock.seconds() + grace_s
@@ -345,14 +353,21 @@ class Brick:
         if not self.maps.map.rgs_of_brick(self.id):
             return      # not (yet) in any RG: keep whatever is on disk
         # A partition none of my RGs lists any more moved away, was split or merged
-        # (DESIGN §8), or I left its RG: its replica is no longer mine to keep.
+        # (DESIGN §8), or I left its RG, or a record said so that should not have: its
+        # replica is dropped only if a finished reorganization of mine accounts for it,
+        # else quarantined for brick.quarantine_hours (issue 13).
+        old, self._reconciled = self._reconciled, self.maps.map
         for text in self.storage.partitions():
             pid = parse_pid(text)
             if pid not in mine:
                 self.participant.forget_partition(pid)
-                self.storage.drop_partition(text)
-                self.log.warn("dropped replica of {pid}: no RG of mine lists it",
-                              pid=text)
+                why = reorganized(old, self.maps.map, self.id, pid)
+                if why is not None:
+                    self.storage.drop_partition(text)
+                    self.metrics.inc("replicas_dropped_total")
+                    self.log.warn("dropped replica of {pid}: {why}", pid=text, why=why)
+                else:
+                    self.quarantine.put(text, "no RG of mine lists it")
 
     def _restore_prepared(self) -> None:
         """Transactions this brick voted YES on before it stopped are prepared again, with
@@ -858,6 +873,7 @@ class Brick:
             "changes": self.changes.status(),
             "metrics": self.metrics.snapshot(),
             "auth": self._auth_status(),
+            "quarantine": self.quarantine.status(),
         }
 
     def _auth_status(self) -> dict[str, Any]:
