@@ -179,7 +179,8 @@ class Quarantine:
         return n
 
     def restore(self, pid: str, listed: bool) -> dict[str, Any]:
-        """Put the newest quarantined file of ``pid`` back as this brick's replica.
+        """Put the newest quarantined file of ``pid`` back as this brick's replica, in
+        place of an empty one (a re-listed partition gets an empty replica at once).
         ``listed``: an RG record of this brick lists ``pid`` (else the replica would be
         quarantined again at the next map change: change the record first)."""
         candidates = [(at, path) for p, at, path in self.files() if p == pid]
@@ -187,8 +188,11 @@ class Quarantine:
             raise InvalidRequest(f"no quarantined replica of {pid} here")
         if not listed:
             raise Refused(f"no RG of this brick lists {pid}: list it in a record first")
-        if self.storage.has_partition(pid):
-            raise Refused(f"this brick already holds a replica of {pid}")
+        if self.storage.has_partition(pid) and \
+                self.storage.open_partition(pid).last_lsn() > 0:
+            # A listed partition gets an empty replica at once; one that was ever
+            # written holds data the quarantined file may lack.
+            raise Refused(f"this brick already holds a written replica of {pid}")
         at, path = max(candidates)
         try:
             self.storage.replace_partition(pid, path)

@@ -29,8 +29,8 @@ from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyChunk,
                           CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
                           MapPush, Message, Ping, Prepare, Readmit, RecordDecide,
-                          RecordPrepare, RecordState, Recover, Resolve, RGChange, RGStatus,
-                          Status, Txns, TxnState as TxnStateMsg, decode_request)
+                          RecordPrepare, RecordState, Recover, Resolve, RestoreQuarantined,
+                          RGChange, RGStatus, Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.messages import MoveFinish, MovePull, RGUpdate
 from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS, roles_of
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
@@ -198,7 +198,8 @@ class Brick:
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
-            Status: self.status, Checksum: self.checksum, Ping: lambda m: {},
+            Status: self.status, RestoreQuarantined: self.restore_quarantined,
+            Checksum: self.checksum, Ping: lambda m: {},
             TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
             Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
             RecordDecide: self.changes.decide, RecordState: self.changes.state,
@@ -875,6 +876,15 @@ class Brick:
             "auth": self._auth_status(),
             "quarantine": self.quarantine.status(),
         }
+
+    def restore_quarantined(self, msg: RestoreQuarantined) -> dict[str, Any]:
+        """``dds-admin repair``: a quarantined replica back in service, if a record of
+        this brick lists it again (a recovery or the RG's other members then bring it up
+        to date like any replica)."""
+        pid = parse_pid(msg.pid)
+        reply = self.quarantine.restore(str(pid), listed=pid in self.maps.my_partitions())
+        self.recoveries.check()
+        return reply
 
     def _auth_status(self) -> dict[str, Any]:
         """How this brick authenticates peers; in TLS mode, when its certificate (or the

@@ -142,3 +142,18 @@ def test_a_brick_removed_from_its_group_quarantines_its_replicas() -> None:
     old = ClusterMap.of([_rg("rg0", 1, {"p0.0": "active"}, ("b1", "b2"))])
     new = old.merge([_rg("rg0", 2, {"p0.0": "active"}, ("b2",))]).map
     assert reorganized(old, new, "b1", P("p0.0")) is None
+
+
+def test_a_restored_replica_replaces_an_empty_one_but_never_a_written_one(
+        tmp_path: Path, storage: Storage, clock: Clock) -> None:
+    q = _quarantine(tmp_path, storage, clock, Wall())
+    q.put("p1.0", "test")
+    storage.open_partition("p1.0")              # re-listed: an empty replica
+    q.restore("p1.0", listed=True)
+    assert storage.read("p1.0", b"k").value == b"v"
+    q.put("p1.0", "again")
+    storage.open_partition("p1.0")
+    storage.write("p1.0", b"other", b"w", 1)
+    clock.advance(0)
+    with pytest.raises(Refused, match="written replica"):
+        q.restore("p1.0", listed=True)
