@@ -141,3 +141,52 @@ async def test_a_replica_no_record_lists_is_quarantined_then_deleted_after_the_g
 
 async def _no_files(path: Any) -> bool:
     return not any(path.iterdir())
+
+
+def _damage_map(brick: Any, rg_name: str, pid: str) -> None:
+    """What a forged record adopted before bricks checked maps left behind: ``rg_name``
+    no longer lists ``pid`` (written into the stopped brick's map file)."""
+    import msgpack
+
+    path = brick.data_dir / "map.msgpack"
+    cmap = ClusterMap.from_wire(msgpack.unpackb(path.read_bytes(), raw=False))
+    rg = cmap.rgs[rg_name]
+    damaged = rg.with_changes(partitions=[e for e in rg.partitions if str(e.pid) != pid])
+    path.write_bytes(msgpack.packb(cmap.merge([damaged]).map.to_wire(), use_bin_type=True))
+
+
+@pytest_twisted.ensureDeferred
+async def test_repair_restores_a_partition_the_map_lost_from_the_quarantines(
+        cluster_factory: Any) -> None:
+    from tests.harness.admin import admin_json
+
+    cluster, _rg = await _started(cluster_factory)
+    client = await cluster.client(reactor)
+    cmap = await _map(cluster, cluster.brick("b1"))
+    pid, rg = next((pid, rg) for pid, rg in sorted(cmap.partition_rg.items()))
+    keys = [k for k in KEYS if cmap.route(k)[0] == pid]
+    assert keys
+    for k in keys:
+        await client.put(k, b"kept")
+    client.close()
+    cluster.stop()
+    for b in cluster.bricks:
+        _damage_map(b, rg.name, str(pid))
+    cluster.start()
+    for b in cluster.bricks:
+        assert [q["pid"] for q in (await _status(cluster, b))["quarantine"]] == [str(pid)]
+    checked = admin_json(cluster, "repair", "--step", "coverage", "--dry-run", code=1)
+    [step] = [s for s in checked["steps"] if s["name"] == "coverage"]
+    assert "do not cover the whole key space" in step["result"]["summary"]
+    assert step["result"]["missing"] == [{"pid": str(pid),
+                                          "quarantined_on": ["b1", "b2", "b3"]}]
+    report = admin_json(cluster, "repair", "--step", "coverage")
+    [step] = [s for s in report["steps"] if s["name"] == "coverage"]
+    assert step["result"]["restored"] == [{"pid": str(pid), "rg": rg.name,
+                                           "members": ["b1", "b2", "b3"]}]
+    await cluster.wait_serving(reactor, cluster.bricks)
+    client = await cluster.client(reactor)
+    for k in keys:
+        assert (await client.get(k)).value == b"kept"
+        await client.put(k, b"again")
+    client.close()
