@@ -212,9 +212,10 @@ class ClusterMap:
         result = self.merge(others)
         if not result.adopted or self.refusal(result.map) is None:
             return result
-        current = self
-        adopted: list[Record] = []
-        remaining = list(result.adopted)
+        # Only RG records make the layout; the others are adopted as they come.
+        adopted: list[Record] = [r for r in result.adopted if not isinstance(r, RGRecord)]
+        current = self.merge(adopted).map
+        remaining = [r for r in result.adopted if isinstance(r, RGRecord)]
         progress = True
         while remaining and progress:
             progress = False

@@ -157,3 +157,10 @@ def test_initial_layouts_of_any_size_are_usable() -> None:
         cmap = ClusterMap.of([RGRecord("rg0", 1, (Member("b1"),),
                                        [PartitionEntry(p) for p in initial_partitions(n)])])
         assert cmap.layout_problem() is None
+
+
+def test_records_that_make_no_layout_are_adopted_next_to_a_refused_one() -> None:
+    result = _base().merge_checked([_rg("rg0", 2, {}),
+                                    BrickRecord("b1", 2, "127.0.0.2", 7401)])
+    assert [r.record_id for r in result.adopted] == ["brick/b1"]
+    assert result.map.bricks["b1"].address == "127.0.0.2"
