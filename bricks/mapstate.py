@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import msgpack
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.bricks.atomicfile import replace_file
-from dds.errors import InvalidRequest, NotServing, StaleMap
+from dds.errors import InvalidRequest, NotServing, Refused, StaleMap
 from dds.maps import ClusterMap, MergeResult
 from dds.metrics import Metrics
+from dds.ratelimit import LogLimiter
 from dds.partition import PartitionId
 from dds.records import Record, RGRecord
 
@@ -39,13 +41,17 @@ class MapState:
     log = Logger()
 
     def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics, *,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, clock: IReactorTime | None = None) -> None:
         self.brick_id = brick_id
         self.fsync = fsync      # the brick's durability mode is fsync (see atomicfile)
         self.path = Path(data_dir) / MAP_FILE
         self.metrics = metrics
         self.map = ClusterMap()
         self._listeners: list[Callable[[ClusterMap, tuple[Record, ...]], None]] = []
+        #: Refused records arrive again with every gossip round from a peer that holds
+        #: them: one line per record and window, not one per round.
+        self._refusals = LogLimiter(clock, self.log, per_window=5, window_s=60.0) \
+            if clock is not None else None
         self._load()
 
     def _load(self) -> None:
@@ -71,9 +77,38 @@ class MapState:
     def on_change(self, listener: Callable[[ClusterMap, tuple[Record, ...]], None]) -> None:
         self._listeners.append(listener)
 
+    def refusal(self, records: Iterable[Record]) -> str | None:
+        """Why this brick would not adopt ``records`` (``ClusterMap.refusal``), or None.
+        A voter asks this before it votes for a record change, so that a change that
+        would be refused at its commit is refused at its vote."""
+        result = self.map.merge_checked(records)
+        if result.refused:
+            record, problem = result.refused[0]
+            return f"{record.record_id} at version {record.version}: {problem}"
+        return None
+
+    def check_acceptable(self, records: Iterable[Record]) -> None:
+        """``Refused`` if ``refusal`` names a problem."""
+        problem = self.refusal(records)
+        if problem is not None:
+            raise Refused(f"brick {self.brick_id} refuses {problem}")
+
     def merge(self, records: Iterable[Record], source: str) -> MergeResult:
-        """Adopt every record newer than ours; persist before anyone can act on it."""
-        result = self.map.merge(records)
+        """Adopt every record newer than ours that leaves the map usable (a whole key
+        space of active or outgoing partitions, none active twice: ``ClusterMap.refusal``);
+        persist before anyone can act on it.  Refused records are counted and logged
+        (rate-limited) and reported in the result: a forged or mistaken record must not
+        make bricks drop their replicas (issue 13)."""
+        result = self.map.merge_checked(records)
+        for record, problem in result.refused:
+            self.metrics.inc("map_records_refused_total")
+            fields = dict(record=f"{record.record_id}@{record.version}", source=source,
+                          problem=problem)
+            fmt = "refused map record {record} from {source}: {problem}"
+            if self._refusals is not None:
+                self._refusals.warn(fmt, **fields)
+            else:
+                self.log.warn(fmt, **fields)
         for c in result.conflicts:
             self.metrics.inc("map_divergence_total")
             self.log.error("MAP DIVERGENCE from {source}: {conflict}; run dds-admin repair",

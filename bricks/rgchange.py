@@ -337,12 +337,15 @@ class RecordChanges:
 
     def _check_partitions(self, rec: RGRecord, new: RGRecord) -> None:
         """A partition becomes active here only if no other RG has it active: two RGs
-        serving one key range would each accept writes the other never sees."""
+        serving one key range would each accept writes the other never sees.  And the
+        new record must leave this brick's map usable (``MapState.check_acceptable``):
+        checked at the vote, so that no committed change is refused at its commit."""
         for pid in new.active_partitions - rec.active_partitions:
             for other in self.maps.map.rgs.values():
                 if other.name != rec.name and pid in other.active_partitions:
                     raise Refused(f"{pid} is still active in {other.name} "
                                   f"v{other.version} here")
+        self.maps.check_acceptable([new])
 
     def _check_transition(self, rec: RGRecord, msg: RGChange, current: str,
                           requester: str | None, internal: bool) -> None:

@@ -29,8 +29,8 @@ from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyChunk,
                           CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
                           MapPush, Message, Ping, Prepare, Readmit, RecordDecide,
-                          RecordPrepare, RecordState, Recover, Resolve, RGChange, RGStatus,
-                          Status, Txns, TxnState as TxnStateMsg, decode_request)
+                          RecordPrepare, RecordState, Recover, Resolve, RestoreQuarantined,
+                          RGChange, RGStatus, Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.messages import MoveFinish, MovePull, RGUpdate
 from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS, roles_of
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
@@ -50,6 +50,7 @@ from dds.bricks.copysource import CopySessions
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
+from dds.bricks.quarantine import Quarantine, reorganized
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.movein import IncomingMoves
 from dds.bricks.pull import Streams
@@ -128,7 +129,8 @@ class Brick:
         self.locks = LockTable(self.clock)
         # The map, the record locks and the journal are as durable as the data (DESIGN §4).
         power_safe = config.brick.durability == "fsync"
-        self.maps = MapState(self.id, config.data_dir, self.metrics, fsync=power_safe)
+        self.maps = MapState(self.id, config.data_dir, self.metrics, fsync=power_safe,
+                             clock=self.clock)
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
                                        txn_deadline_s=t.txn_deadline_ms / 1000.0,
@@ -184,6 +186,11 @@ class Brick:
         self._gates_map: ClusterMap | None = None
         #: The RPC port actually bound (the configured one may be 0).
         self.port = config.brick.port
+        self.quarantine = Quarantine(config.data_dir, self.storage, self.clock, self.metrics,
+                                     config.brick.quarantine_hours * 3600.0,
+                                     run_in_thread=self._in_thread)
+        #: The map the replicas on disk were last reconciled with (``_open_my_partitions``).
+        self._reconciled: ClusterMap | None = None
         self.maps.on_change(self._map_changed)
         self._open_my_partitions()
         self._restore_prepared()
@@ -193,7 +200,8 @@ class Brick:
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
-            Status: self.status, Checksum: self.checksum, Ping: lambda m: {},
+            Status: self.status, RestoreQuarantined: self.restore_quarantined,
+            Checksum: self.checksum, Ping: lambda m: {},
             TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
             Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
             RecordDecide: self.changes.decide, RecordState: self.changes.state,
@@ -310,6 +318,7 @@ class Brick:
         if self._restarted and self.config.brick.recover_on_start:
             self.recoveries.after_restart()
         self._recovery_check.start(2.0, now=False)
+        self.quarantine.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -323,6 +332,7 @@ class Brick:
         if self._cert_check.running:
             self._cert_check.stop()
         self.recoveries.stop()
+        self.quarantine.stop()
         if self._recovery_check.running:
             self._recovery_check.stop()
         deadline = self.clock.seconds() + grace_s
@@ -351,14 +361,21 @@ class Brick:
         if not self.maps.map.rgs_of_brick(self.id):
             return      # not (yet) in any RG: keep whatever is on disk
         # A partition none of my RGs lists any more moved away, was split or merged
-        # (DESIGN §8), or I left its RG: its replica is no longer mine to keep.
+        # (DESIGN §8), or I left its RG, or a record said so that should not have: its
+        # replica is dropped only if a finished reorganization of mine accounts for it,
+        # else quarantined for brick.quarantine_hours (issue 13).
+        old, self._reconciled = self._reconciled, self.maps.map
         for text in self.storage.partitions():
             pid = parse_pid(text)
             if pid not in mine:
                 self.participant.forget_partition(pid)
-                self.storage.drop_partition(text)
-                self.log.warn("dropped replica of {pid}: no RG of mine lists it",
-                              pid=text)
+                why = reorganized(old, self.maps.map, self.id, pid)
+                if why is not None:
+                    self.storage.drop_partition(text)
+                    self.metrics.inc("replicas_dropped_total")
+                    self.log.warn("dropped replica of {pid}: {why}", pid=text, why=why)
+                else:
+                    self.quarantine.put(text, "no RG of mine lists it")
 
     def _restore_prepared(self) -> None:
         """Transactions this brick voted YES on before it stopped are prepared again, with
@@ -625,14 +642,24 @@ class Brick:
     def map_get(self, msg: MapGet) -> dict[str, Any]:
         return {"map": self.maps.map.to_wire()}
 
-    def _decode_records(self, items: list[Any]) -> list[Record]:
+    def _decode_records(self, items: list[Any], source: str) -> list[Record]:
+        """The records of a push or a gossip reply; one that does not decode (a version
+        out of range, a bad field) refuses the whole lot, counted as a refused record."""
         try:
             return [record_from_wire(r) for r in items]
         except ValueError as e:
+            self.metrics.inc("map_records_refused_total")
+            self._denials.warn("refused map records from {source}: {error}", source=source,
+                               error=str(e))
             raise InvalidRequest(str(e)) from None
 
     def map_push(self, msg: MapPush) -> dict[str, Any]:
-        result = self.maps.merge(self._decode_records(msg.records), source="push")
+        result = self.maps.merge(self._decode_records(msg.records, "push"), source="push")
+        if result.refused:
+            problems = "; ".join(f"{r.record_id} at version {r.version}: {problem}"
+                                 for r, problem in result.refused)
+            adopted = "".join(f" (adopted {r.record_id}@{r.version})" for r in result.adopted)
+            raise Refused(f"brick {self.id} refuses {problems}{adopted}")
         return {"adopted": len(result.adopted),
                 "conflicts": [c.mine.record_id for c in result.conflicts]}
 
@@ -682,7 +709,8 @@ class Brick:
             reply = await conn.call("gossip", {"digest": [list(d) for d in
                                                           self.maps.map.digest]},
                                     timeout=5.0)
-            records = self._decode_records(reply.get("records", []))
+            records = self._decode_records(reply.get("records", []),
+                                           f"gossip:{conn.peer_id}")
             if records:
                 self.maps.merge(records, source=f"gossip:{conn.peer_id}")
             want = set(reply.get("want", []))
@@ -854,7 +882,17 @@ class Brick:
             "changes": self.changes.status(),
             "metrics": self.metrics.snapshot(),
             "auth": self._auth_status(),
+            "quarantine": self.quarantine.status(),
         }
+
+    def restore_quarantined(self, msg: RestoreQuarantined) -> dict[str, Any]:
+        """``dds-admin repair``: a quarantined replica back in service, if a record of
+        this brick lists it again (a recovery or the RG's other members then bring it up
+        to date like any replica)."""
+        pid = parse_pid(msg.pid)
+        reply = self.quarantine.restore(str(pid), listed=pid in self.maps.my_partitions())
+        self.recoveries.check()
+        return reply
 
     def _auth_status(self) -> dict[str, Any]:
         """How this brick authenticates peers; in TLS mode, when its certificate (or the

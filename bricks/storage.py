@@ -273,6 +273,30 @@ class Storage:
         for file in trash:
             discard_gradually(file, self._clock, run_in_thread=self._run_in_thread)
 
+    def quarantine_partition(self, pid: str, dest: Path) -> None:
+        """Close the partition and move its file to ``dest`` instead of deleting it (a
+        replica no record lists any more, issue 13).  Every durable row is committed into
+        the file first and closing checkpoints the WAL into it, so ``dest`` alone holds the
+        replica; a WAL left over (the checkpoint could not finish) moves along with it.
+        Its writes still waiting for a commit errback with ``NotServing``."""
+        path = self.partition_path(pid)
+        self._detach(pid, "quarantined")
+        self._known.discard(pid)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        wal = Path(str(path) + "-wal")
+        if wal.exists() and path.exists():
+            # Another reader kept the WAL (closing checkpoints it only as the last one).
+            conn = sqlite3.connect(str(path))
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        if wal.exists():
+            os.replace(wal, Path(str(dest) + "-wal"))
+        Path(str(path) + "-shm").unlink(missing_ok=True)
+        if path.exists():
+            os.replace(path, dest)
+
     @staticmethod
     def _keep_blocks(path: Path) -> Path | None:
         """A second name (``<name>.dropped``) for ``path``'s file, if it exists, so that

@@ -70,11 +70,11 @@ def _suggest(name: str, known: list[str]) -> str:
 class Setting:
     """One setting: its kind, documentation and validation (kept in attrs field metadata)."""
 
-    kind: str  # "int" | "str" | "strlist" | "bool"
+    kind: str  # "int" | "float" | "str" | "strlist" | "bool"
     doc: str
     required: bool = False
-    lo: int | None = None
-    hi: int | None = None
+    lo: float | None = None
+    hi: float | None = None
     choices: tuple[str, ...] = ()
     pattern: str | None = None
     #: Extra check of a well-typed value (of each item, for lists): a problem or None.
@@ -87,6 +87,8 @@ class Setting:
             if self.lo is not None and self.hi is not None:
                 return f"an integer from {self.lo} to {self.hi}"
             return f"an integer of at least {self.lo}" if self.lo is not None else "an integer"
+        if self.kind == "float":
+            return f"a number of at least {self.lo:g}" if self.lo is not None else "a number"
         if self.kind == "strlist":
             return "a list of strings"
         if self.choices:
@@ -101,6 +103,8 @@ class Setting:
             if self.lo is not None and self.hi is not None:
                 return f"integer {self.lo}..{self.hi}"
             return f"integer >= {self.lo}" if self.lo is not None else "integer"
+        if self.kind == "float":
+            return f"number >= {self.lo:g}" if self.lo is not None else "number"
         if self.kind == "strlist":
             return "list of strings"
         if self.choices:
@@ -120,6 +124,12 @@ class Setting:
                 if self.hi is None:
                     raise ctx.error(path, f"must be at least {self.lo}, got {value}")
                 raise ctx.error(path, f"expected {self.type_text()}, got {value}")
+        elif self.kind == "float":
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ctx.error(path, f"expected {self.type_text()}, got {_show(value)}")
+            if (self.lo is not None and value < self.lo) or value != value:
+                raise ctx.error(path, f"expected {self.type_text()}, got {value}")
+            value = float(value)
         elif self.kind == "str":
             if not isinstance(value, str) or (self.choices and value not in self.choices):
                 raise ctx.error(path, f"expected {self.type_text()}, got {_show(value)}")
@@ -148,6 +158,11 @@ def int_setting(default: int | None, doc: str, *, lo: int | None = None,
                 hi: int | None = None, check: Callable[[Any], str | None] | None = None) -> Any:
     """An integer setting; ``default=None`` makes it required."""
     return _field(Setting("int", doc, default is None, lo, hi, check=check), default)
+
+
+def float_setting(default: float, doc: str, *, lo: float | None = None) -> Any:
+    """A number (TOML integer or float), stored as a float."""
+    return _field(Setting("float", doc, False, lo), default)
 
 
 def bool_setting(default: bool, doc: str) -> Any:
@@ -285,6 +300,12 @@ class BrickSection:
                                       lo=0, hi=100_000)
     recover_on_start: bool = bool_setting(True, "a restarted brick re-syncs its partitions "
                                           "from the other members before serving them")
+    quarantine_hours: float = float_setting(24.0, "a replica no RG lists any more (and no "
+                                            "finished move, split or merge of this brick "
+                                            "accounts for) is moved to data_dir/quarantine "
+                                            "and deleted after this many hours; dds-admin "
+                                            "repair can restore it meanwhile (fractions "
+                                            "allowed)", lo=0.0)
     unsafe_ignore_read_lease: bool = bool_setting(False, "DEBUG ONLY: serve reads without "
                                                   "a valid membership lease; breaks "
                                                   "linearizability (proves the pause test "

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import attrs
 
-from dds.partition import DPTrie, PartitionId, key_hash
+from dds.partition import MAX_DEPTH, DPTrie, PartitionId, key_hash
 from dds.records import (BrickRecord, ClusterRecord, Record, RGRecord, fingerprint,
                          record_from_wire)
 
@@ -37,6 +37,9 @@ class MergeResult:
     adopted: tuple[Record, ...]
     #: Same version, different fingerprint: never adopted automatically.
     conflicts: tuple[MapConflict, ...]
+    #: Newer records not adopted because the map would be unusable with them (see
+    #: ``ClusterMap.refusal``), each with the problem.
+    refused: tuple[tuple[Record, str], ...] = ()
 
 
 @attrs.frozen
@@ -139,6 +142,93 @@ class ClusterMap:
         new = ClusterMap(records) if adopted else self
         return MergeResult(new, tuple(adopted), tuple(conflicts))
 
+    # -- layout checks -------------------------------------------------------------------
+
+    @functools.cached_property
+    def listed_partitions(self) -> frozenset[PartitionId]:
+        """Every partition some RG record lists, in any state."""
+        return frozenset(e.pid for rg in self.rgs.values() for e in rg.partitions)
+
+    def layout_problem(self) -> str | None:
+        """What makes this map unusable for routing, or None.
+
+        Usable: no partition is active in two RGs, no two active partitions overlap, and
+        every key lies in a partition that is *active or outgoing* somewhere.  Outgoing
+        counts because a move's cut-over (``tools/move.py`` steps 5-6) has the partition
+        outgoing in the source RG and still incoming in the target: the range routes
+        nowhere for a moment, but its data is still listed (and kept) by the source.  A
+        key range that only ``incoming`` entries list, or that nobody lists, has lost its
+        data: adopting such a map would drop the replicas (issue 13).  A map listing no
+        partition at all is the state before ``dds-admin init`` and is reported too; the
+        caller decides (``refusal``)."""
+        try:
+            active = self.partition_rg
+        except ValueError as e:
+            return str(e)
+        present = set(active)
+        for pid in active:
+            anc = pid
+            while anc.depth > 0:
+                anc = anc.parent()
+                if anc in present:
+                    return (f"partitions {anc} (active in {active[anc].name}) and {pid} "
+                            f"(active in {active[pid].name}) overlap")
+        covering = {e.pid for rg in self.rgs.values() for e in rg.partitions
+                    if e.state in ("active", "outgoing")}
+        if not covering:
+            return "no replica group lists an active partition"
+        outer = [p for p in covering if not _has_ancestor_in(p, covering)]
+        share = sum(1 << (MAX_DEPTH - p.depth) for p in outer)
+        if share != 1 << MAX_DEPTH:
+            missing = 1.0 - share / float(1 << MAX_DEPTH)
+            return (f"partitions do not cover the whole key space ({missing:.2%} of it "
+                    "is in no active or outgoing partition)")
+        return None
+
+    def refusal(self, new: "ClusterMap") -> str | None:
+        """Why going from this map to ``new`` must not happen, or None.
+
+        ``new`` must be usable (``layout_problem``), with two exceptions that keep a
+        brick from being stuck: a map that lists no partition yet (before init) may stay
+        so, and a brick whose map is already unusable (damaged before this check
+        existed) adopts what it is given, so that ``dds-admin repair`` can mend it."""
+        problem = new.layout_problem()
+        if problem is None:
+            return None
+        if not new.listed_partitions and not self.listed_partitions:
+            return None
+        if self.listed_partitions and self.layout_problem() is not None:
+            return None
+        return problem
+
+    def merge_checked(self, others: Iterable[Record]) -> MergeResult:
+        """``merge``, adopting only what leaves a usable map (``refusal``).
+
+        The records usually come together (a gossip exchange, a push of the whole map)
+        and are checked together first: a move's cut-over is two records, each of which
+        alone may be refused.  If the whole is refused, records are adopted one at a time
+        while any of them is acceptable on its own, so that one bad record does not hold
+        back the good ones; what is left is refused, each with its problem."""
+        result = self.merge(others)
+        if not result.adopted or self.refusal(result.map) is None:
+            return result
+        # Only RG records make the layout; the others are adopted as they come.
+        adopted: list[Record] = [r for r in result.adopted if not isinstance(r, RGRecord)]
+        current = self.merge(adopted).map
+        remaining = [r for r in result.adopted if isinstance(r, RGRecord)]
+        progress = True
+        while remaining and progress:
+            progress = False
+            for record in list(remaining):
+                candidate = current.merge([record]).map
+                if current.refusal(candidate) is None:
+                    current = candidate
+                    adopted.append(record)
+                    remaining.remove(record)
+                    progress = True
+        refused = tuple((r, str(current.refusal(current.merge([r]).map))) for r in remaining)
+        return MergeResult(current, tuple(adopted), result.conflicts, refused)
+
     def newer_than(self, digest: Iterable[DigestEntry]) -> tuple[list[Record], list[str]]:
         """Compare with a peer's digest: (my records newer than theirs or unknown to them,
         ids of records where theirs is newer or unknown to me)."""
@@ -147,3 +237,12 @@ class ClusterMap:
         want = [rid for rid, v in theirs.items()
                 if rid not in self.records or self.records[rid].version < v]
         return send, want
+
+
+def _has_ancestor_in(pid: PartitionId, pids: set[PartitionId]) -> bool:
+    anc = pid
+    while anc.depth > 0:
+        anc = anc.parent()
+        if anc in pids:
+            return True
+    return False

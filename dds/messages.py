@@ -44,6 +44,8 @@ _REGISTRY: dict[str, type["Message"]] = {}
 ANY_ROLE: frozenset[str] = frozenset({"client", "admin", "brick"})
 STAFF: frozenset[str] = frozenset({"admin", "brick"})
 PEERS: frozenset[str] = frozenset({"brick"})
+#: Operator-only repairs no peer traffic needs.
+ADMIN_ONLY: frozenset[str] = frozenset({"admin"})
 
 
 class Message:
@@ -197,6 +199,17 @@ class Status(Message):
     counters) for ``dds-admin status``."""
 
     TYPE: ClassVar[str] = "status"
+
+
+@attrs.frozen
+class RestoreQuarantined(Message):
+    """Put the newest quarantined file of ``pid`` back as this brick's replica (issue 13:
+    ``dds-admin repair``), which an RG record of this brick must list.  Reply:
+    ``{"pid": str, "file": str, "quarantined_at": float}``."""
+
+    TYPE: ClassVar[str] = "restore_quarantined"
+    ROLES: ClassVar[frozenset[str]] = ADMIN_ONLY
+    pid: str = attrs.field(validator=_str)
 
 
 @attrs.frozen

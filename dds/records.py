@@ -34,9 +34,21 @@ def _name(inst: object, attribute: "attrs.Attribute[str]", value: str) -> None:
         raise ValueError(f"{attribute.name}: invalid name {value!r}")
 
 
+#: Record versions stay below this bound.  Versions are stored in SQLite (the journal,
+#: the transaction log's tables) as INTEGER, a signed 64-bit value: 2**63 and above fail
+#: with "Integer value out of range" wherever the record is written, and msgpack carries
+#: up to 2**64-1, so a pushed record could get in and break every later change of its RG.
+#: 2**62 keeps 2**62 increments of room below the SQLite limit (a change is +1; no count
+#: of changes comes near), and a record at a version this high is forged, not grown.
+MAX_VERSION = 1 << 62
+
+
 def _version(inst: object, attribute: "attrs.Attribute[int]", value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{attribute.name}: version must be a non-negative integer")
+    if value >= MAX_VERSION:
+        raise ValueError(f"{attribute.name}: version {value} is out of range (must be "
+                         f"below 2**62 = {MAX_VERSION})")
 
 
 def fingerprint(canonical: Any) -> int:
@@ -210,5 +222,19 @@ def record_from_wire(data: Any) -> Record:
                                            for p, s in parts]
             return RGRecord(name, version, mlist, plist)
     except (TypeError, ValueError, IndexError, KeyError) as e:
-        raise ValueError(f"malformed record: {e}") from None
+        raise ValueError(f"malformed record{_named(data)}: {e}") from None
     raise ValueError(f"malformed record: unknown kind {data[0]!r:.40}")
+
+
+def _named(data: Any) -> str:
+    """`` rg/NAME`` (or ``brick/ID``, `` cluster``) for an error about a record on the
+    wire, when its first fields can be read; the operator needs to know which one."""
+    try:
+        kind, name = data[0], data[1]
+    except (TypeError, IndexError, KeyError):
+        return ""
+    if kind == "cluster":
+        return " cluster"
+    if kind in ("rg", "brick") and isinstance(name, str):
+        return f" {kind}/{name[:64]}"
+    return ""

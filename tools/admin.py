@@ -251,7 +251,7 @@ def txns(seeds: str | None, secret_file: str | None, cluster_name: str | None, l
 @target_options
 @click.option("--txns-only", is_flag=True, help="run only the in-doubt transactions step")
 @click.option("--step", "only_steps", multiple=True,
-              type=click.Choice(["txns", "map", "reorg"]),
+              type=click.Choice(["txns", "map", "reorg", "coverage"]),
               help="run only this step (repeatable) [default: all]")
 @click.option("--dry-run", is_flag=True, help="show what would be repaired; change nothing")
 @click.option("--prefer", default=None, metavar="BRICK",
@@ -271,7 +271,7 @@ def repair(seeds: str | None, secret_file: str | None, cluster_name: str | None,
            dry_run: bool, prefer: str | None, before_deadline: bool, as_json: bool,
            timeout: float) -> None:
     """Repair step by step: in-doubt transactions, map divergence, half-done
-    reorganizations.
+    reorganizations, key space coverage (partitions restored from quarantine).
 
     Exit status 1 when a step left something unrepaired (or refused to choose) or a brick
     could not be reached.

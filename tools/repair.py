@@ -17,6 +17,9 @@ pretending to have checked anything:
    safe choice: nothing is changed, and the step fails (``--prefer BRICK`` chooses).
 3. ``reorg`` — **half-done reorganizations** (a journaled move whose admin tool died, or
    whose brick crashed): rolled back before its cut-over, finished after it.
+4. ``coverage`` — **key space coverage** (``tools/coverage.py``): the map must route every
+   key to a partition a brick holds; partitions it lost are reported with the bricks that
+   hold them in quarantine, and restored from there when every member of one RG has one.
 
 A later step plugs in by adding a :class:`Step` with a ``run`` coroutine to :data:`STEPS`.
 :func:`repair` returns the report (what ``--json`` prints); :func:`render` draws it.
@@ -222,6 +225,18 @@ async def resume_jobs(reactor: Any, target: Target, options: Options,
             "summary": summary + _unreachable_note(unreachable)}
 
 
+# -- step 4: key space coverage --------------------------------------------------------------
+
+async def resolve_coverage(reactor: Any, target: Target, options: Options,
+                           say: Say) -> dict[str, Any]:
+    """Step 4: every key in a partition some brick holds; partitions the map lost are
+    restored from quarantine where that is safe (``tools/coverage.py``)."""
+    from dds.tools import coverage
+
+    return await coverage.repair_coverage(reactor, target, dry_run=options.dry_run,
+                                          timeout=options.timeout, say=say)
+
+
 STEPS: tuple[Step, ...] = (
     Step("txns", "in-doubt transactions", resolve_txns,
          "resolved by the termination rule"),
@@ -230,6 +245,9 @@ STEPS: tuple[Step, ...] = (
          "majority holds, at a new version"),
     Step("reorg", "half-done reorganizations", resume_jobs,
          "journaled moves finished or rolled back"),
+    Step("coverage", "key space coverage", resolve_coverage,
+         "every key in a partition a brick holds; lost partitions restored from "
+         "quarantine"),
 )
 
 

@@ -156,7 +156,8 @@ async def test_txns_lists_and_repair_resolves_a_transaction_prepared_everywhere(
     # its coordinator might still be deciding it.
     untouched = admin_json(cluster, "repair", "--txns-only")
     assert txns_step(untouched)["candidates"] == []
-    assert [s["name"] for s in untouched["steps"] if not s["ran"]] == ["map", "reorg"]
+    assert [s["name"] for s in untouched["steps"] if not s["ran"]] == ["map", "reorg",
+                                                                         "coverage"]
     assert await held(cluster) == {b.id: (1, 1) for b in cluster.bricks}
     assert admin_json(cluster, "txns", "--all")["active"] == 3
 

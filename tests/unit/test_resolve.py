@@ -179,5 +179,5 @@ def test_keys_and_ids_for_people() -> None:
 
 
 def test_repair_lists_its_steps_in_order_all_implemented() -> None:
-    assert [s.name for s in STEPS] == ["txns", "map", "reorg"]
+    assert [s.name for s in STEPS] == ["txns", "map", "reorg", "coverage"]
     assert all(s.run is not None for s in STEPS)
