@@ -38,6 +38,9 @@ __all__ = [
 
 _SETTING = "dds.setting"
 _SECTION = "dds.section"
+#: The longest any duration setting may be (10 minutes): a typo of a few zeros would
+#: otherwise hold locks or fences for days.
+MAX_DURATION_MS = 600_000
 #: Room for framing and message fields besides the key and the value in one frame.
 FRAME_OVERHEAD_BYTES = 65536
 
@@ -88,6 +91,8 @@ class Setting:
                 return f"an integer from {self.lo} to {self.hi}"
             return f"an integer of at least {self.lo}" if self.lo is not None else "an integer"
         if self.kind == "float":
+            if self.lo is not None and self.hi is not None:
+                return f"a number from {self.lo:g} to {self.hi:g}"
             return f"a number of at least {self.lo:g}" if self.lo is not None else "a number"
         if self.kind == "strlist":
             return "a list of strings"
@@ -104,6 +109,8 @@ class Setting:
                 return f"integer {self.lo}..{self.hi}"
             return f"integer >= {self.lo}" if self.lo is not None else "integer"
         if self.kind == "float":
+            if self.lo is not None and self.hi is not None:
+                return f"number {self.lo:g}..{self.hi:g}"
             return f"number >= {self.lo:g}" if self.lo is not None else "number"
         if self.kind == "strlist":
             return "list of strings"
@@ -127,7 +134,8 @@ class Setting:
         elif self.kind == "float":
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ctx.error(path, f"expected {self.type_text()}, got {_show(value)}")
-            if (self.lo is not None and value < self.lo) or value != value:
+            if ((self.lo is not None and value < self.lo) or value != value
+                    or (self.hi is not None and value > self.hi)):
                 raise ctx.error(path, f"expected {self.type_text()}, got {value}")
             value = float(value)
         elif self.kind == "str":
@@ -160,9 +168,10 @@ def int_setting(default: int | None, doc: str, *, lo: int | None = None,
     return _field(Setting("int", doc, default is None, lo, hi, check=check), default)
 
 
-def float_setting(default: float, doc: str, *, lo: float | None = None) -> Any:
+def float_setting(default: float, doc: str, *, lo: float | None = None,
+                  hi: float | None = None) -> Any:
     """A number (TOML integer or float), stored as a float."""
-    return _field(Setting("float", doc, False, lo), default)
+    return _field(Setting("float", doc, False, lo, hi), default)
 
 
 def bool_setting(default: bool, doc: str) -> Any:
@@ -275,7 +284,7 @@ class BrickSection:
                                   choices=("memory", "disk", "fsync"))
     cache_entries: int = int_setting(100000, "read cache size in entries (0 disables it)", lo=0)
     memory_flush_ms: int = int_setting(1000, "memory durability: flush to disk within this "
-                                       "many milliseconds", lo=1)
+                                       "many milliseconds", lo=1, hi=MAX_DURATION_MS)
     commit_window_ms: int = int_setting(2, "fsync group commit: under load, fdatasync the "
                                         "transaction log at most once per this many "
                                         "milliseconds so batches grow; an idle brick syncs on "
@@ -305,7 +314,7 @@ class BrickSection:
                                             "accounts for) is moved to data_dir/quarantine "
                                             "and deleted after this many hours; dds-admin "
                                             "repair can restore it meanwhile (fractions "
-                                            "allowed)", lo=0.0)
+                                            "allowed)", lo=0.0, hi=24.0 * 366)
     unsafe_ignore_read_lease: bool = bool_setting(False, "DEBUG ONLY: serve reads without "
                                                   "a valid membership lease; breaks "
                                                   "linearizability (proves the pause test "
@@ -364,26 +373,29 @@ class LimitsSection:
 @attrs.frozen(kw_only=True)
 class TimeoutsSection:
     txn_deadline_ms: int = int_setting(5000, "how long a prepared transaction is held before "
-                                       "the participant runs termination", lo=1)
+                                       "the participant runs termination", lo=1,
+                                       hi=MAX_DURATION_MS)
     max_txn_deadline_ms: int = int_setting(30000, "the longest a participant holds a prepared "
                                            "transaction before termination, whatever "
                                            "deadline the coordinator asks for",
                                            lo=1, hi=600_000)
     lock_wait_ms: int = int_setting(2000, "how long an older transaction waits for a key "
-                                    "lock (wait-die)", lo=1)
+                                    "lock (wait-die)", lo=1, hi=MAX_DURATION_MS)
     read_wait_ms: int = int_setting(5000, "how long a read waits for a prepared key's "
-                                    "outcome", lo=1)
+                                    "outcome", lo=1, hi=MAX_DURATION_MS)
     gossip_interval_ms: int = int_setting(1000, "interval between map gossip rounds with a "
-                                          "random peer", lo=1)
+                                          "random peer", lo=1, hi=MAX_DURATION_MS)
     lease_ms: int = int_setting(2000, "membership lease length; renewed every third of it, "
                                 "and an unreachable member is excluded only after it",
                                 lo=30, hi=600_000)
     lease_drift_percent: int = int_setting(10, "clock-rate margin: a lease is trusted for "
                                            "this much less than its length", lo=0, hi=90)
     suspect_check_ms: int = int_setting(500, "how long a member tries to reach a suspect "
-                                        "itself before voting to exclude it", lo=1)
+                                        "itself before voting to exclude it", lo=1,
+                                        hi=MAX_DURATION_MS)
     copy_fence_ms: int = int_setting(10000, "longest a recovery source fences writes while "
-                                     "waiting for the recovering brick to finish", lo=1)
+                                     "waiting for the recovering brick to finish", lo=1,
+                                     hi=MAX_DURATION_MS)
 
 
 @attrs.frozen(kw_only=True)

@@ -359,3 +359,32 @@ def test_an_address_is_formatted_as_parse_address_reads_it(host: str, port: int,
     from dds.config import format_address
     assert format_address(host, port) == text
     assert parse_address(text) == (host, port)
+
+
+def _durations(cls: type) -> list[tuple[str, Any]]:
+    import attrs as _attrs
+    from dds.config import Setting
+    out = []
+    for section in _attrs.fields(cls):
+        sec = section.metadata.get("dds.section")
+        if sec is None:
+            continue
+        for f in _attrs.fields(sec.cls):
+            spec: Setting = f.metadata["dds.setting"]
+            if f.name.endswith(("_ms", "_hours")):
+                out.append((f"{section.name}.{f.name}", spec))
+    return out
+
+
+def test_every_duration_setting_has_an_upper_bound() -> None:
+    found = _durations(BrickConfig)
+    assert len(found) >= 10
+    assert [name for name, spec in found if spec.hi is None] == []
+
+
+@pytest.mark.parametrize("name", ["timeouts.txn_deadline_ms", "timeouts.lock_wait_ms",
+                                  "brick.memory_flush_ms", "brick.quarantine_hours"])
+def test_a_duration_above_its_bound_is_refused_naming_the_range(name: str) -> None:
+    section, key = name.split(".")
+    with pytest.raises(ConfigError, match=rf"{re.escape(name)}: expected .* to "):
+        parse_brick_config(brick(**{section: {key: 10**9}}), env=ENV)
