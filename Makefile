@@ -30,7 +30,7 @@ status: install
 	$(BIN)/dds-admin local status
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 	PYTHON=$(BIN)/python scripts/typecheck
 
 unit: install
