@@ -50,10 +50,15 @@ clean:
 MINUTES ?= 60
 FAULT_ARGS = $(if $(SEED),--seed $(SEED)) $(if $(NEMESES),--nemeses $(NEMESES))
 
-.PHONY: verify soak
+.PHONY: verify soak sim
 
 verify: install
 	$(BIN)/python -m tests.faults.runner --profile verify $(FAULT_ARGS)
+
+# The deterministic simulation's seed sweep, wider than the test suite's 150 seeds.
+SIM_SEEDS ?= 1000
+sim: install
+	DDS_SIM_SEEDS=$(SIM_SEEDS) $(BIN)/python -m pytest -q tests/sim/test_simulation.py -k sweep
 
 soak: install
 	$(BIN)/python -m tests.faults.runner --profile soak --minutes $(MINUTES) $(FAULT_ARGS)

@@ -57,7 +57,9 @@ def diagnose(cmap: ClusterMap, statuses: dict[str, dict[str, Any] | BaseExceptio
     unreachable = []
     for brick, st in sorted(statuses.items()):
         if isinstance(st, BaseException):
-            unreachable.append({"brick": brick, "error": describe_error(st)})
+            rec = cmap.bricks.get(brick)
+            if rec is None or not rec.host.startswith("retired:"):   # retired: left
+                unreachable.append({"brick": brick, "error": describe_error(st)})
             continue
         held[brick] = set(st.get("partitions", []))
         quarantined += [{"brick": brick, **q} for q in st.get("quarantine", [])]
