@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,11 @@ async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
     before = _rss_bytes(brick.pid)
     body = {"key": key, **route.ref()}
     replies = [hog.call("get", body) for _ in range(n)]
-    for _ in range(20):                    # let the brick do what it will with them
-        await _sleep(0.25)
+    # Wait until the brick stopped reading from the hog (then its memory stops growing).
+    deadline = time.monotonic() + 30.0
+    while _metric(cluster, brick.id, "connections_paused") != 1:
+        assert time.monotonic() < deadline, "the brick never stopped reading from the hog"
+        await _pause(0.05)
     grown = _rss_bytes(brick.pid) - before
     assert grown < 200 << 20, f"the brick grew by {grown >> 20} MiB"
     assert _metric(cluster, brick.id, "connections_paused_total") >= 1
@@ -245,6 +249,7 @@ async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
     await client.close()
 
 
-async def _sleep(seconds: float) -> None:
+async def _pause(seconds: float) -> None:
+    """The interval between two polls of a condition (never a wait for a result)."""
     from twisted.internet.task import deferLater
     await deferLater(reactor, seconds, lambda: None)
