@@ -125,6 +125,17 @@ class Cluster:
         return await DDSClient.connect(reactor, self.seeds, cluster=CLUSTER,
                                        credentials=self.credentials("client"), **options)
 
+    def metric(self, brick_id: str, name: str) -> float:
+        """``dds_<name>`` from the brick's ``/metrics`` (0 when it is not there yet)."""
+        import urllib.request
+        b = self.brick(brick_id)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
+                                      timeout=10).read().decode()
+        for line in text.splitlines():
+            if line.startswith(f"dds_{name} "):
+                return float(line.split()[1])
+        return 0.0
+
     def stop(self) -> None:
         errors = []
         for b in self.bricks:

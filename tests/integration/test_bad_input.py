@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from dds.errors import (AuthenticationFailed, DDSError, KeyTooLarge, Unavailable
 from dds.connect import open_connection
 from dds.lib import DDSClient
 
-from tests.harness.cluster import CLUSTER, Cluster
+from tests.harness.cluster import CLUSTER
 
 
 def _raw_connection(port: int) -> socket.socket:
@@ -30,16 +29,6 @@ def _raw_connection(port: int) -> socket.socket:
     header = s.recv(4, socket.MSG_WAITALL)
     s.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
     return s
-
-
-def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
-    b = cluster.brick(brick_id)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
-                                  timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"dds_{name} "):
-            return float(line.split()[1])
-    return 0.0
 
 
 def _read_frame(s: socket.socket) -> list[Any]:
@@ -61,7 +50,7 @@ async def test_garbage_frames_get_an_error_and_the_brick_keeps_serving(cluster_f
     s.close()
     client = await cluster.client(reactor)
     assert await client.put(b"still", b"serving") == 1
-    assert _metric(cluster, "b1", "frames_malformed_total") >= 1
+    assert cluster.metric("b1", "frames_malformed_total") >= 1
     await client.close()
 
 
@@ -75,7 +64,7 @@ async def test_an_oversize_frame_is_refused_before_it_is_read(cluster_factory: A
     assert mtype == "err" and "exceeds the limit" in body["msg"]
     assert s.recv(1) == b""      # then the brick hangs up
     assert cluster.brick("b2").alive()
-    assert _metric(cluster, "b2", "frames_oversize_total") >= 1
+    assert cluster.metric("b2", "frames_oversize_total") >= 1
 
 
 @pytest_twisted.ensureDeferred
@@ -92,7 +81,7 @@ async def test_a_wrong_secret_is_refused_with_a_clear_error(cluster_factory: Any
                               node_id="intruder", cluster=CLUSTER, secret=b"not-the-secret",
                               max_frame=1 << 20)
     assert all(b.alive() for b in cluster.bricks)
-    assert _metric(cluster, "b1", "handshake_failures_total") >= 1
+    assert cluster.metric("b1", "handshake_failures_total") >= 1
 
 
 @pytest_twisted.ensureDeferred
@@ -110,12 +99,12 @@ async def test_oversize_keys_and_values_fail_before_any_io(cluster_factory: Any)
     cluster = cluster_factory(bricks=3, replication=3, partitions=4)
     await cluster.init(reactor)
     client = await cluster.client(reactor)
-    prepares = [_metric(cluster, b.id, "requests_prepare_total") for b in cluster.bricks]
+    prepares = [cluster.metric(b.id, "requests_prepare_total") for b in cluster.bricks]
     with pytest.raises(KeyTooLarge, match="1025 bytes exceeds the limit of 1024"):
         await client.put(b"k" * 1025, b"v")
     with pytest.raises(ValueTooLarge, match="exceeds the limit"):
         await client.put(b"k", b"v" * ((1 << 20) + 1))
-    assert [_metric(cluster, b.id, "requests_prepare_total")
+    assert [cluster.metric(b.id, "requests_prepare_total")
             for b in cluster.bricks] == prepares
     assert (await client.get(b"k")).version == 0
     await client.close()
@@ -227,13 +216,13 @@ async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
     replies = [hog.call("get", body) for _ in range(n)]
     # Wait until the brick stopped reading from the hog (then its memory stops growing).
     deadline = time.monotonic() + 30.0
-    while _metric(cluster, brick.id, "connections_paused") != 1:
+    while cluster.metric(brick.id, "connections_paused") != 1:
         assert time.monotonic() < deadline, "the brick never stopped reading from the hog"
         await _pause(0.05)
     grown = _rss_bytes(brick.pid) - before
     assert grown < 200 << 20, f"the brick grew by {grown >> 20} MiB"
-    assert _metric(cluster, brick.id, "connections_paused_total") >= 1
-    assert _metric(cluster, brick.id, "connections_paused") == 1
+    assert cluster.metric(brick.id, "connections_paused_total") >= 1
+    assert cluster.metric(brick.id, "connections_paused") == 1
     # Other clients are still served, by the same brick.
     other = await open_connection(reactor, "127.0.0.1", brick.port, node_id="other",
                                   cluster=CLUSTER, credentials=cluster.credentials("client"),
@@ -244,7 +233,7 @@ async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
     hog.transport.resumeProducing()
     results = [await d for d in replies]
     assert all(r["value"] == value for r in results)
-    assert _metric(cluster, brick.id, "connections_paused") == 0
+    assert cluster.metric(brick.id, "connections_paused") == 0
     hog.close()
     await client.close()
 

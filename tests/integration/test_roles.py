@@ -3,7 +3,6 @@ every request outside it with a clear error, a metric and a log line, applying n
 
 from __future__ import annotations
 
-import urllib.request
 from typing import Any
 
 import pytest
@@ -16,16 +15,6 @@ from dds.errors import AuthenticationFailed, PermissionDenied
 from dds.rpc import RPCProtocol
 
 from tests.harness.cluster import CLUSTER, Cluster
-
-
-def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
-    b = cluster.brick(brick_id)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
-                                  timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"dds_{name} "):
-            return float(line.split()[1])
-    return 0.0
 
 
 async def _connect(cluster: Cluster, role: str, brick: str = "b1",
@@ -66,7 +55,7 @@ async def test_a_client_may_read_and_fetch_the_map(cluster: Cluster) -> None:
 async def test_a_client_is_refused_admin_and_peer_requests(cluster: Cluster, mtype: str,
                                                            body: dict[str, Any]) -> None:
     await cluster.init(reactor)
-    before = _metric(cluster, "b1", "requests_denied_total")
+    before = cluster.metric("b1", "requests_denied_total")
     conn = await _connect(cluster, "client")
     try:
         with pytest.raises(PermissionDenied, match=f"'{mtype}' is not allowed for the "
@@ -74,7 +63,7 @@ async def test_a_client_is_refused_admin_and_peer_requests(cluster: Cluster, mty
             await conn.call(mtype, body, timeout=10)
     finally:
         conn.close()
-    assert _metric(cluster, "b1", "requests_denied_total") == before + 1
+    assert cluster.metric("b1", "requests_denied_total") == before + 1
     assert any(str(e.get("msg", "")).startswith(f"refused {mtype} from test-client")
                for e in cluster.brick("b1").log_events())
 
@@ -136,7 +125,7 @@ async def test_the_client_secret_does_not_prove_the_admin_role(cluster: Cluster)
     with pytest.raises(AuthenticationFailed, match="wrong shared secret for the brick role"):
         await _connect(cluster, "brick", credentials=Credentials.shared("brick",
                                                                         client_secret))
-    assert _metric(cluster, "b1", "auth_failures_total") >= 2
+    assert cluster.metric("b1", "auth_failures_total") >= 2
     # The claimed id of a peer that failed is never logged: only its address.
     events = cluster.brick("b1").log_events()
     assert not any("test-admin" in str(e) or "test-brick" in str(e) for e in events)

@@ -27,16 +27,6 @@ SERVED_WITHIN_S = 0.050
 FRAME = 16 * 1024 * 1024 - 1
 
 
-def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
-    b = cluster.brick(brick_id)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
-                                  timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"dds_{name} "):
-            return float(line.split()[1])
-    return 0.0
-
-
 def _rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -117,7 +107,7 @@ async def test_huge_frames_before_authentication_cost_no_memory(one_brick: Clust
     finally:
         await client.close()
     assert _rss_bytes(b1.pid) - before < 32 << 20
-    assert _metric(one_brick, "b1", "frames_oversize_total") >= 24
+    assert one_brick.metric("b1", "frames_oversize_total") >= 24
 
 
 @pytest_twisted.ensureDeferred
@@ -154,7 +144,7 @@ async def test_failed_handshakes_are_counted_and_logged_at_a_bounded_rate(
         with pytest.raises(AuthenticationFailed):
             await open_connection(reactor, "127.0.0.1", b1.port, node_id="intruder",
                                   cluster=CLUSTER, credentials=wrong, max_frame=1 << 20)
-    assert _metric(one_brick, "b1", "auth_failures_total") == 200
+    assert one_brick.metric("b1", "auth_failures_total") == 200
     logged = [e for e in b1.log_events()
               if str(e.get("msg", "")).startswith("handshake with")]
     assert 1 <= len(logged) <= 30, len(logged)
@@ -167,7 +157,7 @@ def test_strangers_beyond_the_cap_per_source_are_closed_at_once(one_brick: Clust
     try:
         closed_at_once = [_closed_by_peer(s, 0.3) for s in socks[8:]]
         assert all(closed_at_once)
-        assert _metric(one_brick, "b1", "connections_refused_total") >= 12
+        assert one_brick.metric("b1", "connections_refused_total") >= 12
     finally:
         for s in socks:
             s.close()
@@ -210,7 +200,7 @@ async def test_a_thousand_failed_handshakes_leave_other_clients_served(
         _served(await _probe_while(client, attack))
     finally:
         await client.close()
-    assert _metric(cluster, "b1", "auth_failures_total") == 1000
+    assert cluster.metric("b1", "auth_failures_total") == 1000
     logged = [e for e in b1.log_events() if str(e.get("msg", "")).startswith("handshake with")]
     assert len(logged) <= 10 * (1 + 60 // 10), len(logged)
 
@@ -250,7 +240,7 @@ async def test_two_thousand_strangers_on_the_stream_port_cost_no_thread_each(
     finally:
         await client.close()
     assert peak[0] - before <= 16, (before, peak[0])
-    assert _metric(cluster, "b1", "stream_refused_total") > 0
+    assert cluster.metric("b1", "stream_refused_total") > 0
 
 
 @pytest_twisted.ensureDeferred

@@ -5,7 +5,6 @@ what is wrong, is counted, and reaches no handler."""
 from __future__ import annotations
 
 import datetime
-import urllib.request
 from typing import Any
 
 import pytest
@@ -19,16 +18,6 @@ from dds.errors import AuthenticationFailed, DDSError, PermissionDenied
 from dds.rpc import RPCProtocol
 
 from tests.harness.cluster import CLUSTER, Cluster
-
-
-def _metric(cluster: Cluster, brick_id: str, name: str) -> float:
-    b = cluster.brick(brick_id)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
-                                  timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"dds_{name} "):
-            return float(line.split()[1])
-    return 0.0
 
 
 async def _connect(cluster: Cluster, credentials: Credentials,
@@ -81,14 +70,14 @@ async def test_reads_and_writes_run_over_mutual_tls(cluster: Cluster) -> None:
         assert status["auth"]["cert_expires_in_days"] > 800
     finally:
         conn.close()
-    assert _metric(cluster, "b1", "tls_cert_expiry_seconds") > 800 * 86400
+    assert cluster.metric("b1", "tls_cert_expiry_seconds") > 800 * 86400
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_plain_client_on_a_tls_brick_is_told_to_use_tls(cluster: Cluster) -> None:
     with pytest.raises(DDSError, match="this brick requires TLS"):
         await _connect(cluster, Credentials.shared("client", b"x" * 40))
-    assert _metric(cluster, "b1", "tls_plaintext_refused_total") == 1
+    assert cluster.metric("b1", "tls_plaintext_refused_total") == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -98,7 +87,7 @@ async def test_a_tls_client_on_a_plain_brick_is_told_the_brick_does_not_speak_tl
     plain: Cluster = cluster_factory(bricks=1, replication=1, partitions=1)
     with pytest.raises(AuthenticationFailed, match="does not speak TLS"):
         await _connect(plain, tls_cluster.credentials("client"))
-    assert _metric(plain, "b1", "handshake_failures_total") >= 1
+    assert plain.metric("b1", "handshake_failures_total") >= 1
 
 
 @pytest_twisted.ensureDeferred
@@ -106,7 +95,7 @@ async def test_a_certificate_from_another_ca_is_refused(cluster: Cluster) -> Non
     stranger = _files(cluster, "client", "stranger", issuer="other")
     with pytest.raises(AuthenticationFailed, match="TLS handshake failed"):
         await _connect(cluster, stranger)
-    assert _metric(cluster, "b1", "handshake_failures_total") >= 1
+    assert cluster.metric("b1", "handshake_failures_total") >= 1
 
 
 @pytest_twisted.ensureDeferred
@@ -115,7 +104,7 @@ async def test_an_expired_certificate_is_refused(cluster: Cluster) -> None:
     expired = _files(cluster, "client", "expired", now=long_ago, days=30)
     with pytest.raises(AuthenticationFailed, match="TLS handshake failed"):
         await _connect(cluster, expired)
-    assert _metric(cluster, "b1", "handshake_failures_total") >= 1
+    assert cluster.metric("b1", "handshake_failures_total") >= 1
 
 
 @pytest_twisted.ensureDeferred
@@ -123,7 +112,7 @@ async def test_a_certificate_for_another_cluster_is_refused(cluster: Cluster) ->
     other = _files(cluster, "client", "elsewhere", cluster_name="other")
     with pytest.raises(AuthenticationFailed, match="names cluster 'other', not 'dds'"):
         await _connect(cluster, other)
-    assert _metric(cluster, "b1", "auth_failures_total") >= 1
+    assert cluster.metric("b1", "auth_failures_total") >= 1
 
 
 @pytest_twisted.ensureDeferred
@@ -146,7 +135,7 @@ async def test_a_client_certificate_is_refused_admin_and_peer_requests(
                 await conn.call(mtype, body, timeout=10)
     finally:
         conn.close()
-    assert _metric(cluster, "b1", "requests_denied_total") == 2
+    assert cluster.metric("b1", "requests_denied_total") == 2
 
 
 def test_a_brick_refuses_to_start_with_a_key_readable_by_others(cluster: Cluster) -> None:
