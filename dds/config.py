@@ -384,7 +384,8 @@ class TimeoutsSection:
     read_wait_ms: int = int_setting(5000, "how long a read waits for a prepared key's "
                                     "outcome", lo=1, hi=MAX_DURATION_MS)
     gossip_interval_ms: int = int_setting(1000, "interval between map gossip rounds with a "
-                                          "random peer", lo=1, hi=MAX_DURATION_MS)
+                                          "random peer (tests set an hour to keep "
+                                          "gossip out of the way)", lo=1, hi=86_400_000)
     lease_ms: int = int_setting(2000, "membership lease length; renewed every third of it, "
                                 "and an unreachable member is excluded only after it",
                                 lo=30, hi=600_000)
