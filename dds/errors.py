@@ -111,6 +111,25 @@ class Unavailable(DDSError):
     retryable = True
 
 
+class ReplicaDamaged(DDSError):
+    """This replica cannot serve the key: the stored value failed its checksum, or the
+    partition's file could not be read.  The brick never returns damaged bytes; it repairs
+    the replica from its RG by itself.  A read may be retried on another replica (the
+    library does so); for a write nothing was applied."""
+
+    code = "replica_damaged"
+    retryable = True
+
+
+class StorageFull(DDSError):
+    """The brick cannot stage the write: its disk (or the filesystem of its data directory)
+    is full.  Nothing was applied; the brick steps out of the write path until space
+    returns, so a retry reaches an RG without it."""
+
+    code = "storage_full"
+    retryable = True
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 class InvalidRequest(DDSError):
