@@ -161,6 +161,16 @@ def _tcp_of(transport: Any) -> Any:
     return inner if type(inner) in _TCP else None
 
 
+def _no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on the TCP connection under ``transport``.  Frames are
+    small and often one-way (a COMMIT, a hint): with Nagle on, such a frame after another
+    unacknowledged one waits for the peer's delayed ACK, up to 40 ms here.  Batching is
+    done by the protocol (one write per reactor turn), not by the kernel."""
+    tcp_ = _tcp_of(transport)
+    if tcp_ is not None:
+        tcp_.setTcpNoDelay(True)
+
+
 def _write(transport: Any, data: bytes) -> None:
     """Write ``data``, sending it at once when the transport is a TCP connection with
     nothing queued.  Twisted's ``write`` queues the bytes, registers the socket for writing
@@ -307,6 +317,7 @@ class RPCProtocol(Protocol):
     def connectionMade(self) -> None:
         self._hs_timer = self.clock.callLater(self._handshake_timeout,
                                               self._handshake_timed_out)
+        _no_delay(self.transport)
         if not self.is_client and self.max_unsent > 0:
             tcp_ = _tcp_of(self.transport)
             if tcp_ is not None:
