@@ -728,6 +728,16 @@ class RPCProtocol(Protocol):
         self.request(mtype, body, timeout, _fire, d)
         return d
 
+    def notify(self, mtype: str, body: Any) -> bool:
+        """Send a one-way request: the peer runs its handler and answers nothing (request
+        id 0).  For messages whose outcome the sender learns otherwise or not at all: a
+        parallel commit's COMMIT (DESIGN §4).  False when the connection is not ready
+        (nothing was sent)."""
+        if self.state is not State.READY:
+            return False
+        self._send(mtype, 0, body)
+        return True
+
     def request(self, mtype: str, body: Any, timeout: float | None,
                 callback: ReplyCallback, arg: Any) -> None:
         """``call`` without a Deferred, for the library's hot paths: ``callback(arg,
@@ -803,7 +813,8 @@ class RPCProtocol(Protocol):
         except Exception:
             result = fail()
         if type(result) is dict or type(result) is list:   # answered synchronously
-            self._send("ok", rid, result)
+            if rid:
+                self._send("ok", rid, result)
             return
         if result is LATER:          # the handler calls ``answer`` itself
             return
@@ -822,11 +833,11 @@ class RPCProtocol(Protocol):
         exception it failed with."""
         if isinstance(result, BaseException):
             self._reply_err(Failure(result), rid, mtype)
-        elif self.state is State.READY:
+        elif self.state is State.READY and rid:
             self._send("ok", rid, result)
 
     def _reply_ok(self, result: Any, rid: int) -> None:
-        if self.state is State.READY:
+        if self.state is State.READY and rid:
             self._send("ok", rid, result)
 
     def _reply_err(self, failure: Failure, rid: int, mtype: str) -> None:
@@ -836,6 +847,13 @@ class RPCProtocol(Protocol):
                              mtype=mtype)
             self.metrics.inc("internal_errors_total")
             error = InternalError(f"{mtype}: {error.__class__.__name__}: {error}")
+        if not rid:
+            # A one-way request (``notify``): nobody waits for the answer.
+            self.metrics.inc("oneway_failures_total")
+            self._log_limited.warn("one-way {mtype} from {peer} failed: {error}",
+                                   mtype=mtype, peer=self._peer_name(),
+                                   error=error.message)
+            return
         if self.state is State.READY:
             self._send("err", rid, error.to_wire())
 

@@ -83,7 +83,11 @@ class DDSClient:
 
     Authenticate as the ``client`` role (DESIGN §10) with the cluster's client ``secret``
     or with ``tls`` files (a certificate issued by ``dds-admin certs issue --role
-    client``).  ``dds-admin`` connects the same way as ``role="admin"``."""
+    client``).  ``dds-admin`` connects the same way as ``role="admin"``.
+
+    ``commit_mode``: ``"parallel"`` (the default) reports a write done once every replica
+    voted YES, one round trip (DESIGN §4); ``"ack"`` waits for every COMMIT
+    acknowledgement as well, the older behaviour, kept for comparison."""
 
     log = Logger(observer=TO_LOGGING)       # to ``logging``, see lib/logging_bridge.py
 
@@ -93,7 +97,8 @@ class DDSClient:
                  timeout: float = 10.0, max_key_bytes: int = 1024,
                  max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
                  refresh_interval: float = 30.0, node_id: str | None = None,
-                 opener: Opener | None = None, rng: random.Random | None = None) -> None:
+                 opener: Opener | None = None, rng: random.Random | None = None,
+                 commit_mode: str = "parallel") -> None:
         credentials = _credentials(cluster, secret, tls, role, credentials)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -123,7 +128,7 @@ class DDSClient:
         self.excluder = Excluder(self._connect, self.maps, self.clock, self.metrics)
         self.coordinator = Coordinator(self.clock, self._connect, self.connections.cached,
                                        lib_id=lib_id, exclude=self.excluder.exclude,
-                                       left=self.excluder.left)
+                                       left=self.excluder.left, commit_mode=commit_mode)
         # Their classes log to Twisted's global log (they are shared with bricks and
         # tools); in a service's process the library's events go to ``logging``.
         for part in (self.maps, self.excluder, self.coordinator):

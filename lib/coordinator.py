@@ -2,7 +2,10 @@
 
 The outcome it reports is never a guess:
 
-* success only after every member acknowledged COMMIT (write-all);
+* success once every member voted YES on one version (**parallel commit**, the default:
+  the commit point is "every participant staged the write durably"; COMMIT then goes out
+  one-way, and a member that misses it commits by termination), or, in the **ack** mode
+  kept for comparison, only after every member acknowledged COMMIT (write-all);
 * a definite failure (``Exists``, ``VersionMismatch``, or a retryable NO such as ``Locked``)
   only after every member that may have voted YES acknowledged ABORT;
 * otherwise ``Indeterminate``: the write may or may not have happened.
@@ -40,6 +43,11 @@ Left = Callable[[Route, BrickRecord], Deferred[bool]]
 UNREACHABLE = (Unavailable, Timeout, ConnectionLost)
 
 
+#: Commit modes: success at the last YES vote, or at the last COMMIT acknowledgement.
+PARALLEL = "parallel"
+ACK = "ack"
+COMMIT_MODES = (PARALLEL, ACK)
+
 #: How long one COMMIT or ABORT attempt waits for its acknowledgement before resending.
 DECISION_ATTEMPT_S = 1.0
 #: Longest wait for a vote: a member waits at most ``lock_wait_ms`` (2 s) for a lock, so
@@ -63,7 +71,14 @@ class Coordinator:
 
     def __init__(self, clock: IReactorTime, connect: Connect,
                  cached: Cached = lambda host, port: None, lib_id: int | None = None,
-                 exclude: Exclude | None = None, left: Left | None = None) -> None:
+                 exclude: Exclude | None = None, left: Left | None = None,
+                 commit_mode: str = PARALLEL) -> None:
+        if commit_mode not in COMMIT_MODES:
+            raise InvalidRequest(f"commit_mode must be one of {', '.join(COMMIT_MODES)}, "
+                                 f"not {commit_mode!r:.40}")
+        #: Whether success is reported at the last YES vote (DESIGN §4) rather than at
+        #: the last COMMIT acknowledgement.
+        self.parallel = commit_mode == PARALLEL
         self.clock = clock
         self.exclude = exclude
         self.left = left
@@ -87,6 +102,25 @@ class Coordinator:
                                 timeout: float) -> Any:
         conn = await self.connect(brick.address, brick.port)
         return await conn.call(mtype, body, timeout=max(timeout, 0.001))
+
+    def tell(self, brick: BrickRecord, mtype: str, txid: tuple[int, int]) -> None:
+        """Send a decision one-way (parallel commit): no reply, no retry.  A member that
+        misses it learns the outcome by termination, which commits a transaction every
+        participant holds prepared."""
+        body = {"txid": txid}
+        conn = self.cached(brick.address, brick.port)
+        if conn is not None and conn.notify(mtype, body):
+            return
+
+        async def connect_and_tell() -> None:
+            try:
+                conn = await self.connect(brick.address, brick.port)
+            except Exception as e:
+                self.log.debug("{mtype} of {txid} not sent to {brick}: {error}",
+                               mtype=mtype, txid=txid, brick=brick.id, error=e)
+                return
+            conn.notify(mtype, body)
+        Deferred.fromCoroutine(connect_and_tell())
 
     def start(self, route: Route, key: bytes, op: str, value: bytes | None,
               expected_version: int | None, ts: tuple[int, int],
@@ -180,8 +214,20 @@ class Coordinator:
     async def _commit(self, route: Route, txid: tuple[int, int],
                       members: list[BrickRecord], deadline: float, new_version: int,
                       acks: list[Any] | None = None) -> int:
-        """The decision is commit: keep asking until every member acknowledged (or was
-        excluded, so the write is on every active member of the new record)."""
+        """The decision is commit.  Parallel mode: every member voted YES, so the write
+        is committed; tell the members one-way.  Ack mode: keep asking until every member
+        acknowledged (or was excluded, so the write is on every active member of the new
+        record)."""
+        if self.parallel and acks is None:
+            rest = list(members)
+            if failpoints.ARMED:
+                failpoints.fire("coordinator.after_decision")
+                if rest and failpoints.is_armed("coordinator.between_commits"):
+                    self.tell(rest.pop(0), "commit", txid)
+                    failpoints.fire("coordinator.between_commits")
+            for b in rest:
+                self.tell(b, "commit", txid)
+            return new_version
         await self._until_acknowledged(route, "commit", txid, members, deadline,
                                        "committed but not acknowledged by {bricks}: the "
                                        "write may not be visible everywhere yet", acks)
@@ -306,6 +352,16 @@ class _Write:
             self._general(None)
             return
         self.new_version = version + 1
+        if self.coordinator.parallel:
+            # Committed: every member staged the write.  COMMIT goes out before the
+            # caller hears of success, so on each connection it precedes whatever the
+            # caller sends next.
+            body = {"txid": self.txid}
+            for conn, brick in zip(self.conns, self.route.replicas):
+                if not conn.notify("commit", body):
+                    self.coordinator.tell(brick, "commit", self.txid)
+            self.result.callback(self.new_version)
+            return
         self.replies = [None] * len(self.conns)
         self.waiting = len(self.conns)
         clock = self.coordinator.clock

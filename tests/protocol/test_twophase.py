@@ -45,7 +45,7 @@ def client(cluster: SimCluster) -> DDSClient:
 
 
 def everywhere(cluster: SimCluster, key: bytes, expected: ReadResult) -> bool:
-    return all(r == expected for r in cluster.read(key).values())
+    return all(r == expected for r in cluster.read_settled(key).values())
 
 
 def no_locks(cluster: SimCluster) -> bool:

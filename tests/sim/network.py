@@ -479,6 +479,14 @@ class MemoryNetwork:
                     f"flush did not settle after {self.max_steps} steps at t="
                     f"{now:g} (a livelock: something retries without letting time pass?)")
 
+    def deliver_in_flight(self) -> None:
+        """Let time pass until everything sent so far (and what its delivery sends at
+        the same instants) has arrived; timers due meanwhile run, as they would."""
+        self.flush()
+        while self._events:
+            self._set_time(self._events[0][0])
+            self.flush()
+
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` of simulated time pass, delivering and firing in time order."""
         target = self.clock.seconds() + seconds
@@ -655,6 +663,13 @@ class SimCluster:
         """The key as each replica's storage holds it (no RPC)."""
         pid = self.pid(key)
         return {b.id: b.storage.read(pid, key) for b in self.replicas(key)}
+
+    def read_settled(self, key: bytes) -> dict[str, ReadResult]:
+        """``read`` once every message on the wire was delivered: with parallel commit a
+        write is reported done at the last YES vote, its COMMITs still in flight
+        (DESIGN §4)."""
+        self.net.deliver_in_flight()
+        return self.read(key)
 
     def locks_held(self) -> dict[str, int]:
         return {b.id: len(b.locks) for b in self.bricks}

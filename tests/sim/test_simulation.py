@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 
 from dds.bricks.storage import Storage
+from dds.lib.coordinator import _Write
 
 from tests.sim.nemesis import ALL_FAULTS, DEFAULT_FAULTS
 from tests.sim.simulation import report, run_seed, summary_line, sweep
@@ -100,6 +101,24 @@ def test_a_planted_bug_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         assert any("replicas of b'k1' disagree" in v for v in result.violations), \
             report(result)
         assert any(v.startswith("not_linearizable: key b'k1'") for v in result.violations)
+
+
+def test_success_before_every_vote_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parallel commit's rule has teeth: a coordinator that reports success at the
+    *first* YES vote (rather than the last) acknowledges writes that the other members
+    then refuse, and the checker finds them lost or out of order."""
+    voted = _Write._voted
+
+    def eager(self: _Write, i: int, reply: Any) -> None:
+        if type(reply) is dict and type(reply.get("version")) is int \
+                and not self.result.called:
+            early, self.result = self.result, Deferred()
+            self.result.addErrback(lambda _f: None)     # the real outcome goes nowhere
+            early.callback(reply["version"] + 1)
+        voted(self, i, reply)
+    monkeypatch.setattr(_Write, "_voted", eager)
+    caught = [run_seed(seed, topology=0, faults=(), duration=3.0) for seed in (1, 2, 3)]
+    assert all(not r.ok for r in caught), "\n".join(report(r) for r in caught)
 
 
 def test_crash_is_a_fault_kind_off_by_default() -> None:

@@ -324,10 +324,25 @@ def test_an_error_before_the_vote_leaves_nothing_behind(cluster: SimCluster) -> 
 
 @pytest.mark.parametrize("point", ["commit.before_apply", "commit.after_apply_before_ack"])
 def test_a_lost_commit_or_ack_is_retried_to_success(cluster: SimCluster, point: str) -> None:
-    client = cluster.client()
+    """The acknowledged mode: the coordinator asks again until every member answered."""
+    client = cluster.client(commit_mode="ack")
     failpoints.arm(point, "count:1:error")
     assert cluster.run(client.put(b"k", b"v")) == 1
     assert failpoints.hits(point) == 1
+    assert set(cluster.read(b"k").values()) == {ReadResult(b"v", 1)}
+    assert no_locks(cluster)
+
+
+@pytest.mark.parametrize("point", ["commit.before_apply", "commit.after_apply_before_ack"])
+def test_a_lost_one_way_commit_is_made_good_by_termination(cluster: SimCluster,
+                                                           point: str) -> None:
+    """Parallel commit: success at the last YES; a member whose COMMIT fails holds the
+    write prepared (reads of the key wait) and commits it by termination."""
+    client = cluster.client(timeout=0.5)
+    failpoints.arm(point, "count:1:error")
+    assert cluster.run(client.put(b"k", b"v")) == 1
+    failpoints.clear()
+    cluster.net.advance(2 * TXN_DEADLINE_S + 0.5)
     assert set(cluster.read(b"k").values()) == {ReadResult(b"v", 1)}
     assert no_locks(cluster)
 
