@@ -136,7 +136,8 @@ async def connect(reactor: Any, args: argparse.Namespace) -> DDSClient:
             return await DDSClient.connect(reactor, args.seeds.split(","), cluster=CLUSTER,
                                            secret=args.secret.encode(),
                                            timeout=args.timeout,
-                                           node_id=f"faults-client-{args.process}")
+                                           node_id=f"faults-client-{args.process}",
+                                           commit_mode=args.commit_mode)
         except DDSError:
             if time.monotonic() > deadline:
                 raise
@@ -174,6 +175,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=5.0, help="per-operation deadline")
     p.add_argument("--connect-timeout", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--commit-mode", choices=("parallel", "ack"), default="parallel",
+                   help="success at the last YES vote, or after every COMMIT ack")
     return p.parse_args(argv)
 
 

@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--schedule", type=Path, default=None, metavar="FILE",
                    help="replay the exact faults of an earlier run's schedule.json "
                    "(even if the planner changed since)")
+    p.add_argument("--commit-mode", choices=("mixed", "parallel", "ack"), default="mixed",
+                   help="the clients' commit mode; mixed (the default): even clients "
+                   "parallel commit, odd ones the acknowledged mode, in the same run")
     p.add_argument("--dir", type=Path, default=None, help="run directory (kept)")
     p.add_argument("--keep", action="store_true", help="keep the run directory on success")
     p.add_argument("--plan-only", action="store_true", help="print the schedule and exit")
@@ -130,8 +133,16 @@ def profile_for(args: argparse.Namespace) -> Profile:
     return prof
 
 
+def commit_mode_of(client: int, mode: str) -> str:
+    """Client ``client``'s commit mode under the run's ``--commit-mode``."""
+    if mode == "mixed":
+        return "ack" if client % 2 else "parallel"
+    return mode
+
+
 def spawn_clients(prof: Profile, cluster: ProxiedCluster, run: Path,
-                  seed: int) -> list[tuple[subprocess.Popen[bytes], Path]]:
+                  seed: int, commit_mode: str = "mixed"
+                  ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     groups = math.ceil(prof.clients * prof.workers / 10)   # <= 10 workers per key
     out = []
     for i in range(prof.clients):
@@ -143,7 +154,8 @@ def spawn_clients(prof: Profile, cluster: ProxiedCluster, run: Path,
                 "--worker-base", str(i * prof.workers), "--ops", str(prof.ops_per_client),
                 "--seconds", str(prof.minutes * 60), "--timeout", str(prof.op_timeout),
                 "--think-ms", str(prof.think_ms),
-                "--seed", str(seed * 1000 + i)]
+                "--seed", str(seed * 1000 + i),
+                "--commit-mode", commit_mode_of(i, commit_mode)]
         with open(run / f"client-{i}.log", "wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=Path(__file__).resolve().parents[2])
@@ -180,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     how = f"--schedule {args.schedule}" if args.schedule is not None else \
         f"--nemeses {','.join(kinds)} --restart-quiet {prof.restart_quiet:g}"
     echo(f"replay: python -m tests.faults.runner --profile {prof.name} --seed {seed}"
-         f"{f' --minutes {args.minutes:g}' if args.minutes is not None else ''} {how}")
+         f"{f' --minutes {args.minutes:g}' if args.minutes is not None else ''} {how}"
+         f"{f' --commit-mode {args.commit_mode}' if args.commit_mode != 'mixed' else ''}")
     echo(f"planned faults: {len(schedule)}")
     if args.plan_only:
         for f in schedule:
@@ -190,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     run.mkdir(parents=True, exist_ok=True)
     (run / "schedule.json").write_text(json.dumps([f.to_json() for f in schedule], indent=1))
     echo(f"run directory: {run}")
-    code = execute(prof, seed, kinds, schedule, run)
+    code = execute(prof, seed, kinds, schedule, run, args.commit_mode)
     if code == 0 and args.dir is None and not args.keep:
         shutil.rmtree(run, ignore_errors=True)
     return code
 
 
 def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
-            run: Path) -> int:
+            run: Path, commit_mode: str = "mixed") -> int:
     from tests.faults.final import final_reads, init_cluster
 
     pool = ProxyPool()
@@ -214,8 +227,10 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         cluster.start()
         init_cluster(cluster)
         echo(f"cluster of {prof.bricks} bricks up in {time.monotonic() - t_boot:.1f}s; "
-             f"{prof.clients} clients x {prof.workers} workers on {prof.keys} keys")
-        clients = spawn_clients(prof, cluster, run, seed)
+             f"{prof.clients} clients x {prof.workers} workers on {prof.keys} keys; "
+             f"commit modes: "
+             f"{','.join(commit_mode_of(i, commit_mode) for i in range(prof.clients))}")
+        clients = spawn_clients(prof, cluster, run, seed, commit_mode)
         wait_until(lambda: all(h.exists() and h.stat().st_size > 0 for _, h in clients),
                    60, "every client's first operation")
         stop = threading.Event()
