@@ -6,8 +6,9 @@ Phases, each with a progress bar on stderr:
 1. floor: an echo server and client process (:mod:`dds.tools.floor`), ``concurrency``
    round trips in flight, for ``seconds``;
 2. load: ``clients`` worker processes (:mod:`dds.tools.benchworker`) put every key once;
-3. put, then get: uniform random keys for ``seconds`` each, ``concurrency`` operations in
-   flight split over the workers.
+3. put in the acknowledged commit mode, then with parallel commit (the default), then
+   both again with one put in flight, then get: uniform random keys for ``seconds``
+   each, ``concurrency`` operations in flight split over the workers.
 
 CPU per operation is the user + system time (``/proc/PID/stat``) that the bricks and the
 workers used during the phase, divided by the operations done in it.  Brick PIDs come
@@ -137,6 +138,19 @@ def _floor(params: BenchParams) -> dict[str, Any]:
                 c.stop()
 
 
+#: The timed phases, in order: (worker phase, suffix of its result fields, extra command
+#: fields).  Puts in the two commit modes alternate, at full concurrency and at one in
+#: flight, so that both see the same cluster and the same moment of a noisy machine;
+#: fields without a suffix describe parallel commit, the library's default.
+_PHASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("put", "_ack_mode", {"mode": "ack"}),
+    ("put", "", {}),
+    ("put", "_c1_ack_mode", {"mode": "ack", "concurrency": 1}),
+    ("put", "_c1", {"concurrency": 1}),
+    ("get", "", {}),
+)
+
+
 def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                  ) -> dict[str, Any]:
     events: Events = queue.Queue()
@@ -162,10 +176,14 @@ def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                           params.keys, False, 600.0)
         out["load_errors"] = sum(sum(r["errors"].values()) for r in load)
         worker_pids = [w.pid for w in workers]
-        for phase in ("put", "get"):
+        for phase, suffix, extra in _PHASES:
             before = _cpu(brick_pid_list), _cpu(worker_pids)
-            results = _run_phase(workers, events, {"phase": phase, "seconds": params.seconds},
-                                 phase, params.seconds, True,
+            command = {"phase": phase, "seconds": params.seconds, **extra}
+            if "concurrency" in extra:      # one in flight in all: one worker's share
+                command["concurrency"] = 1
+            label = phase + suffix.replace("_", " ")
+            results = _run_phase(workers if "concurrency" not in extra else workers[:1],
+                                 events, command, label, params.seconds, True,
                                  params.seconds + READY_TIMEOUT_S)
             cpu_bricks = _cpu_delta(before[0], _cpu(brick_pid_list))
             cpu_clients = _cpu_delta(before[1], _cpu(worker_pids))
@@ -177,16 +195,16 @@ def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                 for code, n in r["errors"].items():
                     errors[code] = errors.get(code, 0) + n
             out.update({
-                f"{phase}_ops": ops,
-                f"{phase}_ops_s": sum(r["ops"] / r["elapsed"] for r in results),
-                f"{phase}_p50_ms": _percentile(lat, 0.50),
-                f"{phase}_p99_ms": _percentile(lat, 0.99),
-                f"cpu_us_per_{phase}": cpu * 1e6 / max(1, ops),
-                f"cpu_us_per_{phase}_bricks": cpu_bricks * 1e6 / max(1, ops),
-                f"cpu_us_per_{phase}_clients": cpu_clients * 1e6 / max(1, ops),
-                f"{phase}_errors": errors,
-                f"{phase}_first_error": next((r["first_error"] for r in results
-                                              if r["first_error"]), ""),
+                f"{phase}_ops{suffix}": ops,
+                f"{phase}_ops_s{suffix}": sum(r["ops"] / r["elapsed"] for r in results),
+                f"{phase}_p50_ms{suffix}": _percentile(lat, 0.50),
+                f"{phase}_p99_ms{suffix}": _percentile(lat, 0.99),
+                f"cpu_us_per_{phase}{suffix}": cpu * 1e6 / max(1, ops),
+                f"cpu_us_per_{phase}_bricks{suffix}": cpu_bricks * 1e6 / max(1, ops),
+                f"cpu_us_per_{phase}_clients{suffix}": cpu_clients * 1e6 / max(1, ops),
+                f"{phase}_errors{suffix}": errors,
+                f"{phase}_first_error{suffix}": next((r["first_error"] for r in results
+                                                      if r["first_error"]), ""),
             })
         for w in workers:
             w.send({"phase": "quit"})
@@ -219,7 +237,19 @@ def bench(target: Target, params: BenchParams, report: dict[str, Any]) -> dict[s
         result[f"{op}_ratio"] = result[f"{op}_ops_s"] / floor
         result[f"{op}_target"] = TARGETS[op]
         result[f"{op}_target_met"] = result[f"{op}_ratio"] >= TARGETS[op]
+    result.update(commit_mode_ratios(result))
     return result
+
+
+def commit_mode_ratios(r: dict[str, Any]) -> dict[str, float]:
+    """Parallel commit against the acknowledged mode, measured in the same run: put p50
+    at full concurrency and at one in flight, and CPU per put (lower is better)."""
+    def ratio(a: str, b: str) -> float:
+        return r[a] / r[b] if r.get(b) else 0.0
+    return {"put_p50_parallel_to_ack": ratio("put_p50_ms", "put_p50_ms_ack_mode"),
+            "put_p50_c1_parallel_to_ack": ratio("put_p50_ms_c1", "put_p50_ms_c1_ack_mode"),
+            "cpu_per_put_parallel_to_ack": ratio("cpu_us_per_put",
+                                                 "cpu_us_per_put_ack_mode")}
 
 
 def render(r: dict[str, Any], console: Console) -> None:
@@ -244,6 +274,22 @@ def render(r: dict[str, Any], console: Console) -> None:
                   f"{r[f'cpu_us_per_{op}_clients']:,.0f})",
                   f"{r['floor_cpu_us_per_rtt']:,.1f} per rtt", "", "", "")
     console.print(t)
+    if "put_p50_ms_ack_mode" in r:
+        m = Table(title="put: parallel commit against the acknowledged mode (same run)",
+                  title_justify="left")
+        for col in ("", "parallel", "ack", "ratio"):
+            m.add_column(col, justify="left" if not col else "right")
+        m.add_row(f"p50 ms, {r['concurrency']} in flight", f"{r['put_p50_ms']:.2f}",
+                  f"{r['put_p50_ms_ack_mode']:.2f}", f"{r['put_p50_parallel_to_ack']:.2f}")
+        m.add_row("p50 ms, 1 in flight", f"{r['put_p50_ms_c1']:.2f}",
+                  f"{r['put_p50_ms_c1_ack_mode']:.2f}",
+                  f"{r['put_p50_c1_parallel_to_ack']:.2f}")
+        m.add_row("ops/s", f"{r['put_ops_s']:,.0f}", f"{r['put_ops_s_ack_mode']:,.0f}",
+                  f"{r['put_ops_s'] / max(r['put_ops_s_ack_mode'], 1e-9):.2f}")
+        m.add_row("CPU us per put", f"{r['cpu_us_per_put']:,.0f}",
+                  f"{r['cpu_us_per_put_ack_mode']:,.0f}",
+                  f"{r['cpu_per_put_parallel_to_ack']:.2f}")
+        console.print(m)
     if not r["cpu_includes_all_bricks"]:
         console.print(f"[yellow]CPU figures include only {r['cpu_bricks_measured']} of "
                       f"{r['bricks']} bricks (the others are not visible from here)[/yellow]")

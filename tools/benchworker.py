@@ -8,6 +8,8 @@ prints ``{"event": "ready"}``, then runs one phase per line read from stdin:
 
     {"phase": "load"}                  put this worker's share of the keys once
     {"phase": "put", "seconds": S}     uniform random puts for S seconds
+                                       (optional: "mode": "ack" for the acknowledged
+                                       commit mode, "concurrency": N in flight)
     {"phase": "get", "seconds": S}     uniform random gets for S seconds
     {"phase": "quit"}
 
@@ -131,9 +133,14 @@ def _credentials(args: argparse.Namespace) -> Credentials:
 
 
 async def work(reactor: Any, args: argparse.Namespace) -> None:
+    creds = _credentials(args)
     client: DDSClient = await DDSClient.connect(
         reactor, seeds=args.seeds.split(","), cluster=args.cluster,
-        credentials=_credentials(args), node_id=f"bench-{args.index}-{os.getpid()}")
+        credentials=creds, node_id=f"bench-{args.index}-{os.getpid()}")
+    # The acknowledged commit mode, for the phases that compare it with parallel commit.
+    ack_client: DDSClient = await DDSClient.connect(
+        reactor, seeds=args.seeds.split(","), cluster=args.cluster, commit_mode="ack",
+        credentials=creds, node_id=f"bench-{args.index}-{os.getpid()}-ack")
     rng = random.Random(args.index * 7919 + os.getpid())
     value = os.urandom(args.value_size)
     emit(event="ready")
@@ -156,6 +163,7 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
             else:
                 end = time.perf_counter() + float(cmd["seconds"])
                 is_put = phase == "put"
+                writer = ack_client if cmd.get("mode") == "ack" else client
 
                 # Every key's name made once, and a uniform pick by ``random()`` (C)
                 # rather than ``randrange`` (Python): the driver's own cost per operation
@@ -167,11 +175,12 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
                     if time.perf_counter() >= end:
                         return None
                     key = names[int(pick() * n_keys)]
-                    return client.put(key, value) if is_put else client.get(key)
+                    return writer.put(key, value) if is_put else client.get(key)
                 p = Phase(phase, timed_next)
-            emit(**await p.run(reactor, args.concurrency))
+            emit(**await p.run(reactor, int(cmd.get("concurrency", args.concurrency))))
     finally:
         await client.close()
+        await ack_client.close()
 
 
 def main(argv: list[str] | None = None) -> None:
