@@ -59,7 +59,7 @@ class TxnState(enum.Enum):
 class Transaction:
     __slots__ = ("txid", "pid", "pid_text", "key", "op", "value", "new_version", "state",
                  "timer", "wake_at", "prepared_at", "due_at", "waiters", "queried", "ts",
-                 "expected_version", "timeout_ms", "lock_key")
+                 "expected_version", "timeout_ms", "lock_key", "origin", "asked_at")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
                  value: bytes | None, now: float, ts: tuple[int, int] = (0, 0),
@@ -94,6 +94,11 @@ class Transaction:
         #: own termination): from then on the members decide, and a coordinator's ABORT is
         #: refused, or some member could commit by "all prepared" while others abort.
         self.queried = False
+        #: The connection the PREPARE came on (None when unknown): once it is closed,
+        #: the coordinator is likely gone, and termination need not wait for the deadline.
+        self.origin: Any = None
+        #: When a member whose key this transaction holds last asked the others early.
+        self.asked_at: float | None = None
 
 
 class Participant:
@@ -115,6 +120,9 @@ class Participant:
         #: at most an answer decided by termination, never a wrong one.
         self.max_txn_deadline_s = max_txn_deadline_s
         self.on_deadline = on_deadline or self._deadline_passed
+        #: Called with a key's lock when a PREPARE or a read finds it held by another
+        #: transaction (termination may learn its outcome early: ``Terminator.nudge``).
+        self.on_blocked: Callable[[Any], None] = lambda lock_key: None
         self.active: dict[TxnId, Transaction] = {}
         self.decided: OrderedDict[TxnId, tuple[TxnState, int]] = OrderedDict()
         #: Write fence of recovery (DESIGN §7): partition -> number of copy sessions
@@ -163,10 +171,13 @@ class Participant:
             raise Locked(f"transaction {txid} was already {past[0].value}")
         txn = Transaction(txid, pid, key, op, value, self.clock.seconds(), ts,
                           expected_version, timeout_ms, pid_text)
+        if to is not None:
+            txn.origin = to[0]
         self.active[txid] = txn
         if self.locks.try_acquire(txn.lock_key, txid, ts):
             # The caller checked the map just now: nothing to re-check.
             return self._vote(txn, None, reply, to)
+        self.on_blocked(txn.lock_key)
         return Deferred.fromCoroutine(self._prepare_contended(txn, recheck))
 
     async def _prepare_contended(self, txn: Transaction,

@@ -144,6 +144,7 @@ class Brick:
         self.termination = Terminator(self.id, self.participant, self.storage, self.maps,
                                       self._peer, self.clock, self.metrics,
                                       membership_changing=lambda rg: rg in self.changes.locks)
+        self.participant.on_blocked = self.termination.nudge
         self.lease_s = t.lease_ms / 1000.0
         self.leases = Leases(self.id, self.clock, self.lease_s, t.lease_drift_percent / 100.0,
                              lambda: self.maps.map, self._send_lease, self.metrics)
@@ -574,6 +575,7 @@ class Brick:
         """A prepared key may already be committed on another replica: wait for the
         outcome here so that no read returns a value older than one already visible."""
         self.metrics.inc("reads_waited_total")
+        self.termination.nudge(lock_key)
         await self.locks.wait_free(lock_key, self.read_wait_s)
         pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
         self._check_serving(msg.rg, read=True)

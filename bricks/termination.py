@@ -29,7 +29,7 @@ from dds.errors import DDSError, InvalidRequest, UnknownTransaction
 from dds.messages import TxnId, TxnState as TxnStateMsg
 from dds.metrics import Metrics
 from dds.records import RGRecord
-from dds.rpc import RPCProtocol
+from dds.rpc import RPCProtocol, State
 
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant, Transaction, TxnState
@@ -37,6 +37,10 @@ from dds.bricks.storage import Storage
 
 #: How long termination waits for each other member's answer.
 TXN_STATE_TIMEOUT_S = 2.0
+#: A transaction prepared this long that holds a key another PREPARE or a read wants is
+#: asked about early (``Terminator.nudge``), and again at most this often.  Longer than a
+#: commit normally takes, so that the common case costs no query at all.
+EARLY_ASK_S = 0.1
 _DECISION_OF_STATE = {TxnState.COMMITTING: "commit", TxnState.COMMITTED: "commit",
                       TxnState.ABORTED: "abort"}
 
@@ -92,7 +96,8 @@ class Terminator:
     def answer(self, msg: TxnStateMsg) -> dict[str, str]:
         """A termination query from another member.  A transaction never prepared here is
         recorded as aborted first, so a late PREPARE cannot revive it; one forgotten
-        because this brick restarted is answered from the data (its version present)."""
+        because this brick restarted is answered from the data (its version present).
+        A ``peek`` changes nothing here: it only learns a decision already taken."""
         state = self.participant.state_of(msg.txid)
         if state is None and msg.pid is not None and msg.key is not None \
                 and msg.new_version is not None:
@@ -100,6 +105,10 @@ class Terminator:
             if self.storage.has_partition(str(pid)):
                 if self.storage.read(str(pid), msg.key).version >= msg.new_version:
                     return {"state": "committed"}
+        if msg.peek:
+            if state is None or state is TxnState.PREPARING:
+                return {"state": "unknown"}
+            return {"state": "prepared" if state is TxnState.COMMITTING else state.value}
         if state is None or state is TxnState.PREPARING:
             self.participant.abort(msg.txid)
             return {"state": "aborted"}
@@ -108,6 +117,34 @@ class Terminator:
         if state is TxnState.PREPARED:
             self.participant.active[msg.txid].queried = True
         return {"state": state.value}
+
+    # -- early: a key that is wanted -------------------------------------------------
+
+    def nudge(self, lock_key: Any) -> None:
+        """A PREPARE or a read waits for ``lock_key``: if the transaction holding it has
+        been prepared a while, ask the other members now rather than at the deadline.
+
+        With parallel commit a member that missed its COMMIT holds the key until it
+        learns the outcome, and readers of the key wait meanwhile (DESIGN §4): a peek
+        finds a member that committed (or aborted) and settles it in one round trip.
+        When the connection the PREPARE came on is closed, the coordinator is likely
+        gone: then termination runs in full, "all prepared → commit" included.  That is
+        safe at any time: every member that answers "prepared" refuses a later
+        coordinator ABORT (see the module docstring)."""
+        holder = self.participant.locks.holder(lock_key)
+        txn = self.participant.active.get(holder) if holder is not None else None
+        if txn is None or txn.state is not TxnState.PREPARED:
+            return
+        now = self.clock.seconds()
+        if now - txn.prepared_at < EARLY_ASK_S or (
+                txn.asked_at is not None and now - txn.asked_at < EARLY_ASK_S):
+            return
+        txn.asked_at = now
+        gone = txn.origin is not None and getattr(txn.origin, "state", None) is State.CLOSED
+        self.metrics.inc("txn_early_asks_total")
+        d = ensureDeferred(self.terminate(txn, infer_commit=gone, peek=not gone))
+        d.addErrback(lambda f: self.log.failure("early termination of {txid} failed",
+                                                failure=f, txid=txn.txid))
 
     # -- the deadline timer ------------------------------------------------------------
 
@@ -129,15 +166,18 @@ class Terminator:
 
     # -- the rule ----------------------------------------------------------------------
 
-    async def terminate(self, txn: Transaction, infer_commit: bool = True) -> Termination:
+    async def terminate(self, txn: Transaction, infer_commit: bool = True,
+                        peek: bool = False) -> Termination:
         """The termination rule for ``txn``, applied here; returns what it decided.
         "All prepared → commit" only with ``infer_commit`` (past the deadline, the
-        coordinator has given up; before it, a live coordinator may still abort)."""
+        coordinator has given up; before it, a live coordinator may still abort).
+        ``peek``: ask without side effects on the others, and decide only by a decision
+        one of them already took."""
         pid = str(txn.pid)
         if txn.state is not TxnState.PREPARED:
             return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
                                reason=f"{txn.state.value} here")
-        if infer_commit:
+        if infer_commit and not peek:
             txn.queried = True      # we may commit by "all prepared": no coordinator ABORT now
         rg = self._rg_of(txn)
         if rg is None:
@@ -152,9 +192,11 @@ class Terminator:
         for brick in others:
             try:
                 conn = await self.peer(brick)
-                reply = await conn.call("txn_state", {
-                    "txid": list(txn.txid), "pid": pid, "key": txn.key,
-                    "new_version": txn.new_version}, timeout=TXN_STATE_TIMEOUT_S)
+                query = {"txid": list(txn.txid), "pid": pid, "key": txn.key,
+                         "new_version": txn.new_version}
+                if peek:
+                    query["peek"] = True
+                reply = await conn.call("txn_state", query, timeout=TXN_STATE_TIMEOUT_S)
                 states.append(str(reply.get("state")))
             except DDSError as e:
                 states.append("unreachable")
@@ -175,6 +217,9 @@ class Terminator:
             decision, reason = "commit", "a member committed"
         elif "aborted" in states:
             decision, reason = "abort", "a member aborted or never prepared it"
+        elif peek:
+            return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
+                               "asked early: nobody decided yet")
         elif all(s == "prepared" for s in states):
             if not infer_commit:
                 reason = "every member prepared, but the deadline has not passed"

@@ -231,8 +231,9 @@ class Ping(Message):
 @attrs.frozen
 class TxnState(Message):
     """Termination query between members.  Reply:
-    ``{"state": "prepared" | "committed" | "aborted"}``; a member that never prepared the
-    transaction records it as aborted before answering.  ``pid``, ``key`` and
+    ``{"state": "prepared" | "committed" | "aborted"}`` (or ``"unknown"`` to a ``peek``); a
+    member that never prepared the transaction records it as aborted before answering,
+    unless the query only peeks.  ``pid``, ``key`` and
     ``new_version`` let a member that has forgotten the transaction (it restarted) answer
     from its data: the key at ``new_version`` or later means it was committed there."""
 
@@ -242,6 +243,9 @@ class TxnState(Message):
     pid: str | None = attrs.field(default=None, validator=v.optional(_str))
     key: bytes | None = attrs.field(default=None, validator=_opt_bytes)
     new_version: int | None = attrs.field(default=None, validator=v.optional(_u64))
+    #: Only look (an early question, before the deadline, from a member whose key is
+    #: wanted): no side effects, and ``"unknown"`` for a transaction not prepared here.
+    peek: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
 
 @attrs.frozen
