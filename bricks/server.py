@@ -40,7 +40,7 @@ from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # 
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId, key_hash
-from dds.records import Record, record_from_wire
+from dds.records import Record, RGRecord, record_from_wire
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
 from dds.version import VERSION
@@ -143,7 +143,8 @@ class Brick:
                                      metrics=self.metrics)
         self.termination = Terminator(self.id, self.participant, self.storage, self.maps,
                                       self._peer, self.clock, self.metrics,
-                                      membership_changing=lambda rg: rg in self.changes.locks)
+                                      membership_changing=lambda rg: rg in self.changes.locks,
+                                      exclude=self._exclude_for_termination)
         self.participant.on_blocked = self.termination.nudge
         self.lease_s = t.lease_ms / 1000.0
         self.leases = Leases(self.id, self.clock, self.lease_s, t.lease_drift_percent / 100.0,
@@ -632,6 +633,18 @@ class Brick:
 
     def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
         return self.termination.answer(msg)
+
+    async def _exclude_for_termination(self, rg: RGRecord, member: str, why: str) -> bool:
+        """Exclude ``member`` from ``rg`` (DESIGN §5), coordinated by this brick; true once
+        it is no longer active (the change protocol refuses while the member answers)."""
+        try:
+            await self.changes.change(RGChange(rg.name, rg.version, rg.fp, member,
+                                               "excluded", why), self.id, internal=True)
+        except DDSError as e:
+            self.log.warn("could not exclude {member} from {rg}: {error}", member=member,
+                          rg=rg.name, error=e.message)
+        now = self.maps.map.rgs.get(rg.name)
+        return now is not None and member not in now.active_members
 
     async def _peer(self, brick_id: str) -> RPCProtocol:
         rec = self.maps.map.bricks.get(brick_id)

@@ -45,6 +45,10 @@ _DECISION_OF_STATE = {TxnState.COMMITTING: "commit", TxnState.COMMITTED: "commit
                       TxnState.ABORTED: "abort"}
 
 
+#: ``exclude(rg, member, reason)``: true once ``member`` is no longer active in ``rg``.
+Exclude = Callable[[RGRecord, str, str], Awaitable[bool]]
+
+
 @attrs.frozen
 class Termination:
     """What one run of the termination rule decided for one transaction on this brick:
@@ -70,8 +74,12 @@ class Terminator:
     def __init__(self, brick_id: str, participant: Participant, storage: Storage,
                  maps: MapState, peer: Callable[[str], Awaitable[RPCProtocol]],
                  clock: IReactorTime, metrics: Metrics,
-                 membership_changing: Callable[[str], bool] = lambda rg: False) -> None:
+                 membership_changing: Callable[[str], bool] = lambda rg: False,
+                 exclude: Exclude | None = None) -> None:
         self.id = brick_id
+        #: Ask the RG to exclude an unreachable member (DESIGN §4: the others then decide
+        #: among themselves); None: it stays in doubt until the member answers.
+        self.exclude = exclude
         #: Whether this brick voted on a change of the RG's record whose outcome it does
         #: not know yet (``RecordChanges``): the members to ask may be changing.
         self.membership_changing = membership_changing
@@ -167,7 +175,7 @@ class Terminator:
     # -- the rule ----------------------------------------------------------------------
 
     async def terminate(self, txn: Transaction, infer_commit: bool = True,
-                        peek: bool = False) -> Termination:
+                        peek: bool = False, excluded: bool = False) -> Termination:
         """The termination rule for ``txn``, applied here; returns what it decided.
         "All prepared → commit" only with ``infer_commit`` (past the deadline, the
         coordinator has given up; before it, a live coordinator may still abort).
@@ -227,6 +235,20 @@ class Terminator:
                               reason=reason)
                 return Termination(txn.txid, pid, "in-doubt", others, tuple(states), reason)
             decision, reason = "commit", "every member prepared"
+        elif infer_commit and not excluded and self.exclude is not None:
+            # Someone unreachable and nobody decided: exclude it (its lease lapses first,
+            # so it serves nothing meanwhile), then decide among the remaining members.
+            lost = [b for b, st in zip(others, states) if st == "unreachable"]
+            why = f"unreachable during termination of {txn.txid}"
+            gone = [await self.exclude(rg, b, why) for b in lost]
+            if all(gone):
+                self.log.warn("excluded {bricks} from {rg} to terminate {txid}",
+                              bricks=lost, rg=rg.name, txid=txn.txid)
+                return await self.terminate(txn, infer_commit, peek, excluded=True)
+            self.log.warn("transaction {txid} stays in doubt: {states}", txid=txn.txid,
+                          states=states)
+            return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
+                               "a member is unreachable and could not be excluded")
         else:
             # Someone unreachable and nobody decided: stay prepared (ask again later).
             self.log.warn("transaction {txid} stays in doubt: {states}", txid=txn.txid,

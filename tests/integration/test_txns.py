@@ -20,6 +20,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from dds.maps import ClusterMap
 from dds import failpoints
 from dds.failpoints import CRASH_EXIT_CODE
 
@@ -182,46 +183,45 @@ async def test_txns_lists_and_repair_resolves_a_transaction_prepared_everywhere(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_transaction_past_its_deadline_with_a_member_stopped_is_in_doubt(
+async def test_a_transaction_past_its_deadline_with_two_members_stopped_is_in_doubt(
         hasty_cluster: Cluster) -> None:
+    """With two of three members stopped the third can neither decide (it needs every
+    member's answer) nor exclude them (a record change needs a majority of votes): the
+    transaction stays prepared, ``txns`` and ``repair`` say so, and it is committed once
+    the members answer again."""
     cluster = hasty_cluster
     await cluster.init(reactor)
     b1, b2, b3 = cluster.bricks
     crash_a_coordinator_after_prepare(cluster)
-    b3.send_signal(signal.SIGSTOP)          # before the deadline: termination cannot end
-    live = [b1, b2]
+    for b in (b2, b3):
+        b.send_signal(signal.SIGSTOP)       # before the deadline: termination cannot end
+    live = [b1]
 
     async def past_deadline() -> bool:
-        for b in live:
-            txns = (await call(cluster, b, "txns", {}))["txns"]
-            if not (len(txns) == 1 and txns[0]["deadline_passed"]):
-                return False
-        return True
-    await eventually(past_deadline, WAIT_S, "the deadline to pass on the live members")
+        txns = (await call(cluster, b1, "txns", {}))["txns"]
+        return len(txns) == 1 and bool(txns[0]["deadline_passed"])
+    await eventually(past_deadline, WAIT_S, "the deadline to pass on the live member")
 
     report = admin_json(cluster, "txns", "--timeout", "1", seeds=live)
-    assert report["in_doubt"] == 2 and report["unreachable"] == [b3.id]
-    for b in live:
-        [t] = by_brick(report)[b.id]
-        assert t["in_doubt"] is True and t["state"] == "prepared" and t["key"] == "in-doubt"
+    assert report["in_doubt"] == 1 and sorted(report["unreachable"]) == [b2.id, b3.id]
+    [t] = by_brick(report)[b1.id]
+    assert t["in_doubt"] is True and t["state"] == "prepared" and t["key"] == "in-doubt"
     human = admin(cluster, "txns", "--timeout", "1", seeds=live)
     assert human.returncode == 0, human.stderr
-    assert "2 in-doubt transaction(s) on 2 brick(s)" in human.stdout
+    assert "1 in-doubt transaction(s) on 1 brick(s)" in human.stdout
     assert "prepared, in doubt" in human.stdout and f"{b3.id} (" in human.stdout
 
-    # With b3 stopped the rule cannot decide: repair says so and fails.
+    # With b2 and b3 stopped the rule cannot decide: repair says so and fails.
     stuck = admin_json(cluster, "repair", "--timeout", "1", code=1, seeds=live)
     step = txns_step(stuck)
-    assert stuck["ok"] is False and step["still_in_doubt"] == 2
-    assert [u["brick"] for u in step["unreachable"]] == [b3.id]
+    assert stuck["ok"] is False and step["still_in_doubt"] == 1
+    assert sorted(u["brick"] for u in step["unreachable"]) == [b2.id, b3.id]
     assert all(o["decision"] == "in-doubt" and "unreachable" in o["states"]
                for o in step["resolved"])
-    assert await held(cluster, live) == {b.id: (1, 1) for b in live}
+    assert await held(cluster, live) == {b1.id: (1, 1)}
 
-    b3.send_signal(signal.SIGCONT)
-    fixed = admin_json(cluster, "repair", seeds=live)
-    assert fixed["ok"] is True, fixed
-    assert all(o["decision"] == "commit" for o in txns_step(fixed)["resolved"])
+    for b in (b2, b3):
+        b.send_signal(signal.SIGCONT)
 
     async def resolved() -> bool:
         return await held(cluster) == {b.id: (0, 0) for b in cluster.bricks}
@@ -230,3 +230,28 @@ async def test_a_transaction_past_its_deadline_with_a_member_stopped_is_in_doubt
     for b in cluster.bricks:
         assert await replica_value(cluster, client, b, KEY) == (VALUE, 1)
     await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_past_its_deadline_with_one_member_stopped_is_committed_by_the_others(
+        hasty_cluster: Cluster) -> None:
+    """DESIGN §4: a participant that cannot be reached is excluded first; the remaining
+    participants then decide among themselves (all prepared: commit)."""
+    cluster = hasty_cluster
+    await cluster.init(reactor)
+    b1, b2, b3 = cluster.bricks
+    crash_a_coordinator_after_prepare(cluster)
+    b3.send_signal(signal.SIGSTOP)
+    live = [b1, b2]
+
+    async def decided() -> bool:
+        return await held(cluster, live) == {b.id: (0, 0) for b in live}
+    await eventually(decided, WAIT_S, "the live members to decide without b3")
+    client = await cluster.client(reactor)
+    for b in live:
+        assert await replica_value(cluster, client, b, KEY) == (VALUE, 1)
+    await client.close()
+    for b in live:
+        held_map = ClusterMap.from_wire((await call(cluster, b, "map_get", {}))["map"])
+        _pid, rg = held_map.route(KEY)
+        assert b3.id not in rg.active_members      # excluded from the transaction's RG
