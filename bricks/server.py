@@ -30,7 +30,7 @@ from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyCh
                           CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
                           MapPush, Message, Ping, Prepare, Readmit, RecordDecide,
                           RecordPrepare, RecordState, Recover, Resolve, RestoreQuarantined,
-                          RGChange, RGStatus, Status, Txns, TxnState as TxnStateMsg, decode_request)
+                          RGChange, RGStatus, BoundedGet, Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.messages import MoveFinish, MovePull, RGUpdate
 from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS, roles_of
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
@@ -46,6 +46,7 @@ from dds.rpc import LATER, RPCProtocol, flush_sends
 from dds.version import VERSION
 
 from dds.bricks.admission import Admission, tls_sniffing_factory
+from dds.bricks.bounded import BoundedReads
 from dds.bricks.copysource import CopySessions
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
@@ -214,6 +215,10 @@ class Brick:
         # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
         self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
                                  self.recoveries, config.limits.max_frame_bytes)
+        self.bounded = BoundedReads(self.clock, self.leases, self.participant,
+                                    lambda *gate: self._gate(*gate)[2], self.storage,
+                                    lambda: self.recoveries.blocked)
+        self._handlers[BoundedGet] = self.bounded.get
         self._handlers[RangeChecksums] = self.scrubber.range_checksums
         self._handlers[RangeKeys] = self.scrubber.range_keys
         # Reorganization (DESIGN §8): administrative changes of RG records, moves.

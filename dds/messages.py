@@ -109,6 +109,26 @@ class Get(Message):
     rg_fp: int = attrs.field(validator=_u32)
 
 
+@attrs.frozen
+class BoundedGet(Message):
+    """Read one key with bounded staleness (DESIGN §3): any active replica answers if
+    it can prove its copy is at most ``max_stale_ms`` old; it does not wait on a prepared
+    key, and it may answer while its lease has lapsed for less than the bound.  Reply:
+    ``{"value": bytes|None, "version": int, "stale_ms": int}``: the value was current at
+    most ``stale_ms`` before the brick read it.  ``NotServing`` when it cannot prove that
+    within the bound."""
+
+    TYPE: ClassVar[str] = "bget"
+    TITLE: ClassVar[str] = "bounded get"
+    ROLES: ClassVar[frozenset[str]] = ANY_ROLE
+    pid: str = attrs.field(validator=_str)
+    key: bytes = attrs.field(validator=_bytes)
+    rg: str = attrs.field(validator=_str)
+    rg_version: int = attrs.field(validator=_u64)
+    rg_fp: int = attrs.field(validator=_u32)
+    max_stale_ms: int = attrs.field(validator=_u64)
+
+
 #: The compact read, for the hottest request: ``Get``'s fields by position, body
 #: ``[pid, rg, rg_version, rg_fp, key]``, reply ``[value, version]``: no field names to
 #: encode and decode.  Sent only to a brick that announced the ``g`` feature in its

@@ -8,9 +8,11 @@ too, so that only asyncio services load Twisted's asyncio reactor module.
 
 from typing import Any
 
+from dds.lib.bounded import LINEARIZABLE, Bounded
 from dds.lib.client import DDSClient, GetResult
 
-__all__ = ["DDSClient", "GetResult", "BlockingDDSClient", "AsyncDDSClient"]
+__all__ = ["DDSClient", "GetResult", "Bounded", "LINEARIZABLE", "BlockingDDSClient",
+           "AsyncDDSClient"]
 
 
 def __getattr__(name: str) -> Any:

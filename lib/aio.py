@@ -47,6 +47,7 @@ from zope.interface import implementer
 from dds.auth import Credentials
 from dds.maps import ClusterMap
 
+from dds.lib.bounded import Bounded
 from dds.lib.client import DDSClient, GetResult, TLSPaths
 
 __all__ = ["AsyncDDSClient"]
@@ -216,10 +217,12 @@ class AsyncDDSClient:
             raise RuntimeError("this AsyncDDSClient is closed")
         return self.loop
 
-    async def get(self, key: bytes, timeout: float | None = None) -> GetResult:
-        """The key's value and version (``value`` None: never written, or removed)."""
+    async def get(self, key: bytes, timeout: float | None = None,
+                  consistency: str | Bounded | None = None) -> GetResult:
+        """The key's value and version (``value`` None: never written, or removed);
+        ``consistency`` as for ``DDSClient.get``."""
         loop = self._here()
-        return await _future_of(self.client.get(key, timeout), loop)
+        return await _future_of(self.client.get(key, timeout, consistency), loop)
 
     async def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
         """Store ``value``; returns the key's new version."""

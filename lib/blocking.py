@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from dds.errors import Indeterminate, Timeout
 
+from dds.lib.bounded import Bounded
 from dds.lib.client import DDSClient, GetResult
 
 #: How long a thread waits beyond the operation's own timeout.  ``DDSClient`` answers
@@ -73,9 +74,11 @@ class BlockingDDSClient:
     def _limit(self, timeout: float | None) -> float:
         return self.timeout if timeout is None else timeout
 
-    def get(self, key: bytes, timeout: float | None = None) -> GetResult:
+    def get(self, key: bytes, timeout: float | None = None,
+            consistency: str | Bounded | None = None) -> GetResult:
         limit = self._limit(timeout)
-        return self._wait(limit, False, self._client.get, key, timeout=limit)
+        return self._wait(limit, False, self._client.get, key, timeout=limit,
+                          consistency=consistency)
 
     def put(self, key: bytes, value: bytes, timeout: float | None = None) -> int:
         limit = self._limit(timeout)

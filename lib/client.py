@@ -31,6 +31,7 @@ from dds.messages import GET_COMPACT
 from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
+from dds.lib.bounded import Bounded, bounded_get, check_consistency
 from dds.lib.exclusion import Excluder
 from dds.lib.logging_bridge import TO_LOGGING, library_logger
 from dds.lib.coordinator import UNREACHABLE, Coordinator, PrepareFailed
@@ -52,6 +53,9 @@ class GetResult:
 
     value: bytes | None
     version: int
+    #: How stale the value may be, in seconds: 0 for a linearizable read; for a bounded
+    #: one (``consistency=Bounded(s)``), at most ``s``.
+    stale_s: float = 0.0
 
 
 #: TLS files as paths: ``{"ca": …, "cert": …, "key": …}`` (or a ``(ca, cert, key)``
@@ -256,13 +260,24 @@ class DDSClient:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def get(self, key: bytes, timeout: float | None = None) -> Deferred[GetResult]:
+    def get(self, key: bytes, timeout: float | None = None,
+            consistency: str | Bounded | None = None) -> Deferred[GetResult]:
+        """The key's value and version.  ``consistency``: ``"linearizable"`` (the
+        default) or ``Bounded(seconds)``: any replica whose copy is provably at most that
+        old answers, without waiting on a prepared key (DESIGN §3)."""
         if type(key) is not bytes or len(key) > self.max_key_bytes:
             try:
                 self._check(key)
             except DDSError as e:
                 return _failed(e)
         timeout = timeout or self.timeout
+        if consistency is not None:
+            try:
+                bound = check_consistency(consistency)
+            except DDSError as e:
+                return _failed(e)
+            if bound is not None:
+                return self._run(bounded_get(self, key, timeout, bound))
         # Fast path, no coroutine: a routable key whose chosen replica is connected.
         try:
             route = self.router.route(self.maps.map, key)

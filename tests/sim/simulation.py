@@ -47,6 +47,7 @@ from tests.sim.nemesis import ALL_FAULTS, DEFAULT_FAULTS, Nemesis
 from tests.sim.workload import ClientProcess
 from tests.sim.world import SimWorld, derived_rng
 from tests.verify.history import Op
+from tests.verify.bounded import check_bounded_reads
 from tests.verify.linearizability import check_linearizable, check_lost_writes, describe
 
 __all__ = ["SimConfig", "SimResult", "Simulation", "TOPOLOGIES", "data_root", "main", "report",
@@ -305,6 +306,8 @@ class Simulation:
         for op in self.final.ops() if self.final else []:
             if op.status == "ok" and op.result_version is not None:
                 final[op.key] = (op.result_value, op.result_version)
+        bounded = check_bounded_reads(ops)
+        self.violations.extend(f"{v.kind}: {v.message}" for v in bounded.violations)
         lost = check_lost_writes(ops, final)
         self.lost.extend(f"{v.kind}: {v.message}" for v in lost.violations)
         self.violations.extend(self.replica_problems())

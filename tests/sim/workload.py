@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from dds.errors import DDSError, Indeterminate
+from dds.lib.bounded import Bounded
 from dds.lib.client import DDSClient, GetResult
 
 from tests.sim.nodes import NodeReactor
@@ -32,7 +33,9 @@ __all__ = ["ClientProcess", "OP_WEIGHTS", "sleep"]
 
 #: Relative frequency of each operation kind in the random workload.
 OP_WEIGHTS: dict[OpKind, int] = {"get": 35, "put": 20, "create": 10, "cas": 20,
-                                 "remove": 15}
+                                 "remove": 15, "bget": 10}
+#: The bound of the workload's bounded-staleness reads (``bget``).
+BOUND_S = 0.5
 _KINDS: list[OpKind] = list(OP_WEIGHTS)
 _WEIGHTS = list(OP_WEIGHTS.values())
 
@@ -85,15 +88,18 @@ class ClientProcess:
         if self.busy:
             raise RuntimeError(f"{self.name} is already running an operation")
         self.busy = True
-        value = None if kind in ("get", "remove") else self.value()
+        value = None if kind in ("get", "remove", "bget") else self.value()
         if kind == "cas" and expected is None:
             expected = self.expectation(key)
         handle = self.history.invoke(kind, key, value,
-                                     expected if kind == "cas" else None)
+                                     expected if kind == "cas" else
+                                     int(BOUND_S * 1000) if kind == "bget" else None)
         c = self.client
         d: Deferred[Any]
         if kind == "get":
             d = c.get(key)
+        elif kind == "bget":
+            d = c.get(key, consistency=Bounded(BOUND_S))
         elif kind == "put":
             assert value is not None
             d = c.put(key, value)

@@ -35,7 +35,8 @@ from typing import IO, Any, Literal, Self, cast, get_args
 
 import attrs
 
-OpKind = Literal["put", "get", "remove", "create", "cas"]
+#: ``bget`` is a bounded-staleness read; its bound (ms) is kept in ``expected_version``.
+OpKind = Literal["put", "get", "remove", "create", "cas", "bget"]
 Status = Literal["ok", "fail", "indeterminate"]
 
 KINDS: frozenset[str] = frozenset(get_args(OpKind))

@@ -86,7 +86,10 @@ def _fail_code(error: str | None) -> str:
 
 
 def _mode(op: Op) -> int | None:
-    """The op's constraint mode, or ``None`` if it constrains nothing and is dropped."""
+    """The op's constraint mode, or ``None`` if it constrains nothing and is dropped.
+    Bounded reads are not linearizable by design (``tests.verify.bounded`` checks them)."""
+    if op.kind == "bget":
+        return None
     if op.status == "ok":
         return _OK
     if op.kind == "get":
@@ -113,7 +116,7 @@ def describe(op: Op) -> str:
         args.append(f"expected={op.expected_version}")
     res: str = op.status
     if op.status == "ok":
-        res += f" ({b(op.result_value)}, v{op.result_version})" if op.kind == "get" \
+        res += f" ({b(op.result_value)}, v{op.result_version})" if op.kind in ("get", "bget") \
             else f" v{op.result_version}"
     elif op.error:
         res += f" {op.error}"
