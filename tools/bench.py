@@ -7,7 +7,7 @@ Phases, each with a progress bar on stderr:
    round trips in flight, for ``seconds``;
 2. load: ``clients`` worker processes (:mod:`dds.tools.benchworker`) put every key once;
 3. put in the acknowledged commit mode, then with parallel commit (the default), then
-   both again with one put in flight, then get: uniform random keys for ``seconds``
+   both again with one put in flight, then get, then bounded-staleness gets: uniform random keys for ``seconds``
    each, ``concurrency`` operations in flight split over the workers.
 
 CPU per operation is the user + system time (``/proc/PID/stat``) that the bricks and the
@@ -148,6 +148,7 @@ _PHASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("put", "_c1_ack_mode", {"mode": "ack", "concurrency": 1}),
     ("put", "_c1", {"concurrency": 1}),
     ("get", "", {}),
+    ("bget", "", {}),
 )
 
 
@@ -238,6 +239,7 @@ def bench(target: Target, params: BenchParams, report: dict[str, Any]) -> dict[s
         result[f"{op}_target"] = TARGETS[op]
         result[f"{op}_target_met"] = result[f"{op}_ratio"] >= TARGETS[op]
     result.update(commit_mode_ratios(result))
+    result["bounded_get_ops_s"] = result["bget_ops_s"]
     return result
 
 
@@ -274,6 +276,9 @@ def render(r: dict[str, Any], console: Console) -> None:
                   f"{r[f'cpu_us_per_{op}_clients']:,.0f})",
                   f"{r['floor_cpu_us_per_rtt']:,.1f} per rtt", "", "", "")
     console.print(t)
+    if "bounded_get_ops_s" in r:
+        console.print(f"bounded-staleness gets (0.5 s): {r['bounded_get_ops_s']:,.0f} ops/s, "
+                      f"p50 / p99 {r['bget_p50_ms']:.2f} / {r['bget_p99_ms']:.2f} ms")
     if "put_p50_ms_ack_mode" in r:
         m = Table(title="put: parallel commit against the acknowledged mode (same run)",
                   title_justify="left")
@@ -293,7 +298,7 @@ def render(r: dict[str, Any], console: Console) -> None:
     if not r["cpu_includes_all_bricks"]:
         console.print(f"[yellow]CPU figures include only {r['cpu_bricks_measured']} of "
                       f"{r['bricks']} bricks (the others are not visible from here)[/yellow]")
-    for op in ("load", "get", "put"):
+    for op in ("load", "get", "put", "bget"):
         errors = r.get(f"{op}_errors")
         if errors:
             first = r.get(f"{op}_first_error", "")

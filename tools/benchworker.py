@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from dds.auth import Credentials, secret_env
 from dds.errors import DDSError
-from dds.lib import DDSClient
+from dds.lib import Bounded, DDSClient
 from dds.tools import credfiles
 
 __all__ = ["key_of", "main"]
@@ -164,6 +164,8 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
                 end = time.perf_counter() + float(cmd["seconds"])
                 is_put = phase == "put"
                 writer = ack_client if cmd.get("mode") == "ack" else client
+                # "bget": bounded-staleness gets (DESIGN §3), within half a second.
+                bound = Bounded(0.5) if phase == "bget" else None
 
                 # Every key's name made once, and a uniform pick by ``random()`` (C)
                 # rather than ``randrange`` (Python): the driver's own cost per operation
@@ -175,7 +177,8 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
                     if time.perf_counter() >= end:
                         return None
                     key = names[int(pick() * n_keys)]
-                    return writer.put(key, value) if is_put else client.get(key)
+                    return (writer.put(key, value) if is_put
+                            else client.get(key, consistency=bound))
                 p = Phase(phase, timed_next)
             emit(**await p.run(reactor, int(cmd.get("concurrency", args.concurrency))))
     finally:

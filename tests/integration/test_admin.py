@@ -228,7 +228,7 @@ BENCH_KEYS = ("get_ops_s", "put_ops_s", "get_p50_ms", "get_p99_ms", "put_p50_ms"
               "put_p99_ms", "cpu_us_per_get", "cpu_us_per_put", "floor_rtt_s", "get_ratio",
               "put_ratio", "put_p50_ms_ack_mode", "cpu_us_per_put_ack_mode", "put_p50_ms_c1",
               "put_p50_ms_c1_ack_mode", "put_p50_parallel_to_ack",
-              "cpu_per_put_parallel_to_ack")
+              "cpu_per_put_parallel_to_ack", "bounded_get_ops_s")
 
 
 def test_bench_smoke(local_cluster: Path) -> None:
