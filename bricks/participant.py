@@ -459,13 +459,32 @@ class Participant:
         waiter = (wanted, d)
         self._quiet_waiters.append(waiter)
         timer = self.clock.callLater(timeout_s, self._quiet_timeout, d)
+        # A drain must not wait out a transaction deadline for a COMMIT that was lost or
+        # a coordinator that died: ask about what it waits for, as a blocked read does.
+        asking: list[IDelayedCall] = []
+        asking.append(self.clock.callLater(0, self._nudge_drained, wanted, asking, d))
         try:
             return await d
         finally:
             if timer.active():
                 timer.cancel()
+            if asking[0].active():
+                asking[0].cancel()
             if waiter in self._quiet_waiters:
                 self._quiet_waiters.remove(waiter)
+
+    #: How often a drain (``quiesce``) asks about the transactions it waits for.
+    DRAIN_ASK_S = 0.1
+
+    def _nudge_drained(self, wanted: frozenset[PartitionId], asking: list[IDelayedCall],
+                       d: Deferred[bool]) -> None:
+        if d.called:
+            return
+        for txn in list(self.active.values()):
+            if txn.pid in wanted and txn.state is TxnState.PREPARED:
+                self.on_blocked(txn.lock_key)
+        asking[0] = self.clock.callLater(self.DRAIN_ASK_S, self._nudge_drained, wanted,
+                                         asking, d)
 
     @staticmethod
     def _quiet_timeout(d: Deferred[bool]) -> None:

@@ -189,6 +189,26 @@ def test_quiesce_returns_false_when_a_transaction_never_resolves(src: Source) ->
     assert done == [False]
 
 
+def test_a_drain_asks_about_the_prepared_transactions_it_waits_for(src: Source) -> None:
+    """A lost COMMIT or a dead coordinator must not keep a fence's drain waiting for the
+    transaction deadline: the drain asks (``on_blocked``, which termination answers)
+    at once and every ``DRAIN_ASK_S`` while it waits."""
+    asked: list[Any] = []
+    src.participant.on_blocked = asked.append
+    txid, _vote = src.prepare(P0)
+    src.prepare(P1)                         # another partition: not asked about
+    src.clock.advance(0)
+    outcome(src.participant.quiesce({P0}, 5.0))
+    src.clock.advance(0)
+    assert [k[0] for k in asked] == ["p1.0"]
+    src.clock.advance(src.participant.DRAIN_ASK_S)
+    assert len(asked) == 2
+    outcome(src.participant.commit(txid))
+    src.clock.advance(0)
+    src.clock.advance(1.0)
+    assert len(asked) == 2                  # drained: no more questions
+
+
 # -- copy sessions ----------------------------------------------------------------------
 
 def test_begin_snapshots_every_partition(src: Source) -> None:
