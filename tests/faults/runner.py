@@ -6,7 +6,9 @@ seeded nemesis, then final reads and the linearizability and lost-write checks.
 [--keep] [--plan-only]``
 
 It prints the seed and the enabled nemeses first and, at the end, the summary line
-``ops=N ok=N indeterminate=N faults=N violations=N lost=N``.  The exit code is 0 only if
+``ops=N ok=N indeterminate=N faults=N violations=N lost=N write_gap_ms=N read_p99_ms=N``
+(the longest time a key went without a successful write after the first fault, and the
+99th percentile of get latency).  The exit code is 0 only if
 there is no violation, no lost write, no replica divergence and no brick that exited by
 itself, and the profile's floors are met: operations, faults (``verify``/``soak``: every
 enabled kind at least once) and throughput before the first fault (>= 50 ops/s).
@@ -267,12 +269,39 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         pool.close()
         nemesis.close()
     return verdict(prof, kinds, len(schedule), nemesis, [h for _, h in clients], run,
-                   finals, problems)
+                   finals, problems, commit_mode)
+
+
+def write_gap_ms(ops: list[Op], after: float | None) -> int:
+    """The longest time, over keys, between two successful writes of one key (by their
+    completion), from the first fault on: how long a fault kept a key unwritable.  Keys
+    are written by several workers back to back, so without faults the gap is a few
+    operations long."""
+    if after is None:
+        return 0
+    by_key: dict[bytes, list[float]] = {}
+    for o in ops:
+        if o.is_write and o.status == "ok" and o.complete_t is not None \
+                and o.complete_t >= after:
+            by_key.setdefault(o.key, []).append(o.complete_t)
+    gap = 0.0
+    for times in by_key.values():
+        times.sort()
+        gap = max([gap] + [b - a for a, b in zip(times, times[1:])])
+    return int(gap * 1000)
+
+
+def read_p99_ms(ops: list[Op]) -> float:
+    """The 99th percentile of successful gets' latency over the whole run."""
+    lat = sorted(o.complete_t - o.invoke_t for o in ops
+                 if o.kind == "get" and o.status == "ok" and o.complete_t is not None)
+    return lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else 0.0
 
 
 def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
             histories: list[Path], run: Path,
-            finals: dict[bytes, tuple[bytes | None, int]], problems: list[str]) -> int:
+            finals: dict[bytes, tuple[bytes | None, int]], problems: list[str],
+            commit_mode: str = "mixed") -> int:
     t0 = time.monotonic()
     client_ops = load_histories(histories)
     all_ops = load_histories(histories + [run / "history-final.jsonl"])
@@ -306,8 +335,15 @@ def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
                         f"{MIN_THROUGHPUT:.0f}")
     for p in problems:
         echo(f"PROBLEM: {p[:2000]}")
+    modes = {m: [o for o in client_ops if commit_mode_of(o.process, commit_mode) == m]
+             for m in ("parallel", "ack")}
+    echo("longest write gap by commit mode: " + " ".join(
+        f"{m}={write_gap_ms(ops, nemesis.first_fault_t)}ms" for m, ops in modes.items()
+        if ops))
     echo(f"ops={len(client_ops)} ok={ok} indeterminate={indet} faults={n_faults} "
-         f"violations={len(lin.violations)} lost={len(lost.violations)}")
+         f"violations={len(lin.violations)} lost={len(lost.violations)} "
+         f"write_gap_ms={write_gap_ms(client_ops, nemesis.first_fault_t)} "
+         f"read_p99_ms={read_p99_ms(client_ops):.0f}")
     return 0 if not (problems or lin.violations or lost.violations) else 1
 
 
