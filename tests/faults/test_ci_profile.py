@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(r"^ops=(\d+) ok=(\d+) indeterminate=(\d+) faults=(\d+) "
-                     r"violations=(\d+) lost=(\d+)$", re.MULTILINE)
+                     r"violations=(\d+) lost=(\d+) write_gap_ms=(\d+) read_p99_ms=(\d+)$",
+                     re.MULTILINE)
 
 
 def _processes_under(run_dir: Path) -> list[int]:
@@ -63,6 +64,6 @@ def test_ci_profile_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"seed {seed.group(1)}:\n{out[-6000:]}"
     m = SUMMARY.search(out)
     assert m, out[-3000:]
-    ops, ok, indet, faults, violations, lost = map(int, m.groups())
+    ops, ok, indet, faults, violations, lost, _gap, _p99 = map(int, m.groups())
     assert ops >= 2_000 and faults >= 20 and ok + indet <= ops
     assert violations == 0 and lost == 0
