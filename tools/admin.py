@@ -165,7 +165,12 @@ def _print_init(result: Any) -> None:
 @reports_errors
 def status(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
            local_dir: Path, as_json: bool, timeout: float) -> None:
-    """Bricks, replica groups and map agreement of a running cluster."""
+    """Bricks, replica groups and map agreement of a running cluster.
+
+    Exit status 0 when the cluster is healthy (every brick that is not retired answers,
+    one map fingerprint, no divergence: "ok" in --json); 1 when it is not (the report is
+    printed all the same), or when no seed answers; 2 for a bad option.
+    """
     _status(_target(seeds, secret_file, cluster_name, local, local_dir), as_json, timeout)
 
 
@@ -177,6 +182,8 @@ def _status(target: Target, as_json: bool, timeout: float) -> None:
         ui.print_json(report)
     else:
         render(report, ui.out)
+    if not report["ok"]:
+        sys.exit(1)
 
 
 # -- recover -----------------------------------------------------------------------------------
@@ -825,7 +832,7 @@ def local_down(local_dir: Path, purge: bool) -> None:
 @click.option("--timeout", type=float, default=5.0, show_default=True)
 @reports_errors
 def local_status(local_dir: Path, as_json: bool, timeout: float) -> None:
-    """`dds-admin status` for the local cluster in --dir."""
+    """`dds-admin status` for the local cluster in --dir (the same exit status)."""
     _status(resolve_target(None, None, True, local_dir, None), as_json, timeout)
 
 
