@@ -74,6 +74,7 @@ from dds.auth import ROLES, Credentials
 from dds.codec import DEFAULT_MAX_FRAME, decode_payload, encode_frame, pack
 from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, FrameTooLarge,
                         InternalError, ProtocolError, Timeout, from_wire)
+from dds.messages import title
 from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
 
@@ -762,7 +763,7 @@ class RPCProtocol(Protocol):
             callback, arg, _at, mtype, timeout = self._pending.pop(rid)
             self.outstanding -= 1
             self._run_callback(callback, arg, Timeout(
-                f"{mtype} to {self.peer_id} timed out after {timeout:g}s"))
+                f"{title(mtype)} to {self.peer_id} timed out after {timeout:g}s"))
         if self._pending and self.state is not State.CLOSED:
             at = min(entry[2] for entry in self._pending.values())
             if at < _NEVER:
@@ -824,7 +825,7 @@ class RPCProtocol(Protocol):
             self.log.failure("internal error handling {mtype}", failure=failure,
                              mtype=mtype)
             self.metrics.inc("internal_errors_total")
-            error = InternalError(f"{mtype}: {error.__class__.__name__}: {error}")
+            error = InternalError(f"{title(mtype)}: {error.__class__.__name__}: {error}")
         if self.state is State.READY:
             self._send("err", rid, error.to_wire())
 
