@@ -346,7 +346,37 @@ def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
         j.render_cancel(report, ui.out)
 
 
-# -- move ----------------------------------------------------------------------------------------
+# -- move, split and merge (DESIGN §8; tools/move.py, tools/split.py, tools/reorg.py) ------
+
+def _reorg_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="print one JSON object at the end instead of a progress bar")(fn)
+    fn = click.option("--dry-run", is_flag=True,
+                      help="print the plan (partitions, groups, bricks, size); change "
+                           "nothing")(fn)
+    return fn
+
+
+def _run_reorg(kind: str, unit: str, job: Callable[..., Any]) -> None:
+    """Run ``job(reactor, say, progress)`` with a progress view, print its report."""
+    from dds.tools import reorg
+
+    ctx = click.get_current_context()
+    as_json, dry_run = ctx.params["as_json"], ctx.params["dry_run"]
+    what = {"move": "copying", "split": "building: rows routed",
+            "merge": "building: rows routed"}[kind]
+    view: reorg.View = reorg.QuietView() if as_json else reorg.ProgressView(ui.err, unit,
+                                                                           what)
+    try:
+        result = run(lambda reactor: job(reactor, view.step,
+                                         None if as_json or dry_run else view.progress))
+    finally:
+        view.end()
+    if as_json:
+        ui.print_json(result)
+    else:
+        reorg.render(result, ui.out)
+
 
 @main.command()
 @target_options
@@ -355,91 +385,59 @@ def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
 @click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
               metavar="MB/S", help="bandwidth limit of each copy (0: none) [default: the "
               "source brick's brick.move_rate_mb_s, 40]")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object at the end")
+@_reorg_options
 @reports_errors
 def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
          local_dir: Path, partition: str, to_rg: str, rate_mb_s: int | None,
-         as_json: bool) -> None:
+         as_json: bool, dry_run: bool) -> None:
     """Move PARTITION to replica group RG, online: copied while writes go on, writes paused
     only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
     it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
     from dds.tools import move as mv
 
     target = _target(seeds, secret_file, cluster_name, local, local_dir)
-    say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
-    result = run(lambda reactor: mv.move(reactor, target, partition, to_rg, say,
-                                         rate_mb_s=rate_mb_s))
-    if as_json:
-        ui.print_json(result)
-    else:
-        ui.out.print(f"moved {result['pid']} from {result['from_rg']} to {result['to_rg']}: "
-                     f"{result['bytes']:,} bytes in {result['seconds']:.2f}s "
-                     f"(job {result['job']})")
+    _run_reorg("move", "bytes", lambda reactor, say, progress: mv.move(
+        reactor, target, partition, to_rg, say, progress, rate_mb_s=rate_mb_s,
+        dry_run=dry_run, measure=True))
 
 
-# -- split and merge (DESIGN §8; tools/split.py) ----------------------------------------------
-
-def _reshape(kind: str, target: Target, partition: str, as_json: bool) -> None:
+def _reshape(kind: str, target: Target, partition: str) -> None:
     from dds.tools import split as sp
 
-    say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
-    bar = None if as_json else ui.progress()
-    task: list[Any] = []
-
-    def progress(done: int, total: int) -> None:
-        assert bar is not None
-        if not task:
-            task.append(bar.add_task("building: rows routed", total=max(total, 1)))
-        bar.update(task[0], completed=done, total=max(total, 1))
-
-    try:
-        if bar is not None:
-            bar.start()
-        result = run(lambda reactor: sp.reshape(reactor, target, kind, partition, say,
-                                                None if as_json else progress))
-    finally:
-        if bar is not None:
-            bar.stop()
-    if as_json:
-        ui.print_json(result)
-    else:
-        keys = ", ".join(f"{t}: {n:,} keys" for t, n in sorted(result["keys"].items()))
-        done = "split" if kind == "split" else "merged"
-        ui.out.print(f"{done} {' + '.join(result['sources'])} into "
-                     f"{' + '.join(result['targets'])} in {result['rg']} ({keys}) in "
-                     f"{result['seconds']:.2f}s, writes paused {result['fence_s']:.3f}s "
-                     f"(job {result['job']})")
+    dry_run = click.get_current_context().params["dry_run"]
+    _run_reorg(kind, "rows", lambda reactor, say, progress: sp.reshape(
+        reactor, target, kind, partition, say, progress, dry_run=dry_run, measure=True))
 
 
 @main.command()
 @target_options
 @click.argument("partition")
-@click.option("--json", "as_json", is_flag=True,
-              help="print one JSON object at the end instead of a progress bar")
+@_reorg_options
 @reports_errors
 def split(seeds: str | None, secret_file: str | None, cluster_name: str | None,
-          local: bool, local_dir: Path, partition: str, as_json: bool) -> None:
+          local: bool, local_dir: Path, partition: str, as_json: bool,
+          dry_run: bool) -> None:
     """Split PARTITION into its two children, in place in its replica group, online: each
     member builds them from its own replica while writes go on; writes to PARTITION pause
     only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
     it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
     _reshape("split", _target(seeds, secret_file, cluster_name, local, local_dir),
-             partition, as_json)
+             partition)
 
 
 @main.command()
 @target_options
 @click.argument("partition")
-@click.option("--json", "as_json", is_flag=True,
-              help="print one JSON object at the end instead of a progress bar")
+@_reorg_options
 @reports_errors
 def merge(seeds: str | None, secret_file: str | None, cluster_name: str | None,
-          local: bool, local_dir: Path, partition: str, as_json: bool) -> None:
+          local: bool, local_dir: Path, partition: str, as_json: bool,
+          dry_run: bool) -> None:
     """Merge PARTITION with its sibling (or, given a parent, its two children) into their
     parent, in place: both must be active in one replica group.  Online and journaled like
     `split`."""
     _reshape("merge", _target(seeds, secret_file, cluster_name, local, local_dir),
-             partition, as_json)
+             partition)
 
 
 # -- scrub -------------------------------------------------------------------------------------

@@ -1065,7 +1065,7 @@ class Executor:
             raise ChangeFailed(f"{c.pid} is active in {where or 'no RG'} now, not {c.rg}")
         result = await mv.move(self.cl.reactor, self.cl.target, c.pid, c.to_rg, self.say,
                                rate_mb_s=self.options.rate_mb_s)
-        self.copied[n] = int(result.get("bytes", 0))
+        self.copied[n] = int(result.get("copied_bytes", 0))
         for rg in c.rgs:
             await self.cl.record(rg)
         await self.job.step(f"{n}.moved")
