@@ -111,7 +111,8 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 @click.version_option(VERSION, prog_name="dds-admin", message="%(prog)s %(version)s")
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
-    add-brick, remove-brick, rebalance, jobs, cancel, scrub, txns, repair, bench."""
+    add-brick, remove-brick, forget-brick, rebalance, jobs, cancel, scrub, txns, repair,
+    bench, certs."""
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -571,6 +572,33 @@ def remove_brick(seeds: str | None, secret_file: str | None, cluster_name: str |
     _run_membership(m.remove_brick, _target(seeds, secret_file, cluster_name, local,
                                             local_dir), as_json, dry_run, parallel,
                     timeout, bricks=list(dict.fromkeys(bricks)), drain=drain, force=force)
+
+
+@main.command("forget-brick")
+@target_options
+@click.argument("bricks", metavar="BRICK...", nargs=-1, required=True)
+@click.option("--dry-run", is_flag=True, help="check only; change nothing")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def forget_brick(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+                 local: bool, local_dir: Path, bricks: tuple[str, ...], dry_run: bool,
+                 as_json: bool, timeout: float) -> None:
+    """Forget BRICK (one or more) for good: a brick that remove-brick retired and that is
+    stopped disappears from status, repair, jobs and placement.  Refused, with nothing
+    changed, while it is in a replica group, not retired, or still answers."""
+    from dds.tools import forget as fg
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    say = (lambda text: None) if as_json else ui.say
+    report = run(lambda reactor: fg.forget_bricks(
+        reactor, target, list(dict.fromkeys(bricks)), dry_run=dry_run, timeout=timeout,
+        say=say))
+    if as_json:
+        ui.print_json(report)
+    else:
+        fg.render(report, ui.out)
 
 
 @main.command()
