@@ -117,7 +117,20 @@ def main() -> None:
 
 # -- init ------------------------------------------------------------------------------------
 
+def _help_config(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``init --help-config``: every cluster setting, its default and meaning."""
+    if not value or ctx.resilient_parsing:
+        return
+    from dds.config import ClusterConfig, describe
+
+    click.echo(describe(ClusterConfig), nl=False)
+    ctx.exit(0)
+
+
 @main.command()
+@click.option("--help-config", is_flag=True, expose_value=False, is_eager=True,
+              callback=_help_config,
+              help="print every cluster setting with its default and meaning, and exit")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
               help="cluster configuration (TOML)")
 @click.option("--secret-file", type=click.Path(dir_okay=False), default=None,
