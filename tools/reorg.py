@@ -86,12 +86,8 @@ def render(result: dict[str, Any], console: Console) -> None:
     """One line for people: the plan (``--dry-run``) or what was done."""
     r = result
     src, dst = " + ".join(r["sources"]), " + ".join(r["targets"])
-    if r["kind"] == "move":
-        what = f"{r['pid']} from {r['from_rg']} to {r['to_rg']}"
-    elif r["kind"] == "split":
-        what = f"{src} into {dst} in {r['from_rg']}"
-    else:
-        what = f"{src} into {dst} in {r['from_rg']}"
+    what = (f"{r['pid']} from {r['from_rg']} to {r['to_rg']}" if r["kind"] == "move"
+            else f"{src} into {dst} in {r['from_rg']}")
     if r["dry_run"]:
         verb = {"move": "would move", "split": "would split", "merge": "would merge"}[r["kind"]]
         how = (f"copied from {r.get('source')} to {', '.join(r['to_bricks'])}"
