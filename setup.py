@@ -5,7 +5,33 @@ subpackages ``dds.bricks``, ``dds.lib`` and ``dds.tools``.  No generic top-level
 ``tools`` package ever reaches a user's site-packages.
 """
 
+from pathlib import Path
+
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+#: The folder holding only ``twisted/plugins/dds_brick.py``, the twistd plugin.
+PLUGIN_ROOT = HERE / "plugin"
+
+
+class BuildPy(build_py):
+    """An editable install leaves the plugin where it is, and Twisted looks for plugins
+    only in ``twisted/plugins`` folders of ``sys.path`` entries: write a ``.pth`` file
+    naming ``plugin/`` (never the repository root, whose ``tools``, ``lib`` and
+    ``tests`` would become top-level packages) next to the editable finder, so that
+    ``twistd dds-brick`` works from any directory.  A regular install copies the
+    plugin into ``twisted/plugins`` instead (``packages``, ``package_dir``)."""
+
+    def run(self) -> None:
+        super().run()
+        if not getattr(self, "editable_mode", False):
+            return
+        # editable_wheel points install_lib at the wheel being built (setuptools >= 64).
+        target = Path(self.get_finalized_command("install").install_lib)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "dds-twisted-plugin.pth").write_text(f"{PLUGIN_ROOT}\n")
+
 
 setup(
     name="dds",
@@ -18,7 +44,9 @@ setup(
         "dds.bricks": "bricks",
         "dds.lib": "lib",
         "dds.tools": "tools",
+        "twisted.plugins": "plugin/twisted/plugins",
     },
+    cmdclass={"build_py": BuildPy},
     package_data={"dds": ["py.typed"], "twisted.plugins": ["dds_brick.py"]},
     install_requires=[
         "twisted[tls]>=23.10",

@@ -105,13 +105,22 @@ def open_log(path: str) -> IO[str]:
     return open(path, "a", encoding="utf-8")
 
 
+def make_observer(level: str = "info", fmt: str = "json", file: str | None = None,
+                  node: str = "") -> tuple[FilteringLogObserver, LineObserver]:
+    """The brick's log observer as ``[log]`` says (``level``, ``fmt``, ``file`` or
+    standard output), and its line writer, whose ``reopen`` a SIGHUP handler calls.
+    OSError if the file cannot be opened.  ``dds-brick`` starts logging with it; under
+    ``twistd`` it is the application's observer (``dds.bricks.tap``)."""
+    out: IO[str] = open_log(file) if file else sys.stdout
+    lines = LineObserver(out, fmt, node, path=file)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    return FilteringLogObserver(lines, [predicate, _NoFactoryChatter()]), lines
+
+
 def start_logging(level: str = "info", fmt: str = "json", file: str | None = None,
                   node: str = "") -> LineObserver:
     """Log to ``file`` (or standard output); the observer, whose ``reopen`` a SIGHUP
     handler calls.  OSError if the file cannot be opened."""
-    out: IO[str] = open_log(file) if file else sys.stdout
-    lines = LineObserver(out, fmt, node, path=file)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    observer = FilteringLogObserver(lines, [predicate, _NoFactoryChatter()])
+    observer, lines = make_observer(level, fmt, file, node)
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     return lines

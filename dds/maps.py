@@ -68,6 +68,15 @@ class ClusterMap:
 
     @functools.cached_property
     def bricks(self) -> dict[str, BrickRecord]:
+        """The bricks of the cluster: every brick record but the tombstones of forgotten
+        bricks (``dds-admin forget-brick``), which nothing contacts, lists or places."""
+        return {r.id: r for r in self.records.values()
+                if isinstance(r, BrickRecord) and not r.forgotten}
+
+    @functools.cached_property
+    def brick_records(self) -> dict[str, BrickRecord]:
+        """Every brick record, forgotten ones included (a new record for the same id
+        must be at a higher version than the tombstone)."""
         return {r.id: r for r in self.records.values() if isinstance(r, BrickRecord)}
 
     @functools.cached_property

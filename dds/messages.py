@@ -49,19 +49,33 @@ ADMIN_ONLY: frozenset[str] = frozenset({"admin"})
 
 
 class Message:
-    """Base: ``TYPE`` names the frame type; ``to_wire`` gives the body dict; ``ROLES``
-    the roles that may send it (admin and brick unless a class says otherwise)."""
+    """Base: ``TYPE`` names the frame type; ``TITLE`` the operation, for people (errors
+    a user reads say "get to b2 timed out", never the wire's ``g``); ``to_wire`` gives
+    the body dict; ``ROLES`` the roles that may send it (admin and brick unless a class
+    says otherwise)."""
 
     TYPE: ClassVar[str] = ""
+    TITLE: ClassVar[str] = ""
     ROLES: ClassVar[frozenset[str]] = STAFF
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
         if cls.TYPE:
+            if not cls.__dict__.get("TITLE"):
+                raise TypeError(f"message {cls.__name__} ({cls.TYPE!r}) has no TITLE")
             _REGISTRY[cls.TYPE] = cls
 
     def to_wire(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
+
+
+def title(mtype: str) -> str:
+    """The operation a frame type stands for, in words: what user-facing errors say.
+    An unknown type (a peer's, or a reply frame) is quoted, so it never passes for one."""
+    if mtype == GET_COMPACT:
+        return "get"
+    cls = _REGISTRY.get(mtype)
+    return cls.TITLE if cls is not None else f"{mtype!r:.40} request"
 
 
 def roles_of(mtype: str) -> frozenset[str]:
@@ -101,6 +115,7 @@ class Get(Message):
     """Read one key.  Reply: ``{"value": bytes|None, "version": int}``."""
 
     TYPE: ClassVar[str] = "get"
+    TITLE: ClassVar[str] = "get"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     pid: str = attrs.field(validator=_str)
     key: bytes = attrs.field(validator=_bytes)
@@ -143,6 +158,7 @@ class Prepare(Message):
     error reply (``Locked``, ``Exists``, ``VersionMismatch``, ``StaleMap``, ``NotServing``)."""
 
     TYPE: ClassVar[str] = "prepare"
+    TITLE: ClassVar[str] = "write (prepare)"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     txid: TxnId = attrs.field(converter=_pair)
     ts: tuple[int, int] = attrs.field(converter=_pair)
@@ -169,6 +185,7 @@ class Commit(Message):
     """Phase two, commit.  Reply: ``{"version": new}``."""
 
     TYPE: ClassVar[str] = "commit"
+    TITLE: ClassVar[str] = "write (commit)"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     txid: TxnId = attrs.field(converter=_pair)
 
@@ -178,6 +195,7 @@ class Abort(Message):
     """Phase two, abort.  Reply: ``{}``."""
 
     TYPE: ClassVar[str] = "abort"
+    TITLE: ClassVar[str] = "write (abort)"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     txid: TxnId = attrs.field(converter=_pair)
 
@@ -189,6 +207,7 @@ class MapGet(Message):
     """Reply: ``{"map": [record, ...]}`` (canonical record encodings)."""
 
     TYPE: ClassVar[str] = "map_get"
+    TITLE: ClassVar[str] = "map request"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
 
 
@@ -198,6 +217,7 @@ class MapPush(Message):
     Reply: ``{"adopted": int, "conflicts": [record id, ...]}``."""
 
     TYPE: ClassVar[str] = "map_push"
+    TITLE: ClassVar[str] = "map push"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     records: list[Any] = attrs.field(validator=v.instance_of(list))
 
@@ -207,6 +227,7 @@ class Gossip(Message):
     """Digest exchange.  Reply: ``{"records": [newer records], "want": [record ids]}``."""
 
     TYPE: ClassVar[str] = "gossip"
+    TITLE: ClassVar[str] = "map gossip"
     ROLES: ClassVar[frozenset[str]] = PEERS
     digest: list[Any] = attrs.field(validator=v.instance_of(list))
 
@@ -219,6 +240,7 @@ class Status(Message):
     counters) for ``dds-admin status``."""
 
     TYPE: ClassVar[str] = "status"
+    TITLE: ClassVar[str] = "status request"
 
 
 @attrs.frozen
@@ -228,6 +250,7 @@ class RestoreQuarantined(Message):
     ``{"pid": str, "file": str, "quarantined_at": float}``."""
 
     TYPE: ClassVar[str] = "restore_quarantined"
+    TITLE: ClassVar[str] = "quarantine restore"
     ROLES: ClassVar[frozenset[str]] = ADMIN_ONLY
     pid: str = attrs.field(validator=_str)
 
@@ -237,6 +260,7 @@ class Checksum(Message):
     """Reply: ``{"count": live keys, "checksum": int, "last_lsn": int}`` of one replica."""
 
     TYPE: ClassVar[str] = "checksum"
+    TITLE: ClassVar[str] = "checksum request"
     pid: str = attrs.field(validator=_str)
 
 
@@ -245,6 +269,7 @@ class Ping(Message):
     """Reply: ``{}``; used by liveness checks and the echo floor."""
 
     TYPE: ClassVar[str] = "ping"
+    TITLE: ClassVar[str] = "ping"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
 
 
@@ -258,6 +283,7 @@ class TxnState(Message):
     from its data: the key at ``new_version`` or later means it was committed there."""
 
     TYPE: ClassVar[str] = "txn_state"
+    TITLE: ClassVar[str] = "transaction state query"
     ROLES: ClassVar[frozenset[str]] = PEERS
     txid: TxnId = attrs.field(converter=_pair)
     pid: str | None = attrs.field(default=None, validator=v.optional(_str))
@@ -275,6 +301,7 @@ class Failpoint(Message):
     ``{"armed": {name: action, ...}}``, every failpoint armed afterwards."""
 
     TYPE: ClassVar[str] = "failpoint"
+    TITLE: ClassVar[str] = "failpoint request"
     name: str = attrs.field(validator=_str)
     action: str | None = attrs.field(default=None, validator=v.optional(_str))
 
@@ -306,6 +333,7 @@ class Txns(Message):
     (negative once passed).  A prepared transaction past its deadline is in doubt."""
 
     TYPE: ClassVar[str] = "txns"
+    TITLE: ClassVar[str] = "transaction list"
 
 
 @attrs.frozen
@@ -323,6 +351,7 @@ class Resolve(Message):
     """
 
     TYPE: ClassVar[str] = "resolve"
+    TITLE: ClassVar[str] = "transaction resolution"
     txid: TxnId | None = attrs.field(default=None, converter=_opt_pair)
     force: bool = attrs.field(default=False, validator=v.instance_of(bool))
 
@@ -337,6 +366,7 @@ class Lease(Message):
     period, counted from when the grantor received the request."""
 
     TYPE: ClassVar[str] = "lease"
+    TITLE: ClassVar[str] = "lease request"
     ROLES: ClassVar[frozenset[str]] = PEERS
     holder: str = attrs.field(validator=_str)
     rgs: list[str] = attrs.field(validator=v.deep_iterable(_str, v.instance_of(list)))
@@ -357,6 +387,7 @@ class RGChange(Message):
     votes), or ``StaleMap`` with this brick's newer record."""
 
     TYPE: ClassVar[str] = "rg_change"
+    TITLE: ClassVar[str] = "member state change"
     ROLES: ClassVar[frozenset[str]] = ANY_ROLE
     rg: str = attrs.field(validator=_str)
     version: int = attrs.field(validator=_u64)
@@ -374,6 +405,7 @@ class RecordPrepare(Message):
     own grant to it.  Reply: ``{}`` (YES) or ``Refused``/``StaleMap`` (NO)."""
 
     TYPE: ClassVar[str] = "record_prepare"
+    TITLE: ClassVar[str] = "record change (prepare)"
     ROLES: ClassVar[frozenset[str]] = PEERS
     change: tuple[int, int] = attrs.field(converter=_pair)
     coordinator: str = attrs.field(validator=_str)
@@ -393,6 +425,7 @@ class RecordDecide(Message):
     lock).  Reply: ``{}``."""
 
     TYPE: ClassVar[str] = "record_decide"
+    TITLE: ClassVar[str] = "record change (decision)"
     ROLES: ClassVar[frozenset[str]] = PEERS
     change: tuple[int, int] = attrs.field(converter=_pair)
     commit: bool = attrs.field(validator=v.instance_of(bool))
@@ -408,6 +441,7 @@ class RecordState(Message):
     newer record answers ``aborted`` and can no longer commit it."""
 
     TYPE: ClassVar[str] = "record_state"
+    TITLE: ClassVar[str] = "record change query"
     ROLES: ClassVar[frozenset[str]] = PEERS
     change: tuple[int, int] = attrs.field(converter=_pair)
     rg: str = attrs.field(validator=_str)
@@ -429,6 +463,7 @@ class CopyBegin(Message):
     """
 
     TYPE: ClassVar[str] = "copy_begin"
+    TITLE: ClassVar[str] = "partition copy (begin)"
     ROLES: ClassVar[frozenset[str]] = PEERS
     rg: str = attrs.field(validator=_str)
     target: str = attrs.field(validator=_str)
@@ -447,6 +482,7 @@ class CopyChunk(Message):
     """One chunk of a snapshot.  Reply: ``{"data": bytes, "checksum": xxh64 of data}``."""
 
     TYPE: ClassVar[str] = "copy_chunk"
+    TITLE: ClassVar[str] = "partition copy (chunk)"
     ROLES: ClassVar[frozenset[str]] = PEERS
     session: int = attrs.field(validator=_session)
     pid: str = attrs.field(validator=_str)
@@ -462,6 +498,7 @@ class CopyFence(Message):
     ``timeouts.copy_fence_ms`` unless the target is readmitted first."""
 
     TYPE: ClassVar[str] = "copy_fence"
+    TITLE: ClassVar[str] = "partition copy (write fence)"
     session: int = attrs.field(validator=_session)
 
 
@@ -471,6 +508,7 @@ class CopyDelta(Message):
     most ``limit``.  Reply: ``{"rows": [[key, value, version, lsn], ...], "more": bool}``."""
 
     TYPE: ClassVar[str] = "copy_delta"
+    TITLE: ClassVar[str] = "partition copy (delta)"
     ROLES: ClassVar[frozenset[str]] = PEERS
     session: int = attrs.field(validator=_session)
     pid: str = attrs.field(validator=_str)
@@ -485,6 +523,7 @@ class Readmit(Message):
     to make it active (DESIGN §5), then lifts the fence.  Reply: ``{"record": new}``."""
 
     TYPE: ClassVar[str] = "readmit"
+    TITLE: ClassVar[str] = "readmission"
     ROLES: ClassVar[frozenset[str]] = PEERS
     session: int = attrs.field(validator=_session)
     checksums: dict[str, int] = attrs.field(factory=dict, validator=v.instance_of(dict))
@@ -495,6 +534,7 @@ class CopyCancel(Message):
     """Give up a copy session: lift its fence and delete its snapshots.  Reply: ``{}``."""
 
     TYPE: ClassVar[str] = "copy_cancel"
+    TITLE: ClassVar[str] = "partition copy (cancel)"
     session: int = attrs.field(validator=_session)
     reason: str = attrs.field(default="", validator=_str)
 
@@ -505,6 +545,7 @@ class Recover(Message):
     ``rg`` or every RG it is a non-active member of.  Reply: ``{"started": [rg, ...]}``."""
 
     TYPE: ClassVar[str] = "recover"
+    TITLE: ClassVar[str] = "recover request"
     rg: str | None = attrs.field(default=None, validator=v.optional(_str))
     full_lease: bool | None = attrs.field(default=None,
                                           validator=v.optional(v.instance_of(bool)))
@@ -517,6 +558,7 @@ class RGStatus(Message):
     means an active member with a valid lease that is not itself re-syncing."""
 
     TYPE: ClassVar[str] = "rg_status"
+    TITLE: ClassVar[str] = "replica group query"
     rg: str = attrs.field(validator=_str)
 
 
@@ -530,6 +572,7 @@ class JournalWrite(Message):
     | rolled-back).  Reply: ``{"job": the job as stored}``."""
 
     TYPE: ClassVar[str] = "journal_write"
+    TITLE: ClassVar[str] = "journal write"
     job: str = attrs.field(validator=_str)
     kind: str | None = attrs.field(default=None, validator=v.optional(_str))
     plan: dict[str, Any] | None = attrs.field(default=None,
@@ -546,6 +589,7 @@ class JournalRead(Message):
     "created", "updated"}, ...]}``."""
 
     TYPE: ClassVar[str] = "journal_read"
+    TITLE: ClassVar[str] = "journal read"
     job: str | None = attrs.field(default=None, validator=v.optional(_str))
     unfinished: bool = attrs.field(default=True, validator=v.instance_of(bool))
 
@@ -556,6 +600,7 @@ class RangeChecksums(Message):
     ``{"buckets": [[count, checksum], ...], "lsn": last committed lsn}``."""
 
     TYPE: ClassVar[str] = "range_checksums"
+    TITLE: ClassVar[str] = "range checksums"
     pid: str = attrs.field(validator=_str)
     buckets: int = attrs.field(default=64, validator=v.and_(v.instance_of(int), v.ge(1),
                                                             v.le(65536)))
@@ -567,6 +612,7 @@ class RangeKeys(Message):
     and a hash of its value.  Reply: ``{"keys": [[key, version, value_hash], ...]}``."""
 
     TYPE: ClassVar[str] = "range_keys"
+    TITLE: ClassVar[str] = "range key listing"
     pid: str = attrs.field(validator=_str)
     bucket: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(0)))
     buckets: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(1), v.le(65536)))
@@ -580,6 +626,7 @@ class RGUpdate(Message):
     Sent by dds-admin for reorganization steps.  Reply: ``{"record": new}``."""
 
     TYPE: ClassVar[str] = "rg_update"
+    TITLE: ClassVar[str] = "replica group change"
     rg: str = attrs.field(validator=_str)
     version: int = attrs.field(validator=_u64)
     fp: int = attrs.field(validator=_u32)
@@ -597,6 +644,7 @@ class MovePull(Message):
     ``{"session": int, "bytes": int}``."""
 
     TYPE: ClassVar[str] = "move_pull"
+    TITLE: ClassVar[str] = "move (copy)"
     pid: str = attrs.field(validator=_str)
     source: str = attrs.field(validator=_str)
     from_rg: str = attrs.field(validator=_str)
@@ -610,6 +658,7 @@ class MoveFinish(Message):
     ``{"rows": int}``."""
 
     TYPE: ClassVar[str] = "move_finish"
+    TITLE: ClassVar[str] = "move (last delta)"
     pid: str = attrs.field(validator=_str)
 
 
@@ -627,6 +676,7 @@ class SplitPrepare(Message):
     "lsn": {source: last applied lsn}}``."""
 
     TYPE: ClassVar[str] = "split_prepare"
+    TITLE: ClassVar[str] = "split/merge (build)"
     job: str = attrs.field(validator=_str)
     sources: list[str] = attrs.field(validator=_pid_list)
     targets: list[str] = attrs.field(validator=_pid_list)
@@ -639,6 +689,7 @@ class SplitFence(Message):
     lapses.  Repeated while held: the same answer.  Reply: ``{"token": int}``."""
 
     TYPE: ClassVar[str] = "split_fence"
+    TITLE: ClassVar[str] = "split/merge (write fence)"
     job: str = attrs.field(validator=_str)
 
 
@@ -649,6 +700,7 @@ class SplitFinish(Message):
     listed incoming in its RG).  Reply: ``{"rows": int, "counts": {target: live keys}}``."""
 
     TYPE: ClassVar[str] = "split_finish"
+    TITLE: ClassVar[str] = "split/merge (last delta)"
     job: str = attrs.field(validator=_str)
 
 
@@ -660,6 +712,7 @@ class SplitCutover(Message):
     ``{"record": new}``."""
 
     TYPE: ClassVar[str] = "split_cutover"
+    TITLE: ClassVar[str] = "split/merge (cut-over)"
     job: str = attrs.field(validator=_str)
     token: int = attrs.field(validator=_session)
     rg: str = attrs.field(validator=_str)
@@ -675,6 +728,7 @@ class SplitRelease(Message):
     Unknown jobs are fine.  Reply: ``{}``."""
 
     TYPE: ClassVar[str] = "split_release"
+    TITLE: ClassVar[str] = "split/merge (release)"
     job: str = attrs.field(validator=_str)
 
 
@@ -686,6 +740,7 @@ class SplitAbort(Message):
     bool}``."""
 
     TYPE: ClassVar[str] = "split_abort"
+    TITLE: ClassVar[str] = "split/merge (rollback)"
     job: str = attrs.field(validator=_str)
     reason: str = attrs.field(default="", validator=_str)
 
@@ -697,4 +752,5 @@ class SplitStatus(Message):
     "fenced", ...}}}``."""
 
     TYPE: ClassVar[str] = "split_status"
+    TITLE: ClassVar[str] = "split/merge progress query"
     job: str | None = attrs.field(default=None, validator=v.optional(_str))

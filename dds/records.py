@@ -78,6 +78,15 @@ class ClusterRecord:
         return fingerprint(self.canonical())
 
 
+#: The mark ``remove-brick`` puts on the ``host`` of a brick it emptied: the brick left
+#: every replica group and gets no replicas again (``add-brick`` registers it afresh).
+RETIRED = "retired:"
+#: The mark ``forget-brick`` puts on a retired brick's ``host``: a map cannot delete a
+#: record (gossip would bring it back), so a tombstone at a higher version stands for
+#: "no such brick"; ``ClusterMap.bricks`` leaves it out.
+FORGOTTEN = "forgotten:"
+
+
 @attrs.frozen
 class BrickRecord:
     """A brick: its id, where it listens, and its failure domain (``host``)."""
@@ -96,6 +105,16 @@ class BrickRecord:
     @property
     def failure_domain(self) -> str:
         return self.host or self.address
+
+    @property
+    def retired(self) -> bool:
+        """Emptied by ``remove-brick`` (forgotten ones included)."""
+        return self.host.startswith((RETIRED, FORGOTTEN))
+
+    @property
+    def forgotten(self) -> bool:
+        """A tombstone left by ``forget-brick``: the brick is gone for good."""
+        return self.host.startswith(FORGOTTEN)
 
     def canonical(self) -> list[Any]:
         return ["brick", self.id, self.version, self.address, self.port, self.host]

@@ -74,6 +74,7 @@ from dds.auth import ROLES, Credentials
 from dds.codec import DEFAULT_MAX_FRAME, decode_payload, encode_frame, pack
 from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, FrameTooLarge,
                         InternalError, ProtocolError, Timeout, from_wire)
+from dds.messages import title
 from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
 
@@ -783,7 +784,7 @@ class RPCProtocol(Protocol):
             callback, arg, _at, mtype, timeout = self._pending.pop(rid)
             self.outstanding -= 1
             self._run_callback(callback, arg, Timeout(
-                f"{mtype} to {self.peer_id} timed out after {timeout:g}s"))
+                f"{title(mtype)} to {self.peer_id} timed out after {timeout:g}s"))
         if self._pending and self.state is not State.CLOSED:
             at = min(entry[2] for entry in self._pending.values())
             if at < _NEVER:
@@ -846,12 +847,12 @@ class RPCProtocol(Protocol):
             self.log.failure("internal error handling {mtype}", failure=failure,
                              mtype=mtype)
             self.metrics.inc("internal_errors_total")
-            error = InternalError(f"{mtype}: {error.__class__.__name__}: {error}")
+            error = InternalError(f"{title(mtype)}: {error.__class__.__name__}: {error}")
         if not rid:
             # A one-way request (``notify``): nobody waits for the answer.
             self.metrics.inc("oneway_failures_total")
             self._log_limited.warn("one-way {mtype} from {peer} failed: {error}",
-                                   mtype=mtype, peer=self._peer_name(),
+                                   mtype=title(mtype), peer=self._peer_name(),
                                    error=error.message)
             return
         if self.state is State.READY:

@@ -111,12 +111,26 @@ def _target(seeds: str | None, secret_file: str | None, cluster_name: str | None
 @click.version_option(VERSION, prog_name="dds-admin", message="%(prog)s %(version)s")
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
-    add-brick, remove-brick, rebalance, jobs, cancel, scrub, txns, repair, bench."""
+    add-brick, remove-brick, forget-brick, rebalance, jobs, cancel, scrub, txns, repair,
+    bench, certs."""
 
 
 # -- init ------------------------------------------------------------------------------------
 
+def _help_config(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """``init --help-config``: every cluster setting, its default and meaning."""
+    if not value or ctx.resilient_parsing:
+        return
+    from dds.config import ClusterConfig, describe
+
+    click.echo(describe(ClusterConfig), nl=False)
+    ctx.exit(0)
+
+
 @main.command()
+@click.option("--help-config", is_flag=True, expose_value=False, is_eager=True,
+              callback=_help_config,
+              help="print every cluster setting with its default and meaning, and exit")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True,
               help="cluster configuration (TOML)")
 @click.option("--secret-file", type=click.Path(dir_okay=False), default=None,
@@ -165,7 +179,12 @@ def _print_init(result: Any) -> None:
 @reports_errors
 def status(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
            local_dir: Path, as_json: bool, timeout: float) -> None:
-    """Bricks, replica groups and map agreement of a running cluster."""
+    """Bricks, replica groups and map agreement of a running cluster.
+
+    Exit status 0 when the cluster is healthy (every brick that is not retired answers,
+    one map fingerprint, no divergence: "ok" in --json); 1 when it is not (the report is
+    printed all the same), or when no seed answers; 2 for a bad option.
+    """
     _status(_target(seeds, secret_file, cluster_name, local, local_dir), as_json, timeout)
 
 
@@ -177,6 +196,8 @@ def _status(target: Target, as_json: bool, timeout: float) -> None:
         ui.print_json(report)
     else:
         render(report, ui.out)
+    if not report["ok"]:
+        sys.exit(1)
 
 
 # -- recover -----------------------------------------------------------------------------------
@@ -339,7 +360,37 @@ def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
         j.render_cancel(report, ui.out)
 
 
-# -- move ----------------------------------------------------------------------------------------
+# -- move, split and merge (DESIGN §8; tools/move.py, tools/split.py, tools/reorg.py) ------
+
+def _reorg_options(fn: F) -> F:
+    fn = click.option("--json", "as_json", is_flag=True,
+                      help="print one JSON object at the end instead of a progress bar")(fn)
+    fn = click.option("--dry-run", is_flag=True,
+                      help="print the plan (partitions, groups, bricks, size); change "
+                           "nothing")(fn)
+    return fn
+
+
+def _run_reorg(kind: str, unit: str, job: Callable[..., Any]) -> None:
+    """Run ``job(reactor, say, progress)`` with a progress view, print its report."""
+    from dds.tools import reorg
+
+    ctx = click.get_current_context()
+    as_json, dry_run = ctx.params["as_json"], ctx.params["dry_run"]
+    what = {"move": "copying", "split": "building: rows routed",
+            "merge": "building: rows routed"}[kind]
+    view: reorg.View = reorg.QuietView() if as_json else reorg.ProgressView(ui.err, unit,
+                                                                           what)
+    try:
+        result = run(lambda reactor: job(reactor, view.step,
+                                         None if as_json or dry_run else view.progress))
+    finally:
+        view.end()
+    if as_json:
+        ui.print_json(result)
+    else:
+        reorg.render(result, ui.out)
+
 
 @main.command()
 @target_options
@@ -348,91 +399,59 @@ def cancel(seeds: str | None, secret_file: str | None, cluster_name: str | None,
 @click.option("--rate", "rate_mb_s", type=click.IntRange(0, 100_000), default=None,
               metavar="MB/S", help="bandwidth limit of each copy (0: none) [default: the "
               "source brick's brick.move_rate_mb_s, 40]")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object at the end")
+@_reorg_options
 @reports_errors
 def move(seeds: str | None, secret_file: str | None, cluster_name: str | None, local: bool,
          local_dir: Path, partition: str, to_rg: str, rate_mb_s: int | None,
-         as_json: bool) -> None:
+         as_json: bool, dry_run: bool) -> None:
     """Move PARTITION to replica group RG, online: copied while writes go on, writes paused
     only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
     it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
     from dds.tools import move as mv
 
     target = _target(seeds, secret_file, cluster_name, local, local_dir)
-    say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
-    result = run(lambda reactor: mv.move(reactor, target, partition, to_rg, say,
-                                         rate_mb_s=rate_mb_s))
-    if as_json:
-        ui.print_json(result)
-    else:
-        ui.out.print(f"moved {result['pid']} from {result['from_rg']} to {result['to_rg']}: "
-                     f"{result['bytes']:,} bytes in {result['seconds']:.2f}s "
-                     f"(job {result['job']})")
+    _run_reorg("move", "bytes", lambda reactor, say, progress: mv.move(
+        reactor, target, partition, to_rg, say, progress, rate_mb_s=rate_mb_s,
+        dry_run=dry_run, measure=True))
 
 
-# -- split and merge (DESIGN §8; tools/split.py) ----------------------------------------------
-
-def _reshape(kind: str, target: Target, partition: str, as_json: bool) -> None:
+def _reshape(kind: str, target: Target, partition: str) -> None:
     from dds.tools import split as sp
 
-    say = (lambda text: None) if as_json else (lambda text: ui.out.print(escape(text)))
-    bar = None if as_json else ui.progress()
-    task: list[Any] = []
-
-    def progress(done: int, total: int) -> None:
-        assert bar is not None
-        if not task:
-            task.append(bar.add_task("building: rows routed", total=max(total, 1)))
-        bar.update(task[0], completed=done, total=max(total, 1))
-
-    try:
-        if bar is not None:
-            bar.start()
-        result = run(lambda reactor: sp.reshape(reactor, target, kind, partition, say,
-                                                None if as_json else progress))
-    finally:
-        if bar is not None:
-            bar.stop()
-    if as_json:
-        ui.print_json(result)
-    else:
-        keys = ", ".join(f"{t}: {n:,} keys" for t, n in sorted(result["keys"].items()))
-        done = "split" if kind == "split" else "merged"
-        ui.out.print(f"{done} {' + '.join(result['sources'])} into "
-                     f"{' + '.join(result['targets'])} in {result['rg']} ({keys}) in "
-                     f"{result['seconds']:.2f}s, writes paused {result['fence_s']:.3f}s "
-                     f"(job {result['job']})")
+    dry_run = click.get_current_context().params["dry_run"]
+    _run_reorg(kind, "rows", lambda reactor, say, progress: sp.reshape(
+        reactor, target, kind, partition, say, progress, dry_run=dry_run, measure=True))
 
 
 @main.command()
 @target_options
 @click.argument("partition")
-@click.option("--json", "as_json", is_flag=True,
-              help="print one JSON object at the end instead of a progress bar")
+@_reorg_options
 @reports_errors
 def split(seeds: str | None, secret_file: str | None, cluster_name: str | None,
-          local: bool, local_dir: Path, partition: str, as_json: bool) -> None:
+          local: bool, local_dir: Path, partition: str, as_json: bool,
+          dry_run: bool) -> None:
     """Split PARTITION into its two children, in place in its replica group, online: each
     member builds them from its own replica while writes go on; writes to PARTITION pause
     only for the cut-over.  Journaled: `dds-admin jobs` shows it, `dds-admin cancel` stops
     it, `dds-admin repair` finishes or rolls back one whose tool was killed."""
     _reshape("split", _target(seeds, secret_file, cluster_name, local, local_dir),
-             partition, as_json)
+             partition)
 
 
 @main.command()
 @target_options
 @click.argument("partition")
-@click.option("--json", "as_json", is_flag=True,
-              help="print one JSON object at the end instead of a progress bar")
+@_reorg_options
 @reports_errors
 def merge(seeds: str | None, secret_file: str | None, cluster_name: str | None,
-          local: bool, local_dir: Path, partition: str, as_json: bool) -> None:
+          local: bool, local_dir: Path, partition: str, as_json: bool,
+          dry_run: bool) -> None:
     """Merge PARTITION with its sibling (or, given a parent, its two children) into their
     parent, in place: both must be active in one replica group.  Online and journaled like
     `split`."""
     _reshape("merge", _target(seeds, secret_file, cluster_name, local, local_dir),
-             partition, as_json)
+             partition)
 
 
 # -- scrub -------------------------------------------------------------------------------------
@@ -566,6 +585,33 @@ def remove_brick(seeds: str | None, secret_file: str | None, cluster_name: str |
     _run_membership(m.remove_brick, _target(seeds, secret_file, cluster_name, local,
                                             local_dir), as_json, dry_run, parallel,
                     timeout, bricks=list(dict.fromkeys(bricks)), drain=drain, force=force)
+
+
+@main.command("forget-brick")
+@target_options
+@click.argument("bricks", metavar="BRICK...", nargs=-1, required=True)
+@click.option("--dry-run", is_flag=True, help="check only; change nothing")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="seconds to wait for each brick")
+@reports_errors
+def forget_brick(seeds: str | None, secret_file: str | None, cluster_name: str | None,
+                 local: bool, local_dir: Path, bricks: tuple[str, ...], dry_run: bool,
+                 as_json: bool, timeout: float) -> None:
+    """Forget BRICK (one or more) for good: a brick that remove-brick retired and that is
+    stopped disappears from status, repair, jobs and placement.  Refused, with nothing
+    changed, while it is in a replica group, not retired, or still answers."""
+    from dds.tools import forget as fg
+
+    target = _target(seeds, secret_file, cluster_name, local, local_dir)
+    say = (lambda text: None) if as_json else ui.say
+    report = run(lambda reactor: fg.forget_bricks(
+        reactor, target, list(dict.fromkeys(bricks)), dry_run=dry_run, timeout=timeout,
+        say=say))
+    if as_json:
+        ui.print_json(report)
+    else:
+        fg.render(report, ui.out)
 
 
 @main.command()
@@ -825,7 +871,7 @@ def local_down(local_dir: Path, purge: bool) -> None:
 @click.option("--timeout", type=float, default=5.0, show_default=True)
 @reports_errors
 def local_status(local_dir: Path, as_json: bool, timeout: float) -> None:
-    """`dds-admin status` for the local cluster in --dir."""
+    """`dds-admin status` for the local cluster in --dir (the same exit status)."""
     _status(resolve_target(None, None, True, local_dir, None), as_json, timeout)
 
 

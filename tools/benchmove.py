@@ -302,7 +302,7 @@ async def _move_once(reactor: Any, r: br._Run, target: Any, conns: dict[str, Any
                 await watcher
         r.progress = None
     t_done, wall_done = time.monotonic(), time.time()
-    ui.say(f"moved {MOVED} ({result['bytes'] / 1e6:,.1f} MB copied) in "
+    ui.say(f"moved {MOVED} ({result['copied_bytes'] / 1e6:,.1f} MB copied) in "
            f"{t_done - t_request:.2f}s")
     source = result["source"]
     sessions = [c for c in (await br._status(conns[source])).get("copies", [])
@@ -511,9 +511,9 @@ def _result(params: MoveParams, size: int, rnd: dict[str, Any], stats: list[dict
         "partition_bytes": size, "baseline_s": params.baseline_s, "after_s": params.after_s,
         "copy_rate_mb_s": _rate(params),
         "job": rnd["result"]["job"], "source": rnd["result"]["source"],
-        "bytes_copied": rnd["result"]["bytes"],
+        "bytes_copied": rnd["result"]["copied_bytes"],
         "move_s": move_s,
-        "copy_mb_s": rnd["result"]["bytes"] / 1e6 / move_s if move_s else 0.0,
+        "copy_mb_s": rnd["result"]["copied_bytes"] / 1e6 / move_s if move_s else 0.0,
         "max_write_pause_ms": settle["max_write_pause_ms"],
         "max_write_pause_end_s": settle["max_write_pause_end_s"],
         "throughput_ratio": (move["put_ops_s"] / base["put_ops_s"]

@@ -124,11 +124,13 @@ async def _map_of(reactor: Any, target: Target, brick: BrickRecord,
 async def collect(reactor: Any, target: Target, timeout: float) -> MapView:
     """The map of every brick named by the seed's map, or by any brick's map."""
     cmap, _seed = await fetch_map(reactor, target, timeout)
-    known: dict[str, BrickRecord] = dict(cmap.bricks)
+    # Forgotten bricks' tombstones included, so that an older record of the same brick
+    # in a lagging map does not bring it back; they are never asked nor listed.
+    known: dict[str, BrickRecord] = dict(cmap.brick_records)
     maps: dict[str, ClusterMap] = {}
     errors: dict[str, str] = {}
     asked: set[str] = set()
-    while todo := sorted(set(known) - asked):
+    while todo := sorted(b for b in set(known) - asked if not known[b].forgotten):
         asked.update(todo)
         replies = await gather(_map_of(reactor, target, known[b], timeout) for b in todo)
         for b, r in zip(todo, replies):
@@ -138,10 +140,10 @@ async def collect(reactor: Any, target: Target, timeout: float) -> MapView:
                 errors[b] = describe_error(r)
             else:
                 maps[b] = r
-                for rec in r.bricks.values():
+                for rec in r.brick_records.values():
                     if rec.id not in known or rec.version > known[rec.id].version:
                         known[rec.id] = rec
-    return MapView(known, maps, errors)
+    return MapView({b: rec for b, rec in known.items() if not rec.forgotten}, maps, errors)
 
 
 # -- comparing -------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ Say = Callable[[str], None]
 
 
 def is_retired(rec: BrickRecord) -> bool:
-    return rec.host.startswith(RETIRED)
+    return rec.retired
 
 
 # -- the planner (pure) ----------------------------------------------------------------------
@@ -1065,7 +1065,7 @@ class Executor:
             raise ChangeFailed(f"{c.pid} is active in {where or 'no RG'} now, not {c.rg}")
         result = await mv.move(self.cl.reactor, self.cl.target, c.pid, c.to_rg, self.say,
                                rate_mb_s=self.options.rate_mb_s)
-        self.copied[n] = int(result.get("bytes", 0))
+        self.copied[n] = int(result.get("copied_bytes", 0))
         for rg in c.rgs:
             await self.cl.record(rg)
         await self.job.step(f"{n}.moved")
@@ -1320,7 +1320,7 @@ async def add_brick(reactor: Any, target: Target, address: str, *, brick_id: str
         if b.id != peer and (b.address, b.port) == (addr_host, port) and not is_retired(b):
             raise AdminError(f"{address} is brick {b.id}'s address in the map")
     domain = host or addr_host
-    existing = cmap.bricks.get(peer)
+    existing = cmap.brick_records.get(peer)     # a forgotten one's tombstone too
     wanted = BrickRecord(peer, 1, addr_host, port, domain)
     if existing is not None:
         same = (existing.address, existing.port, existing.host) == (addr_host, port, domain)

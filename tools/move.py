@@ -47,10 +47,11 @@ from dds.errors import DDSError
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord
+from dds.tools import reorg
 from dds.tools.cluster import Target, describe_error, fetch_map, gather
 from dds.tools.jobs import Job, JobView, brick_addresses
 from dds.tools.rgedit import RecordEditor
-from dds.tools.runner import AdminError
+from dds.tools.runner import AdminError, pause
 
 #: Every step, in order (failpoints ``move.after_<step>`` fire after each).
 STEPS = ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in", "released",
@@ -62,6 +63,8 @@ Progress = Callable[[int, int], None]
 #: A copy of a large partition takes a while; everything else is quick.
 PULL_TIMEOUT_S = 600.0
 CALL_TIMEOUT_S = 30.0
+#: Between two looks at the targets' copy progress (``status``: ``moves_in``).
+PROGRESS_POLL_S = 0.2
 
 
 def plan_move(cmap: ClusterMap, pid_text: str, to_rg: str) -> dict[str, Any]:
@@ -96,6 +99,9 @@ class Mover(RecordEditor):
         self.plan = job.plan
         self.progress = progress
         self.sessions: dict[str, int] = dict(job.steps.get("copied", {}).get("sessions", {}))
+        #: Seconds writes to the partition were paused (fence to cut-over), once known.
+        self.fence_s = 0.0
+        self._fenced_at: float | None = None
 
     # -- the steps -----------------------------------------------------------------------
 
@@ -109,12 +115,12 @@ class Mover(RecordEditor):
         await self._cancel_point()
         if not self.job.done("copied"):
             self.say(f"copying {pid} from {source} to {', '.join(targets)}")
-            replies = await DeferredList(
+            replies = await self._with_progress(DeferredList(
                 [_deferred(self.call(t, "move_pull", {"pid": pid, "source": source,
                                                       "from_rg": p["from_rg"],
                                                       "rate_mb_s": p.get("rate_mb_s")},
                                      PULL_TIMEOUT_S)) for t in targets],
-                consumeErrors=True)
+                consumeErrors=True))
             failed = [f"{t}: {describe_error(r.value)}" for t, (ok, r) in
                       zip(targets, replies) if not ok]
             if failed:
@@ -143,6 +149,7 @@ class Mover(RecordEditor):
         p = self.plan
         pid, source, targets = p["pid"], p["source"], p["targets"]
         first = next(iter(self.sessions.values()), None)
+        self._fenced_at = self.reactor.seconds()
         if first is not None:
             await self.call(source, "copy_fence", {"session": first})
         self._passed("fenced")
@@ -180,6 +187,8 @@ class Mover(RecordEditor):
         await self.update(p["to_rg"], lambda r, _: _with(r, pid, "active"),
                           f"move of {pid} from {p['from_rg']}: active", known=to_rec,
                           wait_push=())
+        if self._fenced_at is not None:     # writes go on from here (step 6)
+            self.fence_s = self.reactor.seconds() - self._fenced_at
         for result in await gather([self._step("cutover-in"),
                                     self._release(f"move of {pid} done")]):
             if isinstance(result, BaseException):
@@ -287,17 +296,58 @@ class Mover(RecordEditor):
             await self.rollback("cancelled by dds-admin cancel")
             raise AdminError(f"move {self.job.id} cancelled and rolled back")
 
+    async def _with_progress(self, work: Deferred[Any]) -> Any:
+        """Await ``work`` (the copies) while the targets' ``status`` (``moves_in``)
+        feeds ``self.progress`` with bytes copied over all targets."""
+        if self.progress is None:
+            return await work
+        progress, pid, targets = self.progress, self.plan["pid"], self.plan["targets"]
+        finished = [False]
+        work.addBoth(lambda r: (finished.__setitem__(0, True), r)[1])
+
+        async def poll() -> None:
+            while not finished[0]:
+                replies = await DeferredList([_deferred(self.call(t, "status", {}, 5.0))
+                                              for t in targets], consumeErrors=True)
+                done = total = 0
+                for ok, r in replies:
+                    entry = r.get("moves_in", {}).get(pid) if ok else None
+                    if entry:
+                        done += int(entry.get("bytes_done") or 0)
+                        total += int(entry.get("bytes_total") or 0)
+                if total and not finished[0]:
+                    progress(done, total)
+                await pause(self.reactor, PROGRESS_POLL_S)
+        poller = _deferred(poll())
+        try:
+            return await work
+        finally:
+            await poller
+
 
 async def move(reactor: Any, target: Target, pid: str, to_rg: str, say: Say,
-               progress: Progress | None = None,
-               rate_mb_s: int | None = None) -> dict[str, Any]:
-    """Run a move; ``rate_mb_s`` limits each target's copy (None: the source brick's
-    ``brick.move_rate_mb_s``, 40 MB/s by default; 0: no limit)."""
+               progress: Progress | None = None, rate_mb_s: int | None = None, *,
+               dry_run: bool = False, measure: bool = False) -> dict[str, Any]:
+    """Run a move (or with ``dry_run`` only plan it: nothing is journaled or changed);
+    ``rate_mb_s`` limits each target's copy (None: the source brick's
+    ``brick.move_rate_mb_s``, 40 MB/s by default; 0: no limit).  ``measure`` puts the
+    partition's key + value bytes in the report (a scan on one member; always done for
+    a dry run).  The report is :func:`dds.tools.reorg.report`'s."""
     cmap, _ = await fetch_map(reactor, target)
     plan = plan_move(cmap, pid, to_rg)
     if rate_mb_s is not None:
         plan["rate_mb_s"] = rate_mb_s
-    involved = sorted({*cmap.rgs[plan["from_rg"]].active_members, *plan["targets"]})
+    from_bricks = list(cmap.rgs[plan["from_rg"]].active_members)
+    data_bytes = None
+    if measure or dry_run:
+        sizer = RecordEditor(reactor, target, brick_addresses(cmap), say)
+        try:
+            data_bytes = await reorg.measure(sizer, [plan["pid"]], from_bricks)
+        finally:
+            await sizer.close()
+    if dry_run:
+        return _report(plan, None, from_bricks, data_bytes)
+    involved = sorted({*from_bricks, *plan["targets"]})
     job = await Job.create(reactor, target, "move", plan, brick_addresses(cmap, involved),
                            warn=say)
     say(f"job {job.id}: move {plan['pid']} from {plan['from_rg']} to {plan['to_rg']}")
@@ -315,8 +365,21 @@ async def move(reactor: Any, target: Target, pid: str, to_rg: str, say: Say,
         raise
     finally:
         await mover.close()
-    return {"job": job.id, **plan, "seconds": reactor.seconds() - t0,
-            "bytes": job.steps.get("copied", {}).get("bytes", 0)}
+    return _report(plan, job, from_bricks, data_bytes, reactor.seconds() - t0,
+                   mover.fence_s)
+
+
+def _report(plan: dict[str, Any], job: Job | None, from_bricks: list[str],
+            data_bytes: int | None, seconds: float = 0.0,
+            fence_s: float = 0.0) -> dict[str, Any]:
+    copied = job.steps.get("copied", {}).get("bytes", 0) if job is not None else 0
+    return reorg.report(
+        "move", job=job.id if job is not None else None, pid=plan["pid"],
+        sources=[plan["pid"]], targets=[plan["pid"]], from_rg=plan["from_rg"],
+        to_rg=plan["to_rg"], from_bricks=from_bricks, to_bricks=plan["targets"],
+        data_bytes=data_bytes, seconds=seconds, fence_s=fence_s, source=plan["source"],
+        target_bricks=plan["targets"], copied_bytes=copied,
+        rate_mb_s=plan.get("rate_mb_s"))
 
 
 async def resume(reactor: Any, target: Target, view: JobView, say: Say) -> str:

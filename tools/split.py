@@ -40,6 +40,7 @@ from dds.errors import DDSError
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord, record_from_wire
+from dds.tools import reorg
 from dds.tools.cluster import Target, describe_error, fetch_map
 from dds.tools.jobs import Job, JobView, brick_addresses
 from dds.tools.rgedit import RecordEditor
@@ -409,11 +410,23 @@ class Reshaper(RecordEditor):
 
 
 async def reshape(reactor: Any, target: Target, kind: str, pid: str, say: Say,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, *, dry_run: bool = False,
+                  measure: bool = False) -> dict[str, Any]:
     """``dds-admin split|merge``: plan, journal, run; roll back on a failure before the
-    cut-over.  Returns the report (what ``--json`` prints)."""
+    cut-over.  With ``dry_run`` only the plan: nothing journaled or changed.  ``measure``
+    puts the sources' key + value bytes in the report (always for a dry run).  Returns
+    the report (what ``--json`` prints, :func:`dds.tools.reorg.report`'s)."""
     cmap, _ = await fetch_map(reactor, target)
     p = plan(cmap, kind, pid)
+    data_bytes = None
+    if measure or dry_run:
+        sizer = RecordEditor(reactor, target, brick_addresses(cmap), say)
+        try:
+            data_bytes = await reorg.measure(sizer, p["sources"], p["members"])
+        finally:
+            await sizer.close()
+    if dry_run:
+        return _planned(kind, p, data_bytes)
     job = await Job.create(reactor, target, kind, p, brick_addresses(cmap, p["members"]),
                            warn=say)
     runner = Reshaper(reactor, target, cmap, job, say, progress)
@@ -432,21 +445,33 @@ async def reshape(reactor: Any, target: Target, kind: str, pid: str, say: Say,
                 say(f"rollback failed too ({describe_error(e2)}); run dds-admin repair")
             else:
                 if outcome == "finished":
-                    return _report(job, runner, reactor.seconds() - t0)
+                    return _report(job, runner, reactor.seconds() - t0, data_bytes)
         raise
-    return _report(job, runner, reactor.seconds() - t0)
+    return _report(job, runner, reactor.seconds() - t0, data_bytes)
 
 
-def _report(job: Job, runner: Reshaper, seconds: float) -> dict[str, Any]:
-    p = job.plan
+def _common(kind: str, p: dict[str, Any], job: str | None, data_bytes: int | None,
+            seconds: float = 0.0, fence_s: float = 0.0, **extra: Any) -> dict[str, Any]:
+    return reorg.report(kind, job=job, pid=p["pid"], sources=p["sources"],
+                        targets=p["targets"], from_rg=p["rg"], to_rg=p["rg"],
+                        from_bricks=p["members"], to_bricks=p["members"],
+                        data_bytes=data_bytes, seconds=seconds, fence_s=fence_s,
+                        rg=p["rg"], members=p["members"], leader=p["leader"],
+                        left_out=p.get("left_out", []), **extra)
+
+
+def _planned(kind: str, p: dict[str, Any], data_bytes: int | None) -> dict[str, Any]:
+    return _common(kind, p, None, data_bytes, state="planned", rows=0, keys={},
+                   warnings=[])
+
+
+def _report(job: Job, runner: Reshaper, seconds: float,
+            data_bytes: int | None) -> dict[str, Any]:
     rows = job.steps.get("prepared", {}).get("rows", {})
     counts: dict[str, Any] = next(iter(runner.counts.values()), {})
-    return {"job": job.id, "kind": job.kind, "pid": p["pid"], "rg": p["rg"],
-            "sources": p["sources"], "targets": p["targets"], "members": p["members"],
-            "leader": p["leader"], "left_out": p.get("left_out", []), "state": job.state,
-            "seconds": round(seconds, 3),
-            "rows": max(rows.values(), default=0), "keys": counts,
-            "fence_s": round(runner.fence_held_s, 3), "warnings": list(job.warnings)}
+    return _common(job.kind, job.plan, job.id, data_bytes, seconds, runner.fence_held_s,
+                   state=job.state, rows=max(rows.values(), default=0), keys=counts,
+                   warnings=list(job.warnings))
 
 
 async def resume(reactor: Any, target: Target, view: JobView, say: Say) -> str:

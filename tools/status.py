@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dds.config import format_address
+from dds.partition import PartitionId
 from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
 
 __all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
@@ -36,6 +37,8 @@ __all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
 RETIRED = "retired:"
 #: Member states as the map spells them, and how they are coloured.
 STATE_COLOURS = {"active": "green", "recovering": "yellow", "excluded": "red"}
+#: Partition ids listed per replica group in the table (a large cluster has thousands).
+PARTITION_IDS_SHOWN = 32
 
 
 def _fp(value: int | None) -> str:
@@ -190,27 +193,28 @@ def render(report: dict[str, Any], console: Console) -> None:
     fps = {b["map_fp"] for b in report["bricks"] if b["up"]}
     t = Table(title="bricks", title_justify="left")
     for col in ("brick", "address", "host", "state", "map version", "map fp", "partitions",
-                "prepared", "uptime s"):
+                "prepared", "uptime s", "error"):
         t.add_column(col, justify="right" if col in ("partitions", "prepared",
                                                        "uptime s") else "left")
     for b in report["bricks"]:
+        error = f"[red]{escape(b['error'])}[/red]" if b.get("error") else ""
         if not b["up"] and b.get("retired"):
             t.add_row(b["id"], b["address"], b["host"], "[dim]retired[/dim]", "-", "-", "-",
-                      "-", "-")
+                      "-", "-", "")
             continue
         if not b["up"]:
             t.add_row(b["id"], b["address"], b["host"], "[red]down[/red]", "-", "-", "-",
-                      "-", f"[red]{escape(b.get('error', ''))}[/red]")
+                      "-", "-", error)
             continue
         fp = _fp(b["map_fp"])
         if len(fps) > 1:
             fp = f"[red]{fp}[/red]" if b["map_fp"] != report["map_fp"] else f"[yellow]{fp}[/yellow]"
         t.add_row(b["id"], b["address"], b["host"], "[green]up[/green]",
                   str(b["map_version"]), fp, str(b["partitions"]), str(b["prepared"]),
-                  str(b["uptime_s"]))
+                  str(b["uptime_s"]), error)
     console.print(t)
     g = Table(title="replica groups", title_justify="left")
-    for col in ("group", "version", "fp", "members", "partitions"):
+    for col in ("group", "version", "fp", "members", "partitions", "partition ids"):
         g.add_column(col, justify="right" if col in ("version", "partitions") else "left")
     for rg in report["rgs"]:
         members = []
@@ -221,7 +225,8 @@ def render(report: dict[str, Any], console: Console) -> None:
             members.append(f"[{colour}]{label}[/{colour}]")
         moving = [p for p, s in rg["partition_states"].items() if s != "active"]
         parts = str(rg["partitions"]) + (f" ({len(moving)} moving)" if moving else "")
-        g.add_row(rg["name"], str(rg["version"]), _fp(rg["fp"]), " ".join(members), parts)
+        g.add_row(rg["name"], str(rg["version"]), _fp(rg["fp"]), " ".join(members), parts,
+                  partition_ids(rg["partition_states"]))
     console.print(g)
     console.print(_membership_table(report["rgs"], time.time()))
     for problem in report["divergence"]:
@@ -238,6 +243,26 @@ def render(report: dict[str, Any], console: Console) -> None:
                       f"{escape(', '.join(not_active))}[/yellow]")
     if report["ok"]:
         console.print("[green]all bricks up, one map fingerprint[/green]")
+    else:
+        console.print("[red]not healthy (exit status 1)[/red]")
+
+
+def partition_ids(states: dict[str, str], limit: int = PARTITION_IDS_SHOWN) -> str:
+    """The ids ``move``/``split``/``merge`` take, in key-space order; a partition that is
+    not active carries its state (``p3.1 (incoming)``).  Past ``limit`` the rest is
+    counted, not listed (``--json`` has them all)."""
+    ordered = sorted(states, key=lambda p: (_pid_key(p), p))
+    shown = [p if states[p] == "active" else f"{p} ({states[p]})" for p in ordered[:limit]]
+    more = len(ordered) - len(shown)
+    return escape(" ".join(shown) + (f" … +{more} more (--json lists all)" if more else ""))
+
+
+def _pid_key(text: str) -> tuple[int, int]:
+    try:
+        pid = PartitionId.parse(text)
+    except ValueError:
+        return (1 << 32, 0)
+    return (pid.depth, pid.prefix)
 
 
 # -- the membership table ------------------------------------------------------------------

@@ -67,9 +67,10 @@ def local_cluster(tmp_path: Path) -> Iterator[Path]:
         kill_leftovers(started)
 
 
-def status_json(cluster_dir: Path, *extra: str) -> dict:
+def status_json(cluster_dir: Path, *extra: str, code: int = 0) -> dict:
+    """``status --json``, which must exit ``code`` (0 healthy, 1 not)."""
     result = admin("status", "--dir", str(cluster_dir), "--json", *extra)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     return json.loads(result.stdout)
 
 
@@ -266,14 +267,14 @@ def test_status_reports_a_stopped_brick(local_cluster: Path) -> None:
     pid, started = recorded(local_cluster)[1]
     assert procs.signal_if_ours(pid, started, signal.SIGTERM)
     assert wait_for(lambda: not procs.is_running(pid, started), 20.0)
-    report = status_json(local_cluster)
+    report = status_json(local_cluster, code=1)
     assert report["ok"] is False
     down = [b for b in report["bricks"] if not b["up"]]
     assert [b["id"] for b in down] == ["b2"] and down[0]["error"]
     assert all(not m["up"] for rg in report["rgs"] for m in rg["members"]
                if m["brick"] == "b2")
     human = admin("status", "--dir", str(local_cluster))
-    assert human.returncode == 0 and "1 brick(s) down: b2" in human.stdout
+    assert human.returncode == 1 and "1 brick(s) down: b2" in human.stdout
     # `down` stops the other two and reports b2 as already gone.
     down_run = admin("local", "down", "--dir", str(local_cluster))
     assert "b2 (pid" in down_run.stdout and "not running" in down_run.stdout

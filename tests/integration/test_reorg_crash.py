@@ -438,7 +438,7 @@ async def _move_beside_a_re_syncing_member(
         lines: list[str] = []
         result = await move(reactor, _target(cluster), str(PID), to_rg.name,
                             lines.append, rate_mb_s=rate_mb_s)
-        assert victim.id not in result["targets"], result
+        assert victim.id not in result["target_bricks"], result
         await cluster.wait_serving(reactor, cluster.bricks, timeout=WAIT_S)
         n = len(writers.acks)
         await eventually(lambda: _true(len(writers.acks) >= n + 40), WAIT_S,

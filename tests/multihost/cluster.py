@@ -328,8 +328,8 @@ class NetnsCluster:
         return report
 
     def status(self) -> Status:
-        """``dds-admin status --json`` (exit status ignored: a down brick is reported,
-        not an error of the command)."""
+        """``dds-admin status --json`` (exit status ignored: it is 1 while a brick is
+        down, which these tests bring about on purpose; the report is printed anyway)."""
         result = self.admin("status", "--json", "--timeout", "2")
         try:
             report: Status = json.loads(result.stdout)

@@ -182,7 +182,7 @@ def test_a_partition_moves_to_a_group_on_other_hosts_with_its_data(
     result = cluster.admin_json("move", pid, "--to", to_rg)
     assert (result["pid"], result["from_rg"], result["to_rg"]) == (pid, from_rg, to_rg)
     source_host = cluster.brick(result["source"]).host.name
-    assert source_host not in {cluster.brick(t).host.name for t in result["targets"]}
+    assert source_host not in {cluster.brick(t).host.name for t in result["target_bricks"]}
     assert result["bytes"] > 0
 
     def moved(r: Status) -> bool:

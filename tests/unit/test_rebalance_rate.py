@@ -54,7 +54,7 @@ async def test_the_rate_reaches_each_move_of_the_plan(monkeypatch: pytest.Monkey
                         ) -> dict[str, Any]:
         seen.append(rate_mb_s)
         cl.where = to_rg
-        return {"bytes": 10}
+        return {"copied_bytes": 10}
 
     monkeypatch.setattr(mv, "move", fake_move)
     change = m.Change("rg1", None, None, 1, 10, pid="p1.0", to_rg="rg2")
