@@ -239,8 +239,19 @@ class Terminator:
             # Someone unreachable and nobody decided: exclude it (its lease lapses first,
             # so it serves nothing meanwhile), then decide among the remaining members.
             lost = [b for b, st in zip(others, states) if st == "unreachable"]
+            # One member coordinates the exclusion (two would lock the record against
+            # each other and both fail): the first of the others by id.  The rest ask
+            # again later and find the decision made.
+            first = min(b for b in rg.active_members if b not in lost)
+            if first != self.id:
+                return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
+                                   f"{first} excludes the unreachable {lost}")
             why = f"unreachable during termination of {txn.txid}"
-            gone = [await self.exclude(rg, b, why) for b in lost]
+            gone = []
+            for b in lost:
+                gone.append(await self.exclude(rg, b, why))
+                if not gone[-1]:
+                    break
             if all(gone):
                 self.log.warn("excluded {bricks} from {rg} to terminate {txid}",
                               bricks=lost, rg=rg.name, txid=txn.txid)
