@@ -8,12 +8,15 @@ one does not answer.  Bad input (oversize keys or values, wrong types) fails bef
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Mapping
-from typing import Any, Coroutine, TypeVar
+from time import perf_counter
+from typing import Any, Callable, Coroutine, TypeVar
 
 import attrs
+from prometheus_client import REGISTRY, CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,7 +31,8 @@ from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSErr
                         VersionMismatch)
 from dds.maps import ClusterMap
 from dds.messages import GET_COMPACT
-from dds.metrics import Metrics
+from dds.metricdefs import CLIENT
+from dds.metrics import Histogram, Metrics
 from dds.rpc import RPCProtocol
 
 from dds.lib.exclusion import Excluder
@@ -39,6 +43,23 @@ from dds.lib.routing import Route, Router, pick_replica
 from dds.records import BrickRecord
 
 T = TypeVar("T")
+_F = TypeVar("_F", bound=Callable[..., Deferred[Any]])
+
+
+def _timed(op: str) -> Callable[[_F], _F]:
+    """Observe a call's time, start to outcome, in ``dds_client_request_seconds``."""
+    def wrap(f: _F) -> _F:
+        @functools.wraps(f)
+        def timed(self: "DDSClient", *args: Any, **kw: Any) -> Deferred[Any]:
+            t0 = perf_counter()
+            return f(self, *args, **kw).addBoth(_observe, self._latency[op], t0)
+        return timed  # type: ignore[return-value]
+    return wrap
+
+
+def _observe(result: T, latency: Histogram, t0: float) -> T:
+    latency.observe(perf_counter() - t0)
+    return result
 
 #: Errors after which the same operation may be tried again (on another replica or
 #: after the map was repaired).
@@ -83,7 +104,11 @@ class DDSClient:
 
     Authenticate as the ``client`` role (DESIGN §10) with the cluster's client ``secret``
     or with ``tls`` files (a certificate issued by ``dds-admin certs issue --role
-    client``).  ``dds-admin`` connects the same way as ``role="admin"``."""
+    client``).  ``dds-admin`` connects the same way as ``role="admin"``.
+
+    Metrics (``dds_client_*``: latency per operation, retries, ...) go to
+    ``metrics_registry``: prometheus_client's global ``REGISTRY`` by default, shared by
+    every client of the process; None keeps them out of any registry."""
 
     log = Logger(observer=TO_LOGGING)       # to ``logging``, see lib/logging_bridge.py
 
@@ -93,14 +118,19 @@ class DDSClient:
                  timeout: float = 10.0, max_key_bytes: int = 1024,
                  max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
                  refresh_interval: float = 30.0, node_id: str | None = None,
-                 opener: Opener | None = None, rng: random.Random | None = None) -> None:
+                 opener: Opener | None = None, rng: random.Random | None = None,
+                 metrics_registry: CollectorRegistry | None = REGISTRY) -> None:
         credentials = _credentials(cluster, secret, tls, role, credentials)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.timeout = timeout
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
-        self.metrics = Metrics("dds_client")
+        # ``dds_client_*`` in the registry the service exports (prometheus_client's
+        # global one by default; None: counted, but in no registry anyone exports).
+        self.metrics = Metrics(CLIENT, metrics_registry)
+        self._latency = {op: self.metrics.histogram("request_seconds", op=op)
+                         for op in ("get", "put", "remove", "create", "cas")}
         # Every random choice (library id, backoff jitter, replica and seed order) comes
         # from one generator, so a seeded simulation replays exactly.
         self.rng = rng if rng is not None else random.Random(os.urandom(16))
@@ -251,6 +281,7 @@ class DDSClient:
 
     # -- reads ---------------------------------------------------------------------------
 
+    @_timed("get")
     def get(self, key: bytes, timeout: float | None = None) -> Deferred[GetResult]:
         if type(key) is not bytes or len(key) > self.max_key_bytes:
             try:
@@ -346,18 +377,22 @@ class DDSClient:
 
     # -- writes --------------------------------------------------------------------------
 
+    @_timed("put")
     def put(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
         """Store ``value``; returns the key's new version."""
         return self._write(key, "put", value, None, timeout, needs_value=True)
 
+    @_timed("remove")
     def remove(self, key: bytes, timeout: float | None = None) -> Deferred[int]:
         """Delete the key (a tombstone; its version still grows)."""
         return self._write(key, "remove", None, None, timeout)
 
+    @_timed("create")
     def create(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
         """Store ``value`` only if the key has none; fails with ``Exists`` otherwise."""
         return self._write(key, "create", value, None, timeout, needs_value=True)
 
+    @_timed("cas")
     def compare_and_put(self, key: bytes, value: bytes, expected_version: int,
                         timeout: float | None = None) -> Deferred[int]:
         """Store ``value`` only if the key is at ``expected_version`` (0: never written);
