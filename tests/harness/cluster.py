@@ -134,13 +134,16 @@ class Cluster:
 
     def metric(self, brick_id: str, name: str, **labels: str) -> float:
         """The sample ``dds_<name>`` with exactly ``labels`` from the brick's
-        ``/metrics`` (``metric("b1", "requests_total", type="get")``; 0 when absent)."""
+        ``/metrics`` (``metric("b1", "requests_total", type="get")``); without labels,
+        the sum of its samples (``stream_refused_total`` over its reasons); 0 when
+        absent."""
         from prometheus_client.parser import text_string_to_metric_families
+        total = 0.0
         for family in text_string_to_metric_families(self.metrics_text(brick_id)):
             for sample in family.samples:
-                if sample.name == f"dds_{name}" and sample.labels == labels:
-                    return float(sample.value)
-        return 0.0
+                if sample.name == f"dds_{name}" and (not labels or sample.labels == labels):
+                    total += float(sample.value)
+        return total
 
     def stop(self) -> None:
         errors = []
