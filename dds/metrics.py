@@ -155,16 +155,33 @@ class Metrics:
 
     def __init__(self, catalogue: Catalogue = BRICK,
                  registry: CollectorRegistry | None = None, *, process: bool = False) -> None:
+        """``registry``: where to count (None: a registry of its own, made when first
+        asked for, as most connections' own metrics never are); ``process``: with the
+        process collectors (a brick's)."""
         self.catalogue = catalogue
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self._store = _store(catalogue, self.registry)
+        self._process = process
+        self._registry = registry
+        self._store = _store(catalogue, registry) if registry is not None else _Store(catalogue)
+        if registry is not None:
+            self._add_collectors(registry)
         self._handles: dict[Any, Series] = {}
-        if process:
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
-            GCCollector(registry=self.registry)
         if "build_info" in catalogue.defs:
             self.gauge("build_info", lambda: 1.0, version=VERSION)
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            self._registry = CollectorRegistry()
+            _STORES[self._registry] = {self.catalogue.prefix: self._store}
+            self._registry.register(self._store)
+            self._add_collectors(self._registry)
+        return self._registry
+
+    def _add_collectors(self, registry: CollectorRegistry) -> None:
+        if self._process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
 
     # -- counting ------------------------------------------------------------------------
 
