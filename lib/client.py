@@ -12,7 +12,6 @@ import functools
 import os
 import random
 from collections.abc import Mapping
-from time import perf_counter
 from typing import Any, Callable, Coroutine, TypeVar
 
 import attrs
@@ -32,7 +31,7 @@ from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSErr
 from dds.maps import ClusterMap
 from dds.messages import GET_COMPACT
 from dds.metricdefs import CLIENT
-from dds.metrics import Histogram, Metrics
+from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
 from dds.lib.exclusion import Excluder
@@ -46,20 +45,15 @@ T = TypeVar("T")
 _F = TypeVar("_F", bound=Callable[..., Deferred[Any]])
 
 
-def _timed(op: str) -> Callable[[_F], _F]:
-    """Observe a call's time, start to outcome, in ``dds_client_request_seconds``."""
+def _timed_call(op: str) -> Callable[[_F], _F]:
+    """Observe a call's time, start to outcome, in ``dds_client_request_seconds``
+    (on the reactor's clock)."""
     def wrap(f: _F) -> _F:
         @functools.wraps(f)
         def timed(self: "DDSClient", *args: Any, **kw: Any) -> Deferred[Any]:
-            t0 = perf_counter()
-            return f(self, *args, **kw).addBoth(_observe, self._latency[op], t0)
+            return self._timed(f(self, *args, **kw), op, self.clock.seconds())
         return timed  # type: ignore[return-value]
     return wrap
-
-
-def _observe(result: T, latency: Histogram, t0: float) -> T:
-    latency.observe(perf_counter() - t0)
-    return result
 
 #: Errors after which the same operation may be tried again (on another replica or
 #: after the map was repaired).
@@ -281,24 +275,31 @@ class DDSClient:
 
     # -- reads ---------------------------------------------------------------------------
 
-    @_timed("get")
+    def _timed(self, d: Deferred[T], op: str, start: float) -> Deferred[T]:
+        return d.addBoth(self._observe, op, start)
+
+    def _observe(self, result: T, op: str, start: float) -> T:
+        self._latency[op].observe(self.clock.seconds() - start)
+        return result
+
     def get(self, key: bytes, timeout: float | None = None) -> Deferred[GetResult]:
+        # Timed in ``dds_client_request_seconds`` (the fast path's in ``_got``, cheaper).
         if type(key) is not bytes or len(key) > self.max_key_bytes:
             try:
                 self._check(key)
             except DDSError as e:
-                return _failed(e)
+                return self._timed(_failed(e), "get", self.clock.seconds())
         timeout = timeout or self.timeout
         # Fast path, no coroutine: a routable key whose chosen replica is connected.
         try:
             route = self.router.route(self.maps.map, key)
         except (LookupError, ValueError):
-            return self._run(self._get(key, timeout))
+            return self._timed(self._run(self._get(key, timeout)), "get", self.clock.seconds())
         conns = self.connections.open
         brick = pick_replica(route, _NONE, conns, self.rng)
         conn = conns.get((brick.address, brick.port)) if brick is not None else None
         if conn is None or brick is None:
-            return self._run(self._get(key, timeout))
+            return self._timed(self._run(self._get(key, timeout)), "get", self.clock.seconds())
         d: Deferred[GetResult] = Deferred()
         ctx = (d, key, timeout, self.clock.seconds(), brick.id)
         if GET_COMPACT in conn.peer_features:
@@ -316,10 +317,12 @@ class DDSClient:
         if isinstance(reply, BaseException):
             again = self._get_again(Failure(reply), key, timeout, start, brick_id)
             if isinstance(again, Deferred):
-                again.chainDeferred(d)
+                self._timed(again, "get", start).chainDeferred(d)
             else:
+                self._observe(None, "get", start)
                 d.errback(again)
             return
+        self._observe(None, "get", start)
         try:
             result = (GetResult(reply[0], reply[1]) if type(reply) is list
                       else _get_result(reply))
@@ -377,22 +380,22 @@ class DDSClient:
 
     # -- writes --------------------------------------------------------------------------
 
-    @_timed("put")
+    @_timed_call("put")
     def put(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
         """Store ``value``; returns the key's new version."""
         return self._write(key, "put", value, None, timeout, needs_value=True)
 
-    @_timed("remove")
+    @_timed_call("remove")
     def remove(self, key: bytes, timeout: float | None = None) -> Deferred[int]:
         """Delete the key (a tombstone; its version still grows)."""
         return self._write(key, "remove", None, None, timeout)
 
-    @_timed("create")
+    @_timed_call("create")
     def create(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
         """Store ``value`` only if the key has none; fails with ``Exists`` otherwise."""
         return self._write(key, "create", value, None, timeout, needs_value=True)
 
-    @_timed("cas")
+    @_timed_call("cas")
     def compare_and_put(self, key: bytes, value: bytes, expected_version: int,
                         timeout: float | None = None) -> Deferred[int]:
         """Store ``value`` only if the key is at ``expected_version`` (0: never written);

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 
@@ -72,3 +73,21 @@ async def test_requests_are_counted_and_timed_by_type_and_errors_by_code(brick: 
     assert brick.metric("b1", "request_seconds_sum", type="get") > 0
     assert brick.metric("b1", "requests_total", type="prepare") >= 2
     assert brick.metric("b1", "errors_total", code="exists") >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_library_times_each_call_once_by_operation(brick: Cluster) -> None:
+    await brick.init(reactor)
+    registry = CollectorRegistry()
+    client = await brick.client(reactor, metrics_registry=registry)
+    try:
+        await client.put(b"k", b"v")
+        for _ in range(3):              # the first may take the general path, then fast
+            assert (await client.get(b"k")).value == b"v"
+    finally:
+        await client.close()
+
+    def count(op: str) -> float | None:
+        return registry.get_sample_value("dds_client_request_seconds_count", {"op": op})
+    assert (count("put"), count("get"), count("remove")) == (1.0, 3.0, 0.0)
+    assert registry.get_sample_value("dds_client_request_seconds_sum", {"op": "get"}) > 0
