@@ -58,6 +58,7 @@ setup(
         "click>=8.1",
         "rich>=13.0",
         "crochet>=2.1",
+        "prometheus_client>=0.17",
     ],
     extras_require={
         "test": [

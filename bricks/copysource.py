@@ -235,8 +235,7 @@ class CopySessions:
 
     def _stream_refused(self, reason: str) -> None:
         """The stream server refused a connection (on the reactor thread)."""
-        self.metrics.inc("stream_refused_total")
-        self.metrics.inc(f"stream_refused_{reason}_total")
+        self.metrics.inc("stream_refused", reason=reason)
         if reason == AUTH:
             self.metrics.inc("stream_auth_failures_total")
 

@@ -18,6 +18,8 @@ from twisted.web.http import HTTPChannel, HTTPFactory, _GenericHTTPChannelProtoc
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
 from dds.metrics import Metrics
 
 
@@ -29,8 +31,8 @@ class _Metrics(Resource):
         self.metrics = metrics
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-        return self.metrics.render().encode()
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.metrics.registry)
 
 
 class _Health(Resource):

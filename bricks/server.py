@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from time import perf_counter
 from typing import Any, Callable, cast
 
 import attrs
@@ -20,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.config import BrickConfig, format_address
@@ -37,7 +39,7 @@ from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
 from dds.messages import RangeChecksums, RangeKeys  # scrub
 from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # split/merge
                           SplitPrepare, SplitRelease, SplitStatus)
-from dds.metrics import Metrics
+from dds.metrics import Count, Histogram, Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId, key_hash
 from dds.records import Record, RGRecord, record_from_wire
@@ -77,7 +79,9 @@ _GATES_MAX = 4096
 _Gate = tuple[int, int, PartitionId, int, int]
 #: A restored prepared transaction asks the other members this soon after a restart.
 RESOLVE_AFTER_RESTART_S = 1.0
-_REQUEST_COUNTERS: dict[str, str] = {}
+#: Where a request the handler answers later (``LATER``) is answered: its connection,
+#: request id and type, and when it arrived (for ``request_seconds``).
+_To = tuple[RPCProtocol, int, str, float]
 
 
 def _compact_reply(reply: dict[str, Any]) -> list[Any]:
@@ -113,7 +117,9 @@ class Brick:
         self.id = config.brick.id
         self.reactor = reactor
         self.clock: IReactorTime = reactor
-        self.metrics = Metrics()
+        self.metrics = Metrics(process=True)
+        #: Each request type's counter and latency histogram, held for the hot path.
+        self._request_series: dict[str, tuple[Count, Histogram]] = {}
         self.started = time.time()
         t = config.timeouts
         self.read_wait_s = t.read_wait_ms / 1000.0
@@ -248,12 +254,14 @@ class Brick:
         # Journal of multi-step admin operations (DESIGN §8).
         self._handlers[JournalWrite] = self.journal.write
         self._handlers[JournalRead] = self.journal.read
+        for handled in self._handlers:      # every request type counted from zero
+            self.metrics.counter("requests", type=handled.TYPE)
         self.metrics.gauge("locks_held", lambda: len(self.locks))
         self.metrics.gauge("txns_prepared", lambda: len(self.participant.active))
         self.metrics.gauge("connections", lambda: len(self.connections))
         # Connections whose peer reads no replies, so the brick stopped reading from them
         # (``dds.rpc``'s flow control; ``connections_paused_total`` counts the stops).
-        self.metrics.gauge("connections_paused",
+        self.metrics.gauge("paused_connections",
                            lambda: sum(1 for p in self.connections if p.paused))
         tls = config.credentials.tls
         if tls is not None:
@@ -416,24 +424,29 @@ class Brick:
         # The data operations first, without building a message object: their bodies are
         # checked field by field here, and anything unusual takes the general path, whose
         # decoding names the problem.
+        t0 = perf_counter()
         if mtype == GET_COMPACT:
-            return self._get_compact(body)
+            return self._get_compact(body, t0)
         if type(body) is dict:
             if mtype == "get":
                 if body.keys() == _GET_FIELDS:
                     fast = self._get_fast(body)
                     if fast is not None:
+                        count, latency = self._series("get")
+                        count.value += 1
+                        latency.observe(perf_counter() - t0)
                         return fast
             elif mtype == "prepare":
                 if body.keys() == _PREPARE_FIELDS and _prepare_body_ok(body):
                     return self._counted("prepare", self._prepare_fast,
-                                         (body, (conn, conn.request_id, mtype)))
+                                         (body, (conn, conn.request_id, mtype, t0)), t0)
             elif mtype == "commit":
                 txid = body.get("txid") if len(body) == 1 else None
                 if (type(txid) is list and len(txid) == 2 and type(txid[0]) is int
                         and type(txid[1]) is int):
                     return self._counted("commit", self._commit_fast,
-                                         ((txid[0], txid[1]), (conn, conn.request_id, mtype)))
+                                         ((txid[0], txid[1]),
+                                          (conn, conn.request_id, mtype, t0)), t0)
         role = conn.peer_role
         if role not in roles_of(mtype):
             return self._deny(conn, mtype, f"{mtype!r:.40} is not allowed for the {role} role")
@@ -442,51 +455,64 @@ class Brick:
             if role == "client" and msg.state != "excluded":
                 return self._deny(conn, mtype, "a client may only ask for an exclusion, "
                                   f"not to make a member {msg.state}")
-            return self._counted(mtype, lambda m: self.rg_change(m, conn.peer_id), msg)
+            return self._counted(mtype, lambda m: self.rg_change(m, conn.peer_id), msg, t0)
         if type(msg) is MapPush and role == "client":
-            return self._counted(mtype, self.map_hint, msg)
-        return self._counted(mtype, self._handlers[type(msg)], msg)
+            return self._counted(mtype, self.map_hint, msg, t0)
+        return self._counted(mtype, self._handlers[type(msg)], msg, t0)
 
     def _deny(self, conn: RPCProtocol, mtype: str, why: str) -> Any:
         """A request outside the connection's role: refused, counted, logged at a bounded
         rate; nothing was decoded further or applied."""
         self.metrics.inc("requests_denied_total")
-        self.metrics.inc("errors_permission_denied_total")
+        self.metrics.inc("errors", code=PermissionDenied.code)
         self._denials.warn("refused {mtype} from {peer} (role {role}): {why}",
                            mtype=f"{mtype:.40}", peer=conn.peer_id, role=conn.peer_role,
                            why=why)
         raise PermissionDenied(f"permission denied: {why}")
 
-    def _counted(self, mtype: str, handler: Callable[[Any], Any], arg: Any) -> Any:
-        """Run ``handler(arg)``, counting the request and its error, if any."""
-        name = _REQUEST_COUNTERS.get(mtype)
-        if name is None:
-            name = _REQUEST_COUNTERS[mtype] = f"requests_{mtype}_total"
-        self.metrics.counters[name] += 1
+    def _series(self, mtype: str) -> tuple[Count, Histogram]:
+        """``mtype``'s request counter and latency histogram."""
+        series = self._request_series.get(mtype)
+        if series is None:
+            series = self._request_series[mtype] = (
+                self.metrics.counter("requests", type=mtype),
+                self.metrics.histogram("request_seconds", type=mtype))
+        return series
+
+    def _counted(self, mtype: str, handler: Callable[[Any], Any], arg: Any, t0: float) -> Any:
+        """Run ``handler(arg)``, counting the request and its error, if any, and timing
+        it from ``t0`` (its arrival) to its answer."""
+        count, latency = self._series(mtype)
+        count.value += 1
         try:
             result = handler(arg)
-        except DDSError as e:
-            self.metrics.inc(f"errors_{e.code}_total")
+        except BaseException as e:
+            if isinstance(e, DDSError):
+                self.metrics.inc("errors", code=e.code)
+            latency.observe(perf_counter() - t0)
             raise
-        if result is LATER or type(result) is dict:
+        if result is LATER:         # ``_answer`` times it
             return result
         if isinstance(result, Deferred):
-            return result.addErrback(self._count_error)
+            return result.addBoth(self._finished, latency, t0)
         if hasattr(result, "__await__"):
-            return ensureDeferred(result).addErrback(self._count_error)
+            return ensureDeferred(result).addBoth(self._finished, latency, t0)
+        latency.observe(perf_counter() - t0)
         return result
 
-    def _answer(self, to: tuple[RPCProtocol, int, str], result: Any) -> None:
+    def _answer(self, to: _To, result: Any) -> None:
         """The answer to a request a hot path finished later (``LATER``), counted."""
+        conn, rid, mtype, t0 = to
         if isinstance(result, DDSError):
-            self.metrics.inc(f"errors_{result.code}_total")
-        conn, rid, mtype = to
+            self.metrics.inc("errors", code=result.code)
+        self._series(mtype)[1].observe(perf_counter() - t0)
         conn.answer(rid, mtype, result)
 
-    def _count_error(self, failure: Any) -> Any:
-        if isinstance(failure.value, DDSError):
-            self.metrics.inc(f"errors_{failure.value.code}_total")
-        return failure
+    def _finished(self, result: Any, latency: Histogram, t0: float) -> Any:
+        latency.observe(perf_counter() - t0)
+        if isinstance(result, Failure) and isinstance(result.value, DDSError):
+            self.metrics.inc("errors", code=result.value.code)
+        return result
 
     # -- data operations -----------------------------------------------------------------
 
@@ -526,17 +552,20 @@ class Brick:
                             body["key"])
         return None if r is None else {"value": r.value, "version": r.version}
 
-    def _get_compact(self, body: Any) -> Any:
+    def _get_compact(self, body: Any, t0: float) -> Any:
         """The compact read (``dds.messages.GET_COMPACT``): the fast path, or ``get``'s
         general path (whose reply is given in the compact form)."""
         if type(body) is list and len(body) == 5:
             r = self._read_fast(*body)
             if r is not None:
+                count, latency = self._series("get")
+                count.value += 1
+                latency.observe(perf_counter() - t0)
                 return [r.value, r.version]
             fields: dict[str, Any] = dict(zip(GET_COMPACT_FIELDS, body))
         else:
             fields = {"body": body}     # refused by the decoding below, with a reason
-        result = self._counted("get", self._handlers[Get], decode_request("get", fields))
+        result = self._counted("get", self._handlers[Get], decode_request("get", fields), t0)
         if isinstance(result, Deferred):
             return result.addCallback(_compact_reply)
         return _compact_reply(result)
@@ -553,7 +582,6 @@ class Brick:
                 or rg in self.recoveries.blocked
                 or not (self.ignore_read_lease or self.leases.valid(rg))):
             return None
-        self.metrics.counters["requests_get_total"] += 1
         return self.storage.read(pid_text, key)
 
     def _check_serving(self, rg: str, read: bool) -> None:
@@ -593,7 +621,7 @@ class Brick:
                              msg.expected_version, msg.rg, msg.rg_version, msg.rg_fp,
                              msg.timeout_ms)
 
-    def _prepare_fast(self, args: tuple[dict[str, Any], tuple[RPCProtocol, int, str]]) -> Any:
+    def _prepare_fast(self, args: tuple[dict[str, Any], _To]) -> Any:
         """A PREPARE whose body passed ``_prepare_body_ok``, answered through ``_answer``
         if it waits for its vote's record."""
         b, to = args
@@ -602,14 +630,14 @@ class Brick:
                              b["value"], b["expected_version"], b["rg"], b["rg_version"],
                              b["rg_fp"], b["timeout_ms"], to)
 
-    def _commit_fast(self, args: tuple[tuple[int, int], tuple[RPCProtocol, int, str]]) -> Any:
+    def _commit_fast(self, args: tuple[tuple[int, int], _To]) -> Any:
         txid, to = args
         return self.participant.commit(txid, self._answer, to)
 
     def _prepare(self, txid: tuple[int, int], ts: tuple[int, int], pid_text: str, key: bytes,
                  op: str, value: bytes | None, expected_version: int | None, rg: str,
                  rg_version: int, rg_fp: int, timeout_ms: int,
-                 to: tuple[RPCProtocol, int, str] | None = None) -> Any:
+                 to: _To | None = None) -> Any:
         """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote."""
         if self._stopping:
             raise NotServing(f"brick {self.id} is shutting down")

@@ -8,12 +8,14 @@ one does not answer.  Bad input (oversize keys or values, wrong types) fails bef
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Mapping
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 import attrs
+from prometheus_client import REGISTRY, CollectorRegistry
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -28,6 +30,7 @@ from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSErr
                         VersionMismatch)
 from dds.maps import ClusterMap
 from dds.messages import GET_COMPACT
+from dds.metricdefs import CLIENT
 from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
@@ -40,6 +43,18 @@ from dds.lib.routing import Route, Router, pick_replica
 from dds.records import BrickRecord
 
 T = TypeVar("T")
+_F = TypeVar("_F", bound=Callable[..., Deferred[Any]])
+
+
+def _timed_call(op: str) -> Callable[[_F], _F]:
+    """Observe a call's time, start to outcome, in ``dds_client_request_seconds``
+    (on the reactor's clock)."""
+    def wrap(f: _F) -> _F:
+        @functools.wraps(f)
+        def timed(self: "DDSClient", *args: Any, **kw: Any) -> Deferred[Any]:
+            return self._timed(f(self, *args, **kw), op, self.clock.seconds())
+        return timed  # type: ignore[return-value]
+    return wrap
 
 #: Errors after which the same operation may be tried again (on another replica or
 #: after the map was repaired).
@@ -91,7 +106,11 @@ class DDSClient:
 
     ``commit_mode``: ``"parallel"`` (the default) reports a write done once every replica
     voted YES, one round trip (DESIGN §4); ``"ack"`` waits for every COMMIT
-    acknowledgement as well, the older behaviour, kept for comparison."""
+    acknowledgement as well, the older behaviour, kept for comparison.
+
+    Metrics (``dds_client_*``: latency per operation, retries, ...) go to
+    ``metrics_registry``: prometheus_client's global ``REGISTRY`` by default, shared by
+    every client of the process; None keeps them out of any registry."""
 
     log = Logger(observer=TO_LOGGING)       # to ``logging``, see lib/logging_bridge.py
 
@@ -102,14 +121,19 @@ class DDSClient:
                  max_value_bytes: int = 1 << 20, max_frame: int = DEFAULT_MAX_FRAME,
                  refresh_interval: float = 30.0, node_id: str | None = None,
                  opener: Opener | None = None, rng: random.Random | None = None,
-                 commit_mode: str = "parallel") -> None:
+                 commit_mode: str = "parallel",
+                 metrics_registry: CollectorRegistry | None = REGISTRY) -> None:
         credentials = _credentials(cluster, secret, tls, role, credentials)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.timeout = timeout
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
-        self.metrics = Metrics("dds_client")
+        # ``dds_client_*`` in the registry the service exports (prometheus_client's
+        # global one by default; None: counted, but in no registry anyone exports).
+        self.metrics = Metrics(CLIENT, metrics_registry)
+        self._latency = {op: self.metrics.histogram("request_seconds", op=op)
+                         for op in ("get", "put", "remove", "create", "cas")}
         # Every random choice (library id, backoff jitter, replica and seed order) comes
         # from one generator, so a seeded simulation replays exactly.
         self.rng = rng if rng is not None else random.Random(os.urandom(16))
@@ -260,34 +284,43 @@ class DDSClient:
 
     # -- reads ---------------------------------------------------------------------------
 
+    def _timed(self, d: Deferred[T], op: str, start: float) -> Deferred[T]:
+        return d.addBoth(self._observe, op, start)
+
+    def _observe(self, result: T, op: str, start: float) -> T:
+        self._latency[op].observe(self.clock.seconds() - start)
+        return result
+
     def get(self, key: bytes, timeout: float | None = None,
             consistency: str | Bounded | None = None) -> Deferred[GetResult]:
         """The key's value and version.  ``consistency``: ``"linearizable"`` (the
         default) or ``Bounded(seconds)``: any replica whose copy is provably at most that
         old answers, without waiting on a prepared key (DESIGN §3)."""
+        # Timed in ``dds_client_request_seconds`` (the fast path's in ``_got``, cheaper).
         if type(key) is not bytes or len(key) > self.max_key_bytes:
             try:
                 self._check(key)
             except DDSError as e:
-                return _failed(e)
+                return self._timed(_failed(e), "get", self.clock.seconds())
         timeout = timeout or self.timeout
         if consistency is not None:
             try:
                 bound = check_consistency(consistency)
             except DDSError as e:
-                return _failed(e)
+                return self._timed(_failed(e), "get", self.clock.seconds())
             if bound is not None:
-                return self._run(bounded_get(self, key, timeout, bound))
+                return self._timed(self._run(bounded_get(self, key, timeout, bound)), "get",
+                                   self.clock.seconds())
         # Fast path, no coroutine: a routable key whose chosen replica is connected.
         try:
             route = self.router.route(self.maps.map, key)
         except (LookupError, ValueError):
-            return self._run(self._get(key, timeout))
+            return self._timed(self._run(self._get(key, timeout)), "get", self.clock.seconds())
         conns = self.connections.open
         brick = pick_replica(route, _NONE, conns, self.rng)
         conn = conns.get((brick.address, brick.port)) if brick is not None else None
         if conn is None or brick is None:
-            return self._run(self._get(key, timeout))
+            return self._timed(self._run(self._get(key, timeout)), "get", self.clock.seconds())
         d: Deferred[GetResult] = Deferred()
         ctx = (d, key, timeout, self.clock.seconds(), brick.id)
         if GET_COMPACT in conn.peer_features:
@@ -305,10 +338,12 @@ class DDSClient:
         if isinstance(reply, BaseException):
             again = self._get_again(Failure(reply), key, timeout, start, brick_id)
             if isinstance(again, Deferred):
-                again.chainDeferred(d)
+                self._timed(again, "get", start).chainDeferred(d)
             else:
+                self._observe(None, "get", start)
                 d.errback(again)
             return
+        self._observe(None, "get", start)
         try:
             result = (GetResult(reply[0], reply[1]) if type(reply) is list
                       else _get_result(reply))
@@ -366,18 +401,22 @@ class DDSClient:
 
     # -- writes --------------------------------------------------------------------------
 
+    @_timed_call("put")
     def put(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
         """Store ``value``; returns the key's new version."""
         return self._write(key, "put", value, None, timeout, needs_value=True)
 
+    @_timed_call("remove")
     def remove(self, key: bytes, timeout: float | None = None) -> Deferred[int]:
         """Delete the key (a tombstone; its version still grows)."""
         return self._write(key, "remove", None, None, timeout)
 
+    @_timed_call("create")
     def create(self, key: bytes, value: bytes, timeout: float | None = None) -> Deferred[int]:
         """Store ``value`` only if the key has none; fails with ``Exists`` otherwise."""
         return self._write(key, "create", value, None, timeout, needs_value=True)
 
+    @_timed_call("cas")
     def compare_and_put(self, key: bytes, value: bytes, expected_version: int,
                         timeout: float | None = None) -> Deferred[int]:
         """Store ``value`` only if the key is at ``expected_version`` (0: never written);

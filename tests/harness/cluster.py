@@ -125,16 +125,25 @@ class Cluster:
         return await DDSClient.connect(reactor, self.seeds, cluster=CLUSTER,
                                        credentials=self.credentials("client"), **options)
 
-    def metric(self, brick_id: str, name: str) -> float:
-        """``dds_<name>`` from the brick's ``/metrics`` (0 when it is not there yet)."""
+    def metrics_text(self, brick_id: str) -> str:
+        """The brick's ``/metrics`` page (Prometheus text)."""
         import urllib.request
         b = self.brick(brick_id)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
+        return urllib.request.urlopen(f"http://127.0.0.1:{b.http_port}/metrics",
                                       timeout=10).read().decode()
-        for line in text.splitlines():
-            if line.startswith(f"dds_{name} "):
-                return float(line.split()[1])
-        return 0.0
+
+    def metric(self, brick_id: str, name: str, **labels: str) -> float:
+        """The sample ``dds_<name>`` with exactly ``labels`` from the brick's
+        ``/metrics`` (``metric("b1", "requests_total", type="get")``); without labels,
+        the sum of its samples (``stream_refused_total`` over its reasons); 0 when
+        absent."""
+        from prometheus_client.parser import text_string_to_metric_families
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics_text(brick_id)):
+            for sample in family.samples:
+                if sample.name == f"dds_{name}" and (not labels or sample.labels == labels):
+                    total += float(sample.value)
+        return total
 
     def stop(self) -> None:
         errors = []

@@ -99,12 +99,13 @@ async def test_oversize_keys_and_values_fail_before_any_io(cluster_factory: Any)
     cluster = cluster_factory(bricks=3, replication=3, partitions=4)
     await cluster.init(reactor)
     client = await cluster.client(reactor)
-    prepares = [cluster.metric(b.id, "requests_prepare_total") for b in cluster.bricks]
+    prepares = [cluster.metric(b.id, "requests_total", type="prepare")
+                for b in cluster.bricks]
     with pytest.raises(KeyTooLarge, match="1025 bytes exceeds the limit of 1024"):
         await client.put(b"k" * 1025, b"v")
     with pytest.raises(ValueTooLarge, match="exceeds the limit"):
         await client.put(b"k", b"v" * ((1 << 20) + 1))
-    assert [cluster.metric(b.id, "requests_prepare_total")
+    assert [cluster.metric(b.id, "requests_total", type="prepare")
             for b in cluster.bricks] == prepares
     assert (await client.get(b"k")).version == 0
     await client.close()
@@ -216,13 +217,13 @@ async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
     replies = [hog.call("get", body) for _ in range(n)]
     # Wait until the brick stopped reading from the hog (then its memory stops growing).
     deadline = time.monotonic() + 30.0
-    while cluster.metric(brick.id, "connections_paused") != 1:
+    while cluster.metric(brick.id, "paused_connections") != 1:
         assert time.monotonic() < deadline, "the brick never stopped reading from the hog"
         await _pause(0.05)
     grown = _rss_bytes(brick.pid) - before
     assert grown < 200 << 20, f"the brick grew by {grown >> 20} MiB"
     assert cluster.metric(brick.id, "connections_paused_total") >= 1
-    assert cluster.metric(brick.id, "connections_paused") == 1
+    assert cluster.metric(brick.id, "paused_connections") == 1
     # Other clients are still served, by the same brick.
     other = await open_connection(reactor, "127.0.0.1", brick.port, node_id="other",
                                   cluster=CLUSTER, credentials=cluster.credentials("client"),
@@ -233,7 +234,7 @@ async def test_a_client_that_reads_no_reply_costs_the_brick_bounded_memory(
     hog.transport.resumeProducing()
     results = [await d for d in replies]
     assert all(r["value"] == value for r in results)
-    assert cluster.metric(brick.id, "connections_paused") == 0
+    assert cluster.metric(brick.id, "paused_connections") == 0
     hog.close()
     await client.close()
 

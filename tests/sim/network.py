@@ -698,6 +698,7 @@ class SimCluster:
     def client(self, start: bool = True, **options: Any) -> DDSClient:
         """A ``DDSClient`` on the network (started: it has fetched the map)."""
         options.setdefault("node_id", f"client{len(self.clients)}")
+        options.setdefault("metrics_registry", None)   # its own counts, as a process's
         client = DDSClient(self.clock, self.seeds(), cluster=self.name,
                            secret=self.secret.encode(), opener=self.net.opener(), **options)
         self.clients.append(client)

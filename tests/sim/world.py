@@ -77,6 +77,7 @@ class SimWorld(SimCluster):
     def new_client(self, name: str, **options: Any) -> DDSClient:
         """A ``DDSClient`` process ``name`` (not started: run ``client.start()``)."""
         options.setdefault("timeout", self.client_timeout)
+        options.setdefault("metrics_registry", None)   # its own counts, as a process's
         reactor = self._reactor(name)
         client = DDSClient(reactor, self.seeds(), cluster=self.name,
                            secret=self.secret.encode(), node_id=name,

@@ -602,7 +602,7 @@ def test_a_refused_stream_is_counted_as_an_authentication_failure(
     counters = streaming.metrics.counters
     streaming.pump.until(lambda: counters["stream_refused_total"] == 1)
     assert counters["stream_auth_failures_total"] == 1
-    assert counters["stream_refused_auth_total"] == 1
+    assert streaming.metrics.value("stream_refused", reason="auth") == 1
 
 
 def test_close_stops_the_stream_server(streaming: Streaming) -> None:
