@@ -236,6 +236,8 @@ CLIENT = Catalogue("dds_client", _RPC + (
               "or error), by operation", labels=("op",),
               initial=(("get",), ("put",), ("remove",), ("create",), ("cas",))),
     counter("get_retries", "reads retried on another replica"),
+    counter("get_hedged", "reads also sent to a second replica because the first had not "
+            "answered within the hedge delay"),
     counter("write_retries", "writes retried after a failed attempt (nothing applied)"),
     counter("write_fenced_retries", "write retries during a recovery's or move's write "
             "fence"),

@@ -36,6 +36,7 @@ from dds.rpc import RPCProtocol
 
 from dds.lib.bounded import Bounded, bounded_get, check_consistency
 from dds.lib.exclusion import Excluder
+from dds.lib.hedging import HedgeDelay
 from dds.lib.logging_bridge import TO_LOGGING, library_logger
 from dds.lib.coordinator import UNREACHABLE, Coordinator, PrepareFailed
 from dds.lib.mapcache import MapCache
@@ -122,11 +123,16 @@ class DDSClient:
                  refresh_interval: float = 30.0, node_id: str | None = None,
                  opener: Opener | None = None, rng: random.Random | None = None,
                  commit_mode: str = "parallel",
-                 metrics_registry: CollectorRegistry | None = REGISTRY) -> None:
+                 metrics_registry: CollectorRegistry | None = REGISTRY,
+                 hedge: bool = True) -> None:
         credentials = _credentials(cluster, secret, tls, role, credentials)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
         self.timeout = timeout
+        #: Whether a read that a replica has not answered within the hedge delay is also
+        #: sent to another replica (``lib/hedging.py``).
+        self.hedging = hedge
+        self.hedges = HedgeDelay()
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         # ``dds_client_*`` in the registry the service exports (prometheus_client's
@@ -322,28 +328,64 @@ class DDSClient:
         if conn is None or brick is None:
             return self._timed(self._run(self._get(key, timeout)), "get", self.clock.seconds())
         d: Deferred[GetResult] = Deferred()
-        ctx = (d, key, timeout, self.clock.seconds(), brick.id)
+        read = _Read(d, key, timeout, self.clock.seconds(), brick.id, route)
+        self._send_get(conn, read)
+        if self.hedging and len(route.replicas) > 1:
+            read.hedge = self.clock.callLater(self.hedges.delay(), self._hedge, read)
+        return d
+
+    def _send_get(self, conn: RPCProtocol, read: _Read) -> None:
+        read.pending += 1
+        route, key = read.route, read.key
+        timeout = max(read.timeout - (self.clock.seconds() - read.start), 0.001)
         if GET_COMPACT in conn.peer_features:
             rg = route.rg
             conn.request(GET_COMPACT, [route.pid_text, rg.name, rg.version, rg.fp, key],
-                         timeout, self._got, ctx)
+                         timeout, self._got, read)
         else:
-            conn.request("get", route.request(key), timeout, self._got, ctx)
-        return d
+            conn.request("get", route.request(key), timeout, self._got, read)
 
-    def _got(self, ctx: tuple[Deferred[GetResult], bytes, float, float, str],
-             reply: Any) -> None:
-        """The fast path's reply (or error), straight from the connection."""
-        d, key, timeout, start, brick_id = ctx
+    def _hedge(self, read: _Read) -> None:
+        """The replica has not answered within the hedge delay (a paused or overloaded
+        brick): ask another one as well; the first valid answer wins (DESIGN §3 permits
+        any active replica with a lease)."""
+        read.hedge = None
+        if read.done:
+            return
+        conns = self.connections.open
+        other = pick_replica(read.route, {read.brick_id}, conns, self.rng)
+        conn = conns.get((other.address, other.port)) if other is not None else None
+        if conn is None or other is None:
+            return
+        read.hedged = other.id
+        self.metrics.inc("get_hedged_total")
+        self._send_get(conn, read)
+
+    def _got(self, read: _Read, reply: Any) -> None:
+        """The fast path's reply (or error), straight from the connection; with a hedge
+        out, the first valid answer wins and an error waits for the other leg."""
+        read.pending -= 1
+        if read.done:
+            return
+        d, start = read.d, read.start
         if isinstance(reply, BaseException):
-            again = self._get_again(Failure(reply), key, timeout, start, brick_id)
+            if read.pending:
+                read.failed = reply          # the other leg may still answer
+                return
+            read.finish()
+            again = self._get_again(Failure(reply), read.key, read.timeout, start,
+                                    read.brick_id, read.hedged)
             if isinstance(again, Deferred):
                 self._timed(again, "get", start).chainDeferred(d)
             else:
                 self._observe(None, "get", start)
                 d.errback(again)
             return
-        self._observe(None, "get", start)
+        read.finish()
+        elapsed = self.clock.seconds() - start
+        self._latency["get"].observe(elapsed)
+        if read.hedged is None:
+            self.hedges.observe(elapsed)
         try:
             result = (GetResult(reply[0], reply[1]) if type(reply) is list
                       else _get_result(reply))
@@ -353,7 +395,7 @@ class DDSClient:
         d.callback(result)
 
     def _get_again(self, failure: Failure, key: bytes, timeout: float, start: float,
-                   brick_id: str) -> Deferred[GetResult] | Failure:
+                   brick_id: str, hedged: str | None = None) -> Deferred[GetResult] | Failure:
         """The fast path failed: a stale map or an unresponsive replica is handled by the
         general path, which starts by avoiding the replica that just failed."""
         error = failure.value
@@ -363,6 +405,8 @@ class DDSClient:
         if remaining <= 0:
             return Failure(Timeout(f"get timed out after {timeout:g}s: {error}"))
         tried = set() if isinstance(error, StaleMap) else {brick_id}
+        if hedged is not None and not isinstance(error, StaleMap):
+            tried.add(hedged)
         return self._run(self._get(key, remaining, tried))
 
     async def _get(self, key: bytes, timeout: float, tried: set[str] | None = None
@@ -593,6 +637,34 @@ class DDSClient:
 
 
 _NONE: frozenset[str] = frozenset()
+
+
+class _Read:
+    """One fast-path read: its first request and, if the replica is slow to answer, a
+    hedged second one (``hedged``: that replica's id)."""
+
+    __slots__ = ("d", "key", "timeout", "start", "brick_id", "route", "pending", "done",
+                 "hedge", "hedged", "failed")
+
+    def __init__(self, d: Deferred[GetResult], key: bytes, timeout: float, start: float,
+                 brick_id: str, route: Route) -> None:
+        self.d = d
+        self.key = key
+        self.timeout = timeout
+        self.start = start
+        self.brick_id = brick_id
+        self.route = route
+        self.pending = 0
+        self.done = False
+        self.hedge: Any = None
+        self.hedged: str | None = None
+        self.failed: BaseException | None = None
+
+    def finish(self) -> None:
+        self.done = True
+        if self.hedge is not None and self.hedge.active():
+            self.hedge.cancel()
+        self.hedge = None
 
 
 def _since(failures: dict[tuple[str, int], tuple[float, str]], since: float
