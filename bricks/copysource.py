@@ -304,8 +304,8 @@ class CopySessions:
 
     def delta(self, session: int, pid: str, after_lsn: int, limit: int) -> dict[str, Any]:
         """Committed rows of ``pid`` written after ``after_lsn``, tombstones included, in
-        log order, at most ``limit``: ``{"rows": [[key, value, version, lsn]], "more":
-        bool}``."""
+        log order, at most ``limit``: ``{"rows": [[key, value, version, lsn, checksum]],
+        "more": bool}`` (``checksum`` as stored: the target verifies it)."""
         s = self._serving(session)
         if pid not in s.snapshots:
             raise InvalidRequest(f"copy session {session} does not copy {pid!r}")
