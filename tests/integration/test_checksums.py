@@ -5,6 +5,7 @@ scrubber; a partition file written before checksums is migrated online."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 from pathlib import Path
@@ -19,6 +20,7 @@ from dds.errors import ReplicaDamaged
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
+from tests.integration.test_admin_membership import admin
 
 LEASE_MS = 1000
 
@@ -112,6 +114,10 @@ async def test_the_scrubber_repairs_a_damaged_value_nobody_reads(cluster_factory
     assert cluster.metric("b3", "scrub_pass") >= 1
     status = await call(cluster, cluster.brick("b3"), "status", {})
     assert status["scrub"]["pass"] >= 1 and status["scrub"]["scrub_mb_s"] == 1.0
+    shown = admin(cluster, "status", "--json")
+    b3 = next(b for b in json.loads(shown.stdout)["bricks"] if b["id"] == "b3")
+    assert b3["scrub"]["pass"] >= 1
+    assert "scrub: b1 pass" in " ".join(admin(cluster, "status").stdout.split())
     client = await cluster.client(reactor, timeout=10.0)
     assert await replica_value(cluster, client, cluster.brick("b3"), key) == (value_of(key), 1)
     await client.close()
