@@ -71,6 +71,7 @@ from dds.bricks.participant import Participant
 from dds.bricks.discard import discard_gradually
 from dds.bricks.snapshot import (RunInThread, SnapshotInfo, read_chunk,
                                  take_snapshot)
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.storage import Storage
 from dds.bricks.stream import AUTH, TOKEN_BYTES, StreamServer, background
 
@@ -325,6 +326,11 @@ class CopySessions:
                 break
             if len(rows) == limit:
                 return {"rows": rows, "more": True}
+            key, value, version, _lsn, checksum = row
+            if checksum is not None and row_checksum(key, version, value) != checksum:
+                # Never shipped (the target would refuse it); repaired here.
+                self.storage.on_damage(pid, key)
+                raise ChecksumMismatch(pid, key)
             rows.append(list(row))
         return {"rows": rows, "more": False}
 

@@ -93,12 +93,19 @@ async def take_snapshot(storage: Storage, pid: str, dest: Path,
     """Snapshot the replica of ``pid`` into ``dest``, a standalone SQLite file, without
     blocking the reactor.  Writes may continue meanwhile.  Raises KeyError if the brick
     holds no replica of ``pid``, or the worker's error (sqlite3.Error, OSError, ValueError)
-    with no ``dest`` left behind."""
+    with no ``dest`` left behind; ChecksumMismatch (a ``ReplicaDamaged``) naming the key
+    if a row of the snapshot fails its checksum, the row's repair started."""
     validate_pid(pid)
     if not storage.has_partition(pid):
         raise KeyError(pid)
     source = storage.partition_path(pid)
-    info: SnapshotInfo = await run_in_thread(_snapshot_file, source, Path(dest), pid)
+    try:
+        info: SnapshotInfo = await run_in_thread(_snapshot_file, source, Path(dest), pid)
+    except ChecksumMismatch as e:
+        # Not shipped: the target would refuse it anyway.  Repaired here like a read's.
+        if storage.has_partition(pid) and storage.file_row_damaged(pid, e.key):
+            storage.on_damage(pid, e.key)
+        raise
     log.info("snapshot of {pid}: {size} bytes at lsn {lsn}", pid=pid, size=info.size,
              lsn=info.lsn)
     return info
@@ -136,6 +143,9 @@ def _snapshot_file(source: Path, dest: Path, pid: str) -> SnapshotInfo:
                 dst.close()
         finally:
             src.close()
+        # Every row against its checksum before anything is shipped (the target checks
+        # again: this side finds a damaged row early and has it repaired).
+        verify_file_rows(tmp, pid)
         size, checksum, blocks = _hash_blocks(tmp)
         os.replace(tmp, dest)
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -226,4 +227,25 @@ def test_a_damaged_log_batch_does_not_hide_the_batches_after_it(tmp_path: Path) 
     assert s.read(P, keys[1]) == ReadResult(None, 0)       # its record failed its checksum
     assert s.read(P, keys[2]) == ReadResult(b"value-2", 1)  # read past the damage
     assert len(s.log_damage) == 2       # the batch, and the record in it
+    s.close()
+
+
+def test_a_source_never_snapshots_a_damaged_row_and_has_it_repaired(tmp_path: Path) -> None:
+    from twisted.internet.defer import Deferred, maybeDeferred
+
+    from dds.bricks.snapshot import take_snapshot
+    keys = [key_in(P, i) for i in range(3)]
+    s = written(tmp_path, {k: b"value" for k in keys})
+    path = s.partition_path(P)
+    s.close()
+    damage(path, keys[2], b"valuf")
+    s = Storage(tmp_path, Clock())
+    found: list[tuple[str, bytes]] = []
+    s.on_damage = lambda pid, k: found.append((pid, k))
+    dest = tmp_path / "snap"
+    d = Deferred.fromCoroutine(take_snapshot(s, P, dest, maybeDeferred))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert [f.type for f in failures] == [ChecksumMismatch]
+    assert found == [(P, keys[2])] and not dest.exists()
     s.close()
