@@ -123,7 +123,10 @@ class SelfRepair:
                     if self.id in r.active_members
                     and any(str(e.pid) == pid for e in r.partitions)), None)
         if rec is None:
-            return f"no RG lists {pid} with {self.id} active"
+            # Not an active member (re-syncing, excluded, the partition moving): nothing
+            # is served from this replica, and the recovery that makes it active again
+            # replaces it with a verified copy.
+            return ""
         answers = []
         problems = []
         for member in sorted(m for m in rec.active_members if m != self.id):
