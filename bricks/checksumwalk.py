@@ -12,10 +12,11 @@ the reactor thread (the brick serves between them):
   row's version, so a row written meanwhile (which has its own checksum) is left alone.
 - **Scrub**: every ``SCRUB_TICK_S`` it verifies about ``brick.scrub_mb_s`` ×
   ``SCRUB_TICK_S`` bytes of rows (keys and values) against their checksums, partition
-  after partition, and starts over when it has done them all (one *pass*).  A row that
-  fails is checked again through ``Storage.file_row_damaged`` (a write may have
-  replaced it since the batch was read) and handed to the self-repair
-  (``bricks/selfrepair.py``), exactly as a read that found it.
+  after partition, and starts over when it has done them all (one *pass*; a pass
+  starts at most once a minute).  A row that fails is checked again through
+  ``Storage.file_row_damaged`` (a write may have replaced it since the batch was read)
+  and handed to the self-repair (``bricks/selfrepair.py``), exactly as a read that
+  found it.
 
 Progress (``status()``, and gauges in ``/metrics``): bytes verified in the current pass,
 the pass number, when the last pass completed.
@@ -34,10 +35,13 @@ from dds.bricks.partstore import PartitionStore
 from dds.bricks.rowcheck import row_checksum
 from dds.bricks.storage import Storage
 
-__all__ = ["ChecksumWalk", "SCRUB_TICK_S", "MIGRATE_ROWS", "MIGRATE_PAUSE_S"]
+__all__ = ["ChecksumWalk", "SCRUB_TICK_S", "SCRUB_MIN_PASS_S", "MIGRATE_ROWS",
+           "MIGRATE_PAUSE_S"]
 
 #: The scrubber wakes this often and verifies its share of the rate each time.
 SCRUB_TICK_S = 0.25
+#: A pass starts at most this often: a small brick is not rescanned over and over.
+SCRUB_MIN_PASS_S = 60.0
 #: Rows and bytes per batch (migration: per step; scrub: per tick at most).
 MIGRATE_ROWS = 500
 #: Pause between two migration batches: the brick's requests go first.
@@ -62,6 +66,7 @@ class ChecksumWalk:
         self.pass_number = 0
         self.bytes_verified = 0          # in the current pass
         self.last_pass_completed = 0.0   # clock time; 0: none yet
+        self._pass_started = float("-inf")
         #: Migration: partitions still to look at, and the one in progress.
         self._migrate_todo: list[str] = []
         self._migrate_after = b""
@@ -163,6 +168,10 @@ class ChecksumWalk:
         while budget > 0:
             if self._scrub_pid is None:
                 if not self._scrub_todo:            # a new pass
+                    now = self.clock.seconds()
+                    if now - self._pass_started < SCRUB_MIN_PASS_S:
+                        return
+                    self._pass_started = now
                     self._scrub_todo = self.storage.partitions()
                     self.pass_number += 1
                     self.bytes_verified = 0

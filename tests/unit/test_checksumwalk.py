@@ -116,3 +116,19 @@ def test_a_received_snapshot_with_a_damaged_row_is_not_installed(tmp_path: Path)
     assert P in str(e.value) and repr(keys[1]) in str(e.value)
     assert not receiver.path.exists()
     assert ChecksumMismatch   # (the exception the brick's own reads raise)
+
+
+def test_a_new_pass_waits_a_minute_after_the_last_one_started(tmp_path: Path) -> None:
+    from dds.bricks.checksumwalk import SCRUB_MIN_PASS_S
+    s = written(tmp_path, {key_in(P, 0): b"value"})
+    clock = Clock()
+    walk = ChecksumWalk(s, clock, Metrics(), scrub_mb_s=1.0, on_damage=lambda p, k: None)
+    walk.start()
+    clock.pump([SCRUB_TICK_S] * 8)
+    assert walk.pass_number == 1 and walk.last_pass_completed > 0
+    clock.pump([SCRUB_TICK_S] * int(SCRUB_MIN_PASS_S / SCRUB_TICK_S - 10))
+    assert walk.pass_number == 1
+    clock.pump([SCRUB_TICK_S] * 12)
+    assert walk.pass_number == 2
+    walk.stop()
+    s.close()
