@@ -8,7 +8,7 @@ reads another replica meanwhile).
 **Repair.**  Ask every other *active* member of the RG that lists the partition for its
 row (``row_read``): each answers with the value, version and checksum of its current
 row, verified on its side when read, or that a transaction on the key is prepared there
-(then the answer is not used).  Each answer's checksum is verified again here (it covers
+(then the answer is not used), or refuses if its own record does not list it active.  Each answer's checksum is verified again here (it covers
 the way between the bricks), and of the good ones the highest version is taken.  It is
 installed under the key's lock, only if the lock is free (no transaction on the key is
 preparing, prepared or committing here) and the file's row is still damaged; the write
@@ -17,12 +17,18 @@ Otherwise the repair is tried again later, with backoff, a bounded number of tim
 
 **Why the result is linearizable.**  The damaged row was never served, so only what
 this replica held before the damage matters: some version ``v`` that a client may have
-read here.  ``v`` was committed by 2PC, so every member active at the time voted YES on
-it and holds it, or a newer version, or the transaction still prepared; a member that
+read here.  ``v`` was committed by 2PC under a record this brick was active in, so this
+brick's record is at least that one, and every member active in it voted YES on ``v``
+and holds it, or a newer version, or the transaction still prepared; a member that
 became active since was copied from an active member (recovery, DESIGN §7) and holds it
-too.  A peer that answers (it checks that it serves the RG: active, with a valid lease,
-not re-syncing) and has no transaction prepared on the key therefore holds ``v`` or a
-newer committed version, and so does the highest answer.  A newer one is no problem: it
+too.  So a peer qualifies if this brick's record lists it active (only those are asked)
+and its own record does too (it refuses otherwise: it may know it was excluded since).
+It needs no lease and may be re-syncing after a restart: while it is active in the
+record no write commits without its YES vote, which it does not give while re-syncing,
+and its restart kept every write it acknowledged (the log).  That matters after a
+whole-RG restart, where the one member that serves first may be the damaged one and
+the others ask it for their copies.  A qualifying peer with no transaction prepared on
+the key holds ``v`` or a newer committed version, and so does the highest answer.  A newer one is no problem: it
 is committed (decided), and the local replica lacks it only because this brick's COMMIT
 of it is still on the way, in which case its transaction holds the key's lock here and
 the repair waits.  So the installed version is never older than one this replica served,
@@ -121,11 +127,12 @@ class SelfRepair:
             return ""
         rec = next((r for r in self.maps.map.rgs.values()
                     if self.id in r.active_members
-                    and any(str(e.pid) == pid for e in r.partitions)), None)
+                    and any(str(e.pid) == pid and e.state != "incoming"
+                            for e in r.partitions)), None)
         if rec is None:
-            # Not an active member (re-syncing, excluded, the partition moving): nothing
-            # is served from this replica, and the recovery that makes it active again
-            # replaces it with a verified copy.
+            # Not an active member (re-syncing, excluded), or the partition still moving
+            # in: nothing is served from this replica, and the copy that makes it
+            # serve replaces it with a verified one.
             return ""
         answers = []
         problems = []

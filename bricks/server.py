@@ -607,14 +607,18 @@ class Brick:
 
     def row_read(self, msg: RowRead) -> dict[str, Any]:
         """A member repairing a damaged row asks for ours (``bricks/selfrepair.py``):
-        answered only while this brick serves the RG (active, leased, not re-syncing),
-        for a partition the RG lists; ``prepared`` if a transaction on the key is in
-        progress here.  A damaged row here answers ``ReplicaDamaged`` (and is repaired
-        here too)."""
+        answered while this brick is an active member of the RG in its own record (with
+        or without a lease, re-syncing after a restart or not: no write commits without
+        an active member), for a partition the RG lists and is not still filling
+        (incoming); ``prepared`` if a transaction on the key is in progress here.  A
+        damaged row here answers ``ReplicaDamaged`` (and is repaired here too)."""
         rec = self.maps.map.rgs.get(msg.rg)
         pid = parse_pid(msg.pid)
-        if rec is None or not self.serving(msg.rg) or rec.partition_state(pid) is None:
-            raise NotServing(f"brick {self.id} does not serve {msg.pid} of {msg.rg}")
+        if rec is None or self.id not in rec.active_members \
+                or rec.partition_state(pid) in (None, "incoming") \
+                or not self.storage.has_partition(str(pid)):
+            raise NotServing(f"brick {self.id} is not an active member holding {msg.pid} "
+                             f"of {msg.rg}")
         if not pid.owns(msg.key):
             raise InvalidRequest(f"key does not belong to partition {pid}")
         if self.locks.holder((str(pid), msg.key)) is not None:

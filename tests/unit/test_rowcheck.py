@@ -249,3 +249,9 @@ def test_a_source_never_snapshots_a_damaged_row_and_has_it_repaired(tmp_path: Pa
     assert [f.type for f in failures] == [ChecksumMismatch]
     assert found == [(P, keys[2])] and not dest.exists()
     s.close()
+
+
+def test_only_a_brick_may_ask_for_a_members_row() -> None:
+    from dds.messages import RowRead, roles_of
+    assert roles_of("row_read") == frozenset({"brick"})
+    assert RowRead(pid=P, key=b"k", rg="rg0").to_wire() == {"pid": P, "key": b"k", "rg": "rg0"}
