@@ -6,6 +6,10 @@ stays intact (``integrity_check`` still says ``ok``) and only the row's checksum
 tell.  ``where="log"``: a byte of a value of a committed write in its transaction log.
 Both are what issue 13 found served; with row checksums the brick must never return
 the damaged bytes.  Run on a stopped brick only.
+
+Keys in ``avoid`` are left alone: the nemesis damages each key at most once a run, so at
+most one replica of a key is ever damaged.  Two damaged replicas of one key (with the
+third re-syncing) are two failed disks, beyond what a 3-way RG can repair by itself.
 """
 
 from __future__ import annotations
@@ -34,14 +38,14 @@ def _flip(paths: list[Path], needle: bytes) -> int:
     return n
 
 
-def _flip_value(data_dir: Path, pick: int) -> str:
+def _flip_value(data_dir: Path, pick: int, avoid: set[bytes]) -> tuple[str, bytes | None]:
     files = sorted(data_dir.glob("p*.sqlite"))
     for i in range(len(files)):
         path = files[(pick + i) % len(files)]
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            rows = conn.execute("SELECT key, value FROM kv WHERE length(value) >= 4 "
-                                "ORDER BY key").fetchall()
+            rows = [r for r in conn.execute("SELECT key, value FROM kv WHERE length(value) >= 4 "
+                                            "ORDER BY key") if r[0] not in avoid]
         finally:
             conn.close()
         if not rows:
@@ -49,14 +53,14 @@ def _flip_value(data_dir: Path, pick: int) -> str:
         key, value = rows[pick % len(rows)]
         wal = Path(str(path) + "-wal")
         if _flip([path, wal], value):
-            return f"value of key {key!r} in {path.name}"
-    return "nothing: no stored value found"
+            return f"value of key {key!r} in {path.name}", key
+    return "nothing: no stored value found", None
 
 
-def _flip_log(data_dir: Path, pick: int) -> str:
+def _flip_log(data_dir: Path, pick: int, avoid: set[bytes]) -> tuple[str, bytes | None]:
     logs = sorted(data_dir.glob("txlog.[0-9]*"))
     logs = [p for p in logs if not p.name.endswith(".old")]
-    values: list[tuple[Path, bytes]] = []
+    values: list[tuple[Path, bytes, bytes]] = []
     for path in logs:
         data = path.read_bytes()
         pos = 0
@@ -69,18 +73,21 @@ def _flip_log(data_dir: Path, pick: int) -> str:
                 records = msgpack.unpackb(payload, raw=False)
             except Exception:  # noqa: BLE001 -- a torn tail
                 break
-            values += [(path, r[4]) for r in records
-                       if r[0] == 2 and isinstance(r[4], bytes) and len(r[4]) >= 4]
+            values += [(path, r[3], r[4]) for r in records
+                       if r[0] == 2 and isinstance(r[4], bytes) and len(r[4]) >= 4
+                       and r[3] not in avoid]
             pos += 8 + n
     if not values:
-        return _flip_value(data_dir, pick)   # an empty log: damage the file instead
-    path, value = values[pick % len(values)]
+        return _flip_value(data_dir, pick, avoid)   # an empty log: the file instead
+    path, key, value = values[pick % len(values)]
     _flip([path], value)
-    return f"a logged write's value in {path.name}"
+    return f"a logged write's value of key {key!r} in {path.name}", key
 
 
-def flip_stored_byte(data_dir: Path, where: str, pick: int) -> str:
-    """Flip a bit in ``data_dir`` (a stopped brick's); returns what was flipped."""
+def flip_stored_byte(data_dir: Path, where: str, pick: int,
+                     avoid: set[bytes] | None = None) -> tuple[str, bytes | None]:
+    """Flip a bit in ``data_dir`` (a stopped brick's), in no key of ``avoid``; returns
+    what was flipped and the key (None: nothing was)."""
     if where == "log":
-        return _flip_log(data_dir, pick)
-    return _flip_value(data_dir, pick)
+        return _flip_log(data_dir, pick, avoid or set())
+    return _flip_value(data_dir, pick, avoid or set())

@@ -19,7 +19,8 @@ Kinds:
 * ``restart``: ``kill -TERM`` every brick at once, wait for them to exit, start them all.
 * ``bitflip``: ``kill -TERM`` one brick, flip a bit in a stored value of one of its
   partition files or in a logged write's value (``tests/faults/bitflip.py``), start it
-  again after a short downtime.  It must never serve the damaged bytes (issue 13).
+  again after a short downtime.  It must never serve the damaged bytes (issue 13).  Each
+  key is damaged at most once a run (on one brick): one replica of a key at a time.
 
 Overlap rules: at most ``max_active`` faults at a time; a brick takes one process fault
 (pause, kill) at a time; one network fault (partition, delay, cut) at a time; a whole
@@ -208,6 +209,7 @@ class Nemesis:
         self.down: set[str] = set()        # killed or stopped on purpose, not restarted yet
         self.starting: set[str] = set()    # restarted, not yet known to serve
         self.findings: list[str] = []      # unexpected: a brick exited by itself, etc.
+        self.flipped: set[bytes] = set()   # keys a bitflip damaged (each at most once)
 
     def _log(self, action: str, fault: Fault | None, **extra: Any) -> None:
         now = time.monotonic()
@@ -259,7 +261,10 @@ class Nemesis:
             code = brick.stop(signal.SIGTERM)
             if code != 0:
                 self._finding(f"bitflip: {brick.id} exited with code {code} on SIGTERM")
-            what = flip_stored_byte(brick.data_dir, f.param("where"), f.param("pick"))
+            what, key = flip_stored_byte(brick.data_dir, f.param("where"), f.param("pick"),
+                                         self.flipped)
+            if key is not None:
+                self.flipped.add(key)
             self._log("flipped", f, what=what)
         elif f.kind == "partition":
             rule = Rule(f.param("mode"))
