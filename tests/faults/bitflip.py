@@ -1,9 +1,9 @@
 """The ``bitflip`` nemesis's damage: one flipped bit in what a stopped brick stored.
 
 ``where="value"``: a stored value of one of its partition files (a row chosen by
-``pick``), found in the file's bytes and flipped in the middle, so SQLite's structure
-stays intact (``integrity_check`` still says ``ok``) and only the row's checksum can
-tell.  ``where="log"``: a byte of a value of a committed write in its transaction log.
+``pick``), found in the file's bytes (the WAL checkpointed into the file first) and
+flipped in the middle, so SQLite's structure stays intact (``integrity_check`` still
+says ``ok``) and only the row's checksum can tell.  ``where="log"``: a byte of a value of a committed write in its transaction log.
 Both are what issue 13 found served; with row checksums the brick must never return
 the damaged bytes.  Run on a stopped brick only.
 
@@ -42,8 +42,12 @@ def _flip_value(data_dir: Path, pick: int, avoid: set[bytes]) -> tuple[str, byte
     files = sorted(data_dir.glob("p*.sqlite"))
     for i in range(len(files)):
         path = files[(pick + i) % len(files)]
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
         try:
+            # Everything into the file first: a flip in a WAL frame fails the frame's
+            # own checksum and SQLite drops the WAL from there on, silently rolling
+            # the file back, which is not the damage this nemesis means to do.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             rows = [r for r in conn.execute("SELECT key, value FROM kv WHERE length(value) >= 4 "
                                             "ORDER BY key") if r[0] not in avoid]
         finally:
@@ -51,8 +55,7 @@ def _flip_value(data_dir: Path, pick: int, avoid: set[bytes]) -> tuple[str, byte
         if not rows:
             continue
         key, value = rows[pick % len(rows)]
-        wal = Path(str(path) + "-wal")
-        if _flip([path, wal], value):
+        if _flip([path], value):
             return f"value of key {key!r} in {path.name}", key
     return "nothing: no stored value found", None
 

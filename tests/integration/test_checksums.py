@@ -28,17 +28,18 @@ LEASE_MS = 1000
 def flip_value(brick: BrickProcess, pid: str, value: bytes) -> int:
     """Flip one bit in the middle of every copy of ``value`` in the stopped brick's
     partition file (SQLite's own structure stays intact); returns how many."""
+    path = brick.data_dir / f"{pid}.sqlite"
+    conn = sqlite3.connect(str(path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")     # every row in the file itself
+    conn.close()
+    data = bytearray(path.read_bytes())
     n = 0
-    for path in (brick.data_dir / f"{pid}.sqlite", brick.data_dir / f"{pid}.sqlite-wal"):
-        if not path.exists():
-            continue
-        data = bytearray(path.read_bytes())
-        at = data.find(value)
-        while at >= 0:
-            data[at + len(value) // 2] ^= 0x04
-            n += 1
-            at = data.find(value, at + 1)
-        path.write_bytes(bytes(data))
+    at = data.find(value)
+    while at >= 0:
+        data[at + len(value) // 2] ^= 0x04
+        n += 1
+        at = data.find(value, at + 1)
+    path.write_bytes(bytes(data))
     return n
 
 
