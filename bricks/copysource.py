@@ -71,6 +71,7 @@ from dds.bricks.participant import Participant
 from dds.bricks.discard import discard_gradually
 from dds.bricks.snapshot import (RunInThread, SnapshotInfo, read_chunk,
                                  take_snapshot)
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.storage import Storage
 from dds.bricks.stream import AUTH, TOKEN_BYTES, StreamServer, background
 
@@ -303,8 +304,8 @@ class CopySessions:
 
     def delta(self, session: int, pid: str, after_lsn: int, limit: int) -> dict[str, Any]:
         """Committed rows of ``pid`` written after ``after_lsn``, tombstones included, in
-        log order, at most ``limit``: ``{"rows": [[key, value, version, lsn]], "more":
-        bool}``."""
+        log order, at most ``limit``: ``{"rows": [[key, value, version, lsn, checksum]],
+        "more": bool}`` (``checksum`` as stored: the target verifies it)."""
         s = self._serving(session)
         if pid not in s.snapshots:
             raise InvalidRequest(f"copy session {session} does not copy {pid!r}")
@@ -324,6 +325,11 @@ class CopySessions:
                 break
             if len(rows) == limit:
                 return {"rows": rows, "more": True}
+            key, value, version, _lsn, checksum = row
+            if checksum is not None and row_checksum(key, version, value) != checksum:
+                # Never shipped (the target would refuse it); repaired here.
+                self.storage.on_damage(pid, key)
+                raise ChecksumMismatch(pid, key)
             rows.append(list(row))
         return {"rows": rows, "more": False}
 

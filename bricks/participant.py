@@ -31,13 +31,14 @@ from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.errors import (DDSError, Exists, InternalError, InvalidRequest, Locked,
-                        Recovering, UnknownTransaction, VersionMismatch)
+                        Recovering, ReplicaDamaged, UnknownTransaction, VersionMismatch)
 from dds.messages import Prepare, TxnId
 from dds.metrics import Metrics
 from dds.partition import PartitionId
 from dds.rpc import LATER
 
 from dds.bricks.locks import LockTable
+from dds.bricks.rowcheck import row_checksum
 from dds.bricks.storage import PreparedRecord, Storage
 
 #: How many decided transactions are remembered for repeated COMMIT/ABORT answers.
@@ -59,7 +60,8 @@ class TxnState(enum.Enum):
 class Transaction:
     __slots__ = ("txid", "pid", "pid_text", "key", "op", "value", "new_version", "state",
                  "timer", "wake_at", "prepared_at", "due_at", "waiters", "queried", "ts",
-                 "expected_version", "timeout_ms", "lock_key", "origin", "asked_at")
+                 "expected_version", "timeout_ms", "lock_key", "checksum", "origin",
+                 "asked_at")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
                  value: bytes | None, now: float, ts: tuple[int, int] = (0, 0),
@@ -77,6 +79,9 @@ class Transaction:
         #: The key's lock: by partition id text, whose hash Python keeps.
         self.lock_key = (self.pid_text, key)
         self.new_version = 0
+        #: The staged row's checksum (``bricks/rowcheck.py``), computed once the vote
+        #: fixes ``new_version``; it goes with the row into the log and the file.
+        self.checksum: int | None = None
         self.state = TxnState.PREPARING
         #: A timer armed for this transaction alone (after a restart, a retry of
         #: termination, a failed commit); the common deadline is ``wake_at``.
@@ -217,6 +222,8 @@ class Participant:
             self.metrics.inc("prepare_no_total")
             raise
         txn.new_version = current.version + 1
+        txn.checksum = row_checksum(txn.key, txn.new_version,
+                                    None if txn.op == "remove" else txn.value)
         # The vote is sent only once the record of it is durable: a brick that dies after
         # voting YES must find the transaction again when it restarts.
         deadline = max(self.txn_deadline_s,
@@ -224,11 +231,11 @@ class Participant:
         if reply is not None:
             if self.storage.prepare_then(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
                                          txn.new_version, txn.ts, self._recorded,
-                                         (txn, deadline, reply, to)):
+                                         (txn, deadline, reply, to), txn.checksum):
                 return LATER
             return self._prepared(None, txn, deadline)    # memory durability: no wait
         recorded = self.storage.prepare(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
-                                        txn.new_version, txn.ts)
+                                        txn.new_version, txn.ts, txn.checksum)
         if recorded.called:          # memory durability: no wait
             return self._prepared(None, txn, deadline)
         return recorded.addCallbacks(self._prepared, self._record_failed,
@@ -286,12 +293,17 @@ class Participant:
                               "no longer held here", txid=rec.txid, pid=rec.pid)
                 self.storage.forget_prepared(rec.txid)
                 continue
-            if self.storage.read(rec.pid, rec.key).version >= rec.new_version:
+            try:
+                decided = self.storage.read(rec.pid, rec.key).version >= rec.new_version
+            except ReplicaDamaged:
+                decided = False     # the row is being repaired: termination decides
+            if decided:
                 self.storage.forget_prepared(rec.txid)
                 continue
             txn = Transaction(rec.txid, pid, rec.key, rec.op, rec.value, self.clock.seconds(),
                               rec.ts, pid_text=rec.pid)
             txn.new_version = rec.new_version
+            txn.checksum = rec.checksum
             txn.state = TxnState.PREPARED
             # It may have answered "prepared" to a termination query before it stopped:
             # only termination decides now, never a coordinator's ABORT.
@@ -333,10 +345,12 @@ class Participant:
         value = txn.value if txn.op != "remove" else None
         if reply is not None:
             if self.storage.write_then(txn.pid_text, txn.key, value, txn.new_version,
-                                       txn.txid, self._applied, (txn, reply, to)):
+                                       txn.txid, self._applied, (txn, reply, to),
+                                       txn.checksum):
                 return LATER
             return self._committed(None, txn)       # memory durability: no wait
-        d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version, txn.txid)
+        d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version, txn.txid,
+                               txn.checksum)
         return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
                               errbackArgs=(txn,))
 

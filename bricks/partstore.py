@@ -21,12 +21,16 @@ import xxhash
 from sqlite_utils.db import ANY
 from twisted.logger import Logger
 
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
+
 log = Logger()
 
 Durability = Literal["memory", "disk", "fsync"]
-Row = tuple[bytes, "bytes | None", int, int]  # key, value, version, lsn
+Row = tuple[bytes, "bytes | None", int, int, "int | None"]  # key, value, version, lsn, checksum
 
-SCHEMA_VERSION = 1
+#: 2: ``kv.checksum`` (``bricks/rowcheck.py``); a file of version 1 gets the column when
+#: opened, and its rows their checksums from the background migration.
+SCHEMA_VERSION = 2
 PID_RE = re.compile(r"^p\d+\.\d+$")
 SUFFIX = ".sqlite"
 SYNCHRONOUS = {"memory": "NORMAL", "disk": "NORMAL", "fsync": "FULL"}
@@ -34,20 +38,30 @@ _PAGE = 1000  # rows per query in rows_since, so writes may interleave with a lo
 
 # The sqlite3 module caches compiled statements by SQL text, so reusing these constants is
 # what "prepared once" means here.
-_SQL_READ = "SELECT value, version FROM kv WHERE key = ?"
+_SQL_READ = "SELECT value, version, checksum FROM kv WHERE key = ?"
 _SQL_UPSERT = (
-    "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
-    "DO UPDATE SET value = excluded.value, version = excluded.version, lsn = excluded.lsn"
+    "INSERT INTO kv (key, value, version, lsn, checksum) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, "
+    "lsn = excluded.lsn, checksum = excluded.checksum"
 )
 _SQL_SET_LSN = "UPDATE meta SET value = ? WHERE name = 'last_lsn'"
 # Recovery's delta keeps the source's lsns; the guard keeps versions from going back if a
 # delta is applied twice or arrives after a newer row.
 _SQL_APPLY = (
-    "INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, ?, ?) ON CONFLICT (key) "
-    "DO UPDATE SET value = excluded.value, version = excluded.version, lsn = excluded.lsn "
-    "WHERE excluded.version >= kv.version"
+    "INSERT INTO kv (key, value, version, lsn, checksum) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, "
+    "lsn = excluded.lsn, checksum = excluded.checksum WHERE excluded.version >= kv.version"
 )
-_SQL_SINCE = "SELECT key, value, version, lsn FROM kv WHERE lsn > ? ORDER BY lsn LIMIT ?"
+_SQL_SINCE = ("SELECT key, value, version, lsn, checksum FROM kv WHERE lsn > ? ORDER BY lsn "
+              "LIMIT ?")
+#: The checksum walk (migration and scrub, ``bricks/checksumwalk.py``): rows in key order.
+_SQL_WALK = ("SELECT key, value, version, checksum FROM kv WHERE key > ? ORDER BY key "
+             "LIMIT ?")
+#: A migrated row gets its checksum only if nothing rewrote it since it was read.
+_SQL_SET_CHECKSUM = ("UPDATE kv SET checksum = ? WHERE key = ? AND version = ? "
+                     "AND checksum IS NULL")
+#: Meta flag: 1 while rows of the file may lack a checksum (a file of schema 1 migrating).
+MISSING = "checksums_missing"
 
 def checkpoint(path: Path) -> None:
     """A PASSIVE WAL checkpoint of the file at ``path`` (run in a worker thread).  Opened
@@ -171,6 +185,8 @@ class PartitionStore:
         #: Commits since the WAL was last checkpointed (manual checkpoints only).
         self.uncheckpointed = 0
         self.checkpointing = False
+        #: Rows of the file may lack a checksum (schema 1 file, migration not finished).
+        self.checksums_missing = False
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per batch.
         self._conn = sqlite3.connect(str(self.path), isolation_level=None, cached_statements=32)
         try:
@@ -194,7 +210,9 @@ class PartitionStore:
         self._pending: list[Row] = []
 
     def _migrate(self) -> int:
-        """Create the schema in a new file, check an existing one; return its last lsn."""
+        """Create the schema in a new file, check an existing one, bring a file of schema
+        1 to 2 (add ``kv.checksum``, flag the file as ``checksums_missing``: adding a
+        column rewrites nothing, the walk fills it in later); return its last lsn."""
         db = sqlite_utils.Database(self._conn, execute_plugins=False, recursive_triggers=False)
         tables = set(db.table_names())
         if "meta" in tables:
@@ -206,6 +224,7 @@ class PartitionStore:
                 raise ValueError(f"{self.path} holds partition {meta.get('partition')!r}, "
                                  f"not {self.partition_id!r}")
             if "kv" in tables and found == SCHEMA_VERSION:
+                self.checksums_missing = bool(int(meta.get(MISSING) or 0))
                 # ``meta.last_lsn`` is a floor written at close (and before any purge of
                 # rows); the indexed MAX(lsn) covers every commit since, so commits need
                 # not rewrite the meta page each time.
@@ -213,25 +232,77 @@ class PartitionStore:
                 return max(int(meta.get("last_lsn", 0)), int(top))
         kv, meta_t = db.table("kv"), db.table("meta")
         with db.atomic():
-            kv.create({"key": bytes, "value": bytes, "version": int, "lsn": int},
-                      pk="key", not_null={"version", "lsn"}, if_not_exists=True)
+            old_rows = "kv" in tables and kv.count > 0
+            kv.create({"key": bytes, "value": bytes, "version": int, "lsn": int,
+                       "checksum": int}, pk="key", not_null={"version", "lsn"},
+                      if_not_exists=True)
+            if "checksum" not in kv.columns_dict:
+                self._conn.execute("ALTER TABLE kv ADD COLUMN checksum INTEGER")
             kv.create_index(["lsn"], if_not_exists=True)
             meta_t.create({"name": str, "value": ANY}, pk="name", if_not_exists=True)
             last = self._conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
+            old_last = self._conn.execute(
+                "SELECT value FROM meta WHERE name = 'last_lsn'").fetchone()
             rows: list[dict[str, object]] = [
                 {"name": "schema_version", "value": SCHEMA_VERSION},
                 {"name": "partition", "value": self.partition_id},
-                {"name": "last_lsn", "value": last}]
+                {"name": "last_lsn", "value": max(int(last), int(old_last[0])
+                                                  if old_last else 0)},
+                {"name": MISSING, "value": int(old_rows)}]
             meta_t.upsert_all(rows, pk="name")
+        self.checksums_missing = old_rows
+        if old_rows:
+            log.info("{path}: schema 1 partition file upgraded to 2; its rows get checksums "
+                     "in the background", path=str(self.path))
         return int(last)
 
+    def checksums_done(self) -> None:
+        """The walk gave every row of the file a checksum: clear the flag."""
+        _transaction(self._conn, lambda conn: conn.execute(
+            "UPDATE meta SET value = 0 WHERE name = ?", (MISSING,)))
+        self.checksums_missing = False
+
+    def walk(self, after: bytes, limit: int) -> list[tuple[bytes, bytes | None, int, int | None]]:
+        """Committed rows (key, value, version, checksum) with a key above ``after``, in
+        key order, at most ``limit`` (the checksum walk's batches)."""
+        return self._conn.execute(_SQL_WALK, (after, limit)).fetchall()
+
+    def set_checksums(self, rows: Sequence[tuple[int, bytes, int]]) -> None:
+        """Give rows (checksum, key, version) read by ``walk`` their checksum, each only
+        if the key is still at that version without one."""
+        if rows:
+            _transaction(self._conn, lambda conn: conn.executemany(_SQL_SET_CHECKSUM, rows))
+
     def read(self, key: bytes) -> ReadResult:
-        """The key's current state, staged writes included."""
+        """The key's current state, staged writes included.  A row from the file is
+        verified against its checksum: ChecksumMismatch rather than damaged bytes."""
         staged = self._overlay.get(key)
         if staged is not None:
             return staged[0]
         row = self._conn.execute(_SQL_READ, (key,)).fetchone()
-        return NEVER_WRITTEN if row is None else ReadResult(row[0], row[1])
+        if row is None:
+            return NEVER_WRITTEN
+        value, version, checksum = row
+        if checksum is not None and row_checksum(key, version, value) != checksum:
+            raise ChecksumMismatch(self.partition_id, key)
+        return ReadResult(value, version)
+
+    def read_unverified(self, key: bytes) -> tuple[ReadResult, bool]:
+        """The key's current state and whether the file's row is damaged (False for a
+        staged row), for writers that replace the row whatever it holds."""
+        staged = self._overlay.get(key)
+        if staged is not None:
+            return staged[0], False
+        row = self._conn.execute(_SQL_READ, (key,)).fetchone()
+        if row is None:
+            return NEVER_WRITTEN, False
+        value, version, checksum = row
+        damaged = checksum is not None and row_checksum(key, version, value) != checksum
+        return ReadResult(value, version), damaged
+
+    def staged(self, key: bytes) -> bool:
+        """Whether a write of ``key`` is staged (newer than the file's row)."""
+        return key in self._overlay
 
     def last_lsn(self) -> int:
         """The last log position assigned, staged writes included."""
@@ -315,10 +386,10 @@ class PartitionStore:
         self._committed_lsn = self._last_lsn = self._durable_lsn = top
         return len(rows)
 
-    def _stage(self, key: bytes, res: ReadResult) -> None:
+    def _stage(self, key: bytes, res: ReadResult, checksum: int) -> None:
         self._last_lsn += 1
         self._overlay[key] = (res, self._last_lsn)
-        self._pending.append((key, res.value, res.version, self._last_lsn))
+        self._pending.append((key, res.value, res.version, self._last_lsn, checksum))
 
     def _commit(self, before: int | None = None, limit: int | None = None) -> int:
         """Take the staged rows with a log position below ``before`` (all, if None), the

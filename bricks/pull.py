@@ -149,6 +149,7 @@ class Pull:
                 if not await self._stream(snap, receiver):
                     await self._chunks(snap, receiver)
                 receiver.finish(durable=self.durable)
+                await self._verify_rows(receiver)
         except BaseException:
             for receiver in receivers:
                 receiver.abort()
@@ -159,6 +160,14 @@ class Pull:
             if trash is not None:
                 discard_gradually(trash, self.clock)
             self.after[str(snap["pid"])] = int(snap["lsn"])
+
+    async def _verify_rows(self, receiver: SnapshotReceiver) -> None:
+        """Every row of the received file against its checksum (``verify_rows``), in a
+        thread of its own where there are threads (a 100 MB file takes a second)."""
+        if self.streams is None:
+            receiver.verify_rows()
+        else:
+            await in_thread(self.streams.call_from_thread, receiver.verify_rows)
 
     async def _stream(self, snap: dict[str, Any], receiver: SnapshotReceiver) -> bool:
         """Take the snapshot as one stream (``dds.bricks.stream``), in a thread.  False

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from dds import failpoints
 from dds.config import BrickConfig, format_address
 from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
-                        Refused, UnknownTransaction, ValueTooLarge)
+                        Refused, ReplicaDamaged, UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
 from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyChunk,
                           CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
@@ -37,6 +37,7 @@ from dds.messages import MoveFinish, MovePull, RGUpdate
 from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS, roles_of
 from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
 from dds.messages import RangeChecksums, RangeKeys  # scrub
+from dds.messages import RowRead  # self-repair of damaged rows
 from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # split/merge
                           SplitPrepare, SplitRelease, SplitStatus)
 from dds.metrics import Count, Histogram, Metrics
@@ -62,6 +63,9 @@ from dds.bricks.participant import Participant
 from dds.bricks.recovery import Recoveries, partition_layout
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
+from dds.bricks.checksumwalk import ChecksumWalk
+from dds.bricks.rowcheck import row_checksum
+from dds.bricks.selfrepair import SelfRepair
 from dds.bricks.split import Splits
 from dds.bricks.partstore import Durability, ReadResult, summarize_file
 from dds.bricks.storage import Storage
@@ -227,6 +231,16 @@ class Brick:
         self._handlers[BoundedGet] = self.bounded.get
         self._handlers[RangeChecksums] = self.scrubber.range_checksums
         self._handlers[RangeKeys] = self.scrubber.range_keys
+        # Row checksums (issue 13): a damaged row is repaired from the RG by itself,
+        # found by a read or by the background walk (migration of old files, scrub).
+        self.repairs = SelfRepair(self.id, self.storage, self.locks, self.maps, self._peer,
+                                  self.clock, self.metrics)
+        self.storage.on_damage = self.repairs.found
+        self.checksum_walk = ChecksumWalk(self.storage, self.clock, self.metrics,
+                                          config.brick.scrub_mb_s, self.storage.on_damage)
+        self.storage.on_missing_checksums = self.checksum_walk.migrate
+        self._handlers[RowRead] = self.row_read
+        self.metrics.gauge("txlog_damaged_records", lambda: len(self.storage.log_damage))
         # Reorganization (DESIGN §8): administrative changes of RG records, moves.
         self.moves_in = IncomingMoves(self.id, self.maps, self.storage, self.participant,
                                       self._peer, self.clock, config.data_dir / "incoming",
@@ -330,10 +344,15 @@ class Brick:
             self._cert_check.start(6 * 3600.0, now=True)
         self._gossip.start(self.config.timeouts.gossip_interval_ms / 1000.0, now=False)
         self.leases.start()
-        if self._restarted and self.config.brick.recover_on_start:
+        if self._restarted and (self.config.brick.recover_on_start
+                                or self.storage.log_damage):
+            if self.storage.log_damage and not self.config.brick.recover_on_start:
+                self.log.error("the transaction log was damaged ({n} records): re-syncing "
+                               "every replica before serving", n=len(self.storage.log_damage))
             self.recoveries.after_restart()
         self._recovery_check.start(2.0, now=False)
         self.quarantine.start()
+        self.checksum_walk.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -348,6 +367,8 @@ class Brick:
             self._cert_check.stop()
         self.recoveries.stop()
         self.quarantine.stop()
+        self.checksum_walk.stop()
+        self.repairs.stopping = True
         if self._recovery_check.running:
             self._recovery_check.stop()
         deadline = self.clock.seconds() + grace_s
@@ -582,7 +603,13 @@ class Brick:
                 or rg in self.recoveries.blocked
                 or not (self.ignore_read_lease or self.leases.valid(rg))):
             return None
-        return self.storage.read(pid_text, key)
+        try:
+            return self.storage.read(pid_text, key)
+        except ReplicaDamaged:
+            # Counted here: the caller counts only the reads it answers.
+            self.metrics.inc("requests", type="get")
+            self.metrics.inc("errors", code=ReplicaDamaged.code)
+            raise
 
     def _check_serving(self, rg: str, read: bool) -> None:
         """DESIGN §6–7: no reads and no YES votes without a valid lease, and nothing at
@@ -615,6 +642,28 @@ class Brick:
         self._check_serving(msg.rg, read=True)
         r = self.storage.read(str(pid), msg.key)
         return {"value": r.value, "version": r.version}
+
+    def row_read(self, msg: RowRead) -> dict[str, Any]:
+        """A member repairing a damaged row asks for ours (``bricks/selfrepair.py``):
+        answered while this brick is an active member of the RG in its own record (with
+        or without a lease, re-syncing after a restart or not: no write commits without
+        an active member), for a partition the RG lists and is not still filling
+        (incoming); ``prepared`` if a transaction on the key is in progress here.  A
+        damaged row here answers ``ReplicaDamaged`` (and is repaired here too)."""
+        rec = self.maps.map.rgs.get(msg.rg)
+        pid = parse_pid(msg.pid)
+        if rec is None or self.id not in rec.active_members \
+                or rec.partition_state(pid) in (None, "incoming") \
+                or not self.storage.has_partition(str(pid)):
+            raise NotServing(f"brick {self.id} is not an active member holding {msg.pid} "
+                             f"of {msg.rg}")
+        if not pid.owns(msg.key):
+            raise InvalidRequest(f"key does not belong to partition {pid}")
+        if self.locks.holder((str(pid), msg.key)) is not None:
+            return {"prepared": True}
+        r = self.storage.read(str(pid), msg.key)
+        return {"value": r.value, "version": r.version, "prepared": False,
+                "checksum": row_checksum(msg.key, r.version, r.value)}
 
     def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
         return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
@@ -931,6 +980,7 @@ class Brick:
             "metrics": self.metrics.snapshot(),
             "auth": self._auth_status(),
             "quarantine": self.quarantine.status(),
+            "scrub": self.checksum_walk.status(),
         }
 
     def restore_quarantined(self, msg: RestoreQuarantined) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from dds.partition import PartitionId
 
 from dds.bricks.discard import discard_gradually as discard_gradually  # re-exported
 from dds.bricks.partstore import Row, validate_pid
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum, verify_file_rows
 from dds.bricks.storage import Storage
 from dds.bricks.stream import BLOCK as STREAM_BLOCK
 
@@ -92,12 +93,19 @@ async def take_snapshot(storage: Storage, pid: str, dest: Path,
     """Snapshot the replica of ``pid`` into ``dest``, a standalone SQLite file, without
     blocking the reactor.  Writes may continue meanwhile.  Raises KeyError if the brick
     holds no replica of ``pid``, or the worker's error (sqlite3.Error, OSError, ValueError)
-    with no ``dest`` left behind."""
+    with no ``dest`` left behind; ChecksumMismatch (a ``ReplicaDamaged``) naming the key
+    if a row of the snapshot fails its checksum, the row's repair started."""
     validate_pid(pid)
     if not storage.has_partition(pid):
         raise KeyError(pid)
     source = storage.partition_path(pid)
-    info: SnapshotInfo = await run_in_thread(_snapshot_file, source, Path(dest), pid)
+    try:
+        info: SnapshotInfo = await run_in_thread(_snapshot_file, source, Path(dest), pid)
+    except ChecksumMismatch as e:
+        # Not shipped: the target would refuse it anyway.  Repaired here like a read's.
+        if storage.has_partition(pid) and storage.file_row_damaged(pid, e.key):
+            storage.on_damage(pid, e.key)
+        raise
     log.info("snapshot of {pid}: {size} bytes at lsn {lsn}", pid=pid, size=info.size,
              lsn=info.lsn)
     return info
@@ -135,6 +143,9 @@ def _snapshot_file(source: Path, dest: Path, pid: str) -> SnapshotInfo:
                 dst.close()
         finally:
             src.close()
+        # Every row against its checksum before anything is shipped (the target checks
+        # again: this side finds a damaged row early and has it repaired).
+        verify_file_rows(tmp, pid)
         size, checksum, blocks = _hash_blocks(tmp)
         os.replace(tmp, dest)
     except BaseException:
@@ -262,6 +273,23 @@ class SnapshotReceiver:
         self._fd = None
         self.finished = True
 
+    def verify_rows(self) -> int:
+        """Blocking (for a worker thread), after ``finish``: verify every row of the
+        received file against its checksum, so that a row damaged at the source is not
+        installed (the whole-file hash only proves the bytes arrived as sent).  Raises
+        CopyFailed naming the partition and the key; returns the rows verified."""
+        if not self.finished:
+            raise CopyFailed(self.pid, "row verification before a successful finish")
+        try:
+            return verify_file_rows(self.path, self.pid)
+        except ChecksumMismatch as e:
+            self.abort()
+            raise CopyFailed(self.pid, f"the copied row of key {e.key[:64]!r} fails its "
+                             "checksum: the source's replica is damaged there") from None
+        except sqlite3.Error as e:
+            self.abort()
+            raise CopyFailed(self.pid, f"verifying the received rows: {e}") from None
+
     def install(self, storage: Storage) -> Path | None:
         """Replace the brick's replica of the partition with the verified file.  Returns
         the old replica's data, kept under another name for ``discard_gradually``
@@ -304,9 +332,11 @@ class SnapshotReceiver:
 
 
 def _check_row(pid: str, owner: PartitionId, i: int, row: Any) -> Row:
-    if not isinstance(row, (list, tuple)) or len(row) != 4:
-        raise CopyFailed(pid, f"delta row {i} is not [key, value, version, lsn]")
-    key, value, version, lsn = row
+    if not isinstance(row, (list, tuple)) or len(row) not in (4, 5):
+        raise CopyFailed(pid, f"delta row {i} is not [key, value, version, lsn, checksum]")
+    # A source of the version before checksums sends four fields (taken unverified).
+    key, value, version, lsn = row[:4]
+    checksum = row[4] if len(row) == 5 else None
     if type(key) is not bytes:
         raise CopyFailed(pid, f"delta row {i}: key is {type(key).__name__}, not bytes")
     if value is not None and type(value) is not bytes:
@@ -318,11 +348,18 @@ def _check_row(pid: str, owner: PartitionId, i: int, row: Any) -> Row:
         raise CopyFailed(pid, f"delta row {i}: bad lsn {lsn!r}")
     if not owner.owns(key):
         raise CopyFailed(pid, f"delta row {i}: key {key[:32]!r} does not belong to {pid}")
-    return (key, value, version, lsn)
+    computed = row_checksum(key, version, value)
+    if checksum is None:
+        checksum = computed     # a row the source had no checksum for yet
+    elif type(checksum) is not int or checksum != computed:
+        raise CopyFailed(pid, f"delta row {i}: key {key[:64]!r} fails its checksum "
+                         "(damaged at the source or on the way)")
+    return (key, value, version, lsn, checksum)
 
 
 def apply_delta(storage: Storage, pid: str, rows: Sequence[Any]) -> int:
-    """Apply the source's delta rows ``[key, value|None, version, lsn]`` to the installed
+    """Apply the source's delta rows ``[key, value|None, version, lsn, checksum]`` (each
+    verified against its checksum) to the installed
     replica in one durable transaction, keeping the source's lsns.  Every row is checked
     (types, ranges, that the key belongs to ``pid``) before anything is applied: a
     malformed row raises CopyFailed and nothing changes.  Returns the number of rows."""

@@ -62,7 +62,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from dds.errors import InternalError, InvalidRequest, NotServing, Refused, Timeout
+from dds.errors import (InternalError, InvalidRequest, NotServing, Refused, ReplicaDamaged,
+                        Timeout)
 from dds.messages import (RGUpdate, SplitAbort, SplitCutover, SplitFence, SplitFinish,
                           SplitPrepare, SplitRelease, SplitStatus)
 from dds.metrics import Metrics
@@ -73,6 +74,7 @@ from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
 from dds.bricks.snapshot import RunInThread
 from dds.bricks.partstore import PartitionStore, Row
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.storage import Storage
 
 #: A fence of a job lapses this long after it was taken, unless lifted or pinned.
@@ -89,9 +91,9 @@ STAGING = "split-staging"
 ENDED_MEMORY = 256
 
 _JOB_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_INSERT = ("INSERT INTO kv (key, value, version, lsn) VALUES (?, ?, ?, ?) "
+_INSERT = ("INSERT INTO kv (key, value, version, lsn, checksum) VALUES (?, ?, ?, ?, ?) "
            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-           "version = excluded.version, lsn = excluded.lsn "
+           "version = excluded.version, lsn = excluded.lsn, checksum = excluded.checksum "
            "WHERE excluded.version >= kv.version")
 _SET_LSN = "UPDATE meta SET value = max(CAST(value AS INTEGER), ?) WHERE name = 'last_lsn'"
 
@@ -175,9 +177,9 @@ def build_targets(sources: Sequence[tuple[str, Path]], targets: Sequence[tuple[s
                 top = src.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
                 lsns[pid] = max(int(top), int(meta.get("last_lsn") or 0))
                 progress.total += src.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
-                cur = src.execute("SELECT key, value, version, lsn FROM kv")
+                cur = src.execute("SELECT key, value, version, lsn, checksum FROM kv")
                 while True:
-                    rows = cur.fetchmany(5000)
+                    rows = [_checked(pid, row) for row in cur.fetchmany(5000)]
                     if not rows:
                         break
                     batches: list[list[Row]] = [[] for _ in owners]
@@ -203,6 +205,18 @@ def build_targets(sources: Sequence[tuple[str, Path]], targets: Sequence[tuple[s
         for out in outs:
             out.close()
     return lsns, copied, foreign
+
+
+def _checked(pid: str, row: Row) -> Row:
+    """A source row verified against its checksum (ChecksumMismatch naming the partition
+    and key if it fails), or given one if it has none yet (a file still migrating)."""
+    key, value, version, lsn, checksum = row
+    computed = row_checksum(key, version, value)
+    if checksum is None:
+        return (key, value, version, lsn, computed)
+    if computed != checksum:
+        raise ChecksumMismatch(pid, key, "source row")
+    return row
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -234,7 +248,7 @@ def apply_to_targets(targets: Sequence[tuple[str, Path]], rows: Sequence[Row]
         if i is None:
             foreign += 1
         else:
-            batches[i].append(row)
+            batches[i].append(_checked(str(owners[i][0]), row))
     top = max((row[3] for row in rows), default=0)
     for (_, path), batch in zip(owners, batches):
         conn = _open(path)
@@ -407,6 +421,9 @@ class Splits:
         try:
             lsns, copied, foreign = await self.run_in_thread(
                 build_targets, paths, list(job.staged.items()), job.progress)
+        except ChecksumMismatch as e:
+            self._failed(job, f"building the targets: {e}")
+            raise ReplicaDamaged(f"job {msg.job}: {e.message}") from e
         except (sqlite3.Error, OSError, ValueError) as e:
             self._failed(job, f"building the targets: {e}")
             raise InternalError(f"job {msg.job}: building {[str(t) for t in targets]} "
@@ -633,6 +650,9 @@ class Splits:
             try:
                 applied, foreign = await self.run_in_thread(
                     apply_to_targets, list(job.staged.items()), rows)
+            except ChecksumMismatch as e:
+                self._failed(job, f"catching up: {e}")
+                raise ReplicaDamaged(f"job {job.job}: {e.message}") from e
             except (sqlite3.Error, OSError) as e:
                 self._failed(job, f"catching up: {e}")
                 raise InternalError(f"job {job.job}: catching up failed: {e}") from e

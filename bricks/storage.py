@@ -64,8 +64,10 @@ from dds.bricks.discard import discard_gradually
 from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
                                   PartitionStore, ReadResult, Row, check_partition_file,
                                   checkpoint, validate_pid)
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
+from dds.partition import PartitionId
 
 log = Logger()
 
@@ -101,6 +103,9 @@ class PreparedRecord:
     value: bytes | None
     new_version: int
     ts: tuple[int, int]
+    #: The row's checksum (``bricks/rowcheck.py``), computed at PREPARE; None in a vote
+    #: recorded before checksums existed.
+    checksum: int | None = None
 
 
 #: Called once a write or vote is durable: ``done(arg, None)``, or ``done(arg, error)``.
@@ -136,13 +141,40 @@ def _read_old_prepared(path: Path) -> list[PreparedRecord]:
 
 
 def _vote(rec: PreparedRecord) -> Record:
-    return (VOTE, rec.txid, rec.pid, rec.key, rec.op, rec.value, rec.new_version, rec.ts)
+    return (VOTE, rec.txid, rec.pid, rec.key, rec.op, rec.value, rec.new_version, rec.ts,
+            rec.checksum)
 
 
 def _prepared_record(vote: Record) -> PreparedRecord:
-    _kind, txid, pid, key, op, value, new_version, ts = vote
+    _kind, txid, pid, key, op, value, new_version, ts, *rest = vote
     return PreparedRecord(tuple(txid), pid, key, op, value, new_version,
-                          tuple(ts))
+                          tuple(ts), rest[0] if rest else None)
+
+
+def _replayable(rec: Record) -> str | None:
+    """Why a record read back from the log cannot be used (None: it can): its shape is
+    wrong or its row fails its checksum (a damaged batch decodes, with wrong bytes)."""
+    try:
+        kind = rec[0]
+        if kind == SETTLED:
+            return None if len(rec) == 2 and len(rec[1]) == 2 else "malformed settlement"
+        if kind == VOTE:
+            _k, txid, pid, key, _op, value, version, ts, *rest = rec
+            validate_pid(pid)
+            ok = len(txid) == 2 and len(ts) == 2 and type(key) is bytes
+        elif kind == WRITE:
+            _k, txid, pid, key, value, version, *rest = rec
+            validate_pid(pid)
+            ok = type(key) is bytes and (txid is None or len(txid) == 2)
+        else:
+            return f"unknown record kind {kind!r}"
+        if not ok or not PartitionId.parse(pid).owns(key):
+            return "malformed record"
+        if rest and rest[0] is not None and row_checksum(key, version, value) != rest[0]:
+            return f"record of key {key[:64]!r} in {pid} fails its checksum"
+    except (TypeError, ValueError, IndexError) as e:
+        return f"malformed record: {e}"
+    return None
 
 
 class Storage:
@@ -207,6 +239,15 @@ class Storage:
         #: Called after the completions of a group commit have run (the brick sends the
         #: replies they produced at once: ``dds.rpc.flush_sends``).
         self.after_completions: Callable[[], None] = _nothing
+        #: Called with (partition, key) whenever a read finds a row failing its checksum
+        #: (the brick counts it and repairs the key: ``bricks/selfrepair.py``).
+        self.on_damage: Callable[[str, bytes], None] = lambda pid, key: None
+        #: Called with a partition opened with rows lacking a checksum (a file of the
+        #: schema before them): the brick's checksum walk gives them one.
+        self.on_missing_checksums: Callable[[str], None] = lambda pid: None
+        #: Records of the transaction log found damaged at start (where, why): the
+        #: brick re-syncs its replicas before serving them.
+        self.log_damage: list[str] = []
         self.stats: dict[str, int] = dict.fromkeys(
             ("reads", "cache_hits", "writes", "commits", "committed_rows", "commit_failures",
              "log_writes", "log_failures", "log_rotations", "checkpoint_failures"), 0)
@@ -235,6 +276,8 @@ class Storage:
                                    manual_checkpoints=self._run_in_thread is not None)
             self._stores[pid] = store
             self._known.add(pid)
+            if store.checksums_missing:
+                self.on_missing_checksums(pid)
         return store
 
     def _store(self, pid: str) -> PartitionStore:
@@ -390,21 +433,54 @@ class Storage:
         store = self._stores.get(pid) or self._store(pid)
         cache = self._cache
         if cache is None:
-            return store.read(key)
+            return self._verified_read(store, pid, key)
         ck = (store.cache_tag, key)
         res = cache.get(ck)
         if res is not None:
             cache.move_to_end(ck)
             stats["cache_hits"] += 1
             return res
-        res = store.read(key)
+        res = self._verified_read(store, pid, key)
         cache[ck] = res
         if len(cache) > self._cache_entries:
             cache.popitem(last=False)
         return res
 
+    def _verified_read(self, store: PartitionStore, pid: str, key: bytes) -> ReadResult:
+        """``store.read``; a row failing its checksum is reported (``on_damage``) and
+        raises ChecksumMismatch (a ``ReplicaDamaged``): its bytes never leave."""
+        try:
+            return store.read(key)
+        except ChecksumMismatch:
+            self.on_damage(pid, key)
+            raise
+
+    def file_row_damaged(self, pid: str, key: bytes) -> bool:
+        """Whether the partition file's row of ``key`` fails its checksum and no newer
+        write of it is staged (the background walk's re-check, bypassing the cache: a
+        cached copy may hide a row damaged on disk since).  A damaged row's cache entry
+        is dropped, so the next read finds the damage too."""
+        store = self._store(pid)
+        res, damaged = store.read_unverified(key)
+        if damaged and self._cache is not None:
+            self._cache.pop((store.cache_tag, key), None)
+        return damaged
+
+    def repair_row(self, pid: str, key: bytes, value: bytes | None, version: int,
+                   checksum: int) -> Deferred[None]:
+        """Replace a damaged row with a healthy replica's (``bricks/selfrepair.py``, which
+        holds the key's lock and decides that this is safe): staged, logged and
+        committed like a write, but without the rule that versions only go up (the
+        damaged row's version cannot be trusted).  Raises ValueError if the checksum
+        does not match."""
+        if row_checksum(key, version, value) != checksum:
+            raise ValueError(f"repair row of key {key[:64]!r} in {pid} fails its checksum")
+        store = self._store(pid)
+        return self._enqueue(self._stage_row(store, pid, key, ReadResult(value, version),
+                                             None, checksum))
+
     def write(self, pid: str, key: bytes, value: bytes | None, version: int,
-              txid: TxnId | None = None) -> Deferred[None]:
+              txid: TxnId | None = None, checksum: int | None = None) -> Deferred[None]:
         """Stage ``key = value`` (None: tombstone) at ``version`` with lsn = last_lsn + 1;
         ``txid``: the transaction whose COMMIT this is (its vote is settled with it).
 
@@ -413,31 +489,40 @@ class Storage:
         Raises ValueError if ``version`` is not above the stored one: versions never go
         back, and the 2PC layer always writes current + 1.
         """
-        return self._enqueue(self._stage_write(pid, key, value, version, txid))
+        return self._enqueue(self._stage_write(pid, key, value, version, txid, checksum))
 
     def write_then(self, pid: str, key: bytes, value: bytes | None, version: int,
-                   txid: TxnId | None, done: Done, arg: Any) -> bool:
+                   txid: TxnId | None, done: Done, arg: Any,
+                   checksum: int | None = None) -> bool:
         """``write`` without a Deferred, for the participant's hot path: True if
         ``done(arg, error or None)`` will be called once the write is durable; False if
-        it is durable already (memory mode) and ``done`` is not called."""
-        return self._enqueue_then(self._stage_write(pid, key, value, version, txid), done,
-                                  arg)
+        it is durable already (memory mode) and ``done`` is not called.  ``checksum``:
+        the row's, computed when it was prepared (None: computed here)."""
+        return self._enqueue_then(self._stage_write(pid, key, value, version, txid,
+                                                    checksum), done, arg)
 
     def _stage_write(self, pid: str, key: bytes, value: bytes | None, version: int,
-                     txid: TxnId | None) -> PartitionStore:
+                     txid: TxnId | None, checksum: int | None) -> PartitionStore:
         store = self._store(pid)
         cache = self._cache
-        ck = (store.cache_tag, key)
-        cur = cache.get(ck) if cache is not None else None
+        cur = cache.get((store.cache_tag, key)) if cache is not None else None
         if cur is None:
-            cur = store.read(key)
+            # Unverified: this write replaces the row whatever it holds.
+            cur = store.read_unverified(key)[0]
         if version <= cur.version:
             raise ValueError(f"version {version} of key {key!r} in {pid} does not exceed {cur.version}")
-        res = ReadResult(value, version)
+        if checksum is None:
+            checksum = row_checksum(key, version, value)
+        return self._stage_row(store, pid, key, ReadResult(value, version), txid, checksum)
+
+    def _stage_row(self, store: PartitionStore, pid: str, key: bytes, res: ReadResult,
+                   txid: TxnId | None, checksum: int) -> PartitionStore:
+        cache = self._cache
+        ck = (store.cache_tag, key)
         if store not in self._unlogged:
             self._unlogged[store] = store._last_lsn + 1
-        store._stage(key, res)
-        self._records.append((WRITE, txid, pid, key, value, version))
+        store._stage(key, res, checksum)
+        self._records.append((WRITE, txid, pid, key, res.value, res.version, checksum))
         if txid is not None:
             self._settling.append(txid)
         if cache is not None:
@@ -478,21 +563,24 @@ class Storage:
     # -- prepared transactions -------------------------------------------------------
 
     def prepare(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
-                new_version: int, ts: tuple[int, int]) -> Deferred[None]:
-        """Record a YES vote; fires once the record is durable (memory mode: at once)."""
-        self._record_vote(pid, txid, key, op, value, new_version, ts)
+                new_version: int, ts: tuple[int, int],
+                checksum: int | None = None) -> Deferred[None]:
+        """Record a YES vote; fires once the record is durable (memory mode: at once).
+        ``checksum``: the prepared row's (None: a record without one)."""
+        self._record_vote(pid, txid, key, op, value, new_version, ts, checksum)
         return self._enqueue(None)
 
     def prepare_then(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
-                     new_version: int, ts: tuple[int, int], done: Done, arg: Any) -> bool:
+                     new_version: int, ts: tuple[int, int], done: Done, arg: Any,
+                     checksum: int | None = None) -> bool:
         """``prepare`` without a Deferred (see ``write_then``)."""
-        self._record_vote(pid, txid, key, op, value, new_version, ts)
+        self._record_vote(pid, txid, key, op, value, new_version, ts, checksum)
         return self._enqueue_then(None, done, arg)
 
     def _record_vote(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
-                     new_version: int, ts: tuple[int, int]) -> None:
+                     new_version: int, ts: tuple[int, int], checksum: int | None) -> None:
         self._store(pid)    # the partition must exist
-        vote = (VOTE, txid, pid, key, op, value, new_version, ts)
+        vote = (VOTE, txid, pid, key, op, value, new_version, ts, checksum)
         self._records.append(vote)
         self._live[txid] = vote
 
@@ -516,6 +604,11 @@ class Storage:
         votes: dict[TxnId, Record] = {}
         redo: list[Record] = []
         for rec in self._txlog.records():
+            problem = _replayable(rec)
+            if problem is not None:
+                self.log_damage.append(problem)
+                log.error("transaction log: skipping a record: {problem}", problem=problem)
+                continue
             kind = rec[0]
             if kind == VOTE:
                 votes[tuple(rec[1])] = rec
@@ -530,12 +623,18 @@ class Storage:
             for r in _read_old_prepared(old):
                 votes.setdefault(r.txid, _vote(r))
         redone = 0
-        for _kind, _txid, pid, key, value, version in redo:
+        for _kind, _txid, pid, key, value, version, *rest in redo:
             if pid not in self._known:
                 continue    # the replica was dropped since (moved away, split, merged)
             store = self._store(pid)
-            if store.read(key).version < version:
-                store._stage(key, ReadResult(value, version))
+            cur, damaged = store.read_unverified(key)
+            # Never over a damaged row: its version cannot be trusted, and the log's
+            # record may be older than what the file held (a copy's rows bypass the
+            # log).  The self-repair asks the RG instead (``bricks/selfrepair.py``).
+            if not damaged and cur.version < version:
+                checksum = rest[0] if rest and rest[0] is not None else row_checksum(
+                    key, version, value)
+                store._stage(key, ReadResult(value, version), checksum)
                 self._dirty[store] = None
                 redone += 1
         errors = self._commit_files()
@@ -543,6 +642,7 @@ class Storage:
             raise errors[0]
         if redone:
             log.warn("redid {n} committed writes from the transaction log", n=redone)
+        self.log_damage += self._txlog.damaged
         for v in votes.values():
             rec = _prepared_record(v)
             self._live[rec.txid] = _vote(rec)

@@ -10,14 +10,21 @@ write durable until they have it.
 Each ``os.write`` appends one *batch*: a header ``>II`` (payload length, CRC-32 of the
 payload) and the payload, a msgpack array of records:
 
-- ``[1, txid, pid, key, op, value, new_version, ts]``: a YES vote (a prepared
+- ``[1, txid, pid, key, op, value, new_version, ts, checksum]``: a YES vote (a prepared
   transaction);
-- ``[2, txid | None, pid, key, value, version]``: a committed write (``value`` None: a
-  tombstone); with a txid it also settles that transaction's vote;
+- ``[2, txid | None, pid, key, value, version, checksum]``: a committed write (``value``
+  None: a tombstone); with a txid it also settles that transaction's vote;
 - ``[3, txid]``: the vote is settled without a write (aborted, or dropped).
 
+``checksum`` is the row's (``bricks/rowcheck.py``), computed at PREPARE; records of
+earlier versions have none (one field fewer) and are taken unverified.
+
 A process that dies mid-append leaves at most a torn last batch, which the CRC rejects;
-nothing after it was ever acknowledged.  Reading stops there.
+nothing after it was ever acknowledged.  Reading stops there.  A batch whose CRC fails
+with intact batches after it is not torn but damaged (a flipped bit on disk): its
+records are decoded if they still can be (each write's own checksum then sorts the
+intact ones from the damaged), reading goes on after it, and the log counts it
+(:attr:`TxnLog.damaged`) so that the brick re-syncs before serving.
 
 The files are ``txlog.<generation>``.  :meth:`TxnLog.rotate` starts the next generation
 holding only the votes still undecided, once every committed write of the old one is in
@@ -57,9 +64,12 @@ def _name(generation: int) -> str:
     return f"txlog.{generation:08d}"
 
 
-def read_batches(path: Path) -> Iterator[list[Record]]:
+def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[Record]]:
     """The records of each intact batch of one log file, in order; stops at the first
-    torn or corrupt batch (the tail of an append that never completed)."""
+    torn batch (the tail of an append that never completed).  A batch that fails its
+    CRC but is followed by a well-formed batch is damaged, not torn: what of it still
+    decodes is yielded (unverified: the caller checks each record), one line describing
+    it is appended to ``damage``, and reading goes on."""
     data = path.read_bytes()
     pos, end = 0, len(data)
     while end - pos >= _HEADER.size:
@@ -67,6 +77,20 @@ def read_batches(path: Path) -> Iterator[list[Record]]:
         start = pos + _HEADER.size
         payload = data[start:start + n]
         if len(payload) < n or zlib.crc32(payload) != crc:
+            if len(payload) == n and _batch_follows(data, start + n):
+                log.error("{path}: the batch at offset {offset} ({n} bytes) fails its CRC "
+                          "with intact batches after it: damaged on disk",
+                          path=str(path), offset=pos, n=n)
+                if damage is not None:
+                    damage.append(f"{path.name} offset {pos}")
+                try:
+                    salvaged = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+                except Exception:  # noqa: BLE001 -- nothing of it is usable
+                    salvaged = None
+                if isinstance(salvaged, list):
+                    yield salvaged
+                pos = start + n
+                continue
             log.warn("{path}: ignoring a torn batch at offset {offset} ({n} bytes)",
                      path=str(path), offset=pos, n=end - pos)
             return
@@ -78,6 +102,15 @@ def read_batches(path: Path) -> Iterator[list[Record]]:
             return
         yield records
         pos = start + n
+
+
+def _batch_follows(data: bytes, pos: int) -> bool:
+    """Whether an intact batch starts at ``pos`` of ``data``."""
+    if len(data) - pos < _HEADER.size:
+        return False
+    n, crc = _HEADER.unpack_from(data, pos)
+    payload = data[pos + _HEADER.size:pos + _HEADER.size + n]
+    return len(payload) == n and zlib.crc32(payload) == crc
 
 
 def log_files(directory: Path) -> list[Path]:
@@ -119,11 +152,14 @@ class TxnLog:
         self._fd = -1
         self.size = 0
         self.closed = False
+        #: Damaged batches found by ``records`` (where each was).
+        self.damaged: list[str] = []
 
     def records(self) -> Iterator[Record]:
-        """Every record the previous runs left, oldest first."""
+        """Every record the previous runs left, oldest first (those of a damaged batch
+        included, for the caller to verify)."""
         for path in self.old:
-            for batch in read_batches(path):
+            for batch in read_batches(path, self.damaged):
                 yield from batch
 
     def write(self, records: list[Record]) -> None:

@@ -315,6 +315,10 @@ class BrickSection:
                                             "and deleted after this many hours; dds-admin "
                                             "repair can restore it meanwhile (fractions "
                                             "allowed)", lo=0.0, hi=24.0 * 366)
+    scrub_mb_s: float = float_setting(4.0, "background scrubber: verify every stored row "
+                                      "against its checksum at this many MB/s (repairing a "
+                                      "damaged one from the RG); 0 = off (rows are still "
+                                      "verified on every read)", lo=0.0, hi=10_000.0)
     unsafe_ignore_read_lease: bool = bool_setting(False, "DEBUG ONLY: serve reads without "
                                                   "a valid membership lease; breaks "
                                                   "linearizability (proves the pause test "

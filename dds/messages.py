@@ -619,6 +619,20 @@ class RangeKeys(Message):
 
 
 @attrs.frozen
+class RowRead(Message):
+    """A member's current row of ``key`` in ``pid``, for a member of RG ``rg`` repairing
+    its damaged copy (``bricks/selfrepair.py``).  Reply: ``{"value": bytes|None,
+    "version": int, "checksum": int, "prepared": bool}``; with ``prepared`` true (a
+    transaction on the key is in progress there) the row is left out."""
+
+    TYPE: ClassVar[str] = "row_read"
+    ROLES: ClassVar[frozenset[str]] = PEERS
+    pid: str = attrs.field(validator=_str)
+    key: bytes = attrs.field(validator=_bytes)
+    rg: str = attrs.field(validator=_str)
+
+
+@attrs.frozen
 class RGUpdate(Message):
     """Change the partitions of RG ``rg`` from the record at ``version``/``fp`` to
     ``partitions`` (``[[pid, state], ...]``), by the majority 2PC of DESIGN §5, or add a

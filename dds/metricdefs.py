@@ -215,6 +215,23 @@ BRICK = Catalogue("dds", _RPC + (
     counter("split_foreign_rows", "rows copied by a split or merge from another partition"),
     counter("journal_writes", "admin journal steps written"),
     counter("journal_jobs_dropped", "old finished admin journal jobs dropped"),
+    # -- row checksums, self-repair and the scrubber ---------------------------------------
+    counter("checksum_failures", "rows found failing their checksum (reads, votes, row "
+            "requests, the scrubber)"),
+    counter("checksum_repairs", "damaged rows replaced from the replica group"),
+    counter("checksum_repair_failures", "repairs of damaged rows given up after their "
+            "retries"),
+    counter("checksum_repairs_deferred", "damaged rows found while 1,000 repairs were "
+            "already running (left to a later read or pass)"),
+    counter("checksums_migrated", "rows of files written before checksums given one"),
+    gauge("checksum_migrations_pending", "partitions whose rows still wait for their "
+          "checksum"),
+    counter("scrub_rows_verified", "rows the scrubber verified"),
+    gauge("scrub_bytes_verified", "key and value bytes verified in the current scrub pass"),
+    gauge("scrub_pass", "the scrub pass number"),
+    gauge("scrub_last_pass_completed_seconds", "Unix time the last scrub pass completed "
+          "(0 before the first)"),
+    gauge("txlog_damaged_records", "damaged log batches and records found at start"),
     # -- storage (read from the storage layer's own counts at scrape time) ---------------
     *(counter(f"storage_{name}", text, callback=True) for name, text in (
         ("reads", "reads served by storage"),

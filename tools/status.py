@@ -98,7 +98,8 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                          recovery=dict(r.get("recovery", {})),
                          copies=list(r.get("copies", [])),
                          changes=dict(r.get("changes", {})),
-                         auth=dict(r.get("auth", {})))
+                         auth=dict(r.get("auth", {})),
+                         scrub=dict(r.get("scrub") or {}))
             if r.get("_peer_id") != bid:
                 entry["error"] = f"answers as {r.get('_peer_id')!r}"
         bricks.append(entry)
@@ -229,6 +230,10 @@ def render(report: dict[str, Any], console: Console) -> None:
                   partition_ids(rg["partition_states"]))
     console.print(g)
     console.print(_membership_table(report["rgs"], time.time()))
+    scrubs = [f"{b['id']} pass {sc.get('pass', 0)} ({sc.get('bytes_verified', 0) / 1e6:.1f} MB)"
+              for b in report["bricks"] if b["up"] and (sc := b.get("scrub"))]
+    if scrubs:      # the background scrubber (issue 13)
+        console.print("scrub: " + ", ".join(scrubs))
     for problem in report["divergence"]:
         console.print(f"[bold red]{escape(problem)}[/bold red]")
     for warning in report.get("warnings", []):

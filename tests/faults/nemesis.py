@@ -17,6 +17,10 @@ Kinds:
 * ``delay``: every frame to and from one or two bricks is held 20-400 ms.
 * ``cut``: one direction only (to the brick, or from it) of one brick's traffic is lost.
 * ``restart``: ``kill -TERM`` every brick at once, wait for them to exit, start them all.
+* ``bitflip``: ``kill -TERM`` one brick, flip a bit in a stored value of one of its
+  partition files or in a logged write's value (``tests/faults/bitflip.py``), start it
+  again after a short downtime.  It must never serve the damaged bytes (issue 13).  Each
+  key is damaged at most once a run (on one brick): one replica of a key at a time.
 
 Overlap rules: at most ``max_active`` faults at a time; a brick takes one process fault
 (pause, kill) at a time; one network fault (partition, delay, cut) at a time; a whole
@@ -37,20 +41,22 @@ from typing import Any, TextIO
 
 import attrs
 
+from tests.faults.bitflip import flip_stored_byte
 from tests.faults.cluster import ProxiedCluster
 from tests.faults.proxy import CLIENT, Rule
 
-KINDS: tuple[str, ...] = ("pause", "kill", "partition", "delay", "cut", "restart")
+KINDS: tuple[str, ...] = ("pause", "kill", "partition", "delay", "cut", "restart", "bitflip")
 #: The kinds the product survives before leases, exclusion and recovery (issue 3) exist.
 #: The kinds a run uses unless told otherwise: all of them, since prepared transactions
 #: became durable (a killed or stopped brick restores and resolves them on restart).
 DEFAULT_KINDS: tuple[str, ...] = KINDS
-PROCESS_KINDS = frozenset({"pause", "kill"})
+PROCESS_KINDS = frozenset({"pause", "kill", "bitflip"})
 NET_KINDS = frozenset({"partition", "delay", "cut"})
 #: Kinds that lose messages (a 2PC decision may not reach a member that voted YES).
-LOSS_KINDS = frozenset({"partition", "cut", "kill"})
+LOSS_KINDS = frozenset({"partition", "cut", "kill", "bitflip"})
 #: How often each kind is drawn, relative to the others.
-WEIGHTS = {"pause": 3.0, "kill": 3.0, "partition": 3.0, "delay": 2.0, "cut": 2.0, "restart": 0.12}
+WEIGHTS = {"pause": 3.0, "kill": 3.0, "partition": 3.0, "delay": 2.0, "cut": 2.0, "restart": 0.12,
+           "bitflip": 1.0}
 #: Seconds a whole-cluster restart reserves beyond its downtime (stop grace + start).
 RESTART_ALLOWANCE = 8.0
 #: Least seconds between the starts of two whole-cluster restarts.
@@ -158,6 +164,9 @@ def _place(rng: random.Random, kind: str, t: float, span: float, bricks: list[st
         targets = [rng.choice(free)]
         duration = rng.uniform(1.1 * lease_s, 2.0 * lease_s) if kind == "pause" \
             else rng.uniform(0.3, 2.0)
+        if kind == "bitflip":
+            params = {"where": rng.choice(("value", "value", "log")),
+                      "pick": rng.randrange(1 << 16)}
     elif kind in NET_KINDS:
         if net_busy > t:
             return None
@@ -200,6 +209,7 @@ class Nemesis:
         self.down: set[str] = set()        # killed or stopped on purpose, not restarted yet
         self.starting: set[str] = set()    # restarted, not yet known to serve
         self.findings: list[str] = []      # unexpected: a brick exited by itself, etc.
+        self.flipped: set[bytes] = set()   # keys a bitflip damaged (each at most once)
 
     def _log(self, action: str, fault: Fault | None, **extra: Any) -> None:
         now = time.monotonic()
@@ -245,6 +255,17 @@ class Nemesis:
         elif f.kind == "kill":
             self.down.add(f.targets[0])
             c.brick(f.targets[0]).stop(signal.SIGKILL)
+        elif f.kind == "bitflip":
+            brick = c.brick(f.targets[0])
+            self.down.add(f.targets[0])
+            code = brick.stop(signal.SIGTERM)
+            if code != 0:
+                self._finding(f"bitflip: {brick.id} exited with code {code} on SIGTERM")
+            what, key = flip_stored_byte(brick.data_dir, f.param("where"), f.param("pick"),
+                                         self.flipped)
+            if key is not None:
+                self.flipped.add(key)
+            self._log("flipped", f, what=what)
         elif f.kind == "partition":
             rule = Rule(f.param("mode"))
             side = set(f.targets)
@@ -273,7 +294,7 @@ class Nemesis:
         if f.kind == "pause":
             self.cluster.brick(f.targets[0]).send_signal(signal.SIGCONT)
             self.paused.discard(f.targets[0])
-        elif f.kind in ("kill", "restart"):
+        elif f.kind in ("kill", "restart", "bitflip"):
             for b in f.targets:
                 self._restart(b)
         else:

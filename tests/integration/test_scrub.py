@@ -16,6 +16,8 @@ from typing import Any
 import pytest_twisted
 from twisted.internet import reactor
 
+from dds.bricks.rowcheck import row_checksum
+
 from tests.harness.aio import replica_value
 from tests.harness.cluster import Cluster
 from tests.integration.test_admin_membership import admin
@@ -73,8 +75,11 @@ async def test_a_tampered_replica_is_reported_and_fixed(cluster_factory: Any) ->
     assert victim.stop(signal.SIGTERM) == 0
     conn = sqlite3.connect(str(victim.data_dir / f"{pid}.sqlite"))
     with conn:
-        changed = conn.execute("UPDATE kv SET value = ? WHERE key = ?",
-                               (b"bit rot", victim_key)).rowcount
+        # A diverged replica whose rows are intact (with a checksum of their own), so
+        # that only the comparison with the other replicas can find it.
+        changed = conn.execute("UPDATE kv SET value = ?, checksum = ? WHERE key = ?",
+                               (b"bit rot", row_checksum(victim_key, 1, b"bit rot"),
+                                victim_key)).rowcount
     conn.close()
     assert changed == 1
     victim.start()

@@ -388,3 +388,12 @@ def test_a_duration_above_its_bound_is_refused_naming_the_range(name: str) -> No
     section, key = name.split(".")
     with pytest.raises(ConfigError, match=rf"{re.escape(name)}: expected .* to "):
         parse_brick_config(brick(**{section: {key: 10**9}}), env=ENV)
+
+
+def test_a_negative_scrub_rate_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError, match=r"brick\.scrub_mb_s: expected a number from 0"):
+        parse_brick_config(brick(brick={"scrub_mb_s": -1}), env=ENV)
+    with pytest.raises(ConfigError, match=r"brick\.scrub_mb_s: expected a number"):
+        parse_brick_config(brick(brick={"scrub_mb_s": "fast"}), env=ENV)
+    assert parse_brick_config(brick(brick={"scrub_mb_s": 0}), env=ENV).brick.scrub_mb_s == 0.0
+    assert parse_brick_config(brick(), env=ENV).brick.scrub_mb_s == 4.0

@@ -23,6 +23,7 @@ from dds.messages import Prepare
 from dds.metrics import Metrics
 from dds.partition import PartitionId
 
+from dds.bricks.rowcheck import row_checksum
 from dds.bricks.copysource import IDLE_S, CopySessions, CopyState
 from dds.bricks.locks import LockTable
 from dds.bricks.participant import Participant
@@ -257,7 +258,8 @@ def test_fence_waits_for_transactions_in_flight_and_reports_their_lsn(src: Sourc
     assert lsns["p1.0"] == src.storage.open_partition("p1.0").committed_lsn()
     assert lsns["p1.0"] == reply["snapshots"][0]["lsn"] + 1
     delta = src.sessions.delta(reply["session"], "p1.0", reply["snapshots"][0]["lsn"], 100)
-    assert delta == {"rows": [[key_in(P0, 0), b"v", 2, lsns["p1.0"]]], "more": False}
+    assert delta == {"rows": [[key_in(P0, 0), b"v", 2, lsns["p1.0"],
+                               row_checksum(key_in(P0, 0), 2, b"v")]], "more": False}
     assert src.metrics.counters["copy_fences_total"] == 1
 
 

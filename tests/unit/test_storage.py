@@ -15,6 +15,13 @@ from twisted.python.failure import Failure
 from dds.bricks.partstore import PartitionStore, ReadResult
 from dds.bricks.storage import SQLITE_FLUSH_S, Storage
 from dds.errors import NotServing
+from dds.bricks.rowcheck import row_checksum
+
+
+def _row(key: bytes, value: bytes | None, version: int, lsn: int
+         ) -> tuple[bytes, bytes | None, int, int, int]:
+    """A row as ``rows_since`` gives it: with its checksum."""
+    return (key, value, version, lsn, row_checksum(key, version, value))
 
 
 def outcome(d: Deferred[Any]) -> list[Any]:
@@ -462,7 +469,8 @@ def test_rows_since_returns_later_rows_in_lsn_order(storage: Storage, clock: Clo
     store = _filled(storage, "p0.0", [(b"a", b"1", 1), (b"b", b"1", 1), (b"a", None, 2)])
     clock.advance(0)
     storage.write("p0.0", b"c", b"1", 1)  # staged
-    assert list(store.rows_since(1)) == [(b"b", b"1", 1, 2), (b"a", None, 2, 3), (b"c", b"1", 1, 4)]
+    assert list(store.rows_since(1)) == [_row(b"b", b"1", 1, 2), _row(b"a", None, 2, 3),
+                                         _row(b"c", b"1", 1, 4)]
 
 
 def test_drop_partition_removes_files(storage: Storage, clock: Clock, tmp_path: Path) -> None:
@@ -640,7 +648,7 @@ def test_a_key_written_twice_before_its_file_commit_gets_only_its_newest_row(
     clock.advance(SQLITE_FLUSH_S)
     assert on_disk(store.path, b"k") == (b"new", 2, 3)
     assert store.committed_lsn() == 3
-    assert list(store.rows_since(0)) == [(b"j", b"v", 1, 2), (b"k", b"new", 2, 3)]
+    assert list(store.rows_since(0)) == [_row(b"j", b"v", 1, 2), _row(b"k", b"new", 2, 3)]
 
 
 def test_a_torn_last_append_is_ignored_and_what_came_before_is_kept(
@@ -755,7 +763,7 @@ def test_a_restart_frees_the_files_a_stop_left_half_deleted(tmp_path: Path, cloc
 def _staged(tmp_path: Path, rows: list[tuple[bytes, bytes, int]]) -> PartitionStore:
     store = PartitionStore(tmp_path / "p0.0.sqlite", "p0.0")
     for key, value, version in rows:
-        store._stage(key, ReadResult(value, version))
+        store._stage(key, ReadResult(value, version), row_checksum(key, version, value))
     return store
 
 
@@ -764,7 +772,7 @@ def test_a_commit_skips_a_row_a_newer_staged_row_of_its_key_replaces(tmp_path: P
     assert store._commit(limit=2) == 2      # a@1 is not written: a@2 is staged
     assert on_disk(store.path, b"a") is None and on_disk(store.path, b"b") == (b"1", 1, 2)
     assert store.read(b"a") == ReadResult(b"2", 2)
-    assert list(store.rows_since(0)) == [(b"b", b"1", 1, 2), (b"a", b"2", 2, 3)]
+    assert list(store.rows_since(0)) == [_row(b"b", b"1", 1, 2), _row(b"a", b"2", 2, 3)]
     assert store._commit() == 1
     assert on_disk(store.path, b"a") == (b"2", 2, 3)
     store.close()
