@@ -626,6 +626,7 @@ class RowRead(Message):
     transaction on the key is in progress there) the row is left out."""
 
     TYPE: ClassVar[str] = "row_read"
+    TITLE: ClassVar[str] = "row read for repair"
     ROLES: ClassVar[frozenset[str]] = PEERS
     pid: str = attrs.field(validator=_str)
     key: bytes = attrs.field(validator=_bytes)
