@@ -140,7 +140,7 @@ _NEVER_ANSWERS = (
     "    @classmethod\n"
     "    def connect(cls, reactor, seeds, **options):\n"
     "        return succeed(cls())\n"
-    "    def get(self, key, timeout=None):\n"
+    "    def get(self, key, timeout=None, consistency=None):\n"
     "        return Deferred()\n"
     "    def put(self, key, value, timeout=None):\n"
     "        return Deferred()\n"
