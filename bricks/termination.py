@@ -235,7 +235,10 @@ class Terminator:
                               reason=reason)
                 return Termination(txn.txid, pid, "in-doubt", others, tuple(states), reason)
             decision, reason = "commit", "every member prepared"
-        elif infer_commit and not excluded and self.exclude is not None:
+        elif (infer_commit and not excluded and self.exclude is not None
+              and sum(1 for b in rg.active_members
+                      if b == self.id or dict(zip(others, states)).get(b) != "unreachable")
+              >= rg.quorum):
             # Someone unreachable and nobody decided: exclude it (its lease lapses first,
             # so it serves nothing meanwhile), then decide among the remaining members.
             lost = [b for b, st in zip(others, states) if st == "unreachable"]

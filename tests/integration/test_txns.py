@@ -216,8 +216,8 @@ async def test_a_transaction_past_its_deadline_with_two_members_stopped_is_in_do
     step = txns_step(stuck)
     assert stuck["ok"] is False and step["still_in_doubt"] == 1
     assert sorted(u["brick"] for u in step["unreachable"]) == [b2.id, b3.id]
-    assert all(o["decision"] == "in-doubt" and "unreachable" in o["states"]
-               for o in step["resolved"])
+    assert step["resolved"] and all(o["decision"] == "in-doubt" and "unreachable" in o["states"]
+               for o in step["resolved"]), step
     assert await held(cluster, live) == {b1.id: (1, 1)}
 
     for b in (b2, b3):
