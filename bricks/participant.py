@@ -200,7 +200,10 @@ class Participant:
                 raise VersionMismatch(f"key is at version {current.version}, "
                                       f"expected {txn.expected_version}",
                                       {"version": current.version})
-        except DDSError:
+        except Exception:
+            # A NO, or the replica failed to read the key (a damaged file, a bug): either
+            # way nothing is held, not even the lock (an unexpected error once left the
+            # key locked for good).
             self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             self.metrics.inc("prepare_no_total")
