@@ -37,6 +37,7 @@ from dds.metrics import Metrics
 from dds.partition import PartitionId
 from dds.rpc import LATER
 
+from dds.bricks.damage import unreadable
 from dds.bricks.locks import LockTable
 from dds.bricks.storage import PreparedRecord, Storage
 
@@ -128,6 +129,10 @@ class Participant:
         #: transactions, instead of a timer per transaction armed and cancelled each time.
         self._sweep: IDelayedCall | None = None
         self._sweep_at = float("inf")
+        #: A read or write of a partition whose file turned out unreadable
+        #: (``bricks/damage.py``): ``on_unreadable(pid, error)`` sets it aside and returns
+        #: the error to answer (``ReplicaDamaged``).
+        self.on_unreadable: Callable[[str, BaseException], DDSError] | None = None
 
     # -- phase one -----------------------------------------------------------------------
 
@@ -200,13 +205,15 @@ class Participant:
                 raise VersionMismatch(f"key is at version {current.version}, "
                                       f"expected {txn.expected_version}",
                                       {"version": current.version})
-        except Exception:
+        except Exception as e:
             # A NO, or the replica failed to read the key (a damaged file, a bug): either
             # way nothing is held, not even the lock (an unexpected error once left the
             # key locked for good).
             self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             self.metrics.inc("prepare_no_total")
+            if self.on_unreadable is not None and unreadable(e):
+                raise self.on_unreadable(txn.pid_text, e) from None
             raise
         txn.new_version = current.version + 1
         # The vote is sent only once the record of it is durable: a brick that dies after
@@ -323,12 +330,23 @@ class Participant:
         txn.state = TxnState.COMMITTING
         self._cancel_timer(txn)
         value = txn.value if txn.op != "remove" else None
-        if reply is not None:
-            if self.storage.write_then(txn.pid_text, txn.key, value, txn.new_version,
-                                       txn.txid, self._applied, (txn, reply, to)):
-                return LATER
+        try:
+            if reply is not None:
+                if self.storage.write_then(txn.pid_text, txn.key, value, txn.new_version,
+                                           txn.txid, self._applied, (txn, reply, to)):
+                    return LATER
+                d = None
+            else:
+                d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version,
+                                       txn.txid)
+        except Exception as e:
+            # Nothing was staged (the key could not be read): prepared as before.
+            self._commit_failed(Failure(e), txn)
+            if self.on_unreadable is not None and unreadable(e):
+                raise self.on_unreadable(txn.pid_text, e) from None
+            raise
+        if d is None:
             return self._committed(None, txn)       # memory durability: no wait
-        d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version, txn.txid)
         return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
                               errbackArgs=(txn,))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 from typing import Any, Callable, cast
 
@@ -47,6 +48,7 @@ from dds.version import VERSION
 
 from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.copysource import CopySessions
+from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
@@ -119,12 +121,9 @@ class Brick:
         self.max_key = config.limits.max_key_bytes
         self.max_value = config.limits.max_value_bytes
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(config.data_dir, self.clock,
-                               durability=cast(Durability, config.brick.durability),
-                               cache_entries=config.brick.cache_entries,
-                               memory_flush_s=config.brick.memory_flush_ms / 1000.0,
-                               commit_window_s=config.brick.commit_window_ms / 1000.0,
-                               run_in_thread=self._in_thread)
+        # Before the storage opens a file: one it cannot read stopped the brick's start.
+        unreadable_files = set_aside_unreadable(config.data_dir)
+        self.storage = self._open_storage(config, unreadable_files)
         self.storage.after_completions = lambda: flush_sends(self.clock)
         self.locks = LockTable(self.clock)
         # The map, the record locks and the journal are as durable as the data (DESIGN §4).
@@ -167,6 +166,13 @@ class Brick:
                                      config.data_dir / "incoming",
                                      full_lease=config.brick.full_lease_recovery,
                                      durability=config.brick.durability)
+        self.damage = Damage(config.data_dir, self.metrics,
+                             set_aside=self._set_aside, forget=self.participant.forget_partition,
+                             reopen=self.storage.open_partition, recopy=self._recopy)
+        self.damage.started(unreadable_files)
+        self.participant.on_unreadable = self._unreadable
+        self.recoveries.must_copy = self._must_copy
+        self.recoveries.copied = self.damage.copied
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
         self.journal = Journal(config.data_dir, self.clock, self.metrics, fsync=power_safe)
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
@@ -211,7 +217,8 @@ class Brick:
         }
         # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
         self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
-                                 self.recoveries, config.limits.max_frame_bytes)
+                                 self.recoveries, config.limits.max_frame_bytes,
+                                 damaged=self.damage.damaged, on_unreadable=self._unreadable)
         self._handlers[RangeChecksums] = self.scrubber.range_checksums
         self._handlers[RangeKeys] = self.scrubber.range_keys
         # Reorganization (DESIGN §8): administrative changes of RG records, moves.
@@ -260,6 +267,26 @@ class Brick:
                                lambda name=name: self.storage.stats[name])  # type: ignore[misc]
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def _open_storage(self, config: BrickConfig, moved: dict[str, str]) -> Storage:
+        """The storage; if opening it meets a file the quick probe passed but SQLite
+        cannot read (the log's redo reads rows), every file is checked in depth and the
+        unreadable ones are set aside (``bricks/damage.py``), then it is opened again."""
+        while True:
+            try:
+                return Storage(config.data_dir, self.clock,
+                               durability=cast(Durability, config.brick.durability),
+                               cache_entries=config.brick.cache_entries,
+                               memory_flush_s=config.brick.memory_flush_ms / 1000.0,
+                               commit_window_s=config.brick.commit_window_ms / 1000.0,
+                               run_in_thread=self._in_thread)
+            except sqlite3.DatabaseError as e:
+                if not unreadable(e):
+                    raise
+                found = set_aside_unreadable(config.data_dir, deep=True)
+                if not found:
+                    raise
+                moved.update(found)
 
     def factory(self) -> Factory:
         """The RPC port's factory: admission caps, then (TLS mode) TLS, then RPC."""
@@ -319,6 +346,9 @@ class Brick:
             self.recoveries.after_restart()
         self._recovery_check.start(2.0, now=False)
         self.quarantine.start()
+        self.damage.unlisted({str(p) for p in self.maps.my_partitions()})
+        for pid, why in sorted(self.damage.damaged.items()):
+            self._recopy(pid, why)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -547,12 +577,18 @@ class Brick:
                 or not (self.ignore_read_lease or self.leases.valid(rg))):
             return None
         self.metrics.counters["requests_get_total"] += 1
-        return self.storage.read(pid_text, key)
+        try:
+            return self.storage.read(pid_text, key)
+        except sqlite3.DatabaseError as e:
+            raise self._unreadable(pid_text, e) from None
 
-    def _check_serving(self, rg: str, read: bool) -> None:
+    def _check_serving(self, rg: str, read: bool, pid: str | None = None) -> None:
         """DESIGN §6–7: no reads and no YES votes without a valid lease, and nothing at
-        all from an RG still being re-synced."""
+        all from an RG still being re-synced (``ReplicaDamaged`` for a partition whose
+        file was unreadable: ``bricks/damage.py``)."""
         if rg in self.recoveries.blocked:
+            if pid is not None and pid in self.damage.damaged:
+                raise self.damage.error(pid)
             raise NotServing(f"brick {self.id} is re-syncing {rg}")
         if not self.leases.valid(rg) and not (read and self.ignore_read_lease):
             self.metrics.inc("no_lease_refusals_total")
@@ -561,12 +597,12 @@ class Brick:
     def get(self, msg: Get) -> Any:
         self._check_key(msg.key)
         pid = self._gate(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)[2]
-        self._check_serving(msg.rg, read=True)
+        self._check_serving(msg.rg, read=True, pid=str(pid))
         if not pid.owns(msg.key):
             raise InvalidRequest(f"key does not belong to partition {pid}")
         lock_key = (str(pid), msg.key)
         if self.locks.holder(lock_key) is None:
-            r = self.storage.read(str(pid), msg.key)
+            r = self._read(str(pid), msg.key)
             return {"value": r.value, "version": r.version}
         return self._get_after_outcome(msg, lock_key)
 
@@ -576,9 +612,44 @@ class Brick:
         self.metrics.inc("reads_waited_total")
         await self.locks.wait_free(lock_key, self.read_wait_s)
         pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
-        self._check_serving(msg.rg, read=True)
-        r = self.storage.read(str(pid), msg.key)
+        self._check_serving(msg.rg, read=True, pid=str(pid))
+        r = self._read(str(pid), msg.key)
         return {"value": r.value, "version": r.version}
+
+    def _read(self, pid: str, key: bytes) -> ReadResult:
+        try:
+            return self.storage.read(pid, key)
+        except sqlite3.DatabaseError as e:
+            raise self._unreadable(pid, e) from None
+
+    # -- damaged partition files (bricks/damage.py) --------------------------------------
+
+    def _unreadable(self, pid: str, error: BaseException) -> DDSError:
+        """``error`` met reading ``pid``'s file: ``ReplicaDamaged`` (the file is set
+        aside and the partition copied again) if it says the file is damaged; any other
+        error is raised as it was (an internal error)."""
+        if unreadable(error):
+            return self.damage.found(pid, error)
+        raise error
+
+    def _set_aside(self, pid: str, dest: Any) -> None:
+        self.storage.quarantine_partition(pid, dest)
+
+    def _recopy(self, pid: str, why: str) -> None:
+        """Re-copy the RG of mine that lists ``pid`` (the recovery path, DESIGN §7)."""
+        parsed = parse_pid(pid)
+        for rec in self.maps.map.rgs.values():
+            if rec.member_state(self.id) is not None and \
+                    rec.partition_state(parsed) is not None:
+                self.recoveries.ensure(rec.name, why=f"the replica of {pid} was unreadable "
+                                       f"({why})")
+
+    def _must_copy(self, rg: str) -> str | None:
+        rec = self.maps.map.rgs.get(rg)
+        if rec is None:
+            return None
+        damaged = [str(e.pid) for e in rec.partitions if str(e.pid) in self.damage.damaged]
+        return f"unreadable replicas of {', '.join(damaged)}" if damaged else None
 
     def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
         return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
@@ -612,7 +683,7 @@ class Brick:
         _v, _fp, pid, mask, prefix = self._gate(pid_text, rg, rg_version, rg_fp)
         if key_hash(key) & mask != prefix:
             raise InvalidRequest(f"key does not belong to partition {pid}")
-        self._check_serving(rg, read=False)
+        self._check_serving(rg, read=False, pid=pid_text)
 
         def recheck() -> Any:
             checked = self.maps.check(pid_text, rg, rg_version, rg_fp)
@@ -938,9 +1009,14 @@ class Brick:
         pid = str(parse_pid(msg.pid))
         if not self.storage.has_partition(pid):
             raise NotServing(f"brick {self.id} holds no replica of {pid}")
-        self.storage.open_partition(pid)
-        path = self.storage.partition_path(pid)
-        summary: dict[str, int] = await self._in_thread(summarize_file, path)
+        if pid in self.damage.damaged:
+            raise self.damage.error(pid)
+        try:
+            self.storage.open_partition(pid)
+            path = self.storage.partition_path(pid)
+            summary: dict[str, int] = await self._in_thread(summarize_file, path)
+        except sqlite3.DatabaseError as e:
+            raise self._unreadable(pid, e) from None
         return summary
 
 

@@ -289,6 +289,8 @@ class Storage:
             conn = sqlite3.connect(str(path))
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError:
+                pass        # an unreadable file (bricks/damage.py): its WAL goes along
             finally:
                 conn.close()
         if wal.exists():
