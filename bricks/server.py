@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.config import BrickConfig, format_address
@@ -41,7 +42,7 @@ from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # 
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId, key_hash
-from dds.records import Record, record_from_wire
+from dds.records import Record, RGRecord, record_from_wire
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
 from dds.version import VERSION
@@ -49,6 +50,7 @@ from dds.version import VERSION
 from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.copysource import CopySessions
 from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
+from dds.bricks.diskspace import DiskSpace
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
@@ -173,6 +175,14 @@ class Brick:
         self.participant.on_unreadable = self._unreadable
         self.recoveries.must_copy = self._must_copy
         self.recoveries.copied = self.damage.copied
+        # A full disk (bricks/diskspace.py): writes refused, out of the RGs' write path.
+        self.disk = DiskSpace(self.id, config.data_dir, self.clock, self.metrics,
+                              min_free_bytes=config.brick.min_free_mb << 20,
+                              check_s=config.brick.disk_check_ms / 1000.0,
+                              on_full=self._step_out, on_free=self._space_returned)
+        self._stepping_out: set[str] = set()
+        self.participant.full = self.disk.saw
+        self.recoveries.hold = lambda: self.disk.reason if self.disk.full else None
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
         self.journal = Journal(config.data_dir, self.clock, self.metrics, fsync=power_safe)
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
@@ -207,7 +217,7 @@ class Brick:
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
             Status: self.status, RestoreQuarantined: self.restore_quarantined,
-            Checksum: self.checksum, Ping: lambda m: {},
+            Checksum: self.checksum, Ping: self.ping,
             TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
             Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
             RecordDecide: self.changes.decide, RecordState: self.changes.state,
@@ -346,6 +356,7 @@ class Brick:
             self.recoveries.after_restart()
         self._recovery_check.start(2.0, now=False)
         self.quarantine.start()
+        self.disk.start()
         self.damage.unlisted({str(p) for p in self.maps.my_partitions()})
         for pid, why in sorted(self.damage.damaged.items()):
             self._recopy(pid, why)
@@ -363,6 +374,7 @@ class Brick:
             self._cert_check.stop()
         self.recoveries.stop()
         self.quarantine.stop()
+        self.disk.stop()
         if self._recovery_check.running:
             self._recovery_check.stop()
         deadline = self.clock.seconds() + grace_s
@@ -676,6 +688,8 @@ class Brick:
         """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote."""
         if self._stopping:
             raise NotServing(f"brick {self.id} is shutting down")
+        if self.disk.full:
+            raise self.disk.refusal()
         self._check_key(key)
         if value is not None and len(value) > self.max_value:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
@@ -804,6 +818,61 @@ class Brick:
 
     def lease(self, msg: Lease) -> dict[str, Any]:
         return self.leases.grant(msg.holder, msg.rgs)
+
+    def ping(self, msg: Ping) -> dict[str, Any]:
+        """Alive; and whether the disk is full: a voter then excludes this brick although
+        it answers (``bricks/rgchange.py``)."""
+        return {"storage_full": True} if self.disk.full else {}
+
+    # -- a full disk (bricks/diskspace.py) -----------------------------------------------
+
+    def _step_out(self) -> None:
+        """Ask each RG where this brick is active to exclude it (one request per RG at a
+        time; asked again at each check while the disk stays full)."""
+        if self._stopping:
+            return
+        for rec in self.maps.map.rgs.values():
+            if self.id in rec.active_members and rec.name not in self._stepping_out:
+                self._stepping_out.add(rec.name)
+                d = ensureDeferred(self._ask_exclusion(rec))
+                d.addBoth(self._asked_exclusion, rec.name)
+
+    def _asked_exclusion(self, result: object, rg: str) -> None:
+        self._stepping_out.discard(rg)
+        if isinstance(result, Failure):
+            self.log.failure("asking to be excluded from {rg} failed", result, rg=rg)
+
+    async def _ask_exclusion(self, rec: RGRecord) -> None:
+        """The first other active member coordinates (as for a library's request, so that
+        requests about one member meet at one coordinator)."""
+        timeout = self.config.timeouts.suspect_check_ms / 1000.0 + self.lease_s + 5.0
+        for other in [b for b in rec.active_members if b != self.id]:
+            try:
+                conn = await self._peer(other)
+                reply = await conn.call("rg_change", {
+                    "rg": rec.name, "version": rec.version, "fp": rec.fp, "member": self.id,
+                    "state": "excluded", "reason": f"disk full: {self.disk.reason}"},
+                    timeout=timeout)
+            except DDSError as e:
+                self.disk.warn("asking {other} to exclude {brick} from {rg} (disk full) "
+                               "failed: {error}", other=other, brick=self.id, rg=rec.name,
+                               error=e.message)
+                continue
+            self.metrics.inc("storage_full_exclusions_total")
+            self.disk.warn("excluded from {rg} while the disk is full", rg=rec.name)
+            try:
+                self.maps.merge([record_from_wire(reply["record"])],
+                                source=f"rg_change:{other}")
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                # OSError: the map file cannot be written on a full disk; gossip brings
+                # the record again, and the recovery check runs on a timer anyway.
+                self.disk.warn("could not adopt {rg}'s record after the exclusion: {error}",
+                               rg=rec.name, error=repr(e))
+            return
+
+    def _space_returned(self) -> None:
+        """Re-sync the RGs this brick was excluded from (held while the disk was full)."""
+        self.recoveries.check()
 
     def rg_change(self, msg: RGChange, requester: str | None) -> Deferred[dict[str, Any]]:
         return self.changes.change(msg, requester)

@@ -66,6 +66,7 @@ from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
                                   checkpoint, validate_pid)
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
+from dds.ratelimit import LogLimiter
 
 log = Logger()
 
@@ -211,6 +212,9 @@ class Storage:
             ("reads", "cache_hits", "writes", "commits", "committed_rows", "commit_failures",
              "log_writes", "log_failures", "log_rotations", "checkpoint_failures"), 0)
         self._txlog = TxnLog(self.data_dir, fsync=durability == "fsync")
+        # A full disk fails every append and commit until space returns: a few lines a
+        # window, not one per group commit (issue 13).
+        self._failures = LogLimiter(clock, log, per_window=5, window_s=10.0)
         # Files of dropped replicas whose gradual deletion a stop interrupted.
         for left in sorted(self.data_dir.glob("p*" + SUFFIX + "*.dropped")):
             discard_gradually(left, self._clock, run_in_thread=self._run_in_thread)
@@ -338,7 +342,8 @@ class Storage:
                 n = store._commit(self._unlogged.get(store))
             except Exception as e:  # noqa: BLE001 -- kept staged, committed later
                 self.stats["commit_failures"] += 1
-                log.error("commit of {partition} failed: {error!r}", partition=pid, error=e)
+                self._failures.error("commit of {partition} failed: {error!r}",
+                                     partition=pid, error=e)
             else:
                 if n:
                     self.stats["commits"] += 1
@@ -623,8 +628,9 @@ class Storage:
                 n = store._commit(self._unlogged.get(store), SWEEP_ROWS)
             except Exception as e:  # noqa: BLE001 -- kept staged and retried
                 self.stats["commit_failures"] += 1
-                log.error("commit of {count} writes to {partition} failed: {error!r}",
-                          count=len(store._pending), partition=store.partition_id, error=e)
+                self._failures.error("commit of {count} writes to {partition} failed: "
+                                     "{error!r}", count=len(store._pending),
+                                     partition=store.partition_id, error=e)
                 continue
             if not store._pending:
                 del self._dirty[store]
@@ -680,8 +686,8 @@ class Storage:
             self._txlog.write(records)
         except OSError as e:
             self.stats["log_failures"] += 1
-            log.error("append of {count} records to the transaction log failed: {error!r}",
-                      count=len(records), error=e)
+            self._failures.error("append of {count} records to the transaction log "
+                                 "failed: {error!r}", count=len(records), error=e)
             if self._memory:    # acknowledged already: keep them and retry later
                 self._records = records + self._records
                 if self._flush_call is None:
@@ -737,8 +743,9 @@ class Storage:
             except Exception as e:  # noqa: BLE001 -- kept staged and retried
                 failed.append(e)
                 self.stats["commit_failures"] += 1
-                log.error("commit of {count} writes to {partition} failed: {error!r}",
-                          count=len(store._pending), partition=store.partition_id, error=e)
+                self._failures.error("commit of {count} writes to {partition} failed: "
+                                     "{error!r}", count=len(store._pending),
+                                     partition=store.partition_id, error=e)
                 self._dirty[store] = None
                 self._staged += len(store._pending)
             else:
