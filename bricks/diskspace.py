@@ -41,6 +41,9 @@ from dds.ratelimit import LogLimiter
 #: Free space needed to leave FULL, beyond ``min_free``: hysteresis, so that a brick at
 #: the edge does not flap in and out of its RGs.
 RESUME_MARGIN_BYTES = 1 << 20
+#: While FULL, free space is looked at at least this often (the configured interval may
+#: be long; a failed write, not the check, may have found the disk full).
+FULL_CHECK_S = 1.0
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -84,6 +87,7 @@ class DiskSpace:
         self._check = LoopingCall(self.check)
         self._check.clock = clock
         self._check_s = check_s
+        self._running = False
         metrics.gauge("storage_full", lambda: 1 if self.full else 0)
         metrics.gauge("storage_free_bytes", lambda: self.free_bytes() or 0)
 
@@ -92,11 +96,24 @@ class DiskSpace:
         return self.state is State.FULL
 
     def start(self) -> None:
+        self._running = True
         self._check.start(self._check_s, now=True)
 
     def stop(self) -> None:
+        self._running = False
         if self._check.running:
             self._check.stop()
+
+    def _every(self, seconds: float) -> None:
+        """Look at free space every ``seconds`` from now on (if started).  On the next
+        turn: this runs inside the check itself, which must not restart its own loop."""
+        def restart() -> None:
+            if not self._running or seconds == self._check.interval:
+                return
+            if self._check.running:
+                self._check.stop()
+            self._check.start(seconds, now=False)
+        self.clock.callLater(0, restart)
 
     def free_bytes(self) -> int | None:
         """Bytes an unprivileged writer may still use in the data directory's filesystem
@@ -148,6 +165,7 @@ class DiskSpace:
         self.reason = why
         self.since = self.clock.seconds()
         self.metrics.inc("storage_full_total")
+        self._every(min(self._check_s, FULL_CHECK_S))
         self.log.error("brick {brick}: disk full ({why}): refusing writes and stepping "
                        "out of its RGs until at least {resume} bytes are free",
                        brick=self.id, why=why, resume=self.resume_at)
@@ -155,6 +173,7 @@ class DiskSpace:
 
     def _leave(self, free: int) -> None:
         self.state = State.FREE
+        self._every(self._check_s)
         self.log.warn("brick {brick}: {free} bytes free again after {seconds:.1f}s full: "
                       "re-syncing its RGs and serving again", brick=self.id, free=free,
                       seconds=self.clock.seconds() - self.since)

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from dds import failpoints
 from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InternalError,
                         InvalidRequest, Locked, NotServing, ReplicaDamaged, StaleMap,
-                        StorageFull, Timeout, Unavailable, VersionMismatch)
+                        StorageFull, Timeout, Unavailable, UnknownTransaction,
+                        VersionMismatch)
 from dds.records import BrickRecord
 from dds.rpc import RPCProtocol, State
 
@@ -34,10 +35,12 @@ Connect = Callable[[str, int], Awaitable[RPCProtocol]]
 #: staged or locked: the vote's record could not be written, or the key not read.)
 _NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidRequest,
              StorageFull, ReplicaDamaged)
-#: A member that cannot apply a decision for one of these reasons steps out of its RG
-#: (``bricks/diskspace.py``, ``bricks/damage.py``): whether it has left is asked again
-#: every ``STEPPING_OUT_RECHECK_S`` rather than once.
-_STEPPING_OUT = (StorageFull, ReplicaDamaged)
+#: A member that cannot apply a decision for one of these reasons is stepping out of its
+#: RG (a full disk, ``bricks/diskspace.py``), or dropped the transaction with a replica it
+#: re-copies (``bricks/damage.py``: then it answers the unknown transaction, or a write
+#: cut off ``NotServing``): whether it has left is asked again every
+#: ``STEPPING_OUT_RECHECK_S`` rather than once.
+_STEPPING_OUT = (StorageFull, ReplicaDamaged, UnknownTransaction, NotServing)
 STEPPING_OUT_RECHECK_S = 0.25
 Cached = Callable[[str, int], "RPCProtocol | None"]
 #: Ask the RG to exclude a member (``lib/exclusion.py``): true once it is no longer active.

@@ -36,14 +36,20 @@ VICTIM_RGS = ("rg0", "rg1", "rg2")
 TMPFS_MB = 64
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
+#: How the brick finds its disk full: its periodic look at free space, or (the look only
+#: every 10 minutes) the failure of a write.
+DETECTION = {"free-space-check": 200, "failed-write": 600_000}
+
+
+@pytest.fixture(params=sorted(DETECTION))
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     if os.geteuid() != 0:
         pytest.fail("the full-disk tests mount a tmpfs as one brick's data directory "
                     "(mount -t tmpfs) and so need root; run the suite as root, as the "
                     "multi-host tests require")
     c = Cluster(tmp_path / "cluster", bricks=4, replication=3, partitions=4, lease_ms=1000,
-                brick_settings={"min_free_mb": 1, "disk_check_ms": 200})
+                brick_settings={"min_free_mb": 1,
+                                "disk_check_ms": DETECTION[request.param]})
     data = c.brick(VICTIM).data_dir
     data.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_MB}m", "tmpfs",
@@ -119,6 +125,41 @@ class Writer:
                 f"{lat[int(len(lat) * 0.99)] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
 
 
+class Reader:
+    """Gets of ``keys`` through the library, one after another, until stopped: each
+    latency, and any answer that is not the written value."""
+
+    def __init__(self, client: DDSClient, written: dict[bytes, bytes]) -> None:
+        self.client, self.written = client, written
+        self.latencies: list[float] = []
+        self.wrong: list[str] = []
+        self._stop = False
+        self.done: Deferred[None] = Deferred.fromCoroutine(self._run())
+
+    async def _run(self) -> None:
+        keys = sorted(self.written)
+        i = 0
+        while not self._stop:
+            key = keys[i % len(keys)]
+            i += 1
+            began = time.monotonic()
+            try:
+                got = await self.client.get(key)
+            except Exception as e:      # noqa: BLE001 -- recorded, asserted by the test
+                self.wrong.append(f"{key!r}: {e!r}")
+                continue
+            self.latencies.append(time.monotonic() - began)
+            if got.value != self.written[key]:
+                self.wrong.append(f"{key!r}: {got.value!r}")
+
+    async def stop(self) -> str:
+        self._stop = True
+        await self.done
+        lat = sorted(self.latencies)
+        return (f"reader: {len(lat)} gets, p50 {lat[len(lat) // 2] * 1000:.1f} ms, p99 "
+                f"{lat[int(len(lat) * 0.99)] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
+
+
 async def members(client: DDSClient) -> dict[str, str | None]:
     await client.maps.refresh()
     return {rg: client.map.rgs[rg].member_state(VICTIM) for rg in VICTIM_RGS}
@@ -144,6 +185,7 @@ async def test_a_brick_whose_disk_fills_steps_out_of_the_write_path_and_resyncs(
     for key, value in before.items():
         await client.put(key, value)
     writer = Writer(await cluster.client(reactor, timeout=10.0))
+    reader = Reader(await cluster.client(reactor, timeout=10.0), before)
     await eventually(lambda: _true(writer.acked_in(VICTIM_RGS) >= 50), 30, "writes to begin")
     victim = cluster.brick(VICTIM)
 
@@ -162,6 +204,8 @@ async def test_a_brick_whose_disk_fills_steps_out_of_the_write_path_and_resyncs(
 
     await eventually(lambda: serving_again(cluster, client), 60, f"{VICTIM} to serve again")
     print(await writer.stop())
+    print(await reader.stop())
+    assert reader.wrong == []
     noisy = lines_between(cluster, full_at, freed_at)
     print(f"{VICTIM}: {len(noisy)} warn/error lines in {freed_at - full_at:.1f}s full")
     assert writer.errors == []
@@ -175,9 +219,11 @@ async def test_a_brick_whose_disk_fills_steps_out_of_the_write_path_and_resyncs(
             got = await replica_value(cluster, client, cluster.brick(rec.id), key)
             assert got[0] == value, (key, rec.id, got)
     await writer.client.close()
+    await reader.client.close()
     await client.close()
 
 
+@pytest.mark.parametrize("cluster", ["free-space-check"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_a_full_brick_answers_a_prepare_with_storage_full_and_applies_nothing(
         cluster: Cluster) -> None:

@@ -125,3 +125,20 @@ def test_only_corruption_counts_as_unreadable() -> None:
     assert not unreadable(sqlite3.OperationalError("database is locked"))
     assert not unreadable(sqlite3.OperationalError("database or disk is full"))
     assert not unreadable(OSError(errno.EIO, "I/O error"))
+
+
+def test_a_full_brick_looks_at_free_space_often_whatever_its_interval(
+        tmp_path: Path) -> None:
+    disk = Disk(100 * MIB)
+    clock = Clock()
+    space = DiskSpace("b1", tmp_path, clock, Metrics(), min_free_bytes=8 * MIB,
+                      check_s=600.0, on_full=lambda: None, on_free=lambda: None,
+                      statvfs=disk.statvfs)  # type: ignore[arg-type]
+    space.start()
+    disk.free = 0
+    assert space.saw(OSError(errno.ENOSPC, "No space left on device"))
+    disk.free = 100 * MIB
+    clock.advance(0)
+    clock.advance(1.0)
+    assert not space.full
+    space.stop()
