@@ -30,7 +30,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -38,8 +38,14 @@ from dds.errors import ReplicaDamaged
 from dds.metrics import Metrics
 from dds.partition import PartitionId
 
+from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.partstore import PID_RE, SUFFIX
 from dds.bricks.quarantine import QUARANTINE_DIR
+
+if TYPE_CHECKING:       # the participant imports ``unreadable`` from here
+    from dds.bricks.participant import Participant
+    from dds.bricks.recovery import Recoveries
+    from dds.bricks.storage import Storage
 
 log = Logger()
 
@@ -148,28 +154,51 @@ def marked(data_dir: Path) -> set[str]:
 
 
 class Damage:
-    """The brick's damaged partitions: found, set aside, re-copied.
+    """The brick's damaged partitions: found, set aside, re-copied by the recovery of
+    their RG, which copies them and never reconciles them (``Recoveries.must_copy``)."""
 
-    ``set_aside(pid, dest)`` closes the store and moves its files (the storage's
-    ``quarantine_partition``); ``forget(pid)`` drops its transactions (the participant's
-    ``forget_partition``); ``recopy(pid, why)`` starts the recovery of its RG."""
-
-    def __init__(self, data_dir: Path, metrics: Metrics, *,
-                 set_aside: Callable[[str, Path], None],
-                 forget: Callable[[PartitionId], object],
-                 reopen: Callable[[str], object],
-                 recopy: Callable[[str, str], None]) -> None:
+    def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics, storage: Storage,
+                 participant: Participant, maps: MapState, recoveries: Recoveries) -> None:
+        self.id = brick_id
         self.qdir = Path(data_dir) / QUARANTINE_DIR
         self.metrics = metrics
-        self._set_aside = set_aside
-        self._forget = forget
-        self._reopen = reopen
-        self._recopy = recopy
+        self.storage = storage
+        self.participant = participant
+        self.maps = maps
+        self.recoveries = recoveries
         #: Partitions whose replica here is not to be served until a copy replaced it,
         #: and why.
         self.damaged: dict[str, str] = {pid: "its file was unreadable"
                                         for pid in marked(data_dir)}
         metrics.gauge("replicas_damaged", lambda: len(self.damaged))
+        recoveries.must_copy = self.must_copy
+        recoveries.copied = self.copied
+
+    def start(self) -> None:
+        """With the map loaded: re-copy every damaged partition an RG of mine lists."""
+        listed = {str(p) for p in self.maps.my_partitions()}
+        for pid in sorted(set(self.damaged) - listed):     # nothing to copy: forget it
+            del self.damaged[pid]
+            (self.qdir / (pid + MARKER)).unlink(missing_ok=True)
+        for pid, why in sorted(self.damaged.items()):
+            self._recopy(pid, why)
+
+    def must_copy(self, rg: str) -> str | None:
+        """Why the RG's replicas here must be copied, never reconciled, or None."""
+        rec = self.maps.map.rgs.get(rg)
+        if rec is None:
+            return None
+        damaged = [str(e.pid) for e in rec.partitions if str(e.pid) in self.damaged]
+        return f"unreadable replicas of {', '.join(damaged)}" if damaged else None
+
+    def _recopy(self, pid: str, why: str) -> None:
+        """Re-copy the RG of mine that lists ``pid`` (the recovery path, DESIGN §7)."""
+        parsed = parse_pid(pid)
+        for rec in self.maps.map.rgs.values():
+            if rec.member_state(self.id) is not None and \
+                    rec.partition_state(parsed) is not None:
+                self.recoveries.ensure(rec.name, why=f"the replica of {pid} was unreadable "
+                                       f"({why})")
 
     def started(self, moved: dict[str, str]) -> None:
         """The files ``set_aside_unreadable`` moved before the storage opened."""
@@ -193,7 +222,7 @@ class Damage:
         dest = _dest(self.qdir, pid)
         try:
             mark(self.qdir, pid)
-            self._set_aside(pid, dest)
+            self.storage.quarantine_partition(pid, dest)
             log.error("partition file of {pid} is unreadable ({why}): moved to {dest}; "
                       "copying the partition again from its RG", pid=pid, why=why,
                       dest=str(dest))
@@ -201,9 +230,9 @@ class Damage:
             log.error("partition file of {pid} is unreadable ({why}) and could not be "
                       "moved aside: {error}; copying the partition again from its RG",
                       pid=pid, why=why, error=repr(e))
-        self._forget(PartitionId.parse(pid))
+        self.participant.forget_partition(PartitionId.parse(pid))
         try:
-            self._reopen(pid)
+            self.storage.open_partition(pid)
         except (OSError, sqlite3.Error, ValueError) as e:
             log.error("no new replica of {pid}: {error}", pid=pid, error=repr(e))
         self._recopy(pid, why)
@@ -216,9 +245,3 @@ class Damage:
             (self.qdir / (pid + MARKER)).unlink(missing_ok=True)
             self.metrics.inc("replicas_damaged_recopied_total")
             log.warn("replica of {pid} copied again from its RG: served again", pid=pid)
-
-    def unlisted(self, listed: set[str]) -> None:
-        """Damaged partitions no RG of this brick lists: nothing to copy, forget them."""
-        for pid in sorted(set(self.damaged) - listed):
-            del self.damaged[pid]
-            (self.qdir / (pid + MARKER)).unlink(missing_ok=True)

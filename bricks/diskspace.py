@@ -28,15 +28,23 @@ import errno
 import os
 import sqlite3
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from dds.errors import StorageFull
+from dds.errors import DDSError, StorageFull
 from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
+from dds.records import RGRecord, record_from_wire
+from dds.rpc import RPCProtocol
+
+from dds.bricks.mapstate import MapState
+
+Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 #: Free space needed to leave FULL, beyond ``min_free``: hysteresis, so that a brick at
 #: the edge does not flap in and out of its RGs.
@@ -136,7 +144,7 @@ class DiskSpace:
                             f"brick.min_free_mb ({self.min_free >> 20} MiB)")
         elif free >= self.resume_at:
             self._leave(free)
-        else:
+        elif self._running:
             self.on_full()
 
     def saw(self, error: BaseException) -> bool:
@@ -169,7 +177,8 @@ class DiskSpace:
         self.log.error("brick {brick}: disk full ({why}): refusing writes and stepping "
                        "out of its RGs until at least {resume} bytes are free",
                        brick=self.id, why=why, resume=self.resume_at)
-        self.on_full()
+        if self._running:
+            self.on_full()
 
     def _leave(self, free: int) -> None:
         self.state = State.FREE
@@ -179,3 +188,59 @@ class DiskSpace:
                       seconds=self.clock.seconds() - self.since)
         self.reason = ""
         self.on_free()
+
+
+class StepOut:
+    """A full brick's requests to be excluded from each RG where it is active: one
+    ``rg_change`` per RG at a time, to the first other active member (as a library's
+    request goes, so that requests about one member meet at one coordinator)."""
+
+    log = Logger()
+
+    def __init__(self, brick_id: str, maps: MapState, peer: Peer, metrics: Metrics, *,
+                 timeout_s: float) -> None:
+        self.id = brick_id
+        self.maps = maps
+        self.peer = peer
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self._asking: set[str] = set()
+
+    def ask(self, disk: DiskSpace) -> None:
+        """Ask every RG that still lists this brick active (again at each check while
+        the disk stays full: a request may have been refused)."""
+        for rec in self.maps.map.rgs.values():
+            if self.id in rec.active_members and rec.name not in self._asking:
+                self._asking.add(rec.name)
+                d = ensureDeferred(self._ask(rec, disk))
+                d.addBoth(self._asked, rec.name)
+
+    def _asked(self, result: object, rg: str) -> None:
+        self._asking.discard(rg)
+        if isinstance(result, Failure):
+            self.log.failure("asking to be excluded from {rg} failed", result, rg=rg)
+
+    async def _ask(self, rec: RGRecord, disk: DiskSpace) -> None:
+        for other in [b for b in rec.active_members if b != self.id]:
+            try:
+                conn = await self.peer(other)
+                reply = await conn.call("rg_change", {
+                    "rg": rec.name, "version": rec.version, "fp": rec.fp, "member": self.id,
+                    "state": "excluded", "reason": f"disk full: {disk.reason}"},
+                    timeout=self.timeout_s)
+            except DDSError as e:
+                disk.warn("asking {other} to exclude {brick} from {rg} (disk full) failed: "
+                          "{error}", other=other, brick=self.id, rg=rec.name,
+                          error=e.message)
+                continue
+            self.metrics.inc("storage_full_exclusions_total")
+            disk.warn("excluded from {rg} while the disk is full", rg=rec.name)
+            try:
+                self.maps.merge([record_from_wire(reply["record"])],
+                                source=f"rg_change:{other}")
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                # OSError: the map file cannot be written on a full disk; gossip brings
+                # the record again, and the recovery check runs on a timer anyway.
+                disk.warn("could not adopt {rg}'s record after the exclusion: {error}",
+                          rg=rec.name, error=repr(e))
+            return

@@ -21,7 +21,6 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.config import BrickConfig, format_address
@@ -42,7 +41,7 @@ from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # 
 from dds.metrics import Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId, key_hash
-from dds.records import Record, RGRecord, record_from_wire
+from dds.records import Record, record_from_wire
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
 from dds.version import VERSION
@@ -50,7 +49,7 @@ from dds.version import VERSION
 from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.copysource import CopySessions
 from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
-from dds.bricks.diskspace import DiskSpace
+from dds.bricks.diskspace import DiskSpace, StepOut
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
@@ -168,19 +167,19 @@ class Brick:
                                      config.data_dir / "incoming",
                                      full_lease=config.brick.full_lease_recovery,
                                      durability=config.brick.durability)
-        self.damage = Damage(config.data_dir, self.metrics,
-                             set_aside=self._set_aside, forget=self.participant.forget_partition,
-                             reopen=self.storage.open_partition, recopy=self._recopy)
+        # Unreadable partition files (bricks/damage.py): set aside, re-copied.
+        self.damage = Damage(self.id, config.data_dir, self.metrics, self.storage,
+                             self.participant, self.maps, self.recoveries)
         self.damage.started(unreadable_files)
         self.participant.on_unreadable = self._unreadable
-        self.recoveries.must_copy = self._must_copy
-        self.recoveries.copied = self.damage.copied
         # A full disk (bricks/diskspace.py): writes refused, out of the RGs' write path.
+        step_out = StepOut(self.id, self.maps, self._peer, self.metrics,
+                           timeout_s=t.suspect_check_ms / 1000.0 + self.lease_s + 5.0)
         self.disk = DiskSpace(self.id, config.data_dir, self.clock, self.metrics,
                               min_free_bytes=config.brick.min_free_mb << 20,
                               check_s=config.brick.disk_check_ms / 1000.0,
-                              on_full=self._step_out, on_free=self._space_returned)
-        self._stepping_out: set[str] = set()
+                              on_full=lambda: step_out.ask(self.disk),
+                              on_free=self.recoveries.check)
         self.participant.full = self.disk.saw
         self.recoveries.hold = lambda: self.disk.reason if self.disk.full else None
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
@@ -357,9 +356,7 @@ class Brick:
         self._recovery_check.start(2.0, now=False)
         self.quarantine.start()
         self.disk.start()
-        self.damage.unlisted({str(p) for p in self.maps.my_partitions()})
-        for pid, why in sorted(self.damage.damaged.items()):
-            self._recopy(pid, why)
+        self.damage.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -644,25 +641,6 @@ class Brick:
             return self.damage.found(pid, error)
         raise error
 
-    def _set_aside(self, pid: str, dest: Any) -> None:
-        self.storage.quarantine_partition(pid, dest)
-
-    def _recopy(self, pid: str, why: str) -> None:
-        """Re-copy the RG of mine that lists ``pid`` (the recovery path, DESIGN §7)."""
-        parsed = parse_pid(pid)
-        for rec in self.maps.map.rgs.values():
-            if rec.member_state(self.id) is not None and \
-                    rec.partition_state(parsed) is not None:
-                self.recoveries.ensure(rec.name, why=f"the replica of {pid} was unreadable "
-                                       f"({why})")
-
-    def _must_copy(self, rg: str) -> str | None:
-        rec = self.maps.map.rgs.get(rg)
-        if rec is None:
-            return None
-        damaged = [str(e.pid) for e in rec.partitions if str(e.pid) in self.damage.damaged]
-        return f"unreadable replicas of {', '.join(damaged)}" if damaged else None
-
     def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
         return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
                              msg.expected_version, msg.rg, msg.rg_version, msg.rg_fp,
@@ -823,56 +801,6 @@ class Brick:
         """Alive; and whether the disk is full: a voter then excludes this brick although
         it answers (``bricks/rgchange.py``)."""
         return {"storage_full": True} if self.disk.full else {}
-
-    # -- a full disk (bricks/diskspace.py) -----------------------------------------------
-
-    def _step_out(self) -> None:
-        """Ask each RG where this brick is active to exclude it (one request per RG at a
-        time; asked again at each check while the disk stays full)."""
-        if self._stopping:
-            return
-        for rec in self.maps.map.rgs.values():
-            if self.id in rec.active_members and rec.name not in self._stepping_out:
-                self._stepping_out.add(rec.name)
-                d = ensureDeferred(self._ask_exclusion(rec))
-                d.addBoth(self._asked_exclusion, rec.name)
-
-    def _asked_exclusion(self, result: object, rg: str) -> None:
-        self._stepping_out.discard(rg)
-        if isinstance(result, Failure):
-            self.log.failure("asking to be excluded from {rg} failed", result, rg=rg)
-
-    async def _ask_exclusion(self, rec: RGRecord) -> None:
-        """The first other active member coordinates (as for a library's request, so that
-        requests about one member meet at one coordinator)."""
-        timeout = self.config.timeouts.suspect_check_ms / 1000.0 + self.lease_s + 5.0
-        for other in [b for b in rec.active_members if b != self.id]:
-            try:
-                conn = await self._peer(other)
-                reply = await conn.call("rg_change", {
-                    "rg": rec.name, "version": rec.version, "fp": rec.fp, "member": self.id,
-                    "state": "excluded", "reason": f"disk full: {self.disk.reason}"},
-                    timeout=timeout)
-            except DDSError as e:
-                self.disk.warn("asking {other} to exclude {brick} from {rg} (disk full) "
-                               "failed: {error}", other=other, brick=self.id, rg=rec.name,
-                               error=e.message)
-                continue
-            self.metrics.inc("storage_full_exclusions_total")
-            self.disk.warn("excluded from {rg} while the disk is full", rg=rec.name)
-            try:
-                self.maps.merge([record_from_wire(reply["record"])],
-                                source=f"rg_change:{other}")
-            except (ValueError, KeyError, TypeError, OSError) as e:
-                # OSError: the map file cannot be written on a full disk; gossip brings
-                # the record again, and the recovery check runs on a timer anyway.
-                self.disk.warn("could not adopt {rg}'s record after the exclusion: {error}",
-                               rg=rec.name, error=repr(e))
-            return
-
-    def _space_returned(self) -> None:
-        """Re-sync the RGs this brick was excluded from (held while the disk was full)."""
-        self.recoveries.check()
 
     def rg_change(self, msg: RGChange, requester: str | None) -> Deferred[dict[str, Any]]:
         return self.changes.change(msg, requester)

@@ -20,7 +20,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
+from dds.errors import StaleMap
 from dds.lib import DDSClient
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import Cluster
@@ -151,13 +153,21 @@ async def healed(cluster: Cluster, brick: BrickProcess) -> bool:
 
 async def every_replica_holds(cluster: Cluster, client: DDSClient,
                               written: dict[bytes, bytes]) -> None:
-    """Every acknowledged write, read from every replica of its key."""
-    await client.maps.refresh()
+    """Every acknowledged write, read from every replica of its key.  (A map fetched from
+    a brick that has not yet heard of the last record change is stale: refetched.)"""
     for key, value in written.items():
-        route = client.router.route(client.map, key)
-        for rec in route.replicas:
-            got = await replica_value(cluster, client, cluster.brick(rec.id), key)
-            assert got[0] == value, (key, rec.id, got)
+        for attempt in range(100):
+            route = client.router.route(client.map, key)
+            try:
+                got = [(rec.id, await replica_value(cluster, client, cluster.brick(rec.id),
+                                                    key)) for rec in route.replicas]
+                break
+            except StaleMap:
+                await client.maps.refresh()
+                await deferLater(reactor, 0.05, lambda: None)
+        else:
+            raise AssertionError(f"the map of {key!r} stays stale")
+        assert all(g[0] == value for _, g in got), (key, got)
 
 
 def damaged_files(brick: BrickProcess, pid: str) -> list[Path]:

@@ -29,6 +29,7 @@ from twisted.internet.defer import Deferred
 from dds.lib import DDSClient
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import Cluster
+from tests.integration.test_damage import every_replica_holds
 
 VICTIM = "b3"
 #: b3 is in rg0, rg1 and rg2 of the 4-brick, 4-partition layout; rg3 is b4 b1 b2.
@@ -213,11 +214,7 @@ async def test_a_brick_whose_disk_fills_steps_out_of_the_write_path_and_resyncs(
     assert any("disk full" in str(e["msg"]) for e in noisy)
     assert cluster.metric(VICTIM, "storage_full_total") == 1
     # No acknowledged write lost, on any replica (the re-synced one included).
-    await client.maps.refresh()
-    for key, value in {**before, **writer.acked}.items():
-        for rec in client.router.route(client.map, key).replicas:
-            got = await replica_value(cluster, client, cluster.brick(rec.id), key)
-            assert got[0] == value, (key, rec.id, got)
+    await every_replica_holds(cluster, client, {**before, **writer.acked})
     await writer.client.close()
     await reader.client.close()
     await client.close()

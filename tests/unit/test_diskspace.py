@@ -37,9 +37,11 @@ def make(tmp_path: Path, disk: Disk, min_free: int = 8 * MIB) -> DiskSpace:
 
     def on_free() -> None:
         disk.free_calls += 1
-    return DiskSpace("b1", tmp_path, Clock(), Metrics(), min_free_bytes=min_free,
-                     check_s=1.0, on_full=on_full, on_free=on_free,
-                     statvfs=disk.statvfs)  # type: ignore[arg-type]
+    space = DiskSpace("b1", tmp_path, Clock(), Metrics(), min_free_bytes=min_free,
+                      check_s=1.0, on_full=on_full, on_free=on_free,
+                      statvfs=disk.statvfs)  # type: ignore[arg-type]
+    space.start()           # looks at once: a brick full at start is full at once
+    return space
 
 
 def test_free_space_below_the_minimum_makes_the_brick_full_and_refuse_writes(
@@ -60,7 +62,7 @@ def test_free_space_below_the_minimum_makes_the_brick_full_and_refuse_writes(
 def test_the_brick_is_free_again_only_past_the_resume_level(tmp_path: Path) -> None:
     disk = Disk(0)
     space = make(tmp_path, disk)
-    space.check()
+    assert space.full and disk.full_calls == 1
     disk.free = 10 * MIB                # above the minimum, below twice it
     space.check()
     assert space.full and disk.free_calls == 0 and disk.full_calls == 2   # asked again
