@@ -241,6 +241,15 @@ async def test_a_partition_file_found_unreadable_by_a_read_is_set_aside_and_reco
         raise AssertionError("the damaged replica answered a read")
     except Exception as e:            # noqa: BLE001 -- checked just below
         assert type(e).__name__ == "ReplicaDamaged", repr(e)
+    # A write to it there applies nothing (refused before any vote).
+    body = {"txid": [9, 1], "ts": [1, 9], "op": "put", "key": key, "value": b"new",
+            "expected_version": None, "timeout_ms": 1000, **route.ref()}
+    try:
+        await call(cluster, victim, "prepare", body)
+        raise AssertionError("the damaged replica voted on a write")
+    except Exception as e:            # noqa: BLE001 -- checked just below
+        assert type(e).__name__ in ("ReplicaDamaged", "NotServing", "StaleMap"), repr(e)
+    assert (await call(cluster, victim, "status", {}))["prepared"] == 0
     # Through the library, every read of the partition gets the written value.
     reader = await cluster.client(reactor, timeout=10.0)
     damaged_keys = keys_of(client, written, DAMAGED)
