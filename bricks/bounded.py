@@ -40,16 +40,17 @@ def staleness(now: float, lease_until: float | None, prepared_at: float | None) 
 
 class BoundedReads:
     """The ``bget`` handler.  ``gate(pid, rg, version, fp)`` checks the caller's map and
-    returns the partition; ``blocked``: RGs being re-synced here (their copy is not one
+    returns the partition; ``blocked()``: RGs being re-synced here (their copy is not one
     the proof above covers)."""
 
     def __init__(self, clock: IReactorTime, leases: Leases, participant: Participant,
-                 gate: Any, storage: Any, blocked: Any) -> None:
+                 gate: Any, read: Any, blocked: Any) -> None:
         self.clock = clock
         self.leases = leases
         self.participant = participant
         self.gate = gate
-        self.storage = storage
+        #: ``read(pid, key)``: the row, or ``ReplicaDamaged`` for a damaged one or file.
+        self.read = read
         self.blocked = blocked
 
     def get(self, msg: BoundedGet) -> dict[str, Any]:
@@ -69,6 +70,6 @@ class BoundedReads:
             what = "holds no lease" if math.isinf(lag) else f"may be {lag * 1000:.0f} ms stale"
             raise NotServing(f"this copy of {msg.rg} {what}, more than the "
                              f"{msg.max_stale_ms} ms asked for")
-        r = self.storage.read(str(pid), msg.key)
+        r = self.read(str(pid), msg.key)
         return {"value": r.value, "version": r.version,
                 "stale_ms": int(math.ceil(lag * 1000.0))}

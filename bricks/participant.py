@@ -31,12 +31,15 @@ from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.errors import (DDSError, Exists, InternalError, InvalidRequest, Locked,
-                        Recovering, ReplicaDamaged, UnknownTransaction, VersionMismatch)
+                        Recovering, ReplicaDamaged, StorageFull, UnknownTransaction,
+                        VersionMismatch)
 from dds.messages import Prepare, TxnId
 from dds.metrics import Metrics
 from dds.partition import PartitionId
+from dds.ratelimit import LogLimiter
 from dds.rpc import LATER
 
+from dds.bricks.damage import unreadable
 from dds.bricks.locks import LockTable
 from dds.bricks.rowcheck import row_checksum
 from dds.bricks.storage import PreparedRecord, Storage
@@ -141,6 +144,16 @@ class Participant:
         #: transactions, instead of a timer per transaction armed and cancelled each time.
         self._sweep: IDelayedCall | None = None
         self._sweep_at = float("inf")
+        #: A read or write of a partition whose file turned out unreadable
+        #: (``bricks/damage.py``): ``on_unreadable(pid, error)`` sets it aside and returns
+        #: the error to answer (``ReplicaDamaged``).
+        self.on_unreadable: Callable[[str, BaseException], DDSError] | None = None
+        #: A vote or write could not be made durable: ``full(error)`` is true when the
+        #: brick's disk is full (``bricks/diskspace.py``), which it then handles; the
+        #: caller hears ``StorageFull``.
+        self.full: Callable[[BaseException], bool] = lambda error: False
+        #: The lines about failed records: a full disk fails every one of them.
+        self._failures = LogLimiter(clock, self.log, per_window=5, window_s=10.0)
 
     # -- phase one -----------------------------------------------------------------------
 
@@ -216,10 +229,15 @@ class Participant:
                 raise VersionMismatch(f"key is at version {current.version}, "
                                       f"expected {txn.expected_version}",
                                       {"version": current.version})
-        except DDSError:
+        except Exception as e:
+            # A NO, or the replica failed to read the key (a damaged file, a bug): either
+            # way nothing is held, not even the lock (an unexpected error once left the
+            # key locked for good).
             self.locks.release(txn.lock_key, txn.txid)
             self._forget(txn, TxnState.ABORTED)
             self.metrics.inc("prepare_no_total")
+            if self.on_unreadable is not None and unreadable(e):
+                raise self.on_unreadable(txn.pid_text, e) from None
             raise
         txn.new_version = current.version + 1
         txn.checksum = row_checksum(txn.key, txn.new_version,
@@ -273,8 +291,10 @@ class Participant:
         self.locks.release(txn.lock_key, txn.txid)
         self._forget(txn, TxnState.ABORTED)
         self.metrics.inc("prepare_record_failures_total")
-        self.log.error("could not record prepared {txid}: {error}", txid=txn.txid,
-                       error=repr(failure.value))
+        self._failures.error("could not record prepared {txid}: {error}", txid=txn.txid,
+                             error=repr(failure.value))
+        if failure.value is not None and self.full(failure.value):
+            return Failure(StorageFull(f"could not record the vote: {failure.value}"))
         return Failure(InternalError(f"could not record the vote: {failure.value}"))
 
     def restore(self, records: Iterable[PreparedRecord], resolve_after_s: float) -> int:
@@ -343,14 +363,26 @@ class Participant:
         txn.state = TxnState.COMMITTING
         self._cancel_timer(txn)
         value = txn.value if txn.op != "remove" else None
-        if reply is not None:
-            if self.storage.write_then(txn.pid_text, txn.key, value, txn.new_version,
-                                       txn.txid, self._applied, (txn, reply, to),
-                                       txn.checksum):
-                return LATER
+        try:
+            if reply is not None:
+                if self.storage.write_then(txn.pid_text, txn.key, value, txn.new_version,
+                                           txn.txid, self._applied, (txn, reply, to),
+                                           txn.checksum):
+                    return LATER
+                d = None
+            else:
+                d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version,
+                                       txn.txid, txn.checksum)
+        except Exception as e:
+            # Nothing was staged (the key could not be read): prepared as before.
+            failed = self._commit_failed(Failure(e), txn)
+            if self.on_unreadable is not None and unreadable(e):
+                raise self.on_unreadable(txn.pid_text, e) from None
+            if isinstance(failed.value, StorageFull):
+                raise failed.value from None
+            raise
+        if d is None:
             return self._committed(None, txn)       # memory durability: no wait
-        d = self.storage.write(txn.pid_text, txn.key, value, txn.new_version, txn.txid,
-                               txn.checksum)
         return d.addCallbacks(self._committed, self._commit_failed, callbackArgs=(txn,),
                               errbackArgs=(txn,))
 
@@ -386,8 +418,13 @@ class Participant:
         if txn.timer is None:     # commit() cancelled it: keep termination as the backstop
             txn.timer = self.clock.callLater(self.txn_deadline_s, self.on_deadline, txn)
         self.metrics.inc("commit_failures_total")
-        self.log.error("commit of {txid} failed to persist: {error}", txid=txn.txid,
-                       error=repr(failure.value))
+        self._failures.error("commit of {txid} failed to persist: {error}", txid=txn.txid,
+                             error=repr(failure.value))
+        error = failure.value
+        if error is not None and not isinstance(error, DDSError) and self.full(error):
+            # Prepared still: the brick steps out of the RG, and the coordinator, seeing
+            # StorageFull, finishes without it once it has (lib/coordinator.py).
+            failure = Failure(StorageFull(f"could not apply the commit: {failure.value}"))
         waiters, txn.waiters = txn.waiters, []
         for w in waiters:
             w.errback(failure)

@@ -32,7 +32,9 @@ from dds.bricks.discard import discard_gradually
 from dds.bricks.storage import Storage
 
 QUARANTINE_DIR = "quarantine"
-_NAME_RE = re.compile(r"^(p\d+\.\d+)\.(\d+)\.sqlite$")
+#: ``<pid>.<unix ms>.sqlite``; ``.damaged`` before the suffix: a file that could not be
+#: read (``bricks/damage.py``), shown and expired like the others, never restored.
+_NAME_RE = re.compile(r"^(p\d+\.\d+)\.(\d+)(\.damaged)?\.sqlite$")
 #: The sweep runs this often at most (and at least 4 times per grace period).
 SWEEP_EVERY_S = 600.0
 
@@ -100,6 +102,11 @@ def _covers(active: frozenset[PartitionId], pid: PartitionId) -> bool:
         sum(1 << (MAX_DEPTH - p.depth) for p in below) == 1 << (MAX_DEPTH - pid.depth)
 
 
+def _damaged(path: Path) -> bool:
+    m = _NAME_RE.match(path.name)
+    return m is not None and m.group(3) is not None
+
+
 class Quarantine:
     log = Logger()
 
@@ -156,6 +163,7 @@ class Quarantine:
             except OSError:
                 size = 0
             out.append({"pid": pid, "file": path.name, "at": at, "bytes": size,
+                        "damaged": _damaged(path),
                         "expires_in_s": round(max(0.0, at + self.grace_s - now), 1)})
         return out
 
@@ -183,7 +191,8 @@ class Quarantine:
         place of an empty one (a re-listed partition gets an empty replica at once).
         ``listed``: an RG record of this brick lists ``pid`` (else the replica would be
         quarantined again at the next map change: change the record first)."""
-        candidates = [(at, path) for p, at, path in self.files() if p == pid]
+        candidates = [(at, path) for p, at, path in self.files()
+                      if p == pid and not _damaged(path)]
         if not candidates:
             raise InvalidRequest(f"no quarantined replica of {pid} here")
         if not listed:

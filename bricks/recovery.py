@@ -59,6 +59,8 @@ Peer = Callable[[str], Awaitable[RPCProtocol]]
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 #: While its RG lists an incoming partition, a recovering brick asks again this often.
 WAIT_INCOMING_S = 0.25
+#: While recoveries are held (``Recoveries.hold``), each looks again this often.
+HOLD_CHECK_S = 0.5
 
 
 class Phase(enum.Enum):
@@ -93,6 +95,8 @@ class Recovery:
     #: How the last attempt ended: "copied" or "reconciled" (whole-RG restart).
     how: str | None = None
     running: Deferred[None] | None = None
+    #: The partitions the last copy installed.
+    copied: list[str] = attrs.field(factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         pull = self.pull
@@ -124,6 +128,13 @@ class Recoveries:
         #: RGs this brick must not serve until their recovery is done.
         self.blocked: set[str] = set()
         self._stopping = False
+        #: Why this brick's replicas of an RG must be copied, never reconciled (one was
+        #: unreadable and is empty now: ``bricks/damage.py``), or None.
+        self.must_copy: Callable[[str], str | None] = lambda rg: None
+        #: Called with the partitions a recovery replaced by copies, once it is done.
+        self.copied: Callable[[set[str]], None] = lambda pids: None
+        #: Why recoveries must wait now (a full disk: ``bricks/diskspace.py``), or None.
+        self.hold: Callable[[], str | None] = lambda: None
         # Copies a crash interrupted: nothing resumes them.
         if self.work_dir.exists():
             for stale in self.work_dir.glob("*.incoming"):
@@ -173,6 +184,13 @@ class Recoveries:
     async def _loop(self, r: Recovery, full_lease: bool) -> None:
         try:
             while not self._stopping:
+                held = self.hold()
+                if held is not None:
+                    # Not an attempt: nothing is tried (a copy into a full disk fails).
+                    r.phase = Phase.WAITING
+                    r.last_error = held
+                    await sleep(self.clock, HOLD_CHECK_S)
+                    continue
                 r.attempts += 1
                 try:
                     await self._attempt(r, full_lease)
@@ -195,6 +213,8 @@ class Recoveries:
                     continue
                 r.phase = Phase.DONE
                 self.blocked.discard(r.rg)
+                if r.how == "copied":
+                    self.copied(set(r.copied))
                 self.metrics.inc("recoveries_done_total")
                 self.log.warn("{rg} re-synced after {n} attempt(s); serving it again",
                               rg=r.rg, n=r.attempts)
@@ -213,9 +233,13 @@ class Recoveries:
         # Whole-RG restart: nobody serves, or only members that came back the same way.
         # Still active in the newest record, this brick took part in every write that
         # committed, and (unless in memory mode) kept it; copying would change nothing.
+        must_copy = self.must_copy(r.rg)
         together = me == "active" and self.durability != "memory" and all(
-            b in reconciled for b in sources)
+            b in reconciled for b in sources) and must_copy is None
         if not sources or together:
+            if must_copy is not None:
+                raise RecoveryAborted(f"no active member of {r.rg} serves it now, and this "
+                                      f"brick's replicas need a copy ({must_copy})")
             if me == "active":
                 await self._reconcile(r, rec)
                 r.how = "reconciled"
@@ -328,6 +352,7 @@ class Recoveries:
             if not isinstance(copied, RGRecord):
                 raise RecoveryAborted(f"copy_begin to {source}: not an RG record")
             await pull.copy()
+            r.copied = [str(snap["pid"]) for snap in pull.snapshots]
             r.copy_s = self.clock.seconds() - began
             r.phase = Phase.DELTA
             if not full_lease:

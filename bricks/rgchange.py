@@ -18,7 +18,8 @@ A coordinator that restarts before that point has forgotten the change and answe
 "aborted" to voters asking about it: it can no longer commit it.
 
 Before voting to exclude a member, a voter checks the suspect itself (a suspect it can
-reach is not excluded), stops granting it leases, and waits until its own last grant to
+reach is not excluded, unless it answers that its disk is full: it cannot take writes,
+and asks for its own exclusion, ``bricks/diskspace.py``), stops granting it leases, and waits until its own last grant to
 it has expired (DESIGN §6): so an excluded brick has stopped serving before anyone writes
 without it.
 """
@@ -466,7 +467,7 @@ class RecordChanges:
 
     async def _ready_to_exclude(self, rg: str, suspect: str) -> None:
         self.leases.block(suspect, rg)
-        if await self._reachable(suspect):
+        if await self._serves_writes(suspect):
             self.metrics.inc("exclusions_refused_alive_total")
             raise Refused(f"{suspect} answers {self.id}: not excluding it")
         await self._grant_expired(suspect, rg)
@@ -480,15 +481,20 @@ class RecordChanges:
                           wait=wait, member=member)
             await sleep(self.clock, wait)
 
-    async def _reachable(self, brick: str) -> bool:
+    async def _serves_writes(self, brick: str) -> bool:
+        """Whether ``brick`` answers a ping and does not say its disk is full."""
         try:
             connecting: Deferred[RPCProtocol] = Deferred.fromCoroutine(self._connect(brick))
             connecting.addTimeout(self.suspect_check_s, self.clock)
             conn = await connecting
-            await conn.call("ping", {}, timeout=self.suspect_check_s)
-            return True
+            reply = await conn.call("ping", {}, timeout=self.suspect_check_s)
         except (DDSError, defer.TimeoutError, defer.CancelledError):
             return False
+        if isinstance(reply, dict) and reply.get("storage_full") is True:
+            self.log.info("{brick} answers, but its disk is full: it can be excluded",
+                          brick=brick)
+            return False
+        return True
 
     async def _connect(self, brick: str) -> RPCProtocol:
         return await self.peer(brick)

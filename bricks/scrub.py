@@ -41,12 +41,13 @@ import sqlite3
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import xxhash
 from twisted.logger import Logger
 
-from dds.errors import InternalError, NotServing, Refused, InvalidRequest
+from dds.errors import (DDSError, InternalError, InvalidRequest, NotServing, Refused,
+                        ReplicaDamaged)
 from dds.maps import ClusterMap
 from dds.messages import RangeChecksums, RangeKeys
 from dds.partition import PartitionId, key_hash
@@ -188,7 +189,10 @@ class Scrubber:
 
     def __init__(self, brick_id: str, storage: Storage, run_in_thread: RunInThread,
                  maps: _Maps | None = None, recoveries: _Recoveries | None = None,
-                 max_reply_bytes: int = 16 << 20) -> None:
+                 max_reply_bytes: int = 16 << 20, *,
+                 damaged: Mapping[str, str] | None = None,
+                 on_unreadable: Callable[[str, BaseException], DDSError] | None = None
+                 ) -> None:
         self.id = brick_id
         self.storage = storage
         self.run_in_thread = run_in_thread
@@ -196,10 +200,17 @@ class Scrubber:
         self.recoveries = recoveries
         # Half a frame: room for the envelope, and for misjudging msgpack's overhead.
         self.max_keys_bytes = max_reply_bytes // 2
+        #: Partitions whose file here was unreadable and is being copied again, and what
+        #: to do with a scan that finds a file unreadable (``bricks/damage.py``): the
+        #: scrub sees ``ReplicaDamaged``, and the brick repairs the replica by itself.
+        self.damaged: Mapping[str, str] = damaged if damaged is not None else {}
+        self.on_unreadable = on_unreadable
 
     def _replica(self, pid_text: str) -> tuple[PartitionId, Path]:
         pid = parse_pid(pid_text)
         name = validate_pid(str(pid))
+        if name in self.damaged:
+            raise self._damaged(name, None)
         if self.maps is not None:
             rec = self.maps.map.partition_rg.get(pid)
             if rec is None:
@@ -232,7 +243,7 @@ class Scrubber:
             reply: dict[str, Any] = await self.run_in_thread(
                 file_checksums, path, str(pid), pid.depth, msg.buckets)
         except (sqlite3.Error, OSError, ValueError) as e:
-            raise InternalError(f"scrub of {pid} on brick {self.id} failed: {e}") from None
+            raise self._failed(pid, e) from None
         return reply
 
     async def range_keys(self, msg: RangeKeys) -> dict[str, Any]:
@@ -249,5 +260,21 @@ class Scrubber:
                           f"than one reply carries (over {e.count}): ask with more "
                           "buckets") from None
         except (sqlite3.Error, OSError, ValueError) as e:
-            raise InternalError(f"scrub of {pid} on brick {self.id} failed: {e}") from None
+            raise self._failed(pid, e) from None
         return {"keys": keys}
+
+    def _failed(self, pid: PartitionId, error: BaseException) -> DDSError:
+        if self.on_unreadable is not None and isinstance(error, sqlite3.DatabaseError):
+            try:
+                return self._damaged(str(pid), error)
+            except sqlite3.DatabaseError:
+                pass                    # not a damaged file: an internal error
+        return InternalError(f"scrub of {pid} on brick {self.id} failed: {error}")
+
+    def _damaged(self, pid: str, error: BaseException | None) -> DDSError:
+        """``ReplicaDamaged``: the replica here is (found now, with ``error``) unreadable."""
+        if error is not None and self.on_unreadable is not None:
+            return self.on_unreadable(pid, error)
+        return ReplicaDamaged(f"brick {self.id}'s replica of {pid} is damaged "
+                              f"({self.damaged.get(pid, 'unreadable')}); it is being "
+                              "copied again from its RG")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import time
 from time import perf_counter
 from typing import Any, Callable, cast
@@ -51,6 +52,8 @@ from dds.version import VERSION
 from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.bounded import BoundedReads
 from dds.bricks.copysource import CopySessions
+from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
+from dds.bricks.diskspace import DiskSpace, StepOut
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
@@ -130,12 +133,9 @@ class Brick:
         self.max_key = config.limits.max_key_bytes
         self.max_value = config.limits.max_value_bytes
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = Storage(config.data_dir, self.clock,
-                               durability=cast(Durability, config.brick.durability),
-                               cache_entries=config.brick.cache_entries,
-                               memory_flush_s=config.brick.memory_flush_ms / 1000.0,
-                               commit_window_s=config.brick.commit_window_ms / 1000.0,
-                               run_in_thread=self._in_thread)
+        # Before the storage opens a file: one it cannot read stopped the brick's start.
+        unreadable_files = set_aside_unreadable(config.data_dir)
+        self.storage = self._open_storage(config, unreadable_files)
         self.storage.after_completions = lambda: flush_sends(self.clock)
         self.locks = LockTable(self.clock)
         # The map, the record locks and the journal are as durable as the data (DESIGN §4).
@@ -180,6 +180,21 @@ class Brick:
                                      config.data_dir / "incoming",
                                      full_lease=config.brick.full_lease_recovery,
                                      durability=config.brick.durability)
+        # Unreadable partition files (bricks/damage.py): set aside, re-copied.
+        self.damage = Damage(self.id, config.data_dir, self.metrics, self.storage,
+                             self.participant, self.maps, self.recoveries)
+        self.damage.started(unreadable_files)
+        self.participant.on_unreadable = self._unreadable
+        # A full disk (bricks/diskspace.py): writes refused, out of the RGs' write path.
+        step_out = StepOut(self.id, self.maps, self._peer, self.metrics,
+                           timeout_s=t.suspect_check_ms / 1000.0 + self.lease_s + 5.0)
+        self.disk = DiskSpace(self.id, config.data_dir, self.clock, self.metrics,
+                              min_free_bytes=config.brick.min_free_mb << 20,
+                              check_s=config.brick.disk_check_ms / 1000.0,
+                              on_full=lambda: step_out.ask(self.disk),
+                              on_free=self.recoveries.check)
+        self.participant.full = self.disk.saw
+        self.recoveries.hold = lambda: self.disk.reason if self.disk.full else None
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
         self.journal = Journal(config.data_dir, self.clock, self.metrics, fsync=power_safe)
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
@@ -214,7 +229,7 @@ class Brick:
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
             MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
             Status: self.status, RestoreQuarantined: self.restore_quarantined,
-            Checksum: self.checksum, Ping: lambda m: {},
+            Checksum: self.checksum, Ping: self.ping,
             TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
             Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
             RecordDecide: self.changes.decide, RecordState: self.changes.state,
@@ -224,9 +239,10 @@ class Brick:
         }
         # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
         self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
-                                 self.recoveries, config.limits.max_frame_bytes)
+                                 self.recoveries, config.limits.max_frame_bytes,
+                                 damaged=self.damage.damaged, on_unreadable=self._unreadable)
         self.bounded = BoundedReads(self.clock, self.leases, self.participant,
-                                    lambda *gate: self._gate(*gate)[2], self.storage,
+                                    lambda *gate: self._gate(*gate)[2], self._read,
                                     lambda: self.recoveries.blocked)
         self._handlers[BoundedGet] = self.bounded.get
         self._handlers[RangeChecksums] = self.scrubber.range_checksums
@@ -289,6 +305,26 @@ class Brick:
                                lambda name=name: self.storage.stats[name])  # type: ignore[misc]
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def _open_storage(self, config: BrickConfig, moved: dict[str, str]) -> Storage:
+        """The storage; if opening it meets a file the quick probe passed but SQLite
+        cannot read (the log's redo reads rows), every file is checked in depth and the
+        unreadable ones are set aside (``bricks/damage.py``), then it is opened again."""
+        while True:
+            try:
+                return Storage(config.data_dir, self.clock,
+                               durability=cast(Durability, config.brick.durability),
+                               cache_entries=config.brick.cache_entries,
+                               memory_flush_s=config.brick.memory_flush_ms / 1000.0,
+                               commit_window_s=config.brick.commit_window_ms / 1000.0,
+                               run_in_thread=self._in_thread)
+            except sqlite3.DatabaseError as e:
+                if not unreadable(e):
+                    raise
+                found = set_aside_unreadable(config.data_dir, deep=True)
+                if not found:
+                    raise
+                moved.update(found)
 
     def factory(self) -> Factory:
         """The RPC port's factory: admission caps, then (TLS mode) TLS, then RPC."""
@@ -353,6 +389,8 @@ class Brick:
         self._recovery_check.start(2.0, now=False)
         self.quarantine.start()
         self.checksum_walk.start()
+        self.disk.start()
+        self.damage.start()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Clean shutdown: stop gossip, let prepared transactions finish for a bounded
@@ -369,6 +407,7 @@ class Brick:
         self.quarantine.stop()
         self.checksum_walk.stop()
         self.repairs.stopping = True
+        self.disk.stop()
         if self._recovery_check.running:
             self._recovery_check.stop()
         deadline = self.clock.seconds() + grace_s
@@ -610,11 +649,16 @@ class Brick:
             self.metrics.inc("requests", type="get")
             self.metrics.inc("errors", code=ReplicaDamaged.code)
             raise
+        except sqlite3.DatabaseError as e:
+            raise self._unreadable(pid_text, e) from None
 
-    def _check_serving(self, rg: str, read: bool) -> None:
+    def _check_serving(self, rg: str, read: bool, pid: str | None = None) -> None:
         """DESIGN §6–7: no reads and no YES votes without a valid lease, and nothing at
-        all from an RG still being re-synced."""
+        all from an RG still being re-synced (``ReplicaDamaged`` for a partition whose
+        file was unreadable: ``bricks/damage.py``)."""
         if rg in self.recoveries.blocked:
+            if pid is not None and pid in self.damage.damaged:
+                raise self.damage.error(pid)
             raise NotServing(f"brick {self.id} is re-syncing {rg}")
         if not self.leases.valid(rg) and not (read and self.ignore_read_lease):
             self.metrics.inc("no_lease_refusals_total")
@@ -623,12 +667,12 @@ class Brick:
     def get(self, msg: Get) -> Any:
         self._check_key(msg.key)
         pid = self._gate(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)[2]
-        self._check_serving(msg.rg, read=True)
+        self._check_serving(msg.rg, read=True, pid=str(pid))
         if not pid.owns(msg.key):
             raise InvalidRequest(f"key does not belong to partition {pid}")
         lock_key = (str(pid), msg.key)
         if self.locks.holder(lock_key) is None:
-            r = self.storage.read(str(pid), msg.key)
+            r = self._read(str(pid), msg.key)
             return {"value": r.value, "version": r.version}
         return self._get_after_outcome(msg, lock_key)
 
@@ -639,8 +683,8 @@ class Brick:
         self.termination.nudge(lock_key)
         await self.locks.wait_free(lock_key, self.read_wait_s)
         pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
-        self._check_serving(msg.rg, read=True)
-        r = self.storage.read(str(pid), msg.key)
+        self._check_serving(msg.rg, read=True, pid=str(pid))
+        r = self._read(str(pid), msg.key)
         return {"value": r.value, "version": r.version}
 
     def row_read(self, msg: RowRead) -> dict[str, Any]:
@@ -661,9 +705,25 @@ class Brick:
             raise InvalidRequest(f"key does not belong to partition {pid}")
         if self.locks.holder((str(pid), msg.key)) is not None:
             return {"prepared": True}
-        r = self.storage.read(str(pid), msg.key)
+        r = self._read(str(pid), msg.key)
         return {"value": r.value, "version": r.version, "prepared": False,
                 "checksum": row_checksum(msg.key, r.version, r.value)}
+
+    def _read(self, pid: str, key: bytes) -> ReadResult:
+        try:
+            return self.storage.read(pid, key)
+        except sqlite3.DatabaseError as e:
+            raise self._unreadable(pid, e) from None
+
+    # -- damaged partition files (bricks/damage.py) --------------------------------------
+
+    def _unreadable(self, pid: str, error: BaseException) -> DDSError:
+        """``error`` met reading ``pid``'s file: ``ReplicaDamaged`` (the file is set
+        aside and the partition copied again) if it says the file is damaged; any other
+        error is raised as it was (an internal error)."""
+        if unreadable(error):
+            return self.damage.found(pid, error)
+        raise error
 
     def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
         return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
@@ -690,6 +750,8 @@ class Brick:
         """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote."""
         if self._stopping:
             raise NotServing(f"brick {self.id} is shutting down")
+        if self.disk.full:
+            raise self.disk.refusal()
         self._check_key(key)
         if value is not None and len(value) > self.max_value:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
@@ -697,7 +759,7 @@ class Brick:
         _v, _fp, pid, mask, prefix = self._gate(pid_text, rg, rg_version, rg_fp)
         if key_hash(key) & mask != prefix:
             raise InvalidRequest(f"key does not belong to partition {pid}")
-        self._check_serving(rg, read=False)
+        self._check_serving(rg, read=False, pid=pid_text)
 
         def recheck() -> Any:
             checked = self.maps.check(pid_text, rg, rg_version, rg_fp)
@@ -830,6 +892,11 @@ class Brick:
 
     def lease(self, msg: Lease) -> dict[str, Any]:
         return self.leases.grant(msg.holder, msg.rgs)
+
+    def ping(self, msg: Ping) -> dict[str, Any]:
+        """Alive; and whether the disk is full: a voter then excludes this brick although
+        it answers (``bricks/rgchange.py``)."""
+        return {"storage_full": True} if self.disk.full else {}
 
     def rg_change(self, msg: RGChange, requester: str | None) -> Deferred[dict[str, Any]]:
         return self.changes.change(msg, requester)
@@ -1036,9 +1103,14 @@ class Brick:
         pid = str(parse_pid(msg.pid))
         if not self.storage.has_partition(pid):
             raise NotServing(f"brick {self.id} holds no replica of {pid}")
-        self.storage.open_partition(pid)
-        path = self.storage.partition_path(pid)
-        summary: dict[str, int] = await self._in_thread(summarize_file, path)
+        if pid in self.damage.damaged:
+            raise self.damage.error(pid)
+        try:
+            self.storage.open_partition(pid)
+            path = self.storage.partition_path(pid)
+            summary: dict[str, int] = await self._in_thread(summarize_file, path)
+        except sqlite3.DatabaseError as e:
+            raise self._unreadable(pid, e) from None
         return summary
 
 

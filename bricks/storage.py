@@ -68,6 +68,7 @@ from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
 from dds.partition import PartitionId
+from dds.ratelimit import LogLimiter
 
 log = Logger()
 
@@ -252,6 +253,9 @@ class Storage:
             ("reads", "cache_hits", "writes", "commits", "committed_rows", "commit_failures",
              "log_writes", "log_failures", "log_rotations", "checkpoint_failures"), 0)
         self._txlog = TxnLog(self.data_dir, fsync=durability == "fsync")
+        # A full disk fails every append and commit until space returns: a few lines a
+        # window, not one per group commit (issue 13).
+        self._failures = LogLimiter(clock, log, per_window=5, window_s=10.0)
         # Files of dropped replicas whose gradual deletion a stop interrupted.
         for left in sorted(self.data_dir.glob("p*" + SUFFIX + "*.dropped")):
             discard_gradually(left, self._clock, run_in_thread=self._run_in_thread)
@@ -332,6 +336,8 @@ class Storage:
             conn = sqlite3.connect(str(path))
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError:
+                pass        # an unreadable file (bricks/damage.py): its WAL goes along
             finally:
                 conn.close()
         if wal.exists():
@@ -379,7 +385,8 @@ class Storage:
                 n = store._commit(self._unlogged.get(store))
             except Exception as e:  # noqa: BLE001 -- kept staged, committed later
                 self.stats["commit_failures"] += 1
-                log.error("commit of {partition} failed: {error!r}", partition=pid, error=e)
+                self._failures.error("commit of {partition} failed: {error!r}",
+                                     partition=pid, error=e)
             else:
                 if n:
                     self.stats["commits"] += 1
@@ -721,8 +728,9 @@ class Storage:
                 n = store._commit(self._unlogged.get(store), SWEEP_ROWS)
             except Exception as e:  # noqa: BLE001 -- kept staged and retried
                 self.stats["commit_failures"] += 1
-                log.error("commit of {count} writes to {partition} failed: {error!r}",
-                          count=len(store._pending), partition=store.partition_id, error=e)
+                self._failures.error("commit of {count} writes to {partition} failed: "
+                                     "{error!r}", count=len(store._pending),
+                                     partition=store.partition_id, error=e)
                 continue
             if not store._pending:
                 del self._dirty[store]
@@ -778,8 +786,8 @@ class Storage:
             self._txlog.write(records)
         except OSError as e:
             self.stats["log_failures"] += 1
-            log.error("append of {count} records to the transaction log failed: {error!r}",
-                      count=len(records), error=e)
+            self._failures.error("append of {count} records to the transaction log "
+                                 "failed: {error!r}", count=len(records), error=e)
             if self._memory:    # acknowledged already: keep them and retry later
                 self._records = records + self._records
                 if self._flush_call is None:
@@ -835,8 +843,9 @@ class Storage:
             except Exception as e:  # noqa: BLE001 -- kept staged and retried
                 failed.append(e)
                 self.stats["commit_failures"] += 1
-                log.error("commit of {count} writes to {partition} failed: {error!r}",
-                          count=len(store._pending), partition=store.partition_id, error=e)
+                self._failures.error("commit of {count} writes to {partition} failed: "
+                                     "{error!r}", count=len(store._pending),
+                                     partition=store.partition_id, error=e)
                 self._dirty[store] = None
                 self._staged += len(store._pending)
             else:

@@ -307,6 +307,13 @@ class BrickSection:
                                       "add-brick, remove-brick) this brick serves, MB/s, "
                                       "unless the move gives --rate; 0 = unlimited",
                                       lo=0, hi=100_000)
+    min_free_mb: int = int_setting(64, "free space (MiB) the data directory's filesystem "
+                                   "must keep: below it the brick refuses writes with "
+                                   "StorageFull and asks its RGs to exclude it; it "
+                                   "re-syncs and serves again once twice as much (at "
+                                   "least 1 MiB more) is free", lo=0, hi=1 << 30)
+    disk_check_ms: int = int_setting(1000, "how often the brick looks at its free space",
+                                     lo=50, hi=MAX_DURATION_MS)
     recover_on_start: bool = bool_setting(True, "a restarted brick re-syncs its partitions "
                                           "from the other members before serving them")
     quarantine_hours: float = float_setting(24.0, "a replica no RG lists any more (and no "

@@ -232,6 +232,17 @@ BRICK = Catalogue("dds", _RPC + (
     gauge("scrub_last_pass_completed_seconds", "Unix time the last scrub pass completed "
           "(0 before the first)"),
     gauge("txlog_damaged_records", "damaged log batches and records found at start"),
+    # -- unreadable partition files and a full disk --------------------------------------
+    gauge("damaged_replicas", "partitions whose file was unreadable, not yet re-copied"),
+    counter("replicas_damaged", "unreadable partition files set aside in quarantine"),
+    counter("replicas_damaged_recopied", "partitions copied again after their file was "
+            "set aside"),
+    gauge("storage_full", "1 while the brick refuses writes for lack of space"),
+    gauge("storage_free_bytes", "free bytes in the data directory's filesystem"),
+    counter("storage_full_episodes", "times the brick became full"),
+    counter("storage_full_refusals", "PREPAREs refused with StorageFull"),
+    counter("storage_full_exclusions", "RGs that excluded the brick at its request while "
+            "its disk was full"),
     # -- storage (read from the storage layer's own counts at scrape time) ---------------
     *(counter(f"storage_{name}", text, callback=True) for name, text in (
         ("reads", "reads served by storage"),
@@ -253,6 +264,10 @@ CLIENT = Catalogue("dds_client", _RPC + (
               "or error), by operation", labels=("op",),
               initial=(("get",), ("put",), ("remove",), ("create",), ("cas",))),
     counter("get_retries", "reads retried on another replica"),
+    counter("get_replica_errors", "reads one replica could not serve (ReplicaDamaged or "
+            "an internal error), tried on another"),
+    counter("write_member_stepping_out", "writes refused by a member with StorageFull or "
+            "ReplicaDamaged, retried"),
     counter("get_hedged", "reads also sent to a second replica because the first had not "
             "answered within the hedge delay"),
     counter("write_retries", "writes retried after a failed attempt (nothing applied)"),

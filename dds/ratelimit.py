@@ -43,9 +43,16 @@ class LogLimiter:
     def warn(self, fmt: str, **fields: Any) -> None:
         """``log.warn(fmt, **fields)`` if the rate allows; the count of lines left out
         before it rides along as ``suppressed``."""
+        self._emit(self.log.warn, fmt, fields)
+
+    def error(self, fmt: str, **fields: Any) -> None:
+        """``log.error``, as ``warn``."""
+        self._emit(self.log.error, fmt, fields)
+
+    def _emit(self, emit: Any, fmt: str, fields: dict[str, Any]) -> None:
         if not self.allow():
             return
         suppressed, self.suppressed = self.suppressed, 0
         if suppressed:
             fmt += " ({suppressed} similar lines suppressed)"
-        self.log.warn(fmt, suppressed=suppressed, **fields)
+        emit(fmt, suppressed=suppressed, **fields)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from dds.errors import (ConnectionLost, InvalidRequest, NotServing, ReplicaDamaged,
-                        StaleMap, Timeout, Unavailable)
+from dds.errors import (ConnectionLost, InternalError, InvalidRequest, NotServing,
+                        ReplicaDamaged, StaleMap, Timeout, Unavailable)
 from dds.rpc import RPCProtocol
 
 from dds.lib.routing import pick_replica
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 #: The default, and the only other choice: wait for a prepared key, need a valid lease.
 LINEARIZABLE = "linearizable"
 #: A replica's answer that says "not me, try another" for a bounded read.
-_NEXT_REPLICA = (NotServing, ReplicaDamaged, Timeout, ConnectionLost, Unavailable)
+_NEXT_REPLICA = (NotServing, ReplicaDamaged, InternalError, Timeout, ConnectionLost,
+                 Unavailable)
 
 
 @attrs.frozen

@@ -25,9 +25,9 @@ from dds.auth import Credentials
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.connect import ConnectionCache, Opener, open_connection
 from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSError, Divergence,
-                        Exists, Indeterminate, InvalidRequest, KeyTooLarge, Locked,
-                        NotServing, StaleMap, Timeout, Unavailable, ValueTooLarge,
-                        VersionMismatch)
+                        Exists, Indeterminate, InternalError, InvalidRequest, KeyTooLarge,
+                        Locked, NotServing, ReplicaDamaged, StaleMap, StorageFull, Timeout,
+                        Unavailable, ValueTooLarge, VersionMismatch)
 from dds.maps import ClusterMap
 from dds.messages import GET_COMPACT
 from dds.metricdefs import CLIENT
@@ -60,6 +60,16 @@ def _timed_call(op: str) -> Callable[[_F], _F]:
 #: Errors after which the same operation may be tried again (on another replica or
 #: after the map was repaired).
 _TRANSIENT = (NotServing, Timeout, ConnectionLost, Unavailable)
+#: A read that failed with one of these on one replica is tried on another: the replica
+#: could not serve it (its file is damaged, or it failed unexpectedly) but another may.
+#: A read changes nothing, so an internal error is as safe to retry as a timeout; a
+#: write's internal error is not (what did the brick apply?), so writes keep _TRANSIENT.
+_DAMAGED = (ReplicaDamaged, InternalError)
+_READ_RETRY = _TRANSIENT + _DAMAGED
+#: A write whose PREPARE one member refused with one of these applied nothing there; the
+#: member is stepping out of its RG's write path (a full disk) or re-copying a damaged
+#: replica, so a retry after a short pause reaches the RG without it.
+_STEPPING_OUT = (StorageFull, ReplicaDamaged)
 
 
 @attrs.frozen
@@ -399,7 +409,7 @@ class DDSClient:
         """The fast path failed: a stale map or an unresponsive replica is handled by the
         general path, which starts by avoiding the replica that just failed."""
         error = failure.value
-        if isinstance(error, Divergence) or not isinstance(error, (StaleMap,) + _TRANSIENT):
+        if isinstance(error, Divergence) or not isinstance(error, (StaleMap,) + _READ_RETRY):
             return failure      # divergence needs an operator (dds-admin repair), not a retry
         remaining = timeout - (self.clock.seconds() - start)
         if remaining <= 0:
@@ -407,22 +417,42 @@ class DDSClient:
         tried = set() if isinstance(error, StaleMap) else {brick_id}
         if hedged is not None and not isinstance(error, StaleMap):
             tried.add(hedged)
-        return self._run(self._get(key, remaining, tried))
+        failed: dict[str, DDSError] = {}
+        if isinstance(error, _DAMAGED):
+            failed[brick_id] = error
+            self._read_failed(key, brick_id, error)
+        return self._run(self._get(key, remaining, tried, failed))
 
-    async def _get(self, key: bytes, timeout: float, tried: set[str] | None = None
-                   ) -> GetResult:
+    def _read_failed(self, key: bytes, brick_id: str, error: DDSError) -> None:
+        """A replica could not serve a read (damaged, or an internal error): counted, and
+        logged at debug level, since the read goes on with another replica."""
+        self.metrics.inc("get_replica_errors_total")
+        self.log.debug("get of {key!r} from {brick} failed ({code}: {error}); trying "
+                       "another replica", key=key[:64], brick=brick_id, code=error.code,
+                       error=error.message)
+
+    async def _get(self, key: bytes, timeout: float, tried: set[str] | None = None,
+                   failed: dict[str, DDSError] | None = None) -> GetResult:
+        """The general read: each replica at most once per round, a pause between
+        rounds.  ``failed``: replicas that answered a damaged replica or an internal
+        error (this round); when every replica did, no other can serve the key, and the
+        first such error is the answer rather than a wait for the deadline."""
         start = self.clock.seconds()
         deadline = start + timeout
         tried = tried if tried is not None else set()
+        failed = failed if failed is not None else {}
         attempt = 0
         while True:
             route = await self._route(key, deadline)
             brick = pick_replica(route, tried, self.connections.open, self.rng)
             if brick is None:        # every replica failed once: start over after a pause
+                if route.replicas and all(b.id in failed for b in route.replicas):
+                    raise next(e for e in failed.values())
                 down = await self._nobody_answers(route.replicas, start)
                 if down is not None:
                     raise down
                 tried.clear()
+                failed.clear()
                 attempt += 1
                 await self._backoff(attempt, deadline, "no replica of "
                                     f"{route.pid_text} answered")
@@ -437,8 +467,11 @@ class DDSClient:
             except StaleMap as e:
                 attempt += 1
                 await self._repair(e, conn, deadline)
-            except _TRANSIENT as e:
+            except _READ_RETRY as e:
                 tried.add(brick.id)
+                if isinstance(e, _DAMAGED):
+                    failed[brick.id] = e
+                    self._read_failed(key, brick.id, e)
                 self.metrics.inc("get_retries_total")
                 if self.clock.seconds() >= deadline:
                     raise Timeout(f"get timed out after {timeout:g}s: {e.message}") from None
@@ -573,9 +606,13 @@ class DDSClient:
             self.metrics.inc("write_fenced_retries_total")
             await self._backoff(1, deadline, "; ".join(e.message for e in errors))
             return
-        if all(isinstance(e, (Locked,) + _TRANSIENT) for e in errors):
+        if all(isinstance(e, (Locked,) + _STEPPING_OUT + _TRANSIENT) for e in errors):
             self.metrics.inc("write_retries_total")
-            if any(isinstance(e, _TRANSIENT) for e in errors):
+            if any(isinstance(e, _STEPPING_OUT) for e in errors):
+                self.metrics.inc("write_member_stepping_out_total")
+                self.log.debug("write refused by a member stepping out ({error}); retrying",
+                               error="; ".join(e.message for e in errors))
+            if any(isinstance(e, _TRANSIENT + _STEPPING_OUT) for e in errors):
                 self._refresh_soon()
             await self._backoff(attempt, deadline, "; ".join(e.message for e in errors))
             return

@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from dds import failpoints
 from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InternalError,
-                        InvalidRequest, Locked, NotServing, StaleMap, Timeout, Unavailable,
+                        InvalidRequest, Locked, NotServing, ReplicaDamaged, StaleMap,
+                        StorageFull, Timeout, Unavailable, UnknownTransaction,
                         VersionMismatch)
 from dds.records import BrickRecord
 from dds.rpc import RPCProtocol, State
@@ -33,7 +34,17 @@ from dds.lib.routing import Route
 Connect = Callable[[str, int], Awaitable[RPCProtocol]]
 
 #: Replies that are a definite NO: the member holds nothing for the transaction.
-_NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidRequest)
+#: (A member answers ``StorageFull`` or ``ReplicaDamaged`` to a PREPARE only with nothing
+#: staged or locked: the vote's record could not be written, or the key not read.)
+_NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidRequest,
+             StorageFull, ReplicaDamaged)
+#: A member that cannot apply a decision for one of these reasons is stepping out of its
+#: RG (a full disk, ``bricks/diskspace.py``), or dropped the transaction with a replica it
+#: re-copies (``bricks/damage.py``: then it answers the unknown transaction, or a write
+#: cut off ``NotServing``): whether it has left is asked again every
+#: ``STEPPING_OUT_RECHECK_S`` rather than once.
+_STEPPING_OUT = (StorageFull, ReplicaDamaged, UnknownTransaction, NotServing)
+STEPPING_OUT_RECHECK_S = 0.25
 Cached = Callable[[str, int], "RPCProtocol | None"]
 #: Ask the RG to exclude a member (``lib/exclusion.py``): true once it is no longer active.
 Exclude = Callable[[Route, BrickRecord, str, float], Deferred[bool]]
@@ -250,6 +261,7 @@ class Coordinator:
         replies of every member to a first round already sent (the fast path's)."""
         asked: set[str] = set()
         checked: set[str] = set()
+        recheck_at: dict[str, float] = {}
         if first is not None:
             pending = list(members)
         elif failpoints.ARMED:
@@ -284,10 +296,16 @@ class Coordinator:
                 pending = [b for b in pending if b.id not in gone]
                 if not pending:
                     return
+            now = self.clock.seconds()
             refused = [b for b, r in failed if not isinstance(r, UNREACHABLE)
-                       and b.id not in checked and b.id in {p.id for p in pending}]
+                       and b.id not in checked and recheck_at.get(b.id, 0.0) <= now
+                       and b.id in {p.id for p in pending}]
             if refused and self.left is not None:
-                checked.update(b.id for b in refused)
+                for b, r in failed:
+                    if b in refused and isinstance(r, _STEPPING_OUT):
+                        recheck_at[b.id] = now + STEPPING_OUT_RECHECK_S
+                    elif b in refused:
+                        checked.add(b.id)
                 outcomes = await _gather([self.left(route, b) for b in refused])
                 gone = {b.id for b, ok in zip(refused, outcomes) if ok is True}
                 pending = [b for b in pending if b.id not in gone]

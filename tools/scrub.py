@@ -27,6 +27,11 @@ checksums everywhere: the replicas agree.  Otherwise:
    before fixing, every partition of the RG is checked (also those not asked for), and
    the fix is refused when that member could be a minority replica itself, or when any
    partition of the RG has no majority or could not be compared.
+5. **Damaged replicas.**  A member whose replica cannot be read answers ``ReplicaDamaged``
+   (``bricks/damage.py``): it has set the file aside and re-copies the RG by itself.  The
+   partition is compared on the other members; its state is ``damaged`` (or
+   ``differing``, if those differ too), and ``--fix`` follows that member's re-copy like
+   any other (``recover`` finds it running) and scrubs the partition again to confirm.
 
 The outcome is a plain dict (what ``--json`` prints); :func:`render` draws it for
 people.  Progress goes through a :class:`View`.  ``ok`` (exit status 0) means every
@@ -49,7 +54,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TaskID, TextColu
 from rich.table import Table
 from twisted.internet.defer import Deferred, DeferredSemaphore
 
-from dds.errors import DDSError, Refused
+from dds.errors import DDSError, Refused, ReplicaDamaged
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord
@@ -155,6 +160,9 @@ class PartitionResult:
     #: After ``--fix``: whether a second scrub found the replicas agreeing.
     fixed: bool | None = None
     seconds: float = 0.0
+    #: Members whose replica could not be read (``ReplicaDamaged``): not compared, to
+    #: be re-copied.
+    damaged: list[str] = attrs.field(factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return {"pid": self.pid, "rg": self.rg, "members": self.members,
@@ -165,8 +173,12 @@ class PartitionResult:
                 "keys_divergent": self.keys_divergent,
                 "keys": [k.to_wire() for k in self.keys], "groups": self.groups,
                 "majority": self.majority, "minority": self.minority,
-                "errors": self.errors, "fixed": self.fixed,
+                "errors": self.errors, "fixed": self.fixed, "damaged": self.damaged,
                 "seconds": round(self.seconds, 3)}
+
+
+#: Partition states that ``--fix`` repairs: replicas that differ, or one unreadable.
+_TO_FIX = ("differing", "damaged")
 
 
 def differing_buckets(sums: dict[str, Sequence[Sequence[int]]]) -> list[int]:
@@ -228,15 +240,15 @@ def fix_plan(rec: RGRecord, results: Sequence[PartitionResult]
     if failed:
         return [], (f"{', '.join(failed)} of {rec.name} could not be compared; a re-copy "
                     "replaces every partition of the RG")
-    differing = [r for r in results if r.state == "differing"]
+    differing = [r for r in results if r.state in _TO_FIX]
     if not differing:
         return [], None
     for r in differing:
-        if r.majority is None:
+        if r.state == "differing" and r.majority is None:
             return [], (f"{r.pid}: no majority of {rec.name}'s {len(r.members)} replicas "
                          f"agrees (groups: {_groups_text(r.groups)}); cannot tell which is "
                          "right, refusing to fix")
-    bad = {m for r in differing for m in r.minority}
+    bad = {m for r in differing for m in r.minority + r.damaged}
     active = list(rec.active_members)
     order: list[str] = []
     for m in [b for b in active if b in bad]:
@@ -361,6 +373,9 @@ def _finding(r: PartitionResult) -> str:
     """One line on a partition that is not clean."""
     if r.state == "error":
         return f"{r.pid} ({r.rg}): not compared: {'; '.join(r.errors)}"
+    if r.state == "damaged":
+        return (f"{r.pid} ({r.rg}): the replica of {' '.join(r.damaged)} is damaged "
+                "(unreadable; the brick re-copies it)")
     if r.state != "differing":
         return ""
     keys = f"{r.keys_total} key(s)" if r.listed_buckets else "keys not listed"
@@ -453,14 +468,19 @@ class _Scrub:
         self.view = view
         self.bricks = _Bricks(reactor, target, cmap, options.timeout)
 
-    async def _checksums(self, pid: PartitionId, members: list[str]
+    async def _checksums(self, pid: PartitionId, members: list[str],
+                         damaged: list[str] | None = None
                          ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Each member's ``range_checksums`` and the problems; members that answer
+        ``ReplicaDamaged`` go to ``damaged`` (when given) instead of the problems."""
         body = {"pid": str(pid), "buckets": self.options.buckets}
         replies = await gather(self.bricks.call(m, "range_checksums", body) for m in members)
         good: dict[str, dict[str, Any]] = {}
         errors = []
         for m, reply in zip(members, replies):
-            if isinstance(reply, BaseException):
+            if isinstance(reply, ReplicaDamaged) and damaged is not None:
+                damaged.append(m)
+            elif isinstance(reply, BaseException):
                 errors.append(_problem(m, f"range_checksums of {pid}", reply))
             elif (not isinstance(reply, dict) or not isinstance(reply.get("buckets"), list)
                   or len(reply["buckets"]) != self.options.buckets):
@@ -508,10 +528,15 @@ class _Scrub:
             r.errors.append(f"{r.rg} has no active member")
             return
         self.view.phase(name, "checksums")
-        first, errors = await self._checksums(pid, members)
+        first, errors = await self._checksums(pid, members, r.damaged)
         if errors:
             r.state, r.errors = "error", errors
             return
+        if r.damaged:
+            members = [m for m in members if m not in r.damaged]
+            r.state = "damaged"
+            if not members:
+                return
         self._take(r, first)
         diff = differing_buckets({m: first[m]["buckets"] for m in members})
         if not diff:
@@ -579,7 +604,7 @@ class _Scrub:
     async def fix(self, results: list[PartitionResult]) -> list[dict[str, Any]]:
         """Re-copy the minority replicas, RG by RG; then scrub their partitions again."""
         fixes: list[dict[str, Any]] = []
-        rgs = sorted({r.rg for r in results if r.state == "differing"})
+        rgs = sorted({r.rg for r in results if r.state in _TO_FIX})
         for rg in rgs:
             rec = self.cmap.rgs[rg]
             checked = {r.pid for r in results}
@@ -591,7 +616,7 @@ class _Scrub:
                 results.extend(await self.check_many(f"scrub of {rg}", rest))
             mine = [r for r in results if r.rg == rg]
             order, reason = fix_plan(rec, mine)
-            differing = [r for r in mine if r.state == "differing"]
+            differing = [r for r in mine if r.state in _TO_FIX]
             if reason is not None:
                 fixes.append({"rg": rg, "brick": None, "ok": False, "refused": reason,
                               "partitions": [r.pid for r in differing], "errors": [reason],
@@ -619,7 +644,8 @@ class _Scrub:
     async def _recover(self, rec: RGRecord, brick: str,
                        differing: list[PartitionResult]) -> dict[str, Any]:
         self.view.note(f"{rec.name}: re-copying the replicas of {brick} "
-                       f"(minority in {', '.join(r.pid for r in differing if brick in r.minority)})")
+                       f"(minority or damaged in "
+                       f"{', '.join(r.pid for r in differing if brick in r.minority + r.damaged)})")
         view = self.view.fix_view(brick)
         try:
             outcome = await recover_mod.recover(
@@ -631,7 +657,7 @@ class _Scrub:
             view.close()
         row = outcome.get("rgs", {}).get(rec.name) or {}
         return {"rg": rec.name, "brick": brick, "ok": bool(outcome["ok"]), "refused": None,
-                "partitions": [r.pid for r in differing if brick in r.minority],
+                "partitions": [r.pid for r in differing if brick in r.minority + r.damaged],
                 "errors": list(outcome.get("errors", [])),
                 "seconds": outcome.get("seconds", 0.0),
                 "bytes": int(row.get("bytes_total") or 0), "source": row.get("source")}
@@ -674,8 +700,9 @@ async def scrub(reactor: Any, target: Target, options: Options, view: View
 def _report(options: Options, results: list[PartitionResult], fixes: list[dict[str, Any]],
             seconds: float) -> dict[str, Any]:
     results = sorted(results, key=lambda r: PartitionId.parse(r.pid))
-    differing = [r for r in results if r.state == "differing"]
+    differing = [r for r in results if r.state in _TO_FIX]
     errors = [f"{r.pid} ({r.rg}): {e}" for r in results for e in r.errors]
+    errors += [f"{_finding(r)}" for r in differing if r.state == "damaged" and not r.fixed]
     errors += [f"{f['rg']}: not fixed: {f['refused']}" for f in fixes if f["refused"]]
     errors += [f"{f['rg']}: re-copy of {f['brick']} failed: {e}" for f in fixes
                if not f["refused"] and not f["ok"] for e in f["errors"]]
@@ -685,9 +712,11 @@ def _report(options: Options, results: list[PartitionResult], fixes: list[dict[s
         "ok": ok, "partition": options.partition, "buckets": options.buckets,
         "fix": options.fix, "recheck_pause_s": options.recheck_pause,
         "partitions_checked": len(results),
-        "partitions_differing": len(differing),
+        "partitions_differing": sum(1 for r in differing if r.state == "differing"),
+        "partitions_damaged": sum(1 for r in differing if r.state == "damaged"),
         "partitions_unchecked": sum(1 for r in results if r.state == "error"),
         "keys_differing": sum(r.keys_total for r in differing),
+        "replicas_damaged": sorted({f"{b}:{r.pid}" for r in differing for b in r.damaged}),
         "keys_divergent": sum(r.keys_divergent for r in differing),
         "buckets_settled": sum(len(r.settled) for r in results),
         "fixes_done": sum(1 for f in fixes if f["ok"]),
@@ -725,6 +754,15 @@ def render(report: dict[str, Any], console: Console) -> None:
         if p["state"] == "error":
             console.print(f"[red]{p['pid']} ({p['rg']}): not compared[/red]")
             continue
+        if p["damaged"]:
+            console.print(f"[red]{p['pid']} ({p['rg']}): the replica of "
+                          f"{' '.join(p['damaged'])} is damaged (unreadable): set aside by "
+                          "its brick, which copies it again from the RG[/red]")
+            if p["state"] == "damaged":
+                if p["fixed"] is not None:
+                    console.print("  [green]fixed: the replicas agree now[/green]"
+                                  if p["fixed"] else "  [red]not fixed[/red]")
+                continue
         note = (f"{len(p['differing_buckets'])} of {report['buckets']} bucket(s) differ "
                 f"(seen twice, {report['recheck_pause_s']:g}s apart)")
         who = (f"majority {' '.join(p['majority'])}, minority {' '.join(p['minority'])}"
@@ -770,7 +808,8 @@ def render(report: dict[str, Any], console: Console) -> None:
                       f"again {report['recheck_pause_s']:g}s later (writes in flight)[/dim]")
     summary = (f"{n} partition(s), {decimal(report['bytes'])} checked in "
                f"{report['seconds']:.1f}s")
-    if report["ok"] and not report["partitions_differing"]:
+    if report["ok"] and not report["partitions_differing"] and \
+            not report["partitions_damaged"]:
         console.print(f"[green]all replicas agree: {summary}[/green]")
     elif report["ok"]:
         console.print(f"[green]{report['partitions_fixed']} partition(s) fixed; all "
@@ -781,8 +820,12 @@ def render(report: dict[str, Any], console: Console) -> None:
             parts.append(f"{report['partitions_differing']} partition(s) differ "
                          f"({report['keys_differing']} key(s), {report['keys_divergent']} "
                          "divergent)")
+        if report["partitions_damaged"]:
+            parts.append(f"{report['partitions_damaged']} partition(s) with a damaged "
+                         "replica")
         if report["partitions_unchecked"]:
             parts.append(f"{report['partitions_unchecked']} could not be compared")
-        hint = "" if report["fix"] or not report["partitions_differing"] else \
+        hint = "" if report["fix"] or not (report["partitions_differing"]
+                                           or report["partitions_damaged"]) else \
             "; `dds-admin scrub --fix` re-copies a minority replica"
         console.print(f"[red]{'; '.join(parts) or 'not fixed'}: {summary}{hint}[/red]")
