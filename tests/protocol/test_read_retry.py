@@ -80,6 +80,7 @@ def test_a_read_that_no_replica_can_serve_fails_with_the_replicas_error(
 def test_a_write_is_not_retried_on_an_internal_error(cluster: SimCluster) -> None:
     client = cluster.client(timeout=5.0)
     cluster.run(client.put(KEY, b"one"))
+    cluster.net.deliver_in_flight()         # its one-way COMMITs applied (parallel commit)
     bad = cluster.replicas(KEY)[0]
     broken(bad, RuntimeError("bug"))       # the PREPARE's read of the key fails there
 

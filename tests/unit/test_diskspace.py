@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from dds.bricks.damage import probe, set_aside_unreadable, unreadable
 from dds.bricks.diskspace import DiskSpace, full_error
 from dds.bricks.partstore import PartitionStore, ReadResult
+from dds.bricks.rowcheck import row_checksum
 from dds.errors import StorageFull
 from dds.metrics import Metrics
 
@@ -93,7 +94,8 @@ def test_a_short_write_without_errno_looks_at_free_space_at_once(tmp_path: Path)
 def _partition(path: Path, rows: int = 2000) -> None:
     store = PartitionStore(path, path.name[:-len(".sqlite")])
     for i in range(rows):
-        store._stage(b"k%d" % i, ReadResult(b"v" * 200, 1))
+        store._stage(b"k%d" % i, ReadResult(b"v" * 200, 1),
+                     row_checksum(b"k%d" % i, 1, b"v" * 200))
     store._commit()
     store.close()
 
