@@ -57,7 +57,7 @@ async def log_past(cluster: Cluster, client: DDSClient, written: dict[bytes, byt
     generation: then its start redoes no write of ``pid`` (the log generation that held
     them is retired), and the damage of ``pid``'s file is found by a read."""
     i = 0
-    while cluster.metric(VICTIM, "storage_log_rotations") < 1:
+    while cluster.metric(VICTIM, "storage_log_rotations_total") < 1:
         for _ in range(20):
             key = b"big%04d" % i
             i += 1

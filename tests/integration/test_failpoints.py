@@ -59,7 +59,9 @@ async def test_a_brick_crashing_after_commit_before_ack_keeps_the_write(
         cluster_factory: Any) -> None:
     cluster: Cluster = cluster_factory(bricks=3, replication=3, partitions=4, lease_ms=1000)
     await cluster.init(reactor)
-    client = await cluster.client(reactor, timeout=10.0)
+    # The acknowledged commit mode: the victim's missing COMMIT acknowledgement is what
+    # gets it excluded (with parallel commit the write succeeds at the last YES).
+    client = await cluster.client(reactor, timeout=10.0, commit_mode="ack")
     key = b"failpoint-key"
     route = client.router.route(client.map, key)
     victim = cluster.brick(route.replicas[1].id)
@@ -140,6 +142,10 @@ async def test_a_coordinator_crashing_after_its_decision_is_resolved_by_terminat
     assert await client.put(key, b"old") == 1
     route = client.router.route(client.map, key)
     replicas = [cluster.brick(b.id) for b in route.replicas]
+    # Parallel commit reported "old" at the last YES: wait until every replica applied it
+    # (a read waits for that), or the next write could meet its lock and abort instead.
+    for b in replicas:
+        assert await replica_value(cluster, client, b, key) == (b"old", 1)
 
     env = {k: v for k, v in os.environ.items() if k != failpoints.ENV_VAR}
     env[failpoints.ENV_VAR] = "coordinator.after_decision=crash"

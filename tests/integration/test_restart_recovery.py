@@ -43,7 +43,9 @@ async def test_a_brick_killed_before_applying_a_commit_is_excluded_and_resyncs_i
         cluster_factory: Any) -> None:
     cluster: Cluster = cluster_factory(bricks=3, replication=3, partitions=4, lease_ms=1000)
     await cluster.init(reactor)
-    client = await cluster.client(reactor, timeout=10.0)
+    # The acknowledged commit mode: the missing COMMIT acknowledgement gets the victim
+    # excluded before the write succeeds.
+    client = await cluster.client(reactor, timeout=10.0, commit_mode="ack")
     key = b"recover-me"
     assert await client.put(key, b"old") == 1
     route = client.router.route(client.map, key)

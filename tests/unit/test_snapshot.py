@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,8 +122,12 @@ async def test_a_snapshot_taken_while_writes_continue_holds_exactly_the_rows_up_
     await storage.flush()
     turn = [0]
 
+    overlapped = threading.Event()
+
     def more() -> None:    # overwrites, removes and new keys, committed every turn
         turn[0] += 1
+        if turn[0] >= 3:
+            overlapped.set()
         for j in range(50):
             n = turn[0] * 50 + j
             write(b"k%d" % (n % 20_000), None if j % 5 == 0 else b"w%d" % n)
@@ -131,8 +136,14 @@ async def test_a_snapshot_taken_while_writes_continue_holds_exactly_the_rows_up_
 
     def in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         more()      # a commit after take_snapshot was called, before the backup started
+
+        def after_more_commits(*a: Any) -> Any:
+            # The backup starts once the writer has committed again meanwhile, so the
+            # overlap does not depend on how the threads happen to be scheduled.
+            overlapped.wait(30)
+            return f(*a)
         r: Any = reactor
-        return threads.deferToThreadPool(r, r.getThreadPool(), f, *args)
+        return threads.deferToThreadPool(r, r.getThreadPool(), after_more_commits, *args)
 
     commits_before = storage.stats["commits"]
     writer = LoopingCall(more)
