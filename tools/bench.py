@@ -139,17 +139,65 @@ def _floor(params: BenchParams) -> dict[str, Any]:
 
 
 #: The timed phases, in order: (worker phase, suffix of its result fields, extra command
-#: fields).  Puts in the two commit modes alternate, at full concurrency and at one in
-#: flight, so that both see the same cluster and the same moment of a noisy machine;
-#: fields without a suffix describe parallel commit, the library's default.
-_PHASES: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("put", "_ack_mode", {"mode": "ack"}),
-    ("put", "", {}),
-    ("put", "_c1_ack_mode", {"mode": "ack", "concurrency": 1}),
-    ("put", "_c1", {"concurrency": 1}),
-    ("get", "", {}),
-    ("bget", "", {}),
+#: fields, share of ``--seconds``).  The two commit modes are compared in A-B-B-A order,
+#: each half as long: a cluster's speed drifts during a run (its files grow, the machine is
+#: shared), and a plain A-then-B order hands that drift to whichever mode runs second
+#: (measured: the second put phase was 10-25 % slower whichever mode it was).  Fields
+#: without a suffix describe parallel commit, the library's default.
+_PHASES: tuple[tuple[str, str, dict[str, Any], float], ...] = (
+    ("put", "_ack_mode", {"mode": "ack"}, 0.5),
+    ("put", "", {}, 0.5),
+    ("put", "", {}, 0.5),
+    ("put", "_ack_mode", {"mode": "ack"}, 0.5),
+    ("put", "_c1_ack_mode", {"mode": "ack", "concurrency": 1}, 0.5),
+    ("put", "_c1", {"concurrency": 1}, 0.5),
+    ("put", "_c1", {"concurrency": 1}, 0.5),
+    ("put", "_c1_ack_mode", {"mode": "ack", "concurrency": 1}, 0.5),
+    ("get", "", {}, 1.0),
+    ("bget", "", {}, 1.0),
 )
+
+
+@attrs.define
+class _Tally:
+    """One result's measurements, summed over the phases that feed it."""
+    ops: int = 0
+    cpu_bricks: float = 0.0
+    cpu_clients: float = 0.0
+    lat: list[int] = attrs.Factory(list)
+    errors: dict[str, int] = attrs.Factory(dict)
+    first_error: str = ""
+    #: per worker index: (operations, seconds), for the rate
+    by_worker: dict[int, tuple[int, float]] = attrs.Factory(dict)
+
+    def add(self, results: list[dict[str, Any]], cpu_bricks: float,
+            cpu_clients: float) -> None:
+        self.cpu_bricks += cpu_bricks
+        self.cpu_clients += cpu_clients
+        for i, r in enumerate(results):
+            self.ops += r["ops"]
+            self.lat.extend(r["lat_us"])
+            ops, secs = self.by_worker.get(i, (0, 0.0))
+            self.by_worker[i] = (ops + r["ops"], secs + r["elapsed"])
+            for code, n in r["errors"].items():
+                self.errors[code] = self.errors.get(code, 0) + n
+            self.first_error = self.first_error or r["first_error"]
+
+    def fields(self, phase: str, suffix: str) -> dict[str, Any]:
+        lat = sorted(self.lat)
+        cpu = self.cpu_bricks + self.cpu_clients
+        return {
+            f"{phase}_ops{suffix}": self.ops,
+            f"{phase}_ops_s{suffix}": sum(ops / secs for ops, secs in self.by_worker.values()
+                                          if secs > 0),
+            f"{phase}_p50_ms{suffix}": _percentile(lat, 0.50),
+            f"{phase}_p99_ms{suffix}": _percentile(lat, 0.99),
+            f"cpu_us_per_{phase}{suffix}": cpu * 1e6 / max(1, self.ops),
+            f"cpu_us_per_{phase}_bricks{suffix}": self.cpu_bricks * 1e6 / max(1, self.ops),
+            f"cpu_us_per_{phase}_clients{suffix}": self.cpu_clients * 1e6 / max(1, self.ops),
+            f"{phase}_errors{suffix}": self.errors,
+            f"{phase}_first_error{suffix}": self.first_error,
+        }
 
 
 def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
@@ -177,36 +225,22 @@ def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                           params.keys, False, 600.0)
         out["load_errors"] = sum(sum(r["errors"].values()) for r in load)
         worker_pids = [w.pid for w in workers]
-        for phase, suffix, extra in _PHASES:
+        tallies: dict[tuple[str, str], _Tally] = {}
+        for phase, suffix, extra, portion in _PHASES:
+            seconds = params.seconds * portion
             before = _cpu(brick_pid_list), _cpu(worker_pids)
-            command = {"phase": phase, "seconds": params.seconds, **extra}
+            command = {"phase": phase, "seconds": seconds, **extra}
             if "concurrency" in extra:      # one in flight in all: one worker's share
                 command["concurrency"] = 1
             label = phase + suffix.replace("_", " ")
             results = _run_phase(workers if "concurrency" not in extra else workers[:1],
-                                 events, command, label, params.seconds, True,
-                                 params.seconds + READY_TIMEOUT_S)
-            cpu_bricks = _cpu_delta(before[0], _cpu(brick_pid_list))
-            cpu_clients = _cpu_delta(before[1], _cpu(worker_pids))
-            cpu = cpu_bricks + cpu_clients
-            ops = sum(r["ops"] for r in results)
-            lat = sorted(v for r in results for v in r["lat_us"])
-            errors: dict[str, int] = {}
-            for r in results:
-                for code, n in r["errors"].items():
-                    errors[code] = errors.get(code, 0) + n
-            out.update({
-                f"{phase}_ops{suffix}": ops,
-                f"{phase}_ops_s{suffix}": sum(r["ops"] / r["elapsed"] for r in results),
-                f"{phase}_p50_ms{suffix}": _percentile(lat, 0.50),
-                f"{phase}_p99_ms{suffix}": _percentile(lat, 0.99),
-                f"cpu_us_per_{phase}{suffix}": cpu * 1e6 / max(1, ops),
-                f"cpu_us_per_{phase}_bricks{suffix}": cpu_bricks * 1e6 / max(1, ops),
-                f"cpu_us_per_{phase}_clients{suffix}": cpu_clients * 1e6 / max(1, ops),
-                f"{phase}_errors{suffix}": errors,
-                f"{phase}_first_error{suffix}": next((r["first_error"] for r in results
-                                                      if r["first_error"]), ""),
-            })
+                                 events, command, label, seconds, True,
+                                 seconds + READY_TIMEOUT_S)
+            tallies.setdefault((phase, suffix), _Tally()).add(
+                results, _cpu_delta(before[0], _cpu(brick_pid_list)),
+                _cpu_delta(before[1], _cpu(worker_pids)))
+        for (phase, suffix), tally in tallies.items():
+            out.update(tally.fields(phase, suffix))
         for w in workers:
             w.send({"phase": "quit"})
     finally:
