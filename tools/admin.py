@@ -662,7 +662,8 @@ def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
     """Throughput, latency and CPU per operation, next to the echo floor.
 
     `bench --tls` compares a plain and a TLS cluster; `bench recovery` measures a
-    partition re-copy, `bench move` a partition move, each on throwaway clusters."""
+    partition re-copy, `bench move` a partition move, each on throwaway clusters;
+    `bench contention` increments hot keys with compare_and_put."""
     if ctx.invoked_subcommand is not None:
         return
     from dds.tools import bench as b
@@ -686,6 +687,35 @@ def bench(ctx: click.Context, seeds: str | None, secret_file: str | None,
         ui.print_json(result)
     else:
         b.render(result, ui.out)
+
+
+@bench.command("contention")
+@click.option("--seconds", type=click.FloatRange(0.2, 3600), default=4.0, show_default=True,
+              help="per key count and commit mode (run as two halves, A-B-B-A)")
+@click.option("--loops", type=click.IntRange(1, 10000), default=16, show_default=True,
+              help="increments in flight, over all worker processes")
+@click.option("--clients", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="worker processes")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@reports_errors
+@click.pass_context
+def bench_contention(ctx: click.Context, seconds: float, loops: int, clients: int,
+                     as_json: bool) -> None:
+    """compare_and_put increments on 1 key and on 10 keys, both commit modes; checks
+    that no acknowledged increment was lost (exit 1 if one was).  Uses the cluster
+    named by `bench`'s options (`dds-admin bench --seeds ... contention`)."""
+    from dds.tools import benchcontention as bc
+
+    g = ctx.parent.params if ctx.parent is not None else {}
+    target = _target(g.get("seeds"), g.get("secret_file"), g.get("cluster_name"),
+                     bool(g.get("local")), g.get("local_dir") or Path(".dds-local"))
+    result = bc.bench_contention(target, bc.ContentionParams(seconds, loops, clients))
+    if as_json:
+        ui.print_json(result)
+    else:
+        bc.render(result, ui.out)
+    if result["cas_lost"]:
+        raise SystemExit(1)
 
 
 def writer_bench_options(what: str, keys: int = 1_000_000) -> Callable[[F], F]:

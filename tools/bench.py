@@ -33,7 +33,8 @@ from dds.tools.children import Child, Events, next_event
 from dds.tools.cluster import Target
 from dds.tools.runner import AdminError
 
-__all__ = ["BenchParams", "TARGETS", "bench", "render", "brick_pids"]
+__all__ = ["BenchParams", "TARGETS", "bench", "render", "brick_pids", "percentile", "run_phase",
+           "start_workers"]
 
 #: The issue's targets, as fractions of the floor's round trips per second.
 TARGETS = {"get": 0.35, "put": 0.08}
@@ -79,13 +80,13 @@ def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[p] - before[p] for p in before if p in after)
 
 
-def _percentile(sorted_values: Sequence[int], q: float) -> float:
+def percentile(sorted_values: Sequence[int], q: float) -> float:
     if not sorted_values:
         return 0.0
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / 1000.0
 
 
-def _run_phase(children: list[Child], events: Events, command: dict[str, Any],
+def run_phase(children: list[Child], events: Events, command: dict[str, Any],
                label: str, total: float, timed: bool, timeout: float
                ) -> list[dict[str, Any]]:
     """Send ``command`` to every child; follow progress until each reports done."""
@@ -125,7 +126,7 @@ def _floor(params: BenchParams) -> dict[str, Any]:
         next_event(events, time.monotonic() + READY_TIMEOUT_S, "the floor client to connect")
         pids = [server.pid, client.pid]
         before = _cpu(pids)
-        [result] = _run_phase([client], events, {"go": True}, "floor (echo)",
+        [result] = run_phase([client], events, {"go": True}, "floor (echo)",
                               params.seconds, True, params.seconds + READY_TIMEOUT_S)
         cpu = _cpu_delta(before, _cpu(pids))
         rtt = float(result["rtt_s"])
@@ -190,8 +191,8 @@ class _Tally:
             f"{phase}_ops{suffix}": self.ops,
             f"{phase}_ops_s{suffix}": sum(ops / secs for ops, secs in self.by_worker.values()
                                           if secs > 0),
-            f"{phase}_p50_ms{suffix}": _percentile(lat, 0.50),
-            f"{phase}_p99_ms{suffix}": _percentile(lat, 0.99),
+            f"{phase}_p50_ms{suffix}": percentile(lat, 0.50),
+            f"{phase}_p99_ms{suffix}": percentile(lat, 0.99),
             f"cpu_us_per_{phase}{suffix}": cpu * 1e6 / max(1, self.ops),
             f"cpu_us_per_{phase}_bricks{suffix}": self.cpu_bricks * 1e6 / max(1, self.ops),
             f"cpu_us_per_{phase}_clients{suffix}": self.cpu_clients * 1e6 / max(1, self.ops),
@@ -200,28 +201,36 @@ class _Tally:
         }
 
 
+def start_workers(target: Target, params: BenchParams, events: Events,
+                  workers: list[Child]) -> None:
+    """Start ``params.clients`` bench worker processes (appended to ``workers`` as they
+    start, so that the caller stops them whatever happens) and wait until each is
+    connected; the requests in flight are shared out among them."""
+    clients = max(1, min(params.clients, params.concurrency))
+    seeds = ",".join(f"{h}:{p}" for h, p in target.seeds)
+    for i in range(clients):
+        share = params.concurrency // clients + (1 if i < params.concurrency % clients
+                                                 else 0)
+        workers.append(Child(f"bench worker {i}", "dds.tools.benchworker",
+                             ["--seeds", seeds, "--cluster", target.cluster, "--index",
+                              str(i), "--clients", str(clients), "--concurrency",
+                              str(share), "--keys", str(params.keys), "--value-size",
+                              str(params.value_size)]
+                             + (["--dir", str(target.local_dir)] if target.local_dir
+                                else []), events))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for _ in workers:
+        next_event(events, deadline, "the bench workers to connect")
+
+
 def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                  ) -> dict[str, Any]:
     events: Events = queue.Queue()
-    clients = max(1, min(params.clients, params.concurrency))
-    seeds = ",".join(f"{h}:{p}" for h, p in target.seeds)
-    workers = []
+    workers: list[Child] = []
     out: dict[str, Any] = {}
     try:
-        for i in range(clients):
-            share = params.concurrency // clients + (1 if i < params.concurrency % clients
-                                                     else 0)
-            workers.append(Child(f"bench worker {i}", "dds.tools.benchworker",
-                                 ["--seeds", seeds, "--cluster", target.cluster, "--index",
-                                  str(i), "--clients", str(clients), "--concurrency",
-                                  str(share), "--keys", str(params.keys), "--value-size",
-                                  str(params.value_size)]
-                                 + (["--dir", str(target.local_dir)] if target.local_dir
-                                    else []), events))
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        for _ in workers:
-            next_event(events, deadline, "the bench workers to connect")
-        load = _run_phase(workers, events, {"phase": "load"}, "load (untimed)",
+        start_workers(target, params, events, workers)
+        load = run_phase(workers, events, {"phase": "load"}, "load (untimed)",
                           params.keys, False, 600.0)
         out["load_errors"] = sum(sum(r["errors"].values()) for r in load)
         worker_pids = [w.pid for w in workers]
@@ -233,7 +242,7 @@ def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
             if "concurrency" in extra:      # one in flight in all: one worker's share
                 command["concurrency"] = 1
             label = phase + suffix.replace("_", " ")
-            results = _run_phase(workers if "concurrency" not in extra else workers[:1],
+            results = run_phase(workers if "concurrency" not in extra else workers[:1],
                                  events, command, label, seconds, True,
                                  seconds + READY_TIMEOUT_S)
             tallies.setdefault((phase, suffix), _Tally()).add(

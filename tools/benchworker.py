@@ -11,6 +11,12 @@ prints ``{"event": "ready"}``, then runs one phase per line read from stdin:
                                        (optional: "mode": "ack" for the acknowledged
                                        commit mode, "concurrency": N in flight)
     {"phase": "get", "seconds": S}     uniform random gets for S seconds
+    {"phase": "cas", "seconds": S, "keys": K}
+                                       increments of K counters by get + compare_and_put,
+                                       again on a conflict (optional: "mode": "ack");
+                                       the result adds "increments" per counter and
+                                       "conflicts"
+    {"phase": "cas-read", "keys": K}   read the K counters: "values"
     {"phase": "quit"}
 
 Each phase prints progress lines and ends with ``{"event": "done", "ops", "errors",
@@ -35,7 +41,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
 from dds.auth import Credentials, secret_env
-from dds.errors import DDSError
+from dds.errors import DDSError, VersionMismatch
 from dds.lib import Bounded, DDSClient
 from dds.tools import credfiles
 
@@ -44,6 +50,10 @@ __all__ = ["key_of", "main"]
 
 def key_of(i: int) -> bytes:
     return b"bench-%010d" % i
+
+
+def counter_of(i: int) -> bytes:
+    return b"bench-cas-%04d" % i
 
 
 def emit(**event: Any) -> None:
@@ -153,6 +163,17 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
             phase = cmd["phase"]
             if phase == "quit":
                 return
+            if phase == "cas-read":
+                values = {}
+                for i in range(int(cmd["keys"])):
+                    got = await client.get(counter_of(i))
+                    values[str(i)] = int(got.value or b"0")
+                emit(event="done", phase=phase, values=values, done=len(values))
+                continue
+            if phase == "cas":
+                emit(**await _increments(reactor, client, ack_client, rng, cmd,
+                                         int(cmd.get("concurrency", args.concurrency))))
+                continue
             if phase == "load":
                 keys: Iterator[int] = iter(range(args.index, args.keys, args.clients))
 
@@ -184,6 +205,40 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
     finally:
         await client.close()
         await ack_client.close()
+
+
+async def _increments(reactor: Any, client: DDSClient, ack_client: DDSClient,
+                      rng: random.Random, cmd: dict[str, Any], concurrency: int
+                      ) -> dict[str, Any]:
+    """Contended read-modify-write: each loop increments a random one of ``keys``
+    counters (read, then compare_and_put at the version read; again on a conflict).  An
+    operation is one increment, however many attempts it took."""
+    end = time.perf_counter() + float(cmd["seconds"])
+    n_keys = int(cmd["keys"])
+    writer = ack_client if cmd.get("mode") == "ack" else client
+    done: Counter[str] = Counter()
+    conflicts = [0]
+
+    async def increment(i: int) -> None:
+        key = counter_of(i)
+        while True:
+            got = await client.get(key)
+            try:
+                await writer.compare_and_put(key, b"%d" % (int(got.value or b"0") + 1),
+                                             got.version)
+            except VersionMismatch:
+                conflicts[0] += 1
+                continue
+            done[str(i)] += 1
+            return
+
+    def next_op() -> Deferred[Any] | None:
+        if time.perf_counter() >= end:
+            return None
+        return Deferred.fromCoroutine(increment(int(rng.random() * n_keys)))
+    result = await Phase("cas", next_op).run(reactor, concurrency)
+    result.update(increments=dict(done), conflicts=conflicts[0])
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -245,6 +245,20 @@ def test_bench_smoke(local_cluster: Path) -> None:
     assert report["get_errors"] == {} and report["put_errors"] == {}
 
 
+def test_bench_contention_reports_both_modes_and_no_lost_increment(
+        local_cluster: Path) -> None:
+    result = admin("bench", "--dir", str(local_cluster), "contention", "--seconds", "0.4",
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["cas_lost"] == 0
+    for name in ("cas_1key", "cas_10keys"):
+        for suffix in ("", "_ack_mode"):
+            assert report[f"{name}_ops_s{suffix}"] > 0, name + suffix
+            assert report[f"{name}_lost{suffix}"] == 0
+            assert report[f"{name}_p99_ms{suffix}"] >= report[f"{name}_p50_ms{suffix}"]
+
+
 def test_bench_tls_smoke(tmp_path: Path) -> None:
     """`bench --tls` runs the phases on a plain and a TLS cluster it starts itself, and
     reports the ratios it is judged by; it leaves no brick running."""
