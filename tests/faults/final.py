@@ -26,6 +26,8 @@ from tests.verify.history import HistoryRecorder
 
 FINAL_PROCESS = 1_000_000
 State = tuple[bytes | None, int]
+#: key -> the ids of the bricks of its replica group (from the map at the end)
+Members = dict[bytes, frozenset[str]]
 
 
 def _reactor() -> Any:
@@ -46,13 +48,15 @@ def init_cluster(cluster: ProxiedCluster, timeout: float = 30.0) -> None:
 
 
 async def _read_all(cluster: ProxiedCluster, keys: list[bytes], history: Path,
-                    deadline: float) -> tuple[dict[bytes, State], dict[bytes, str]]:
+                    deadline: float
+                    ) -> tuple[dict[bytes, State], dict[bytes, str], Members]:
     client = await DDSClient.connect(_reactor(), cluster.seeds, cluster="dds",
                                      secret=cluster.secret.encode(), timeout=5.0,
                                      node_id="faults-final-reader")
     rec = HistoryRecorder(FINAL_PROCESS, history)
     finals: dict[bytes, State] = {}
     divergent: dict[bytes, str] = {}
+    members: Members = {}
     try:
         for key in keys:
             while key not in finals:
@@ -67,13 +71,15 @@ async def _read_all(cluster: ProxiedCluster, keys: list[bytes], history: Path,
                 rec.complete(h, "ok", r.value, r.version)
                 finals[key] = (r.value, r.version)
         for key in keys:
+            members[key] = frozenset(r.id for r in client.router.route(client.map,
+                                                                       key).replicas)
             problem = await _compare_replicas(cluster, client, key, deadline)
             if problem:
                 divergent[key] = problem
     finally:
         rec.close()
         await client.close()
-    return finals, divergent
+    return finals, divergent, members
 
 
 async def _compare_replicas(cluster: ProxiedCluster, client: DDSClient, key: bytes,
@@ -106,16 +112,18 @@ async def _compare_replicas(cluster: ProxiedCluster, client: DDSClient, key: byt
 
 @crochet.run_in_reactor
 def _final(cluster: ProxiedCluster, keys: list[bytes], history: Path,
-           deadline: float) -> Deferred[tuple[dict[bytes, State], dict[bytes, str]]]:
+           deadline: float
+           ) -> Deferred[tuple[dict[bytes, State], dict[bytes, str], Members]]:
     return Deferred.fromCoroutine(_read_all(cluster, keys, history, deadline))
 
 
 def final_reads(cluster: ProxiedCluster, keys: list[bytes], history: Path,
-                timeout: float = 90.0) -> tuple[dict[bytes, State], dict[bytes, str]]:
-    """Read every key (retrying until ``timeout``); returns the final state per key and
-    the keys whose replicas still disagree at the deadline."""
+                timeout: float = 90.0
+                ) -> tuple[dict[bytes, State], dict[bytes, str], Members]:
+    """Read every key (retrying until ``timeout``); returns the final state per key,
+    the keys whose replicas still disagree at the deadline, and each key's RG members."""
     crochet.setup()
     deadline = time.monotonic() + timeout
     result: Any = _final(cluster, keys, history, deadline)   # a crochet EventualResult
-    out: tuple[dict[bytes, State], dict[bytes, str]] = result.wait(timeout + 30)
+    out: tuple[dict[bytes, State], dict[bytes, str], Members] = result.wait(timeout + 30)
     return out

@@ -248,7 +248,8 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
                 problems.append(f"client {i} exited with {p.returncode} (see client-{i}.log)")
         t_final = time.monotonic()
         keys = [key_name(k) for k in range(prof.keys)]
-        finals, divergent = final_reads(cluster, keys, run / "history-final.jsonl")
+        finals, divergent, members = final_reads(cluster, keys,
+                                                 run / "history-final.jsonl")
         echo(f"final reads of {len(keys)} keys in {time.monotonic() - t_final:.1f}s")
         problems += [f"divergent replicas: {d}" for d in divergent.values()]
         problems += [f"nemesis: {f}" for f in nemesis.findings]
@@ -271,7 +272,7 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         pool.close()
         nemesis.close()
     return verdict(prof, kinds, len(schedule), nemesis, [h for _, h in clients], run,
-                   finals, problems, commit_mode)
+                   finals, problems, commit_mode, members)
 
 
 def write_gap_ms(ops: list[Op], after: float | None) -> int:
@@ -303,7 +304,8 @@ def read_p99_ms(ops: list[Op]) -> float:
 def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
             histories: list[Path], run: Path,
             finals: dict[bytes, tuple[bytes | None, int]], problems: list[str],
-            commit_mode: str = "mixed") -> int:
+            commit_mode: str = "mixed",
+            members: dict[bytes, frozenset[str]] | None = None) -> int:
     t0 = time.monotonic()
     client_ops = load_histories(histories)
     all_ops = load_histories(histories + [run / "history-final.jsonl"])
@@ -342,9 +344,10 @@ def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
     echo("longest write gap by commit mode: " + " ".join(
         f"{m}={write_gap_ms(ops, nemesis.first_fault_t)}ms" for m, ops in modes.items()
         if ops))
-    costs = single_fault_costs(client_ops, windows(nemesis.started))
+    costs = single_fault_costs(client_ops, windows(nemesis.started), members or {})
     by_kind = summary_by_kind(costs)
-    echo(f"single faults ({len(costs)} of {n_faults}; window = fault + {SETTLE_S:g}s): " + (
+    echo(f"faults measured alone ({len(costs)} of {n_faults}; window = fault + "
+         f"{SETTLE_S:g}s): " + (
         " ".join(f"{k}: n={v['n']:.0f} write_gap median={v['gap_median_ms']:.0f}ms "
                  f"max={v['gap_max_ms']:.0f}ms read_p99<={v['read_p99_max_ms']:.0f}ms;"
                  for k, v in by_kind.items()) or "none"))
