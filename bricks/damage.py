@@ -40,7 +40,7 @@ from dds.partition import PartitionId
 
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.partstore import PID_RE, SUFFIX
-from dds.bricks.quarantine import QUARANTINE_DIR
+from dds.bricks.needscopy import MARKER, QUARANTINE_DIR, mark, marked
 
 if TYPE_CHECKING:       # the participant imports ``unreadable`` from here
     from dds.bricks.participant import Participant
@@ -49,7 +49,6 @@ if TYPE_CHECKING:       # the participant imports ``unreadable`` from here
 
 log = Logger()
 
-MARKER = ".needs-copy"
 DAMAGED = ".damaged"
 #: SQLite's own names for a file that is not (or no longer) a database it can read.
 _CODES = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
@@ -117,7 +116,7 @@ def set_aside_unreadable(data_dir: Path, deep: bool = False) -> dict[str, str]:
         if why is None:
             continue
         qdir.mkdir(parents=True, exist_ok=True)
-        mark(qdir, pid)
+        mark(qdir, pid, f"its file was unreadable: {why}")
         dest = _dest(qdir, pid)
         os.replace(path, dest)
         for suffix in ("-wal", "-shm"):
@@ -129,28 +128,6 @@ def set_aside_unreadable(data_dir: Path, deep: bool = False) -> dict[str, str]:
                   dest=str(dest))
         moved[pid] = why
     return moved
-
-
-def mark(qdir: Path, pid: str) -> None:
-    """The needs-copy marker of ``pid`` (made durable with its directory)."""
-    qdir.mkdir(parents=True, exist_ok=True)
-    marker = qdir / (pid + MARKER)
-    with open(marker, "wb") as f:
-        os.fsync(f.fileno())
-    fd = os.open(qdir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def marked(data_dir: Path) -> set[str]:
-    """Partitions whose replica here still needs a copy (markers survive restarts)."""
-    qdir = Path(data_dir) / QUARANTINE_DIR
-    if not qdir.is_dir():
-        return set()
-    return {f.name[: -len(MARKER)] for f in qdir.iterdir()
-            if f.name.endswith(MARKER) and PID_RE.match(f.name[: -len(MARKER)])}
 
 
 class Damage:
@@ -168,8 +145,7 @@ class Damage:
         self.recoveries = recoveries
         #: Partitions whose replica here is not to be served until a copy replaced it,
         #: and why.
-        self.damaged: dict[str, str] = {pid: "its file was unreadable"
-                                        for pid in marked(data_dir)}
+        self.damaged: dict[str, str] = marked(data_dir)
         metrics.gauge("damaged_replicas", lambda: len(self.damaged))
         recoveries.must_copy = self.must_copy
         recoveries.copied = self.copied
@@ -189,7 +165,7 @@ class Damage:
         if rec is None:
             return None
         damaged = [str(e.pid) for e in rec.partitions if str(e.pid) in self.damaged]
-        return f"unreadable replicas of {', '.join(damaged)}" if damaged else None
+        return f"replicas needing a copy: {', '.join(damaged)}" if damaged else None
 
     def _recopy(self, pid: str, why: str) -> None:
         """Re-copy the RG of mine that lists ``pid`` (the recovery path, DESIGN §7)."""
@@ -197,7 +173,7 @@ class Damage:
         for rec in self.maps.map.rgs.values():
             if rec.member_state(self.id) is not None and \
                     rec.partition_state(parsed) is not None:
-                self.recoveries.ensure(rec.name, why=f"the replica of {pid} was unreadable "
+                self.recoveries.ensure(rec.name, why=f"the replica of {pid} needs a copy "
                                        f"({why})")
 
     def started(self, moved: dict[str, str]) -> None:
@@ -221,7 +197,7 @@ class Damage:
         self.metrics.inc("replicas_damaged_total")
         dest = _dest(self.qdir, pid)
         try:
-            mark(self.qdir, pid)
+            mark(self.qdir, pid, f"its file was unreadable: {why}")
             self.storage.quarantine_partition(pid, dest)
             log.error("partition file of {pid} is unreadable ({why}): moved to {dest}; "
                       "copying the partition again from its RG", pid=pid, why=why,

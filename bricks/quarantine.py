@@ -29,9 +29,9 @@ from dds.metrics import Metrics
 from dds.partition import MAX_DEPTH, PartitionId
 
 from dds.bricks.discard import discard_gradually
+from dds.bricks.needscopy import QUARANTINE_DIR
 from dds.bricks.storage import Storage
 
-QUARANTINE_DIR = "quarantine"
 #: ``<pid>.<unix ms>.sqlite``; ``.damaged`` before the suffix: a file that could not be
 #: read (``bricks/damage.py``), shown and expired like the others, never restored.
 _NAME_RE = re.compile(r"^(p\d+\.\d+)\.(\d+)(\.damaged)?\.sqlite$")

@@ -776,6 +776,15 @@ class Brick:
         return self.termination.coordinator_abort(msg.txid)
 
     def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
+        """A replica that needs a copy (its file or the log was damaged) may have lost a
+        YES vote: "never prepared here" (abort) would be a guess that can undo a write
+        the client was told succeeded.  It answers ``ReplicaDamaged`` instead, which the
+        asking member treats as unreachable: excluded, then decided among the rest."""
+        if self.damage.damaged and not msg.peek \
+                and self.participant.state_of(msg.txid) is None:
+            pid = str(parse_pid(msg.pid)) if msg.pid is not None else None
+            if pid is None or pid in self.damage.damaged:
+                raise self.damage.error(pid or "this brick")
         return self.termination.answer(msg)
 
     async def _exclude_for_termination(self, rg: RGRecord, member: str, why: str) -> bool:

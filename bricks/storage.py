@@ -61,6 +61,7 @@ from twisted.python.failure import Failure
 
 from dds.bricks.atomicfile import fsync_dir
 from dds.bricks.discard import discard_gradually
+from dds.bricks.needscopy import QUARANTINE_DIR, mark
 from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
                                   PartitionStore, ReadResult, Row, check_partition_file,
                                   checkpoint, validate_pid)
@@ -650,12 +651,27 @@ class Storage:
         if redone:
             log.warn("redid {n} committed writes from the transaction log", n=redone)
         self.log_damage += self._txlog.damaged
+        if self.log_damage:
+            self._mark_all_for_copy(len(self.log_damage))
         for v in votes.values():
             rec = _prepared_record(v)
             self._live[rec.txid] = _vote(rec)
         self._retire(self._txlog.retired + self._txlog.rotate(self._live.values()))
         for suffix in ("", "-wal", "-shm"):
             Path(str(old) + suffix).unlink(missing_ok=True)
+
+    def _mark_all_for_copy(self, damaged: int) -> None:
+        """The log lost records: which partitions' writes (or YES votes) they held is
+        unknown, so no replica here may be trusted until its RG copied it again.  The
+        markers are durable before the damaged log is retired below, or a second restart
+        would find a clean log and serve what it holds (``bricks/needscopy.py``)."""
+        why = f"the transaction log was damaged ({damaged} record(s) unreadable)"
+        qdir = self.data_dir / QUARANTINE_DIR
+        for pid in sorted(self._known):
+            mark(qdir, pid, why)
+        log.error("transaction log damaged ({n} records): every replica here ({count}) is "
+                  "copied again from its RG before it serves", n=damaged,
+                  count=len(self._known))
 
     # -- commits -----------------------------------------------------------------------
 

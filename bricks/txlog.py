@@ -19,12 +19,14 @@ payload) and the payload, a msgpack array of records:
 ``checksum`` is the row's (``bricks/rowcheck.py``), computed at PREPARE; records of
 earlier versions have none (one field fewer) and are taken unverified.
 
-A process that dies mid-append leaves at most a torn last batch, which the CRC rejects;
-nothing after it was ever acknowledged.  Reading stops there.  A batch whose CRC fails
-with intact batches after it is not torn but damaged (a flipped bit on disk): its
-records are decoded if they still can be (each write's own checksum then sorts the
-intact ones from the damaged), reading goes on after it, and the log counts it
-(:attr:`TxnLog.damaged`) so that the brick re-syncs before serving.
+A process that dies mid-append leaves at most a torn last batch, shorter than its header
+says, which reading ignores: nothing of it was ever acknowledged.  A batch whose CRC fails
+but which is whole (its full length, not all zeros) is not torn but damaged (a flipped
+bit on disk): its records are decoded if they still can be (each write's own checksum
+then sorts the intact ones from the damaged), reading goes on after it, and the log
+counts it (:attr:`TxnLog.damaged`): the brick then trusts none of its replicas until its
+RGs copied them again (``bricks/needscopy.py``), since which writes and votes the batch
+held is unknown.
 
 The files are ``txlog.<generation>``.  :meth:`TxnLog.rotate` starts the next generation
 holding only the votes still undecided, once every committed write of the old one is in
@@ -67,7 +69,7 @@ def _name(generation: int) -> str:
 def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[Record]]:
     """The records of each intact batch of one log file, in order; stops at the first
     torn batch (the tail of an append that never completed).  A batch that fails its
-    CRC but is followed by a well-formed batch is damaged, not torn: what of it still
+    CRC but is whole (:func:`_whole`) is damaged, not torn: what of it still
     decodes is yielded (unverified: the caller checks each record), one line describing
     it is appended to ``damage``, and reading goes on."""
     data = path.read_bytes()
@@ -77,9 +79,9 @@ def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[R
         start = pos + _HEADER.size
         payload = data[start:start + n]
         if len(payload) < n or zlib.crc32(payload) != crc:
-            if len(payload) == n and _batch_follows(data, start + n):
+            if _whole(payload, n):
                 log.error("{path}: the batch at offset {offset} ({n} bytes) fails its CRC "
-                          "with intact batches after it: damaged on disk",
+                          "but was written whole: damaged on disk",
                           path=str(path), offset=pos, n=n)
                 if damage is not None:
                     damage.append(f"{path.name} offset {pos}")
@@ -104,13 +106,14 @@ def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[R
         pos = start + n
 
 
-def _batch_follows(data: bytes, pos: int) -> bool:
-    """Whether an intact batch starts at ``pos`` of ``data``."""
-    if len(data) - pos < _HEADER.size:
-        return False
-    n, crc = _HEADER.unpack_from(data, pos)
-    payload = data[pos + _HEADER.size:pos + _HEADER.size + n]
-    return len(payload) == n and zlib.crc32(payload) == crc
+def _whole(payload: bytes, n: int) -> bool:
+    """Whether a batch failing its CRC is damaged rather than torn.  An append is one
+    ``write``; a process killed during it leaves a *prefix* (fewer bytes than the header
+    counts), and nothing after it.  A batch of full length was written whole and may
+    have been acknowledged: losing it silently would lose a write and a YES vote.  All
+    zeros is the mark of a power loss that extended the file without its data (an
+    append never acknowledged under ``fsync``): torn."""
+    return len(payload) == n and payload.count(0) != n
 
 
 def log_files(directory: Path) -> list[Path]:

@@ -255,3 +255,67 @@ def test_only_a_brick_may_ask_for_a_members_row() -> None:
     from dds.messages import RowRead, roles_of
     assert roles_of("row_read") == frozenset({"brick"})
     assert RowRead(pid=P, key=b"k", rg="rg0").to_wire() == {"pid": P, "key": b"k", "rg": "rg0"}
+
+
+def _three_batches_then_die(tmp_path: Path) -> tuple[list[bytes], Path]:
+    keys = [key_in(P, i) for i in range(3)]
+    s = Storage(tmp_path, Clock())
+    s.open_partition(P)
+    s.open_partition("p1.1")
+    for i, key in enumerate(keys):      # three appends, three batches
+        s.write(P, key, b"value-%d" % i, 1)
+        s.flush(files=False)
+    (log,) = log_files(tmp_path)
+    s._txlog.close()
+    for store in s._stores.values():    # dies before the files get the rows
+        store._conn.close()
+    return keys, log
+
+
+def test_a_damaged_log_marks_every_replica_for_a_copy_before_it_is_retired(
+        tmp_path: Path) -> None:
+    from dds.bricks.needscopy import marked
+    _keys, log = _three_batches_then_die(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[data.index(b"value-1") + 6] ^= 0x01
+    log.write_bytes(bytes(data))
+    s = Storage(tmp_path, Clock())
+    s.close()
+    why = marked(tmp_path)
+    assert set(why) == {P, "p1.1"}      # which partitions the batch held is unknown
+    assert "transaction log was damaged" in why[P]
+    again = Storage(tmp_path, Clock())  # the damaged log is gone; the markers stay
+    assert again.log_damage == [] and set(marked(tmp_path)) == {P, "p1.1"}
+    again.close()
+
+
+def test_a_whole_last_batch_failing_its_crc_is_damage_not_a_torn_append(
+        tmp_path: Path) -> None:
+    keys, log = _three_batches_then_die(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[data.index(b"value-2") + 6] ^= 0x01      # the last batch, full length
+    log.write_bytes(bytes(data))
+    s = Storage(tmp_path, Clock())
+    assert s.log_damage                  # not silently dropped as torn
+    assert s.read(P, keys[1]) == ReadResult(b"value-1", 1)
+    s.close()
+
+
+def test_a_short_last_batch_is_a_torn_append_and_no_damage(tmp_path: Path) -> None:
+    from dds.bricks.needscopy import marked
+    keys, log = _three_batches_then_die(tmp_path)
+    data = log.read_bytes()
+    log.write_bytes(data[:-3])           # the last append cut short by a kill
+    s = Storage(tmp_path, Clock())
+    assert s.log_damage == [] and marked(tmp_path) == {}
+    assert s.read(P, keys[1]) == ReadResult(b"value-1", 1)
+    s.close()
+
+
+def test_a_last_batch_of_zeros_is_a_torn_append(tmp_path: Path) -> None:
+    _keys, log = _three_batches_then_die(tmp_path)
+    with open(log, "ab") as f:           # a power loss: the length, but no data
+        f.write((16).to_bytes(4, "big") + (12345).to_bytes(4, "big") + bytes(16))
+    s = Storage(tmp_path, Clock())
+    assert s.log_damage == []
+    s.close()
