@@ -251,6 +251,8 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         finals, divergent, members = final_reads(cluster, keys,
                                                  run / "history-final.jsonl")
         echo(f"final reads of {len(keys)} keys in {time.monotonic() - t_final:.1f}s")
+        (run / "members.json").write_text(json.dumps(     # for tests/faults/gaps.py later
+            {k.decode(): sorted(m) for k, m in members.items()}))
         problems += [f"divergent replicas: {d}" for d in divergent.values()]
         problems += [f"nemesis: {f}" for f in nemesis.findings]
         stats = [pool.stats(b) for b in cluster.brick_ids]
