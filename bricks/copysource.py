@@ -488,16 +488,17 @@ class CopySessions:
         self.metrics.inc("copy_fences_total")
         self.log.info("copy session {session}: writes to {pids} fenced", session=s.id,
                       pids=[str(p) for p in s.pids])
-        quiet = await self.participant.quiesce(s.pids, self.fence_s)
+        bound = min(self.fence_s, self.participant.DRAIN_S)
+        quiet = await self.participant.quiesce(s.pids, bound)
         if s.state not in _LIVE:
             self._gone(s)
         if not quiet:
             busy = self.participant.busy(s.pids)
-            self.cancel(s.id, f"{busy} transactions still in flight after {self.fence_s}s "
+            self.cancel(s.id, f"{busy} transactions still in flight after {bound:g}s "
                         "of fence")
             raise Timeout(f"copy session {s.id}: {busy} transactions on "
                           f"{[str(p) for p in s.pids]} did not resolve within "
-                          f"{self.fence_s}s; fence lifted")
+                          f"{bound:g}s; fence lifted")
         await self._flush(s)
 
     async def _flush(self, s: CopySession) -> None:

@@ -497,6 +497,14 @@ class Participant:
         wanted = pids if isinstance(pids, (set, frozenset)) else set(pids)
         return sum(1 for t in self.active.values() if t.pid in wanted)
 
+    #: The longest a fence's drain waits for the transactions in flight (``quiesce``).
+    #: In health they finish in milliseconds; one that takes longer waits on a lost
+    #: COMMIT, a dead coordinator or an unreachable member, and the early questions
+    #: (``DRAIN_ASK_S``) settle the first two well within it.  Past it the fence is
+    #: lifted and the split, merge or copy rolls back (its tool may try again), rather
+    #: than every write to the partitions waiting out a transaction deadline.
+    DRAIN_S = 1.0
+
     async def quiesce(self, pids: Iterable[PartitionId], timeout_s: float) -> bool:
         """Wait until no active transaction touches ``pids``: True once so, False after
         ``timeout_s`` (on the participant's clock).  Event-driven: checked whenever a

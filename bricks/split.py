@@ -682,7 +682,8 @@ class Splits:
     async def _drain(self, job: Job, fence: Fence) -> None:
         """Wait for the sources' transactions in flight, then flush; on failure the fence
         is lifted."""
-        quiet = await self.participant.quiesce(job.sources, self.fence_s)
+        bound = min(self.fence_s, self.participant.DRAIN_S)
+        quiet = await self.participant.quiesce(job.sources, bound)
         if fence.lifted is not None:
             raise Refused(f"job {job.job}: fence lifted while draining ({fence.why})")
         if not quiet:
@@ -690,7 +691,7 @@ class Splits:
             self._lift(job, fence, f"{busy} transactions still in flight")
             raise Timeout(f"job {job.job}: {busy} transactions on "
                           f"{[str(s) for s in job.sources]} did not resolve within "
-                          f"{self.fence_s}s; fence lifted")
+                          f"{bound:g}s; fence lifted")
         try:
             await self.storage.flush()
         except Exception as e:  # noqa: BLE001 -- any commit error lifts the fence

@@ -15,7 +15,7 @@ import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 
-from dds.errors import InvalidRequest, Recovering, Refused
+from dds.errors import InvalidRequest, Recovering, Refused, Timeout
 from dds.messages import (Prepare, RGUpdate, SplitAbort, SplitCutover, SplitFence,
                           SplitFinish, SplitPrepare, SplitRelease, SplitStatus)
 from dds.metrics import Metrics
@@ -341,6 +341,24 @@ def test_a_fence_drains_prepared_transactions_first(brick: Brick) -> None:
     brick.clock.advance(0)
     brick.clock.advance(0)
     assert "token" in value_of(fenced)
+
+
+def test_a_fence_whose_drain_does_not_finish_within_its_bound_is_lifted_at_once(
+        brick: Brick) -> None:
+    """The drain waits ``Participant.DRAIN_S``, not the fence's whole lapse: writes to
+    the sources are refused meanwhile, so a transaction that does not resolve (a dead
+    coordinator, an unreachable member) rolls the split back promptly."""
+    ks = fill(brick)
+    prepare(brick)
+    brick.prepare_txn(P, ks[0])
+    brick.clock.advance(0)
+    fenced = outcome(brick.splits.fence(SplitFence(job=JOB)))
+    brick.clock.advance(Participant.DRAIN_S - 0.01)
+    assert not fenced and brick.participant.fenced != {}
+    brick.clock.advance(0.01)
+    with pytest.raises(Timeout, match="did not resolve within 1s; fence lifted"):
+        value_of(fenced)
+    assert brick.participant.fenced == {} and Participant.DRAIN_S < FENCE_S
 
 
 def test_the_cutover_pins_the_fence_until_the_record_change_is_decided(
