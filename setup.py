@@ -38,10 +38,12 @@ setup(
     version="0.1.0",
     description="A distributed hash table of storage bricks, on Twisted",
     python_requires=">=3.11",
-    packages=["dds", "dds.bricks", "dds.lib", "dds.tools", "twisted.plugins"],
+    packages=["dds", "dds.bricks", "dds.bricks.copy", "dds.lib", "dds.tools",
+              "twisted.plugins"],
     package_dir={
         "dds": "dds",
         "dds.bricks": "bricks",
+        "dds.bricks.copy": "bricks/copy",
         "dds.lib": "lib",
         "dds.tools": "tools",
         "twisted.plugins": "plugin/twisted/plugins",

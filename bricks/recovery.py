@@ -50,8 +50,9 @@ from dds.rpc import RPCProtocol
 
 from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
-from dds.bricks.pull import RPC_TIMEOUT_S, Pull, PullFailed
-from dds.bricks.snapshot import CopyFailed
+from dds.bricks.copy.layout import incoming as _incoming, partition_layout
+from dds.bricks.copy.pull import RPC_TIMEOUT_S, Pull, PullFailed
+from dds.bricks.copy.snapshot import CopyFailed
 from dds.bricks.storage import Storage
 
 Peer = Callable[[str], Awaitable[RPCProtocol]]
@@ -112,7 +113,7 @@ class Recoveries:
 
     def __init__(self, brick_id: str, maps: MapState, storage: Storage,
                  participant: Participant, peer: Peer, clock: IReactorTime,
-                 metrics: Metrics, work_dir: Path, *, full_lease: bool,
+                 metrics: Metrics, work_dir: Path, *, fence_whole_copy: bool,
                  durability: str) -> None:
         self.id = brick_id
         self.maps = maps
@@ -122,7 +123,8 @@ class Recoveries:
         self.clock = clock
         self.metrics = metrics
         self.work_dir = Path(work_dir)
-        self.full_lease = full_lease
+        #: Copies fence writes for the whole copy by default (``full_lease`` on the wire).
+        self.fence_whole_copy = fence_whole_copy
         self.durability = durability
         self.by_rg: dict[str, Recovery] = {}
         #: RGs this brick must not serve until their recovery is done.
@@ -156,7 +158,7 @@ class Recoveries:
             if state in ("recovering", "excluded"):
                 self.ensure(rec.name, why=f"{state} in {rec.name} v{rec.version}")
 
-    def ensure(self, rg: str, why: str, full_lease: bool | None = None) -> bool:
+    def ensure(self, rg: str, why: str, fence_whole_copy: bool | None = None) -> bool:
         """Start recovery of ``rg`` unless it is running; True if it was started."""
         r = self.by_rg.get(rg)
         if r is not None and r.running is not None:
@@ -167,8 +169,8 @@ class Recoveries:
         self.blocked.add(rg)
         self.log.warn("recovering {rg}: {why}", rg=rg, why=why)
         self.metrics.inc("recoveries_started_total")
-        r.running = ensureDeferred(self._loop(r, self.full_lease if full_lease is None
-                                               else full_lease))
+        r.running = ensureDeferred(self._loop(
+            r, self.fence_whole_copy if fence_whole_copy is None else fence_whole_copy))
         r.running.addErrback(lambda f: self.log.failure("recovery of {rg} crashed",
                                                         failure=f, rg=rg))
         return True
@@ -181,7 +183,7 @@ class Recoveries:
 
     # -- the machine -------------------------------------------------------------------
 
-    async def _loop(self, r: Recovery, full_lease: bool) -> None:
+    async def _loop(self, r: Recovery, fence_whole_copy: bool) -> None:
         try:
             while not self._stopping:
                 held = self.hold()
@@ -193,7 +195,7 @@ class Recoveries:
                     continue
                 r.attempts += 1
                 try:
-                    await self._attempt(r, full_lease)
+                    await self._attempt(r, fence_whole_copy)
                 except (RecoveryAborted, PullFailed, CopyFailed, DDSError, KeyError,
                         TypeError, ValueError) as e:
                     # The last three: a reply of the wrong shape (a confused or hostile
@@ -222,7 +224,7 @@ class Recoveries:
         finally:
             r.running = None
 
-    async def _attempt(self, r: Recovery, full_lease: bool) -> None:
+    async def _attempt(self, r: Recovery, fence_whole_copy: bool) -> None:
         r.phase = Phase.DISCOVERING
         rec, serving, reconciled = await self._discover(r.rg)
         me = rec.member_state(self.id)
@@ -251,7 +253,7 @@ class Recoveries:
             rec = await self._mark_recovering(rec, source)
         if _incoming(rec):
             rec, source = await self._wait_for_incoming(r)
-        await self._copy(r, rec, source, full_lease)
+        await self._copy(r, rec, source, fence_whole_copy)
         r.how = "copied"
 
     async def _wait_for_incoming(self, r: Recovery) -> tuple[RGRecord, str]:
@@ -339,7 +341,10 @@ class Recoveries:
         self.log.warn("{rg}: no member was serving it; this brick was active and holds "
                       "every acknowledged write, so it serves again", rg=rec.name)
 
-    async def _copy(self, r: Recovery, rec: RGRecord, source: str, full_lease: bool) -> None:
+    async def _copy(self, r: Recovery, rec: RGRecord, source: str,
+                    fence_whole_copy: bool) -> None:
+        """The copy (``dds.bricks.copy``): snapshots, catch-up, the last delta under the
+        source's fence, and the readmission the source runs under it."""
         r.phase = Phase.COPYING
         began = self.clock.seconds()
         pull = Pull(self.id, source, self.peer, self.storage, self.participant, self.clock,
@@ -347,7 +352,7 @@ class Recoveries:
         r.pull = pull
         try:
             begun = await pull.begin({"rg": rec.name, "target": self.id,
-                                      "full_lease": full_lease})
+                                      "full_lease": fence_whole_copy})
             copied = record_from_wire(begun["record"])     # what the session copies
             if not isinstance(copied, RGRecord):
                 raise RecoveryAborted(f"copy_begin to {source}: not an RG record")
@@ -355,7 +360,7 @@ class Recoveries:
             r.copied = [str(snap["pid"]) for snap in pull.snapshots]
             r.copy_s = self.clock.seconds() - began
             r.phase = Phase.DELTA
-            if not full_lease:
+            if not fence_whole_copy:
                 await pull.catch_up()
             # The source refuses the readmission if the RG's partitions changed since
             # the copy began, or one is incoming: do not make it fence writes for that.
@@ -363,15 +368,14 @@ class Recoveries:
             if partition_layout(now) != partition_layout(copied) or _incoming(now):
                 raise RecoveryAborted(f"{rec.name}'s partitions changed during the copy "
                                       f"(v{copied.version} to v{now.version}): copy again")
-            # With the full lease the source fenced writes at copy_begin.
-            fenced_at = began if full_lease else self.clock.seconds()
-            await pull.call("copy_fence", {"session": pull.session}, 30.0)
+            # Fenced for the whole copy, the source fenced writes at copy_begin.
+            fenced_at = began if fence_whole_copy else self.clock.seconds()
+            await pull.fence()
             await pull.delta()
             r.phase = Phase.READMITTING
             # No full-table checksums here: they would run under the fence, and the
             # snapshot (whole-file xxh64) and each delta row were verified already.
-            done = await pull.call("readmit", {"session": pull.session},
-                                   RPC_TIMEOUT_S + 10.0)
+            done = await pull.readmit()
             r.fenced_s = self.clock.seconds() - fenced_at
             self.maps.merge([record_from_wire(done["record"])], source=f"readmit:{source}")
             if self.maps.map.rgs[rec.name].member_state(self.id) != "active":
@@ -396,12 +400,3 @@ class Recoveries:
         except DDSError as e:
             raise RecoveryAborted(f"{mtype} to {brick}: {e.message}") from None
 
-
-def _incoming(rec: RGRecord) -> list[str]:
-    return [str(e.pid) for e in rec.partitions if e.state == "incoming"]
-
-
-def partition_layout(rec: RGRecord) -> tuple[tuple[str, str], ...]:
-    """An RG record's partitions and their states, comparable across versions: what a
-    recovery copies, and what must not change before its readmission."""
-    return tuple(sorted((str(e.pid), e.state) for e in rec.partitions))

@@ -26,7 +26,7 @@ inside one read transaction: WAL mode gives it one consistent state of the file 
 lsn alike) while the brick keeps committing.  Staged writes are committed first
 (``Storage.flush``), so the scan covers every write acknowledged before the request.  A
 100 MB partition takes a second or more to hash, so the scan runs in the reactor's thread
-pool (inline in the simulation), like a recovery snapshot (``bricks/snapshot.py``).
+pool (inline in the simulation), like a recovery snapshot (``bricks/copy/snapshot.py``).
 
 Replies (``dds/messages.py``): ``range_checksums`` →
 ``{"buckets": [[count, checksum], ...], "lsn": int, "rows": int, "bytes": int}``
@@ -53,7 +53,7 @@ from dds.messages import RangeChecksums, RangeKeys
 from dds.partition import PartitionId, key_hash
 
 from dds.bricks.mapstate import parse_pid
-from dds.bricks.snapshot import RunInThread
+from dds.bricks.copy.snapshot import RunInThread
 from dds.bricks.partstore import validate_pid
 from dds.bricks.storage import Storage
 

@@ -29,9 +29,8 @@ from dds.config import BrickConfig, format_address
 from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
                         Refused, ReplicaDamaged, UnknownTransaction, ValueTooLarge)
 from dds.maps import ClusterMap
-from dds.messages import (Abort, Checksum, Commit, CopyBegin, CopyCancel, CopyChunk,
-                          CopyDelta, CopyFence, Failpoint, Get, Gossip, Lease, MapGet,
-                          MapPush, Message, Ping, Prepare, Readmit, RecordDecide,
+from dds.messages import (Abort, Checksum, Commit, Failpoint, Get, Gossip, Lease, MapGet,
+                          MapPush, Message, Ping, Prepare, RecordDecide,
                           RecordPrepare, RecordState, Recover, Resolve, RestoreQuarantined,
                           RGChange, RGStatus, BoundedGet, Status, Txns, TxnState as TxnStateMsg, decode_request)
 from dds.messages import MoveFinish, MovePull, RGUpdate
@@ -51,7 +50,11 @@ from dds.version import VERSION
 
 from dds.bricks.admission import Admission, tls_sniffing_factory
 from dds.bricks.bounded import BoundedReads
-from dds.bricks.copysource import CopySessions
+from dds.bricks.copy.movein import IncomingMoves
+from dds.bricks.copy.pull import Streams
+from dds.bricks.copy.serve import CopySource
+from dds.bricks.copy.source import CopySessions
+from dds.bricks.copy.stream import StreamServer
 from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
 from dds.bricks.diskspace import DiskSpace, StepOut
 from dds.bricks.journal import Journal
@@ -59,11 +62,8 @@ from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
 from dds.bricks.quarantine import Quarantine, reorganized
 from dds.bricks.mapstate import MapState, parse_pid
-from dds.bricks.movein import IncomingMoves
-from dds.bricks.pull import Streams
-from dds.bricks.stream import StreamServer
 from dds.bricks.participant import Participant
-from dds.bricks.recovery import Recoveries, partition_layout
+from dds.bricks.recovery import Recoveries
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
 from dds.bricks.checksumwalk import ChecksumWalk
@@ -164,7 +164,7 @@ class Brick:
                                      config.data_dir, self.metrics, lease_s=self.lease_s,
                                      suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng,
                                      fsync=power_safe)
-        # Snapshot streams (dds.bricks.stream) need real sockets and threads: not in the
+        # Snapshot streams (dds.bricks.copy.stream) need real sockets and threads: not in the
         # simulation, whose bricks have an opener of their own.  The server binds
         # brick.stream_port now, so a port already taken fails the start; the copy
         # sessions own it (and close it).  In TLS mode streams run inside TLS.
@@ -175,10 +175,13 @@ class Brick:
                                    t.copy_fence_ms / 1000.0, self.metrics, rng=self.rng,
                                    stream=None if streams is None else StreamServer.for_brick(
                                        config, reactor.callFromThread))
+        # The source's copy requests, checked before they reach the sessions.
+        self.copy_source = CopySource(self.id, config, self.maps, self.storage, self.copies,
+                                      self.serving, self.changes.readmit)
         self.recoveries = Recoveries(self.id, self.maps, self.storage, self.participant,
                                      self._peer, self.clock, self.metrics,
                                      config.data_dir / "incoming",
-                                     full_lease=config.brick.full_lease_recovery,
+                                     fence_whole_copy=config.brick.full_lease_recovery,
                                      durability=config.brick.durability)
         # Unreadable partition files (bricks/damage.py): set aside, re-copied.
         self.damage = Damage(self.id, config.data_dir, self.metrics, self.storage,
@@ -233,9 +236,8 @@ class Brick:
             TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
             Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
             RecordDecide: self.changes.decide, RecordState: self.changes.state,
-            RGStatus: self.rg_status, CopyBegin: self.copy_begin, CopyChunk: self.copy_chunk,
-            CopyFence: self.copy_fence, CopyDelta: self.copy_delta, Readmit: self.readmit,
-            CopyCancel: self.copy_cancel, Recover: self.recover,
+            RGStatus: self.rg_status, Recover: self.recover,
+            **self.copy_source.handlers(),
         }
         # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
         self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
@@ -262,9 +264,6 @@ class Brick:
                                       self._peer, self.clock, config.data_dir / "incoming",
                                       durable=power_safe,
                                       metrics=self.metrics, streams=streams)
-        self._move_sessions: set[int] = set()
-        #: Recovery copy sessions: the RG's partitions when the copy began.
-        self._recovery_layouts: dict[int, tuple[tuple[str, str], ...]] = {}
         self._handlers[RGUpdate] = self.changes.update
         # Split and merge in place (DESIGN §8): each member builds the new replicas locally.
         self.splits = Splits(self.id, self.maps, self.storage, self.participant, self.clock,
@@ -921,100 +920,6 @@ class Brick:
                 "state": rec.member_state(self.id) if rec else None,
                 "reconciled": self.recoveries.reconciled(msg.rg)}
 
-    async def copy_begin(self, msg: CopyBegin) -> dict[str, Any]:
-        rec = self.maps.map.rgs.get(msg.rg)
-        if rec is None or not self.serving(msg.rg):
-            raise NotServing(f"brick {self.id} does not serve {msg.rg}: it cannot be a "
-                             "recovery source")
-        if msg.pids is not None:
-            pids = self._moving_out(rec, msg.target, msg.pids)
-        elif rec.member_state(msg.target) != "recovering":
-            raise Refused(f"{msg.target} is {rec.member_state(msg.target)} in {msg.rg} "
-                          f"v{rec.version}, not recovering")
-        else:
-            pids = [e.pid for e in rec.partitions]
-        layout = partition_layout(rec)
-        rate = (msg.rate_mb_s if msg.rate_mb_s is not None
-                else self.config.brick.move_rate_mb_s if msg.pids is not None
-                else self.config.brick.copy_rate_mb_s)
-        reply = await self.copies.begin(msg.rg, msg.target, pids, msg.full_lease, rate)
-        if msg.pids is not None:
-            self._move_sessions.add(int(reply["session"]))
-        else:
-            for ended in [s for s in self._recovery_layouts if s not in self.copies.sessions]:
-                del self._recovery_layouts[ended]
-            self._recovery_layouts[int(reply["session"])] = layout
-        reply["record"] = rec.canonical()
-        return reply
-
-    def _moving_out(self, rec: Any, target: str, texts: list[str]) -> list[PartitionId]:
-        """The partitions of a move's copy: each in ``rec``, and incoming in an RG of
-        ``target`` (DESIGN §8)."""
-        pids = [parse_pid(t) for t in texts]
-        for pid in pids:
-            if rec.partition_state(pid) is None:
-                raise Refused(f"{pid} is not a partition of {rec.name}")
-            if not any(r.member_state(target) is not None
-                       and r.partition_state(pid) == "incoming"
-                       for r in self.maps.map.rgs.values()):
-                raise Refused(f"{pid} is not incoming in any RG of {target}")
-        return pids
-
-    def copy_chunk(self, msg: CopyChunk) -> dict[str, Any] | Deferred[dict[str, Any]]:
-        return self.copies.chunk(msg.session, msg.pid, msg.offset, msg.size)
-
-    async def copy_fence(self, msg: CopyFence) -> dict[str, Any]:
-        reply = await self.copies.fence(msg.session)
-        if msg.session in self._move_sessions:
-            # A move's fence is held until dds-admin lifts it (copy_cancel) after the
-            # cut-over, or repair does: lapsing on a timer could let a write reach the
-            # source after the last delta, and the targets would never see it.
-            self.copies.readmitting(msg.session)
-        return reply
-
-    def copy_delta(self, msg: CopyDelta) -> dict[str, Any]:
-        return self.copies.delta(msg.session, msg.pid, msg.after_lsn, msg.limit)
-
-    async def readmit(self, msg: Readmit) -> dict[str, Any]:
-        """Under the fence: compare the target's checksums with ours, then the record
-        change that makes it active; the fence is lifted either way."""
-        session = self.copies.sessions.get(msg.session)
-        if session is None:
-            raise InvalidRequest(f"unknown copy session {msg.session}")
-        self.copies.readmitting(msg.session)
-        try:
-            for pid_text, theirs in msg.checksums.items():
-                mine = self.storage.open_partition(str(parse_pid(pid_text))).checksum()
-                if mine != theirs:
-                    raise Refused(f"{session.target}'s copy of {pid_text} has checksum "
-                                  f"{theirs:#x}, the source {mine:#x}")
-            # Checked on the record the change starts from (no wait in between).
-            self._check_layout(msg.session, session.rg)
-            reply = await self.changes.readmit(session.rg, session.target)
-        except Exception as e:
-            self.copies.cancel(msg.session, f"readmission failed: {e!r}")
-            raise
-        self.copies.finish(msg.session)
-        return reply
-
-    def _check_layout(self, session: int, rg: str) -> None:
-        """Readmission only into the partitions the copy copied, none incoming (see
-        ``bricks/recovery.py``): a move or split fills an incoming partition only on the
-        members it planned with, and a cut-over during the copy changed what to copy."""
-        layout = partition_layout(self.maps.map.rgs[rg])
-        began = self._recovery_layouts.pop(session, layout)
-        incoming = [p for p, state in layout if state == "incoming"]
-        if incoming:
-            raise Refused(f"{rg} lists {', '.join(incoming)} incoming: readmission waits "
-                          "until the move or split is cut over or rolled back")
-        if began != layout:
-            raise Refused(f"{rg}'s partitions changed during the copy (from "
-                          f"{_render(began)} to {_render(layout)}): copy again")
-
-    def copy_cancel(self, msg: CopyCancel) -> dict[str, Any]:
-        self.copies.cancel(msg.session, msg.reason or "cancelled by the target")
-        return {}
-
     def recover(self, msg: Recover) -> dict[str, Any]:
         """``dds-admin recover``: re-sync now (an RG, or every RG this brick is in)."""
         if msg.rg is not None and (msg.rg not in self.maps.map.rgs or
@@ -1024,7 +929,7 @@ class Brick:
                                        if r.member_state(self.id) is not None]
         started = [rg for rg in rgs
                    if self.recoveries.ensure(rg, why="requested by dds-admin recover",
-                                             full_lease=msg.full_lease)]
+                                             fence_whole_copy=msg.full_lease)]
         return {"started": started}
 
     # -- administration ------------------------------------------------------------------
@@ -1122,9 +1027,6 @@ class Brick:
             raise self._unreadable(pid, e) from None
         return summary
 
-
-def _render(layout: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"{p} {state}" for p, state in layout) or "none"
 
 
 __all__ = ["Brick"]

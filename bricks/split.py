@@ -72,7 +72,7 @@ from dds.records import RGRecord
 
 from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import RunInThread
+from dds.bricks.copy.snapshot import RunInThread
 from dds.bricks.partstore import PartitionStore, Row
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.storage import Storage

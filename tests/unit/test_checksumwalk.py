@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from dds.bricks.checksumwalk import MIGRATE_PAUSE_S, MIGRATE_ROWS, SCRUB_TICK_S, ChecksumWalk
 from dds.bricks.partstore import ReadResult
 from dds.bricks.rowcheck import ChecksumMismatch
-from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, _hash_file
+from dds.bricks.copy.snapshot import CopyFailed, SnapshotReceiver, _hash_file
 from dds.bricks.storage import Storage
 from dds.metrics import Metrics
 

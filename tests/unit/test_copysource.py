@@ -24,12 +24,13 @@ from dds.metrics import Metrics
 from dds.partition import PartitionId
 
 from dds.bricks.rowcheck import row_checksum
-from dds.bricks.copysource import IDLE_S, CopySessions, CopyState
+from dds.bricks.copy.session import IDLE_S, CopyState
+from dds.bricks.copy.source import CopySessions
 from dds.bricks.locks import LockTable
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import SnapshotReceiver, apply_delta
+from dds.bricks.copy.snapshot import SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
-from dds.bricks.stream import TOKEN_BYTES, StreamError, StreamServer, receive
+from dds.bricks.copy.stream import TOKEN_BYTES, StreamError, StreamServer, receive
 
 P0, P1 = PartitionId(1, 0), PartitionId(1, 1)
 FENCE_S = 10.0
@@ -477,7 +478,7 @@ def test_sessions_of_one_partition_share_one_snapshot_freed_by_the_last(
 
 
 def test_a_snapshot_being_taken_is_shared_and_an_old_one_is_not(src: Source) -> None:
-    from dds.bricks.copysource import SHARE_S
+    from dds.bricks.copy.shared import SHARE_S
 
     held = hold_thread_work(src)
     first = outcome(src.sessions.begin("rg0", "b4", [P0], False))

@@ -218,7 +218,7 @@ def _literal_names(node: ast.expr) -> Iterator[str]:
 
 def _metric_calls(folder: str) -> Iterator[tuple[str, str, ast.expr]]:
     """(file:line, method, first argument) of every ``….metrics.inc(…)`` and the like."""
-    for path in sorted((ROOT / folder).glob("*.py")):
+    for path in sorted((ROOT / folder).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in _CALLS and node.args):

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from dds.bricks.partstore import PartitionStore, ReadResult
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum, verify_file_rows
-from dds.bricks.snapshot import CopyFailed, apply_delta
+from dds.bricks.copy.snapshot import CopyFailed, apply_delta
 from dds.bricks.storage import Storage
 from dds.bricks.txlog import log_files
 from dds.errors import ReplicaDamaged
@@ -233,7 +233,7 @@ def test_a_damaged_log_batch_does_not_hide_the_batches_after_it(tmp_path: Path) 
 def test_a_source_never_snapshots_a_damaged_row_and_has_it_repaired(tmp_path: Path) -> None:
     from twisted.internet.defer import Deferred, maybeDeferred
 
-    from dds.bricks.snapshot import take_snapshot
+    from dds.bricks.copy.snapshot import take_snapshot
     keys = [key_in(P, i) for i in range(3)]
     s = written(tmp_path, {k: b"value" for k in keys})
     path = s.partition_path(P)

@@ -1,4 +1,4 @@
-"""Unit tests of dds.bricks.snapshot (recovery's copy, DESIGN §7): real SQLite files in
+"""Unit tests of dds.bricks.copy.snapshot (recovery's copy, DESIGN §7): real SQLite files in
 tmp_path.  Most tests run the "worker thread" inline; one runs the backup in the real
 reactor's thread pool while the reactor thread keeps committing."""
 
@@ -18,8 +18,8 @@ from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock, LoopingCall
 
-from dds.bricks import snapshot as snapshot_mod
-from dds.bricks.snapshot import (CopyFailed, SnapshotInfo, SnapshotReceiver, apply_delta,
+from dds.bricks.copy import snapshot as snapshot_mod
+from dds.bricks.copy.snapshot import (CopyFailed, SnapshotInfo, SnapshotReceiver, apply_delta,
                                  read_chunk, take_snapshot)
 from dds.bricks.storage import Storage
 
@@ -432,7 +432,7 @@ def test_installing_discards_a_wal_the_old_replica_left_behind(
 def test_discard_gradually_frees_a_large_file_a_step_at_a_time(tmp_path: Path) -> None:
     from twisted.internet.task import Clock
 
-    from dds.bricks.snapshot import discard_gradually
+    from dds.bricks.copy.snapshot import discard_gradually
 
     path = tmp_path / "big"
     with open(path, "wb") as f:
@@ -450,7 +450,7 @@ def test_files_discarded_on_one_clock_are_freed_one_after_the_other(tmp_path: Pa
     """A move frees a snapshot and a replica at once: one at a time, not both."""
     from twisted.internet.task import Clock
 
-    from dds.bricks.snapshot import discard_gradually
+    from dds.bricks.copy.snapshot import discard_gradually
 
     a, b = tmp_path / "a", tmp_path / "b"
     for path in (a, b):
@@ -478,7 +478,7 @@ def test_discard_steps_run_where_the_caller_says(tmp_path: Path) -> None:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import Clock
 
-    from dds.bricks.snapshot import discard_gradually
+    from dds.bricks.copy.snapshot import discard_gradually
 
     path = _sparse_file(tmp_path / "big", 5 << 20)
     ran: list[tuple[Any, ...]] = []
@@ -506,7 +506,7 @@ def test_a_failed_discard_step_deletes_the_file_in_one_go(tmp_path: Path) -> Non
     from twisted.internet.defer import fail
     from twisted.internet.task import Clock
 
-    from dds.bricks.snapshot import discard_gradually
+    from dds.bricks.copy.snapshot import discard_gradually
 
     path = _sparse_file(tmp_path / "big", 5 << 20)
     clock = Clock()

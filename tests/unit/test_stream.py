@@ -1,4 +1,4 @@
-"""Snapshot streams (dds.bricks.stream): a registered file goes, block by block and
+"""Snapshot streams (dds.bricks.copy.stream): a registered file goes, block by block and
 checked, to a client that proves its copy session's token; anything else is refused.
 The server binds the address and port it is given.  Real sockets and real threads;
 ``call_from_thread`` is a plain call here (nothing shared is touched).
@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import pytest
 import xxhash
 
-from dds.bricks.stream import BLOCK, TOKEN_BYTES, StreamError, StreamServer, receive
+from dds.bricks.copy.stream import BLOCK, TOKEN_BYTES, StreamError, StreamServer, receive
 
 TOKEN = bytes(range(TOKEN_BYTES))
 

@@ -1,4 +1,4 @@
-"""What a stranger can get out of a brick's stream port (dds.bricks.stream, DESIGN §10):
+"""What a stranger can get out of a brick's stream port (dds.bricks.copy.stream, DESIGN §10):
 a bounded worker pool (more connections are told "busy" at once, and cost no thread),
 a hello that must be done within a time limit however slowly it trickles, and, in TLS
 mode, TLS with a brick's certificate of the cluster CA.  Real sockets, real threads, a
@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID
 from twisted.logger import ILogObserver, globalLogPublisher
 from zope.interface import provider
 
-from dds.bricks.stream import (AUTH, BLOCK, BUSY, MAGIC, TIMEOUT, TOKEN_BYTES, StreamError,
+from dds.bricks.copy.stream import (AUTH, BLOCK, BUSY, MAGIC, TIMEOUT, TOKEN_BYTES, StreamError,
                                StreamServer, receive)
 
 TOKEN = os.urandom(TOKEN_BYTES)

@@ -5,7 +5,7 @@ taking in a partition).
 ``Pull`` is one copy session seen from the receiver: it asks the source for snapshots,
 takes each as a stream in a thread of its own when the source offers one (a port and
 the session's token in the ``copy_begin`` reply) and the pull has ``streams``
-(``dds.bricks.streamclient``: block checksums, no request per MiB, low CPU priority,
+(``dds.bricks.copy.streamclient``: block checksums, no request per MiB, low CPU priority,
 TLS in TLS mode), else pulls it in checksummed chunks with a bounded window (flow control is
 the receiver asking only for what it can take), installs them, and applies deltas by
 log position, first while writes go on (catching up), then under the source's fence.
@@ -36,9 +36,9 @@ from dds.rpc import RPCProtocol
 from dds.bricks.mapstate import parse_pid
 from dds.bricks.discard import discard_gradually
 from dds.bricks.participant import Participant
-from dds.bricks.snapshot import CopyFailed, SnapshotReceiver, apply_delta
+from dds.bricks.copy.snapshot import CopyFailed, SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
-from dds.bricks.streamclient import (TOKEN_BYTES, CallFromThread, StreamError, in_thread,
+from dds.bricks.copy.streamclient import (TOKEN_BYTES, CallFromThread, StreamError, in_thread,
                                      receive)
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ WINDOW = 4
 #: (which every write waits on) 45-65 ms; 1,000 rows take a few ms at the source.
 DELTA_ROWS = 1000
 RPC_TIMEOUT_S = 10.0
+#: ``copy_fence`` drains the transactions in flight first (bounded by the source's
+#: ``timeouts.copy_fence_ms``).
+FENCE_TIMEOUT_S = 30.0
 #: Deltas pulled before the fence, until one is this small (the write pause).
 CATCH_UP_ROUNDS = 4
 CATCH_UP_DONE_ROWS = 200
@@ -170,7 +173,7 @@ class Pull:
             await in_thread(self.streams.call_from_thread, receiver.verify_rows)
 
     async def _stream(self, snap: dict[str, Any], receiver: SnapshotReceiver) -> bool:
-        """Take the snapshot as one stream (``dds.bricks.stream``), in a thread.  False
+        """Take the snapshot as one stream (``dds.bricks.copy.stream``), in a thread.  False
         if there is no stream to take, or it failed before any byte (then chunk
         requests do); a stream that fails later fails the copy."""
         streams, port, token = self.streams, self.stream_port, self.stream_token
@@ -222,6 +225,20 @@ class Pull:
         for start in range(0, len(offsets), WINDOW):
             await all_or_raise([Deferred.fromCoroutine(one(o))
                         for o in offsets[start:start + WINDOW]])
+
+    async def fence(self) -> dict[str, Any]:
+        """``copy_fence``: the source fences writes for the last delta (a recovery's; a
+        move's fence is asked for by the admin tool)."""
+        reply: dict[str, Any] = await self.call("copy_fence", {"session": self.session},
+                                                FENCE_TIMEOUT_S)
+        return reply
+
+    async def readmit(self) -> dict[str, Any]:
+        """``readmit``: the source makes this brick active (DESIGN §5) under its fence,
+        then lifts the fence.  ``{"record": the new RG record}``."""
+        reply: dict[str, Any] = await self.call("readmit", {"session": self.session},
+                                                RPC_TIMEOUT_S + 10.0)
+        return reply
 
     async def delta(self) -> int:
         """Apply what every partition's source wrote since the last delta; returns how

@@ -1,4 +1,4 @@
-"""The stream server's sockets (``dds.bricks.stream``): binding the configured address,
+"""The stream server's sockets (``dds.bricks.copy.stream``): binding the configured address,
 the deadline of each connection's hello, and small socket helpers.
 
 A per-call socket timeout cannot bound a hello: a peer that sends one byte every few

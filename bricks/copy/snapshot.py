@@ -44,7 +44,7 @@ from dds.bricks.discard import discard_gradually as discard_gradually  # re-expo
 from dds.bricks.partstore import Row, validate_pid
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum, verify_file_rows
 from dds.bricks.storage import Storage
-from dds.bricks.stream import BLOCK as STREAM_BLOCK
+from dds.bricks.copy.stream import BLOCK as STREAM_BLOCK
 
 
 log = Logger()

@@ -21,8 +21,8 @@ from dds.metrics import Metrics
 
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
-from dds.bricks.pull import Peer, Pull, PullFailed, Streams
-from dds.bricks.snapshot import CopyFailed
+from dds.bricks.copy.pull import Peer, Pull, PullFailed, Streams
+from dds.bricks.copy.snapshot import CopyFailed
 from dds.bricks.storage import Storage
 
 

@@ -1,7 +1,7 @@
 """Snapshot streams, the server side: a copy session's files to the target on a
 connection of their own, off the reactor thread and at low CPU priority (DESIGN §7, §8,
 §10).  The protocol, the client (:func:`receive`) and why streams exist at all are in
-``dds.bricks.streamclient``; this module re-exports them.
+``dds.bricks.copy.streamclient``; this module re-exports them.
 
 **Server** (:class:`StreamServer`, one per source brick): a listening socket bound when
 the brick starts, on the configured ``brick.stream_port`` (a port a firewall rule can
@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from dds.bricks.streamclient import (BLOCK, CONNECT_TIMEOUT_S, IO_TIMEOUT_S, MAGIC,
+from dds.bricks.copy.streamclient import (BLOCK, CONNECT_TIMEOUT_S, IO_TIMEOUT_S, MAGIC,
                                      NONCE_BYTES, TOKEN_BYTES, CallFromThread, StreamError,
                                      Write, background, cert_role, error_frame, in_thread,
                                      lower_priority, receive, recv_exact, stream_mac)
-from dds.bricks.streamnet import (Deadlines, Hello, listen, peer_name, send_quietly,
+from dds.bricks.copy.streamnet import (Deadlines, Hello, listen, peer_name, send_quietly,
                                   shutdown)
 
 if TYPE_CHECKING:

@@ -1,7 +1,8 @@
-"""The source side of recovery's copy (DESIGN §7): one state machine per copy session.
+"""The source side of a copy (DESIGN §7, §8): one state machine per copy session, and the
+one registry of the sessions this brick serves.
 
-A recovering brick (the *target*) asks an active member (this brick, the *source*) for a
-copy of an RG's partitions.  Each session goes::
+A recovering brick, or a member of an RG a partition moves into (the *target*), asks an
+active member (this brick, the *source*) for a copy of partitions.  Each session goes::
 
     SNAPSHOTTING ──snapshots taken──▶ STREAMING ──fence()──▶ FENCED ──readmitting()──▶ READMITTING
          │                               │                     │                          │
@@ -10,8 +11,9 @@ copy of an RG's partitions.  Each session goes::
      CANCELLED ◀──── cancel(), a new begin for the same (rg, target), idle 60 s ────      DONE
 
 - **SNAPSHOTTING** (``begin``): a consistent snapshot of every partition, taken in a worker
-  thread while writes go on (with ``full_lease``, the original DDS behaviour, writes are
-  fenced first, for the whole copy, and the delta is then empty).
+  thread while writes go on (with ``fence_whole_copy``, the original DDS behaviour and
+  ``full_lease`` on the wire, writes are fenced first, for the whole copy, and the delta
+  is then empty).
 - **STREAMING**: the target pulls the snapshots in checksummed chunks (``chunk``).
 - **FENCED** (``fence``): new PREPAREs for the partitions fail ``Recovering``, the ones in
   flight drain (``Participant.quiesce``), the log is flushed; the target pulls the rows
@@ -20,19 +22,15 @@ copy of an RG's partitions.  Each session goes::
   target that dies cannot stop the RG's writes for long.
 - **READMITTING** (``readmitting``): this brick is changing the RG record to make the
   target active (DESIGN §5).  The fence must hold until that change is decided, so the
-  fence timer no longer lifts it; ``finish`` (or ``cancel`` on failure) does.
+  fence timer no longer lifts it; ``finish`` (or ``cancel`` on failure) does.  A move's
+  session goes here at its fence: the admin tool lifts it (``cancel``) after the cut-over.
 - **DONE** / **CANCELLED**: the fence is lifted and the snapshot files are deleted.
 
-**Shared snapshots.**  A move copies a partition to every member of the target RG at
-once, one session per target: sessions of the same partition taken within ``SHARE_S`` of
-each other share one snapshot file (the first one's, or the one still being taken), so
-the source backs up and hashes the file once, not once per target, and frees one file
-afterwards.  The file is deleted when the last session using it ends.  Each session's
-delta starts at the snapshot's log position, so sharing changes nothing for a target.
-Full-lease sessions (taken under their own fence) never share.
+**Shared snapshots.**  Sessions of one partition begun close together share one snapshot
+file (``dds.bricks.copy.shared``).
 
 **Streams.**  With a ``stream`` server (a brick on real sockets), the ``copy_begin``
-reply names the port of this brick's :class:`~dds.bricks.stream.StreamServer` and a
+reply names the port of this brick's :class:`~dds.bricks.copy.stream.StreamServer` and a
 random token made for the session, which opens that session's snapshots and nothing
 else: the target may take each snapshot as one stream in a thread of its own instead of
 ``chunk`` requests; the session's rate limit holds for both.  The token travels only in
@@ -49,11 +47,8 @@ session.  Everything runs on the reactor thread except the snapshots themselves.
 
 from __future__ import annotations
 
-import enum
-import os
 import random
 import secrets
-import sqlite3
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NoReturn
@@ -68,93 +63,19 @@ from dds.metrics import Metrics
 from dds.partition import PartitionId
 
 from dds.bricks.participant import Participant
-from dds.bricks.discard import discard_gradually
-from dds.bricks.snapshot import (RunInThread, SnapshotInfo, read_chunk,
-                                 take_snapshot)
+from dds.bricks.copy.session import (ENDED_MEMORY, IDLE_S, LIVE, SERVING, CopySession,
+                                     CopyState, Layout)
+from dds.bricks.copy.shared import SharedSnapshots
+from dds.bricks.copy.snapshot import RunInThread, SnapshotInfo, read_chunk
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.storage import Storage
-from dds.bricks.stream import AUTH, TOKEN_BYTES, StreamServer, background
+from dds.bricks.copy.stream import AUTH, TOKEN_BYTES, StreamServer, background
 
-#: A session whose target sends nothing for this long is cancelled.
-IDLE_S = 60.0
-#: Ended sessions kept for ``status`` and for naming why a late request finds none.
-ENDED_MEMORY = 32
-#: A snapshot this recent is shared by a new session of the same partition.
-SHARE_S = 30.0
 _SNAPSHOT_GLOB = "copy-*.snapshot"
 
 
-class CopyState(enum.Enum):
-    SNAPSHOTTING = "snapshotting"
-    STREAMING = "streaming"
-    FENCED = "fenced"
-    READMITTING = "readmitting"
-    DONE = "done"
-    CANCELLED = "cancelled"
-
-
-_LIVE = frozenset({CopyState.SNAPSHOTTING, CopyState.STREAMING, CopyState.FENCED,
-                   CopyState.READMITTING})
-#: States in which the target may read snapshots and deltas.
-_SERVING = frozenset({CopyState.STREAMING, CopyState.FENCED, CopyState.READMITTING})
-
-
-class CopySession:
-    """One copy of an RG's partitions to one target (mutable: it is the state machine)."""
-
-    __slots__ = ("id", "rg", "target", "pids", "full_lease", "state", "snapshots",
-                 "bytes_sent", "started", "last_request", "fenced_at", "fence_held_s", "rate",
-                 "fence_timer", "idle_timer", "reason", "shared")
-
-    def __init__(self, sid: int, rg: str, target: str, pids: tuple[PartitionId, ...],
-                 full_lease: bool, now: float) -> None:
-        self.id = sid
-        self.rg = rg
-        self.target = target
-        self.pids = pids
-        self.full_lease = full_lease
-        self.state = CopyState.SNAPSHOTTING
-        self.snapshots: dict[str, SnapshotInfo] = {}
-        self.bytes_sent = 0
-        self.started = now
-        #: Bytes per second the chunks may go at (0: unlimited).
-        self.rate = 0.0
-        self.last_request = now
-        #: When this session fenced the partitions (None: not fenced).
-        self.fenced_at: float | None = None
-        #: How long the fence was held, once lifted: the write pause DESIGN §7 measures.
-        self.fence_held_s: float | None = None
-        self.fence_timer: IDelayedCall | None = None
-        self.idle_timer: IDelayedCall | None = None
-        self.reason = ""
-        #: The snapshot files this session uses (shared with other sessions or not).
-        self.shared: list[_Shared] = []
-
-    @property
-    def size(self) -> int:
-        return sum(s.size for s in self.snapshots.values())
-
-
-class _Shared:
-    """One snapshot file and the sessions using it (``refs``); ``waiters`` are sessions
-    that wait for it to be taken."""
-
-    __slots__ = ("pid", "file", "info", "taken_at", "refs", "waiters", "taking")
-
-    def __init__(self, pid: str, file: tuple[int, int] | None) -> None:
-        self.pid = pid
-        #: (device, inode) of the replica it was taken of: a replica replaced since
-        #: (recovery, a split) numbers its log anew, and the snapshot's lsn would lie.
-        self.file = file
-        self.info: SnapshotInfo | None = None
-        self.taken_at = 0.0
-        self.refs: set[int] = set()
-        self.waiters: list[Deferred[SnapshotInfo]] = []
-        self.taking = True
-
-
 class CopySessions:
-    """Every copy session this brick serves as a recovery source."""
+    """Every copy session this brick serves as a source (recoveries and moves)."""
 
     log = Logger()
 
@@ -175,7 +96,8 @@ class CopySessions:
         self._by_pair: dict[tuple[str, str], CopySession] = {}
         self._ended: OrderedDict[int, CopySession] = OrderedDict()
         #: Per partition, the snapshot a new session may share.
-        self._shared: dict[str, _Shared] = {}
+        self._snapshots = SharedSnapshots(brick_id, storage, clock, self.snapshot_dir,
+                                          metrics)
         #: The stream server (None: chunk requests only), bound by the brick at start.
         self._stream = stream
         if stream is not None:
@@ -191,24 +113,28 @@ class CopySessions:
     # -- requests from the target ------------------------------------------------------
 
     async def begin(self, rg: str, target: str, pids: list[PartitionId],
-                    full_lease: bool, rate_mb_s: float = 0.0) -> dict[str, Any]:
+                    fence_whole_copy: bool, rate_mb_s: float = 0.0, *, move: bool = False,
+                    layout: Layout | None = None) -> dict[str, Any]:
         """Start a session: snapshot every partition in ``pids``.  Reply (the brick adds
-        ``record``): ``{"session": id, "snapshots": [{"pid", "size", "lsn", "checksum"}]}``."""
+        ``record``): ``{"session": id, "snapshots": [{"pid", "size", "lsn", "checksum"}]}``.
+        ``move``: a move's copy, whose fence holds until lifted; ``layout``: a recovery's
+        RG partitions now, which its readmission checks."""
         old = self._by_pair.get((rg, target))
         if old is not None:
             self.cancel(old.id, f"superseded by a new copy_begin from {target}")
-        s = CopySession(self._new_id(), rg, target, tuple(dict.fromkeys(pids)), full_lease,
-                        self.clock.seconds())
+        s = CopySession(self._new_id(), rg, target, tuple(dict.fromkeys(pids)),
+                        fence_whole_copy, self.clock.seconds(), move=move, layout=layout)
         s.rate = rate_mb_s * 1e6
         self.sessions[s.id] = s
         self._by_pair[(rg, target)] = s
         self.metrics.inc("copy_sessions_total")
         self._arm_idle(s, IDLE_S)
         self.log.info("copy session {session} of {rg} to {target} begins: {count} "
-                      "partitions{lease}", session=s.id, rg=rg, target=target,
-                      count=len(s.pids), lease=" (full lease)" if full_lease else "")
+                      "partitions{fence}", session=s.id, rg=rg, target=target,
+                      count=len(s.pids),
+                      fence=" (writes fenced for the whole copy)" if fence_whole_copy else "")
         try:
-            if full_lease:
+            if fence_whole_copy:
                 await self._fence_and_drain(s)
             for pid in s.pids:
                 info = await self._snapshot(s, pid)
@@ -281,26 +207,32 @@ class CopySessions:
         return reply
 
     async def fence(self, session: int) -> dict[str, Any]:
-        """Take the write lease: fence, drain, flush.  ``{"lsn": {pid: last committed
-        lsn}}``.  Repeating it while FENCED or READMITTING returns the same answer: the
-        fence held since (a move checks so that it was not lost to a restart)."""
+        """Fence the session's partitions for the last delta: fence, drain, flush.
+        ``{"lsn": {pid: last committed lsn}}``.  Repeating it while FENCED or
+        READMITTING returns the same answer: the fence held since (a move checks so that
+        it was not lost to a restart).  A move's fence goes on to READMITTING at once: it
+        is held until dds-admin lifts it (``cancel``) after the cut-over, or repair does;
+        lapsing on a timer could let a write reach the source after the last delta, and
+        the targets would never see it."""
         s = self._get(session)
         self._touch(s)
-        if s.state in (CopyState.FENCED, CopyState.READMITTING):
-            return {"lsn": self._lsns(s)}
-        if s.state is not CopyState.STREAMING:
-            raise InvalidRequest(f"copy session {session} is {s.state.value}, "
-                                 "not streaming: cannot fence")
-        if s.fenced_at is None:
-            await self._fence_and_drain(s)
-        else:    # full lease: fenced and drained since begin
-            await self._flush(s)
-        if s.state is not CopyState.STREAMING:
-            self._gone(s)
-        s.state = CopyState.FENCED
-        self._cancel(s.fence_timer)
-        s.fence_timer = self.clock.callLater(self.fence_s, self._fence_lapsed, s)
-        return {"lsn": self._lsns(s)}
+        if s.state not in (CopyState.FENCED, CopyState.READMITTING):
+            if s.state is not CopyState.STREAMING:
+                raise InvalidRequest(f"copy session {session} is {s.state.value}, "
+                                     "not streaming: cannot fence")
+            if s.fenced_at is None:
+                await self._fence_and_drain(s)
+            else:    # fenced for the whole copy: fenced and drained since begin
+                await self._flush(s)
+            if s.state is not CopyState.STREAMING:
+                self._gone(s)
+            s.state = CopyState.FENCED
+            self._cancel(s.fence_timer)
+            s.fence_timer = self.clock.callLater(self.fence_s, self._fence_lapsed, s)
+        reply = {"lsn": self._lsns(s)}
+        if s.move:
+            self.readmitting(s.id)
+        return reply
 
     def delta(self, session: int, pid: str, after_lsn: int, limit: int) -> dict[str, Any]:
         """Committed rows of ``pid`` written after ``after_lsn``, tombstones included, in
@@ -387,7 +319,8 @@ class CopySessions:
         now = self.clock.seconds()
         return [{"session": s.id, "rg": s.rg, "target": s.target, "state": s.state.value,
                  "pids": [str(p) for p in s.pids], "bytes_sent": s.bytes_sent,
-                 "size": s.size, "full_lease": s.full_lease, "age_s": now - s.started,
+                 "size": s.size, "full_lease": s.fence_whole_copy,
+                 "age_s": now - s.started,
                  "fenced_s": (s.fence_held_s if s.fence_held_s is not None else
                               None if s.fenced_at is None else now - s.fenced_at),
                  "reason": s.reason}
@@ -402,83 +335,12 @@ class CopySessions:
                 return sid
 
     async def _snapshot(self, s: CopySession, pid: PartitionId) -> SnapshotInfo:
-        """A snapshot of ``pid`` for ``s``: a recent one another session uses, or a new
-        one.  ``s`` holds a reference on it until it ends (see ``_release``)."""
-        key = str(pid)
-        now = self.clock.seconds()
-        file = self._file_id(key)
-        sh = None if s.full_lease else self._shared.get(key)
-        if sh is not None and sh.file == file and file is not None and (
-                sh.taking or now - sh.taken_at <= SHARE_S):
-            sh.refs.add(s.id)
-            s.shared.append(sh)
-            self.metrics.inc("copy_snapshots_shared_total")
-            if sh.info is not None:
-                return sh.info
-            d: Deferred[SnapshotInfo] = Deferred()
-            sh.waiters.append(d)
-            return await d
-        sh = _Shared(key, file)
-        sh.refs.add(s.id)
-        s.shared.append(sh)
-        if not s.full_lease:
-            self._shared[key] = sh
-        dest = self.snapshot_dir / f"copy-{s.id:016x}-{pid}.snapshot"
+        """A snapshot of ``pid`` for ``s``, shared or not (``dds.bricks.copy.shared``)."""
         stream = self._stream
         # With streams (real threads), the backup too runs at their low priority.
         run = (self.run_in_thread if stream is None
                else background(stream.call_from_thread))
-        try:
-            info = await take_snapshot(self.storage, key, dest, run)
-        except BaseException as e:
-            sh.taking = False
-            if self._shared.get(key) is sh:
-                del self._shared[key]
-            if isinstance(e, KeyError):
-                err: BaseException = NotServing(f"brick {self.brick_id} holds no replica "
-                                                f"of {pid}")
-            elif isinstance(e, (OSError, sqlite3.Error, ValueError)):
-                err = InternalError(f"snapshot of {pid} failed: {e}")
-            else:
-                err = e
-            waiters, sh.waiters = sh.waiters, []
-            for w in waiters:
-                w.errback(err)
-            if err is e:
-                raise
-            raise err from e
-        sh.info, sh.taken_at, sh.taking = info, self.clock.seconds(), False
-        if not sh.refs:           # every session using it ended meanwhile
-            self._free(sh)
-        waiters, sh.waiters = sh.waiters, []
-        for w in waiters:
-            w.callback(info)
-        return info
-
-    def _file_id(self, pid: str) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.storage.partition_path(pid))
-        except (OSError, ValueError):
-            return None
-        return st.st_dev, st.st_ino
-
-    def _release(self, s: CopySession) -> None:
-        """``s`` no longer uses its snapshots: free those nobody else uses."""
-        for sh in s.shared:
-            sh.refs.discard(s.id)
-            if not sh.refs:
-                if self._shared.get(sh.pid) is sh:
-                    del self._shared[sh.pid]
-                if not sh.taking:
-                    self._free(sh)
-        s.shared = []
-
-    def _free(self, sh: _Shared) -> None:
-        if self._shared.get(sh.pid) is sh:
-            del self._shared[sh.pid]
-        if sh.info is not None:
-            # Freeing 100 MB at once stalls the disk for a few hundred ms: a write pause.
-            discard_gradually(sh.info.path, self.clock, run_in_thread=self.run_in_thread)
+        return await self._snapshots.take(s, pid, run, self.run_in_thread)
 
     async def _fence_and_drain(self, s: CopySession) -> None:
         """Fence the session's partitions, wait (bounded by ``fence_s``) for their
@@ -490,7 +352,7 @@ class CopySessions:
                       pids=[str(p) for p in s.pids])
         bound = min(self.fence_s, self.participant.DRAIN_S)
         quiet = await self.participant.quiesce(s.pids, bound)
-        if s.state not in _LIVE:
+        if s.state not in LIVE:
             self._gone(s)
         if not quiet:
             busy = self.participant.busy(s.pids)
@@ -528,7 +390,7 @@ class CopySessions:
                           target=s.target)
             s.fence_timer = self.clock.callLater(self.fence_s, self._fence_lapsed, s)
             return
-        if s.state in _LIVE:
+        if s.state in LIVE:
             self.cancel(s.id, f"fence lapsed after {self.fence_s}s without readmission")
 
     def _arm_idle(self, s: CopySession, delay: float) -> None:
@@ -536,7 +398,7 @@ class CopySessions:
 
     def _idle_check(self, s: CopySession) -> None:
         s.idle_timer = None
-        if s.state not in _LIVE:
+        if s.state not in LIVE:
             return
         if s.state in (CopyState.SNAPSHOTTING, CopyState.READMITTING):
             self._arm_idle(s, IDLE_S)       # waiting on this brick, not on the target
@@ -562,7 +424,7 @@ class CopySessions:
 
     def _serving(self, session: int) -> CopySession:
         s = self._get(session)
-        if s.state not in _SERVING:
+        if s.state not in SERVING:
             raise InvalidRequest(f"copy session {session} is {s.state.value}")
         self._touch(s)
         return s
@@ -585,7 +447,7 @@ class CopySessions:
                           held=s.fence_held_s)
         if self._stream is not None:
             self._stream.unregister(s.id)
-        self._release(s)
+        self._snapshots.release(s, self.run_in_thread)
         self.sessions.pop(s.id, None)
         if self._by_pair.get((s.rg, s.target)) is s:
             del self._by_pair[(s.rg, s.target)]
@@ -599,4 +461,4 @@ class CopySessions:
             call.cancel()
 
 
-__all__ = ["IDLE_S", "CopySession", "CopySessions", "CopyState"]
+__all__ = ["CopySessions"]

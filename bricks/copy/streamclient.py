@@ -1,11 +1,11 @@
 """The copy-stream protocol and its client side (DESIGN §7, §8, §10: large transfers).
 
-A copy session (``copysource``) streams its snapshot files to the target on a connection
-of their own instead of answering one ``copy_chunk`` request per MiB over the brick's
-RPC connection: a ``sendfile`` at the source, a ``recv_into`` and a ``pwrite`` at the
+A copy session (``dds.bricks.copy.source``) streams its snapshot files to the target on a
+connection of their own instead of answering one ``copy_chunk`` request per MiB over the
+brick's RPC connection: a ``sendfile`` at the source, a ``recv_into`` and a ``pwrite`` at the
 target, each in a thread whose CPU priority is lowered (``lower_priority``), so that on
 a busy machine the copy takes what the bricks' reactor threads leave.  The server is
-``dds.bricks.stream.StreamServer``; :func:`receive` is the client, run in a thread of
+``dds.bricks.copy.stream.StreamServer``; :func:`receive` is the client, run in a thread of
 the target's pull.
 
 **Who may stream.**  Not whoever knows the cluster's secret (in TLS mode there is none,
