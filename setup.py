@@ -38,7 +38,8 @@ setup(
     version="0.1.0",
     description="A distributed hash table of storage bricks, on Twisted",
     python_requires=">=3.11",
-    packages=["dds", "dds.bricks", "dds.lib", "dds.tools", "twisted.plugins"],
+    packages=["dds", "dds.bricks", "dds.lib", "dds.tools", "twisted.plugins",
+              "dds.tools.membership"],
     package_dir={
         "dds": "dds",
         "dds.bricks": "bricks",
