@@ -76,13 +76,14 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
     replies = await brick_statuses(reactor, addresses, target, timeout)
     bricks: list[dict[str, Any]] = []
     for bid, host, port in addresses:
-        r = replies[bid]
+        answer = replies[bid]
         entry: dict[str, Any] = {"id": bid, "address": format_address(host, port),
                                  "host": cmap.bricks[bid].host, "up": False,
                                  "retired": cmap.bricks[bid].host.startswith(RETIRED)}
-        if isinstance(r, BaseException):
-            entry["error"] = describe_error(r)
+        if isinstance(answer, BaseException):
+            entry["error"] = describe_error(answer)
         else:
+            r = answer.reply
             entry.update(up=True, map_version=r.get("map_version"), map_fp=r.get("map_fp"),
                          partitions=len(r.get("partitions", [])),
                          partition_ids=list(r.get("partitions", [])),
@@ -100,8 +101,8 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                          changes=dict(r.get("changes", {})),
                          auth=dict(r.get("auth", {})),
                          scrub=dict(r.get("scrub") or {}))
-            if r.get("_peer_id") != bid:
-                entry["error"] = f"answers as {r.get('_peer_id')!r}"
+            if answer.peer != bid:
+                entry["error"] = f"answers as {answer.peer!r}"
         bricks.append(entry)
     up = {b["id"] for b in bricks if b["up"]}
     # A retired brick (remove-brick) that is stopped is not down: it left the cluster.

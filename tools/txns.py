@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dds.config import format_address
-from dds.tools.cluster import Target, call_brick, describe_error, fetch_map, gather
+from dds.tools.cluster import Answer, Target, ask, describe_error, fetch_map, gather
 
 __all__ = ["collect", "render", "key_text", "txid_text", "is_in_doubt", "brick_txns",
            "cut"]
@@ -64,8 +64,8 @@ def _entry(t: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _txns_of(reactor: Any, host: str, port: int, target: Target,
-                   timeout: float) -> dict[str, Any]:
-    return await call_brick(reactor, host, port, target, "txns", {}, timeout)
+                   timeout: float) -> Answer:
+    return await ask(reactor, host, port, target, "txns", {}, timeout)
 
 
 async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
@@ -83,11 +83,11 @@ async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
                                  "retired": cmap.bricks[bid].host.startswith("retired:")}
         if isinstance(r, BaseException):
             entry["error"] = describe_error(r)
-        elif r.get("_peer_id") != bid:
-            entry["error"] = f"answers as {r.get('_peer_id')!r}"
+        elif r.peer != bid:
+            entry["error"] = f"answers as {r.peer!r}"
         else:
             entry["up"] = True
-            entry["txns"] = [_entry(t) for t in r.get("txns", [])]
+            entry["txns"] = [_entry(t) for t in r.reply.get("txns", [])]
         bricks.append(entry)
     cluster = cmap.cluster
     return {"cluster": cluster.name if cluster else None, "seed": seed}, bricks

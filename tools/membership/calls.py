@@ -13,7 +13,7 @@ from dds.errors import DDSError, Refused, StaleMap
 from dds.maps import ClusterMap
 from dds.records import Record, RGRecord, record_from_wire
 
-from dds.tools.cluster import Target, call_brick, describe_error, gather
+from dds.tools.cluster import BrickCaller, Target, describe_error, gather
 from dds.tools.runner import AdminError, pause
 
 __all__ = ["Cluster", "partition_sizes", "CALL_TIMEOUT_S", "UPDATE_TIMEOUT_S",
@@ -41,18 +41,13 @@ class Cluster:
             b.id: (b.address, b.port) for b in cmap.bricks.values()}
         self.addresses.update(addresses or {})
         self.down: dict[str, str] = {}
+        #: A connection per request: the bricks restart under a long job.
+        self.bricks = BrickCaller(reactor, target, self.addresses, timeout=CALL_TIMEOUT_S,
+                                  reuse=False)
 
     async def call(self, brick: str, mtype: str, body: dict[str, Any],
                    timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        if brick not in self.addresses:
-            raise AdminError(f"no address for brick {brick!r}")
-        host, port = self.addresses[brick]
-        reply = await call_brick(self.reactor, host, port, self.target, mtype, body,
-                                 timeout=5.0, call_timeout=timeout)
-        peer = reply.pop("_peer_id", brick)
-        if peer != brick:
-            raise AdminError(f"{host}:{port} answers as {peer!r}, not as brick {brick}")
-        return reply
+        return await self.bricks.call(brick, mtype, body, timeout)
 
     def learn(self, records: Iterable[Record]) -> None:
         self.map = self.map.merge(records).map

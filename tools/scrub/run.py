@@ -6,16 +6,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import DeferredSemaphore
 
-from dds.errors import DDSError, Refused, ReplicaDamaged
+from dds.errors import Refused, ReplicaDamaged
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord
-from dds.rpc import RPCProtocol
 
 from dds.tools import recover as recover_mod
-from dds.tools.cluster import Target, connect_brick, describe_error, fetch_map, gather
+from dds.tools.cluster import BrickCaller, Target, describe_error, fetch_map, gather
 from dds.tools.runner import AdminError, pause
 from dds.tools.scrub.compare import (MAX_BUCKETS, MAX_KEY_BUCKETS, MAX_KEYS_KEPT, PARALLEL,
                                      TO_FIX, KeyDiff, Options, PartitionResult, agreement,
@@ -23,71 +22,7 @@ from dds.tools.scrub.compare import (MAX_BUCKETS, MAX_KEY_BUCKETS, MAX_KEYS_KEPT
                                      make_report, selected)
 from dds.tools.scrub.progress import View
 
-__all__ = ["Scrub", "scrub", "CALL_TIMEOUT_S"]
-
-#: Seconds allowed to connect to a brick and for the map.
-CALL_TIMEOUT_S = 5.0
-
-
-class _Bricks:
-    """One connection per brick for the whole command, opened on first use and again if
-    it drops; a brick that answers under another id is refused."""
-
-    def __init__(self, reactor: Any, target: Target, cmap: ClusterMap,
-                 timeout: float) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.cmap = cmap
-        self.timeout = timeout
-        self._conns: dict[str, RPCProtocol] = {}
-        self._waiting: dict[str, list[Deferred[RPCProtocol]]] = {}
-
-    async def _connect(self, brick: str) -> RPCProtocol:
-        rec = self.cmap.bricks.get(brick)
-        if rec is None:
-            raise AdminError(f"brick {brick} is not in the map")
-        where = f"brick {brick} at {rec.address}:{rec.port}"
-        try:
-            conn = await connect_brick(self.reactor, rec.address, rec.port, self.target,
-                                       CALL_TIMEOUT_S)
-        except DDSError as e:
-            raise AdminError(f"{where} does not answer: {describe_error(e)}") from None
-        if conn.peer_id != brick:
-            conn.close()
-            raise AdminError(f"{where} answers as {conn.peer_id!r}")
-        return conn
-
-    async def conn(self, brick: str) -> RPCProtocol:
-        conn = self._conns.get(brick)
-        if conn is not None and not conn.closed.called:
-            return conn
-        waiting = self._waiting.get(brick)
-        if waiting is not None:             # a connect is under way: share it
-            d: Deferred[RPCProtocol] = Deferred()
-            waiting.append(d)
-            return await d
-        waiting = self._waiting[brick] = []
-        try:
-            conn = await self._connect(brick)
-        except Exception as e:
-            del self._waiting[brick]
-            for d in waiting:
-                d.errback(e)
-            raise
-        del self._waiting[brick]
-        self._conns[brick] = conn
-        for d in waiting:
-            d.callback(conn)
-        return conn
-
-    async def call(self, brick: str, mtype: str, body: dict[str, Any]) -> Any:
-        conn = await self.conn(brick)
-        return await conn.call(mtype, body, timeout=self.timeout)
-
-    def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+__all__ = ["Scrub", "scrub"]
 
 
 def _problem(brick: str, what: str, error: BaseException) -> str:
@@ -106,7 +41,9 @@ class Scrub:
         self.cmap = cmap
         self.options = options
         self.view = view
-        self.bricks = _Bricks(reactor, target, cmap, options.timeout)
+        self.bricks = BrickCaller(reactor, target,
+                                  {b.id: (b.address, b.port) for b in cmap.bricks.values()},
+                                  timeout=options.timeout, name_unreachable=True)
 
     async def _checksums(self, pid: PartitionId, members: list[str],
                          damaged: list[str] | None = None
@@ -310,7 +247,7 @@ async def scrub(reactor: Any, target: Target, options: Options, view: View
     if not 1 <= options.buckets <= MAX_BUCKETS:
         raise AdminError(f"--buckets must be 1..{MAX_BUCKETS}, got {options.buckets}")
     began = time.monotonic()
-    cmap, _seed = await fetch_map(reactor, target, CALL_TIMEOUT_S)
+    cmap, _seed = await fetch_map(reactor, target)
     items = selected(cmap, options.partition)
     run = Scrub(reactor, target, cmap, options, view)
     fixes: list[dict[str, Any]] = []
