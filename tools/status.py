@@ -16,6 +16,7 @@ it; a history lost to restarts of every member that saw it is simply not shown.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -29,9 +30,11 @@ from rich.text import Text
 
 from dds.config import format_address
 from dds.partition import PartitionId
+from dds.tools import ui
 from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
+from dds.tools.runner import run
 
-__all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
+__all__ = ["collect", "render", "show", "divergence", "last_exclusions", "membership"]
 
 #: The mark remove-brick puts on a retired brick's record (``host``).
 RETIRED = "retired:"
@@ -349,3 +352,11 @@ def _exclusion_cell(event: dict[str, Any] | None, now: float) -> str:
             f"v{event['version']}, by {escape(str(event['coordinator']))}): "
             f"{escape(str(event['reason']))}")
 
+
+def show(target: Target, as_json: bool, timeout: float) -> None:
+    """``dds-admin status`` (and ``local status``): the report printed, exit status 1
+    when the cluster is not healthy."""
+    report = run(lambda reactor: collect(reactor, target, timeout))
+    ui.show(report, render, as_json)
+    if not report["ok"]:
+        sys.exit(1)

@@ -65,7 +65,8 @@ afresh.
 
 The package: :mod:`.plan` (the pure planner), :mod:`.progress` (views),
 :mod:`.calls` (the cluster handle), :mod:`.execute` (the executor), :mod:`.operations`
-(the three operations and repair's ``resume``) and :mod:`.render` (output).
+(the three operations and repair's ``resume``) and :mod:`.render` (output); the click
+commands are in ``tools/membershipcmd.py``.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ replica of every checked partition agrees, or was fixed and confirmed.
 
 The package: :mod:`.compare` (options, findings and every conclusion, pure),
 :mod:`.run` (the requests to the bricks, the fixes), :mod:`.progress` (views) and
-:mod:`.render` (output).
+:mod:`.render` (output); the click command is in ``tools/scrubcmd.py``.
 """
 
 from __future__ import annotations
