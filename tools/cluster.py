@@ -32,7 +32,7 @@ CALL_TIMEOUT_S = 5.0
 T = TypeVar("T")
 
 __all__ = ["Target", "resolve_target", "read_secret", "connect_brick", "ask", "Answer",
-           "call_brick", "BrickCaller", "WrongBrick", "describe_error", "fetch_map",
+           "call_brick", "BrickCaller", "describe_error", "fetch_map",
            "brick_statuses", "gather", "NODE_ID", "DEFAULT_LOCAL_DIR", "CALL_TIMEOUT_S"]
 
 
@@ -224,17 +224,12 @@ async def brick_statuses(reactor: Any, addresses: Sequence[tuple[str, str, int]]
     return {b: r for (b, _h, _p), r in zip(addresses, results)}
 
 
-class WrongBrick(AdminError):
-    """The brick at an address proved another id in its handshake than the one asked
-    for: nothing was sent to it."""
-
-
 class BrickCaller:
     """Requests to bricks by id for one admin command, the one way ``tools/`` calls a
     brick it knows by id.
 
     - **Identity**: a connection is used only once the handshake proved the brick is the
-      one asked for (:class:`WrongBrick` otherwise, before anything is sent).
+      one asked for (an :class:`AdminError` otherwise, before anything is sent).
     - **Timeouts**: one policy.  ``timeout`` is each request's deadline unless the call
       gives its own; connecting (TCP and handshake) waits ``connect_timeout``.  Both
       default to :data:`CALL_TIMEOUT_S`.
@@ -296,7 +291,7 @@ class BrickCaller:
             raise
         if conn.peer_id != brick:
             conn.close()
-            raise WrongBrick(f"{format_address(host, port)} answers as {conn.peer_id!r}, "
+            raise AdminError(f"{format_address(host, port)} answers as {conn.peer_id!r}, "
                              f"not as brick {brick}")
         return conn
 

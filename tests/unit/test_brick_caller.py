@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from dds.errors import Unavailable
-from dds.tools.cluster import CALL_TIMEOUT_S, BrickCaller, Target, WrongBrick
+from dds.tools.cluster import CALL_TIMEOUT_S, BrickCaller, Target
 from dds.tools.runner import AdminError
 
 ADDRESSES = {"b1": ("10.0.0.1", 7000), "b2": ("10.0.0.2", 7000)}
@@ -61,7 +61,7 @@ def caller(net: FakeNetwork, **kwargs: Any) -> BrickCaller:
 @pytest_twisted.ensureDeferred
 async def test_a_brick_answering_under_another_id_is_sent_nothing() -> None:
     net = FakeNetwork({("10.0.0.2", 7000): "b9"})
-    with pytest.raises(WrongBrick, match="10.0.0.2:7000 answers as 'b9', not as brick b2"):
+    with pytest.raises(AdminError, match="10.0.0.2:7000 answers as 'b9', not as brick b2"):
         await caller(net).call("b2", "status", {})
     assert net.opened[0].calls == [] and net.opened[0].closed.called
 
