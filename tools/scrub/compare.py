@@ -14,8 +14,8 @@ from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord
 
-from dds.tools.runner import AdminError
-from dds.tools.txns import key_text
+from dds.tools.errors import AdminError
+from dds.tools.keytext import key_text
 
 __all__ = ["Options", "KeyState", "KeyDiff", "PartitionResult", "TO_FIX",
            "differing_buckets", "diff_keys", "agreement", "groups_text", "fix_plan",

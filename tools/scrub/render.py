@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dds.tools.scrub.compare import MAX_KEYS_KEPT, MAX_KEYS_SHOWN, groups_text
-from dds.tools.txns import cut
+from dds.tools.keytext import cut
 
 __all__ = ["render"]
 
