@@ -39,7 +39,7 @@ setup(
     description="A distributed hash table of storage bricks, on Twisted",
     python_requires=">=3.11",
     packages=["dds", "dds.bricks", "dds.bricks.copy", "dds.lib", "dds.tools",
-              "twisted.plugins"],
+              "dds.tools.membership", "dds.tools.scrub", "twisted.plugins"],
     package_dir={
         "dds": "dds",
         "dds.bricks": "bricks",

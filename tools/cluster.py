@@ -1,6 +1,8 @@
 """How the admin tool finds and talks to a cluster: target resolution (seeds, secret,
 cluster name; from options, the environment or a local cluster directory) and the
-admin-side brick calls (connect, ``map_get``, ``status``, ``ping``)."""
+admin-side brick calls: :class:`BrickCaller` for bricks known by id (identity checked,
+one timeout policy), :func:`ask` / :func:`call_brick` for one request to an address,
+:func:`fetch_map` and :func:`brick_statuses`."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 
 from dds.auth import Credentials, check_secret, read_secret_file, secret_env
 from dds.codec import DEFAULT_MAX_FRAME
-from dds.config import ConfigError, load_cluster_config, parse_address
-from dds.connect import open_connection
+from dds.config import ConfigError, format_address, load_cluster_config, parse_address
+from dds.connect import ConnectionCache, Opener, open_connection
 from dds.errors import AuthenticationFailed, DDSError
 from dds.maps import ClusterMap
 from dds.rpc import RPCProtocol
@@ -24,11 +26,14 @@ from dds.tools.runner import AdminError
 
 NODE_ID = "dds-admin"
 DEFAULT_LOCAL_DIR = Path(".dds-local")
+#: The admin tool's timeout policy: seconds to connect to a brick (TCP and handshake)
+#: and for one request, unless the caller or the call gives its own.
+CALL_TIMEOUT_S = 5.0
 T = TypeVar("T")
 
-__all__ = ["Target", "resolve_target", "read_secret", "connect_brick", "call_brick",
-           "describe_error",
-           "fetch_map", "brick_statuses", "gather", "NODE_ID", "DEFAULT_LOCAL_DIR"]
+__all__ = ["Target", "resolve_target", "read_secret", "connect_brick", "ask", "Answer",
+           "call_brick", "BrickCaller", "describe_error", "fetch_map",
+           "brick_statuses", "gather", "NODE_ID", "DEFAULT_LOCAL_DIR", "CALL_TIMEOUT_S"]
 
 
 def _as_credentials(value: Credentials | bytes | str) -> Credentials:
@@ -145,7 +150,7 @@ def describe_error(error: BaseException) -> str:
 
 
 async def connect_brick(reactor: Any, host: str, port: int, target: Target,
-                        timeout: float = 5.0) -> RPCProtocol:
+                        timeout: float = CALL_TIMEOUT_S) -> RPCProtocol:
     return await open_connection(reactor, host, port, node_id=NODE_ID, cluster=target.cluster,
                                  credentials=target.credentials, max_frame=DEFAULT_MAX_FRAME,
                                  timeout=timeout)
@@ -159,19 +164,15 @@ async def gather(items: Iterable[Coroutine[Any, Any, T] | Deferred[T]]
     return [value if ok else value.value for ok, value in results]
 
 
-async def fetch_map(reactor: Any, target: Target, timeout: float = 5.0
+async def fetch_map(reactor: Any, target: Target, timeout: float = CALL_TIMEOUT_S
                     ) -> tuple[ClusterMap, str]:
     """The map held by the first seed that answers, and that seed's address."""
     problems = []
     for host, port in target.seeds:
         where = f"{host}:{port}"
         try:
-            conn = await connect_brick(reactor, host, port, target, timeout)
-            try:
-                reply = await conn.call("map_get", {}, timeout=timeout)
-            finally:
-                conn.close()
-            cmap = ClusterMap.from_wire(reply["map"])
+            cmap = ClusterMap.from_wire(
+                (await call_brick(reactor, host, port, target, "map_get", {}, timeout))["map"])
         except (DDSError, ValueError, KeyError) as e:
             problems.append(f"seed {where} does not answer: {describe_error(e)}")
             continue
@@ -182,30 +183,131 @@ async def fetch_map(reactor: Any, target: Target, timeout: float = 5.0
     raise AdminError(*(problems or ["no seeds given"]))
 
 
-async def call_brick(reactor: Any, host: str, port: int, target: Target, mtype: str,
-                     body: dict[str, Any], timeout: float,
-                     call_timeout: float | None = None) -> dict[str, Any]:
-    """One request to one brick on a connection of its own; the reply carries the peer's
-    id as ``_peer_id`` (so callers can tell a brick answering under another id)."""
+@attrs.frozen
+class Answer:
+    """A brick's reply, and the id the brick proved in the handshake (a brick may answer
+    at an address under another id than the map says)."""
+
+    reply: dict[str, Any]
+    peer: str | None
+
+
+async def ask(reactor: Any, host: str, port: int, target: Target, mtype: str,
+              body: dict[str, Any], timeout: float = CALL_TIMEOUT_S,
+              call_timeout: float | None = None) -> Answer:
+    """One request to the brick at an address, on a connection of its own: for a look
+    at bricks by address (``status``, ``txns``), where the answer says who answered.
+    ``timeout`` for the connection, ``call_timeout`` (default: the same) for the reply."""
     conn = await connect_brick(reactor, host, port, target, timeout)
     try:
         reply: dict[str, Any] = await conn.call(
             mtype, body, timeout=timeout if call_timeout is None else call_timeout)
-        reply["_peer_id"] = conn.peer_id
-        return reply
+        return Answer(reply, conn.peer_id)
     finally:
         conn.close()
 
 
-async def _status_of(reactor: Any, host: str, port: int, target: Target,
-                     timeout: float) -> dict[str, Any]:
-    return await call_brick(reactor, host, port, target, "status", {}, timeout)
+async def call_brick(reactor: Any, host: str, port: int, target: Target, mtype: str,
+                     body: dict[str, Any], timeout: float = CALL_TIMEOUT_S,
+                     call_timeout: float | None = None) -> dict[str, Any]:
+    """:func:`ask`'s reply alone, for a caller to whom who answers does not matter."""
+    return (await ask(reactor, host, port, target, mtype, body, timeout,
+                      call_timeout)).reply
 
 
 async def brick_statuses(reactor: Any, addresses: Sequence[tuple[str, str, int]],
-                         target: Target, timeout: float = 5.0
-                         ) -> dict[str, dict[str, Any] | BaseException]:
-    """``status`` of each ``(brick id, host, port)``: the reply, or the exception."""
-    results = await gather(_status_of(reactor, h, p, target, timeout)
+                         target: Target, timeout: float = CALL_TIMEOUT_S
+                         ) -> dict[str, Answer | BaseException]:
+    """``status`` of each ``(brick id, host, port)``: the answer, or the exception."""
+    results = await gather(ask(reactor, h, p, target, "status", {}, timeout)
                            for _b, h, p in addresses)
     return {b: r for (b, _h, _p), r in zip(addresses, results)}
+
+
+class BrickCaller:
+    """Requests to bricks by id for one admin command, the one way ``tools/`` calls a
+    brick it knows by id.
+
+    - **Identity**: a connection is used only once the handshake proved the brick is the
+      one asked for (an :class:`AdminError` otherwise, before anything is sent).
+    - **Timeouts**: one policy.  ``timeout`` is each request's deadline unless the call
+      gives its own; connecting (TCP and handshake) waits ``connect_timeout``.  Both
+      default to :data:`CALL_TIMEOUT_S`.
+    - **Connections**: with ``reuse``, one per brick (``dds.connect.ConnectionCache``),
+      opened on first use and again after it drops, until :meth:`close`; without, one of
+      its own per request (a fresh connection never carries a stale peer over a brick
+      restart, and nothing needs closing).
+    - **Addresses** are looked up in ``addresses`` at each call (the caller may add
+      bricks it learns of); an unknown id is an :class:`AdminError`.  With
+      ``name_unreachable``, a brick that cannot be connected to is an
+      :class:`AdminError` naming it and its address (for commands that print the
+      reason as is); otherwise the ``DDSError`` of the connection attempt.
+
+    ``opener`` replaces ``open_connection`` (unit tests).
+    """
+
+    def __init__(self, reactor: Any, target: Target,
+                 addresses: dict[str, tuple[str, int]], *,
+                 timeout: float = CALL_TIMEOUT_S, connect_timeout: float = CALL_TIMEOUT_S,
+                 reuse: bool = True, name_unreachable: bool = False,
+                 opener: Opener | None = None) -> None:
+        self.reactor = reactor
+        self.target = target
+        self.addresses = addresses
+        self.timeout = timeout
+        self.reuse = reuse
+        self.name_unreachable = name_unreachable
+        self.connect_timeout = connect_timeout
+        self._opener: Opener = opener or open_connection
+        self._cache: ConnectionCache | None = None
+
+    def _options(self) -> dict[str, Any]:
+        return {"node_id": NODE_ID, "cluster": self.target.cluster,
+                "credentials": self.target.credentials, "max_frame": DEFAULT_MAX_FRAME,
+                "timeout": self.connect_timeout}
+
+    def address(self, brick: str) -> tuple[str, int]:
+        where = self.addresses.get(brick)
+        if where is None:
+            raise AdminError(f"no address for brick {brick!r}")
+        return where
+
+    async def connection(self, brick: str) -> RPCProtocol:
+        """A connection to ``brick`` proven to be it: the cached one with ``reuse``, else
+        a new one (the caller closes it)."""
+        host, port = self.address(brick)
+        try:
+            if not self.reuse:
+                conn = await self._opener(self.reactor, host, port, **self._options())
+            else:
+                if self._cache is None:
+                    self._cache = ConnectionCache(self.reactor, self._opener,
+                                                  **self._options())
+                conn = await self._cache.get(host, port)
+        except DDSError as e:
+            if self.name_unreachable:
+                raise AdminError(f"brick {brick} at {format_address(host, port)} does not "
+                                 f"answer: {describe_error(e)}") from None
+            raise
+        if conn.peer_id != brick:
+            conn.close()
+            raise AdminError(f"{format_address(host, port)} answers as {conn.peer_id!r}, "
+                             f"not as brick {brick}")
+        return conn
+
+    async def call(self, brick: str, mtype: str, body: dict[str, Any],
+                   timeout: float | None = None) -> dict[str, Any]:
+        """``mtype`` to ``brick``; its reply within ``timeout`` (default: the caller's)."""
+        conn = await self.connection(brick)
+        try:
+            reply: dict[str, Any] = await conn.call(
+                mtype, body, timeout=self.timeout if timeout is None else timeout)
+            return reply
+        finally:
+            if not self.reuse:
+                conn.close()
+
+    def close(self) -> None:
+        """Close the connections kept for reuse."""
+        if self._cache is not None:
+            self._cache.close_all()

@@ -28,7 +28,8 @@ from dds.errors import DDSError, Refused
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord
-from dds.tools.cluster import Target, brick_statuses, call_brick, describe_error, fetch_map
+from dds.tools.cluster import (Answer, Target, brick_statuses, call_brick, describe_error,
+                               fetch_map)
 from dds.tools.runner import pause
 
 #: ``rg_update`` waits for the majority 2PC.
@@ -139,7 +140,9 @@ async def repair_coverage(reactor: Any, target: Target, *, dry_run: bool, timeou
                           say: Any) -> dict[str, Any]:
     cmap, _seed = await fetch_map(reactor, target, timeout)
     addresses = [(b.id, b.address, b.port) for b in cmap.bricks.values()]
-    report = diagnose(cmap, await brick_statuses(reactor, addresses, target, timeout))
+    statuses = await brick_statuses(reactor, addresses, target, timeout)
+    report = diagnose(cmap, {b: a.reply if isinstance(a, Answer) else a
+                             for b, a in statuses.items()})
     report["restored"] = []
     report["left"] = []
     for missing in report["missing"]:

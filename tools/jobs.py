@@ -45,7 +45,8 @@ from dds.bricks.journal import FINAL, STATES, UNFINISHED
 from dds.errors import InvalidRequest
 from dds.maps import ClusterMap
 
-from dds.tools.cluster import Target, call_brick, describe_error, fetch_map, gather
+from dds.tools.cluster import (CALL_TIMEOUT_S, BrickCaller, Target, describe_error,
+                               fetch_map, gather)
 from dds.tools.runner import AdminError
 
 __all__ = ["Job", "JobView", "JobScan", "JobConflict", "BrickCall", "brick_caller",
@@ -87,22 +88,12 @@ def brick_addresses(cmap: ClusterMap, bricks: Iterable[str] | None = None,
 
 
 def brick_caller(reactor: Any, target: Target, addresses: Addresses,
-                 timeout: float = 5.0) -> BrickCall:
+                 timeout: float = CALL_TIMEOUT_S) -> BrickCall:
     """A :data:`BrickCall` opening one admin connection per request (as every admin
     command does): journal writes are few, and a fresh connection never carries a stale
-    peer over a brick restart."""
-    known = dict(addresses)
-
-    async def call(brick: str, mtype: str, body: dict[str, Any]) -> dict[str, Any]:
-        if brick not in known:
-            raise AdminError(f"no address for brick {brick!r}")
-        host, port = known[brick]
-        reply = await call_brick(reactor, host, port, target, mtype, body, timeout)
-        peer = reply.pop("_peer_id", brick)
-        if peer != brick:
-            raise AdminError(f"{host}:{port} answers as {peer!r}, not {brick!r}")
-        return reply
-    return call
+    peer over a brick restart.  ``timeout`` for connecting and for each request."""
+    return BrickCaller(reactor, target, dict(addresses), timeout=timeout,
+                       connect_timeout=timeout, reuse=False).call
 
 
 def _strip(step: dict[str, Any]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ from dds.config import format_address
 from dds.errors import DDSError, Divergence, StaleMap
 from dds.maps import ClusterMap
 from dds.records import BrickRecord, Record, RGRecord, record_from_wire
-from dds.tools.cluster import Target, call_brick, describe_error, fetch_map, gather
+from dds.tools.cluster import BrickCaller, Target, ask, describe_error, fetch_map, gather
 from dds.tools.runner import AdminError, pause
 
 __all__ = ["MapView", "RecordView", "Choice", "collect", "choose", "repair_map", "render"]
@@ -110,13 +110,12 @@ class MapView:
 
 async def _map_of(reactor: Any, target: Target, brick: BrickRecord,
                   timeout: float) -> ClusterMap:
-    reply = await call_brick(reactor, brick.address, brick.port, target, "map_get", {},
-                             timeout)
-    if reply.get("_peer_id") != brick.id:
+    answer = await ask(reactor, brick.address, brick.port, target, "map_get", {}, timeout)
+    if answer.peer != brick.id:
         raise AdminError(f"{brick.address}:{brick.port} answers as "
-                         f"{reply.get('_peer_id')!r}, not as {brick.id}")
+                         f"{answer.peer!r}, not as {brick.id}")
     try:
-        return ClusterMap.from_wire(reply["map"])
+        return ClusterMap.from_wire(answer.reply["map"])
     except (ValueError, KeyError) as e:
         raise AdminError(f"unreadable map: {e}") from None
 
@@ -248,24 +247,7 @@ def choose(rv: RecordView, view: MapView, prefer: str | None) -> Choice:
 
 # -- acting ----------------------------------------------------------------------------------
 
-class _Calls:
-    def __init__(self, reactor: Any, target: Target, view: MapView, timeout: float) -> None:
-        self.reactor = reactor
-        self.target = target
-        self.view = view
-        self.timeout = timeout
-
-    async def call(self, brick: str, mtype: str, body: dict[str, Any],
-                   call_timeout: float | None = None) -> dict[str, Any]:
-        rec = self.view.bricks[brick]
-        reply = await call_brick(self.reactor, rec.address, rec.port, self.target, mtype,
-                                 body, self.timeout, call_timeout=call_timeout)
-        if reply.pop("_peer_id", brick) != brick:
-            raise AdminError(f"{rec.address}:{rec.port} does not answer as {brick}")
-        return reply
-
-
-async def _commit_rg(calls: _Calls, rv: RecordView, choice: Choice, say: Say) -> RGRecord:
+async def _commit_rg(calls: BrickCaller, rv: RecordView, choice: Choice, say: Say) -> RGRecord:
     """The winning content of an RG record as version v+1, by ``rg_update`` of the same
     partitions (the majority 2PC) coordinated by one of the members that hold it."""
     winner = choice.winner
@@ -307,7 +289,7 @@ async def _commit_rg(calls: _Calls, rv: RecordView, choice: Choice, say: Say) ->
     raise AdminError(f"could not commit {rv.rid} v{rv.newest + 1}: " + "; ".join(errors[-3:]))
 
 
-async def _push(calls: _Calls, wanted: Mapping[str, Record], view: MapView,
+async def _push(calls: BrickCaller, wanted: Mapping[str, Record], view: MapView,
                 say: Say) -> list[dict[str, Any]]:
     """``map_push`` to each reachable brick of the records it holds older or lacks."""
     plan = _pushes(wanted, view)
@@ -435,7 +417,9 @@ async def repair_map(reactor: Any, target: Target, *, dry_run: bool, prefer: str
         report.update(ok=not view.unreachable, summary="; ".join(parts) + _note(view))
         return report
 
-    calls = _Calls(reactor, target, view, timeout)
+    calls = BrickCaller(reactor, target, {b: (rec.address, rec.port)
+                                          for b, rec in view.bricks.items()},
+                        timeout=timeout, connect_timeout=timeout, reuse=False)
     wanted: dict[str, Record] = {rv.rid: next(iter(rv.contents.values())) for rv in lagging}
     done: list[str] = []
     for rv, entry in zip(conflicting, report["conflicts"]):

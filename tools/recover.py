@@ -30,7 +30,7 @@ from dds.errors import DDSError
 from dds.maps import ClusterMap
 from dds.records import BrickRecord
 
-from dds.tools.cluster import Target, call_brick, connect_brick, describe_error, fetch_map
+from dds.tools.cluster import Target, ask, connect_brick, describe_error, fetch_map
 from dds.tools.runner import AdminError, pause
 
 __all__ = ["Options", "View", "ProgressView", "QuietView", "recover", "render", "find_brick"]
@@ -169,12 +169,12 @@ async def _send_recover(reactor: Any, target: Target, brick: BrickRecord,
 
 
 async def _status(reactor: Any, target: Target, brick: BrickRecord) -> dict[str, Any]:
-    reply = await call_brick(reactor, brick.address, brick.port, target, "status", {},
-                             CALL_TIMEOUT_S)
-    if reply.get("_peer_id") != brick.id:
+    answer = await ask(reactor, brick.address, brick.port, target, "status", {},
+                       CALL_TIMEOUT_S)
+    if answer.peer != brick.id:
         raise AdminError(f"brick {brick.id} at {brick.address}:{brick.port} now answers "
-                         f"as {reply.get('_peer_id')!r}")
-    return reply
+                         f"as {answer.peer!r}")
+    return answer.reply
 
 
 def _rows(status: dict[str, Any], rgs: list[str]) -> dict[str, dict[str, Any]]:

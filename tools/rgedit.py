@@ -18,15 +18,15 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from dds.errors import DDSError, Refused, StaleMap
 from dds.records import RGRecord, record_from_wire
-from dds.rpc import RPCProtocol
-from dds.tools.cluster import Target, call_brick, connect_brick, describe_error
+from dds.tools.cluster import BrickCaller, Target, describe_error
 from dds.tools.runner import AdminError, pause
 
 Say = Callable[[str], None]
 #: ``change(record, attempt)``: the new partition list, or None if it is already so.
 Change = Callable[[RGRecord, int], "list[list[str]] | None"]
+#: Each request's deadline (an ``rg_update`` waits for the majority 2PC); connecting:
+#: the admin tool's policy (``tools/cluster.py``).
 CALL_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 5.0
 ATTEMPTS = 20
 
 
@@ -38,47 +38,20 @@ class RecordEditor:
         self.target = target
         self.addresses = addresses
         self.say = say
-        self.reuse = reuse
-        self._conns: dict[str, RPCProtocol] = {}
+        self.bricks = BrickCaller(reactor, target, addresses, timeout=CALL_TIMEOUT_S, reuse=reuse)
         #: Pushes not waited for (``update(wait_push=...)``), awaited by ``close``.
         self._background: list[Deferred[Any]] = []
 
-    async def _connection(self, brick: str) -> RPCProtocol:
-        conn = self._conns.get(brick)
-        if conn is not None and not conn.closed.called:
-            return conn
-        host, port = self.addresses[brick]
-        conn = await connect_brick(self.reactor, host, port, self.target, CONNECT_TIMEOUT_S)
-        if conn.peer_id != brick:
-            conn.close()
-            raise AdminError(f"{host}:{port} answers as {conn.peer_id!r}, not {brick!r}")
-        old = self._conns.get(brick)
-        if old is not None and old is not conn and not old.closed.called:
-            conn.close()        # another request opened one meanwhile: use that
-            return old
-        self._conns[brick] = conn
-        return conn
-
     async def call(self, brick: str, mtype: str, body: dict[str, Any],
                    timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        if brick not in self.addresses:
-            raise AdminError(f"brick {brick} is not in the map")
-        if not self.reuse:
-            host, port = self.addresses[brick]
-            return await call_brick(self.reactor, host, port, self.target, mtype, body,
-                                    timeout=CONNECT_TIMEOUT_S, call_timeout=timeout)
-        conn = await self._connection(brick)
-        reply: dict[str, Any] = await conn.call(mtype, body, timeout=timeout)
-        return reply
+        return await self.bricks.call(brick, mtype, body, timeout)
 
     async def close(self) -> None:
         """Wait for the pushes still going on, then close every connection."""
         background, self._background = self._background, []
         if background:
             await DeferredList(background, consumeErrors=True)
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        self.bricks.close()
 
     async def record(self, rg: str) -> RGRecord:
         """The newest record of ``rg`` any brick holds."""

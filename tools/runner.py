@@ -14,17 +14,11 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
+from dds.tools.errors import AdminError
+
 T = TypeVar("T")
 
 __all__ = ["AdminError", "run", "pause", "poll_until", "wait_for"]
-
-
-class AdminError(Exception):
-    """A failure to report as ``error: <line>`` lines on stderr, exit status 1."""
-
-    def __init__(self, *lines: str) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = list(lines)
 
 
 def run(fn: Callable[[Any], Awaitable[T]]) -> T:

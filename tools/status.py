@@ -16,6 +16,7 @@ it; a history lost to restarts of every member that saw it is simply not shown.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -29,9 +30,11 @@ from rich.text import Text
 
 from dds.config import format_address
 from dds.partition import PartitionId
+from dds.tools import ui
 from dds.tools.cluster import Target, brick_statuses, describe_error, fetch_map
+from dds.tools.runner import run
 
-__all__ = ["collect", "render", "divergence", "last_exclusions", "membership"]
+__all__ = ["collect", "render", "show", "divergence", "last_exclusions", "membership"]
 
 #: The mark remove-brick puts on a retired brick's record (``host``).
 RETIRED = "retired:"
@@ -76,13 +79,14 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
     replies = await brick_statuses(reactor, addresses, target, timeout)
     bricks: list[dict[str, Any]] = []
     for bid, host, port in addresses:
-        r = replies[bid]
+        answer = replies[bid]
         entry: dict[str, Any] = {"id": bid, "address": format_address(host, port),
                                  "host": cmap.bricks[bid].host, "up": False,
                                  "retired": cmap.bricks[bid].host.startswith(RETIRED)}
-        if isinstance(r, BaseException):
-            entry["error"] = describe_error(r)
+        if isinstance(answer, BaseException):
+            entry["error"] = describe_error(answer)
         else:
+            r = answer.reply
             entry.update(up=True, map_version=r.get("map_version"), map_fp=r.get("map_fp"),
                          partitions=len(r.get("partitions", [])),
                          partition_ids=list(r.get("partitions", [])),
@@ -100,8 +104,8 @@ async def collect(reactor: Any, target: Target, timeout: float = 5.0) -> dict[st
                          changes=dict(r.get("changes", {})),
                          auth=dict(r.get("auth", {})),
                          scrub=dict(r.get("scrub") or {}))
-            if r.get("_peer_id") != bid:
-                entry["error"] = f"answers as {r.get('_peer_id')!r}"
+            if answer.peer != bid:
+                entry["error"] = f"answers as {answer.peer!r}"
         bricks.append(entry)
     up = {b["id"] for b in bricks if b["up"]}
     # A retired brick (remove-brick) that is stopped is not down: it left the cluster.
@@ -348,3 +352,11 @@ def _exclusion_cell(event: dict[str, Any] | None, now: float) -> str:
             f"v{event['version']}, by {escape(str(event['coordinator']))}): "
             f"{escape(str(event['reason']))}")
 
+
+def show(target: Target, as_json: bool, timeout: float) -> None:
+    """``dds-admin status`` (and ``local status``): the report printed, exit status 1
+    when the cluster is not healthy."""
+    report = run(lambda reactor: collect(reactor, target, timeout))
+    ui.show(report, render, as_json)
+    if not report["ok"]:
+        sys.exit(1)

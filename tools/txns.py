@@ -10,7 +10,6 @@ in-doubt ones (or all of them, ``--all``).  :func:`collect` builds the report (w
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 from rich.console import Console
@@ -18,27 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from dds.config import format_address
-from dds.tools.cluster import Target, call_brick, describe_error, fetch_map, gather
+from dds.tools.cluster import Answer, Target, ask, describe_error, fetch_map, gather
+from dds.tools.keytext import cut, key_text
 
 __all__ = ["collect", "render", "key_text", "txid_text", "is_in_doubt", "brick_txns",
            "cut"]
-
-#: Keys longer than this are cut in tables (``--json`` has them whole, in hex).
-KEY_WIDTH = 32
-_PRINTABLE = frozenset(string.printable.encode()) - frozenset(b"\t\n\r\x0b\x0c")
-
-
-def key_text(key: bytes) -> str:
-    """A key for people: as text when it is printable ASCII, else ``0x`` and hex."""
-    if key and all(c in _PRINTABLE for c in key) and not key.startswith(b"0x"):
-        return key.decode("ascii")
-    return "0x" + key.hex()
-
-
-def cut(text: str, width: int = KEY_WIDTH) -> str:
-    """``text`` cut to ``width`` characters, with an ellipsis when cut."""
-    return text if len(text) <= width else text[:width - 1] + "…"
-
 
 def txid_text(txid: list[int] | tuple[int, int]) -> str:
     """``library id:counter``, as the bricks' log lines print the pair."""
@@ -64,8 +47,8 @@ def _entry(t: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _txns_of(reactor: Any, host: str, port: int, target: Target,
-                   timeout: float) -> dict[str, Any]:
-    return await call_brick(reactor, host, port, target, "txns", {}, timeout)
+                   timeout: float) -> Answer:
+    return await ask(reactor, host, port, target, "txns", {}, timeout)
 
 
 async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
@@ -83,11 +66,11 @@ async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0
                                  "retired": cmap.bricks[bid].host.startswith("retired:")}
         if isinstance(r, BaseException):
             entry["error"] = describe_error(r)
-        elif r.get("_peer_id") != bid:
-            entry["error"] = f"answers as {r.get('_peer_id')!r}"
+        elif r.peer != bid:
+            entry["error"] = f"answers as {r.peer!r}"
         else:
             entry["up"] = True
-            entry["txns"] = [_entry(t) for t in r.get("txns", [])]
+            entry["txns"] = [_entry(t) for t in r.reply.get("txns", [])]
         bricks.append(entry)
     cluster = cmap.cluster
     return {"cluster": cluster.name if cluster else None, "seed": seed}, bricks

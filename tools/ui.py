@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
                            TextColumn, TimeElapsedColumn)
 
-__all__ = ["out", "err", "progress", "print_json", "say"]
+R = TypeVar("R")
+
+__all__ = ["out", "err", "progress", "print_json", "show", "say"]
 
 #: Wide when not a terminal, so that piped tables keep whole addresses and fingerprints.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -30,6 +33,15 @@ def progress(transient: bool = True) -> Progress:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def show(result: R, render: Callable[[R, Console], None], as_json: bool) -> None:
+    """A command's result: one JSON object on stdout with ``--json``, else ``render``
+    drawing it for people on stdout.  The one way commands print a result."""
+    if as_json:
+        print_json(result)
+    else:
+        render(result, out)
 
 
 def say(text: str) -> None:

@@ -1,5 +1,5 @@
 """``dds-admin rebalance --rate``: the limit reaches every ``dds-admin move`` the plan
-runs (tools/membership.py ``Executor``), and the plan says it."""
+runs (tools/membership/execute.py ``Executor``), and the plan says it."""
 
 from __future__ import annotations
 

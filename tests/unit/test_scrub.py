@@ -380,7 +380,7 @@ def test_render_shows_each_differing_key_with_every_replica() -> None:
     r.keys = [KeyDiff(b"user:42", 5, {"b1": (2, 0xABCDEF0123456789), "b2": (2, 0xABCDEF0123456789),
                                       "b3": (2, 0x1111111111111111)})]
     options = admin_scrub.Options()
-    report = admin_scrub._report(options, [r], [], 1.5)
+    report = admin_scrub.make_report(options, [r], [], 1.5)
     assert not report["ok"]
     assert (report["partitions_differing"], report["keys_differing"],
             report["keys_divergent"], report["buckets_settled"]) == (1, 1, 1, 1)
@@ -429,7 +429,7 @@ MEMBERS = ["b1", "b2", "b3"]
 def run_check(bricks: ScriptedBricks, buckets: int = 4) -> PartitionResult:
     clock = Clock()
     rec = _rg(MEMBERS, [PID])
-    run = admin_scrub._Scrub(clock, None, ClusterMap.of([rec]),  # type: ignore[arg-type]
+    run = admin_scrub.Scrub(clock, None, ClusterMap.of([rec]),  # type: ignore[arg-type]
                              admin_scrub.Options(buckets=buckets), admin_scrub.QuietView())
     run.bricks = bricks     # type: ignore[assignment]
     out: list[Any] = []
