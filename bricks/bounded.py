@@ -17,12 +17,12 @@ served (``NotServing``: the library tries another replica, never returns it).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IReactorTime
 
 from dds.errors import InvalidRequest, NotServing
-from dds.messages import BoundedGet
+from dds.messages import BoundedGet, Message
 
 from dds.bricks.leases import Leases
 from dds.bricks.participant import Participant, TxnState
@@ -52,6 +52,10 @@ class BoundedReads:
         #: ``read(pid, key)``: the row, or ``ReplicaDamaged`` for a damaged one or file.
         self.read = read
         self.blocked = blocked
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
+        """The requests this component answers (``Brick`` dispatches them here)."""
+        return {BoundedGet: self.get}
 
     def get(self, msg: BoundedGet) -> dict[str, Any]:
         pid = self.gate(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)

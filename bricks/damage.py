@@ -35,17 +35,15 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from dds.errors import ReplicaDamaged
-from dds.metrics import Metrics
 from dds.partition import PartitionId
 
-from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.mapstate import parse_pid
 from dds.bricks.partstore import PID_RE, SUFFIX
 from dds.bricks.needscopy import MARKER, QUARANTINE_DIR, mark, marked
 
 if TYPE_CHECKING:       # the participant imports ``unreadable`` from here
-    from dds.bricks.participant import Participant
+    from dds.bricks.context import BrickContext
     from dds.bricks.recovery import Recoveries
-    from dds.bricks.storage import Storage
 
 log = Logger()
 
@@ -134,18 +132,17 @@ class Damage:
     """The brick's damaged partitions: found, set aside, re-copied by the recovery of
     their RG, which copies them and never reconciles them (``Recoveries.must_copy``)."""
 
-    def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics, storage: Storage,
-                 participant: Participant, maps: MapState, recoveries: Recoveries) -> None:
-        self.id = brick_id
-        self.qdir = Path(data_dir) / QUARANTINE_DIR
-        self.metrics = metrics
-        self.storage = storage
-        self.participant = participant
-        self.maps = maps
+    def __init__(self, ctx: BrickContext, recoveries: Recoveries) -> None:
+        self.id = ctx.id
+        self.qdir = Path(ctx.data_dir) / QUARANTINE_DIR
+        self.metrics = metrics = ctx.metrics
+        self.storage = ctx.storage
+        self.participant = ctx.participant
+        self.maps = ctx.maps
         self.recoveries = recoveries
         #: Partitions whose replica here is not to be served until a copy replaced it,
         #: and why.
-        self.damaged: dict[str, str] = marked(data_dir)
+        self.damaged: dict[str, str] = marked(ctx.data_dir)
         metrics.gauge("damaged_replicas", lambda: len(self.damaged))
         recoveries.must_copy = self.must_copy
         recoveries.copied = self.copied

@@ -28,7 +28,7 @@ import errno
 import os
 import sqlite3
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -40,11 +40,9 @@ from dds.errors import DDSError, StorageFull
 from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
 from dds.records import RGRecord, record_from_wire
-from dds.rpc import RPCProtocol
 
-from dds.bricks.mapstate import MapState
-
-Peer = Callable[[str], Awaitable[RPCProtocol]]
+if TYPE_CHECKING:
+    from dds.bricks.context import BrickContext
 
 #: Free space needed to leave FULL, beyond ``min_free``: hysteresis, so that a brick at
 #: the edge does not flap in and out of its RGs.
@@ -197,12 +195,11 @@ class StepOut:
 
     log = Logger()
 
-    def __init__(self, brick_id: str, maps: MapState, peer: Peer, metrics: Metrics, *,
-                 timeout_s: float) -> None:
-        self.id = brick_id
-        self.maps = maps
-        self.peer = peer
-        self.metrics = metrics
+    def __init__(self, ctx: BrickContext, *, timeout_s: float) -> None:
+        self.id = ctx.id
+        self.maps = ctx.maps
+        self.peer = ctx.peer
+        self.metrics = ctx.metrics
         self.timeout_s = timeout_s
         self._asking: set[str] = set()
 

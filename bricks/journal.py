@@ -50,14 +50,17 @@ import re
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.errors import InvalidRequest
-from dds.messages import JournalRead, JournalWrite
+from dds.messages import JournalRead, JournalWrite, Message
 from dds.metrics import Metrics
+
+if TYPE_CHECKING:
+    from dds.bricks.partstore import Durability
 
 __all__ = ["Journal", "JOURNAL_FILE", "STATES", "UNFINISHED", "FINAL", "KEEP_FINISHED",
            "KEEP_FINISHED_S"]
@@ -138,12 +141,16 @@ class Journal:
     log = Logger()
 
     def __init__(self, data_dir: Path, clock: IReactorTime, metrics: Metrics, *,
-                 fsync: bool = True) -> None:
+                 durability: Durability = "fsync") -> None:
         self.path = Path(data_dir) / JOURNAL_FILE
-        self.synchronous = "FULL" if fsync else "NORMAL"
+        self.synchronous = "FULL" if durability == "fsync" else "NORMAL"
         self.clock = clock
         self.metrics = metrics
         self._conn: sqlite3.Connection | None = None
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
+        """The requests this component answers (``Brick`` dispatches them here)."""
+        return {JournalWrite: self.write, JournalRead: self.read}
 
     # -- file ------------------------------------------------------------------------------
 

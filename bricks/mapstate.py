@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import msgpack
 from twisted.internet.interfaces import IReactorTime
@@ -25,6 +25,9 @@ from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
 from dds.partition import PartitionId
 from dds.records import Record, RGRecord
+
+if TYPE_CHECKING:
+    from dds.bricks.partstore import Durability
 
 MAP_FILE = "map.msgpack"
 
@@ -41,9 +44,10 @@ class MapState:
     log = Logger()
 
     def __init__(self, brick_id: str, data_dir: Path, metrics: Metrics, *,
-                 fsync: bool = True, clock: IReactorTime | None = None) -> None:
+                 durability: Durability = "fsync", clock: IReactorTime | None = None) -> None:
         self.brick_id = brick_id
-        self.fsync = fsync      # the brick's durability mode is fsync (see atomicfile)
+        #: As durable as the data (DESIGN §4): fsynced only in ``fsync`` mode (atomicfile).
+        self.fsync = durability == "fsync"
         self.path = Path(data_dir) / MAP_FILE
         self.metrics = metrics
         self.map = ClusterMap()

@@ -35,27 +35,20 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.deferreds import gather, sleep
 from dds.errors import DDSError
-from dds.metrics import Metrics
 from dds.records import RGRecord, record_from_wire
-from dds.rpc import RPCProtocol
 
-from dds.bricks.mapstate import MapState
-from dds.bricks.participant import Participant
+from dds.bricks.context import BrickContext
 from dds.bricks.copy.layout import incoming as _incoming, partition_layout
 from dds.bricks.copy.pull import RPC_TIMEOUT_S, Pull, PullFailed
 from dds.bricks.copy.snapshot import CopyFailed
-from dds.bricks.storage import Storage
-
-Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 #: While its RG lists an incoming partition, a recovering brick asks again this often.
@@ -111,21 +104,18 @@ class Recovery:
 class Recoveries:
     log = Logger()
 
-    def __init__(self, brick_id: str, maps: MapState, storage: Storage,
-                 participant: Participant, peer: Peer, clock: IReactorTime,
-                 metrics: Metrics, work_dir: Path, *, fence_whole_copy: bool,
-                 durability: str) -> None:
-        self.id = brick_id
-        self.maps = maps
-        self.storage = storage
-        self.participant = participant
-        self.peer = peer
-        self.clock = clock
-        self.metrics = metrics
+    def __init__(self, ctx: BrickContext, work_dir: Path, *, fence_whole_copy: bool) -> None:
+        self.ctx = ctx
+        self.id = ctx.id
+        self.maps = ctx.maps
+        self.participant = ctx.participant
+        self.peer = ctx.peer
+        self.clock = ctx.clock
+        self.metrics = ctx.metrics
         self.work_dir = Path(work_dir)
         #: Copies fence writes for the whole copy by default (``full_lease`` on the wire).
         self.fence_whole_copy = fence_whole_copy
-        self.durability = durability
+        self.durability = ctx.durability
         self.by_rg: dict[str, Recovery] = {}
         #: RGs this brick must not serve until their recovery is done.
         self.blocked: set[str] = set()
@@ -347,8 +337,7 @@ class Recoveries:
         source's fence, and the readmission the source runs under it."""
         r.phase = Phase.COPYING
         began = self.clock.seconds()
-        pull = Pull(self.id, source, self.peer, self.storage, self.participant, self.clock,
-                    self.work_dir, durable=self.durability == "fsync")
+        pull = Pull(self.ctx, source, self.work_dir)
         r.pull = pull
         try:
             begun = await pull.begin({"rg": rec.name, "target": self.id,

@@ -27,33 +27,31 @@ without it.
 from __future__ import annotations
 
 import enum
-import random
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Awaitable, Callable, cast
+from typing import Any, Callable, cast
 
 import attrs
 import msgpack
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dds.deferreds import gather, sleep
 from dds.errors import DDSError, Divergence, InvalidRequest, Refused, StaleMap
 from dds.maps import ClusterMap
-from dds.messages import RecordDecide, RecordPrepare, RecordState, RGChange, RGUpdate
-from dds.metrics import Metrics
+from dds.messages import RecordDecide, RecordPrepare, RecordState, Message, RGChange, RGUpdate
 from dds.partition import PartitionId
 from dds.records import (MEMBER_STATES, Member, MemberState, PartitionEntry, Record,
                          RGRecord, record_from_wire)
 from dds.rpc import RPCProtocol
 
 from dds.bricks.atomicfile import replace_file
+from dds.bricks.context import BrickContext
 from dds.bricks.leases import Leases
-from dds.bricks.mapstate import MapState
 
 LOCK_FILE = "record_locks.msgpack"
 #: A voter still holding a lock this long after its vote asks the coordinator.
@@ -66,7 +64,6 @@ HISTORY = 50
 ChangeId = tuple[int, int]
 #: Changes during whose vote the member concerned gets no new lease grant.
 _BLOCKING = ("excluded", "removed")
-Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 
 class Phase(enum.Enum):
@@ -119,21 +116,19 @@ class ChangeEvent:
 class RecordChanges:
     log = Logger()
 
-    def __init__(self, brick_id: str, maps: MapState, leases: Leases, clock: IReactorTime,
-                 peer: Peer, data_dir: Path, metrics: Metrics, *, lease_s: float,
-                 suspect_check_s: float, rng: random.Random | None = None,
-                 fsync: bool = True) -> None:
-        self.id = brick_id
-        self.fsync = fsync      # the brick's durability mode is fsync (see atomicfile)
-        self.maps = maps
+    def __init__(self, ctx: BrickContext, leases: Leases, *, lease_s: float,
+                 suspect_check_s: float) -> None:
+        self.id = ctx.id
+        self.fsync = ctx.fsyncs      # the brick's durability mode is fsync (see atomicfile)
+        self.maps = maps = ctx.maps
         self.leases = leases
-        self.clock = clock
-        self.peer = peer
-        self.path = Path(data_dir) / LOCK_FILE
-        self.metrics = metrics
+        self.clock = ctx.clock
+        self.peer = ctx.peer
+        self.path = Path(ctx.data_dir) / LOCK_FILE
+        self.metrics = ctx.metrics
         self.lease_s = lease_s
         self.suspect_check_s = suspect_check_s
-        self.rng = rng if rng is not None else random.Random()
+        self.rng = ctx.rng
         self._counter = 0
         self.locks: dict[str, VoteLock] = {}
         self._ask_timers: dict[str, IDelayedCall] = {}
@@ -142,6 +137,11 @@ class RecordChanges:
         self.history: list[ChangeEvent] = []
         self._load_locks()
         maps.on_change(self._map_changed)
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
+        """The requests this component answers (``Brick`` dispatches them here)."""
+        return {RecordPrepare: self.prepare, RecordDecide: self.decide, RecordState: self.state,
+                RGUpdate: self.update}
 
     # -- the durable vote locks --------------------------------------------------------
 

@@ -49,11 +49,11 @@ from twisted.logger import Logger
 from dds.errors import (DDSError, InternalError, InvalidRequest, NotServing, Refused,
                         ReplicaDamaged)
 from dds.maps import ClusterMap
-from dds.messages import RangeChecksums, RangeKeys
+from dds.messages import Message, RangeChecksums, RangeKeys
 from dds.partition import PartitionId, key_hash
 
 from dds.bricks.mapstate import parse_pid
-from dds.bricks.copy.snapshot import RunInThread
+from dds.bricks.context import RunInThread
 from dds.bricks.partstore import validate_pid
 from dds.bricks.storage import Storage
 
@@ -205,6 +205,10 @@ class Scrubber:
         #: scrub sees ``ReplicaDamaged``, and the brick repairs the replica by itself.
         self.damaged: Mapping[str, str] = damaged if damaged is not None else {}
         self.on_unreadable = on_unreadable
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
+        """The requests this component answers (``Brick`` dispatches them here)."""
+        return {RangeChecksums: self.range_checksums, RangeKeys: self.range_keys}
 
     def _replica(self, pid_text: str) -> tuple[PartitionId, Path]:
         pid = parse_pid(pid_text)

@@ -41,27 +41,20 @@ damaged row claims.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.defer import ensureDeferred
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.deferreds import sleep
 from dds.errors import DDSError
-from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
-from dds.rpc import RPCProtocol
 
+from dds.bricks.context import BrickContext
 from dds.bricks.locks import LockTable
-from dds.bricks.mapstate import MapState
 from dds.bricks.rowcheck import row_checksum
-from dds.bricks.storage import Storage
 
 __all__ = ["SelfRepair", "BACKOFF_S"]
-
-Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 #: Waits between attempts; the repair gives up after the last (a later read or the
 #: scrubber finds the damage again and starts over).
@@ -77,16 +70,15 @@ ROW_READ_TIMEOUT_S = 5.0
 class SelfRepair:
     log = Logger()
 
-    def __init__(self, brick_id: str, storage: Storage, locks: LockTable, maps: MapState,
-                 peer: Peer, clock: IReactorTime, metrics: Metrics) -> None:
-        self.id = brick_id
-        self.storage = storage
+    def __init__(self, ctx: BrickContext, locks: LockTable) -> None:
+        self.id = ctx.id
+        self.storage = ctx.storage
         self.locks = locks
-        self.maps = maps
-        self.peer = peer
-        self.clock = clock
-        self.metrics = metrics
-        self._limiter = LogLimiter(clock, self.log)
+        self.maps = ctx.maps
+        self.peer = ctx.peer
+        self.clock = ctx.clock
+        self.metrics = ctx.metrics
+        self._limiter = LogLimiter(ctx.clock, self.log)
         self.pending: set[tuple[str, bytes]] = set()
         self._txids = itertools.count(1)
         self.stopping = False

@@ -1,13 +1,16 @@
 """The brick: answers data, map and admin requests over authenticated RPC connections.
 
-``Brick`` wires together storage, locks, the 2PC participant and the map, and is the
-``handler`` of every inbound connection.  Requests are decoded and validated before any
-state is touched; a bad request is answered with an error naming the problem.
+``Brick`` is the composition root: it builds storage, locks, the 2PC participant and the
+map, hands what the components share to each as one ``BrickContext``
+(``bricks/context.py``), and dispatches every request to the component that answers it
+(each lists its own in ``handlers()``).  It is the ``handler`` of every inbound
+connection, and keeps the hot path here: reads, PREPARE and COMMIT without building a
+message object.  Requests are decoded and validated before any state is touched; a bad
+request is answered with an error naming the problem.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import sqlite3
 import time
@@ -16,40 +19,31 @@ from typing import Any, Callable, cast
 
 import attrs
 
-from twisted.internet import threads
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from dds import failpoints
-from dds.config import BrickConfig, format_address
+from dds.config import BrickConfig
 from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
-                        Refused, ReplicaDamaged, UnknownTransaction, ValueTooLarge)
+                        ReplicaDamaged, ValueTooLarge)
 from dds.maps import ClusterMap
-from dds.messages import (Abort, Checksum, Commit, Failpoint, Get, Gossip, Lease, MapGet,
-                          MapPush, Message, Ping, Prepare, RecordDecide,
-                          RecordPrepare, RecordState, Recover, Resolve, RestoreQuarantined,
-                          RGChange, RGStatus, BoundedGet, Status, Txns, TxnState as TxnStateMsg, decode_request)
-from dds.messages import MoveFinish, MovePull, RGUpdate
-from dds.messages import GET_COMPACT, GET_COMPACT_FIELDS, OPS, roles_of
-from dds.messages import JournalRead, JournalWrite  # journal (DESIGN §8)
-from dds.messages import RangeChecksums, RangeKeys  # scrub
-from dds.messages import RowRead  # self-repair of damaged rows
-from dds.messages import (SplitAbort, SplitCutover, SplitFence, SplitFinish,  # split/merge
-                          SplitPrepare, SplitRelease, SplitStatus)
+from dds.messages import (GET_COMPACT, GET_COMPACT_FIELDS, OPS, Abort, Commit, Get, Lease,
+                          MapPush, Message, Ping, Prepare, RGChange, RGStatus, RowRead,
+                          TxnState as TxnStateMsg, decode_request, roles_of)
 from dds.metrics import Count, Histogram, Metrics
 from dds.connect import ConnectionCache, Opener
 from dds.partition import PartitionId, key_hash
-from dds.records import Record, RGRecord, record_from_wire
+from dds.records import Record, RGRecord
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
-from dds.version import VERSION
 
 from dds.bricks.admission import Admission, tls_sniffing_factory
+from dds.bricks.admin import AdminRequests
 from dds.bricks.bounded import BoundedReads
+from dds.bricks.context import BrickContext, peer_caller, thread_runner
 from dds.bricks.copy.movein import IncomingMoves
 from dds.bricks.copy.pull import Streams
 from dds.bricks.copy.serve import CopySource
@@ -57,6 +51,7 @@ from dds.bricks.copy.source import CopySessions
 from dds.bricks.copy.stream import StreamServer
 from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
 from dds.bricks.diskspace import DiskSpace, StepOut
+from dds.bricks.gossip import MapGossip
 from dds.bricks.journal import Journal
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
@@ -70,7 +65,7 @@ from dds.bricks.checksumwalk import ChecksumWalk
 from dds.bricks.rowcheck import row_checksum
 from dds.bricks.selfrepair import SelfRepair
 from dds.bricks.split import Splits
-from dds.bricks.partstore import Durability, ReadResult, summarize_file
+from dds.bricks.partstore import Durability, ReadResult
 from dds.bricks.storage import Storage
 from dds.bricks.termination import Terminator
 
@@ -133,14 +128,15 @@ class Brick:
         self.max_key = config.limits.max_key_bytes
         self.max_value = config.limits.max_value_bytes
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._in_thread = thread_runner(reactor)
         # Before the storage opens a file: one it cannot read stopped the brick's start.
         unreadable_files = set_aside_unreadable(config.data_dir)
         self.storage = self._open_storage(config, unreadable_files)
         self.storage.after_completions = lambda: flush_sends(self.clock)
         self.locks = LockTable(self.clock)
         # The map, the record locks and the journal are as durable as the data (DESIGN §4).
-        power_safe = config.brick.durability == "fsync"
-        self.maps = MapState(self.id, config.data_dir, self.metrics, fsync=power_safe,
+        durability = cast(Durability, config.brick.durability)
+        self.maps = MapState(self.id, config.data_dir, self.metrics, durability=durability,
                              clock=self.clock)
         self.participant = Participant(self.storage, self.locks, self.clock, self.metrics,
                                        lock_wait_s=t.lock_wait_ms / 1000.0,
@@ -152,6 +148,13 @@ class Brick:
                                      credentials=config.credentials,
                                      max_frame=config.limits.max_frame_bytes,
                                      metrics=self.metrics)
+        self._peer = peer_caller(self.maps, self.peers)
+        #: What the components share (``bricks/context.py``).
+        self.ctx = ctx = BrickContext(
+            id=self.id, clock=self.clock, metrics=self.metrics, maps=self.maps,
+            storage=self.storage, participant=self.participant, peer=self._peer,
+            run_in_thread=self._in_thread, rng=self.rng, durability=durability,
+            data_dir=config.data_dir)
         self.termination = Terminator(self.id, self.participant, self.storage, self.maps,
                                       self._peer, self.clock, self.metrics,
                                       membership_changing=lambda rg: rg in self.changes.locks,
@@ -160,37 +163,28 @@ class Brick:
         self.lease_s = t.lease_ms / 1000.0
         self.leases = Leases(self.id, self.clock, self.lease_s, t.lease_drift_percent / 100.0,
                              lambda: self.maps.map, self._send_lease, self.metrics)
-        self.changes = RecordChanges(self.id, self.maps, self.leases, self.clock, self._peer,
-                                     config.data_dir, self.metrics, lease_s=self.lease_s,
-                                     suspect_check_s=t.suspect_check_ms / 1000.0, rng=self.rng,
-                                     fsync=power_safe)
+        self.changes = RecordChanges(ctx, self.leases, lease_s=self.lease_s,
+                                     suspect_check_s=t.suspect_check_ms / 1000.0)
         # Snapshot streams (dds.bricks.copy.stream) need real sockets and threads: not in the
         # simulation, whose bricks have an opener of their own.  The server binds
         # brick.stream_port now, so a port already taken fails the start; the copy
         # sessions own it (and close it).  In TLS mode streams run inside TLS.
         streams = (Streams.for_brick(config, reactor.callFromThread)
                    if opener is None and hasattr(reactor, "callFromThread") else None)
-        self.copies = CopySessions(self.id, self.storage, self.participant, self.clock,
-                                   config.data_dir / "snapshots", self._in_thread,
-                                   t.copy_fence_ms / 1000.0, self.metrics, rng=self.rng,
+        self.copies = CopySessions(ctx, config.data_dir / "snapshots", t.copy_fence_ms / 1000.0,
                                    stream=None if streams is None else StreamServer.for_brick(
                                        config, reactor.callFromThread))
         # The source's copy requests, checked before they reach the sessions.
         self.copy_source = CopySource(self.id, config, self.maps, self.storage, self.copies,
                                       self.serving, self.changes.readmit)
-        self.recoveries = Recoveries(self.id, self.maps, self.storage, self.participant,
-                                     self._peer, self.clock, self.metrics,
-                                     config.data_dir / "incoming",
-                                     fence_whole_copy=config.brick.full_lease_recovery,
-                                     durability=config.brick.durability)
+        self.recoveries = Recoveries(ctx, config.data_dir / "incoming",
+                                     fence_whole_copy=config.brick.full_lease_recovery)
         # Unreadable partition files (bricks/damage.py): set aside, re-copied.
-        self.damage = Damage(self.id, config.data_dir, self.metrics, self.storage,
-                             self.participant, self.maps, self.recoveries)
+        self.damage = Damage(ctx, self.recoveries)
         self.damage.started(unreadable_files)
         self.participant.on_unreadable = self._unreadable
         # A full disk (bricks/diskspace.py): writes refused, out of the RGs' write path.
-        step_out = StepOut(self.id, self.maps, self._peer, self.metrics,
-                           timeout_s=t.suspect_check_ms / 1000.0 + self.lease_s + 5.0)
+        step_out = StepOut(ctx, timeout_s=t.suspect_check_ms / 1000.0 + self.lease_s + 5.0)
         self.disk = DiskSpace(self.id, config.data_dir, self.clock, self.metrics,
                               min_free_bytes=config.brick.min_free_mb << 20,
                               check_s=config.brick.disk_check_ms / 1000.0,
@@ -199,7 +193,8 @@ class Brick:
         self.participant.full = self.disk.saw
         self.recoveries.hold = lambda: self.disk.reason if self.disk.full else None
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
-        self.journal = Journal(config.data_dir, self.clock, self.metrics, fsync=power_safe)
+        self.journal = Journal(config.data_dir, self.clock, self.metrics,
+                               durability=durability)
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
         if self.ignore_read_lease:
             self.log.error("brick.unsafe_ignore_read_lease is set: this brick serves reads "
@@ -225,20 +220,10 @@ class Brick:
         self.maps.on_change(self._map_changed)
         self._open_my_partitions()
         self._restore_prepared()
-        self._gossip = LoopingCall(self._gossip_round)
-        self._gossip.clock = self.clock
+        # The map requests and gossip (DESIGN §2).
+        self.gossip = MapGossip(ctx, self.peers, config.cluster.seeds,
+                                config.timeouts.gossip_interval_ms / 1000.0, self._denials)
         self._stopping = False
-        self._handlers: dict[type[Message], Callable[[Any], Any]] = {
-            Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
-            MapGet: self.map_get, MapPush: self.map_push, Gossip: self.gossip,
-            Status: self.status, RestoreQuarantined: self.restore_quarantined,
-            Checksum: self.checksum, Ping: self.ping,
-            TxnStateMsg: self.txn_state, Failpoint: self.failpoint, Txns: self.txns,
-            Resolve: self.resolve, Lease: self.lease, RecordPrepare: self.changes.prepare,
-            RecordDecide: self.changes.decide, RecordState: self.changes.state,
-            RGStatus: self.rg_status, Recover: self.recover,
-            **self.copy_source.handlers(),
-        }
         # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
         self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
                                  self.recoveries, config.limits.max_frame_bytes,
@@ -246,43 +231,34 @@ class Brick:
         self.bounded = BoundedReads(self.clock, self.leases, self.participant,
                                     lambda *gate: self._gate(*gate)[2], self._read,
                                     lambda: self.recoveries.blocked)
-        self._handlers[BoundedGet] = self.bounded.get
-        self._handlers[RangeChecksums] = self.scrubber.range_checksums
-        self._handlers[RangeKeys] = self.scrubber.range_keys
         # Row checksums (issue 13): a damaged row is repaired from the RG by itself,
         # found by a read or by the background walk (migration of old files, scrub).
-        self.repairs = SelfRepair(self.id, self.storage, self.locks, self.maps, self._peer,
-                                  self.clock, self.metrics)
+        self.repairs = SelfRepair(ctx, self.locks)
         self.storage.on_damage = self.repairs.found
         self.checksum_walk = ChecksumWalk(self.storage, self.clock, self.metrics,
                                           config.brick.scrub_mb_s, self.storage.on_damage)
         self.storage.on_missing_checksums = self.checksum_walk.migrate
-        self._handlers[RowRead] = self.row_read
         self.metrics.gauge("txlog_damaged_records", lambda: len(self.storage.log_damage))
         # Reorganization (DESIGN §8): administrative changes of RG records, moves.
-        self.moves_in = IncomingMoves(self.id, self.maps, self.storage, self.participant,
-                                      self._peer, self.clock, config.data_dir / "incoming",
-                                      durable=power_safe,
-                                      metrics=self.metrics, streams=streams)
-        self._handlers[RGUpdate] = self.changes.update
+        self.moves_in = IncomingMoves(ctx, config.data_dir / "incoming", streams=streams)
         # Split and merge in place (DESIGN §8): each member builds the new replicas locally.
-        self.splits = Splits(self.id, self.maps, self.storage, self.participant, self.clock,
-                             self._in_thread, config.data_dir / "split-staging", self.metrics,
-                             self.changes.update,
-                             durable=power_safe, rng=self.rng,
+        self.splits = Splits(ctx, config.data_dir / "split-staging", self.changes.update,
                              blocked=lambda rg: rg in self.recoveries.blocked)
-        self._handlers[SplitPrepare] = self.splits.prepare
-        self._handlers[SplitFence] = self.splits.fence
-        self._handlers[SplitFinish] = self.splits.finish
-        self._handlers[SplitCutover] = self.splits.cutover
-        self._handlers[SplitRelease] = self.splits.release
-        self._handlers[SplitAbort] = self.splits.abort
-        self._handlers[SplitStatus] = self.splits.status
-        self._handlers[MovePull] = self.moves_in.pull
-        self._handlers[MoveFinish] = self.moves_in.finish
-        # Journal of multi-step admin operations (DESIGN §8).
-        self._handlers[JournalWrite] = self.journal.write
-        self._handlers[JournalRead] = self.journal.read
+        self.admin = AdminRequests(self)
+        # Every request type, by the component that answers it (each lists its own).
+        self._handlers: dict[type[Message], Callable[[Any], Any]] = {
+            Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
+            TxnStateMsg: self.txn_state, RowRead: self.row_read, Ping: self.ping,
+            Lease: self.lease, RGStatus: self.rg_status,
+        }
+        for component in (self.gossip, self.admin, self.changes, self.copy_source,
+                          self.moves_in, self.splits, self.journal, self.scrubber,
+                          self.bounded):
+            handlers = component.handlers()
+            twice = handlers.keys() & self._handlers.keys()
+            if twice:
+                raise AssertionError(f"requests answered twice: {sorted(t.TYPE for t in twice)}")
+            self._handlers.update(handlers)
         for handled in self._handlers:      # every request type counted from zero
             self.metrics.counter("requests", type=handled.TYPE)
         self.metrics.gauge("locks_held", lambda: len(self.locks))
@@ -377,7 +353,7 @@ class Brick:
     def start(self) -> None:
         if self.config.credentials.tls is not None:
             self._cert_check.start(6 * 3600.0, now=True)
-        self._gossip.start(self.config.timeouts.gossip_interval_ms / 1000.0, now=False)
+        self.gossip.start()
         self.leases.start()
         if self._restarted and (self.config.brick.recover_on_start
                                 or self.storage.log_damage):
@@ -397,8 +373,7 @@ class Brick:
         prepared on disk-less memory; their coordinators see ``Indeterminate`` or
         termination resolves them on the other members."""
         self._stopping = True
-        if self._gossip.running:
-            self._gossip.stop()
+        self.gossip.stop()
         self.leases.stop()
         if self._cert_check.running:
             self._cert_check.stop()
@@ -469,14 +444,6 @@ class Brick:
             # rather than up to a third of a lease later.
             ensureDeferred(self.leases.renew())
 
-    def _in_thread(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Blocking file work (snapshots) off the reactor thread; inline on a reactor
-        without threads (the deterministic simulation)."""
-        pool = getattr(self.reactor, "getThreadPool", None)
-        if pool is None:
-            return maybeDeferred(f, *args)
-        return threads.deferToThreadPool(self.reactor, pool(), f, *args)
-
     # -- dispatch ------------------------------------------------------------------------
 
     def handle(self, mtype: str, body: Any, conn: RPCProtocol) -> Any:
@@ -516,7 +483,7 @@ class Brick:
                                   f"not to make a member {msg.state}")
             return self._counted(mtype, lambda m: self.rg_change(m, conn.peer_id), msg, t0)
         if type(msg) is MapPush and role == "client":
-            return self._counted(mtype, self.map_hint, msg, t0)
+            return self._counted(mtype, self.gossip.map_hint, msg, t0)
         return self._counted(mtype, self._handlers[type(msg)], msg, t0)
 
     def _deny(self, conn: RPCProtocol, mtype: str, why: str) -> Any:
@@ -798,97 +765,6 @@ class Brick:
         now = self.maps.map.rgs.get(rg.name)
         return now is not None and member not in now.active_members
 
-    async def _peer(self, brick_id: str) -> RPCProtocol:
-        rec = self.maps.map.bricks.get(brick_id)
-        if rec is None:
-            raise UnknownTransaction(f"no address for brick {brick_id}")
-        return await self.peers.get(rec.address, rec.port)
-
-    # -- maps ----------------------------------------------------------------------------
-
-    def map_get(self, msg: MapGet) -> dict[str, Any]:
-        return {"map": self.maps.map.to_wire()}
-
-    def _decode_records(self, items: list[Any], source: str) -> list[Record]:
-        """The records of a push or a gossip reply; one that does not decode (a version
-        out of range, a bad field) refuses the whole lot, counted as a refused record."""
-        try:
-            return [record_from_wire(r) for r in items]
-        except ValueError as e:
-            self.metrics.inc("map_records_refused_total")
-            self._denials.warn("refused map records from {source}: {error}", source=source,
-                               error=str(e))
-            raise InvalidRequest(str(e)) from None
-
-    def map_push(self, msg: MapPush) -> dict[str, Any]:
-        result = self.maps.merge(self._decode_records(msg.records, "push"), source="push")
-        if result.refused:
-            problems = "; ".join(f"{r.record_id} at version {r.version}: {problem}"
-                                 for r, problem in result.refused)
-            adopted = "".join(f" (adopted {r.record_id}@{r.version})" for r in result.adopted)
-            raise Refused(f"brick {self.id} refuses {problems}{adopted}")
-        return {"adopted": len(result.adopted),
-                "conflicts": [c.mine.record_id for c in result.conflicts]}
-
-    def map_hint(self, msg: MapPush) -> dict[str, Any]:
-        """A library's push (DESIGN §2: it has a newer record than this brick).  Records a
-        client sends are not trusted (DESIGN §10): the brick asks the members of the RGs
-        they name, as its own map knows them, for what they hold, now rather than at the
-        next gossip round."""
-        named = {r[1] for r in msg.records[:64]
-                 if isinstance(r, list) and len(r) > 1 and r[0] == "rg"}
-        peers = {m.brick for name, rg in self.maps.map.rgs.items() if name in named
-                 for m in rg.members if m.brick != self.id}
-        if not self._stopping:
-            for peer in sorted(peers)[:16]:
-                rec = self.maps.map.bricks.get(peer)
-                if rec is not None:
-                    ensureDeferred(self._gossip_with(rec.address, rec.port))
-            if not peers:
-                ensureDeferred(self._gossip_round())
-        return {"adopted": 0, "conflicts": [], "hint": True}
-
-    def gossip(self, msg: Gossip) -> dict[str, Any]:
-        try:
-            digest = [(str(r), int(v), int(f)) for r, v, f in msg.digest]
-        except (TypeError, ValueError) as e:
-            raise InvalidRequest(f"gossip: malformed digest: {e}") from None
-        send, want = self.maps.map.newer_than(digest)
-        return {"records": [r.canonical() for r in send], "want": want}
-
-    async def _gossip_round(self) -> None:
-        """Exchange digests with one random peer; pull what it has newer, push ours."""
-        peers = [b for b in self.maps.map.bricks.values() if b.id != self.id]
-        seeds = [s for s in self.config.cluster.seeds]
-        if not peers and not seeds:
-            return
-        if peers:
-            rec = self.rng.choice(peers)
-            await self._gossip_with(rec.address, rec.port)
-        else:
-            host, _, port = self.rng.choice(seeds).rpartition(":")
-            await self._gossip_with(host.strip("[]"), int(port))
-
-    async def _gossip_with(self, host: str, port: int) -> None:
-        """One gossip exchange: pull what the peer has newer, push ours."""
-        try:
-            conn = await self.peers.get(host, port)
-            reply = await conn.call("gossip", {"digest": [list(d) for d in
-                                                          self.maps.map.digest]},
-                                    timeout=5.0)
-            records = self._decode_records(reply.get("records", []),
-                                           f"gossip:{conn.peer_id}")
-            if records:
-                self.maps.merge(records, source=f"gossip:{conn.peer_id}")
-            want = set(reply.get("want", []))
-            if want:
-                push = [r.canonical() for r in self.maps.map if r.record_id in want]
-                await conn.call("map_push", {"records": push}, timeout=5.0)
-            self.metrics.inc("gossip_rounds_total")
-        except DDSError as e:
-            self.metrics.inc("gossip_failures_total")
-            self.log.debug("gossip round failed: {error}", error=e.message)
-
     # -- membership: leases, record changes, recovery ----------------------------------
 
     def _send_lease(self, peer: str, rgs: list[str]) -> Deferred[Any]:
@@ -919,114 +795,6 @@ class Brick:
         return {"record": rec.canonical() if rec else None, "serving": self.serving(msg.rg),
                 "state": rec.member_state(self.id) if rec else None,
                 "reconciled": self.recoveries.reconciled(msg.rg)}
-
-    def recover(self, msg: Recover) -> dict[str, Any]:
-        """``dds-admin recover``: re-sync now (an RG, or every RG this brick is in)."""
-        if msg.rg is not None and (msg.rg not in self.maps.map.rgs or
-                                   self.maps.map.rgs[msg.rg].member_state(self.id) is None):
-            raise InvalidRequest(f"brick {self.id} is not a member of {msg.rg!r}")
-        rgs = [msg.rg] if msg.rg else [r.name for r in self.maps.map.rgs.values()
-                                       if r.member_state(self.id) is not None]
-        started = [rg for rg in rgs
-                   if self.recoveries.ensure(rg, why="requested by dds-admin recover",
-                                             fence_whole_copy=msg.full_lease)]
-        return {"started": started}
-
-    # -- administration ------------------------------------------------------------------
-
-    def status(self, msg: Status) -> dict[str, Any]:
-        m = self.maps.map
-        return {
-            "id": self.id,
-            "address": format_address(self.config.advertise_host, self.port),
-            "pid": os.getpid(),
-            "version": VERSION,
-            "uptime_s": time.time() - self.started,
-            "durability": self.config.brick.durability,
-            "map_fp": m.fp,
-            "map_version": m.version,
-            "digest": [list(d) for d in m.digest],
-            "partitions": sorted(self.storage.partitions()),
-            "prepared": len(self.participant.active),
-            "in_doubt": [list(t.txid) for t in self.participant.in_doubt()],
-            "failpoints": failpoints.armed(),
-            "members": {rg.name: rg.member_state(self.id) for rg in m.rgs.values()
-                        if rg.member_state(self.id) is not None},
-            "blocked": sorted(self.recoveries.blocked),
-            "leases": self.leases.status(),
-            "recovery": self.recoveries.status(),
-            "copies": self.copies.status(),
-            "moves_in": self.moves_in.status(),
-            "changes": self.changes.status(),
-            "metrics": self.metrics.snapshot(),
-            "auth": self._auth_status(),
-            "quarantine": self.quarantine.status(),
-            "scrub": self.checksum_walk.status(),
-        }
-
-    def restore_quarantined(self, msg: RestoreQuarantined) -> dict[str, Any]:
-        """``dds-admin repair``: a quarantined replica back in service, if a record of
-        this brick lists it again (a recovery or the RG's other members then bring it up
-        to date like any replica)."""
-        pid = parse_pid(msg.pid)
-        reply = self.quarantine.restore(str(pid), listed=pid in self.maps.my_partitions())
-        self.recoveries.check()
-        return reply
-
-    def _auth_status(self) -> dict[str, Any]:
-        """How this brick authenticates peers; in TLS mode, when its certificate (or the
-        CA) expires, for ``dds-admin status`` to warn."""
-        tls = self.config.credentials.tls
-        if tls is None:
-            return {"mode": "secret"}
-        from dds.tls import seconds_to_expiry
-        return {"mode": "tls", "cert_expires_in_days": round(seconds_to_expiry(tls) / 86400, 2),
-                "warn_days": self.config.auth.cert_warn_days}
-
-    def failpoint(self, msg: Failpoint) -> dict[str, Any]:
-        """Arm or disarm a failpoint of this process (tests only; see
-        ``docs/failpoints.md``).  Name and action were validated on decoding.  Refused
-        unless ``brick.allow_failpoints``: the secret alone must not let a peer crash a
-        production brick."""
-        if not self.config.brick.allow_failpoints:
-            raise InvalidRequest(f"failpoints are disabled on brick {self.id} "
-                                 "(set brick.allow_failpoints = true on test clusters)")
-        if msg.action is None:
-            failpoints.disarm(msg.name)
-            self.log.warn("failpoint {name} disarmed", name=msg.name)
-        else:
-            action = failpoints.arm(msg.name, msg.action)
-            self.log.warn("failpoint {name} armed: {action}", name=msg.name,
-                          action=str(action))
-        return {"armed": failpoints.armed()}
-
-    def txns(self, msg: Txns) -> dict[str, Any]:
-        """Every active transaction (``dds-admin txns`` filters the in-doubt ones)."""
-        return {"brick": self.id, "txns": self.termination.listing()}
-
-    async def resolve(self, msg: Resolve) -> dict[str, Any]:
-        """Termination now, on request (``dds-admin repair``)."""
-        results = await self.termination.resolve(msg.txid, msg.force)
-        self.metrics.inc("txn_resolutions_total", len(results))
-        return {"brick": self.id, "resolved": [r.to_wire() for r in results]}
-
-    async def checksum(self, msg: Checksum) -> dict[str, int]:
-        """Live keys, checksum and last lsn of the replica's durable rows (those of the
-        current reactor turn aside), read in a worker thread: on the reactor thread a
-        100 MB replica held every request of the brick for 0.4 s."""
-        pid = str(parse_pid(msg.pid))
-        if not self.storage.has_partition(pid):
-            raise NotServing(f"brick {self.id} holds no replica of {pid}")
-        if pid in self.damage.damaged:
-            raise self.damage.error(pid)
-        try:
-            self.storage.open_partition(pid)
-            path = self.storage.partition_path(pid)
-            summary: dict[str, int] = await self._in_thread(summarize_file, path)
-        except sqlite3.DatabaseError as e:
-            raise self._unreadable(pid, e) from None
-        return summary
-
 
 
 __all__ = ["Brick"]

@@ -49,7 +49,6 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-import random
 import re
 import sqlite3
 from collections import OrderedDict
@@ -59,23 +58,19 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from dds.errors import (InternalError, InvalidRequest, NotServing, Refused, ReplicaDamaged,
                         Timeout)
-from dds.messages import (RGUpdate, SplitAbort, SplitCutover, SplitFence, SplitFinish,
-                          SplitPrepare, SplitRelease, SplitStatus)
-from dds.metrics import Metrics
+from dds.messages import (Message, RGUpdate, SplitAbort, SplitCutover, SplitFence,
+                          SplitFinish, SplitPrepare, SplitRelease, SplitStatus)
 from dds.partition import PartitionId, key_hash
 from dds.records import RGRecord
 
-from dds.bricks.mapstate import MapState
-from dds.bricks.participant import Participant
-from dds.bricks.copy.snapshot import RunInThread
+from dds.bricks.context import BrickContext
 from dds.bricks.partstore import PartitionStore, Row
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
-from dds.bricks.storage import Storage
 
 #: A fence of a job lapses this long after it was taken, unless lifted or pinned.
 FENCE_S = 30.0
@@ -262,9 +257,9 @@ def apply_to_targets(targets: Sequence[tuple[str, Path]], rows: Sequence[Row]
     return sum(len(b) for b in batches), foreign
 
 
-def seal_targets(targets: Sequence[tuple[str, Path]], durable: bool) -> dict[str, int]:
+def seal_targets(targets: Sequence[tuple[str, Path]], fsync: bool) -> dict[str, int]:
     """Worker thread: make each target file a standalone database (no -wal), fsynced when
-    ``durable``; return each one's live keys."""
+    ``fsync``; return each one's live keys."""
     counts: dict[str, int] = {}
     for pid, path in targets:
         conn = _open(path)
@@ -276,7 +271,7 @@ def seal_targets(targets: Sequence[tuple[str, Path]], durable: bool) -> dict[str
                 raise sqlite3.OperationalError(f"{path} stuck in journal mode {mode}")
         finally:
             conn.close()
-        if durable:
+        if fsync:
             fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -355,26 +350,23 @@ class Splits:
 
     log = Logger()
 
-    def __init__(self, brick_id: str, maps: MapState, storage: Storage,
-                 participant: Participant, clock: IReactorTime, run_in_thread: RunInThread,
-                 work_dir: Path, metrics: Metrics, update: Update, *,
-                 fence_s: float = FENCE_S, durable: bool = False,
-                 rng: random.Random | None = None,
+    def __init__(self, ctx: BrickContext, work_dir: Path, update: Update, *,
+                 fence_s: float = FENCE_S,
                  blocked: Callable[[str], bool] = lambda rg: False) -> None:
-        self.id = brick_id
-        self.maps = maps
-        self.storage = storage
-        self.participant = participant
-        self.clock = clock
-        self.run_in_thread = run_in_thread
+        self.id = ctx.id
+        self.maps = ctx.maps
+        self.storage = ctx.storage
+        self.participant = ctx.participant
+        self.clock = ctx.clock
+        self.run_in_thread = ctx.run_in_thread
         self.work_dir = Path(work_dir)
-        self.metrics = metrics
+        self.metrics = ctx.metrics
         self.update = update
         self.fence_s = fence_s
-        self.durable = durable
+        self.fsync = ctx.fsyncs
         #: Whether this brick is re-syncing an RG (it serves nothing of it meanwhile).
         self.blocked = blocked
-        self._rng = rng if rng is not None else random.SystemRandom()
+        self._rng = ctx.rng
         self.jobs: dict[str, Job] = {}
         self.ended: OrderedDict[str, str] = OrderedDict()
         self._gens = itertools.count(1)
@@ -386,6 +378,12 @@ class Splits:
                 stale.unlink(missing_ok=True)
 
     # -- requests ------------------------------------------------------------------------
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
+        """The requests this component answers (``Brick`` dispatches them here)."""
+        return {SplitPrepare: self.prepare, SplitFence: self.fence, SplitFinish: self.finish,
+                SplitCutover: self.cutover, SplitRelease: self.release, SplitAbort: self.abort,
+                SplitStatus: self.status}
 
     async def prepare(self, msg: SplitPrepare) -> dict[str, Any]:
         sources, targets = reshape(msg.sources, msg.targets)
@@ -488,7 +486,7 @@ class Splits:
                     break
             lap("delta_s")
             counts = await self.run_in_thread(seal_targets, list(job.staged.items()),
-                                              self.durable)
+                                              self.fsync)
             lap("seal_s")
             self._still(job)
             rec = self._rg_of(job.sources)

@@ -87,8 +87,8 @@ MOVED = PartitionId(2, 0)
 KEPT = {"rg0": (PartitionId(2, 2),), "rg1": (PartitionId(2, 1), PartitionId(2, 3))}
 READY_TIMEOUT_S = 60.0
 #: Log lines of these namespaces make up the timeline.
-_TIMELINE_NS = ("copysource", "snapshot", "rgchange", "movein", "pull", "journal",
-                "storage", "server")
+_TIMELINE_NS = ("bricks.copy.", "rgchange", "journal", "storage", "server", "gossip",
+                "bricks.admin")
 
 
 @attrs.frozen

@@ -84,7 +84,7 @@ READY_TIMEOUT_S = 60.0
 POST_S = 0.5
 STATUS_POLL_S = 0.1
 #: Log lines of these namespaces make up the timeline.
-_TIMELINE_NS = ("recovery", "copysource", "snapshot", "rgchange")
+_TIMELINE_NS = ("recovery", "bricks.copy.", "rgchange")
 
 
 @attrs.frozen

@@ -10,43 +10,38 @@ A pull that is asked again starts over, so a resumed move simply repeats it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.errors import InvalidRequest, Refused
-from dds.messages import MoveFinish, MovePull
-from dds.metrics import Metrics
+from dds.messages import Message, MoveFinish, MovePull
 
-from dds.bricks.mapstate import MapState, parse_pid
-from dds.bricks.participant import Participant
-from dds.bricks.copy.pull import Peer, Pull, PullFailed, Streams
+from dds.bricks.context import BrickContext
+from dds.bricks.mapstate import parse_pid
+from dds.bricks.copy.pull import Pull, PullFailed, Streams
 from dds.bricks.copy.snapshot import CopyFailed
-from dds.bricks.storage import Storage
 
 
 class IncomingMoves:
     log = Logger()
 
-    def __init__(self, brick_id: str, maps: MapState, storage: Storage,
-                 participant: Participant, peer: Peer, clock: IReactorTime,
-                 work_dir: Path, durable: bool, metrics: Metrics,
+    def __init__(self, ctx: BrickContext, work_dir: Path,
                  streams: Streams | None = None) -> None:
-        self.id = brick_id
-        self.maps = maps
-        self.storage = storage
-        self.participant = participant
-        self.peer = peer
-        self.clock = clock
+        self.ctx = ctx
+        self.id = ctx.id
+        self.maps = ctx.maps
         self.work_dir = Path(work_dir)
-        self.durable = durable
-        self.metrics = metrics
+        self.metrics = ctx.metrics
         self.streams = streams
         self.pulls: dict[str, Pull] = {}
         #: Partitions whose last delta was applied, with the session it came from: a
         #: ``finish`` asked again (repair) answers from here.
         self.finished: dict[str, int | None] = {}
+
+    def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
+        """The requests this component answers (``Brick`` dispatches them here)."""
+        return {MovePull: self.pull, MoveFinish: self.finish}
 
     def _incoming_rg(self, pid_text: str) -> str:
         pid = parse_pid(pid_text)
@@ -74,8 +69,7 @@ class IncomingMoves:
         old = self.pulls.pop(msg.pid, None)
         if old is not None:
             old.cancel("superseded by a new pull")
-        pull = Pull(self.id, msg.source, self.peer, self.storage, self.participant,
-                    self.clock, self.work_dir, self.durable, self.streams)
+        pull = Pull(self.ctx, msg.source, self.work_dir, self.streams)
         self.pulls[msg.pid] = pull
         try:
             await pull.begin({"rg": msg.from_rg, "target": self.id, "pids": [msg.pid],

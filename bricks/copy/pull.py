@@ -22,29 +22,25 @@ from __future__ import annotations
 import ssl
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from dds.deferreds import all_or_raise
 from dds.errors import DDSError
-from dds.rpc import RPCProtocol
 
+from dds.bricks.context import BrickContext
 from dds.bricks.mapstate import parse_pid
 from dds.bricks.discard import discard_gradually
-from dds.bricks.participant import Participant
 from dds.bricks.copy.snapshot import CopyFailed, SnapshotReceiver, apply_delta
-from dds.bricks.storage import Storage
 from dds.bricks.copy.streamclient import (TOKEN_BYTES, CallFromThread, StreamError, in_thread,
                                      receive)
 
 if TYPE_CHECKING:
     from dds.config import BrickConfig
-
-Peer = Callable[[str], Awaitable[RPCProtocol]]
 
 CHUNK_BYTES = 1 << 20
 #: Chunk requests in flight: enough to keep loopback busy.
@@ -91,17 +87,17 @@ class PullFailed(Exception):
 class Pull:
     log = Logger()
 
-    def __init__(self, brick_id: str, source: str, peer: Peer, storage: Storage,
-                 participant: Participant, clock: IReactorTime, work_dir: Path,
-                 durable: bool, streams: Streams | None = None) -> None:
-        self.id = brick_id
+    def __init__(self, ctx: BrickContext, source: str, work_dir: Path,
+                 streams: Streams | None = None) -> None:
+        self.id = ctx.id
         self.source = source
-        self.peer = peer
-        self.storage = storage
-        self.participant = participant
-        self.clock = clock
+        self.peer = ctx.peer
+        self.storage = ctx.storage
+        self.participant = ctx.participant
+        self.clock = ctx.clock
         self.work_dir = Path(work_dir)
-        self.durable = durable
+        #: Received files are fsynced before they are installed (``fsync`` mode).
+        self.fsyncs = ctx.fsyncs
         self.session: int | None = None
         self.snapshots: list[dict[str, Any]] = []
         #: Log position applied so far, per partition (the source's numbering).
@@ -151,7 +147,7 @@ class Pull:
                 receivers.append(receiver)
                 if not await self._stream(snap, receiver):
                     await self._chunks(snap, receiver)
-                receiver.finish(durable=self.durable)
+                receiver.finish(fsync=self.fsyncs)
                 await self._verify_rows(receiver)
         except BaseException:
             for receiver in receivers:

@@ -24,7 +24,8 @@ from dds.partition import PartitionId
 
 from dds.bricks.discard import discard_gradually
 from dds.bricks.copy.session import CopySession
-from dds.bricks.copy.snapshot import RunInThread, SnapshotInfo, take_snapshot
+from dds.bricks.context import RunInThread
+from dds.bricks.copy.snapshot import SnapshotInfo, take_snapshot
 from dds.bricks.storage import Storage
 
 #: A snapshot this recent is shared by a new session of the same partition.

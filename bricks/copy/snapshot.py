@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 from dds.partition import PartitionId
 
+from dds.bricks.context import RunInThread
 from dds.bricks.discard import discard_gradually as discard_gradually  # re-exported
 from dds.bricks.partstore import Row, validate_pid
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum, verify_file_rows
@@ -49,9 +50,6 @@ from dds.bricks.copy.stream import BLOCK as STREAM_BLOCK
 
 log = Logger()
 
-#: ``run_in_thread(f, *args)``: run ``f(*args)`` off the reactor thread; the Deferred fires
-#: with its result on the reactor thread.
-RunInThread = Callable[..., "Deferred[Any]"]
 
 _HASH_BLOCK = STREAM_BLOCK
 _INCOMING = ".incoming"
@@ -247,8 +245,8 @@ class SnapshotReceiver:
         else:
             self._in_order = False
 
-    def finish(self, durable: bool = True) -> None:
-        """Verify the size and the whole file's checksum and, with ``durable``, fsync
+    def finish(self, fsync: bool = True) -> None:
+        """Verify the size and the whole file's checksum and, with ``fsync``, fsync
         it.  Without: a brick that crashes re-syncs on restart anyway, and in ``disk``
         durability only a power loss (which that mode does not survive) loses page-cache
         data; the fsync of 100 MB saturates a shared disk and stalls its neighbours."""
@@ -265,7 +263,7 @@ class SnapshotReceiver:
             if got != self.checksum:
                 self._fail(f"whole-file checksum mismatch ({got:#x}, expected "
                            f"{self.checksum:#x})")
-            if durable:
+            if fsync:
                 os.fsync(self._fd)
         except OSError as e:
             self._fail(f"verifying {self.path}: {e.strerror or e}")

@@ -47,28 +47,25 @@ session.  Everything runs on the reactor thread except the snapshots themselves.
 
 from __future__ import annotations
 
-import random
 import secrets
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from dds import failpoints
 from dds.errors import InternalError, InvalidRequest, NotServing, Timeout
-from dds.metrics import Metrics
 from dds.partition import PartitionId
 
-from dds.bricks.participant import Participant
+from dds.bricks.context import BrickContext
 from dds.bricks.copy.session import (ENDED_MEMORY, IDLE_S, LIVE, SERVING, CopySession,
                                      CopyState, Layout)
 from dds.bricks.copy.shared import SharedSnapshots
-from dds.bricks.copy.snapshot import RunInThread, SnapshotInfo, read_chunk
+from dds.bricks.copy.snapshot import SnapshotInfo, read_chunk
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
-from dds.bricks.storage import Storage
 from dds.bricks.copy.stream import AUTH, TOKEN_BYTES, StreamServer, background
 
 _SNAPSHOT_GLOB = "copy-*.snapshot"
@@ -79,19 +76,17 @@ class CopySessions:
 
     log = Logger()
 
-    def __init__(self, brick_id: str, storage: Storage, participant: Participant,
-                 clock: IReactorTime, snapshot_dir: Path, run_in_thread: RunInThread,
-                 fence_s: float, metrics: Metrics, rng: random.Random | None = None,
+    def __init__(self, ctx: BrickContext, snapshot_dir: Path, fence_s: float,
                  stream: StreamServer | None = None) -> None:
-        self.brick_id = brick_id
-        self.storage = storage
-        self.participant = participant
-        self.clock = clock
+        self.brick_id = brick_id = ctx.id
+        self.storage = storage = ctx.storage
+        self.participant = ctx.participant
+        self.clock = clock = ctx.clock
         self.snapshot_dir = Path(snapshot_dir)
-        self.run_in_thread = run_in_thread
+        self.run_in_thread = ctx.run_in_thread
         self.fence_s = fence_s
-        self.metrics = metrics
-        self._rng = rng if rng is not None else random.SystemRandom()
+        self.metrics = metrics = ctx.metrics
+        self._rng = ctx.rng
         self.sessions: dict[int, CopySession] = {}
         self._by_pair: dict[tuple[str, str], CopySession] = {}
         self._ended: OrderedDict[int, CopySession] = OrderedDict()

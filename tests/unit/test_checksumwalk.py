@@ -110,7 +110,7 @@ def test_a_received_snapshot_with_a_damaged_row_is_not_installed(tmp_path: Path)
     size, checksum = _hash_file(path)
     receiver = SnapshotReceiver(tmp_path, P, size, checksum)
     receiver.write(0, data, _hash_file(path)[1])
-    receiver.finish(durable=False)
+    receiver.finish(fsync=False)
     with pytest.raises(CopyFailed) as e:
         receiver.verify_rows()
     assert P in str(e.value) and repr(keys[1]) in str(e.value)

@@ -30,6 +30,8 @@ from dds.bricks.locks import LockTable
 from dds.bricks.participant import Participant
 from dds.bricks.copy.snapshot import SnapshotReceiver, apply_delta
 from dds.bricks.storage import Storage
+
+from tests.unit.brickctx import brick_context
 from dds.bricks.copy.stream import TOKEN_BYTES, StreamError, StreamServer, receive
 
 P0, P1 = PartitionId(1, 0), PartitionId(1, 1)
@@ -113,8 +115,9 @@ def src(tmp_path: Path) -> Iterator[Source]:
     metrics = Metrics()
     participant = Participant(storage, LockTable(clock), clock, metrics, lock_wait_s=1.0,
                               txn_deadline_s=5.0, on_deadline=lambda txn: None)
-    sessions = CopySessions("b1", storage, participant, clock, tmp_path / "snapshots",
-                            inline, FENCE_S, metrics, rng=random.Random(1))
+    ctx = brick_context(tmp_path / "ctx", clock, storage, participant, metrics,
+                        run_in_thread=inline, rng=random.Random(1))
+    sessions = CopySessions(ctx, tmp_path / "snapshots", FENCE_S)
     yield Source(clock, storage, participant, sessions, metrics)
     sessions.close()
     storage.close()
@@ -380,8 +383,9 @@ def test_stale_snapshots_of_a_previous_process_are_deleted_at_start(src: Source,
                                                                    tmp_path: Path) -> None:
     begin(src)
     assert snapshot_files(src)
-    CopySessions("b1", src.storage, src.participant, src.clock, tmp_path / "snapshots",
-                 inline, FENCE_S, Metrics())
+    CopySessions(brick_context(tmp_path / "ctx", src.clock, src.storage, src.participant,
+                               Metrics(), run_in_thread=inline),
+                 tmp_path / "snapshots", FENCE_S)
     assert snapshot_files(src) == []
 
 
@@ -569,9 +573,9 @@ def streaming(src: Source, tmp_path: Path) -> Iterator[Streaming]:
     pump = Pump()
     server = StreamServer("127.0.0.1", 0, pump)
     metrics = Metrics()
-    sessions = CopySessions("b1", src.storage, src.participant, src.clock,
-                            tmp_path / "stream-snapshots", inline, FENCE_S, metrics,
-                            rng=random.Random(2), stream=server)
+    ctx = brick_context(tmp_path / "ctx", src.clock, src.storage, src.participant, metrics,
+                        run_in_thread=inline, rng=random.Random(2))
+    sessions = CopySessions(ctx, tmp_path / "stream-snapshots", FENCE_S, stream=server)
     yield Streaming(sessions, server, pump, metrics)
     sessions.close()
 

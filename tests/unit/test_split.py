@@ -28,6 +28,8 @@ from dds.bricks.participant import Participant
 from dds.bricks.split import (EXPIRE_S, FENCE_S, Splits, build_targets, reshape)
 from dds.bricks.storage import Storage
 
+from tests.unit.brickctx import brick_context
+
 P = PartitionId(1, 0)
 C0, C1 = P.children()
 OTHER = PartitionId(1, 1)
@@ -133,8 +135,9 @@ def brick(tmp_path: Path) -> Iterator[Brick]:
             return await answer[0]
         return {"record": "new"}
 
-    splits = Splits("b1", maps, storage, participant, clock, inline,
-                    tmp_path / "data" / "split-staging", metrics, update)
+    ctx = brick_context(tmp_path / "data", clock, storage, participant, metrics, maps=maps,
+                        run_in_thread=inline)
+    splits = Splits(ctx, tmp_path / "data" / "split-staging", update)
     b = Brick(clock, storage, participant, maps, splits, updates, answer)
     b.adopt(rg(1, (P, "active"), (OTHER, "active")))
     yield b
@@ -421,8 +424,9 @@ def test_a_restarted_brick_deletes_staged_files_and_knows_no_job(brick: Brick,
                                                                  tmp_path: Path) -> None:
     fill(brick)
     prepare(brick)
-    again = Splits("b1", brick.maps, brick.storage, brick.participant, brick.clock, inline,
-                   brick.splits.work_dir, Metrics(), lambda m: None)  # type: ignore[arg-type,return-value]
+    ctx = brick_context(tmp_path / "data", brick.clock, brick.storage, brick.participant,
+                        Metrics(), maps=brick.maps, run_in_thread=inline)
+    again = Splits(ctx, brick.splits.work_dir, lambda m: None)  # type: ignore[arg-type,return-value]
     assert list(again.work_dir.iterdir()) == []
     with pytest.raises(Refused, match="restarted"):
         brick.call(again.finish(SplitFinish(job=JOB)))
