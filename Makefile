@@ -55,10 +55,13 @@ FAULT_ARGS = $(if $(SEED),--seed $(SEED)) $(if $(NEMESES),--nemeses $(NEMESES))
 verify: install
 	$(BIN)/python -m tests.faults.runner --profile verify $(FAULT_ARGS)
 
-# The deterministic simulation's seed sweep, wider than the test suite's 150 seeds.
+# The deterministic simulation's campaign: the seed sweep and the hypothesis state machine,
+# far wider than the test suite's 50 seeds and 30 examples (docs/simulation.md).
 SIM_SEEDS ?= 1000
+SIM_EXAMPLES ?= 300
 sim: install
-	DDS_SIM_SEEDS=$(SIM_SEEDS) $(BIN)/python -m pytest -q tests/sim/test_simulation.py -k sweep
+	DDS_SIM_SEEDS=$(SIM_SEEDS) DDS_SIM_EXAMPLES=$(SIM_EXAMPLES) $(BIN)/python -m pytest -q \
+	    tests/sim/test_simulation.py -k "sweep or TestSimMachine"
 
 soak: install
 	$(BIN)/python -m tests.faults.runner --profile soak --minutes $(MINUTES) $(FAULT_ARGS)
