@@ -1,6 +1,6 @@
 # The two set-up commands of the README, and the longer runs that are commands, not tests.
 #   make run   - virtual environment, install, a local 6-brick cluster, a short demo
-#   make test  - virtual environment, install, the whole test suite, mypy
+#   make test  - virtual environment, install, the whole test suite (2 workers), mypy
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -29,8 +29,12 @@ down: install
 status: install
 	$(BIN)/dds-admin local status
 
+# The suite runs in TEST_JOBS pytest-xdist workers, one test file at a time per worker
+# (--dist loadfile: a file's module-scoped cluster stays in one worker); TEST_JOBS=0 runs
+# it in this process alone.
+TEST_JOBS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20 tests
 	PYTHON=$(BIN)/python scripts/typecheck
 
 unit: install
