@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from dds.errors import StaleMap
 from dds.lib import DDSClient
 
 from tests.harness.cluster import Cluster
@@ -41,3 +42,22 @@ async def replica_value(cluster: Cluster, client: DDSClient, brick: BrickProcess
     route = client.router.route(client.map, key)
     reply = await call(cluster, brick, "get", {"key": key, **route.ref()})
     return (reply["value"], reply["version"])
+
+
+async def every_replica_holds(cluster: Cluster, client: DDSClient,
+                              written: dict[bytes, bytes]) -> None:
+    """Every acknowledged write, read from every replica of its key.  (A map fetched from
+    a brick that has not yet heard of the last record change is stale: refetched.)"""
+    for key, value in written.items():
+        for _attempt in range(100):
+            route = client.router.route(client.map, key)
+            try:
+                got = [(rec.id, await replica_value(cluster, client, cluster.brick(rec.id),
+                                                    key)) for rec in route.replicas]
+                break
+            except StaleMap:
+                await client.maps.refresh()
+                await deferLater(reactor, 0.05, lambda: None)
+        else:
+            raise AssertionError(f"the map of {key!r} stays stale")
+        assert all(g[0] == value for _, g in got), (key, got)

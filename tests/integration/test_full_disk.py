@@ -27,9 +27,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from dds.lib import DDSClient
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness.aio import call, eventually, every_replica_holds, replica_value
 from tests.harness.cluster import Cluster
-from tests.integration.test_damage import every_replica_holds
 
 VICTIM = "b3"
 #: b3 is in rg0, rg1 and rg2 of the 4-brick, 4-partition layout; rg3 is b4 b1 b2.

@@ -27,7 +27,7 @@ import pytest
 
 from dds.tools.admin import main as admin_main
 
-from tests.integration.test_admin import kill_leftovers, recorded
+from tests.harness.local import kill_leftovers, recorded
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
