@@ -10,8 +10,17 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from tests.harness.aio import stop_background
 from tests.harness.cluster import Cluster
 from tests.harness.local import local_up
+
+
+@pytest.fixture(autouse=True)
+def _background_loops_end_with_their_test() -> Iterator[None]:
+    """A test that failed before stopping its background readers or writers
+    (``tests.harness.aio.Background``) must not leave them running into later tests."""
+    yield
+    stop_background()
 
 
 def _stop_all(made: list[Cluster]) -> None:

@@ -22,7 +22,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from dds.lib import DDSClient
-from tests.harness.aio import call, eventually, every_replica_holds
+from dds.errors import ConnectionLost
+from tests.harness.aio import Background, call, eventually, every_replica_holds
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
 from tests.integration.test_scrub import scrub
@@ -93,12 +94,14 @@ def break_table(path: Path) -> None:
         f.write(b"\xff" * page_size)
 
 
-class Probe:
+class Probe(Background):
     """Reads of ``keys`` from one brick directly, one after another, until stopped:
-    each latency, and every answer that was not the written value."""
+    each latency, and every answer that was not the written value.  A lost connection
+    ends it (recorded as a wrong answer)."""
 
     def __init__(self, cluster: Cluster, client: DDSClient, brick: BrickProcess,
                  keys: list[bytes], written: dict[bytes, bytes]) -> None:
+        super().__init__()
         self.cluster, self.client, self.brick = cluster, client, brick
         self.keys, self.written = keys, written
         self.latencies: list[float] = []
@@ -117,8 +120,12 @@ class Probe:
                 began = time.monotonic()
                 try:
                     reply = await conn.call("get", {"key": key, **route.ref()}, timeout=5)
+                except ConnectionLost as e:
+                    self.wrong.append((key, repr(e)))
+                    break
                 except Exception as e:       # noqa: BLE001 -- recorded, asserted below
                     self.wrong.append((key, repr(e)))
+                    await self.settle()
                     continue
                 self.latencies.append(time.monotonic() - began)
                 if reply["value"] != self.written[key]:
