@@ -1,6 +1,6 @@
 # The two set-up commands of the README, and the longer runs that are commands, not tests.
 #   make run   - virtual environment, install, a local 6-brick cluster, a short demo
-#   make test  - virtual environment, install, the whole test suite, mypy
+#   make test  - virtual environment, install, the whole test suite (2 workers), mypy
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -29,8 +29,12 @@ down: install
 status: install
 	$(BIN)/dds-admin local status
 
+# The suite runs in TEST_JOBS pytest-xdist workers, one test file at a time per worker
+# (--dist loadfile: a file's module-scoped cluster stays in one worker); TEST_JOBS=0 runs
+# it in this process alone.
+TEST_JOBS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=20 tests
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20 tests
 	PYTHON=$(BIN)/python scripts/typecheck
 
 unit: install
@@ -55,10 +59,13 @@ FAULT_ARGS = $(if $(SEED),--seed $(SEED)) $(if $(NEMESES),--nemeses $(NEMESES))
 verify: install
 	$(BIN)/python -m tests.faults.runner --profile verify $(FAULT_ARGS)
 
-# The deterministic simulation's seed sweep, wider than the test suite's 150 seeds.
+# The deterministic simulation's campaign: the seed sweep and the hypothesis state machine,
+# far wider than the test suite's 50 seeds and 30 examples (docs/simulation.md).
 SIM_SEEDS ?= 1000
+SIM_EXAMPLES ?= 300
 sim: install
-	DDS_SIM_SEEDS=$(SIM_SEEDS) $(BIN)/python -m pytest -q tests/sim/test_simulation.py -k sweep
+	DDS_SIM_SEEDS=$(SIM_SEEDS) DDS_SIM_EXAMPLES=$(SIM_EXAMPLES) $(BIN)/python -m pytest -q \
+	    tests/sim/test_simulation.py -k "sweep or TestSimMachine"
 
 soak: install
 	$(BIN)/python -m tests.faults.runner --profile soak --minutes $(MINUTES) $(FAULT_ARGS)

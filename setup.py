@@ -66,6 +66,7 @@ setup(
         "test": [
             "pytest>=7.4",
             "pytest-twisted>=1.14",
+            "pytest-xdist>=3.5",
             "hypothesis>=6.90",
             "mypy>=1.8",
             "mypy-zope>=1.0",

@@ -1,8 +1,10 @@
 """The CI fault profile, end to end: real bricks, proxies, clients, nemeses, checkers.
 
-Takes about two minutes; the subprocess timeout is only a safety net for a loaded
-machine.  The seed is random (printed by the runner, so a failure can be replayed) unless
-``DDS_FAULTS_SEED`` is set.
+One minute of load (a little over a minute in all): every nemesis kind runs at least once
+and the history, lost-write and replica checks run on the result.  ``make verify`` is the
+longer campaign (docs/verification.md).  The subprocess timeout is only a safety net for a
+loaded machine.  The seed is random (printed by the runner, so a failure can be replayed)
+unless ``DDS_FAULTS_SEED`` is set.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.faults.nemesis import KINDS
+from tests.faults.runner import PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(r"^ops=(\d+) ok=(\d+) indeterminate=(\d+) faults=(\d+) "
@@ -65,5 +70,11 @@ def test_ci_profile_passes(tmp_path: Path) -> None:
     m = SUMMARY.search(out)
     assert m, out[-3000:]
     ops, ok, indet, faults, violations, lost, _gap, _p99 = map(int, m.groups())
-    assert ops >= 2_000 and faults >= 20 and ok + indet <= ops
+    prof = PROFILES["ci"]
+    assert ops >= prof.min_ops and faults >= prof.min_faults and ok + indet <= ops
     assert violations == 0 and lost == 0
+    by_kind = re.search(r"^faults by kind: (.*)$", out, re.MULTILINE)
+    assert by_kind, out[-3000:]
+    counts = dict(item.split("=") for item in by_kind.group(1).split())
+    assert sorted(counts) == sorted(KINDS) and all(int(n) >= 1 for n in counts.values()), \
+        by_kind.group(0)

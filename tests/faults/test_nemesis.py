@@ -73,16 +73,20 @@ def test_only_enabled_kinds() -> None:
         plan(7, ["pause", "meteor"], BRICKS, 60.0)
 
 
-def test_profiles_plan_enough_faults() -> None:
-    """The floors of the ci and verify profiles are met by the plan for any seed."""
+def test_profiles_plan_enough_faults_of_every_kind() -> None:
+    """The floors of the ci and verify profiles are met by the plan for any seed, and
+    both plan every kind (the ci profile is short: the suite's run must still exercise
+    every nemesis)."""
     for name in ("ci", "verify"):
         prof = runner.PROFILES[name]
+        assert prof.all_kinds, name
         bricks = [f"b{i + 1}" for i in range(prof.bricks)]
         for seed in range(100):
             faults = plan(seed, DEFAULT_KINDS, bricks, prof.fault_span, lease_s=prof.lease_s,
                           gap=prof.gap, max_active=prof.max_active, start=prof.warmup,
                           restart_quiet=prof.restart_quiet)
             assert len(faults) >= prof.min_faults, (name, seed)
+            assert {f.kind for f in faults} == set(DEFAULT_KINDS), (name, seed)
 
 
 def test_runner_plan_only_is_replayable(capsys: pytest.CaptureFixture[str]) -> None:

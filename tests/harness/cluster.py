@@ -82,12 +82,22 @@ class Cluster:
 
     async def init(self, reactor: Any, wait_serving: bool = True) -> None:
         """Push the initial map to every brick (what ``dds-admin init`` does), then wait
-        until every brick serves every RG it is in (holds its membership leases)."""
+        until every brick serves every RG it is in (holds its membership leases).  The
+        pushes go out together: each brick creates its partition files on its own CPU."""
+        from twisted.internet.defer import Deferred, FirstError, gatherResults
         wire = [r.canonical() for r in self.records()]
-        for b in self.bricks:
+
+        async def push(b: BrickProcess) -> None:
             conn = await self.admin_connection(reactor, b)
-            await conn.call("map_push", {"records": wire}, timeout=10)
-            conn.close()
+            try:
+                await conn.call("map_push", {"records": wire}, timeout=10)
+            finally:
+                conn.close()
+        try:
+            await gatherResults([Deferred.fromCoroutine(push(b)) for b in self.bricks],
+                                consumeErrors=True)
+        except FirstError as e:      # the brick's own error, not the wrapper
+            e.subFailure.raiseException()
         if wait_serving:
             await self.wait_serving(reactor, self.bricks)
 

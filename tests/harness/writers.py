@@ -21,7 +21,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 
 from dds.errors import DDSError
-from tests.harness.aio import call, eventually
+from tests.harness.aio import call, eventually, register_background
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
 from tests.verify.history import HistoryRecorder, Op
@@ -119,6 +119,7 @@ class Writers:
         for _ in range(self.n):
             self.clients.append(await self.cluster.client(reactor, timeout=self.timeout))
         self._running = True
+        register_background(self)
         self.started = time.monotonic()
         self._loops = DeferredList([Deferred.fromCoroutine(self._loop(i))
                                     for i in range(self.n)], consumeErrors=True)
@@ -141,6 +142,10 @@ class Writers:
                 continue        # the library already waited until its deadline
             rec.complete(h, "ok", result_version=version)
             self.acks.append(Ack(i + 1, key, value, version, time.monotonic(), time.time()))
+
+    def stop_soon(self) -> None:
+        """Let the loops end after the puts in flight (at the end of a failed test)."""
+        self._running = False
 
     async def stop(self) -> None:
         """Stop after the puts in flight; re-raises a writer that crashed."""

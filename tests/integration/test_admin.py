@@ -8,63 +8,15 @@ when it fails.  Nothing sleeps for a fixed time: commands wait for conditions th
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from dds.tools import procs
 from dds.tools.local import Layout, LocalParams, start_bricks, stop
 from dds.tools.runner import wait_for
 
-ADMIN = Path(sys.executable).with_name("dds-admin")
-COMMAND_TIMEOUT_S = 120
-
-
-def admin(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-          via_module: bool = False) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "dds.tools.admin"] if via_module or not ADMIN.exists() \
-        else [str(ADMIN)]
-    full_env = {k: v for k, v in os.environ.items() if k != "DDS_SECRET"}
-    full_env.update(env or {})
-    return subprocess.run(argv + list(args), cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=COMMAND_TIMEOUT_S)
-
-
-def recorded(cluster_dir: Path) -> list[tuple[int, int]]:
-    try:
-        data = json.loads((cluster_dir / "pids.json").read_text())
-    except FileNotFoundError:
-        return []
-    return [(b["pid"], b["start_time"]) for b in data["bricks"]]
-
-
-def kill_leftovers(pids: list[tuple[int, int]]) -> None:
-    """Last-resort cleanup of brick processes a failed test left behind."""
-    import signal
-    for pid, started in pids:
-        procs.signal_if_ours(pid, started, signal.SIGKILL)
-    wait_for(lambda: not any(procs.is_running(p, s) for p, s in pids), 10.0)
-
-
-@pytest.fixture
-def local_cluster(tmp_path: Path) -> Iterator[Path]:
-    """A running 3-brick local cluster (replication 3, 4 partitions)."""
-    cluster_dir = tmp_path / "cluster"
-    up = admin("local", "up", "--dir", str(cluster_dir), "--bricks", "3",
-               "--replication", "3", "--partitions", "4")
-    started = recorded(cluster_dir)
-    try:
-        assert up.returncode == 0, up.stderr
-        yield cluster_dir
-    finally:
-        if recorded(cluster_dir):
-            admin("local", "down", "--dir", str(cluster_dir))
-        kill_leftovers(started)
+from tests.harness.local import admin, recorded
 
 
 def status_json(cluster_dir: Path, *extra: str, code: int = 0) -> dict:

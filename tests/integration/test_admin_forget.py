@@ -16,26 +16,17 @@ import pytest
 from dds.tools import procs
 from dds.tools.runner import wait_for
 
-from tests.integration.test_admin import admin, kill_leftovers, recorded
+from tests.harness.local import admin, local_up, recorded
 
 
 @pytest.fixture
 def retired_b4(tmp_path: Path) -> Iterator[Path]:
-    cluster_dir = tmp_path / "cluster"
-    up = admin("local", "up", "--dir", str(cluster_dir), "--bricks", "4",
-               "--replication", "2", "--partitions", "4")
-    started = recorded(cluster_dir)
-    try:
-        assert up.returncode == 0, up.stderr
+    with local_up(tmp_path / "cluster", bricks=4, replication=2, partitions=4) as cluster_dir:
         removed = admin("remove-brick", "b4", "--dir", str(cluster_dir), "--json",
                         "--timeout", "120")
         assert removed.returncode == 0, removed.stdout + removed.stderr
         assert json.loads(removed.stdout)["retired"] == ["b4"]
         yield cluster_dir
-    finally:
-        if recorded(cluster_dir):
-            admin("local", "down", "--dir", str(cluster_dir))
-        kill_leftovers(started)
 
 
 def stop(cluster_dir: Path, brick: str) -> None:

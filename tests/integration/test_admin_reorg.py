@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_admin import (admin, kill_leftovers, local_cluster,  # noqa: F401
-                                          recorded)
+from tests.harness.local import admin, local_up
 
 #: What every one of the three reports (tools/reorg.py).
 COMMON = {"kind", "job", "dry_run", "result", "pid", "sources", "targets", "from_rg",
@@ -41,7 +40,7 @@ def rg_of(cluster: Path, pid: str) -> tuple[str, list[str]]:
     return here, [g["name"] for g in rgs if g["name"] != here]
 
 
-def test_move_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:  # noqa: F811
+def test_move_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:
     before = state(local_cluster)
     here, others = rg_of(local_cluster, "p2.1")
     plan = run_json(local_cluster, "move", "p2.1", "--to", others[0], "--dry-run")
@@ -55,7 +54,7 @@ def test_move_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -
     assert state(local_cluster) == before
 
 
-def test_split_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:  # noqa: F811
+def test_split_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:
     before = state(local_cluster)
     plan = run_json(local_cluster, "split", "p2.1", "--dry-run")
     assert (plan["result"], plan["job"]) == ("planned", None)
@@ -65,7 +64,7 @@ def test_split_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) 
     assert state(local_cluster) == before
 
 
-def test_merge_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:  # noqa: F811
+def test_merge_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:
     run_json(local_cluster, "split", "p2.1")
     before = state(local_cluster)
     plan = run_json(local_cluster, "merge", "p3.5", "--dry-run")
@@ -74,7 +73,7 @@ def test_merge_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) 
     assert state(local_cluster) == before
 
 
-def test_move_split_and_merge_report_the_same_fields(local_cluster: Path) -> None:  # noqa: F811
+def test_move_split_and_merge_report_the_same_fields(local_cluster: Path) -> None:
     _, others = rg_of(local_cluster, "p2.1")
     moved = run_json(local_cluster, "move", "p2.1", "--to", others[0])
     split = run_json(local_cluster, "split", "p2.1")
@@ -93,17 +92,8 @@ def test_move_split_and_merge_report_the_same_fields(local_cluster: Path) -> Non
 def pairs_cluster(tmp_path: Path) -> Iterator[Path]:
     """4 bricks, replication 2: groups of two, so a move between groups that share no
     brick copies the partition (``local up`` places rg0 on b1 b2 and rg2 on b3 b4)."""
-    cluster_dir = tmp_path / "pairs"
-    up = admin("local", "up", "--dir", str(cluster_dir), "--bricks", "4",
-               "--replication", "2", "--partitions", "4")
-    started = recorded(cluster_dir)
-    try:
-        assert up.returncode == 0, up.stderr
-        yield cluster_dir
-    finally:
-        if recorded(cluster_dir):
-            admin("local", "down", "--dir", str(cluster_dir))
-        kill_leftovers(started)
+    with local_up(tmp_path / "pairs", bricks=4, replication=2, partitions=4) as made:
+        yield made
 
 
 def test_move_shows_its_copy_progress_as_lines_off_a_terminal(pairs_cluster: Path) -> None:

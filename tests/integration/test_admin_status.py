@@ -10,17 +10,17 @@ from pathlib import Path
 from dds.tools import procs
 from dds.tools.runner import wait_for
 
-from tests.integration.test_admin import admin, local_cluster, recorded  # noqa: F401
+from tests.harness.local import admin, recorded
 
 
-def test_status_exits_zero_on_a_healthy_cluster(local_cluster: Path) -> None:  # noqa: F811
+def test_status_exits_zero_on_a_healthy_cluster(local_cluster: Path) -> None:
     for args in (("--json",), ()):
         result = admin("status", "--dir", str(local_cluster), *args)
         assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(admin("status", "--dir", str(local_cluster), "--json").stdout)["ok"]
 
 
-def test_status_exits_one_when_a_brick_is_down(local_cluster: Path) -> None:  # noqa: F811
+def test_status_exits_one_when_a_brick_is_down(local_cluster: Path) -> None:
     pid, started = recorded(local_cluster)[2]
     assert procs.signal_if_ours(pid, started, signal.SIGKILL)
     assert wait_for(lambda: not procs.is_running(pid, started), 20.0)
@@ -35,14 +35,14 @@ def test_status_exits_one_when_a_brick_is_down(local_cluster: Path) -> None:  # 
     assert local.returncode == 1
 
 
-def test_status_exits_one_when_no_seed_answers(local_cluster: Path) -> None:  # noqa: F811
+def test_status_exits_one_when_no_seed_answers(local_cluster: Path) -> None:
     assert admin("local", "down", "--dir", str(local_cluster)).returncode == 0
     result = admin("status", "--dir", str(local_cluster), "--timeout", "1")
     assert result.returncode == 1
     assert result.stderr.startswith("error:")
 
 
-def test_status_table_names_every_partition_id(local_cluster: Path) -> None:  # noqa: F811
+def test_status_table_names_every_partition_id(local_cluster: Path) -> None:
     report = json.loads(admin("status", "--dir", str(local_cluster), "--json").stdout)
     ids = {p for rg in report["rgs"] for p in rg["partition_states"]}
     assert ids == {"p2.0", "p2.1", "p2.2", "p2.3"}

@@ -74,19 +74,20 @@ def run_asyncio(cluster: Cluster, body: str, *, with_client: bool = True,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def cluster(cluster_factory: Any) -> Cluster:
-    made: Cluster = cluster_factory(bricks=3, replication=3, partitions=4)
+@pytest.fixture(scope="module")
+def cluster(shared_cluster_factory: Any) -> Cluster:
+    """One initialized cluster for the module's tests: each writes keys of its own and
+    none stops a brick."""
+    made: Cluster = shared_cluster_factory(bricks=3, replication=3, partitions=4)
     return made
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_put_is_read_back_with_its_version(cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            version = await c.put(b"k", b"v1")
-            got = await c.get(b"k")
+            version = await c.put(b"a-put-is", b"v1")
+            got = await c.get(b"a-put-is")
             return [version, got.value.decode(), got.version]
         """) == [1, "v1", 1]
 
@@ -94,14 +95,13 @@ async def test_a_put_is_read_back_with_its_version(cluster: Cluster) -> None:
 @pytest_twisted.ensureDeferred
 async def test_create_of_an_existing_key_raises_exists_and_keeps_the_value(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            await c.create(b"lock", b"first")
+            await c.create(b"create-of-an", b"first")
             try:
-                await c.create(b"lock", b"second")
+                await c.create(b"create-of-an", b"second")
             except errors.Exists:
-                return (await c.get(b"lock")).value.decode()
+                return (await c.get(b"create-of-an")).value.decode()
             return "no error"
         """) == "first"
 
@@ -109,15 +109,14 @@ async def test_create_of_an_existing_key_raises_exists_and_keeps_the_value(
 @pytest_twisted.ensureDeferred
 async def test_compare_and_put_at_a_stale_version_raises_version_mismatch(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            v1 = await c.put(b"k", b"a")
-            v2 = await c.compare_and_put(b"k", b"b", expected_version=v1)
+            v1 = await c.put(b"compare-and-put", b"a")
+            v2 = await c.compare_and_put(b"compare-and-put", b"b", expected_version=v1)
             try:
-                await c.compare_and_put(b"k", b"c", expected_version=v1)
+                await c.compare_and_put(b"compare-and-put", b"c", expected_version=v1)
             except errors.VersionMismatch:
-                got = await c.get(b"k")
+                got = await c.get(b"compare-and-put")
                 return [v2, got.value.decode(), got.version]
             return "no error"
         """) == [2, "b", 2]
@@ -125,12 +124,11 @@ async def test_compare_and_put_at_a_stale_version_raises_version_mismatch(
 
 @pytest_twisted.ensureDeferred
 async def test_remove_leaves_no_value_and_a_higher_version(cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            await c.put(b"k", b"v")
-            removed = await c.remove(b"k")
-            got = await c.get(b"k")
+            await c.put(b"remove-leaves-no", b"v")
+            removed = await c.remove(b"remove-leaves-no")
+            got = await c.get(b"remove-leaves-no")
             return [removed, got.value, got.version]
         """) == [2, None, 2]
 
@@ -138,10 +136,9 @@ async def test_remove_leaves_no_value_and_a_higher_version(cluster: Cluster) -> 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_gets_with_gather_each_return_their_own_key(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            keys = [b"key-%d" % i for i in range(50)]
+            keys = [b"concurrent-gets-with-%d" % i for i in range(50)]
             await asyncio.gather(*(c.put(k, k.upper()) for k in keys))
             got = await asyncio.gather(*(c.get(k) for k in keys))
             return all(g.value == k.upper() for g, k in zip(got, keys))
@@ -151,7 +148,6 @@ async def test_concurrent_gets_with_gather_each_return_their_own_key(
 @pytest_twisted.ensureDeferred
 async def test_a_wrong_secret_fails_connect_with_authentication_failed(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(_, cfg):
             try:
@@ -166,19 +162,17 @@ async def test_a_wrong_secret_fails_connect_with_authentication_failed(
 @pytest_twisted.ensureDeferred
 async def test_a_host_name_seed_is_resolved_without_a_reactor_thread_pool(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     seeds = [s.replace("127.0.0.1", "localhost") for s in cluster.seeds]
     assert seeds != cluster.seeds
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            return await c.put(b"k", b"v")
+            return await c.put(b"a-host-name", b"v")
         """, seeds=seeds) == 1
 
 
 @pytest_twisted.ensureDeferred
 async def test_two_clients_on_one_loop_share_one_reactor_which_the_last_close_removes(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         from dds.lib import aio
 
@@ -186,8 +180,8 @@ async def test_two_clients_on_one_loop_share_one_reactor_which_the_last_close_re
             a = await connect(cfg)
             b = await connect(cfg)
             shared = a.client.reactor is b.client.reactor
-            await a.put(b"k", b"from a")
-            seen = (await b.get(b"k")).value.decode()
+            await a.put(b"two-clients-on", b"from a")
+            seen = (await b.get(b"two-clients-on")).value.decode()
             await a.close()
             after_one = asyncio.get_running_loop() in aio._shared
             await b.close()
@@ -201,10 +195,9 @@ async def test_a_cancelled_put_raises_cancelled_error_and_may_still_be_applied(
         cluster: Cluster) -> None:
     """Cancellation is not a failure that undoes the write: the put runs on, and is
     applied; the caller was told neither "done" nor "nothing was applied"."""
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(c, cfg):
-            task = asyncio.ensure_future(c.put(b"k", b"cancelled"))
+            task = asyncio.ensure_future(c.put(b"a-cancelled-put", b"cancelled"))
             await asyncio.sleep(0)        # the put is on the wire
             task.cancel()
             try:
@@ -213,7 +206,7 @@ async def test_a_cancelled_put_raises_cancelled_error_and_may_still_be_applied(
             except asyncio.CancelledError:
                 outcome = "cancelled"
             for _ in range(100):
-                got = await c.get(b"k")
+                got = await c.get(b"a-cancelled-put")
                 if got.version:
                     break
                 await asyncio.sleep(0.05)
@@ -224,14 +217,13 @@ async def test_a_cancelled_put_raises_cancelled_error_and_may_still_be_applied(
 @pytest_twisted.ensureDeferred
 async def test_the_late_outcome_of_a_cancelled_put_is_logged_with_its_version(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         from twisted.logger import formatEvent, globalLogPublisher
 
         async def main(c, cfg):
             lines = []
             globalLogPublisher.addObserver(lambda e: lines.append(formatEvent(e)))
-            task = asyncio.ensure_future(c.put(b"k", b"v"))
+            task = asyncio.ensure_future(c.put(b"the-late-outcome", b"v"))
             await asyncio.sleep(0)
             task.cancel()
             for _ in range(100):
@@ -245,12 +237,11 @@ async def test_the_late_outcome_of_a_cancelled_put_is_logged_with_its_version(
 @pytest_twisted.ensureDeferred
 async def test_a_client_is_refused_on_an_event_loop_other_than_its_own(
         cluster: Cluster) -> None:
-    await cluster.init(reactor)
     assert run_asyncio(cluster, """
         async def main(_, cfg):
             c = await connect(cfg)
             try:                          # another loop, in a thread of its own
-                await asyncio.to_thread(asyncio.run, c.get(b"k"))
+                await asyncio.to_thread(asyncio.run, c.get(b"a-client-is"))
                 outcome = "ran"
             except RuntimeError as e:
                 outcome = str(e)

@@ -20,7 +20,7 @@ from dds.errors import (AuthenticationFailed, DDSError, KeyTooLarge, Unavailable
 from dds.connect import open_connection
 from dds.lib import DDSClient
 
-from tests.harness.cluster import CLUSTER
+from tests.harness.cluster import CLUSTER, Cluster
 
 
 def _raw_connection(port: int) -> socket.socket:
@@ -36,11 +36,18 @@ def _read_frame(s: socket.socket) -> list[Any]:
     return msgpack.unpackb(s.recv(n, socket.MSG_WAITALL), raw=False)
 
 
+@pytest.fixture(scope="module")
+def cluster(shared_cluster_factory: Any) -> Cluster:
+    """One initialized cluster for the module's tests whose bad input must change
+    nothing: each writes keys of its own and checks metrics as its own deltas."""
+    made: Cluster = shared_cluster_factory(bricks=3, replication=3, partitions=4)
+    return made
+
+
 @pytest_twisted.ensureDeferred
-async def test_garbage_frames_get_an_error_and_the_brick_keeps_serving(cluster_factory: Any
+async def test_garbage_frames_get_an_error_and_the_brick_keeps_serving(cluster: Cluster
                                                                        ) -> None:
-    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
-    await cluster.init(reactor)
+    malformed = cluster.metric("b1", "frames_malformed_total")
     s = _raw_connection(cluster.brick("b1").port)
     garbage = b"\xc1\xc1not msgpack"
     s.sendall(len(garbage).to_bytes(4, "big") + garbage)
@@ -50,27 +57,25 @@ async def test_garbage_frames_get_an_error_and_the_brick_keeps_serving(cluster_f
     s.close()
     client = await cluster.client(reactor)
     assert await client.put(b"still", b"serving") == 1
-    assert cluster.metric("b1", "frames_malformed_total") >= 1
+    assert cluster.metric("b1", "frames_malformed_total") >= malformed + 1
     await client.close()
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_oversize_frame_is_refused_before_it_is_read(cluster_factory: Any) -> None:
-    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
-    await cluster.init(reactor)
+async def test_an_oversize_frame_is_refused_before_it_is_read(cluster: Cluster) -> None:
+    oversize = cluster.metric("b2", "frames_oversize_total")
     s = _raw_connection(cluster.brick("b2").port)
     s.sendall((64 << 20).to_bytes(4, "big") + b"x" * 1000)
     mtype, _rid, body = _read_frame(s)
     assert mtype == "err" and "exceeds the limit" in body["msg"]
     assert s.recv(1) == b""      # then the brick hangs up
     assert cluster.brick("b2").alive()
-    assert cluster.metric("b2", "frames_oversize_total") >= 1
+    assert cluster.metric("b2", "frames_oversize_total") >= oversize + 1
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_wrong_secret_is_refused_with_a_clear_error(cluster_factory: Any) -> None:
-    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
-    await cluster.init(reactor)
+async def test_a_wrong_secret_is_refused_with_a_clear_error(cluster: Cluster) -> None:
+    failures = cluster.metric("b1", "handshake_failures_total")
     with pytest.raises(AuthenticationFailed) as info:
         await DDSClient.connect(reactor, cluster.seeds[:1], cluster=CLUSTER,
                                 secret=b"not-the-secret")
@@ -81,7 +86,7 @@ async def test_a_wrong_secret_is_refused_with_a_clear_error(cluster_factory: Any
                               node_id="intruder", cluster=CLUSTER, secret=b"not-the-secret",
                               max_frame=1 << 20)
     assert all(b.alive() for b in cluster.bricks)
-    assert cluster.metric("b1", "handshake_failures_total") >= 1
+    assert cluster.metric("b1", "handshake_failures_total") >= failures + 1
 
 
 @pytest_twisted.ensureDeferred
@@ -95,19 +100,17 @@ async def test_a_brick_address_that_does_not_answer_is_named(tmp_path: Path) -> 
 
 
 @pytest_twisted.ensureDeferred
-async def test_oversize_keys_and_values_fail_before_any_io(cluster_factory: Any) -> None:
-    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
-    await cluster.init(reactor)
+async def test_oversize_keys_and_values_fail_before_any_io(cluster: Cluster) -> None:
     client = await cluster.client(reactor)
     prepares = [cluster.metric(b.id, "requests_total", type="prepare")
                 for b in cluster.bricks]
     with pytest.raises(KeyTooLarge, match="1025 bytes exceeds the limit of 1024"):
         await client.put(b"k" * 1025, b"v")
     with pytest.raises(ValueTooLarge, match="exceeds the limit"):
-        await client.put(b"k", b"v" * ((1 << 20) + 1))
+        await client.put(b"oversize", b"v" * ((1 << 20) + 1))
     assert [cluster.metric(b.id, "requests_total", type="prepare")
             for b in cluster.bricks] == prepares
-    assert (await client.get(b"k")).version == 0
+    assert (await client.get(b"oversize")).version == 0
     await client.close()
 
 
@@ -143,10 +146,8 @@ def test_an_unknown_config_key_stops_the_brick_with_the_setting_named(tmp_path: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_blocking_client_works_without_a_reactor(cluster_factory: Any,
+async def test_the_blocking_client_works_without_a_reactor(cluster: Cluster,
                                                            tmp_path: Path) -> None:
-    cluster = cluster_factory(bricks=3, replication=3, partitions=4)
-    await cluster.init(reactor)
     script = tmp_path / "blocking.py"
     script.write_text(
         "import sys\n"

@@ -20,11 +20,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 
-from dds.errors import StaleMap
 from dds.lib import DDSClient
-from tests.harness.aio import call, eventually, replica_value
+from dds.errors import ConnectionLost
+from tests.harness.aio import Background, call, eventually, every_replica_holds
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
 from tests.integration.test_scrub import scrub
@@ -95,12 +94,14 @@ def break_table(path: Path) -> None:
         f.write(b"\xff" * page_size)
 
 
-class Probe:
+class Probe(Background):
     """Reads of ``keys`` from one brick directly, one after another, until stopped:
-    each latency, and every answer that was not the written value."""
+    each latency, and every answer that was not the written value.  A lost connection
+    ends it (recorded as a wrong answer)."""
 
     def __init__(self, cluster: Cluster, client: DDSClient, brick: BrickProcess,
                  keys: list[bytes], written: dict[bytes, bytes]) -> None:
+        super().__init__()
         self.cluster, self.client, self.brick = cluster, client, brick
         self.keys, self.written = keys, written
         self.latencies: list[float] = []
@@ -119,8 +120,12 @@ class Probe:
                 began = time.monotonic()
                 try:
                     reply = await conn.call("get", {"key": key, **route.ref()}, timeout=5)
+                except ConnectionLost as e:
+                    self.wrong.append((key, repr(e)))
+                    break
                 except Exception as e:       # noqa: BLE001 -- recorded, asserted below
                     self.wrong.append((key, repr(e)))
+                    await self.settle()
                     continue
                 self.latencies.append(time.monotonic() - began)
                 if reply["value"] != self.written[key]:
@@ -149,25 +154,6 @@ async def healed(cluster: Cluster, brick: BrickProcess) -> bool:
     return (all(s == "active" for s in status["members"].values())
             and not status["blocked"]
             and status["metrics"].get("damaged_replicas", 0) == 0)
-
-
-async def every_replica_holds(cluster: Cluster, client: DDSClient,
-                              written: dict[bytes, bytes]) -> None:
-    """Every acknowledged write, read from every replica of its key.  (A map fetched from
-    a brick that has not yet heard of the last record change is stale: refetched.)"""
-    for key, value in written.items():
-        for attempt in range(100):
-            route = client.router.route(client.map, key)
-            try:
-                got = [(rec.id, await replica_value(cluster, client, cluster.brick(rec.id),
-                                                    key)) for rec in route.replicas]
-                break
-            except StaleMap:
-                await client.maps.refresh()
-                await deferLater(reactor, 0.05, lambda: None)
-        else:
-            raise AssertionError(f"the map of {key!r} stays stale")
-        assert all(g[0] == value for _, g in got), (key, got)
 
 
 def damaged_files(brick: BrickProcess, pid: str) -> list[Path]:

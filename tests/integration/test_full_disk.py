@@ -27,9 +27,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from dds.lib import DDSClient
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness.aio import (Background, call, eventually, every_replica_holds,
+                               replica_value)
 from tests.harness.cluster import Cluster
-from tests.integration.test_damage import every_replica_holds
 
 VICTIM = "b3"
 #: b3 is in rg0, rg1 and rg2 of the 4-brick, 4-partition layout; rg3 is b4 b1 b2.
@@ -88,11 +88,12 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-class Writer:
+class Writer(Background):
     """Puts one key after another, across every partition, until stopped: what was
     acknowledged, each write's latency, and any error."""
 
     def __init__(self, client: DDSClient) -> None:
+        super().__init__()
         self.client = client
         self.acked: dict[bytes, bytes] = {}
         self.latencies: list[tuple[str, float]] = []      # (rg, seconds)
@@ -111,6 +112,7 @@ class Writer:
                 await self.client.put(key, value)
             except Exception as e:      # noqa: BLE001 -- recorded, asserted by the test
                 self.errors.append(f"{key!r}: {e!r}")
+                await self.settle()
                 continue
             self.latencies.append((rg, time.monotonic() - began))
             self.acked[key] = value
@@ -126,11 +128,12 @@ class Writer:
                 f"{lat[int(len(lat) * 0.99)] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
 
 
-class Reader:
+class Reader(Background):
     """Gets of ``keys`` through the library, one after another, until stopped: each
     latency, and any answer that is not the written value."""
 
     def __init__(self, client: DDSClient, written: dict[bytes, bytes]) -> None:
+        super().__init__()
         self.client, self.written = client, written
         self.latencies: list[float] = []
         self.wrong: list[str] = []
@@ -148,6 +151,7 @@ class Reader:
                 got = await self.client.get(key)
             except Exception as e:      # noqa: BLE001 -- recorded, asserted by the test
                 self.wrong.append(f"{key!r}: {e!r}")
+                await self.settle()
                 continue
             self.latencies.append(time.monotonic() - began)
             if got.value != self.written[key]:

@@ -27,7 +27,7 @@ import pytest
 
 from dds.tools.admin import main as admin_main
 
-from tests.integration.test_admin import kill_leftovers, recorded
+from tests.harness.local import kill_leftovers, recorded
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -42,6 +42,7 @@ NOT_RUN = {
     "make test": "the whole suite, this test included",
     "make verify": "minutes of fault runs",
     "make soak": "an hour of fault runs",
+    "make sim": "minutes of simulation (the suite runs a short sweep itself)",
     "dds-brick --config": "a brick on the fixed ports of conf/brick.toml",
     "dds-admin init": "bricks at conf/cluster.toml's fixed addresses (local up inits)",
     "dds-admin status --seeds": "the fixed address of conf/brick.toml; `status --local` "
