@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from dds.errors import DDSError, InvalidRequest, UnknownTransaction
+from dds.errors import DDSError, InvalidRequest, ReplicaDamaged, UnknownTransaction
 from dds.messages import TxnId, TxnState as TxnStateMsg
 from dds.metrics import Metrics
 from dds.records import RGRecord
@@ -206,6 +206,11 @@ class Terminator:
                     query["peek"] = True
                 reply = await conn.call("txn_state", query, timeout=TXN_STATE_TIMEOUT_S)
                 states.append(str(reply.get("state")))
+            except ReplicaDamaged as e:
+                # Its replica needs a copy: it may have lost its vote, so it cannot say.
+                states.append("damaged")
+                self.log.warn("termination of {txid}: {brick} cannot tell: {error}",
+                              txid=txn.txid, brick=brick, error=e.message)
             except DDSError as e:
                 states.append("unreachable")
                 self.log.warn("termination of {txid}: {brick} unreachable: {error}",
@@ -228,13 +233,20 @@ class Terminator:
         elif peek:
             return Termination(txn.txid, pid, "in-doubt", others, tuple(states),
                                "asked early: nobody decided yet")
-        elif all(s == "prepared" for s in states):
+        elif all(s in ("prepared", "damaged") for s in states):
+            # A damaged member (its replica needs a copy, so it may have lost a YES vote)
+            # counts as prepared: this member still holds its YES, so no coordinator
+            # reported a definite failure (that needs every YES undone), and committing
+            # can contradict no reply; aborting could undo a reported success.  The
+            # damaged member gets the outcome with its copy.
             if not infer_commit:
                 reason = "every member prepared, but the deadline has not passed"
                 self.log.info("transaction {txid} left prepared: {reason}", txid=txn.txid,
                               reason=reason)
                 return Termination(txn.txid, pid, "in-doubt", others, tuple(states), reason)
-            decision, reason = "commit", "every member prepared"
+            decision, reason = "commit", (
+                "every member prepared" if "damaged" not in states else
+                "every member prepared or cannot tell (its replica needs a copy)")
         elif (infer_commit and not excluded and self.exclude is not None
               and sum(1 for b in rg.active_members
                       if b == self.id or dict(zip(others, states)).get(b) != "unreachable")
