@@ -208,16 +208,7 @@ def test_a_delta_from_a_source_without_checksums_is_applied_with_computed_ones(
 
 
 def test_a_damaged_log_batch_does_not_hide_the_batches_after_it(tmp_path: Path) -> None:
-    keys = [key_in(P, i) for i in range(3)]
-    s = Storage(tmp_path, Clock())
-    s.open_partition(P)
-    for i, key in enumerate(keys):      # three appends, three batches
-        s.write(P, key, b"value-%d" % i, 1)
-        s.flush(files=False)
-    (log,) = log_files(tmp_path)
-    s._txlog.close()
-    for store in s._stores.values():    # dies before the files get the rows
-        store._conn.close()
+    keys, log = _three_batches_then_die(tmp_path)
     data = bytearray(log.read_bytes())
     at = data.index(b"value-1")
     data[at + 6] ^= 0x01                # "value-1" -> "value-0": still decodes
