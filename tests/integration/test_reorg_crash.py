@@ -392,28 +392,40 @@ async def _excluded(cluster: Cluster, brick: BrickProcess, rg: str) -> bool:
     return (await _newest(cluster, rg)).member_state(brick.id) == "excluded"
 
 
-async def _recovery_copying(cluster: Cluster, brick: BrickProcess, rg: str) -> bool:
+async def _recovery_held(cluster: Cluster, brick: BrickProcess, rg: str) -> bool:
+    """``brick``'s recovery of ``rg`` copied bytes, then failed at the middle chunk."""
     r = (await _status(cluster, brick))["recovery"].get(rg)
-    return bool(r and r["phase"] == "copying" and r["bytes_done"] > 0)
+    return bool(r and r["attempts"] >= 1 and r["last_error"]
+                and "copy.mid" in r["last_error"])
 
 
 async def _kill_and_restart_until_copying(cluster: Cluster, victim: BrickProcess,
                                           rg: str) -> None:
     """kill -9 ``victim``; once the writers had it excluded from ``rg``, restart it and
-    return while it copies ``rg``'s partitions (paced: a few seconds)."""
+    return while it copies ``rg``'s partitions (paced: a few seconds).
+
+    Until its record is read and spread, every possible source fails the copy at its
+    middle chunk, so the victim is certainly still *recovering* then (a paced copy
+    alone could finish before the record is read on a loaded machine)."""
     victim.stop(signal.SIGKILL)
     await eventually(lambda: _excluded(cluster, victim, rg), WAIT_S,
                      f"{victim.id} to be excluded from {rg}")
-    await restart(cluster, victim)
-    await eventually(lambda: _recovery_copying(cluster, victim, rg), WAIT_S,
-                     f"{victim.id} to copy {rg}")
-
-    # The admin tools plan from any brick's map: spread the record now (gossip would,
-    # within a few seconds, which could outlast the copy).
-    rec = await _newest(cluster, rg)
-    assert rec.member_state(victim.id) == "recovering", rec
-    for b in cluster.bricks:
-        await call(cluster, b, "map_push", {"records": [rec.canonical()]})
+    sources = [b for b in cluster.bricks if b is not victim]
+    for b in sources:
+        await call(cluster, b, "failpoint", {"name": "copy.mid", "action": "error"})
+    try:
+        await restart(cluster, victim)
+        await eventually(lambda: _recovery_held(cluster, victim, rg), WAIT_S,
+                         f"{victim.id} to copy half of {rg}")
+        # The admin tools plan from any brick's map: spread the record now (gossip
+        # would, within a few seconds, which could outlast the copy).
+        rec = await _newest(cluster, rg)
+        assert rec.member_state(victim.id) == "recovering", rec
+        for b in cluster.bricks:
+            await call(cluster, b, "map_push", {"records": [rec.canonical()]})
+    finally:
+        for b in sources:
+            await call(cluster, b, "failpoint", {"name": "copy.mid", "action": None})
 
 
 async def _move_beside_a_re_syncing_member(
