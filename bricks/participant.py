@@ -64,7 +64,7 @@ class Transaction:
     __slots__ = ("txid", "pid", "pid_text", "key", "op", "value", "new_version", "state",
                  "timer", "wake_at", "prepared_at", "due_at", "waiters", "queried", "ts",
                  "expected_version", "timeout_ms", "lock_key", "checksum", "origin",
-                 "asked_at")
+                 "asked_at", "participants")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
                  value: bytes | None, now: float, ts: tuple[int, int] = (0, 0),
@@ -107,6 +107,9 @@ class Transaction:
         self.origin: Any = None
         #: When a member whose key this transaction holds last asked the others early.
         self.asked_at: float | None = None
+        #: The members the coordinator sent the PREPARE to: the ones termination asks
+        #: (DESIGN §4).  Empty for a vote recorded before the list was kept.
+        self.participants: tuple[str, ...] = ()
 
 
 class Participant:
@@ -161,17 +164,20 @@ class Participant:
                 recheck: Callable[[], Any]) -> dict[str, int] | Deferred[dict[str, int]]:
         """Vote on ``msg`` (see :meth:`vote`)."""
         return self.vote(msg.txid, msg.ts, pid, msg.key, msg.op, msg.value,
-                         msg.expected_version, msg.timeout_ms, recheck)
+                         msg.expected_version, msg.timeout_ms, recheck,
+                         participants=msg.participants)
 
     def vote(self, txid: TxnId, ts: tuple[int, int], pid: PartitionId, key: bytes, op: str,
              value: bytes | None, expected_version: int | None, timeout_ms: int,
              recheck: Callable[[], Any], pid_text: str | None = None,
-             reply: Reply | None = None, to: Any = None) -> Any:
+             reply: Reply | None = None, to: Any = None,
+             participants: tuple[str, ...] = ()) -> Any:
         """Vote on a validated PREPARE: the YES vote, or raises (or fails with) the NO
         reason.  ``recheck`` re-validates the map after waiting for a lock (it may have
         moved on meanwhile).  An uncontended key is voted on at once, without waiting.
         With ``reply``, a vote that waits for its record to be durable returns ``LATER``
-        and is answered by ``reply(to, ...)`` instead of a Deferred."""
+        and is answered by ``reply(to, ...)`` instead of a Deferred.  ``participants``
+        are recorded with the vote: termination asks them."""
         if failpoints.ARMED:
             failpoints.fire("prepare.before_vote")
         known = self.active.get(txid)
@@ -191,6 +197,7 @@ class Participant:
                           expected_version, timeout_ms, pid_text)
         if to is not None:
             txn.origin = to[0]
+        txn.participants = participants
         self.active[txid] = txn
         if self.locks.try_acquire(txn.lock_key, txid, ts):
             # The caller checked the map just now: nothing to re-check.
@@ -249,11 +256,13 @@ class Participant:
         if reply is not None:
             if self.storage.prepare_then(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
                                          txn.new_version, txn.ts, self._recorded,
-                                         (txn, deadline, reply, to), txn.checksum):
+                                         (txn, deadline, reply, to), txn.checksum,
+                                         txn.participants):
                 return LATER
             return self._prepared(None, txn, deadline)    # memory durability: no wait
         recorded = self.storage.prepare(txn.pid_text, txn.txid, txn.key, txn.op, txn.value,
-                                        txn.new_version, txn.ts, txn.checksum)
+                                        txn.new_version, txn.ts, txn.checksum,
+                                        txn.participants)
         if recorded.called:          # memory durability: no wait
             return self._prepared(None, txn, deadline)
         return recorded.addCallbacks(self._prepared, self._record_failed,
@@ -324,6 +333,7 @@ class Participant:
                               rec.ts, pid_text=rec.pid)
             txn.new_version = rec.new_version
             txn.checksum = rec.checksum
+            txn.participants = rec.participants
             txn.state = TxnState.PREPARED
             # It may have answered "prepared" to a termination query before it stopped:
             # only termination decides now, never a coordinator's ABORT.

@@ -15,7 +15,7 @@ import random
 import sqlite3
 import time
 from time import perf_counter
-from typing import Any, Callable, cast
+from typing import Any, Callable, Sequence, cast
 
 import attrs
 
@@ -30,8 +30,8 @@ from dds.config import BrickConfig
 from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
                         ReplicaDamaged, ValueTooLarge)
 from dds.maps import ClusterMap
-from dds.messages import (GET_COMPACT, GET_COMPACT_FIELDS, OPS, Abort, Commit, Get, Lease,
-                          MapPush, Message, Ping, Prepare, RGChange, RGStatus, RowRead,
+from dds.messages import (GET_COMPACT, GET_COMPACT_FIELDS, MAX_PARTICIPANTS, OPS, Abort,
+                          Commit, Get, Lease, MapPush, Message, Ping, Prepare, RGChange, RGStatus, RowRead,
                           TxnState as TxnStateMsg, decode_request, roles_of)
 from dds.metrics import Count, Histogram, Metrics
 from dds.connect import ConnectionCache, Opener
@@ -78,7 +78,8 @@ _U64 = 1 << 64
 #: ids must not grow it without end.
 _GATES_MAX = 4096
 #: A remembered map check: record version and fp, the partition, its mask and prefix.
-_Gate = tuple[int, int, PartitionId, int, int]
+#: (version, fp, partition, mask, prefix, the RG's active members) of a checked route.
+_Gate = tuple[int, int, PartitionId, int, int, tuple[str, ...]]
 #: A restored prepared transaction asks the other members this soon after a restart.
 RESOLVE_AFTER_RESTART_S = 1.0
 #: Where a request the handler answers later (``LATER``) is answered: its connection,
@@ -95,6 +96,7 @@ def _prepare_body_ok(b: dict[str, Any]) -> bool:
     ``Prepare``; False sends it down the general path, which names the problem."""
     txid, ts, op, value, expected = b["txid"], b["ts"], b["op"], b["value"], b["expected_version"]
     version, fp, timeout = b["rg_version"], b["rg_fp"], b["timeout_ms"]
+    parts = b["participants"]
     return (type(txid) is list and len(txid) == 2 and type(txid[0]) is int
             and type(txid[1]) is int and type(ts) is list and len(ts) == 2
             and type(ts[0]) is int and type(ts[1]) is int
@@ -105,7 +107,10 @@ def _prepare_body_ok(b: dict[str, Any]) -> bool:
             and type(op) is str and op in _OPS
             and (value is None if op == "remove" else type(value) is bytes)
             and (type(expected) is int and 0 <= expected < _U64 if op == "cas"
-                 else expected is None))
+                 else expected is None)
+            and type(parts) is list and len(parts) <= MAX_PARTICIPANTS
+            and all(type(p) is str and 0 < len(p) <= 128 for p in parts)
+            and len(set(parts)) == len(parts))
 
 class Brick:
     log = Logger()
@@ -565,7 +570,7 @@ class Brick:
         if hit is not None:
             return hit
         pid, rec = self.maps.check(pid_text, rg, version, fp)
-        gate = (rec.version, rec.fp, pid, pid.mask, pid.prefix)
+        gate = (rec.version, rec.fp, pid, pid.mask, pid.prefix, rec.active_members)
         if str(pid) == pid_text and len(self._gates) < _GATES_MAX:
             self._gates[(rg, pid_text)] = gate
         return gate
@@ -694,7 +699,7 @@ class Brick:
     def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
         return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
                              msg.expected_version, msg.rg, msg.rg_version, msg.rg_fp,
-                             msg.timeout_ms)
+                             msg.timeout_ms, msg.participants)
 
     def _prepare_fast(self, args: tuple[dict[str, Any], _To]) -> Any:
         """A PREPARE whose body passed ``_prepare_body_ok``, answered through ``_answer``
@@ -703,7 +708,7 @@ class Brick:
         txid, ts = b["txid"], b["ts"]
         return self._prepare((txid[0], txid[1]), (ts[0], ts[1]), b["pid"], b["key"], b["op"],
                              b["value"], b["expected_version"], b["rg"], b["rg_version"],
-                             b["rg_fp"], b["timeout_ms"], to)
+                             b["rg_fp"], b["timeout_ms"], b["participants"], to)
 
     def _commit_fast(self, args: tuple[tuple[int, int], _To]) -> Any:
         txid, to = args
@@ -712,8 +717,11 @@ class Brick:
     def _prepare(self, txid: tuple[int, int], ts: tuple[int, int], pid_text: str, key: bytes,
                  op: str, value: bytes | None, expected_version: int | None, rg: str,
                  rg_version: int, rg_fp: int, timeout_ms: int,
-                 to: _To | None = None) -> Any:
-        """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote."""
+                 participants: Sequence[str] = (), to: _To | None = None) -> Any:
+        """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote.  The
+        participants must be the active members of the record the route names: those
+        are the members termination asks (DESIGN §4), so a list that differs (a bug, or
+        a forged request) is refused before anything is held."""
         if self._stopping:
             raise NotServing(f"brick {self.id} is shutting down")
         if self.disk.full:
@@ -722,9 +730,12 @@ class Brick:
         if value is not None and len(value) > self.max_value:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
                                 f"{self.max_value} bytes")
-        _v, _fp, pid, mask, prefix = self._gate(pid_text, rg, rg_version, rg_fp)
+        _v, _fp, pid, mask, prefix, members = self._gate(pid_text, rg, rg_version, rg_fp)
         if key_hash(key) & mask != prefix:
             raise InvalidRequest(f"key does not belong to partition {pid}")
+        if participants and tuple(participants) != members:
+            raise InvalidRequest(f"participants {list(participants)} are not the active "
+                                 f"members {list(members)} of {rg} v{rg_version}")
         self._check_serving(rg, read=False, pid=pid_text)
 
         def recheck() -> Any:
@@ -733,7 +744,8 @@ class Brick:
             return checked
         return self.participant.vote(txid, ts, pid, key, op, value, expected_version,
                                      timeout_ms, recheck, pid_text,
-                                     None if to is None else self._answer, to)
+                                     None if to is None else self._answer, to,
+                                     tuple(participants) or members)
 
     def commit(self, msg: Commit) -> dict[str, int] | Deferred[dict[str, int]]:
         return self.participant.commit(msg.txid)

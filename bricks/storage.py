@@ -108,6 +108,9 @@ class PreparedRecord:
     #: The row's checksum (``bricks/rowcheck.py``), computed at PREPARE; None in a vote
     #: recorded before checksums existed.
     checksum: int | None = None
+    #: The transaction's participants (DESIGN §4); empty in a vote recorded before the
+    #: list was kept (termination then asks the record's active members).
+    participants: tuple[str, ...] = ()
 
 
 #: Called once a write or vote is durable: ``done(arg, None)``, or ``done(arg, error)``.
@@ -144,13 +147,14 @@ def _read_old_prepared(path: Path) -> list[PreparedRecord]:
 
 def _vote(rec: PreparedRecord) -> Record:
     return (VOTE, rec.txid, rec.pid, rec.key, rec.op, rec.value, rec.new_version, rec.ts,
-            rec.checksum)
+            rec.checksum, rec.participants)
 
 
 def _prepared_record(vote: Record) -> PreparedRecord:
     _kind, txid, pid, key, op, value, new_version, ts, *rest = vote
     return PreparedRecord(tuple(txid), pid, key, op, value, new_version,
-                          tuple(ts), rest[0] if rest else None)
+                          tuple(ts), rest[0] if rest else None,
+                          tuple(rest[1]) if len(rest) > 1 else ())
 
 
 def _replayable(rec: Record) -> str | None:
@@ -163,7 +167,9 @@ def _replayable(rec: Record) -> str | None:
         if kind == VOTE:
             _k, txid, pid, key, _op, value, version, ts, *rest = rec
             validate_pid(pid)
-            ok = len(txid) == 2 and len(ts) == 2 and type(key) is bytes
+            ok = (len(txid) == 2 and len(ts) == 2 and type(key) is bytes
+                  and (len(rest) < 2 or (type(rest[1]) in (list, tuple)
+                                         and all(type(b) is str for b in rest[1]))))
         elif kind == WRITE:
             _k, txid, pid, key, value, version, *rest = rec
             validate_pid(pid)
@@ -571,24 +577,28 @@ class Storage:
     # -- prepared transactions -------------------------------------------------------
 
     def prepare(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
-                new_version: int, ts: tuple[int, int],
-                checksum: int | None = None) -> Deferred[None]:
+                new_version: int, ts: tuple[int, int], checksum: int | None = None,
+                participants: tuple[str, ...] = ()) -> Deferred[None]:
         """Record a YES vote; fires once the record is durable (memory mode: at once).
         ``checksum``: the prepared row's (None: a record without one)."""
-        self._record_vote(pid, txid, key, op, value, new_version, ts, checksum)
+        self._record_vote(pid, txid, key, op, value, new_version, ts, checksum,
+                          participants)
         return self._enqueue(None)
 
     def prepare_then(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
                      new_version: int, ts: tuple[int, int], done: Done, arg: Any,
-                     checksum: int | None = None) -> bool:
+                     checksum: int | None = None,
+                     participants: tuple[str, ...] = ()) -> bool:
         """``prepare`` without a Deferred (see ``write_then``)."""
-        self._record_vote(pid, txid, key, op, value, new_version, ts, checksum)
+        self._record_vote(pid, txid, key, op, value, new_version, ts, checksum,
+                          participants)
         return self._enqueue_then(None, done, arg)
 
     def _record_vote(self, pid: str, txid: TxnId, key: bytes, op: str, value: bytes | None,
-                     new_version: int, ts: tuple[int, int], checksum: int | None) -> None:
+                     new_version: int, ts: tuple[int, int], checksum: int | None,
+                     participants: tuple[str, ...]) -> None:
         self._store(pid)    # the partition must exist
-        vote = (VOTE, txid, pid, key, op, value, new_version, ts, checksum)
+        vote = (VOTE, txid, pid, key, op, value, new_version, ts, checksum, participants)
         self._records.append(vote)
         self._live[txid] = vote
 

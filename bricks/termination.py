@@ -195,26 +195,16 @@ class Terminator:
         if self.membership_changing(rg.name):
             return Termination(txn.txid, pid, "in-doubt",
                                reason=f"the membership of {rg.name} is changing")
-        others = tuple(b for b in rg.active_members if b != self.id)
-        states: list[str] = []
-        for brick in others:
-            try:
-                conn = await self.peer(brick)
-                query = {"txid": list(txn.txid), "pid": pid, "key": txn.key,
-                         "new_version": txn.new_version}
-                if peek:
-                    query["peek"] = True
-                reply = await conn.call("txn_state", query, timeout=TXN_STATE_TIMEOUT_S)
-                states.append(str(reply.get("state")))
-            except ReplicaDamaged as e:
-                # Its replica needs a copy: it may have lost its vote, so it cannot say.
-                states.append("damaged")
-                self.log.warn("termination of {txid}: {brick} cannot tell: {error}",
-                              txid=txn.txid, brick=brick, error=e.message)
-            except DDSError as e:
-                states.append("unreachable")
-                self.log.warn("termination of {txid}: {brick} unreachable: {error}",
-                              txid=txn.txid, brick=brick, error=e.message)
+        others = tuple(b for b in self._asked(txn, rg) if b != self.id)
+        query: dict[str, Any] = {"txid": list(txn.txid), "pid": pid, "key": txn.key,
+                                 "new_version": txn.new_version}
+        if peek:
+            query["peek"] = True
+        # All at once: a member that does not answer costs one timeout, not one each.
+        answers: list[tuple[bool, str]] = await DeferredList(
+            [ensureDeferred(self._ask(brick, txn, query)) for brick in others],
+            consumeErrors=True)
+        states = [state if ok else "unreachable" for ok, state in answers]
         if txn.state is not TxnState.PREPARED:      # the coordinator's decision arrived
             return Termination(txn.txid, pid, _DECISION_OF_STATE.get(txn.state, "in-doubt"),
                                others, tuple(states),
@@ -290,6 +280,33 @@ class Terminator:
         else:
             self.participant.abort(txn.txid)
         return Termination(txn.txid, pid, decision, others, tuple(states), reason)
+
+    def _asked(self, txn: Transaction, rg: RGRecord) -> tuple[str, ...]:
+        """Whom termination asks (DESIGN §4): the transaction's participants that are
+        still active members of ``rg``.  A member that joined since (readmitted after a
+        recovery) never saw the PREPARE: its "never prepared" must not count.  A
+        participant excluded since no longer decides.  A vote recorded before the list
+        was kept, or a partition that has left this brick's RG since (a move), asks the
+        record's active members, who answer from their data."""
+        if not txn.participants or self.id not in rg.active_members:
+            return rg.active_members
+        return tuple(b for b in txn.participants if b in rg.active_members)
+
+    async def _ask(self, brick: str, txn: Transaction, query: dict[str, Any]) -> str:
+        """One member's answer: its state of the transaction, ``damaged`` (its replica
+        needs a copy, so it may have lost its vote) or ``unreachable``."""
+        try:
+            conn = await self.peer(brick)
+            reply = await conn.call("txn_state", query, timeout=TXN_STATE_TIMEOUT_S)
+            return str(reply.get("state"))
+        except ReplicaDamaged as e:
+            self.log.warn("termination of {txid}: {brick} cannot tell: {error}",
+                          txid=txn.txid, brick=brick, error=e.message)
+            return "damaged"
+        except DDSError as e:
+            self.log.warn("termination of {txid}: {brick} unreachable: {error}",
+                          txid=txn.txid, brick=brick, error=e.message)
+            return "unreachable"
 
     def _rg_of(self, txn: Transaction) -> RGRecord | None:
         """The one RG whose record has ``txn``'s partition active, or None."""

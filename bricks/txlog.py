@@ -10,14 +10,15 @@ write durable until they have it.
 Each ``os.write`` appends one *batch*: a header ``>II`` (payload length, CRC-32 of the
 payload) and the payload, a msgpack array of records:
 
-- ``[1, txid, pid, key, op, value, new_version, ts, checksum]``: a YES vote (a prepared
-  transaction);
+- ``[1, txid, pid, key, op, value, new_version, ts, checksum, participants]``: a YES
+  vote (a prepared transaction; ``participants``: the members termination asks);
 - ``[2, txid | None, pid, key, value, version, checksum]``: a committed write (``value``
   None: a tombstone); with a txid it also settles that transaction's vote;
 - ``[3, txid]``: the vote is settled without a write (aborted, or dropped).
 
 ``checksum`` is the row's (``bricks/rowcheck.py``), computed at PREPARE; records of
-earlier versions have none (one field fewer) and are taken unverified.
+earlier versions have none (one field fewer) and are taken unverified.  Votes of earlier
+versions have no ``participants`` either; termination then asks the record's members.
 
 A process that dies mid-append leaves at most a torn last batch, shorter than its header
 says, which reading ignores: nothing of it was ever acknowledged.  A batch whose CRC fails

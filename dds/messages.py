@@ -36,6 +36,23 @@ def _pair(value: Any) -> tuple[int, int]:
     return (a, b)
 
 
+#: At most this many participants in one transaction (an RG's active members).
+MAX_PARTICIPANTS = 16
+
+
+def _participants(value: Any) -> tuple[str, ...]:
+    """A transaction's participants: distinct brick ids, at most ``MAX_PARTICIPANTS``."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("participants must be a list of brick ids")
+    if len(value) > MAX_PARTICIPANTS:
+        raise ValueError(f"participants: {len(value)} ids, at most {MAX_PARTICIPANTS}")
+    if not all(type(b) is str and 0 < len(b) <= 128 for b in value):
+        raise TypeError("participants must be brick ids (strings of 1-128 characters)")
+    if len(set(value)) != len(value):
+        raise ValueError("participants: a brick is listed twice")
+    return tuple(value)
+
+
 _REGISTRY: dict[str, type["Message"]] = {}
 
 #: Who may send a request (DESIGN §10), declared on each class for both ends, as its
@@ -172,6 +189,9 @@ class Prepare(Message):
     rg_fp: int = attrs.field(validator=_u32)
     timeout_ms: int = attrs.field(validator=v.and_(v.instance_of(int), v.ge(1),
                                                    v.le(600_000)))
+    #: The members the PREPARE was sent to (DESIGN §4): the ones termination asks.
+    #: Empty from a library older than the field: the record's active members then.
+    participants: tuple[str, ...] = attrs.field(default=(), converter=_participants)
 
     def __attrs_post_init__(self) -> None:
         if (self.value is None) != (self.op == "remove"):

@@ -160,7 +160,8 @@ class Coordinator:
                       ts: tuple[int, int], deadline: float) -> dict[str, Any]:
         body = route.request(key)
         body.update(txid=txid, ts=ts, op=op, value=value, expected_version=expected_version,
-                    timeout_ms=max(1, int((deadline - self.clock.seconds()) * 1000)))
+                    timeout_ms=max(1, int((deadline - self.clock.seconds()) * 1000)),
+                    participants=route.participants)
         return body
 
     async def write(self, route: Route, key: bytes, op: str, value: bytes | None,

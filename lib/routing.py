@@ -14,7 +14,7 @@ from dds.rpc import RPCProtocol
 class Route:
     """Where a key lives under one map: what every data request must carry."""
 
-    __slots__ = ("pid", "pid_text", "rg", "replicas", "addresses", "_ref")
+    __slots__ = ("pid", "pid_text", "rg", "replicas", "addresses", "participants", "_ref")
 
     def __init__(self, pid: PartitionId, rg: RGRecord, replicas: list[BrickRecord]) -> None:
         self.pid = pid
@@ -22,6 +22,8 @@ class Route:
         self.rg = rg
         self.replicas = replicas
         self.addresses = [(b.address, b.port) for b in replicas]
+        #: The ids a PREPARE names as the transaction's participants (DESIGN §4).
+        self.participants = [b.id for b in replicas]
         self._ref = {"pid": self.pid_text, "rg": rg.name, "rg_version": rg.version,
                      "rg_fp": rg.fp}
 

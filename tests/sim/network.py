@@ -688,7 +688,7 @@ class SimCluster:
         return {"txid": list(txid), "ts": list(ts or txid), "op": op, "key": key,
                 "value": None if op == "remove" else value,
                 "expected_version": expected_version, "timeout_ms": timeout_ms,
-                **self.ref(key)}
+                "participants": [b.id for b in self.replicas(key)], **self.ref(key)}
 
     # -- clients -------------------------------------------------------------------------
 

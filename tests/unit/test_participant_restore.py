@@ -60,3 +60,12 @@ def test_a_vote_for_a_partition_no_longer_held_is_dropped(tmp_path: Path) -> Non
     clock.advance(2.0)
     assert asked == []
     storage.close()
+
+
+def test_a_restored_vote_keeps_the_participants_termination_asks(tmp_path: Path) -> None:
+    clock = Clock()
+    p, storage, _asked = _participant(tmp_path, clock)
+    rec = PreparedRecord((9, 4), "p0.0", b"k", "put", b"v", 1, (1, 1), None, ("b2", "b1"))
+    assert p.restore([rec], resolve_after_s=1.0) == 1
+    assert p.active[(9, 4)].participants == ("b2", "b1")
+    storage.close()

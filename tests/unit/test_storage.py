@@ -794,3 +794,17 @@ def test_a_partial_commit_keeps_only_the_keys_still_staged_in_the_overlay(tmp_pa
     assert set(store._overlay) == {b"c"}
     assert [store.read(k) for k in (b"a", b"b", b"c")] == [ReadResult(b"1", 1)] * 3
     store.close()
+
+
+def test_a_prepare_record_keeps_its_participants_across_a_reopen(
+        tmp_path: Path, clock: Clock) -> None:
+    """Termination after a restart asks the members the PREPARE named (DESIGN §4)."""
+    s = Storage(tmp_path / "p", clock)
+    s.open_partition("p0.0")
+    s.prepare("p0.0", (1, 7), b"k", "put", b"v", 1, (1, 1), None, ("b1", "b2", "b3"))
+    clock.advance(0)
+    s.close()
+    again = Storage(tmp_path / "p", clock)
+    (rec,) = again.prepared()
+    assert rec.participants == ("b1", "b2", "b3")
+    again.close()
