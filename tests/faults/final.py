@@ -66,11 +66,16 @@ async def _read_all(cluster: ProxiedCluster, keys: list[bytes], history: Path,
                 except DDSError as e:
                     rec.complete(h, "fail", error=f"{e.code}: {e.message}")
                     if time.monotonic() > deadline:
-                        raise
+                        # Reported, not raised: the run's other findings still count.
+                        divergent[key] = (f"{key!r} unreadable when the final reads "
+                                          f"ended: {e.code}: {e.message}")
+                        break
                     continue
                 rec.complete(h, "ok", r.value, r.version)
                 finals[key] = (r.value, r.version)
         for key in keys:
+            if key in divergent:
+                continue
             members[key] = frozenset(r.id for r in client.router.route(client.map,
                                                                        key).replicas)
             problem = await _compare_replicas(cluster, client, key, deadline)
@@ -121,7 +126,8 @@ def final_reads(cluster: ProxiedCluster, keys: list[bytes], history: Path,
                 timeout: float = 90.0
                 ) -> tuple[dict[bytes, State], dict[bytes, str], Members]:
     """Read every key (retrying until ``timeout``); returns the final state per key,
-    the keys whose replicas still disagree at the deadline, and each key's RG members."""
+    the keys whose replicas still disagree at the deadline or that no replica could
+    serve by then (with why), and each key's RG members."""
     crochet.setup()
     deadline = time.monotonic() + timeout
     result: Any = _final(cluster, keys, history, deadline)   # a crochet EventualResult

@@ -258,7 +258,7 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         echo(f"final reads of {len(keys)} keys in {time.monotonic() - t_final:.1f}s")
         (run / "members.json").write_text(json.dumps(     # for tests/faults/gaps.py later
             {k.decode(): sorted(m) for k, m in members.items()}))
-        problems += [f"divergent replicas: {d}" for d in divergent.values()]
+        problems += [f"final state: {d}" for d in divergent.values()]
         problems += [f"nemesis: {f}" for f in nemesis.findings]
         stats = [pool.stats(b) for b in cluster.brick_ids]
         echo("proxies: " + " ".join(f"{k}={sum(getattr(s, k) for s in stats)}" for k in
