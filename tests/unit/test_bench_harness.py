@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from dds.partition import PartitionId
 from dds.tools.bench.cpu import cpu_between
@@ -31,13 +34,18 @@ def test_cpu_between_no_samples_is_empty() -> None:
     assert cpu_between([], 0.0, 1.0) == {}
 
 
+SERVING = {"members": {"rg0": "active"}, "blocked": [], "leases": {"rg0": {"state": "valid"}}}
+
+
 def test_a_brick_serves_an_rg_as_an_active_unblocked_member_with_a_valid_lease() -> None:
-    status = {"members": {"rg0": "active"}, "blocked": [],
-              "leases": {"rg0": {"state": "valid"}}}
-    assert serves(status, "rg0")
-    assert not serves({**status, "blocked": ["rg0"]}, "rg0")
-    assert not serves({**status, "members": {"rg0": "recovering"}}, "rg0")
-    assert not serves({**status, "leases": {}}, "rg0")
+    assert serves(SERVING, "rg0")
+
+
+@pytest.mark.parametrize("change", [{"blocked": ["rg0"]}, {"members": {"rg0": "recovering"}},
+                                    {"leases": {}}, {"leases": {"rg0": {"state": "expired"}}}])
+def test_a_brick_blocked_not_active_or_without_a_valid_lease_does_not_serve(
+        change: dict[str, Any]) -> None:
+    assert not serves({**SERVING, **change}, "rg0")
 
 
 def test_the_timeline_keeps_the_named_namespaces_within_the_times(tmp_path: Path) -> None:

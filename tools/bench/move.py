@@ -67,7 +67,7 @@ from dds.tools.bench.throwaway import (
     CLUSTER, HOST, READY_TIMEOUT_S, ThrowawayCluster, brick_status, log_events,
     throwaway_cluster, wait_serving)
 from dds.tools.bench.writers import start_writers, stop_writers
-from dds.tools.runner import pause
+from dds.tools.runner import pause, run
 
 __all__ = ["MoveParams", "TARGETS", "bench_move", "cluster_records", "move_key", "render"]
 
@@ -78,8 +78,6 @@ _TIMELINE_NS = ("bricks.copy.", "rgchange", "journal", "storage", "server", "gos
 
 def bench_move(params: MoveParams) -> dict[str, Any]:
     """Run the whole benchmark; the result is what ``--json`` prints."""
-    from dds.tools.runner import run
-
     with throwaway_cluster(params.dir, params.keep, "dds-bench-move-") as r:
         size = r.preload(str(MOVED), SOURCE_BRICKS, params.keys, params.value_bytes,
                          key=move_key)
@@ -111,7 +109,7 @@ async def _orchestrate(reactor: Any, r: ThrowawayCluster, params: MoveParams,
                 raise AdminError(f"{bid} refused the map: {reply['conflicts']}")
         for rg, members in ((SOURCE_RG, SOURCE_BRICKS), (TARGET_RG, TARGET_BRICKS)):
             await wait_serving(reactor, {b: conns[b] for b in members}, rg,
-                                   READY_TIMEOUT_S)
+                               READY_TIMEOUT_S)
         count = (await conns[SOURCE_BRICKS[0]].call("checksum", {"pid": str(MOVED)},
                                                     timeout=60.0))["count"]
         if count != params.keys:
@@ -125,7 +123,7 @@ async def _orchestrate(reactor: Any, r: ThrowawayCluster, params: MoveParams,
             w.send({"cmd": "go"})
         await pause(reactor, 1.0)          # connections warm, maps settled
         sampler = CPUSampler(reactor, {**{b.id: b.pid for b in r.bricks},
-                                        **{f"w{i}": w.pid for i, w in enumerate(writers)}})
+                                       **{f"w{i}": w.pid for i, w in enumerate(writers)}})
         try:
             await pause(reactor, params.baseline_s)
             rnd = await _move_once(reactor, r, target, conns, params.rate_mb_s)
@@ -183,22 +181,22 @@ async def _move_once(reactor: Any, r: ThrowawayCluster, target: Any, conns: dict
             watcher = Deferred.fromCoroutine(_watch(reactor, conns[TARGET_BRICKS[0]],
                                                     bar, task, done))
         try:
-            result = await move(reactor, target, str(MOVED), TARGET_RG, say,
-                                rate_mb_s=rate_mb_s)
+            moved = await move(reactor, target, str(MOVED), TARGET_RG, say,
+                               rate_mb_s=rate_mb_s)
         finally:
             done[0] = True
             if watcher is not None:
                 await watcher
         r.progress = None
     t_done, wall_done = time.monotonic(), time.time()
-    ui.say(f"moved {MOVED} ({result['copied_bytes'] / 1e6:,.1f} MB copied) in "
+    ui.say(f"moved {MOVED} ({moved['copied_bytes'] / 1e6:,.1f} MB copied) in "
            f"{t_done - t_request:.2f}s")
-    source = result["source"]
+    source = moved["source"]
     sessions = [c for c in (await brick_status(conns[source])).get("copies", [])
                 if c["target"] in TARGET_BRICKS and set(c["pids"]) == {str(MOVED)}]
-    steps = await _steps(conns[source], result["job"], wall_request)
+    steps = await _steps(conns[source], moved["job"], wall_request)
     return {"t_request": t_request, "t_done": t_done, "wall_request": wall_request,
-            "wall_done": wall_done, "result": result, "sessions": sessions,
+            "wall_done": wall_done, "result": moved, "sessions": sessions,
             "steps": steps, "timeline": said}
 
 

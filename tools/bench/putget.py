@@ -87,7 +87,7 @@ def _floor(params: BenchParams) -> dict[str, Any]:
         pids = [server.pid, client.pid]
         before = cpu_seconds(pids)
         [result] = run_phase([client], events, {"go": True}, "floor (echo)",
-                              params.seconds, True, params.seconds + READY_TIMEOUT_S)
+                             params.seconds, True, params.seconds + READY_TIMEOUT_S)
         cpu = cpu_delta(before, cpu_seconds(pids))
         rtt = float(result["rtt_s"])
         return {"floor_rtt_s": rtt, "floor_ops": result["ops"],
