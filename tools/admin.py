@@ -306,12 +306,12 @@ def bench(ctx: click.Context, resolve_target: Callable[[], Target], seconds: flo
     `bench contention` increments hot keys with compare_and_put."""
     if ctx.invoked_subcommand is not None:
         return
-    from dds.tools import bench as b
+    from dds.tools.bench import putget as b
     from dds.tools.status import collect
 
     params = b.BenchParams(seconds, keys, value_size, concurrency, clients)
     if with_tls:
-        from dds.tools import benchtls
+        from dds.tools.bench import tls as benchtls
         tls_result = run(lambda reactor: benchtls.bench_tls(reactor, params,
                                                             rounds=rounds))
         ui.show(tls_result, benchtls.render_tls, as_json)
@@ -337,7 +337,7 @@ def bench_contention(ctx: click.Context, seconds: float, loops: int, clients: in
     """compare_and_put increments on 1 key and on 10 keys, both commit modes; checks
     that no acknowledged increment was lost (exit 1 if one was).  Uses the cluster
     named by `bench`'s options (`dds-admin bench --seeds ... contention`)."""
-    from dds.tools import benchcontention as bc
+    from dds.tools.bench import contention as bc
 
     target = target_of(ctx.parent.params if ctx.parent is not None else {})
     result = bc.bench_contention(target, bc.ContentionParams(seconds, loops, clients))
@@ -386,7 +386,7 @@ def bench_recovery(keys: int, value_bytes: int, clients: int, workers: int, leas
     """A rejoining brick re-copies a large partition while clients write to it: copy
     time, MB/s and longest write pause, default and --full-lease.  Runs its own
     throwaway 3-brick cluster."""
-    from dds.tools import benchrecovery as br
+    from dds.tools.bench import recovery as br
 
     result = br.bench_recovery(br.RecoveryParams(
         keys=keys, value_bytes=value_bytes, clients=clients, workers=workers,
@@ -406,7 +406,7 @@ def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms
     """A large partition moves to another replica group while clients write to it: move
     time, longest write pause, throughput during the move against before.  Runs its own
     throwaway 6-brick cluster (two groups of 3)."""
-    from dds.tools import benchmove as bm
+    from dds.tools.bench import move as bm
 
     result = bm.bench_move(bm.MoveParams(
         keys=keys, value_bytes=value_bytes, clients=clients, workers=workers,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import random
 import time
-import types
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,10 +38,10 @@ def preload(cluster: Cluster, pid: str, keys: int, value_bytes: int = 100) -> in
     of one file."""
     import shutil
 
-    from dds.tools.benchrecovery import _preload
+    from dds.tools.bench.preload import preload_partition
 
     path = cluster.root / f"preload-{pid}.sqlite"
-    size = _preload(path, pid, keys, value_bytes, types.SimpleNamespace(progress=None))
+    size = preload_partition(path, pid, keys, value_bytes)
     for b in cluster.bricks:
         b.data_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, b.data_dir / f"{pid}.sqlite")
@@ -51,7 +50,7 @@ def preload(cluster: Cluster, pid: str, keys: int, value_bytes: int = 100) -> in
 
 
 def key_of(i: int) -> bytes:
-    from dds.tools.benchrecovery import key_of as bench_key
+    from dds.tools.bench.preload import key_of as bench_key
     return bench_key(i)
 
 

@@ -84,7 +84,7 @@ def _key(i: int, pid: PartitionId = PID) -> bytes:
 def _preload(cluster: Cluster, pid: PartitionId) -> None:
     """``PRELOAD_KEYS`` rows of ``pid`` into every brick's file before the bricks start
     (those outside its RG drop it when the map comes)."""
-    from dds.tools.benchrecovery import _preload as write_file
+    from dds.tools.bench.preload import preload_partition as write_file
 
     path = cluster.root / "preload.sqlite"
     write_file(path, str(pid), PRELOAD_KEYS, 100, types.SimpleNamespace(progress=None),

@@ -3,9 +3,9 @@ cluster, next to the floor that Python + Twisted + msgpack reach on the same mac
 
 Phases, each with a progress bar on stderr:
 
-1. floor: an echo server and client process (:mod:`dds.tools.floor`), ``concurrency``
+1. floor: an echo server and client process (:mod:`dds.tools.bench.floor`), ``concurrency``
    round trips in flight, for ``seconds``;
-2. load: ``clients`` worker processes (:mod:`dds.tools.benchworker`) put every key once;
+2. load: ``clients`` worker processes (:mod:`dds.tools.bench.worker`) put every key once;
 3. put in the acknowledged commit mode, then with parallel commit (the default), then
    both again with one put in flight, then get, then bounded-staleness gets: uniform random keys for ``seconds``
    each, ``concurrency`` operations in flight split over the workers.
@@ -20,25 +20,25 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import attrs
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from dds.tools import procs, ui
+from dds.tools import procs
+from dds.tools.bench.cpu import cpu_delta, cpu_seconds
+from dds.tools.bench.harness import READY_TIMEOUT_S, load_workers, run_phase
+from dds.tools.bench.measure import percentile
+from dds.tools.bench.report import met, table
 from dds.tools.children import Child, Events, next_event
 from dds.tools.cluster import Target
 from dds.tools.runner import AdminError
 
-__all__ = ["BenchParams", "TARGETS", "bench", "render", "brick_pids", "percentile", "run_phase",
-           "start_workers"]
+__all__ = ["BenchParams", "TARGETS", "bench", "brick_pids", "commit_mode_ratios", "render"]
 
 #: The issue's targets, as fractions of the floor's round trips per second.
 TARGETS = {"get": 0.35, "put": 0.08}
-READY_TIMEOUT_S = 30.0
 
 
 @attrs.frozen
@@ -72,63 +72,23 @@ def brick_pids(target: Target, report: dict[str, Any]) -> dict[str, int]:
     return found
 
 
-def _cpu(pids: Sequence[int]) -> dict[int, float]:
-    return {pid: s for pid in pids if (s := procs.cpu_seconds(pid)) is not None}
-
-
-def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(after[p] - before[p] for p in before if p in after)
-
-
-def percentile(sorted_values: Sequence[int], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / 1000.0
-
-
-def run_phase(children: list[Child], events: Events, command: dict[str, Any],
-               label: str, total: float, timed: bool, timeout: float
-               ) -> list[dict[str, Any]]:
-    """Send ``command`` to every child; follow progress until each reports done."""
-    for child in children:
-        child.send(command)
-    done: dict[str, dict[str, Any]] = {}
-    counts: dict[str, int] = {}
-    deadline = time.monotonic() + timeout
-    t0 = time.monotonic()
-    with ui.progress() as bar:
-        task = bar.add_task(label, total=total)
-        while len(done) < len(children):
-            child, event = next_event(events, deadline, f"the {label} phase")
-            if event.get("event") == "done":
-                done[child.name] = event
-                if event.get("crashed"):
-                    raise child.failure(f"crashed in the {label} phase: {event['crashed'][0]}")
-            counts[child.name] = int(event.get("done", event.get("ops", 0)))
-            ops = sum(counts.values())
-            bar.update(task, completed=(time.monotonic() - t0) if timed else ops,
-                       description=f"{label}: {ops} ops")
-    ui.say(f"{label}: {sum(counts.values())} ops in {time.monotonic() - t0:.1f}s")
-    return [done[c.name] for c in children]
-
-
 def _floor(params: BenchParams) -> dict[str, Any]:
     events: Events = queue.Queue()
-    server = Child("floor server", "dds.tools.floor", ["serve"], events)
+    server = Child("floor server", "dds.tools.bench.floor", ["serve"], events)
     client: Child | None = None
     try:
         _who, ready = next_event(events, time.monotonic() + READY_TIMEOUT_S,
                                  "the floor server to start")
-        client = Child("floor client", "dds.tools.floor",
+        client = Child("floor client", "dds.tools.bench.floor",
                        ["client", "--port", str(ready["port"]), "--seconds",
                         str(params.seconds), "--concurrency", str(params.concurrency),
                         "--value-size", str(params.value_size)], events)
         next_event(events, time.monotonic() + READY_TIMEOUT_S, "the floor client to connect")
         pids = [server.pid, client.pid]
-        before = _cpu(pids)
+        before = cpu_seconds(pids)
         [result] = run_phase([client], events, {"go": True}, "floor (echo)",
-                              params.seconds, True, params.seconds + READY_TIMEOUT_S)
-        cpu = _cpu_delta(before, _cpu(pids))
+                             params.seconds, True, params.seconds + READY_TIMEOUT_S)
+        cpu = cpu_delta(before, cpu_seconds(pids))
         rtt = float(result["rtt_s"])
         return {"floor_rtt_s": rtt, "floor_ops": result["ops"],
                 "floor_cpu_us_per_rtt": cpu * 1e6 / max(1, result["ops"]),
@@ -191,8 +151,8 @@ class _Tally:
             f"{phase}_ops{suffix}": self.ops,
             f"{phase}_ops_s{suffix}": sum(ops / secs for ops, secs in self.by_worker.values()
                                           if secs > 0),
-            f"{phase}_p50_ms{suffix}": percentile(lat, 0.50),
-            f"{phase}_p99_ms{suffix}": percentile(lat, 0.99),
+            f"{phase}_p50_ms{suffix}": percentile(lat, 0.50) / 1000.0,
+            f"{phase}_p99_ms{suffix}": percentile(lat, 0.99) / 1000.0,
             f"cpu_us_per_{phase}{suffix}": cpu * 1e6 / max(1, self.ops),
             f"cpu_us_per_{phase}_bricks{suffix}": self.cpu_bricks * 1e6 / max(1, self.ops),
             f"cpu_us_per_{phase}_clients{suffix}": self.cpu_clients * 1e6 / max(1, self.ops),
@@ -201,60 +161,31 @@ class _Tally:
         }
 
 
-def start_workers(target: Target, params: BenchParams, events: Events,
-                  workers: list[Child]) -> None:
-    """Start ``params.clients`` bench worker processes (appended to ``workers`` as they
-    start, so that the caller stops them whatever happens) and wait until each is
-    connected; the requests in flight are shared out among them."""
-    clients = max(1, min(params.clients, params.concurrency))
-    seeds = ",".join(f"{h}:{p}" for h, p in target.seeds)
-    for i in range(clients):
-        share = params.concurrency // clients + (1 if i < params.concurrency % clients
-                                                 else 0)
-        workers.append(Child(f"bench worker {i}", "dds.tools.benchworker",
-                             ["--seeds", seeds, "--cluster", target.cluster, "--index",
-                              str(i), "--clients", str(clients), "--concurrency",
-                              str(share), "--keys", str(params.keys), "--value-size",
-                              str(params.value_size)]
-                             + (["--dir", str(target.local_dir)] if target.local_dir
-                                else []), events))
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    for _ in workers:
-        next_event(events, deadline, "the bench workers to connect")
-
-
 def _load_phases(target: Target, params: BenchParams, brick_pid_list: list[int]
                  ) -> dict[str, Any]:
-    events: Events = queue.Queue()
-    workers: list[Child] = []
     out: dict[str, Any] = {}
-    try:
-        start_workers(target, params, events, workers)
+    with load_workers(target, concurrency=params.concurrency, clients=params.clients,
+                      keys=params.keys, value_size=params.value_size) as (workers, events):
         load = run_phase(workers, events, {"phase": "load"}, "load (untimed)",
-                          params.keys, False, 600.0)
+                         params.keys, False, 600.0)
         out["load_errors"] = sum(sum(r["errors"].values()) for r in load)
         worker_pids = [w.pid for w in workers]
         tallies: dict[tuple[str, str], _Tally] = {}
         for phase, suffix, extra, portion in _PHASES:
             seconds = params.seconds * portion
-            before = _cpu(brick_pid_list), _cpu(worker_pids)
+            before = cpu_seconds(brick_pid_list), cpu_seconds(worker_pids)
             command = {"phase": phase, "seconds": seconds, **extra}
             if "concurrency" in extra:      # one in flight in all: one worker's share
                 command["concurrency"] = 1
             label = phase + suffix.replace("_", " ")
             results = run_phase(workers if "concurrency" not in extra else workers[:1],
-                                 events, command, label, seconds, True,
-                                 seconds + READY_TIMEOUT_S)
+                                events, command, label, seconds, True,
+                                seconds + READY_TIMEOUT_S)
             tallies.setdefault((phase, suffix), _Tally()).add(
-                results, _cpu_delta(before[0], _cpu(brick_pid_list)),
-                _cpu_delta(before[1], _cpu(worker_pids)))
+                results, cpu_delta(before[0], cpu_seconds(brick_pid_list)),
+                cpu_delta(before[1], cpu_seconds(worker_pids)))
         for (phase, suffix), tally in tallies.items():
             out.update(tally.fields(phase, suffix))
-        for w in workers:
-            w.send({"phase": "quit"})
-    finally:
-        for w in workers:
-            w.stop()
     return out
 
 
@@ -302,14 +233,12 @@ def render(r: dict[str, Any], console: Console) -> None:
                   f"durability {'/'.join(r['durability'])}, {r['keys']} keys of "
                   f"{r['value_size']} bytes, {r['concurrency']} in flight over "
                   f"{r['clients']} client process(es), {r['seconds']:g}s per phase")
-    t = Table(title_justify="left")
-    for col in ("", "DDS", "floor (echo)", "ratio", "target", "met"):
-        t.add_column(col, justify="left" if not col else "right")
+    t = table("", "DDS", "floor (echo)", "ratio", "target", "met")
     floor = f"{r['floor_rtt_s']:,.0f} rtt/s"
     for op in ("get", "put"):
-        met = "[green]yes[/green]" if r[f"{op}_target_met"] else "[red]no[/red]"
         t.add_row(f"{op} ops/s", f"{r[f'{op}_ops_s']:,.0f}", floor,
-                  f"{r[f'{op}_ratio']:.3f}", f">= {r[f'{op}_target']:.2f}", met)
+                  f"{r[f'{op}_ratio']:.3f}", f">= {r[f'{op}_target']:.2f}",
+                  met(r[f"{op}_target_met"]))
     for op in ("get", "put"):
         t.add_row(f"{op} p50 / p99 ms", f"{r[f'{op}_p50_ms']:.2f} / {r[f'{op}_p99_ms']:.2f}",
                   f"{r['floor_mean_latency_ms']:.2f} mean", "", "", "")
@@ -323,10 +252,8 @@ def render(r: dict[str, Any], console: Console) -> None:
         console.print(f"bounded-staleness gets (0.5 s): {r['bounded_get_ops_s']:,.0f} ops/s, "
                       f"p50 / p99 {r['bget_p50_ms']:.2f} / {r['bget_p99_ms']:.2f} ms")
     if "put_p50_ms_ack_mode" in r:
-        m = Table(title="put: parallel commit against the acknowledged mode (same run)",
-                  title_justify="left")
-        for col in ("", "parallel", "ack", "ratio"):
-            m.add_column(col, justify="left" if not col else "right")
+        m = table("", "parallel", "ack", "ratio",
+                  title="put: parallel commit against the acknowledged mode (same run)")
         m.add_row(f"p50 ms, {r['concurrency']} in flight", f"{r['put_p50_ms']:.2f}",
                   f"{r['put_p50_ms_ack_mode']:.2f}", f"{r['put_p50_parallel_to_ack']:.2f}")
         m.add_row("p50 ms, 1 in flight", f"{r['put_p50_ms_c1']:.2f}",

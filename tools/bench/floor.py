@@ -6,15 +6,15 @@ A tiny echo server and one client process exchange plain length-prefixed msgpack
 loopback, with ``concurrency`` requests in flight.  DDS throughput is reported as a
 fraction of this figure, which makes bench results comparable across machines.
 
-    python -m dds.tools.floor serve                 prints {"event": "ready", "port": P}
-    python -m dds.tools.floor client --port P ...   prints "ready", waits for a line on
-                                                    stdin, runs, prints progress and "done"
+    python -m dds.tools.bench.floor serve
+        prints {"event": "ready", "port": P}
+    python -m dds.tools.bench.floor client --port P ...
+        prints "ready", waits for a line on stdin, runs, prints progress and "done"
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -26,13 +26,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, c
 from twisted.internet.protocol import Factory, Protocol
 
 from dds.codec import FrameDecoder, encode_frame
+from dds.tools.bench.jsonlines import emit, next_command
 
 __all__ = ["EchoServer", "EchoClient", "main"]
-
-
-def emit(**event: Any) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
 
 
 class EchoServer(Protocol):
@@ -94,7 +90,7 @@ async def run_client(reactor: Any, port: int, seconds: float, concurrency: int,
     proto = EchoClient(concurrency, value_size)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
     emit(event="ready")
-    await threads.deferToThread(sys.stdin.readline)
+    await next_command()
     t0 = time.perf_counter()
     proto.start()
     end = t0 + seconds
@@ -109,7 +105,7 @@ async def run_client(reactor: Any, port: int, seconds: float, concurrency: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dds.tools.floor")
+    p = argparse.ArgumentParser(prog="python -m dds.tools.bench.floor")
     sub = p.add_subparsers(dest="mode", required=True)
     sub.add_parser("serve")
     c = sub.add_parser("client")

@@ -14,14 +14,14 @@ increments acknowledged, plus at most the ones that ended ``Indeterminate`` or
 
 from __future__ import annotations
 
-import queue
 from typing import Any
 
 import attrs
 from rich.console import Console
 from rich.table import Table
 
-from dds.tools.bench import BenchParams, percentile, run_phase, start_workers
+from dds.tools.bench.harness import load_workers, run_phase
+from dds.tools.bench.measure import percentile
 from dds.tools.children import Child, Events
 from dds.tools.cluster import Target
 
@@ -53,13 +53,10 @@ class _Round:
 
 
 def bench_contention(target: Target, params: ContentionParams) -> dict[str, Any]:
-    events: Events = queue.Queue()
-    workers: list[Child] = []
     out: dict[str, Any] = {"loops": params.loops, "seconds": params.seconds,
                            "clients": params.clients}
-    try:
-        start_workers(target, BenchParams(concurrency=params.loops, clients=params.clients,
-                                          keys=1), events, workers)
+    with load_workers(target, concurrency=params.loops, clients=params.clients,
+                      keys=1) as (workers, events):
         lost_total = 0
         for n in params.key_counts:
             rounds: dict[str, _Round] = {}
@@ -71,18 +68,13 @@ def bench_contention(target: Target, params: ContentionParams) -> dict[str, Any]
                 lat = sorted(r.lat)
                 out.update({
                     f"{name}_ops_s{suffix}": r.ops / r.secs if r.secs else 0.0,
-                    f"{name}_p50_ms{suffix}": percentile(lat, 0.50),
-                    f"{name}_p99_ms{suffix}": percentile(lat, 0.99),
+                    f"{name}_p50_ms{suffix}": percentile(lat, 0.50) / 1000.0,
+                    f"{name}_p99_ms{suffix}": percentile(lat, 0.99) / 1000.0,
                     f"{name}_conflicts_per_op{suffix}": r.conflicts / max(1, r.ops),
                     f"{name}_errors{suffix}": r.errors,
                     f"{name}_lost{suffix}": r.lost,
                 })
         out["cas_lost"] = lost_total
-        for w in workers:
-            w.send({"phase": "quit"})
-    finally:
-        for w in workers:
-            w.stop()
     return out
 
 

@@ -1,6 +1,6 @@
 """One bench load process: its own reactor and ``DDSClient``, driven by ``dds-admin bench``.
 
-    python -m dds.tools.benchworker --seeds H:P,... --index I --clients N --concurrency C ...
+    python -m dds.tools.bench.worker --seeds H:P,... --index I --clients N --concurrency C ...
 
 The client's credentials come from the cluster directory (``--dir``) or DDS_CLIENT_SECRET
 (never on the command line).  The worker connects,
@@ -26,17 +26,15 @@ Each phase prints progress lines and ends with ``{"event": "done", "ops", "error
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import task, threads
+from twisted.internet import task
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
@@ -44,21 +42,14 @@ from dds.auth import Credentials, secret_env
 from dds.errors import DDSError, VersionMismatch
 from dds.lib import Bounded, DDSClient
 from dds.tools import credfiles
+from dds.tools.bench.jsonlines import emit, next_command
+from dds.tools.bench.preload import key_of
 
-__all__ = ["key_of", "main"]
-
-
-def key_of(i: int) -> bytes:
-    return b"bench-%010d" % i
+__all__ = ["main"]
 
 
 def counter_of(i: int) -> bytes:
     return b"bench-cas-%04d" % i
-
-
-def emit(**event: Any) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
 
 
 class Phase:
@@ -155,11 +146,7 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
     value = os.urandom(args.value_size)
     emit(event="ready")
     try:
-        while True:
-            line = await threads.deferToThread(sys.stdin.readline)
-            if not line:
-                return
-            cmd = json.loads(line)
+        while (cmd := await next_command()) is not None:
             phase = cmd["phase"]
             if phase == "quit":
                 return
@@ -242,7 +229,7 @@ async def _increments(reactor: Any, client: DDSClient, ack_client: DDSClient,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m dds.tools.benchworker")
+    p = argparse.ArgumentParser(prog="python -m dds.tools.bench.worker")
     p.add_argument("--seeds", required=True)
     p.add_argument("--cluster", default="dds")
     p.add_argument("--dir", default=None, help="cluster directory with the client's "

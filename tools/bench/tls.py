@@ -2,7 +2,7 @@
 
 Two throwaway local clusters of the same shape: one with a shared secret per role, one
 with mutual TLS (``local up --tls``).  In each round the plain bench's phases (floor,
-load, put, get: :mod:`dds.tools.bench`) run on the plain cluster, then on the TLS one;
+load, put, get: :mod:`dds.tools.bench.putget`) run on the plain cluster, then on the TLS one;
 only one cluster is loaded at a time.  The report gives the last round side by side and
 ``tls_get_ratio`` / ``tls_put_ratio``: the median over the rounds of TLS ops/s over
 plain ops/s (each round's ratios are listed too).
@@ -20,11 +20,11 @@ from typing import Any
 
 import attrs
 from rich.console import Console
-from rich.table import Table
 from twisted.internet import threads
 
 from dds.tools import credfiles, ui
-from dds.tools.bench import BenchParams, bench
+from dds.tools.bench.putget import BenchParams, bench
+from dds.tools.bench.report import met, table
 from dds.tools.cluster import Target
 
 __all__ = ["bench_tls", "render_tls", "TLS_TARGETS"]
@@ -92,18 +92,16 @@ async def bench_tls(reactor: Any, params: BenchParams, work_dir: Path | None = N
 
 
 def render_tls(r: dict[str, Any], console: Console) -> None:
-    t = Table(title="bench --tls: the same phases on a plain and a TLS cluster",
-              title_justify="left")
-    for col in ("", "plain", "TLS", "TLS / plain", "target", "met"):
-        t.add_column(col, justify="left" if not col else "right")
+    t = table("", "plain", "TLS", "TLS / plain", "target", "met",
+              title="bench --tls: the same phases on a plain and a TLS cluster")
     plain, tls = r["plain"], r["tls"]
     t.add_row("rounds (ratios are medians)", "", "", str(r.get("rounds", 1)), "", "")
     t.add_row("floor rtt/s (same run)", f"{plain['floor_rtt_s']:,.0f}",
               f"{tls['floor_rtt_s']:,.0f}", "", "", "")
     for op in ("get", "put"):
-        met = "[green]yes[/green]" if r[f"tls_{op}_target_met"] else "[red]no[/red]"
         t.add_row(f"{op} ops/s", f"{plain[f'{op}_ops_s']:,.0f}", f"{tls[f'{op}_ops_s']:,.0f}",
-                  f"{r[f'tls_{op}_ratio']:.3f}", f">= {r[f'tls_{op}_target']:.2f}", met)
+                  f"{r[f'tls_{op}_ratio']:.3f}", f">= {r[f'tls_{op}_target']:.2f}",
+                  met(r[f"tls_{op}_target_met"]))
     for op in ("get", "put"):
         t.add_row(f"CPU us per {op}", f"{plain[f'cpu_us_per_{op}']:,.1f}",
                   f"{tls[f'cpu_us_per_{op}']:,.1f}",

@@ -1,6 +1,6 @@
 """The contention bench's check that no acknowledged increment was lost."""
 
-from dds.tools.benchcontention import lost_increments
+from dds.tools.bench.contention import lost_increments
 
 
 def test_counters_that_grew_by_their_acknowledged_increments_lost_nothing() -> None:
