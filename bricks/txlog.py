@@ -21,7 +21,9 @@ earlier versions have none (one field fewer) and are taken unverified.  Votes of
 versions have no ``participants`` either; termination then asks the record's members.
 
 A process that dies mid-append leaves at most a torn last batch, shorter than its header
-says, which reading ignores: nothing of it was ever acknowledged.  A batch whose CRC fails
+says, which reading ignores: nothing of it was ever acknowledged.  A batch that looks torn
+but is followed by an intact batch is not the tail: it is damage (a flipped length field),
+counted as below, and reading goes on at the intact batch.  A batch whose CRC fails
 but which is whole (its full length, not all zeros) is not torn but damaged (a flipped
 bit on disk): its records are decoded if they still can be (each write's own checksum
 then sorts the intact ones from the damaged), reading goes on after it, and the log
@@ -94,9 +96,20 @@ def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[R
                     yield salvaged
                 pos = start + n
                 continue
-            log.warn("{path}: ignoring a torn batch at offset {offset} ({n} bytes)",
-                     path=str(path), offset=pos, n=end - pos)
-            return
+            resume = _next_valid_batch(data, pos + 1)
+            if resume is None:
+                log.warn("{path}: ignoring a torn batch at offset {offset} ({n} bytes)",
+                         path=str(path), offset=pos, n=end - pos)
+                return
+            # Not the tail: an intact batch follows, so this one's header (its length)
+            # or its bytes were damaged on disk.  What lay in between is unknown.
+            log.error("{path}: the batch at offset {offset} looks torn but an intact "
+                      "batch follows at offset {resume}: damaged on disk",
+                      path=str(path), offset=pos, resume=resume)
+            if damage is not None:
+                damage.append(f"{path.name} offset {pos} to {resume}")
+            pos = resume
+            continue
         try:
             records = msgpack.unpackb(payload, raw=False, strict_map_key=True)
         except Exception as e:  # a CRC match makes this a bug, not a torn write
@@ -105,6 +118,20 @@ def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[R
             return
         yield records
         pos = start + n
+
+
+def _next_valid_batch(data: bytes, start: int) -> int | None:
+    """The offset of the first batch at or after ``start`` whose payload matches its
+    CRC, or None.  An append cut short can only be the last thing in the file; a
+    "torn" batch with an intact one after it was damaged instead (a flipped length
+    field makes a whole batch look short).  Run only when a batch looks torn."""
+    end = len(data)
+    for q in range(start, end - _HEADER.size + 1):
+        n, crc = _HEADER.unpack_from(data, q)
+        body = q + _HEADER.size
+        if 0 < n <= end - body and zlib.crc32(data[body:body + n]) == crc:
+            return q
+    return None
 
 
 def _whole(payload: bytes, n: int) -> bool:

@@ -310,3 +310,22 @@ def test_a_last_batch_of_zeros_is_a_torn_append(tmp_path: Path) -> None:
     s = Storage(tmp_path, Clock())
     assert s.log_damage == []
     s.close()
+
+
+def test_a_batch_whose_length_field_was_damaged_is_damage_not_a_torn_tail(
+        tmp_path: Path) -> None:
+    """A flipped high bit in the first batch's length makes it look cut short; were that
+    read as the torn tail, the two batches after it (acknowledged writes) would be
+    dropped silently.  An intact batch follows, so it is damage: counted, every replica
+    marked for a copy, and the later batches still replayed."""
+    from dds.bricks.needscopy import marked
+    keys, log = _three_batches_then_die(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[0] ^= 0x40                      # the first header's length: +1 GiB
+    log.write_bytes(bytes(data))
+    s = Storage(tmp_path, Clock())
+    assert s.log_damage
+    assert set(marked(tmp_path)) == {P, "p1.1"}
+    assert s.read(P, keys[1]) == ReadResult(b"value-1", 1)
+    assert s.read(P, keys[2]) == ReadResult(b"value-2", 1)
+    s.close()
