@@ -157,9 +157,10 @@ def _prepared_record(vote: Record) -> PreparedRecord:
                           tuple(rest[1]) if len(rest) > 1 else ())
 
 
-def _replayable(rec: Record) -> str | None:
+def _replayable(rec: Record, check_row: bool = True) -> str | None:
     """Why a record read back from the log cannot be used (None: it can): its shape is
-    wrong or its row fails its checksum (a damaged batch decodes, with wrong bytes)."""
+    wrong or (``check_row``) its row fails its checksum (a damaged batch decodes, with
+    wrong bytes)."""
     try:
         kind = rec[0]
         if kind == SETTLED:
@@ -178,7 +179,8 @@ def _replayable(rec: Record) -> str | None:
             return f"unknown record kind {kind!r}"
         if not ok or not PartitionId.parse(pid).owns(key):
             return "malformed record"
-        if rest and rest[0] is not None and row_checksum(key, version, value) != rest[0]:
+        if check_row and rest and rest[0] is not None \
+                and row_checksum(key, version, value) != rest[0]:
             return f"record of key {key[:64]!r} in {pid} fails its checksum"
     except (TypeError, ValueError, IndexError) as e:
         return f"malformed record: {e}"
@@ -620,16 +622,21 @@ class Storage:
         """At start: redo the committed writes the partition files may miss, take up the
         undecided votes, and start a new log generation holding only those."""
         votes: dict[TxnId, Record] = {}
+        #: Every vote's partition, settled or not: what a damaged txid may point to.
+        vote_pids: dict[TxnId, str] = {}
         redo: list[Record] = []
+        skipped: list[Record] = []
         for rec in self._txlog.records():
             problem = _replayable(rec)
             if problem is not None:
                 self.log_damage.append(problem)
+                skipped.append(rec)
                 log.error("transaction log: skipping a record: {problem}", problem=problem)
                 continue
             kind = rec[0]
             if kind == VOTE:
                 votes[tuple(rec[1])] = rec
+                vote_pids[tuple(rec[1])] = rec[2]
             elif kind == WRITE:
                 if rec[1] is not None:
                     votes.pop(tuple(rec[1]), None)
@@ -662,7 +669,8 @@ class Storage:
             log.warn("redid {n} committed writes from the transaction log", n=redone)
         self.log_damage += self._txlog.damaged
         if self.log_damage:
-            self._mark_all_for_copy(len(self.log_damage))
+            self._mark_for_copy(self._damaged_partitions(skipped, vote_pids),
+                                len(self.log_damage))
         for v in votes.values():
             rec = _prepared_record(v)
             self._live[rec.txid] = _vote(rec)
@@ -670,18 +678,48 @@ class Storage:
         for suffix in ("", "-wal", "-shm"):
             Path(str(old) + suffix).unlink(missing_ok=True)
 
-    def _mark_all_for_copy(self, damaged: int) -> None:
-        """The log lost records: which partitions' writes (or YES votes) they held is
-        unknown, so no replica here may be trusted until its RG copied it again.  The
-        markers are durable before the damaged log is retired below, or a second restart
-        would find a clean log and serve what it holds (``bricks/needscopy.py``)."""
+    def _damaged_partitions(self, skipped: list[Record],
+                            vote_pids: dict[TxnId, str]) -> set[str]:
+        """The partitions whose writes or YES votes the damaged stretches of the log may
+        have held.  Every other batch passed its CRC, and a batch gone missing shows as
+        a damaged stretch, so a damaged batch whose every record still decodes in shape
+        touched only: each record's partition, every partition here owning its key (the
+        partition field itself may be the flipped byte), and the partition of any vote
+        its txid names (a flipped txid may settle another transaction's vote).  Anything
+        less certain (a stretch that does not decode, a malformed record): all of them."""
+        everything = set(self._known)
+        in_damaged = {id(r) for b in self._txlog.damaged_batches if b for r in b}
+        if any(id(r) not in in_damaged for r in skipped):
+            return everything           # a bad record in a batch that passed its CRC
+        out: set[str] = set()
+        for batch in self._txlog.damaged_batches:
+            if batch is None:
+                return everything
+            for rec in batch:
+                if not isinstance(rec, (list, tuple)) or not rec \
+                        or _replayable(rec, check_row=False) is not None:
+                    return everything
+                txid = rec[1]
+                if rec[0] != SETTLED:
+                    pid, key = rec[2], rec[3]
+                    out.add(pid)
+                    out.update(p for p in self._known if PartitionId.parse(p).owns(key))
+                if txid is not None and tuple(txid) in vote_pids:
+                    out.add(vote_pids[tuple(txid)])
+        return out & everything
+
+    def _mark_for_copy(self, pids: set[str], damaged: int) -> None:
+        """The log lost records of ``pids``' writes or YES votes, so none of those
+        replicas may be trusted until its RG copied it again.  The markers are durable
+        before the damaged log is retired below, or a second restart would find a clean
+        log and serve what it holds (``bricks/needscopy.py``)."""
         why = f"the transaction log was damaged ({damaged} record(s) unreadable)"
         qdir = self.data_dir / QUARANTINE_DIR
-        for pid in sorted(self._known):
+        for pid in sorted(pids):
             mark(qdir, pid, why)
-        log.error("transaction log damaged ({n} records): every replica here ({count}) is "
-                  "copied again from its RG before it serves", n=damaged,
-                  count=len(self._known))
+        log.error("transaction log damaged ({n} records): {count} of the {total} replicas "
+                  "here ({pids}) are copied again from their RGs before they serve",
+                  n=damaged, count=len(pids), total=len(self._known), pids=sorted(pids))
 
     # -- commits -----------------------------------------------------------------------
 

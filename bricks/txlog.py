@@ -27,9 +27,9 @@ counted as below, and reading goes on at the intact batch.  A batch whose CRC fa
 but which is whole (its full length, not all zeros) is not torn but damaged (a flipped
 bit on disk): its records are decoded if they still can be (each write's own checksum
 then sorts the intact ones from the damaged), reading goes on after it, and the log
-counts it (:attr:`TxnLog.damaged`): the brick then trusts none of its replicas until its
-RGs copied them again (``bricks/needscopy.py``), since which writes and votes the batch
-held is unknown.
+counts it (:attr:`TxnLog.damaged`, and what decoded in :attr:`TxnLog.damaged_batches`):
+the brick then trusts none of the replicas the damaged stretch may have touched until
+their RGs copied them again (``Storage._damaged_partitions``, ``bricks/needscopy.py``).
 
 The files are ``txlog.<generation>``.  :meth:`TxnLog.rotate` starts the next generation
 holding only the votes still undecided, once every committed write of the old one is in
@@ -69,12 +69,16 @@ def _name(generation: int) -> str:
     return f"txlog.{generation:08d}"
 
 
-def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[Record]]:
+def read_batches(path: Path, damage: list[str] | None = None,
+                 salvaged: list[list[Record] | None] | None = None
+                 ) -> Iterator[list[Record]]:
     """The records of each intact batch of one log file, in order; stops at the first
     torn batch (the tail of an append that never completed).  A batch that fails its
     CRC but is whole (:func:`_whole`) is damaged, not torn: what of it still
     decodes is yielded (unverified: the caller checks each record), one line describing
-    it is appended to ``damage``, and reading goes on."""
+    it is appended to ``damage``, and reading goes on.  ``salvaged`` gets, for each
+    damaged stretch, the records decoded from it (None: nothing of it decodes, or it is
+    a gap of unknown content), so that the caller can tell which partitions it touched."""
     data = path.read_bytes()
     pos, end = 0, len(data)
     while end - pos >= _HEADER.size:
@@ -89,11 +93,13 @@ def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[R
                 if damage is not None:
                     damage.append(f"{path.name} offset {pos}")
                 try:
-                    salvaged = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+                    records_of = msgpack.unpackb(payload, raw=False, strict_map_key=True)
                 except Exception:  # noqa: BLE001 -- nothing of it is usable
-                    salvaged = None
-                if isinstance(salvaged, list):
-                    yield salvaged
+                    records_of = None
+                if salvaged is not None:
+                    salvaged.append(records_of if isinstance(records_of, list) else None)
+                if isinstance(records_of, list):
+                    yield records_of
                 pos = start + n
                 continue
             resume = _next_valid_batch(data, pos + 1)
@@ -108,6 +114,8 @@ def read_batches(path: Path, damage: list[str] | None = None) -> Iterator[list[R
                       path=str(path), offset=pos, resume=resume)
             if damage is not None:
                 damage.append(f"{path.name} offset {pos} to {resume}")
+            if salvaged is not None:
+                salvaged.append(None)
             pos = resume
             continue
         try:
@@ -183,14 +191,16 @@ class TxnLog:
         self._fd = -1
         self.size = 0
         self.closed = False
-        #: Damaged batches found by ``records`` (where each was).
+        #: Damaged batches found by ``records`` (where each was) ...
         self.damaged: list[str] = []
+        #: ... and what each held, as far as it decodes (None: unknown).
+        self.damaged_batches: list[list[Record] | None] = []
 
     def records(self) -> Iterator[Record]:
         """Every record the previous runs left, oldest first (those of a damaged batch
         included, for the caller to verify)."""
         for path in self.old:
-            for batch in read_batches(path, self.damaged):
+            for batch in read_batches(path, self.damaged, self.damaged_batches):
                 yield from batch
 
     def write(self, records: list[Record]) -> None:

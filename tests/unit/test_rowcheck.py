@@ -263,8 +263,10 @@ def _three_batches_then_die(tmp_path: Path) -> tuple[list[bytes], Path]:
     return keys, log
 
 
-def test_a_damaged_log_marks_every_replica_for_a_copy_before_it_is_retired(
+def test_a_damaged_log_marks_the_replicas_its_damaged_batch_held_before_it_is_retired(
         tmp_path: Path) -> None:
+    """A flipped byte in a write's value: the batch still decodes, so it is known to
+    hold only that write of P.  P is copied again; p1.1 (untouched) keeps serving."""
     from dds.bricks.needscopy import marked
     _keys, log = _three_batches_then_die(tmp_path)
     data = bytearray(log.read_bytes())
@@ -273,11 +275,55 @@ def test_a_damaged_log_marks_every_replica_for_a_copy_before_it_is_retired(
     s = Storage(tmp_path, Clock())
     s.close()
     why = marked(tmp_path)
-    assert set(why) == {P, "p1.1"}      # which partitions the batch held is unknown
+    assert set(why) == {P}
     assert "transaction log was damaged" in why[P]
     again = Storage(tmp_path, Clock())  # the damaged log is gone; the markers stay
-    assert again.log_damage == [] and set(marked(tmp_path)) == {P, "p1.1"}
+    assert again.log_damage == [] and set(marked(tmp_path)) == {P}
     again.close()
+
+
+def test_a_damaged_batch_that_no_longer_decodes_marks_every_replica(
+        tmp_path: Path) -> None:
+    """Which partitions an undecodable batch held is unknown: all are copied again."""
+    from dds.bricks.needscopy import marked
+    _keys, log = _three_batches_then_die(tmp_path)
+    data = bytearray(log.read_bytes())
+    data[8] ^= 0x02                      # the first batch's array header: 1 record -> 3
+    log.write_bytes(bytes(data))
+    s = Storage(tmp_path, Clock())
+    assert s.log_damage
+    s.close()
+    assert set(marked(tmp_path)) == {P, "p1.1"}
+
+
+def test_a_damaged_txid_marks_the_partition_of_the_vote_it_may_settle(
+        tmp_path: Path) -> None:
+    """A commit's write in P settles its vote by txid, which no checksum covers: a
+    flipped txid may settle another transaction's vote, here one in p1.1, whose replica
+    then lacks a YES vote.  Both partitions are copied again."""
+    from dds.bricks.needscopy import marked
+    other = key_in("p1.1", 0)
+    s = Storage(tmp_path, Clock())
+    s.open_partition(P)
+    s.open_partition("p1.1")
+    s.prepare("p1.1", (7, 2), other, "put", b"x", 1, (1, 1), None, ("b1",))
+    s.flush(files=False)
+    s.prepare(P, (7, 3), key_in(P, 0), "put", b"y", 1, (1, 1), None, ("b1",))
+    s.flush(files=False)
+    s.write(P, key_in(P, 0), b"y", 1, (7, 3))
+    s.flush(files=False)
+    (log,) = log_files(tmp_path)
+    s._txlog.close()
+    for store in s._stores.values():
+        store._conn.close()
+    data = bytearray(log.read_bytes())
+    at = data.rindex(b"\x92\x07\x03")    # the write's txid [7, 3], the last batch
+    data[at + 2] ^= 0x01                  # -> [7, 2]: the vote in p1.1
+    log.write_bytes(bytes(data))
+    again = Storage(tmp_path, Clock())
+    assert again.log_damage
+    again.close()
+    assert set(marked(tmp_path)) == {P, "p1.1"}
 
 
 def test_a_whole_last_batch_failing_its_crc_is_damage_not_a_torn_append(
