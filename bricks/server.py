@@ -40,7 +40,7 @@ from dds.records import Record, RGRecord
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
 
-from dds.bricks.admission import Admission, tls_sniffing_factory
+from dds.bricks.admission import Admission
 from dds.bricks.admin import AdminRequests
 from dds.bricks.bounded import BoundedReads
 from dds.bricks.context import BrickContext, peer_caller, thread_runner
@@ -53,12 +53,14 @@ from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
 from dds.bricks.diskspace import DiskSpace, StepOut
 from dds.bricks.gossip import MapGossip
 from dds.bricks.journal import Journal
+from dds.bricks.listener import CertificateWatch, rpc_factory
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
-from dds.bricks.quarantine import Quarantine, reorganized
+from dds.bricks.quarantine import Quarantine
 from dds.bricks.mapstate import MapState, parse_pid
 from dds.bricks.participant import Participant
 from dds.bricks.recovery import Recoveries
+from dds.bricks.replicas import LocalReplicas
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
 from dds.bricks.checksumwalk import ChecksumWalk
@@ -77,11 +79,9 @@ _U64 = 1 << 64
 #: Bound of the remembered map checks (``Brick._gate``): a peer sending made-up partition
 #: ids must not grow it without end.
 _GATES_MAX = 4096
-#: A remembered map check: record version and fp, the partition, its mask and prefix.
-#: (version, fp, partition, mask, prefix, the RG's active members) of a checked route.
+#: A remembered map check: (version, fp, partition, mask, prefix, the RG's active
+#: members) of a checked route.
 _Gate = tuple[int, int, PartitionId, int, int, tuple[str, ...]]
-#: A restored prepared transaction asks the other members this soon after a restart.
-RESOLVE_AFTER_RESTART_S = 1.0
 #: Where a request the handler answers later (``LATER``) is answered: its connection,
 #: request id and type, and when it arrived (for ``request_seconds``).
 _To = tuple[RPCProtocol, int, str, float]
@@ -220,11 +220,11 @@ class Brick:
         self.quarantine = Quarantine(config.data_dir, self.storage, self.clock, self.metrics,
                                      config.brick.quarantine_hours * 3600.0,
                                      run_in_thread=self._in_thread)
-        #: The map the replicas on disk were last reconciled with (``_open_my_partitions``).
-        self._reconciled: ClusterMap | None = None
+        self.replicas = LocalReplicas(self.id, self.maps, self.storage, self.participant,
+                                      self.quarantine, self.metrics)
         self.maps.on_change(self._map_changed)
-        self._open_my_partitions()
-        self._restore_prepared()
+        self.replicas.reconcile()
+        self.replicas.restore_prepared()
         # The map requests and gossip (DESIGN §2).
         self.gossip = MapGossip(ctx, self.peers, config.cluster.seeds,
                                 config.timeouts.gossip_interval_ms / 1000.0, self._denials)
@@ -273,12 +273,7 @@ class Brick:
         # (``dds.rpc``'s flow control; ``connections_paused_total`` counts the stops).
         self.metrics.gauge("paused_connections",
                            lambda: sum(1 for p in self.connections if p.paused))
-        tls = config.credentials.tls
-        if tls is not None:
-            from dds.tls import seconds_to_expiry
-            self.metrics.gauge("tls_cert_expiry_seconds", lambda: seconds_to_expiry(tls))
-        self._cert_check = LoopingCall(self._check_certificate)
-        self._cert_check.clock = self.clock
+        self.certificate = CertificateWatch(self.id, config, self.clock, self.metrics)
         self.metrics.gauge("partitions", lambda: len(self.storage.partitions()))
         for name in self.storage.stats:
             self.metrics.gauge(f"storage_{name}",
@@ -307,57 +302,12 @@ class Brick:
                 moved.update(found)
 
     def factory(self) -> Factory:
-        """The RPC port's factory: admission caps, then (TLS mode) TLS, then RPC."""
-        brick = self
-
-        class BrickFactory(Factory):
-            noisy = False
-
-            def buildProtocol(self, addr: Any) -> RPCProtocol | None:
-                source = str(getattr(addr, "host", "?"))
-                if not brick.admission.admit(source):
-                    return None         # Twisted closes the connection at once
-                proto = RPCProtocol(is_client=False, node_id=brick.id,
-                                    cluster=brick.config.cluster.name,
-                                    credentials=brick.config.credentials, clock=brick.clock,
-                                    handler=brick.handle,
-                                    max_frame=brick.config.limits.max_frame_bytes,
-                                    metrics=brick.metrics,
-                                    handshake_timeout=brick.config.auth.handshake_timeout_ms
-                                    / 1000.0,
-                                    max_unsent_bytes=brick.config.limits.max_unsent_bytes)
-                # Handshake failures are logged and counted by the protocol; nobody awaits
-                # a server's ``ready``, so consume its failure here.
-                release = brick.admission.releaser(source)
-                proto.ready.addCallbacks(release, release)
-                proto.ready.addErrback(lambda _: None)
-                brick.connections.add(proto)
-                proto.closed.addCallback(lambda _: brick.connections.discard(proto))
-                proto.closed.addBoth(release)
-                return proto
-        factory = BrickFactory()
-        tls = self.config.credentials.tls
-        if tls is None:
-            return factory
-        return tls_sniffing_factory(factory, tls, self.metrics, self.clock)
-
-    def _check_certificate(self) -> None:
-        """Warn, at start and every six hours, when this brick's certificate (or its CA)
-        expires within ``auth.cert_warn_days``: an expired one stops the cluster."""
-        tls = self.config.credentials.tls
-        if tls is None:
-            return
-        from dds.tls import seconds_to_expiry
-        left = seconds_to_expiry(tls)
-        if left < self.config.auth.cert_warn_days * 86400:
-            self.metrics.inc("tls_cert_expiry_warnings_total")
-            self.log.warn("the TLS certificate of brick {brick} ({path}) or its CA expires "
-                          "in {days:.1f} days: issue a new one (dds-admin certs issue)",
-                          brick=self.id, path=str(tls.paths.cert), days=left / 86400)
+        """The RPC port's factory (``bricks/listener.py``)."""
+        return rpc_factory(self.id, self.config, self.clock, self.metrics, self.admission,
+                           self.handle, self.connections)
 
     def start(self) -> None:
-        if self.config.credentials.tls is not None:
-            self._cert_check.start(6 * 3600.0, now=True)
+        self.certificate.start()
         self.gossip.start()
         self.leases.start()
         if self._restarted and (self.config.brick.recover_on_start
@@ -380,8 +330,7 @@ class Brick:
         self._stopping = True
         self.gossip.stop()
         self.leases.stop()
-        if self._cert_check.running:
-            self._cert_check.stop()
+        self.certificate.stop()
         self.recoveries.stop()
         self.quarantine.stop()
         self.checksum_walk.stop()
@@ -406,42 +355,8 @@ class Brick:
         self.journal.close()
         self.log.info("brick {brick} stopped cleanly", brick=self.id)
 
-    def _open_my_partitions(self) -> None:
-        mine = self.maps.my_partitions()
-        for pid in mine:
-            if not self.storage.has_partition(str(pid)):
-                self.storage.open_partition(str(pid))
-                self.log.info("created replica of {pid}", pid=str(pid))
-        if not self.maps.map.rgs_of_brick(self.id):
-            return      # not (yet) in any RG: keep whatever is on disk
-        # A partition none of my RGs lists any more moved away, was split or merged
-        # (DESIGN §8), or I left its RG, or a record said so that should not have: its
-        # replica is dropped only if a finished reorganization of mine accounts for it,
-        # else quarantined for brick.quarantine_hours (issue 13).
-        old, self._reconciled = self._reconciled, self.maps.map
-        for text in self.storage.partitions():
-            pid = parse_pid(text)
-            if pid not in mine:
-                self.participant.forget_partition(pid)
-                why = reorganized(old, self.maps.map, self.id, pid)
-                if why is not None:
-                    self.storage.drop_partition(text)
-                    self.metrics.inc("replicas_dropped_total")
-                    self.log.warn("dropped replica of {pid}: {why}", pid=text, why=why)
-                else:
-                    self.quarantine.put(text, "no RG of mine lists it")
-
-    def _restore_prepared(self) -> None:
-        """Transactions this brick voted YES on before it stopped are prepared again, with
-        their locks, before it serves anything; termination resolves them shortly."""
-        records = self.storage.prepared()
-        if records:
-            n = self.participant.restore(records, resolve_after_s=RESOLVE_AFTER_RESTART_S)
-            self.log.warn("restored {n} prepared transactions of {total} recorded; resolving "
-                          "them with the other members", n=n, total=len(records))
-
     def _map_changed(self, new_map: ClusterMap, adopted: tuple[Record, ...]) -> None:
-        self._open_my_partitions()
+        self.replicas.reconcile()
         self.leases.on_map_change(new_map, adopted)
         self.recoveries.check()
         if not self._stopping and self.leases.running:

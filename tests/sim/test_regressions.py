@@ -105,7 +105,7 @@ def test_a_restarted_member_refuses_a_late_abort_of_a_restored_transaction(
     Fix (bricks/participant.py, ``Participant.restore``): fence every restored
     transaction, ``txn.queried = True``.  A restarted member cannot know whether it
     answered "prepared" before it died, so only termination may decide what it restored
-    (it does so ``RESOLVE_AFTER_RESTART_S`` later).  Verified by monkeypatching: this test
+    (it does so ``replicas.RESOLVE_AFTER_RESTART_S`` later).  Verified by monkeypatching: this test
     passes, and 300 seeds with ``--crash`` stay clean.
     """
     world = SimWorld(tmp_path, 3, latency=0.001, config={"timeouts": {

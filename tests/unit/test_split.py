@@ -95,7 +95,7 @@ class Brick:
 
     def adopt(self, rec: RGRecord) -> None:
         """What the brick does when it adopts a record: create listed replicas, drop
-        unlisted ones (server.py ``_open_my_partitions``)."""
+        unlisted ones (``bricks/replicas.py``, ``LocalReplicas.reconcile``)."""
         self.maps.merge([rec], source="test")
         mine = self.maps.my_partitions()
         for pid in mine:

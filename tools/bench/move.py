@@ -8,7 +8,7 @@ with disjoint members, ``rg0`` = b1, b2, b3 and ``rg1`` = b4, b5, b6, four parti
 durability; ``p2.0`` moves.  Disjoint members make the copy real: a target brick that is
 also a member of the source RG copies nothing.  Each group keeps a partition besides the
 moved one because a brick whose groups list no partition at all keeps every replica it
-has on disk (``Brick._open_my_partitions``): with one partition per group the source
+has on disk (``LocalReplicas.reconcile``): with one partition per group the source
 would never drop the moved one, and the cost of dropping it would not be measured.
 Then:
 
