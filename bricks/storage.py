@@ -47,13 +47,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -61,6 +59,9 @@ from twisted.python.failure import Failure
 
 from dds.bricks.atomicfile import fsync_dir
 from dds.bricks.discard import discard_gradually
+from dds.bricks.logreplay import (PREPARED_FILE, PreparedRecord, damaged_partitions,
+                                  prepared_record, read_old_prepared, replayable,
+                                  vote_record)
 from dds.bricks.needscopy import QUARANTINE_DIR, mark
 from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
                                   PartitionStore, ReadResult, Row, check_partition_file,
@@ -68,14 +69,10 @@ from dds.bricks.partstore import (PID_RE, SUFFIX, SYNCHRONOUS, Durability,
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 from dds.bricks.txlog import SETTLED, VOTE, WRITE, Record, TxnLog
 from dds.errors import NotServing
-from dds.partition import PartitionId
 from dds.ratelimit import LogLimiter
 
 log = Logger()
 
-#: The file of recorded votes of earlier versions, read once and replaced by the log.
-PREPARED_FILE = "prepared.sqlite"
-_PAIR = struct.Struct(">QQ")
 #: Partition files get their staged rows at least this often (disk and fsync modes) ...
 SQLITE_FLUSH_S = 1.0
 #: ... or as soon as this many rows are staged.
@@ -94,25 +91,6 @@ TxnId = tuple[int, int]
 
 
 
-@attrs.frozen
-class PreparedRecord:
-    """A transaction this replica voted YES on, as found in the file after a restart."""
-
-    txid: TxnId
-    pid: str
-    key: bytes
-    op: str
-    value: bytes | None
-    new_version: int
-    ts: tuple[int, int]
-    #: The row's checksum (``bricks/rowcheck.py``), computed at PREPARE; None in a vote
-    #: recorded before checksums existed.
-    checksum: int | None = None
-    #: The transaction's participants (DESIGN §4); empty in a vote recorded before the
-    #: list was kept (termination then asks the record's active members).
-    participants: tuple[str, ...] = ()
-
-
 #: Called once a write or vote is durable: ``done(arg, None)``, or ``done(arg, error)``.
 Done = Callable[[Any, "BaseException | None"], None]
 
@@ -126,65 +104,6 @@ def _fire(d: Deferred[None], error: BaseException | None) -> None:
         d.callback(None)
     else:
         d.errback(Failure(error))
-
-
-def _read_old_prepared(path: Path) -> list[PreparedRecord]:
-    """The votes an earlier version kept in ``prepared.sqlite`` (txid and ts packed as two
-    unsigned 64-bit integers: too wide for SQLite's signed INTEGER)."""
-    conn = sqlite3.connect(str(path))
-    try:
-        tables = {r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "prepared" not in tables:
-            return []
-        return [PreparedRecord(_PAIR.unpack(txid), pid, key, op, value, new_version,
-                               _PAIR.unpack(ts))
-                for txid, pid, key, op, value, new_version, ts in conn.execute(
-                    "SELECT txid, pid, key, op, value, new_version, ts FROM prepared")]
-    finally:
-        conn.close()
-
-
-def _vote(rec: PreparedRecord) -> Record:
-    return (VOTE, rec.txid, rec.pid, rec.key, rec.op, rec.value, rec.new_version, rec.ts,
-            rec.checksum, rec.participants)
-
-
-def _prepared_record(vote: Record) -> PreparedRecord:
-    _kind, txid, pid, key, op, value, new_version, ts, *rest = vote
-    return PreparedRecord(tuple(txid), pid, key, op, value, new_version,
-                          tuple(ts), rest[0] if rest else None,
-                          tuple(rest[1]) if len(rest) > 1 else ())
-
-
-def _replayable(rec: Record, check_row: bool = True) -> str | None:
-    """Why a record read back from the log cannot be used (None: it can): its shape is
-    wrong or (``check_row``) its row fails its checksum (a damaged batch decodes, with
-    wrong bytes)."""
-    try:
-        kind = rec[0]
-        if kind == SETTLED:
-            return None if len(rec) == 2 and len(rec[1]) == 2 else "malformed settlement"
-        if kind == VOTE:
-            _k, txid, pid, key, _op, value, version, ts, *rest = rec
-            validate_pid(pid)
-            ok = (len(txid) == 2 and len(ts) == 2 and type(key) is bytes
-                  and (len(rest) < 2 or (type(rest[1]) in (list, tuple)
-                                         and all(type(b) is str for b in rest[1]))))
-        elif kind == WRITE:
-            _k, txid, pid, key, value, version, *rest = rec
-            validate_pid(pid)
-            ok = type(key) is bytes and (txid is None or len(txid) == 2)
-        else:
-            return f"unknown record kind {kind!r}"
-        if not ok or not PartitionId.parse(pid).owns(key):
-            return "malformed record"
-        if check_row and rest and rest[0] is not None \
-                and row_checksum(key, version, value) != rest[0]:
-            return f"record of key {key[:64]!r} in {pid} fails its checksum"
-    except (TypeError, ValueError, IndexError) as e:
-        return f"malformed record: {e}"
-    return None
 
 
 class Storage:
@@ -616,7 +535,7 @@ class Storage:
 
     def prepared(self) -> list[PreparedRecord]:
         """Every recorded YES vote not settled yet (used at start, before serving)."""
-        return [_prepared_record(v) for v in self._live.values()]
+        return [prepared_record(v) for v in self._live.values()]
 
     def _replay(self) -> None:
         """At start: redo the committed writes the partition files may miss, take up the
@@ -627,7 +546,7 @@ class Storage:
         redo: list[Record] = []
         skipped: list[Record] = []
         for rec in self._txlog.records():
-            problem = _replayable(rec)
+            problem = replayable(rec)
             if problem is not None:
                 self.log_damage.append(problem)
                 skipped.append(rec)
@@ -645,8 +564,8 @@ class Storage:
                 votes.pop(tuple(rec[1]), None)
         old = self.data_dir / PREPARED_FILE
         if old.exists():
-            for r in _read_old_prepared(old):
-                votes.setdefault(r.txid, _vote(r))
+            for r in read_old_prepared(old):
+                votes.setdefault(r.txid, vote_record(r))
         redone = 0
         for _kind, _txid, pid, key, value, version, *rest in redo:
             if pid not in self._known:
@@ -669,44 +588,15 @@ class Storage:
             log.warn("redid {n} committed writes from the transaction log", n=redone)
         self.log_damage += self._txlog.damaged
         if self.log_damage:
-            self._mark_for_copy(self._damaged_partitions(skipped, vote_pids),
-                                len(self.log_damage))
+            self._mark_for_copy(
+                damaged_partitions(set(self._known), self._txlog.damaged_batches, skipped,
+                                   vote_pids), len(self.log_damage))
         for v in votes.values():
-            rec = _prepared_record(v)
-            self._live[rec.txid] = _vote(rec)
+            rec = prepared_record(v)
+            self._live[rec.txid] = vote_record(rec)
         self._retire(self._txlog.retired + self._txlog.rotate(self._live.values()))
         for suffix in ("", "-wal", "-shm"):
             Path(str(old) + suffix).unlink(missing_ok=True)
-
-    def _damaged_partitions(self, skipped: list[Record],
-                            vote_pids: dict[TxnId, str]) -> set[str]:
-        """The partitions whose writes or YES votes the damaged stretches of the log may
-        have held.  Every other batch passed its CRC, and a batch gone missing shows as
-        a damaged stretch, so a damaged batch whose every record still decodes in shape
-        touched only: each record's partition, every partition here owning its key (the
-        partition field itself may be the flipped byte), and the partition of any vote
-        its txid names (a flipped txid may settle another transaction's vote).  Anything
-        less certain (a stretch that does not decode, a malformed record): all of them."""
-        everything = set(self._known)
-        in_damaged = {id(r) for b in self._txlog.damaged_batches if b for r in b}
-        if any(id(r) not in in_damaged for r in skipped):
-            return everything           # a bad record in a batch that passed its CRC
-        out: set[str] = set()
-        for batch in self._txlog.damaged_batches:
-            if batch is None:
-                return everything
-            for rec in batch:
-                if not isinstance(rec, (list, tuple)) or not rec \
-                        or _replayable(rec, check_row=False) is not None:
-                    return everything
-                txid = rec[1]
-                if rec[0] != SETTLED:
-                    pid, key = rec[2], rec[3]
-                    out.add(pid)
-                    out.update(p for p in self._known if PartitionId.parse(p).owns(key))
-                if txid is not None and tuple(txid) in vote_pids:
-                    out.add(vote_pids[tuple(txid)])
-        return out & everything
 
     def _mark_for_copy(self, pids: set[str], damaged: int) -> None:
         """The log lost records of ``pids``' writes or YES votes, so none of those
