@@ -153,10 +153,20 @@ _BEFORE_AND_AFTER: list[tuple[str, dict[str, Any], Message]] = [
     ("range_checksums", {"pid": "0/1", "buckets": 1}, RangeChecksums(pid="0/1", buckets=1)),
     ("copy_begin", {"rg": "rg1", "target": "b4", "full_lease": True},
      CopyBegin(rg="rg1", target="b4", full_lease=True)),
-    ("rg_update", {"rg": "rg1", "version": 3, "fp": 99, "add_member": "b5",
-                   "reason": "add-brick"},
-     RGUpdate(rg="rg1", version=3, fp=99, add_member="b5", reason="add-brick")),
+    # tools/rgedit.py's (a move's or split's record change).
+    ("rg_update", {"rg": "rg1", "version": 3, "fp": 99, "partitions": [["0/1", "incoming"]],
+                   "reason": "move of 0/1 from rg0: incoming"},
+     RGUpdate(rg="rg1", version=3, fp=99, partitions=[["0/1", "incoming"]],
+              reason="move of 0/1 from rg0: incoming")),
 ]
+
+
+def test_a_body_in_another_key_order_decodes_to_the_same_message() -> None:
+    # membership's rg_update put ``reason`` before ``add_member``; the typed body follows
+    # the declaration: other bytes, the same request at every version.
+    old = {"rg": "rg1", "version": 3, "fp": 99, "reason": "add-brick", "add_member": "b5"}
+    new = RGUpdate(rg="rg1", version=3, fp=99, reason="add-brick", add_member="b5")
+    assert decode_request("rg_update", old) == new == _over_the_wire(new)
 
 
 @pytest.mark.parametrize("mtype,body,msg", _BEFORE_AND_AFTER,
