@@ -128,10 +128,7 @@ class Pull:
 
     async def begin(self, msg: CopyBegin) -> CopyBeginReply:
         """``copy_begin`` at the source; returns its reply."""
-        try:
-            reply = CopyBeginReply.from_wire(await self.call(msg, 60.0))
-        except DDSError as e:       # a malformed reply
-            raise PullFailed(f"{msg.TYPE} to {self.source}: {e.message}") from None
+        reply = await self._reply(CopyBeginReply, msg, 60.0)
         self.session = reply.session
         self.snapshots = list(reply.snapshots)
         self.bytes_total = sum(int(s["size"]) for s in self.snapshots)
