@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dds.errors import DDSError, StorageFull
+from dds.messages import RGChange
 from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
 from dds.records import RGRecord, record_from_wire
@@ -221,9 +222,9 @@ class StepOut:
         for other in [b for b in rec.active_members if b != self.id]:
             try:
                 conn = await self.peer(other)
-                reply = await conn.call("rg_change", {
-                    "rg": rec.name, "version": rec.version, "fp": rec.fp, "member": self.id,
-                    "state": "excluded", "reason": f"disk full: {disk.reason}"},
+                reply = await conn.send(RGChange(
+                    rg=rec.name, version=rec.version, fp=rec.fp, member=self.id,
+                    state="excluded", reason=f"disk full: {disk.reason}"),
                     timeout=self.timeout_s)
             except DDSError as e:
                 disk.warn("asking {other} to exclude {brick} from {rg} (disk full) failed: "

@@ -120,8 +120,7 @@ class MapGossip:
         """One gossip exchange: pull what the peer has newer, push ours."""
         try:
             conn = await self.peers.get(host, port)
-            reply = await conn.call("gossip", {"digest": [list(d) for d in
-                                                          self.maps.map.digest]},
+            reply = await conn.send(Gossip(digest=[list(d) for d in self.maps.map.digest]),
                                     timeout=5.0)
             records = self._decode_records(reply.get("records", []),
                                            f"gossip:{conn.peer_id}")
@@ -130,7 +129,7 @@ class MapGossip:
             want = set(reply.get("want", []))
             if want:
                 push = [r.canonical() for r in self.maps.map if r.record_id in want]
-                await conn.call("map_push", {"records": push}, timeout=5.0)
+                await conn.send(MapPush(records=push), timeout=5.0)
             self.metrics.inc("gossip_rounds_total")
         except DDSError as e:
             self.metrics.inc("gossip_failures_total")

@@ -43,7 +43,9 @@ from twisted.logger import Logger
 
 from dds.deferreds import gather, sleep
 from dds.errors import DDSError
+from dds.messages import CopyBegin, Message, RGChange, RGStatus
 from dds.records import RGRecord, record_from_wire
+from dds.replies import RGStatusReply
 
 from dds.bricks.context import BrickContext
 from dds.bricks.copy.layout import incoming as _incoming, partition_layout
@@ -280,25 +282,24 @@ class Recoveries:
         if rec is None:
             raise RecoveryAborted(f"{rg} is not in the map")
         others = [m.brick for m in rec.members if m.brick != self.id]
-        replies = await gather([Deferred.fromCoroutine(self._call(b, "rg_status",
-                                                                   {"rg": rg}, 3.0))
+        replies = await gather([Deferred.fromCoroutine(self._rg_status(b, rg))
                                  for b in others])
         answered = {self.id}
         serving: list[str] = []
         reconciled: set[str] = set()
         for brick, reply in zip(others, replies):
-            if isinstance(reply, BaseException) or not isinstance(reply, dict):
+            if isinstance(reply, BaseException):
                 continue
             answered.add(brick)
-            data = reply.get("record")
-            if data is not None:
+            if reply.record is not None:
                 try:
-                    self.maps.merge([record_from_wire(data)], source=f"rg_status:{brick}")
+                    self.maps.merge([record_from_wire(reply.record)],
+                                    source=f"rg_status:{brick}")
                 except ValueError:
                     continue
-            if reply.get("serving") is True:
+            if reply.serving:
                 serving.append(brick)
-            if reply.get("reconciled") is True:
+            if reply.reconciled:
                 reconciled.add(brick)
         rec = self.maps.map.rgs[rg]
         heard = [b for b in rec.active_members if b in answered]
@@ -308,9 +309,9 @@ class Recoveries:
         return rec, serving, reconciled
 
     async def _mark_recovering(self, rec: RGRecord, source: str) -> RGRecord:
-        reply = await self._call_or_raise(source, "rg_change", {
-            "rg": rec.name, "version": rec.version, "fp": rec.fp, "member": self.id,
-            "state": "recovering", "reason": "re-syncing after a restart or exclusion"},
+        reply = await self._call_or_raise(source, RGChange(
+            rg=rec.name, version=rec.version, fp=rec.fp, member=self.id,
+            state="recovering", reason="re-syncing after a restart or exclusion"),
             RPC_TIMEOUT_S)
         self.maps.merge([record_from_wire(reply["record"])], source=f"rg_change:{source}")
         new = self.maps.map.rgs[rec.name]
@@ -340,9 +341,9 @@ class Recoveries:
         pull = Pull(self.ctx, source, self.work_dir)
         r.pull = pull
         try:
-            begun = await pull.begin({"rg": rec.name, "target": self.id,
-                                      "full_lease": fence_whole_copy})
-            copied = record_from_wire(begun["record"])     # what the session copies
+            begun = await pull.begin(CopyBegin(rg=rec.name, target=self.id,
+                                               full_lease=fence_whole_copy))
+            copied = record_from_wire(begun.record)     # what the session copies
             if not isinstance(copied, RGRecord):
                 raise RecoveryAborted(f"copy_begin to {source}: not an RG record")
             await pull.copy()
@@ -377,15 +378,17 @@ class Recoveries:
             pull.cancel(repr(e))
             raise
 
-    async def _call(self, brick: str, mtype: str, body: dict[str, Any],
-                    timeout: float) -> Any:
+    async def _call(self, brick: str, msg: Message, timeout: float) -> Any:
         conn = await self.peer(brick)
-        return await conn.call(mtype, body, timeout=timeout)
+        return await conn.send(msg, timeout=timeout)
 
-    async def _call_or_raise(self, brick: str, mtype: str, body: dict[str, Any],
-                             timeout: float) -> Any:
+    async def _rg_status(self, brick: str, rg: str) -> RGStatusReply:
+        """``brick``'s view of ``rg``; a malformed reply fails as no reply does."""
+        return RGStatusReply.from_wire(await self._call(brick, RGStatus(rg=rg), 3.0))
+
+    async def _call_or_raise(self, brick: str, msg: Message, timeout: float) -> Any:
         try:
-            return await self._call(brick, mtype, body, timeout)
+            return await self._call(brick, msg, timeout)
         except DDSError as e:
-            raise RecoveryAborted(f"{mtype} to {brick}: {e.message}") from None
+            raise RecoveryAborted(f"{msg.TYPE} to {brick}: {e.message}") from None
 

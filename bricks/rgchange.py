@@ -43,7 +43,8 @@ from twisted.python.failure import Failure
 from dds.deferreds import gather, sleep
 from dds.errors import DDSError, Divergence, InvalidRequest, Refused, StaleMap
 from dds.maps import ClusterMap
-from dds.messages import RecordDecide, RecordPrepare, RecordState, Message, RGChange, RGUpdate
+from dds.messages import (Message, Ping, RecordDecide, RecordPrepare, RecordState, RGChange,
+                          RGUpdate)
 from dds.partition import PartitionId
 from dds.records import (MEMBER_STATES, Member, MemberState, PartitionEntry, Record,
                          RGRecord, record_from_wire)
@@ -270,11 +271,11 @@ class RecordChanges:
         self.log.info("change {change}: {member} {kind} in {rg} v{version} ({reason}); "
                       "asking {voters}", change=change, member=member, kind=kind,
                       rg=rec.name, version=rec.version, reason=reason, voters=voters)
-        body = RecordPrepare(change=change, coordinator=self.id, old_version=rec.version,
-                             old_fp=rec.fp, record=new.canonical(), member=member,
-                             state=kind, reason=reason).to_wire()
+        ask = RecordPrepare(change=change, coordinator=self.id, old_version=rec.version,
+                            old_fp=rec.fp, record=new.canonical(), member=member,
+                            state=kind, reason=reason)
         timeout = self.suspect_check_s + self.lease_s + 2.0
-        results = await gather([self._vote(b, body, timeout) for b in voters])
+        results = await gather([self._vote(b, ask, timeout) for b in voters])
         yes = [b for b, r in zip(voters, results) if not isinstance(r, BaseException)]
         if len(yes) >= rec.quorum and self.changes.get(change) is Phase.VOTING:
             self.changes[change] = Phase.COMMITTED
@@ -360,24 +361,23 @@ class RecordChanges:
             raise Refused(f"{msg.member} becomes active in {msg.rg} only by readmission "
                           "after recovery")
 
-    def _vote(self, brick: str, body: dict[str, Any], timeout: float) -> Deferred[Any]:
+    def _vote(self, brick: str, ask: RecordPrepare, timeout: float) -> Deferred[Any]:
         if brick == self.id:
-            return ensureDeferred(self.prepare(RecordPrepare(**body)))
-        return ensureDeferred(self._call(brick, "record_prepare", body, timeout))
+            return ensureDeferred(self.prepare(ask))
+        return ensureDeferred(self._call(brick, ask, timeout))
 
-    async def _call(self, brick: str, mtype: str, body: dict[str, Any],
-                    timeout: float) -> Any:
+    async def _call(self, brick: str, msg: Message, timeout: float) -> Any:
         conn = await self.peer(brick)
-        return await conn.call(mtype, body, timeout=timeout)
+        return await conn.send(msg, timeout=timeout)
 
     def _tell(self, change: ChangeId, commit: bool, new: RGRecord | None,
               bricks: list[str]) -> None:
         """The decision to the voters (and, for a commit, every member), best effort:
         a voter that misses it asks, or learns the record by gossip."""
-        body = RecordDecide(change=change, commit=commit,
-                            record=new.canonical() if new else None).to_wire()
+        decision = RecordDecide(change=change, commit=commit,
+                                record=new.canonical() if new else None)
         for brick in bricks:
-            d = ensureDeferred(self._call(brick, "record_decide", body, 2.0))
+            d = ensureDeferred(self._call(brick, decision, 2.0))
             d.addErrback(self._undelivered, change, brick)
 
     def _undelivered(self, failure: Failure, change: ChangeId, brick: str) -> None:
@@ -487,7 +487,7 @@ class RecordChanges:
             connecting: Deferred[RPCProtocol] = Deferred.fromCoroutine(self._connect(brick))
             connecting.addTimeout(self.suspect_check_s, self.clock)
             conn = await connecting
-            reply = await conn.call("ping", {}, timeout=self.suspect_check_s)
+            reply = await conn.send(Ping(), timeout=self.suspect_check_s)
         except (DDSError, defer.TimeoutError, defer.CancelledError):
             return False
         if isinstance(reply, dict) and reply.get("storage_full") is True:
@@ -535,8 +535,8 @@ class RecordChanges:
         if self.locks.get(lock.rg) != lock:
             return
         try:
-            reply = await self._call(lock.coordinator, "record_state",
-                                     {"change": list(lock.change), "rg": lock.rg}, 2.0)
+            reply = await self._call(lock.coordinator,
+                                     RecordState(change=lock.change, rg=lock.rg), 2.0)
         except DDSError as e:
             self.log.warn("lock of {rg} held for change {change}: its coordinator "
                           "{coordinator} does not answer ({error}); asking again",

@@ -48,6 +48,7 @@ from twisted.logger import Logger
 
 from dds.deferreds import sleep
 from dds.errors import DDSError
+from dds.messages import RowRead
 from dds.ratelimit import LogLimiter
 
 from dds.bricks.context import BrickContext
@@ -131,7 +132,7 @@ class SelfRepair:
         for member in sorted(m for m in rec.active_members if m != self.id):
             try:
                 conn = await self.peer(member)
-                reply = await conn.call("row_read", {"pid": pid, "key": key, "rg": rec.name},
+                reply = await conn.send(RowRead(pid=pid, key=key, rg=rec.name),
                                         timeout=ROW_READ_TIMEOUT_S)
             except DDSError as e:
                 problems.append(f"{member}: {e.message}")

@@ -697,8 +697,7 @@ class Brick:
     def _send_lease(self, peer: str, rgs: list[str]) -> Deferred[Any]:
         async def go() -> Any:
             conn = await self._peer(peer)
-            return await conn.call("lease", {"holder": self.id, "rgs": rgs},
-                                   timeout=self.lease_s / 3)
+            return await conn.send(Lease(holder=self.id, rgs=rgs), timeout=self.lease_s / 3)
         return Deferred.fromCoroutine(go())
 
     def lease(self, msg: Lease) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Request bodies of the wire protocol, as small validated attrs classes (DESIGN §10).
 
-Each request type has a class; ``decode_request(type, body)`` builds it from a decoded
-frame and turns every shape or type problem into ``InvalidRequest`` naming the field, so
-a handler only ever sees well-formed requests.  Replies are plain dicts documented on each
-class: they are built on hot paths and read by code that owns both ends.
+Each request type has a class, declared once for both ends: the sender builds it and
+sends it (``RPCProtocol.send``, which puts ``to_wire``'s body in the frame); the receiver's
+``decode_request(type, body)`` builds it back from a decoded frame and turns every shape
+or type problem into ``InvalidRequest`` naming the field, so a handler only ever sees
+well-formed requests.  Replies are plain dicts documented on each class; those read
+across modules have a checked type in ``dds.replies``.
 """
 
 from __future__ import annotations
@@ -83,7 +85,43 @@ class Message:
             _REGISTRY[cls.TYPE] = cls
 
     def to_wire(self) -> dict[str, Any]:
-        return attrs.asdict(self, recurse=False)  # type: ignore[arg-type]
+        """The body, the inverse of ``decode_request``: ``decode_request(m.TYPE,
+        m.to_wire()) == m``.  Fields in declaration order, less those equal to their
+        default: a field a later version adds reaches an older peer (which would refuse
+        a field it does not know) only when it is set, as hand-built bodies did."""
+        body: dict[str, Any] = {}
+        for name, default in _wire_fields(type(self)):
+            value = getattr(self, name)
+            if default is _REQUIRED or value != default or type(value) is not type(default):
+                body[name] = value
+        return body
+
+
+#: A field without a default (``_wire_fields``): always sent.
+_REQUIRED: Any = object()
+_FIELDS: dict[type, tuple[tuple[str, Any], ...]] = {}
+
+
+def _wire_fields(cls: type) -> tuple[tuple[str, Any], ...]:
+    """``cls``'s fields and their defaults (``_REQUIRED`` for none), worked out once."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        out = []
+        for f in attrs.fields(cls):
+            default = f.default
+            if default is attrs.NOTHING:
+                default = _REQUIRED
+            elif isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+                default = default.factory()  # no factory here takes self
+            out.append((f.name, default))
+        fields = _FIELDS[cls] = tuple(out)
+    return fields
+
+
+def encode_request(msg: Message) -> tuple[str, dict[str, Any]]:
+    """``msg`` as a frame's type and body: what ``RPCProtocol.send`` puts on the wire
+    and ``decode_request`` reads back, one definition for both ends."""
+    return msg.TYPE, msg.to_wire()
 
 
 def title(mtype: str) -> str:

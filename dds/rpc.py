@@ -74,7 +74,7 @@ from dds.auth import ROLES, Credentials
 from dds.codec import DEFAULT_MAX_FRAME, decode_payload, encode_frame, pack
 from dds.errors import (AuthenticationFailed, ConnectionLost, DDSError, FrameTooLarge,
                         InternalError, ProtocolError, Timeout, from_wire)
-from dds.messages import title
+from dds.messages import Message, title
 from dds.metrics import Metrics
 from dds.ratelimit import LogLimiter
 
@@ -728,6 +728,13 @@ class RPCProtocol(Protocol):
         d: Deferred[Any] = Deferred()
         self.request(mtype, body, timeout, _fire, d)
         return d
+
+    def send(self, msg: Message, timeout: float | None = None) -> Deferred[Any]:
+        """Send the request ``msg``, typed at the sender as at the receiver: its frame is
+        ``msg.TYPE`` and ``msg.to_wire()``, which the peer's ``decode_request`` reads back
+        into an equal ``msg``.  Fires as ``call`` does (a reply type in ``dds.replies``
+        checks the reply's shape)."""
+        return self.call(msg.TYPE, msg.to_wire(), timeout)
 
     def notify(self, mtype: str, body: Any) -> bool:
         """Send a one-way request: the peer runs its handler and answers nothing (request

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds.errors import DDSError, Divergence, Refused, StaleMap
+from dds.messages import RGChange
 from dds.metrics import Metrics
 from dds.records import BrickRecord, RGRecord, record_from_wire
 from dds.rpc import RPCProtocol
@@ -101,9 +102,9 @@ class Excluder:
                 continue
             try:
                 conn = await self.connect(rec.address, rec.port)
-                reply = await conn.call("rg_change", {
-                    "rg": rg.name, "version": rg.version, "fp": rg.fp, "member": brick.id,
-                    "state": "excluded", "reason": reason},
+                reply = await conn.send(RGChange(
+                    rg=rg.name, version=rg.version, fp=rg.fp, member=brick.id,
+                    state="excluded", reason=reason),
                     timeout=min(remaining, EXCLUDE_TIMEOUT_S))
                 new = record_from_wire(reply["record"])
             except Divergence:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from dds.errors import DDSError, Divergence, StaleMap, Unavailable
 from dds.maps import ClusterMap
+from dds.messages import MapGet, MapPush
 from dds.records import Record, RGRecord, record_from_wire
 from dds.rpc import RPCProtocol
 
@@ -50,7 +51,7 @@ class MapCache:
         for host, port in candidates:
             try:
                 conn = await self.connect(host, port)
-                reply = await conn.call("map_get", {}, timeout=5.0)
+                reply = await conn.send(MapGet(), timeout=5.0)
                 fetched = ClusterMap.from_wire(reply["map"])
             except (DDSError, ValueError, KeyError, TypeError) as e:
                 errors.append(f"{host}:{port}: {getattr(e, 'message', e)}")
@@ -85,7 +86,7 @@ class MapCache:
             raise error
         if error.data is None:
             # The brick does not know the RG at all: it is behind; give it our map.
-            await conn.call("map_push", {"records": self.map.to_wire()}, timeout=5.0)
+            await conn.send(MapPush(records=self.map.to_wire()), timeout=5.0)
             return
         try:
             theirs = record_from_wire(error.data)
@@ -107,7 +108,7 @@ class MapCache:
             self.adopt([theirs], source=f"stale-map from {conn.peer_id}")
             await self._complete(theirs)
         elif theirs.version < mine.version:
-            await conn.call("map_push", {"records": [mine.canonical()]}, timeout=5.0)
+            await conn.send(MapPush(records=[mine.canonical()]), timeout=5.0)
         else:
             # Same version: either it changed meanwhile or the partition is elsewhere.
             await self.refresh()

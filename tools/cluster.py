@@ -20,6 +20,8 @@ from dds.config import ConfigError, format_address, load_cluster_config, parse_a
 from dds.connect import ConnectionCache, Opener, open_connection
 from dds.errors import AuthenticationFailed, DDSError
 from dds.maps import ClusterMap
+from dds.messages import MapGet, Message, Status
+from dds.replies import StatusReply
 from dds.rpc import RPCProtocol
 
 from dds.tools.runner import AdminError
@@ -172,7 +174,7 @@ async def fetch_map(reactor: Any, target: Target, timeout: float = CALL_TIMEOUT_
         where = f"{host}:{port}"
         try:
             cmap = ClusterMap.from_wire(
-                (await call_brick(reactor, host, port, target, "map_get", {}, timeout))["map"])
+                (await call_brick(reactor, host, port, target, MapGet(), timeout))["map"])
         except (DDSError, ValueError, KeyError) as e:
             problems.append(f"seed {where} does not answer: {describe_error(e)}")
             continue
@@ -192,34 +194,33 @@ class Answer:
     peer: str | None
 
 
-async def ask(reactor: Any, host: str, port: int, target: Target, mtype: str,
-              body: dict[str, Any], timeout: float = CALL_TIMEOUT_S,
-              call_timeout: float | None = None) -> Answer:
-    """One request to the brick at an address, on a connection of its own: for a look
-    at bricks by address (``status``, ``txns``), where the answer says who answered.
-    ``timeout`` for the connection, ``call_timeout`` (default: the same) for the reply."""
+async def ask(reactor: Any, host: str, port: int, target: Target, msg: Message,
+              timeout: float = CALL_TIMEOUT_S, call_timeout: float | None = None) -> Answer:
+    """The request ``msg`` to the brick at an address, on a connection of its own: for
+    a look at bricks by address (``status``, ``txns``), where the answer says who
+    answered.  ``timeout`` for the connection, ``call_timeout`` (default: the same) for
+    the reply."""
     conn = await connect_brick(reactor, host, port, target, timeout)
     try:
-        reply: dict[str, Any] = await conn.call(
-            mtype, body, timeout=timeout if call_timeout is None else call_timeout)
+        reply: dict[str, Any] = await conn.send(
+            msg, timeout=timeout if call_timeout is None else call_timeout)
         return Answer(reply, conn.peer_id)
     finally:
         conn.close()
 
 
-async def call_brick(reactor: Any, host: str, port: int, target: Target, mtype: str,
-                     body: dict[str, Any], timeout: float = CALL_TIMEOUT_S,
+async def call_brick(reactor: Any, host: str, port: int, target: Target, msg: Message,
+                     timeout: float = CALL_TIMEOUT_S,
                      call_timeout: float | None = None) -> dict[str, Any]:
     """:func:`ask`'s reply alone, for a caller to whom who answers does not matter."""
-    return (await ask(reactor, host, port, target, mtype, body, timeout,
-                      call_timeout)).reply
+    return (await ask(reactor, host, port, target, msg, timeout, call_timeout)).reply
 
 
 async def brick_statuses(reactor: Any, addresses: Sequence[tuple[str, str, int]],
                          target: Target, timeout: float = CALL_TIMEOUT_S
                          ) -> dict[str, Answer | BaseException]:
     """``status`` of each ``(brick id, host, port)``: the answer, or the exception."""
-    results = await gather(ask(reactor, h, p, target, "status", {}, timeout)
+    results = await gather(ask(reactor, h, p, target, Status(), timeout)
                            for _b, h, p in addresses)
     return {b: r for (b, _h, _p), r in zip(addresses, results)}
 
@@ -295,9 +296,27 @@ class BrickCaller:
                              f"not as brick {brick}")
         return conn
 
+    async def send(self, brick: str, msg: Message,
+                   timeout: float | None = None) -> dict[str, Any]:
+        """The request ``msg`` to ``brick``; its reply within ``timeout`` (default: the
+        caller's)."""
+        conn = await self.connection(brick)
+        try:
+            reply: dict[str, Any] = await conn.send(
+                msg, timeout=self.timeout if timeout is None else timeout)
+            return reply
+        finally:
+            if not self.reuse:
+                conn.close()
+
+    async def status(self, brick: str, timeout: float | None = None) -> StatusReply:
+        """``brick``'s ``status``, its shape checked (``dds.replies``)."""
+        return StatusReply.from_wire(await self.send(brick, Status(), timeout))
+
     async def call(self, brick: str, mtype: str, body: dict[str, Any],
                    timeout: float | None = None) -> dict[str, Any]:
-        """``mtype`` to ``brick``; its reply within ``timeout`` (default: the caller's)."""
+        """:meth:`send` of a hand-built body: for the load generators (``tools/bench``)
+        until they send typed messages too."""
         conn = await self.connection(brick)
         try:
             reply: dict[str, Any] = await conn.call(

@@ -26,6 +26,7 @@ from typing import Any
 
 from dds.errors import DDSError, Refused
 from dds.maps import ClusterMap
+from dds.messages import RestoreQuarantined, RGUpdate
 from dds.partition import PartitionId
 from dds.records import RGRecord
 from dds.tools.cluster import (Answer, Target, brick_statuses, call_brick, describe_error,
@@ -97,10 +98,10 @@ async def _update(reactor: Any, target: Target, cmap: ClusterMap, rg: RGRecord,
     entries: dict[str, str] = {str(e.pid): e.state for e in rg.partitions}
     entries[pid] = state
     brick = cmap.bricks[rg.active_members[0]]
-    reply = await call_brick(reactor, brick.address, brick.port, target, "rg_update", {
-        "rg": rg.name, "version": rg.version, "fp": rg.fp,
-        "partitions": [[p, s] for p, s in sorted(entries.items())],
-        "reason": f"repair: {pid} restored from quarantine ({state})"},
+    reply = await call_brick(reactor, brick.address, brick.port, target, RGUpdate(
+        rg=rg.name, version=rg.version, fp=rg.fp,
+        partitions=[[p, s] for p, s in sorted(entries.items())],
+        reason=f"repair: {pid} restored from quarantine ({state})"),
         timeout, call_timeout=UPDATE_TIMEOUT_S)
     new = cmap.merge([_rg_from(reply["record"])]).map
     return new.rgs[rg.name]
@@ -123,7 +124,7 @@ async def restore(reactor: Any, target: Target, cmap: ClusterMap, rg: RGRecord, 
         for attempt in range(RESTORE_ATTEMPTS):
             try:
                 await call_brick(reactor, brick.address, brick.port, target,
-                                 "restore_quarantined", {"pid": pid}, timeout)
+                                 RestoreQuarantined(pid=pid), timeout)
                 break
             except Refused:
                 # The member has not learnt the incoming record yet (it follows the

@@ -55,12 +55,12 @@ async def _problem(cl: Cluster, brick: str, timeout: float) -> str | None:
         return (f"{brick} is not retired: `dds-admin remove-brick {brick}` first (it takes "
                 "the brick out of every replica group and marks it retired)")
     try:
-        status = await cl.call(brick, "status", {}, timeout)
+        status = await cl.status(brick, timeout)
     except (DDSError, AdminError):
         return None
-    held = len(status.get("partitions", []))
+    held = len(status.partitions)
     return (f"{brick} still runs and answers at {format_address(rec.address, rec.port)} "
-            f"(pid {status.get('pid')}, {held} partition replica(s) on disk): stop it "
+            f"(pid {status.pid}, {held} partition replica(s) on disk): stop it "
             "first; only a stopped brick is forgotten")
 
 

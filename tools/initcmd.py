@@ -22,7 +22,9 @@ import attrs
 from dds.config import ClusterConfig, parse_address
 from dds.errors import AuthenticationFailed, DDSError
 from dds.maps import ClusterMap
+from dds.messages import MapGet, MapPush, Status
 from dds.records import Record, RGRecord
+from dds.replies import StatusReply
 from dds.rpc import RPCProtocol
 
 from dds.tools.cluster import Target, connect_brick, describe_error, gather
@@ -59,7 +61,7 @@ async def _open(reactor: Any, b: _Brick, target: Target, timeout: float
         if conn.peer_id != b.id:
             raise AdminError(f"{b.where} says it is {conn.peer_id!r}, not {b.id!r}: "
                              "check the configuration")
-        reply = await conn.call("map_get", {}, timeout=timeout)
+        reply = await conn.send(MapGet(), timeout=timeout)
         return conn, ClusterMap.from_wire(reply["map"])
     except BaseException:
         conn.close()
@@ -156,10 +158,9 @@ async def init_cluster(reactor: Any, cfg: ClusterConfig, target: Target, *,
         if conflicts:
             records = _forced(planned, held)
             say(f"--force: pushing {len(records)} records over {len(conflicts)} conflicts")
-        wire = [r.canonical() for r in records]
+        push = MapPush(records=[r.canonical() for r in records])
         say(f"pushing {len(records)} records to {len(conns)} bricks")
-        replies = await gather(conns[b.id].call("map_push", {"records": wire},
-                                                timeout=timeout) for b in bricks)
+        replies = await gather(conns[b.id].send(push, timeout=timeout) for b in bricks)
         adopted: dict[str, int] = {}
         for b, reply in zip(bricks, replies):
             if isinstance(reply, BaseException):
@@ -183,11 +184,13 @@ async def _verify(reactor: Any, bricks: list[_Brick], conns: dict[str, RPCProtoc
     """Wait until every brick reports one map fingerprint; return that map."""
     fps: dict[str, int | str] = {}
 
+    async def map_fp(conn: RPCProtocol) -> int:
+        return StatusReply.from_wire(await conn.send(Status(), timeout=timeout)).map_fp
+
     async def agreed() -> bool:
-        replies = await gather(conns[b.id].call("status", {}, timeout=timeout)
-                               for b in bricks)
+        replies = await gather(map_fp(conns[b.id]) for b in bricks)
         for b, r in zip(bricks, replies):
-            fps[b.id] = describe_error(r) if isinstance(r, BaseException) else int(r["map_fp"])
+            fps[b.id] = describe_error(r) if isinstance(r, BaseException) else r
         return len(set(fps.values())) == 1 and all(isinstance(v, int) for v in fps.values())
 
     say("verifying map fingerprints")
@@ -196,7 +199,7 @@ async def _verify(reactor: Any, bricks: list[_Brick], conns: dict[str, RPCProtoc
                          *(f"  {bid}: " + (f"{fp:#010x}" if isinstance(fp, int) else fp)
                            for bid, fp in fps.items()))
     try:
-        reply = await conns[bricks[0].id].call("map_get", {}, timeout=timeout)
+        reply = await conns[bricks[0].id].send(MapGet(), timeout=timeout)
         return ClusterMap.from_wire(reply["map"])
     except (DDSError, ValueError, KeyError) as e:
         raise AdminError(f"{bricks[0].where}: map_get failed: {describe_error(e)}") from None

@@ -44,6 +44,7 @@ from rich.table import Table
 from dds.bricks.journal import FINAL, STATES, UNFINISHED
 from dds.errors import InvalidRequest
 from dds.maps import ClusterMap
+from dds.messages import JournalRead, JournalWrite, Message
 
 from dds.tools.cluster import (CALL_TIMEOUT_S, BrickCaller, Target, describe_error,
                                fetch_map, gather)
@@ -53,8 +54,8 @@ __all__ = ["Job", "JobView", "JobScan", "JobConflict", "BrickCall", "brick_calle
            "brick_addresses", "new_job_id", "unfinished_jobs", "merge", "collect",
            "render", "cancel", "render_cancel", "FINAL", "UNFINISHED", "STATES"]
 
-#: ``call(brick id, request type, body) -> reply``: how a job reaches its bricks.
-BrickCall = Callable[[str, str, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]]
+#: ``call(brick id, request) -> reply``: how a job reaches its bricks.
+BrickCall = Callable[[str, Message], Coroutine[Any, Any, dict[str, Any]]]
 Warn = Callable[[str], None]
 Addresses = Mapping[str, tuple[str, int]]
 _RANK = {"running": 0, "cancel-requested": 1}
@@ -93,7 +94,7 @@ def brick_caller(reactor: Any, target: Target, addresses: Addresses,
     command does): journal writes are few, and a fresh connection never carries a stale
     peer over a brick restart.  ``timeout`` for connecting and for each request."""
     return BrickCaller(reactor, target, dict(addresses), timeout=timeout,
-                       connect_timeout=timeout, reuse=False).call
+                       connect_timeout=timeout, reuse=False).send
 
 
 def _strip(step: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +180,7 @@ class Job:
     async def cancel_requested(self) -> bool:
         """Whether any brick of the job holds a cancel request (``dds-admin cancel``).
         Ask between steps; unreachable bricks are ignored here (the next write warns)."""
-        results = await gather(self.call(b, "journal_read", {"job": self.id})
+        results = await gather(self.call(b, JournalRead(job=self.id))
                                for b in self.bricks)
         return any(j.get("state") == "cancel-requested"
                    for r in results if not isinstance(r, BaseException)
@@ -190,8 +191,8 @@ class Job:
         the job again with the same plan is a no-op), so a brick that missed earlier
         writes, or lost its journal, holds the job again from this one on.  At least one
         brick must take it; a refusal is a conflict."""
-        request = {"job": self.id, "kind": self.kind, "plan": self.plan, **body}
-        results = await gather(self.call(b, "journal_write", request) for b in self.bricks)
+        request = JournalWrite(job=self.id, kind=self.kind, plan=self.plan, **body)
+        results = await gather(self.call(b, request) for b in self.bricks)
         refused: list[str] = []
         failed: list[str] = []
         for brick, r in zip(self.bricks, results):
@@ -309,10 +310,10 @@ async def unfinished_jobs(reactor: Any, target: Target, *, timeout: float = 5.0,
     cmap, seed = await fetch_map(reactor, target, timeout)
     addresses = brick_addresses(cmap, extra=extra)
     call = call or brick_caller(reactor, target, addresses, timeout)
-    body: dict[str, Any] = ({"job": job} if job is not None
-                            else {"unfinished": not include_finished})
+    read = (JournalRead(job=job) if job is not None
+            else JournalRead(unfinished=not include_finished))
     ids = sorted(addresses, key=lambda b: (len(b), b))
-    replies = await gather(call(b, "journal_read", body) for b in ids)
+    replies = await gather(call(b, read) for b in ids)
     unreachable: dict[str, str] = {}
     held: dict[str, dict[str, tuple[dict[str, Any], float]]] = {}
     for brick, r in zip(ids, replies):
@@ -341,7 +342,7 @@ async def _complete(views: list[JobView], ids: list[str], call: BrickCall,
     out = []
     asked = [b for b in ids if b not in unreachable]
     for v in views:
-        replies = await gather(call(b, "journal_read", {"job": v.job}) for b in asked)
+        replies = await gather(call(b, JournalRead(job=v.job)) for b in asked)
         held: dict[str, tuple[dict[str, Any], float]] = {}
         for brick, r in zip(asked, replies):
             if isinstance(r, BaseException):
@@ -451,7 +452,7 @@ async def cancel(reactor: Any, target: Target, job: str, timeout: float = 5.0
                          "cancel")
     call = brick_caller(reactor, target, scan.addresses, timeout)
     holders = sorted(view.bricks, key=lambda b: (len(b), b))
-    results = await gather(call(b, "journal_write", {"job": job, "state": "cancel-requested"})
+    results = await gather(call(b, JournalWrite(job=job, state="cancel-requested"))
                            for b in holders)
     requested: list[str] = []
     errors: dict[str, str] = {}

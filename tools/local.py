@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 
 from dds.config import ConfigError, load_cluster_config
+from dds.messages import Ping
 
 from dds.tools import credfiles, procs
 from dds.tools.cluster import Target, connect_brick
@@ -281,7 +282,7 @@ async def wait_ready(reactor: Any, layout: Layout, bricks: list[BrickProc],
                 try:
                     conn = await connect_brick(reactor, HOST, b.port, target, timeout=2.0)
                     try:
-                        await conn.call("ping", {}, timeout=2.0)
+                        await conn.send(Ping(), timeout=2.0)
                     finally:
                         conn.close()
                 except Exception:

@@ -51,6 +51,7 @@ from rich.table import Table
 from dds.config import format_address
 from dds.errors import DDSError, Divergence, StaleMap
 from dds.maps import ClusterMap
+from dds.messages import MapGet, MapPush, RGUpdate
 from dds.records import BrickRecord, Record, RGRecord, record_from_wire
 from dds.tools.cluster import BrickCaller, Target, ask, describe_error, fetch_map, gather
 from dds.tools.runner import AdminError, pause
@@ -110,7 +111,7 @@ class MapView:
 
 async def _map_of(reactor: Any, target: Target, brick: BrickRecord,
                   timeout: float) -> ClusterMap:
-    answer = await ask(reactor, brick.address, brick.port, target, "map_get", {}, timeout)
+    answer = await ask(reactor, brick.address, brick.port, target, MapGet(), timeout)
     if answer.peer != brick.id:
         raise AdminError(f"{brick.address}:{brick.port} answers as "
                          f"{answer.peer!r}, not as {brick.id}")
@@ -252,16 +253,16 @@ async def _commit_rg(calls: BrickCaller, rv: RecordView, choice: Choice, say: Sa
     partitions (the majority 2PC) coordinated by one of the members that hold it."""
     winner = choice.winner
     assert isinstance(winner, RGRecord)
-    body = {"rg": winner.name, "version": winner.version, "fp": winner.fp,
-            "partitions": [[str(e.pid), e.state] for e in winner.partitions],
-            "reason": f"dds-admin repair: divergence of {winner.record_id} "
-                      f"v{winner.version}, contents {_fp(winner.fp)} win"}
+    update = RGUpdate(rg=winner.name, version=winner.version, fp=winner.fp,
+                      partitions=[[str(e.pid), e.state] for e in winner.partitions],
+                      reason=f"dds-admin repair: divergence of {winner.record_id} "
+                             f"v{winner.version}, contents {_fp(winner.fp)} win")
     expected = attrs.evolve(winner, version=winner.version + 1)
     errors: list[str] = []
     for attempt in range(UPDATE_ATTEMPTS):
         for coordinator in choice.coordinators:
             try:
-                reply = await calls.call(coordinator, "rg_update", body, UPDATE_TIMEOUT_S)
+                reply = await calls.send(coordinator, update, UPDATE_TIMEOUT_S)
                 new = record_from_wire(reply["record"])
             except StaleMap as e:
                 if not isinstance(e, Divergence):
@@ -297,8 +298,7 @@ async def _push(calls: BrickCaller, wanted: Mapping[str, Record], view: MapView,
         return []
     say(f"pushing {sum(len(r) for r in plan.values())} record(s) to {len(plan)} brick(s)")
     ids = sorted(plan)
-    replies = await gather(calls.call(b, "map_push",
-                                      {"records": [r.canonical() for r in plan[b]]})
+    replies = await gather(calls.send(b, MapPush(records=[r.canonical() for r in plan[b]]))
                            for b in ids)
     out = []
     for b, r in zip(ids, replies):

@@ -44,6 +44,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from dds import failpoints
 from dds.errors import DDSError
+from dds.messages import CopyCancel, CopyFence, MoveFinish, MovePull
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
 from dds.records import RGRecord
@@ -116,9 +117,9 @@ class Mover(RecordEditor):
         if not self.job.done("copied"):
             self.say(f"copying {pid} from {source} to {', '.join(targets)}")
             replies = await self._with_progress(DeferredList(
-                [_deferred(self.call(t, "move_pull", {"pid": pid, "source": source,
-                                                      "from_rg": p["from_rg"],
-                                                      "rate_mb_s": p.get("rate_mb_s")},
+                [_deferred(self.send(t, MovePull(pid=pid, source=source,
+                                                 from_rg=p["from_rg"],
+                                                 rate_mb_s=p.get("rate_mb_s")),
                                      PULL_TIMEOUT_S)) for t in targets],
                 consumeErrors=True))
             failed = [f"{t}: {describe_error(r.value)}" for t, (ok, r) in
@@ -151,12 +152,12 @@ class Mover(RecordEditor):
         first = next(iter(self.sessions.values()), None)
         self._fenced_at = self.reactor.seconds()
         if first is not None:
-            await self.call(source, "copy_fence", {"session": first})
+            await self.send(source, CopyFence(session=first))
         self._passed("fenced")
 
         async def finish(t: str) -> None:
             try:
-                await self.call(t, "move_finish", {"pid": pid})
+                await self.send(t, MoveFinish(pid=pid))
             except DDSError as e:
                 raise AdminError(f"last delta of {pid} on {t} failed: "
                                  f"{describe_error(e)}") from None
@@ -234,7 +235,7 @@ class Mover(RecordEditor):
             return True
         if from_state == "outgoing":
             first = next(iter(self.sessions.values()), None)
-            checks: list[Any] = [self.call(t, "move_finish", {"pid": pid}) for t in p["targets"]]
+            checks: list[Any] = [self.send(t, MoveFinish(pid=pid)) for t in p["targets"]]
             if first is not None:
                 checks.append(self._fence_held(first))
             try:
@@ -269,15 +270,15 @@ class Mover(RecordEditor):
 
     async def _release(self, reason: str) -> None:
         source = self.plan["source"]
-        await DeferredList([_deferred(self.call(source, "copy_cancel",
-                                                {"session": s, "reason": reason}, 5.0))
+        await DeferredList([_deferred(self.send(source, CopyCancel(session=s, reason=reason),
+                                                5.0))
                             for s in self.sessions.values()], consumeErrors=True)
 
     async def _fence_held(self, session: int) -> None:
         """Raises unless the source still fences writes for ``session`` (a restart
         would have lost the fence, and the session with it)."""
         try:
-            await self.call(self.plan["source"], "copy_fence", {"session": session})
+            await self.send(self.plan["source"], CopyFence(session=session))
         except DDSError as e:
             raise AdminError(f"the fence of {self.plan['source']} on {self.plan['pid']} "
                              f"was lost: {describe_error(e)}") from None
@@ -307,11 +308,11 @@ class Mover(RecordEditor):
 
         async def poll() -> None:
             while not finished[0]:
-                replies = await DeferredList([_deferred(self.call(t, "status", {}, 5.0))
+                replies = await DeferredList([_deferred(self.bricks.status(t, 5.0))
                                               for t in targets], consumeErrors=True)
                 done = total = 0
                 for ok, r in replies:
-                    entry = r.get("moves_in", {}).get(pid) if ok else None
+                    entry = r.moves_in.get(pid) if ok else None
                     if entry:
                         done += int(entry.get("bytes_done") or 0)
                         total += int(entry.get("bytes_total") or 0)

@@ -28,6 +28,7 @@ from rich.table import Table
 from dds.config import format_address
 from dds.errors import DDSError
 from dds.maps import ClusterMap
+from dds.messages import Recover, Status
 from dds.records import BrickRecord
 
 from dds.tools.cluster import Target, ask, connect_brick, describe_error, fetch_map
@@ -149,7 +150,7 @@ def _check_rg(cmap: ClusterMap, brick_id: str, rg: str) -> None:
 
 
 async def _send_recover(reactor: Any, target: Target, brick: BrickRecord,
-                        body: dict[str, Any]) -> list[str]:
+                        msg: Recover) -> list[str]:
     """``recover`` to ``brick``, only once its handshake proved it is that brick."""
     where = f"brick {brick.id} at {brick.address}:{brick.port}"
     try:
@@ -160,7 +161,7 @@ async def _send_recover(reactor: Any, target: Target, brick: BrickRecord,
     try:
         if conn.peer_id != brick.id:
             raise AdminError(f"{where} answers as {conn.peer_id!r}; nothing was sent")
-        reply = await conn.call("recover", body, timeout=CALL_TIMEOUT_S)
+        reply = await conn.send(msg, timeout=CALL_TIMEOUT_S)
     except DDSError as e:
         raise AdminError(f"{where} refused recover: {describe_error(e)}") from None
     finally:
@@ -169,8 +170,7 @@ async def _send_recover(reactor: Any, target: Target, brick: BrickRecord,
 
 
 async def _status(reactor: Any, target: Target, brick: BrickRecord) -> dict[str, Any]:
-    answer = await ask(reactor, brick.address, brick.port, target, "status", {},
-                       CALL_TIMEOUT_S)
+    answer = await ask(reactor, brick.address, brick.port, target, Status(), CALL_TIMEOUT_S)
     if answer.peer != brick.id:
         raise AdminError(f"brick {brick.id} at {brick.address}:{brick.port} now answers "
                          f"as {answer.peer!r}")
@@ -202,12 +202,8 @@ async def recover(reactor: Any, target: Target, brick_id: str, options: Options,
     brick = find_brick(cmap, brick_id)
     if options.rg is not None:
         _check_rg(cmap, brick_id, options.rg)
-    body: dict[str, Any] = {}
-    if options.rg is not None:
-        body["rg"] = options.rg
-    if options.full_lease:
-        body["full_lease"] = True
-    started = await _send_recover(reactor, target, brick, body)
+    msg = Recover(rg=options.rg, full_lease=True if options.full_lease else None)
+    started = await _send_recover(reactor, target, brick, msg)
     report: dict[str, Any] = {
         "brick": brick.id, "address": format_address(brick.address, brick.port), "rg": options.rg,
         "full_lease": options.full_lease, "started": started, "already_running": [],

@@ -32,6 +32,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from dds.errors import DDSError
+from dds.messages import Message, RangeChecksums
 from dds.tools.runner import AdminError
 
 __all__ = ["View", "QuietView", "ProgressView", "report", "measure", "render"]
@@ -43,7 +44,7 @@ LINE_EVERY = 0.25
 
 
 class Caller(Protocol):
-    async def call(self, brick: str, mtype: str, body: dict[str, Any],
+    async def send(self, brick: str, msg: Message,
                    timeout: float = ...) -> dict[str, Any]: ...
 
 
@@ -55,8 +56,8 @@ async def measure(editor: Caller, pids: Iterable[str], members: Iterable[str]) -
         try:
             total = 0
             for pid in pids:
-                reply = await editor.call(brick, "range_checksums",
-                                          {"pid": pid, "buckets": 1}, SIZE_TIMEOUT_S)
+                reply = await editor.send(brick, RangeChecksums(pid=pid, buckets=1),
+                                          SIZE_TIMEOUT_S)
                 total += int(reply.get("bytes", 0))
             return total
         except (DDSError, AdminError):

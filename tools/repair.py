@@ -36,6 +36,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dds.errors import DDSError
+from dds.messages import Resolve
 from dds.tools.cluster import Target, call_brick, describe_error, gather
 from dds.tools.txns import brick_txns, cut, is_in_doubt
 
@@ -78,8 +79,8 @@ async def _resolve(reactor: Any, target: Target, brick: dict[str, Any],
     host, _, port = brick["address"].rpartition(":")
     # Termination asks the other members one by one, each with its own connect and call
     # timeouts: leave room for that.
-    reply = await call_brick(reactor, host, int(port), target, "resolve",
-                             {"txid": txid, "force": force}, timeout,
+    reply = await call_brick(reactor, host, int(port), target,
+                             Resolve(txid=txid, force=force), timeout,
                              call_timeout=timeout + RESOLVE_ROOM_S)
     return dict(reply["resolved"][0])
 

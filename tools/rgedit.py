@@ -17,7 +17,9 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, DeferredList
 
 from dds.errors import DDSError, Refused, StaleMap
+from dds.messages import MapPush, Message, RGStatus, RGUpdate
 from dds.records import RGRecord, record_from_wire
+from dds.replies import RGStatusReply
 from dds.tools.cluster import BrickCaller, Target, describe_error
 from dds.tools.runner import AdminError, pause
 
@@ -42,9 +44,9 @@ class RecordEditor:
         #: Pushes not waited for (``update(wait_push=...)``), awaited by ``close``.
         self._background: list[Deferred[Any]] = []
 
-    async def call(self, brick: str, mtype: str, body: dict[str, Any],
+    async def send(self, brick: str, msg: Message,
                    timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        return await self.bricks.call(brick, mtype, body, timeout)
+        return await self.bricks.send(brick, msg, timeout)
 
     async def close(self) -> None:
         """Wait for the pushes still going on, then close every connection."""
@@ -56,18 +58,21 @@ class RecordEditor:
     async def record(self, rg: str) -> RGRecord:
         """The newest record of ``rg`` any brick holds."""
         replies = await DeferredList(
-            [Deferred.fromCoroutine(self.call(b, "rg_status", {"rg": rg}, 5.0))
-             for b in self.addresses], consumeErrors=True)
+            [Deferred.fromCoroutine(self._rg_status(b, rg)) for b in self.addresses],
+            consumeErrors=True)
         best: RGRecord | None = None
         for ok, reply in replies:
-            if not ok or reply.get("record") is None:
+            if not ok or reply.record is None:
                 continue
-            rec = record_from_wire(reply["record"])
+            rec = record_from_wire(reply.record)
             if isinstance(rec, RGRecord) and (best is None or rec.version > best.version):
                 best = rec
         if best is None:
             raise AdminError(f"no brick answers with a record of {rg}")
         return best
+
+    async def _rg_status(self, brick: str, rg: str) -> RGStatusReply:
+        return RGStatusReply.from_wire(await self.send(brick, RGStatus(rg=rg), 5.0))
 
     async def update(self, rg: str, change: Change, reason: str, *,
                      known: RGRecord | None = None,
@@ -91,9 +96,9 @@ class RecordEditor:
             errors = []
             for coordinator in rec.active_members:
                 try:
-                    reply = await self.call(coordinator, "rg_update", {
-                        "rg": rg, "version": rec.version, "fp": rec.fp,
-                        "partitions": parts, "reason": reason})
+                    reply = await self.send(coordinator, RGUpdate(
+                        rg=rg, version=rec.version, fp=rec.fp, partitions=parts,
+                        reason=reason))
                     new = record_from_wire(reply["record"])
                     assert isinstance(new, RGRecord)
                     if push:
@@ -114,10 +119,10 @@ class RecordEditor:
         """Spread a new record at once (gossip would, in a second or so).  Returns once
         the bricks in ``wait`` (default: all) answered; the rest go on in the
         background."""
-        body = {"records": [rec.canonical()]}
+        msg = MapPush(records=[rec.canonical()])
         now: list[Deferred[Any]] = []
         for b in self.addresses:
-            d = Deferred.fromCoroutine(self.call(b, "map_push", body, 5.0))
+            d = Deferred.fromCoroutine(self.send(b, msg, 5.0))
             if wait is None or b in wait:
                 now.append(d)
             else:

@@ -38,6 +38,8 @@ from twisted.internet.defer import Deferred, DeferredList
 from dds import failpoints
 from dds.errors import DDSError
 from dds.maps import ClusterMap
+from dds.messages import (Message, SplitAbort, SplitCutover, SplitFence, SplitFinish,
+                          SplitPrepare, SplitRelease, SplitStatus)
 from dds.partition import PartitionId
 from dds.records import RGRecord, record_from_wire
 from dds.tools import reorg
@@ -159,16 +161,16 @@ class Reshaper(RecordEditor):
         return (f"{self.job.kind} of {' + '.join(p['sources'])} into "
                 f"{' + '.join(p['targets'])}")
 
-    async def on_members(self, mtype: str, body: dict[str, Any],
+    async def on_members(self, msg: Message,
                          timeout: float = CALL_TIMEOUT_S) -> list[dict[str, Any]]:
-        """``mtype`` on every member at once; AdminError naming each that failed."""
+        """``msg`` to every member at once; AdminError naming each that failed."""
         members = self.plan["members"]
-        replies = await DeferredList([_deferred(self.call(b, mtype, body, timeout))
+        replies = await DeferredList([_deferred(self.send(b, msg, timeout))
                                       for b in members], consumeErrors=True)
         failed = [f"{b}: {describe_error(r.value)}" for b, (ok, r) in zip(members, replies)
                   if not ok]
         if failed:
-            raise AdminError(f"{mtype} of job {self.job.id} failed: {'; '.join(failed)}")
+            raise AdminError(f"{msg.TYPE} of job {self.job.id} failed: {'; '.join(failed)}")
         return [r for _, r in replies]
 
     def _incoming(self, rec: RGRecord, attempt: int) -> list[list[str]] | None:
@@ -218,7 +220,7 @@ class Reshaper(RecordEditor):
 
     async def run(self) -> None:
         p = self.plan
-        body = {"job": self.job.id}
+        job = self.job.id
         if not self.job.done("incoming"):
             await self.update(self.plan["rg"], self._incoming,
                               f"{self.what}: targets incoming")
@@ -227,7 +229,7 @@ class Reshaper(RecordEditor):
         if not self.job.done("prepared"):
             self.say(f"building {', '.join(p['targets'])} on {', '.join(p['members'])}")
             replies = await self._with_progress(self.on_members(
-                "split_prepare", {**body, "sources": p["sources"], "targets": p["targets"]},
+                SplitPrepare(job=job, sources=p["sources"], targets=p["targets"]),
                 PREPARE_TIMEOUT_S))
             rows = {b: int(r.get("rows", 0)) for b, r in zip(p["members"], replies)}
             if self.progress is not None:
@@ -237,11 +239,11 @@ class Reshaper(RecordEditor):
         await self._cancel_point()
         if not self.job.done("fenced"):
             self._fenced_at = self.reactor.seconds()
-            reply = await self.call(p["leader"], "split_fence", body, FENCE_CALL_TIMEOUT_S)
+            reply = await self.send(p["leader"], SplitFence(job=job), FENCE_CALL_TIMEOUT_S)
             self.token = int(reply["token"])
             await self._step("fenced", token=self.token)
         if not self.job.done("delta"):
-            replies = await self.on_members("split_finish", body, FENCE_CALL_TIMEOUT_S)
+            replies = await self.on_members(SplitFinish(job=job), FENCE_CALL_TIMEOUT_S)
             counts = {b: r.get("counts", {}) for b, r in zip(p["members"], replies)}
             if len({tuple(sorted(c.items())) for c in counts.values()}) != 1:
                 raise AdminError(f"the members' targets differ in live keys: {counts}; "
@@ -289,11 +291,12 @@ class Reshaper(RecordEditor):
                        if str(e.pid) not in p["sources"]}
             entries.update({t: "active" for t in p["targets"]})
             parts = [[pid, s] for pid, s in sorted(entries.items())]
+            if self.token is None:
+                raise AdminError(f"job {self.job.id} has no fence token: it was not fenced")
             try:
-                reply = await self.call(p["leader"], "split_cutover", {
-                    "job": self.job.id, "token": self.token, "rg": p["rg"],
-                    "version": rec.version, "fp": rec.fp, "partitions": parts,
-                    "reason": f"{self.what}: cut-over"})
+                reply = await self.send(p["leader"], SplitCutover(
+                    job=self.job.id, token=self.token, rg=p["rg"], version=rec.version,
+                    fp=rec.fp, partitions=parts, reason=f"{self.what}: cut-over"))
                 new = record_from_wire(reply["record"])
                 assert isinstance(new, RGRecord)
                 await self.push(new)
@@ -316,8 +319,7 @@ class Reshaper(RecordEditor):
     async def _fence_held(self) -> bool:
         """Whether the leader still holds the job's fence (the cut-over may go on)."""
         try:
-            reply = await self.call(self.plan["leader"], "split_status",
-                                    {"job": self.job.id}, 5.0)
+            reply = await self.send(self.plan["leader"], SplitStatus(job=self.job.id), 5.0)
         except (DDSError, AdminError):
             return False
         job = reply.get("jobs", {}).get(self.job.id)
@@ -329,9 +331,9 @@ class Reshaper(RecordEditor):
         record shows the cut-over done after all."""
         p = self.plan
         self.say(f"rolling back the {self.what}: {why}")
-        body = {"job": self.job.id, "reason": f"rolled back: {why}"}
+        abort = SplitAbort(job=self.job.id, reason=f"rolled back: {why}")
         try:        # first the leader: from here on no cut-over can start
-            await self.call(p["leader"], "split_abort", body)
+            await self.send(p["leader"], abort)
         except (DDSError, AdminError) as e:
             self.say(f"  {p['leader']}: not told ({describe_error(e)}); the record "
                      "decides")
@@ -341,7 +343,7 @@ class Reshaper(RecordEditor):
             await self.forward()
             return "finished"
         others = [b for b in p["members"] if b != p["leader"]]
-        replies = await DeferredList([_deferred(self.call(b, "split_abort", body))
+        replies = await DeferredList([_deferred(self.send(b, abort))
                                       for b in others], consumeErrors=True)
         for b, (ok, r) in zip(others, replies):
             if not ok:
@@ -360,8 +362,8 @@ class Reshaper(RecordEditor):
 
     async def _release(self) -> None:
         members = self.plan["members"]
-        replies = await DeferredList([_deferred(self.call(b, "split_release",
-                                                          {"job": self.job.id}, 5.0))
+        replies = await DeferredList([_deferred(self.send(b, SplitRelease(job=self.job.id),
+                                                          5.0))
                                       for b in members], consumeErrors=True)
         for b, (ok, r) in zip(members, replies):
             if not ok:
@@ -390,7 +392,7 @@ class Reshaper(RecordEditor):
         async def poll() -> None:
             while not finished[0]:
                 replies = await DeferredList(
-                    [_deferred(self.call(b, "split_status", {"job": self.job.id}, 5.0))
+                    [_deferred(self.send(b, SplitStatus(job=self.job.id), 5.0))
                      for b in self.plan["members"]], consumeErrors=True)
                 done = total = 0
                 for ok, r in replies:

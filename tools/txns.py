@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dds.config import format_address
+from dds.messages import Txns
 from dds.tools.cluster import Answer, Target, ask, describe_error, fetch_map, gather
 from dds.tools.keytext import cut, key_text
 
@@ -48,7 +49,7 @@ def _entry(t: dict[str, Any]) -> dict[str, Any]:
 
 async def _txns_of(reactor: Any, host: str, port: int, target: Target,
                    timeout: float) -> Answer:
-    return await ask(reactor, host, port, target, "txns", {}, timeout)
+    return await ask(reactor, host, port, target, Txns(), timeout)
 
 
 async def brick_txns(reactor: Any, target: Target, timeout: float = 5.0

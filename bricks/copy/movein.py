@@ -15,7 +15,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from dds.errors import InvalidRequest, Refused
-from dds.messages import Message, MoveFinish, MovePull
+from dds.messages import CopyBegin, Message, MoveFinish, MovePull
 
 from dds.bricks.context import BrickContext
 from dds.bricks.mapstate import parse_pid
@@ -72,8 +72,8 @@ class IncomingMoves:
         pull = Pull(self.ctx, msg.source, self.work_dir, self.streams)
         self.pulls[msg.pid] = pull
         try:
-            await pull.begin({"rg": msg.from_rg, "target": self.id, "pids": [msg.pid],
-                              "rate_mb_s": msg.rate_mb_s})
+            await pull.begin(CopyBegin(rg=msg.from_rg, target=self.id, pids=[msg.pid],
+                                       rate_mb_s=msg.rate_mb_s))
             await pull.copy()
             await pull.catch_up()
             pull.follow()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ssl
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredLock
@@ -31,6 +31,10 @@ from twisted.logger import Logger
 
 from dds.deferreds import all_or_raise
 from dds.errors import DDSError
+from dds.messages import (CopyBegin, CopyCancel, CopyChunk, CopyDelta, CopyFence, Message,
+                          Readmit)
+from dds.replies import (CopyBeginReply, CopyChunkReply, CopyDeltaReply, CopyFenceReply,
+                         Reply)
 
 from dds.bricks.context import BrickContext
 from dds.bricks.mapstate import parse_pid
@@ -42,6 +46,7 @@ from dds.bricks.copy.streamclient import (TOKEN_BYTES, CallFromThread, StreamErr
 if TYPE_CHECKING:
     from dds.config import BrickConfig
 
+R = TypeVar("R", bound=Reply)
 CHUNK_BYTES = 1 << 20
 #: Chunk requests in flight: enough to keep loopback busy.
 WINDOW = 4
@@ -114,26 +119,24 @@ class Pull:
         self.stream_token: bytes | None = None
         self._stop = threading.Event()
 
-    async def call(self, mtype: str, body: dict[str, Any], timeout: float) -> Any:
+    async def call(self, msg: Message, timeout: float) -> Any:
         try:
             conn = await self.peer(self.source)
-            return await conn.call(mtype, body, timeout=timeout)
+            return await conn.send(msg, timeout=timeout)
         except DDSError as e:
-            raise PullFailed(f"{mtype} to {self.source}: {e.message}") from None
+            raise PullFailed(f"{msg.TYPE} to {self.source}: {e.message}") from None
 
-    async def begin(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def begin(self, msg: CopyBegin) -> CopyBeginReply:
         """``copy_begin`` at the source; returns its reply."""
-        reply = await self.call("copy_begin", body, 60.0)
-        self.session = int(reply["session"])
-        self.snapshots = list(reply["snapshots"])
+        reply = await self._reply(CopyBeginReply, msg, 60.0)
+        self.session = reply.session
+        self.snapshots = list(reply.snapshots)
         self.bytes_total = sum(int(s["size"]) for s in self.snapshots)
-        stream = reply.get("stream")
-        if (isinstance(stream, dict) and isinstance(stream.get("port"), int)
-                and isinstance(stream.get("token"), bytes)
-                and len(stream["token"]) == TOKEN_BYTES):
+        stream = reply.stream
+        if stream is not None and len(stream["token"]) == TOKEN_BYTES:
             self.stream_port = int(stream["port"])
             self.stream_token = stream["token"]
-        return dict(reply)
+        return reply
 
     async def copy(self) -> None:
         """Pull, verify and install every snapshot of the session.  The replicas are
@@ -209,32 +212,44 @@ class Pull:
 
         async def one(offset: int) -> None:
             n = min(CHUNK_BYTES, size - offset)
-            reply = await self.call("copy_chunk", {"session": self.session, "pid": pid,
-                                                   "offset": offset, "size": n},
-                                    RPC_TIMEOUT_S)
-            data = reply["data"]
-            if not isinstance(data, bytes) or len(data) != n:
+            reply = await self._reply(CopyChunkReply, CopyChunk(
+                session=self._session(), pid=pid, offset=offset, size=n), RPC_TIMEOUT_S)
+            data = reply.data
+            if len(data) != n:
                 raise CopyFailed(pid, f"chunk at {offset} has the wrong size")
-            receiver.write(offset, data, int(reply["checksum"]))
+            receiver.write(offset, data, reply.checksum)
             self.bytes_done += n
 
         for start in range(0, len(offsets), WINDOW):
             await all_or_raise([Deferred.fromCoroutine(one(o))
                         for o in offsets[start:start + WINDOW]])
 
-    async def fence(self) -> dict[str, Any]:
+    async def fence(self) -> CopyFenceReply:
         """``copy_fence``: the source fences writes for the last delta (a recovery's; a
         move's fence is asked for by the admin tool)."""
-        reply: dict[str, Any] = await self.call("copy_fence", {"session": self.session},
-                                                FENCE_TIMEOUT_S)
-        return reply
+        return await self._reply(CopyFenceReply, CopyFence(session=self._session()),
+                                 FENCE_TIMEOUT_S)
 
     async def readmit(self) -> dict[str, Any]:
         """``readmit``: the source makes this brick active (DESIGN §5) under its fence,
         then lifts the fence.  ``{"record": the new RG record}``."""
-        reply: dict[str, Any] = await self.call("readmit", {"session": self.session},
+        reply: dict[str, Any] = await self.call(Readmit(session=self._session()),
                                                 RPC_TIMEOUT_S + 10.0)
         return reply
+
+    def _session(self) -> int:
+        if self.session is None:
+            raise PullFailed(f"no copy session with {self.source} (copy_begin first)")
+        return self.session
+
+    async def _reply(self, kind: type[R], msg: Message, timeout: float) -> R:
+        """``msg``'s reply as ``kind``; a malformed one fails the pull as a failed call
+        does."""
+        reply = await self.call(msg, timeout)
+        try:
+            return kind.from_wire(reply)
+        except DDSError as e:
+            raise PullFailed(f"{msg.TYPE} to {self.source}: {e.message}") from None
 
     async def delta(self) -> int:
         """Apply what every partition's source wrote since the last delta; returns how
@@ -249,15 +264,15 @@ class Pull:
         total = 0
         for pid, after in list(self.after.items()):
             while True:
-                reply = await self.call("copy_delta", {
-                    "session": self.session, "pid": pid, "after_lsn": after,
-                    "limit": DELTA_ROWS}, RPC_TIMEOUT_S)
-                rows = reply["rows"]
+                reply = await self._reply(CopyDeltaReply, CopyDelta(
+                    session=self._session(), pid=pid, after_lsn=after, limit=DELTA_ROWS),
+                    RPC_TIMEOUT_S)
+                rows = reply.rows
                 if rows:
                     apply_delta(self.storage, pid, rows)
                     after = max(after, int(rows[-1][3]))
                     total += len(rows)
-                if not reply.get("more"):
+                if not reply.more:
                     break
             self.after[pid] = after
         return total
@@ -303,6 +318,6 @@ class Pull:
         self._stop.set()
         if self.session is None:
             return
-        d = Deferred.fromCoroutine(self.call("copy_cancel", {"session": self.session,
-                                                             "reason": reason[:200]}, 5.0))
+        d = Deferred.fromCoroutine(self.call(CopyCancel(session=self.session,
+                                                        reason=reason[:200]), 5.0))
         d.addErrback(lambda f: None)

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from dds.bricks.journal import JOURNAL_FILE, KEEP_FINISHED_S, Journal
 from dds.errors import InvalidRequest
-from dds.messages import JournalRead, JournalWrite, decode_request
+from dds.messages import JournalRead, JournalWrite, Message, decode_request
 from dds.metrics import Metrics
 
 PLAN = {"pid": "p3.1", "from": "rg1", "to": "rg4", "bytes": 1 << 40,
@@ -263,11 +263,11 @@ class Bricks:
             (root / b).mkdir()
         self.down: set[str] = set()
 
-    async def call(self, brick: str, mtype: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, brick: str, request: Message) -> dict[str, Any]:
         if brick in self.down:
             from dds.errors import ConnectionLost
             raise ConnectionLost(f"cannot connect to {brick}: connection refused")
-        msg = decode_request(mtype, body)
+        msg = decode_request(request.TYPE, request.to_wire())
         j = self.journals[brick]
         if isinstance(msg, JournalWrite):
             return j.write(msg)

@@ -24,7 +24,7 @@ from dds.bricks.scrub import (MASK64, Scrubber, bucket_of, file_checksums, file_
 from dds.bricks.storage import Storage
 from dds.errors import InvalidRequest, NotServing, Refused
 from dds.maps import ClusterMap
-from dds.messages import RangeChecksums, RangeKeys
+from dds.messages import Message, RangeChecksums, RangeKeys
 from dds.partition import PartitionId
 from dds.records import Member, PartitionEntry, RGRecord
 from dds.tools import scrub as admin_scrub
@@ -408,7 +408,8 @@ class ScriptedBricks:
         self.too_big = too_big or set()
         self.asked: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def call(self, brick: str, mtype: str, body: dict[str, Any]) -> Any:
+    async def send(self, brick: str, msg: Message) -> Any:
+        mtype, body = msg.TYPE, msg.to_wire()
         self.asked.append((brick, mtype, body))
         if mtype == "range_checksums":
             n = sum(1 for b, m, _ in self.asked if m == mtype and b == brick)
@@ -481,10 +482,10 @@ def test_a_lasting_difference_names_the_key_and_the_minority() -> None:
 
 def test_an_unreachable_member_leaves_the_partition_unchecked() -> None:
     class Down(ScriptedBricks):
-        async def call(self, brick: str, mtype: str, body: dict[str, Any]) -> Any:
+        async def send(self, brick: str, msg: Message) -> Any:
             if brick == "b2":
                 raise NotServing("brick b2 is re-syncing rg0")
-            return await super().call(brick, mtype, body)
+            return await super().send(brick, msg)
     r = run_check(Down([{"b1": SAME, "b2": SAME, "b3": SAME}]))
     assert r.state == "error"
     assert r.errors == ["b2: range_checksums of p1.1 failed: brick b2 is re-syncing rg0"]

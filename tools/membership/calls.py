@@ -11,7 +11,9 @@ from twisted.internet.defer import DeferredSemaphore
 
 from dds.errors import DDSError, Refused, StaleMap
 from dds.maps import ClusterMap
+from dds.messages import MapPush, Message, RangeChecksums, RGStatus, RGUpdate
 from dds.records import Record, RGRecord, record_from_wire
+from dds.replies import RGStatusReply, StatusReply
 
 from dds.tools.cluster import BrickCaller, Target, describe_error, gather
 from dds.tools.runner import AdminError, pause
@@ -45,9 +47,12 @@ class Cluster:
         self.bricks = BrickCaller(reactor, target, self.addresses, timeout=CALL_TIMEOUT_S,
                                   reuse=False)
 
-    async def call(self, brick: str, mtype: str, body: dict[str, Any],
+    async def send(self, brick: str, msg: Message,
                    timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-        return await self.bricks.call(brick, mtype, body, timeout)
+        return await self.bricks.send(brick, msg, timeout)
+
+    async def status(self, brick: str, timeout: float = CALL_TIMEOUT_S) -> StatusReply:
+        return await self.bricks.status(brick, timeout)
 
     def learn(self, records: Iterable[Record]) -> None:
         self.map = self.map.merge(records).map
@@ -58,7 +63,7 @@ class Cluster:
         """The bricks (of the map by default) that answer ``status``; the others are in
         ``down`` with the reason."""
         ids = sorted(self.addresses if bricks is None else bricks)
-        replies = await gather(self.call(b, "status", {}, 5.0) for b in ids)
+        replies = await gather(self.status(b, 5.0) for b in ids)
         up = set()
         for b, r in zip(ids, replies):
             if isinstance(r, BaseException):
@@ -80,25 +85,28 @@ class Cluster:
         known = self.map.rgs.get(rg)
         ask = sorted({*(m.brick for m in known.members), *also} if known else set(also))
         ask = [b for b in ask if b in self.addresses]
-        replies = await gather(self.call(b, "rg_status", {"rg": rg}, 5.0) for b in ask)
+        replies = await gather(self._rg_status(b, rg) for b in ask)
         found = []
         for r in replies:
-            if isinstance(r, BaseException) or r.get("record") is None:
+            if isinstance(r, BaseException) or r.record is None:
                 continue
             try:
-                found.append(record_from_wire(r["record"]))
+                found.append(record_from_wire(r.record))
             except ValueError:
                 continue
         self.learn(found)
         return self.map.rgs.get(rg)
+
+    async def _rg_status(self, brick: str, rg: str) -> RGStatusReply:
+        return RGStatusReply.from_wire(await self.send(brick, RGStatus(rg=rg), 5.0))
 
     async def push(self, records: Sequence[Record], bricks: Iterable[str] | None = None
                    ) -> dict[str, BaseException | dict[str, Any]]:
         """``map_push`` (best effort; gossip spreads records anyway, this is faster)."""
         ids = sorted(self.addresses if bricks is None else bricks)
         ids = [b for b in ids if b not in self.down]
-        wire = [r.canonical() for r in records]
-        replies = await gather(self.call(b, "map_push", {"records": wire}, 5.0) for b in ids)
+        msg = MapPush(records=[r.canonical() for r in records])
+        replies = await gather(self.send(b, msg, 5.0) for b in ids)
         return dict(zip(ids, replies))
 
     async def rg_update(self, rg: str, *, add: str | None = None,
@@ -113,15 +121,13 @@ class Cluster:
             state = rec.member_state(member)
             if (add and state is not None) or (remove and state is None):
                 return rec
-            body: dict[str, Any] = {"rg": rg, "version": rec.version, "fp": rec.fp,
-                                    "reason": reason}
-            body["add_member" if add else "remove_member"] = member
+            update = RGUpdate(rg=rg, version=rec.version, fp=rec.fp, reason=reason,
+                              add_member=add, remove_member=remove)
             coordinators = [b for b in rec.active_members if b != member] or \
                 list(rec.active_members)
             for coordinator in coordinators:
                 try:
-                    reply = await self.call(coordinator, "rg_update", body,
-                                            UPDATE_TIMEOUT_S)
+                    reply = await self.send(coordinator, update, UPDATE_TIMEOUT_S)
                     new = record_from_wire(reply["record"])
                     assert isinstance(new, RGRecord)
                     self.learn([new])
@@ -152,8 +158,7 @@ async def partition_sizes(cl: Cluster, up: set[str]) -> tuple[dict[str, int], li
     async def one(pid: str, members: list[str]) -> int | None:
         for b in members:
             try:
-                reply = await cl.call(b, "range_checksums", {"pid": pid, "buckets": 1},
-                                      SIZE_TIMEOUT_S)
+                reply = await cl.send(b, RangeChecksums(pid=pid, buckets=1), SIZE_TIMEOUT_S)
                 return int(reply.get("bytes", 0))
             except (DDSError, AdminError):
                 continue

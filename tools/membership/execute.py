@@ -263,9 +263,7 @@ class Executor:
         """Whether ``brick`` answers and serves ``rg`` (asked a few times over ~2 s)."""
         for attempt in range(3):
             try:
-                st = await self.cl.call(brick, "status", {}, 5.0)
-                return ((st.get("members") or {}).get(rg) == "active"
-                        and rg not in st.get("blocked", []))
+                return (await self.cl.status(brick, 5.0)).serves(rg)
             except (DDSError, AdminError):
                 await pause(self.cl.reactor, 1.0)
         return False
@@ -305,7 +303,7 @@ class Executor:
         while True:
             now = time.monotonic()
             try:
-                st = await self.cl.call(c.new, "status", {}, 5.0)
+                st = await self.cl.status(c.new, 5.0)
                 answered = now
             except (DDSError, AdminError) as e:
                 if now - answered > UNREACHABLE_GRACE_S:
@@ -314,12 +312,12 @@ class Executor:
                                        ) from None
                 st = None
             if st is not None:
-                row = (st.get("recovery") or {}).get(c.rg) or {}
-                state = (st.get("members") or {}).get(c.rg)
+                row = st.recovery.get(c.rg) or {}
+                state = st.member_state(c.rg)
                 self.view.copy(n, c, row)
                 if row.get("bytes_total"):
                     self.copied[n] = int(row["bytes_total"])
-                if state == "active" and c.rg not in st.get("blocked", []):
+                if st.serves(c.rg):
                     rec = await self.cl.record(c.rg, [c.new])
                     if rec.member_state(c.new) == "active":
                         return

@@ -14,6 +14,7 @@ from dds import failpoints
 from dds.config import ConfigError, format_address, parse_address
 from dds.errors import DDSError
 from dds.maps import ClusterMap
+from dds.messages import MapGet
 from dds.records import BrickRecord
 
 from dds.tools.cluster import Target, connect_brick, describe_error, fetch_map, gather
@@ -120,7 +121,7 @@ async def add_brick(reactor: Any, target: Target, address: str, *, brick_id: str
         raise AdminError(f"{address} does not answer: {describe_error(e)}") from None
     try:
         peer = conn.peer_id
-        theirs = ClusterMap.from_wire((await conn.call("map_get", {}, timeout=5.0))["map"])
+        theirs = ClusterMap.from_wire((await conn.send(MapGet(), timeout=5.0))["map"])
     except (DDSError, ValueError, KeyError) as e:
         raise AdminError(f"{address}: map_get failed: {e}") from None
     finally:

@@ -8,10 +8,12 @@ from typing import Any
 
 from twisted.internet.defer import DeferredSemaphore
 
-from dds.errors import Refused, ReplicaDamaged
+from dds.errors import ProtocolError, Refused, ReplicaDamaged
 from dds.maps import ClusterMap
+from dds.messages import RangeChecksums, RangeKeys
 from dds.partition import PartitionId
 from dds.records import RGRecord
+from dds.replies import RangeChecksumsReply
 
 from dds.tools import recover as recover_mod
 from dds.tools.cluster import BrickCaller, Target, describe_error, fetch_map, gather
@@ -23,6 +25,14 @@ from dds.tools.scrub.compare import (MAX_BUCKETS, MAX_KEY_BUCKETS, MAX_KEYS_KEPT
 from dds.tools.scrub.progress import View
 
 __all__ = ["Scrub", "scrub"]
+
+
+def _well_formed(reply: Any, buckets: int) -> bool:
+    """Whether a ``range_checksums`` reply has its shape and the buckets asked for."""
+    try:
+        return len(RangeChecksumsReply.from_wire(reply).buckets) == buckets
+    except ProtocolError:
+        return False
 
 
 def _problem(brick: str, what: str, error: BaseException) -> str:
@@ -50,8 +60,8 @@ class Scrub:
                          ) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """Each member's ``range_checksums`` and the problems; members that answer
         ``ReplicaDamaged`` go to ``damaged`` (when given) instead of the problems."""
-        body = {"pid": str(pid), "buckets": self.options.buckets}
-        replies = await gather(self.bricks.call(m, "range_checksums", body) for m in members)
+        ask = RangeChecksums(pid=str(pid), buckets=self.options.buckets)
+        replies = await gather(self.bricks.send(m, ask) for m in members)
         good: dict[str, dict[str, Any]] = {}
         errors = []
         for m, reply in zip(members, replies):
@@ -59,8 +69,7 @@ class Scrub:
                 damaged.append(m)
             elif isinstance(reply, BaseException):
                 errors.append(_problem(m, f"range_checksums of {pid}", reply))
-            elif (not isinstance(reply, dict) or not isinstance(reply.get("buckets"), list)
-                  or len(reply["buckets"]) != self.options.buckets):
+            elif not _well_formed(reply, self.options.buckets):
                 errors.append(f"{m}: malformed range_checksums reply for {pid}")
             else:
                 good[m] = reply
@@ -71,8 +80,8 @@ class Scrub:
         """A bucket's keys on one brick; a bucket too large for one reply is asked as its
         two halves (buckets nest: see ``bricks/scrub.py``)."""
         try:
-            reply = await self.bricks.call(brick, "range_keys", {
-                "pid": str(pid), "bucket": bucket, "buckets": buckets})
+            reply = await self.bricks.send(brick, RangeKeys(pid=str(pid), bucket=bucket,
+                                                            buckets=buckets))
         except Refused:
             if buckets * 2 > MAX_BUCKETS:
                 raise
