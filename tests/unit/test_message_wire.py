@@ -36,6 +36,7 @@ _BY_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "TxnId": _pair,
     "tuple[int, int]": _pair,
     "list[str]": st.lists(_text, max_size=3),
+    "tuple[str, ...]": st.lists(_text, max_size=3),
     "list[Any]": st.lists(_plain, max_size=3),
     "dict[str, int]": st.dictionaries(_text, _ints, max_size=3),
     "dict[str, Any]": st.dictionaries(_text, _plain, max_size=3),

@@ -39,6 +39,8 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
         "rg": draw(st.text(max_size=8)), "rg_version": draw(st.integers(0, (1 << 64) - 1)),
         "rg_fp": draw(st.integers(0, (1 << 32) - 1)),
         "timeout_ms": draw(st.integers(1, 600_000)),
+        "participants": draw(st.lists(st.text(min_size=1, max_size=8), max_size=5,
+                                      unique=True)),
     }
 
 
@@ -70,7 +72,7 @@ EDGES = [-1, 0, 1, 600_000, 600_001, (1 << 32) - 1, 1 << 32, (1 << 64) - 1,
          1 << 64, 1.0, "1", None]
 BASE = {"txid": [1, 2], "ts": [3, 4], "pid": "p0.0", "key": b"k", "op": "cas",
         "value": b"v", "expected_version": 5, "rg": "rg0", "rg_version": 1, "rg_fp": 2,
-        "timeout_ms": 100}
+        "timeout_ms": 100, "participants": ["b1", "b2"]}
 
 
 @pytest.mark.parametrize("name", ["rg_version", "rg_fp", "timeout_ms",
@@ -95,5 +97,16 @@ def test_a_boolean_for_an_integer_leaves_the_fast_path_for_the_general_one() -> 
     # accepts what Prepare refuses, it only declines what it need not handle.
     body = {"txid": [1, 2], "ts": [3, 4], "pid": "p0.0", "key": b"k", "op": "put",
             "value": b"v", "expected_version": None, "rg": "rg0", "rg_version": 1,
-            "rg_fp": True, "timeout_ms": 100}
+            "rg_fp": True, "timeout_ms": 100, "participants": ["b1"]}
     assert _attrs_accepts(body) and not _prepare_body_ok(body)
+
+
+PARTICIPANT_EDGES: list[object] = [
+    [], ["b1"], ["b1", "b1"], [""], ["x" * 128], ["x" * 129], [1], "b1", None,
+    ["b%d" % i for i in range(16)], ["b%d" % i for i in range(17)]]
+
+
+def test_the_fast_path_agrees_with_prepare_on_every_participant_list_edge() -> None:
+    for edge in PARTICIPANT_EDGES:
+        body = dict(BASE, participants=edge)
+        assert _prepare_body_ok(body) == _attrs_accepts(body), edge
