@@ -263,15 +263,20 @@ def _three_batches_then_die(tmp_path: Path) -> tuple[list[bytes], Path]:
     return keys, log
 
 
+def _flip_log_bit(log: Path, offset: int, mask: int) -> None:
+    """XOR ``mask`` into the log's byte at ``offset`` (a flipped bit on disk)."""
+    data = bytearray(log.read_bytes())
+    data[offset] ^= mask
+    log.write_bytes(bytes(data))
+
+
 def test_a_damaged_log_marks_the_replicas_its_damaged_batch_held_before_it_is_retired(
         tmp_path: Path) -> None:
     """A flipped byte in a write's value: the batch still decodes, so it is known to
     hold only that write of P.  P is copied again; p1.1 (untouched) keeps serving."""
     from dds.bricks.needscopy import marked
     _keys, log = _three_batches_then_die(tmp_path)
-    data = bytearray(log.read_bytes())
-    data[data.index(b"value-1") + 6] ^= 0x01
-    log.write_bytes(bytes(data))
+    _flip_log_bit(log, log.read_bytes().index(b"value-1") + 6, 0x01)
     s = Storage(tmp_path, Clock())
     s.close()
     why = marked(tmp_path)
@@ -287,9 +292,7 @@ def test_a_damaged_batch_that_no_longer_decodes_marks_every_replica(
     """Which partitions an undecodable batch held is unknown: all are copied again."""
     from dds.bricks.needscopy import marked
     _keys, log = _three_batches_then_die(tmp_path)
-    data = bytearray(log.read_bytes())
-    data[8] ^= 0x02                      # the first batch's array header: 1 record -> 3
-    log.write_bytes(bytes(data))
+    _flip_log_bit(log, 8, 0x02)          # the first batch's array header: 1 record -> 3
     s = Storage(tmp_path, Clock())
     assert s.log_damage
     s.close()
@@ -316,10 +319,8 @@ def test_a_damaged_txid_marks_the_partition_of_the_vote_it_may_settle(
     s._txlog.close()
     for store in s._stores.values():
         store._conn.close()
-    data = bytearray(log.read_bytes())
-    at = data.rindex(b"\x92\x07\x03")    # the write's txid [7, 3], the last batch
-    data[at + 2] ^= 0x01                  # -> [7, 2]: the vote in p1.1
-    log.write_bytes(bytes(data))
+    at = log.read_bytes().rindex(b"\x92\x07\x03")  # the write's txid [7, 3], last batch
+    _flip_log_bit(log, at + 2, 0x01)      # -> [7, 2]: the vote in p1.1
     again = Storage(tmp_path, Clock())
     assert again.log_damage
     again.close()
@@ -329,9 +330,7 @@ def test_a_damaged_txid_marks_the_partition_of_the_vote_it_may_settle(
 def test_a_whole_last_batch_failing_its_crc_is_damage_not_a_torn_append(
         tmp_path: Path) -> None:
     keys, log = _three_batches_then_die(tmp_path)
-    data = bytearray(log.read_bytes())
-    data[data.index(b"value-2") + 6] ^= 0x01      # the last batch, full length
-    log.write_bytes(bytes(data))
+    _flip_log_bit(log, log.read_bytes().index(b"value-2") + 6, 0x01)  # last batch, whole
     s = Storage(tmp_path, Clock())
     assert s.log_damage                  # not silently dropped as torn
     assert s.read(P, keys[1]) == ReadResult(b"value-1", 1)
@@ -366,9 +365,7 @@ def test_a_batch_whose_length_field_was_damaged_is_damage_not_a_torn_tail(
     marked for a copy, and the later batches still replayed."""
     from dds.bricks.needscopy import marked
     keys, log = _three_batches_then_die(tmp_path)
-    data = bytearray(log.read_bytes())
-    data[0] ^= 0x40                      # the first header's length: +1 GiB
-    log.write_bytes(bytes(data))
+    _flip_log_bit(log, 0, 0x40)          # the first header's length: +1 GiB
     s = Storage(tmp_path, Clock())
     assert s.log_damage
     assert set(marked(tmp_path)) == {P, "p1.1"}
