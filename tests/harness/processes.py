@@ -21,6 +21,9 @@ from dds.tools import credfiles
 
 READY_TIMEOUT_S = 30.0
 
+#: Brick processes started by this process so far (``tests.harness.timing`` reports it).
+starts = 0
+
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
                interval: float = 0.02) -> None:
@@ -70,6 +73,8 @@ class BrickProcess:
         return self.proc.pid
 
     def start(self) -> None:
+        global starts
+        starts += 1
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
         args = [sys.executable, "-m", "dds.bricks.main", "--config", str(self.config_path)]
