@@ -2,7 +2,8 @@
 
 With ``DDS_TEST_TIMING=<file>`` set, every test appends one JSON line to ``<file>``: its
 node id, wall seconds, the CPU seconds of the pytest process itself and of the child
-processes it reaped (brick processes, admin commands), and how many brick processes the
+processes it reaped (brick processes, admin commands; bricks forked by the zygote,
+``tests/harness/zygote.py``, count when the harness sees them exit), and how many brick processes the
 test harness started (set-up and tear-down of the test's fixtures included, so a
 module-shared cluster counts in the test that started or stopped it).  CPU is what the
 figures are about: wall time moves with whatever else the machine runs.  Bricks a
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.harness import processes
+from tests.harness import processes, zygote
 
 _ENV = "DDS_TEST_TIMING"
 
@@ -29,7 +30,7 @@ _ENV = "DDS_TEST_TIMING"
 def _cpu() -> tuple[float, float]:
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime + zygote.reaped_cpu
 
 
 @pytest.hookimpl(hookwrapper=True)
