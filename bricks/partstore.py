@@ -241,7 +241,7 @@ class PartitionStore:
                 return max(int(meta.get("last_lsn", 0)), int(top))
         found_rows = "kv" in tables and self._conn.execute(
             "SELECT EXISTS (SELECT 1 FROM kv)").fetchone()[0] == 1
-        top: list[int] = []
+        lsns: list[int] = []
 
         def create(conn: sqlite3.Connection) -> None:
             conn.execute(_CREATE_KV)
@@ -249,19 +249,18 @@ class PartitionStore:
                 conn.execute("ALTER TABLE kv ADD COLUMN checksum INTEGER")
             conn.execute(_CREATE_LSN_INDEX)
             conn.execute(_CREATE_META)
-            top.append(int(conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]))
+            lsns.append(int(conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]))
             old_last = conn.execute("SELECT value FROM meta WHERE name = 'last_lsn'").fetchone()
             conn.executemany(_UPSERT_META, [
                 ("schema_version", SCHEMA_VERSION), ("partition", self.partition_id),
-                ("last_lsn", max(top[0], int(old_last[0]) if old_last else 0)),
+                ("last_lsn", max(lsns[0], int(old_last[0]) if old_last else 0)),
                 (MISSING, int(found_rows))])
         _transaction(self._conn, create)
-        old_rows, last = found_rows, top[0]
-        self.checksums_missing = old_rows
-        if old_rows:
+        self.checksums_missing = found_rows
+        if found_rows:
             log.info("{path}: schema 1 partition file upgraded to 2; its rows get checksums "
                      "in the background", path=str(self.path))
-        return int(last)
+        return lsns[0]
 
     def checksums_done(self) -> None:
         """The walk gave every row of the file a checksum: clear the flag."""
