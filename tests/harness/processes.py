@@ -23,8 +23,10 @@ from tests.harness.zygote import ZygoteChild, zygote
 
 READY_TIMEOUT_S = 30.0
 
-#: Brick processes started by this process so far (``tests.harness.timing`` reports it).
+#: Brick processes started by this process so far, and how many of them were exec'd
+#: rather than forked by the zygote (``tests.harness.timing`` reports both).
 starts = 0
+exec_starts = 0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
@@ -79,7 +81,7 @@ class BrickProcess:
         return self.proc.pid
 
     def start(self) -> None:
-        global starts
+        global starts, exec_starts
         starts += 1
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
@@ -90,6 +92,7 @@ class BrickProcess:
         if not self.exec_path and zygote().usable(env):
             self.proc = zygote().spawn(args, self.dir, self.log_path, env)
             return
+        exec_starts += 1
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.dir, start_new_session=True)

@@ -2,11 +2,12 @@
 
 With ``DDS_TEST_TIMING=<file>`` set, every test appends one JSON line to ``<file>``: its
 node id, wall seconds, the CPU seconds of the pytest process itself and of the child
-processes it reaped (brick processes, admin commands; bricks forked by the zygote,
-``tests/harness/zygote.py``, count when the harness sees them exit), and how many brick processes the
-test harness started (set-up and tear-down of the test's fixtures included, so a
-module-shared cluster counts in the test that started or stopped it).  CPU is what the
-figures are about: wall time moves with whatever else the machine runs.  Bricks a
+processes it reaped (bricks, admin commands; bricks forked by the zygote,
+``tests/harness/zygote.py``, count when the harness sees them exit), how many brick
+processes the harness started and how many of those it exec'd instead of forking
+(set-up and tear-down of the test's fixtures included: a module-shared cluster counts in
+the test that started or stopped it).  CPU is what the figures
+are about: wall time moves with whatever else the machine runs.  Bricks a
 ``dds-admin local up`` started are not the test process's children: their CPU is not
 counted.  ``python -m tests.harness.timing <file>`` prints the per-file table."""
 
@@ -41,12 +42,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
         yield
         return
     wall0, (self0, kids0), starts0 = time.monotonic(), _cpu(), processes.starts
+    execs0 = processes.exec_starts
     yield
     self1, kids1 = _cpu()
     row = {"test": item.nodeid, "file": item.nodeid.split("::")[0],
            "wall": round(time.monotonic() - wall0, 3), "cpu_self": round(self1 - self0, 3),
            "cpu_children": round(kids1 - kids0, 3),
-           "bricks": processes.starts - starts0}
+           "bricks": processes.starts - starts0,
+           "exec_bricks": processes.exec_starts - execs0}
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 
