@@ -794,4 +794,3 @@ def test_a_partial_commit_keeps_only_the_keys_still_staged_in_the_overlay(tmp_pa
     assert set(store._overlay) == {b"c"}
     assert [store.read(k) for k in (b"a", b"b", b"c")] == [ReadResult(b"1", 1)] * 3
     store.close()
-
