@@ -1,7 +1,8 @@
 """Real brick processes on loopback for integration and fault tests.
 
 Each brick runs ``python -m dds.bricks.main`` with its own config, data directory and log
-file.  The first start binds port 0 and reads the chosen ports from the brick's
+file: forked from the harness's pre-warmed interpreter (``tests/harness/zygote.py``), or
+exec'd (``exec_path``, or when the environment changed in more than ``DDS_*``).  The first start binds port 0 and reads the chosen ports from the brick's
 ``ready.json``; restarts reuse the same RPC port, because the map names it.  Waiting is
 always polling a condition with a deadline, never a fixed sleep.
 """
