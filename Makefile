@@ -31,10 +31,13 @@ status: install
 
 # The suite runs in TEST_JOBS pytest-xdist workers, one test file at a time per worker
 # (--dist loadfile: a file's module-scoped cluster stays in one worker); TEST_JOBS=0 runs
-# it in this process alone.
+# it in this process alone.  Bytecode caches are written even where the environment says
+# PYTHONDONTWRITEBYTECODE: without them every brick, admin command and client process the
+# suite starts compiles DDS's sources again (~0.3 s of CPU each, hundreds of times), and
+# pytest rewrites every test module again in each worker (docs/verification.md).
 TEST_JOBS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20 tests
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20 tests
 	PYTHON=$(BIN)/python scripts/typecheck
 
 unit: install

@@ -55,7 +55,6 @@ setup(
         "twisted[tls]>=23.10",
         "cryptography>=41",
         "attrs>=23.1",
-        "sqlite-utils>=3.35",
         "xxhash>=3.4",
         "msgpack>=1.0.7",
         "click>=8.1",

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import attrs
-import sqlite_utils
 import xxhash
-from sqlite_utils.db import ANY
 from twisted.logger import Logger
 
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
@@ -62,6 +60,17 @@ _SQL_SET_CHECKSUM = ("UPDATE kv SET checksum = ? WHERE key = ? AND version = ? "
                      "AND checksum IS NULL")
 #: Meta flag: 1 while rows of the file may lack a checksum (a file of schema 1 migrating).
 MISSING = "checksums_missing"
+# The schema, word for word as sqlite-utils wrote it into files before the brick stopped
+# using that library (its import and the checks it makes cost the brick ~0.1 s of CPU at
+# each start): a file's ``sqlite_master`` is the same whichever made it.
+_CREATE_KV = ('CREATE TABLE IF NOT EXISTS "kv" (\n   "key" BLOB PRIMARY KEY,\n'
+              '   "value" BLOB,\n   "version" INTEGER NOT NULL,\n   "lsn" INTEGER NOT NULL,\n'
+              '   "checksum" INTEGER\n);')
+_CREATE_LSN_INDEX = 'CREATE INDEX IF NOT EXISTS "idx_kv_lsn"\n    ON "kv" ("lsn");'
+_CREATE_META = ('CREATE TABLE IF NOT EXISTS "meta" (\n   "name" TEXT PRIMARY KEY,\n'
+                '   "value" ANY\n);')
+_UPSERT_META = ('INSERT INTO meta (name, value) VALUES (?, ?) '
+                'ON CONFLICT (name) DO UPDATE SET value = excluded.value')
 
 def checkpoint(path: Path) -> None:
     """A PASSIVE WAL checkpoint of the file at ``path`` (run in a worker thread).  Opened
@@ -213,8 +222,8 @@ class PartitionStore:
         """Create the schema in a new file, check an existing one, bring a file of schema
         1 to 2 (add ``kv.checksum``, flag the file as ``checksums_missing``: adding a
         column rewrites nothing, the walk fills it in later); return its last lsn."""
-        db = sqlite_utils.Database(self._conn, execute_plugins=False, recursive_triggers=False)
-        tables = set(db.table_names())
+        tables = {name for (name,) in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "meta" in tables:
             meta = dict(self._conn.execute("SELECT name, value FROM meta"))
             found = int(meta.get("schema_version", 0))
@@ -230,31 +239,28 @@ class PartitionStore:
                 # not rewrite the meta page each time.
                 top = self._conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
                 return max(int(meta.get("last_lsn", 0)), int(top))
-        kv, meta_t = db.table("kv"), db.table("meta")
-        with db.atomic():
-            old_rows = "kv" in tables and kv.count > 0
-            kv.create({"key": bytes, "value": bytes, "version": int, "lsn": int,
-                       "checksum": int}, pk="key", not_null={"version", "lsn"},
-                      if_not_exists=True)
-            if "checksum" not in kv.columns_dict:
-                self._conn.execute("ALTER TABLE kv ADD COLUMN checksum INTEGER")
-            kv.create_index(["lsn"], if_not_exists=True)
-            meta_t.create({"name": str, "value": ANY}, pk="name", if_not_exists=True)
-            last = self._conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
-            old_last = self._conn.execute(
-                "SELECT value FROM meta WHERE name = 'last_lsn'").fetchone()
-            rows: list[dict[str, object]] = [
-                {"name": "schema_version", "value": SCHEMA_VERSION},
-                {"name": "partition", "value": self.partition_id},
-                {"name": "last_lsn", "value": max(int(last), int(old_last[0])
-                                                  if old_last else 0)},
-                {"name": MISSING, "value": int(old_rows)}]
-            meta_t.upsert_all(rows, pk="name")
-        self.checksums_missing = old_rows
-        if old_rows:
+        found_rows = "kv" in tables and self._conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM kv)").fetchone()[0] == 1
+        lsns: list[int] = []
+
+        def create(conn: sqlite3.Connection) -> None:
+            conn.execute(_CREATE_KV)
+            if "checksum" not in {row[1] for row in conn.execute('PRAGMA table_info("kv")')}:
+                conn.execute("ALTER TABLE kv ADD COLUMN checksum INTEGER")
+            conn.execute(_CREATE_LSN_INDEX)
+            conn.execute(_CREATE_META)
+            lsns.append(int(conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]))
+            old_last = conn.execute("SELECT value FROM meta WHERE name = 'last_lsn'").fetchone()
+            conn.executemany(_UPSERT_META, [
+                ("schema_version", SCHEMA_VERSION), ("partition", self.partition_id),
+                ("last_lsn", max(lsns[0], int(old_last[0]) if old_last else 0)),
+                (MISSING, int(found_rows))])
+        _transaction(self._conn, create)
+        self.checksums_missing = found_rows
+        if found_rows:
             log.info("{path}: schema 1 partition file upgraded to 2; its rows get checksums "
                      "in the background", path=str(self.path))
-        return int(last)
+        return lsns[0]
 
     def checksums_done(self) -> None:
         """The walk gave every row of the file a checksum: clear the flag."""

@@ -26,16 +26,19 @@ SUMMARY = re.compile(r"^ops=(\d+) ok=(\d+) indeterminate=(\d+) faults=(\d+) "
 
 
 def _processes_under(run_dir: Path) -> list[int]:
-    """Processes whose command line names ``run_dir`` (the bricks of that run)."""
+    """Processes whose command line names ``run_dir`` or that run in a directory under it
+    (the bricks of that run: a brick the harness forked from its zygote,
+    ``tests/harness/zygote.py``, keeps the zygote's command line)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if str(run_dir).encode() in cmdline:
+        if str(run_dir).encode() in cmdline or Path(cwd).is_relative_to(run_dir):
             pids.append(int(entry.name))
     return pids
 

@@ -1,7 +1,8 @@
 """Real brick processes on loopback for integration and fault tests.
 
 Each brick runs ``python -m dds.bricks.main`` with its own config, data directory and log
-file.  The first start binds port 0 and reads the chosen ports from the brick's
+file: forked from the harness's pre-warmed interpreter (``tests/harness/zygote.py``), or
+exec'd (``exec_path``, or when the environment changed in more than ``DDS_*``).  The first start binds port 0 and reads the chosen ports from the brick's
 ``ready.json``; restarts reuse the same RPC port, because the map names it.  Waiting is
 always polling a condition with a deadline, never a fixed sleep.
 """
@@ -19,7 +20,14 @@ from typing import Callable
 
 from dds.tools import credfiles
 
+from tests.harness.zygote import ZygoteChild, zygote
+
 READY_TIMEOUT_S = 30.0
+
+#: Brick processes started by this process so far, and how many of them were exec'd
+#: rather than forked by the zygote (``tests.harness.timing`` reports both).
+starts = 0
+exec_starts = 0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
@@ -35,11 +43,15 @@ class BrickProcess:
     def __init__(self, brick_id: str, root: Path, cluster: str = "dds",
                  durability: str = "disk", extra: str = "",
                  brick_settings: str = "", tls: bool = False,
-                 auth_settings: str = "") -> None:
+                 auth_settings: str = "", exec_path: bool = False) -> None:
         """A brick under ``root/brick_id``, authenticating with the per-role secrets in
         ``root/secrets`` (made if missing: ``dds.tools.credfiles``), or with ``tls`` a
-        certificate from the CA in ``root/tls``.  ``auth_settings`` go in ``[auth]``."""
+        certificate from the CA in ``root/tls``.  ``auth_settings`` go in ``[auth]``.
+        The process is forked from the harness's pre-warmed interpreter
+        (``tests/harness/zygote.py``), or with ``exec_path`` exec'd as an operator starts
+        it: tests of the daemon's own start use that."""
         self.id = brick_id
+        self.exec_path = exec_path
         credfiles.write_role_secrets(root)
         if tls:
             credfiles.write_tls(root, cluster, [brick_id])
@@ -56,7 +68,7 @@ class BrickProcess:
             f'[cluster]\nname = "{cluster}"\n'
             + credfiles.auth_toml(root, brick_id, tls) + auth_settings +
             f'[log]\nformat = "json"\nlevel = "info"\n{extra}')
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | ZygoteChild | None = None
         self.port = 0
         self.http_port: int | None = None
 
@@ -70,11 +82,18 @@ class BrickProcess:
         return self.proc.pid
 
     def start(self) -> None:
+        global starts, exec_starts
+        starts += 1
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
         args = [sys.executable, "-m", "dds.bricks.main", "--config", str(self.config_path)]
         if self.port:
             args += ["--set", f"brick.port={self.port}"]
+        env = dict(os.environ)
+        if not self.exec_path and zygote().usable(env):
+            self.proc = zygote().spawn(args, self.dir, self.log_path, env)
+            return
+        exec_starts += 1
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.dir, start_new_session=True)

@@ -36,7 +36,7 @@ def test_a_log_file_that_cannot_be_opened_is_a_one_line_config_error(tmp_path: P
 
 
 def test_sighup_reopens_the_log_file_after_logrotate_moved_it(tmp_path: Path) -> None:
-    brick = BrickProcess("b1", tmp_path, extra='file = "own.log"\n')
+    brick = BrickProcess("b1", tmp_path, extra='file = "own.log"\n', exec_path=True)
     own = brick.dir / "own.log"
     brick.start()
     try:

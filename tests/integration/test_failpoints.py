@@ -177,7 +177,7 @@ async def test_a_coordinator_crashing_after_its_decision_is_resolved_by_terminat
 
 def test_a_brick_with_a_bad_failpoint_variable_refuses_to_start(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    brick = BrickProcess("b1", tmp_path)
+    brick = BrickProcess("b1", tmp_path, exec_path=True)
     monkeypatch.setenv(failpoints.ENV_VAR, "prepare.after_vote=crash;prepare.vote=pause")
     brick.start()
     try:

@@ -1,0 +1,112 @@
+"""The harness's forked bricks (``tests/harness/zygote.py``) are started, seen and
+stopped as exec'd ones are: the same argv, environment, working directory, log file,
+session, signals and exit statuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dds import failpoints
+from tests.harness.processes import BrickProcess, wait_until
+from tests.harness.zygote import PRELOAD, ZygoteChild
+
+WAIT_S = 60.0
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+@pytest.fixture
+def brick(tmp_path: Path) -> Iterator[BrickProcess]:
+    b = BrickProcess("b1", tmp_path)
+    yield b
+    b.stop(signal.SIGKILL)
+
+
+def test_a_brick_is_forked_by_the_zygote_when_only_dds_variables_differ(
+        brick: BrickProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDS_SOMETHING_OF_A_TEST", "1")
+    brick.start()
+    assert isinstance(brick.proc, ZygoteChild)
+
+
+def test_another_environment_change_starts_an_exec_d_brick(
+        brick: BrickProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    brick.start()
+    brick.stop()
+    monkeypatch.setenv("PYTHONSOMETHING", "1")
+    brick.start()
+    assert isinstance(brick.proc, subprocess.Popen)
+
+
+def test_a_forked_brick_runs_in_its_directory_session_and_log_with_the_brick_argv(
+        brick: BrickProcess) -> None:
+    brick.start()
+    brick.wait_ready(WAIT_S)
+    pid = brick.pid
+    assert isinstance(brick.proc, ZygoteChild)
+    assert os.getsid(pid) == pid and os.getpgid(pid) == pid
+    assert os.readlink(f"/proc/{pid}/cwd") == str(brick.dir)
+    assert os.readlink(f"/proc/{pid}/fd/1") == str(brick.log_path)
+    assert os.readlink(f"/proc/{pid}/fd/2") == str(brick.log_path)
+    assert os.readlink(f"/proc/{pid}/fd/0") == os.devnull
+    assert _status(pid)["SigBlk"].strip("0") == ""      # no signal left blocked
+    started = [e for e in brick.log_events() if "runs on" in str(e.get("msg", ""))]
+    assert started and started[0]["brick"] == "b1"
+
+
+def test_a_forked_brick_reads_dds_failpoints_from_the_test_environment(
+        brick: BrickProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dds.failpoints`` reads the variable when imported: in the child, not the zygote."""
+    monkeypatch.setenv(failpoints.ENV_VAR, "prepare.vote=pause")
+    brick.start()
+    assert isinstance(brick.proc, ZygoteChild)
+    assert brick.proc.wait(WAIT_S) == 2
+    assert "DDS_FAILPOINTS: entry 'prepare.vote=pause': unknown failpoint" in \
+        brick.log_tail()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGKILL, -9)])
+def test_a_forked_brick_s_exit_status_is_what_popen_reports(
+        brick: BrickProcess, sig: int, code: int) -> None:
+    brick.start()
+    brick.wait_ready(WAIT_S)
+    assert brick.stop(sig, timeout=WAIT_S) == code
+    assert brick.proc is not None and brick.proc.returncode == code and not brick.alive()
+
+
+def test_a_stopped_forked_brick_is_alive_and_serves_again_after_sigcont(
+        brick: BrickProcess) -> None:
+    brick.start()
+    brick.wait_ready(WAIT_S)
+    brick.send_signal(signal.SIGSTOP)
+    wait_until(lambda: _status(brick.pid)["State"].startswith("T"), WAIT_S,
+               "the brick to stop")
+    assert brick.alive()
+    brick.send_signal(signal.SIGCONT)
+    import urllib.request
+    reply = urllib.request.urlopen(f"http://127.0.0.1:{brick.http_port}/metrics",
+                                   timeout=WAIT_S)
+    assert reply.status == 200
+
+
+def test_the_zygote_imports_no_dds_module_and_no_reactor() -> None:
+    """What the zygote preloads leaves every DDS module to the brick's own start."""
+    code = ("import importlib, sys, json\n"
+            f"[importlib.import_module(n) for n in {list(PRELOAD)!r}]\n"
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=WAIT_S, check=True)
+    loaded = json.loads(out.stdout)
+    assert not [m for m in loaded if m == "dds" or m.startswith("dds.")]
+    assert "twisted.internet.reactor" not in loaded
