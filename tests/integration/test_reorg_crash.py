@@ -399,20 +399,31 @@ async def _recovery_held(cluster: Cluster, brick: BrickProcess, rg: str) -> bool
                 and "copy.mid" in r["last_error"])
 
 
-async def _kill_and_restart_until_copying(cluster: Cluster, victim: BrickProcess,
-                                          rg: str) -> None:
-    """kill -9 ``victim``; once the writers had it excluded from ``rg``, restart it and
-    return while it copies ``rg``'s partitions (paced: a few seconds).
+async def _hold_copies(cluster: Cluster, sources: list[BrickProcess], held: bool) -> None:
+    """Make every chunk request for the middle of a snapshot fail at ``sources`` (or no
+    longer): a recovery copying from them retries until it is released."""
+    for b in sources:
+        await call(cluster, b, "failpoint",
+                   {"name": "copy.mid", "action": "error" if held else None})
 
-    Until its record is read and spread, every possible source fails the copy at its
-    middle chunk, so the victim is certainly still *recovering* then (a paced copy
-    alone could finish before the record is read on a loaded machine)."""
+
+async def _kill_and_restart_until_copying(cluster: Cluster, victim: BrickProcess,
+                                          rg: str, *, hold: bool = False
+                                          ) -> list[BrickProcess]:
+    """kill -9 ``victim``; once the writers had it excluded from ``rg``, restart it and
+    return while it copies ``rg``'s partitions.
+
+    Every possible source (the other active members of ``rg``) fails the copy at its
+    middle chunk until the victim's record is read and spread, so the victim is
+    certainly still *recovering* then (a paced copy alone could finish first on a loaded
+    machine).  With ``hold`` they go on failing it: the caller releases them
+    (``_hold_copies``) and gets the sources for that; else its copy goes on now."""
     victim.stop(signal.SIGKILL)
     await eventually(lambda: _excluded(cluster, victim, rg), WAIT_S,
                      f"{victim.id} to be excluded from {rg}")
-    sources = [b for b in cluster.bricks if b is not victim]
-    for b in sources:
-        await call(cluster, b, "failpoint", {"name": "copy.mid", "action": "error"})
+    sources = [cluster.brick(b) for b in (await _newest(cluster, rg)).active_members
+               if b != victim.id]
+    await _hold_copies(cluster, sources, True)
     try:
         await restart(cluster, victim)
         await eventually(lambda: _recovery_held(cluster, victim, rg), WAIT_S,
@@ -423,9 +434,12 @@ async def _kill_and_restart_until_copying(cluster: Cluster, victim: BrickProcess
         assert rec.member_state(victim.id) == "recovering", rec
         for b in cluster.bricks:
             await call(cluster, b, "map_push", {"records": [rec.canonical()]})
-    finally:
-        for b in sources:
-            await call(cluster, b, "failpoint", {"name": "copy.mid", "action": None})
+    except BaseException:
+        await _hold_copies(cluster, sources, False)
+        raise
+    if not hold:
+        await _hold_copies(cluster, sources, False)
+    return sources
 
 
 async def _move_beside_a_re_syncing_member(
@@ -446,10 +460,19 @@ async def _move_beside_a_re_syncing_member(
     await writers.start()
     try:
         await eventually(lambda: _true(len(writers.acks) >= 40), WAIT_S, "writes to flow")
-        await _kill_and_restart_until_copying(cluster, victim, rg.name)
+        # In the target RG, the victim stays re-syncing until the move is done (were it
+        # readmitted meanwhile, the move would stop: "became active after the move was
+        # planned: run it again").  In the source RG its sources include the move's, so
+        # its copy goes on at once.
+        held = await _kill_and_restart_until_copying(cluster, victim, rg.name,
+                                                     hold=in_target_rg)
         lines: list[str] = []
-        result = await move(reactor, _target(cluster), str(PID), to_rg.name,
-                            lines.append, rate_mb_s=rate_mb_s)
+        try:
+            result = await move(reactor, _target(cluster), str(PID), to_rg.name,
+                                lines.append, rate_mb_s=rate_mb_s)
+        finally:
+            if in_target_rg:
+                await _hold_copies(cluster, held, False)
         assert victim.id not in result["target_bricks"], result
         await cluster.wait_serving(reactor, cluster.bricks, timeout=WAIT_S)
         n = len(writers.acks)
