@@ -648,8 +648,9 @@ class Brick:
         _v, _fp, pid, mask, prefix, members = self._gate(pid_text, rg, rg_version, rg_fp)
         if key_hash(key) & mask != prefix:
             raise InvalidRequest(f"key does not belong to partition {pid}")
-        if participants and tuple(participants) != members:
-            raise InvalidRequest(f"participants {list(participants)} are not the active "
+        named = tuple(participants)     # once per PREPARE: compared, then recorded
+        if named and named != members:
+            raise InvalidRequest(f"participants {list(named)} are not the active "
                                  f"members {list(members)} of {rg} v{rg_version}")
         self._check_serving(rg, read=False, pid=pid_text)
 
@@ -660,7 +661,7 @@ class Brick:
         return self.participant.vote(txid, ts, pid, key, op, value, expected_version,
                                      timeout_ms, recheck, pid_text,
                                      None if to is None else self._answer, to,
-                                     tuple(participants) or members)
+                                     named or members)
 
     def commit(self, msg: Commit) -> dict[str, int] | Deferred[dict[str, int]]:
         return self.participant.commit(msg.txid)
