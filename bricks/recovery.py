@@ -41,8 +41,10 @@ import attrs
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
+from dds import failpoints
 from dds.deferreds import gather, sleep
 from dds.errors import DDSError
+from dds.fencerenew import LAPSE_MS, CopyFenceRenew, FenceKeeper
 from dds.messages import CopyBegin, Message, RGChange, RGStatus
 from dds.records import RGRecord, record_from_wire
 from dds.replies import RGStatusReply
@@ -360,12 +362,22 @@ class Recoveries:
                                       f"(v{copied.version} to v{now.version}): copy again")
             # Fenced for the whole copy, the source fenced writes at copy_begin.
             fenced_at = began if fence_whole_copy else self.clock.seconds()
-            await pull.fence()
-            await pull.delta()
-            r.phase = Phase.READMITTING
-            # No full-table checksums here: they would run under the fence, and the
-            # snapshot (whole-file xxh64) and each delta row were verified already.
-            done = await pull.readmit()
+            # The source's fence lives only while this brick renews it: killed here, it
+            # costs writes ~2 s, not timeouts.copy_fence_ms (dds.fencerenew).
+            keeper = FenceKeeper(self.clock, lambda _b, msg, t: pull.call(msg, t), [
+                (source, CopyFenceRenew(session=pull.session or 0, lapse_ms=LAPSE_MS))])
+            await keeper.start()
+            try:
+                await pull.fence()
+                if failpoints.ARMED:
+                    failpoints.fire("recovery.after_fence")
+                await pull.delta()
+                r.phase = Phase.READMITTING
+                # No full-table checksums here: they would run under the fence, and the
+                # snapshot (whole-file xxh64) and each delta row were verified already.
+                done = await pull.readmit()
+            finally:
+                keeper.stop()
             r.fenced_s = self.clock.seconds() - fenced_at
             self.maps.merge([record_from_wire(done["record"])], source=f"readmit:{source}")
             if self.maps.map.rgs[rec.name].member_state(self.id) != "active":

@@ -19,7 +19,10 @@ and journals them; here is one member's side of each, for one *job* (an admin op
     transactions in flight, flush.  Write-all means that this one fence stops every
     write to the sources in the RG.  It lapses after ``fence_s`` unless lifted first, so
     a dead admin tool cannot stop the writes for good; a lapsed fence makes the cut-over
-    refuse (its ``token`` is gone), and the job is rolled back.
+    refuse (its ``token`` is gone), and the job is rolled back.  A tool that renews
+    (``split_fence_renew``, ``dds.fencerenew``) names a much shorter lapse: the fences of
+    the job then lapse that long after its last renewal, so a killed tool pauses writes
+    for about that long, not ``fence_s``.
 ``finish`` (``split_finish``, on every member)
     Fence locally too, drain, flush, apply the last rows, and install each target file
     as this brick's replica (``Storage.replace_partition``).  The targets are listed
@@ -63,6 +66,7 @@ from twisted.logger import Logger
 
 from dds.errors import (InternalError, InvalidRequest, NotServing, Refused, ReplicaDamaged,
                         Timeout)
+from dds.fencerenew import SplitFenceRenew
 from dds.messages import (Message, RGUpdate, SplitAbort, SplitCutover, SplitFence,
                           SplitFinish, SplitPrepare, SplitRelease, SplitStatus)
 from dds.partition import PartitionId, key_hash
@@ -313,6 +317,8 @@ class Job:
         self.installed: set[str] = set()
         self.leader: Fence | None = None
         self.local: Fence | None = None
+        #: The lapse its holder asked for by renewing (None: never renewed, ``fence_s``).
+        self.lapse_s: float | None = None
         self.cutover: Deferred[None] | None = None
         self.result: dict[str, Any] | None = None
         self.caught_up = 0
@@ -383,7 +389,24 @@ class Splits:
         """The requests this component answers (``Brick`` dispatches them here)."""
         return {SplitPrepare: self.prepare, SplitFence: self.fence, SplitFinish: self.finish,
                 SplitCutover: self.cutover, SplitRelease: self.release, SplitAbort: self.abort,
-                SplitStatus: self.status}
+                SplitStatus: self.status, SplitFenceRenew: self.renew}
+
+    def renew(self, msg: SplitFenceRenew) -> dict[str, Any]:
+        """The job's tool is alive: its fences here lapse ``lapse_ms`` from now (a pinned
+        one is held anyway until its cut-over is decided).  An unknown job is no error:
+        the tool learns it from ``known``."""
+        job = self.jobs.get(msg.job)
+        if job is None:
+            return {"held": [], "known": False}
+        self._touch(job)
+        job.lapse_s = msg.lapse_ms / 1000.0
+        held = []
+        for which, fence in (("leader", job.leader), ("local", job.local)):
+            if fence is not None and fence.lifted is None:
+                held.append(which)
+                if not fence.pinned:
+                    self._arm(job, fence)
+        return {"held": held, "known": True}
 
     async def prepare(self, msg: SplitPrepare) -> dict[str, Any]:
         sources, targets = reshape(msg.sources, msg.targets)
@@ -543,6 +566,8 @@ class Splits:
                                               reason=msg.reason))
         finally:
             fence.pinned = False
+            if fence.lifted is None and job.lapse_s is not None:
+                self._arm(job, fence)   # a tool gone meanwhile: lapse soon, not in fence_s
             job.cutover = None
             done.callback(None)
             self._touch(job)
@@ -671,7 +696,7 @@ class Splits:
     def _fence(self, job: Job, which: str) -> Fence:
         fence = Fence(self._rng.getrandbits(62) + 1, self.clock.seconds())
         self.participant.fence(job.sources)
-        fence.timer = self.clock.callLater(self.fence_s, self._lapse, job, fence)
+        self._arm(job, fence)
         self.metrics.inc("split_fences_total")
         self.log.info("job {job}: writes to {sources} fenced ({which})", job=job.job,
                       sources=[str(s) for s in job.sources], which=which)
@@ -696,17 +721,33 @@ class Splits:
             self._lift(job, fence, f"flush failed: {e!r}")
             raise InternalError(f"job {job.job}: flush failed: {e}") from e
 
+    def _arm(self, job: Job, fence: Fence) -> None:
+        """(Re)start the fence's lapse: ``fence_s`` after it was taken at the latest,
+        and ``lapse_s`` from now if its holder renews."""
+        delay = max(0.0, fence.since + self.fence_s - self.clock.seconds())
+        if job.lapse_s is not None:
+            delay = min(delay, job.lapse_s)
+        if fence.timer is not None and fence.timer.active():
+            fence.timer.reset(delay)
+        else:
+            fence.timer = self.clock.callLater(delay, self._lapse, job, fence)
+
     def _lapse(self, job: Job, fence: Fence) -> None:
         fence.timer = None
         if fence.lifted is not None:
             return
         if fence.pinned:
-            self.log.warn("job {job}: fence held past {fence_s}s while its cut-over is "
-                          "decided", job=job.job, fence_s=self.fence_s)
+            self.log.warn("job {job}: fence held past its lapse while its cut-over is "
+                          "decided", job=job.job)
             fence.timer = self.clock.callLater(self.fence_s, self._lapse, job, fence)
             return
         self.metrics.inc("split_fences_lapsed_total")
-        self._lift(job, fence, f"lapsed after {self.fence_s}s")
+        held = self.clock.seconds() - fence.since
+        if job.lapse_s is not None and held < self.fence_s:
+            why = f"lapsed: no renewal from its tool for {job.lapse_s:g}s"
+        else:
+            why = f"lapsed after {self.fence_s}s"
+        self._lift(job, fence, why)
 
     def _lift(self, job: Job, fence: Fence, why: str) -> None:
         if fence.lifted is not None:

@@ -81,6 +81,8 @@ KNOWN: Mapping[str, str] = {
         "library: the first member acknowledged COMMIT; the others not yet sent it",
     "copy.mid":
         "brick (recovery source): the chunk holding the middle of a snapshot is asked for",
+    "recovery.after_fence":
+        "brick (recovering): the source fenced writes for the last delta; nothing pulled",
     **{f"move.after_{step}": f"dds-admin move: step {step!r} is done and journaled"
        for step in ("incoming", "copied", "fenced", "delta", "cutover-out", "cutover-in",
                     "released", "dropped")},

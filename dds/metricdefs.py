@@ -202,6 +202,8 @@ BRICK = Catalogue("dds", _RPC + (
     counter("copy_snapshots_shared", "copy sessions that shared another session's "
             "snapshot"),
     counter("copy_fences", "partitions fences set for a copy's final delta"),
+    counter("copy_fences_lapsed", "copy (move) write fences lifted because their holder "
+            "stopped renewing them"),
     counter("stream_refused", "snapshot stream connections refused, by reason",
             labels=("reason",), initial=(("auth",), ("busy",), ("protocol",), ("request",),
                                          ("timeout",))),

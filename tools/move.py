@@ -34,6 +34,11 @@ says it did).  Otherwise the move is rolled back: the source's fence is lifted, 
 outgoing entry in the source RG becomes active again (nobody wrote the partition since
 the fence), and the target RG forgets the incoming copy.  The same rule settles a move
 whose tool hits an error.
+
+From just before step 3 to the end, the tool renews the source's fence
+(``dds.fencerenew``): a tool killed under the fence costs writes about two
+seconds, after which the source lifts it (while the partition is still active in the
+source RG) and repair rolls the move back.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from dds import failpoints
 from dds.errors import DDSError
+from dds.fencerenew import LAPSE_MS, CopyFenceRenew, FenceKeeper
 from dds.messages import CopyCancel, CopyFence, MoveFinish, MovePull
 from dds.maps import ClusterMap
 from dds.partition import PartitionId
@@ -147,9 +153,22 @@ class Mover(RecordEditor):
         """Fence, last delta, cut-over.  Writes are paused from the fence to the end of
         the target RG's record change; nothing is journaled in between (see ``resume``
         for a move stopped in here)."""
+        first = next(iter(self.sessions.values()), None)
+        if first is None:
+            await self._switch(None, from_rec, to_rec)
+            return
+        # The source's fence lives only while this tool does (dds.fencerenew).
+        keeper = FenceKeeper(self.reactor, self.send, [
+            (self.plan["source"], CopyFenceRenew(session=first, lapse_ms=LAPSE_MS))])
+        await keeper.start()
+        try:
+            await self._switch(first, from_rec, to_rec)
+        finally:
+            keeper.stop()
+
+    async def _switch(self, first: int | None, from_rec: RGRecord, to_rec: RGRecord) -> None:
         p = self.plan
         pid, source, targets = p["pid"], p["source"], p["targets"]
-        first = next(iter(self.sessions.values()), None)
         self._fenced_at = self.reactor.seconds()
         if first is not None:
             await self.send(source, CopyFence(session=first))

@@ -37,6 +37,7 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from dds import failpoints
 from dds.errors import DDSError
+from dds.fencerenew import LAPSE_MS, SplitFenceRenew, FenceKeeper
 from dds.maps import ClusterMap
 from dds.messages import (Message, SplitAbort, SplitCutover, SplitFence, SplitFinish,
                           SplitPrepare, SplitRelease, SplitStatus)
@@ -237,6 +238,19 @@ class Reshaper(RecordEditor):
                 self.progress(total, total)
             await self._step("prepared", rows=rows)
         await self._cancel_point()
+        # From here to the release the members' fences live only while this tool does.
+        keeper = FenceKeeper(self.reactor, self.send, [
+            (b, SplitFenceRenew(job=job, lapse_ms=LAPSE_MS)) for b in p["members"]])
+        await keeper.start()
+        try:
+            await self._under_fence()
+        finally:
+            keeper.stop()
+
+    async def _under_fence(self) -> None:
+        """Fence, last delta, cut-over, release: while ``run`` renews the fences."""
+        p = self.plan
+        job = self.job.id
         if not self.job.done("fenced"):
             self._fenced_at = self.reactor.seconds()
             reply = await self.send(p["leader"], SplitFence(job=job), FENCE_CALL_TIMEOUT_S)

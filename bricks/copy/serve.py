@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 
 from dds.config import BrickConfig
 from dds.errors import InvalidRequest, NotServing, Refused
+from dds.fencerenew import CopyFenceRenew
 from dds.messages import CopyBegin, CopyCancel, CopyChunk, CopyDelta, CopyFence, Message, Readmit
 from dds.partition import PartitionId
 from dds.records import RGRecord
@@ -49,7 +50,11 @@ class CopySource:
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
         return {CopyBegin: self.begin, CopyChunk: self.chunk, CopyFence: self.fence,
-                CopyDelta: self.delta, Readmit: self.readmit, CopyCancel: self.cancel}
+                CopyDelta: self.delta, Readmit: self.readmit, CopyCancel: self.cancel,
+                CopyFenceRenew: self.renew}
+
+    def renew(self, msg: CopyFenceRenew) -> dict[str, Any]:
+        return self.copies.renew(msg.session, msg.lapse_ms / 1000.0)
 
     async def begin(self, msg: CopyBegin) -> dict[str, Any]:
         rec = self.maps.map.rgs.get(msg.rg)

@@ -51,7 +51,8 @@ class CopySession:
 
     __slots__ = ("id", "rg", "target", "pids", "fence_whole_copy", "move", "layout",
                  "state", "snapshots", "bytes_sent", "started", "last_request", "fenced_at",
-                 "fence_held_s", "rate", "fence_timer", "idle_timer", "reason", "shared")
+                 "fence_held_s", "rate", "fence_timer", "idle_timer", "reason", "shared",
+                 "lapse_s")
 
     def __init__(self, sid: int, rg: str, target: str, pids: tuple[PartitionId, ...],
                  fence_whole_copy: bool, now: float, *, move: bool = False,
@@ -80,6 +81,9 @@ class CopySession:
         #: How long the fence was held, once lifted: the write pause DESIGN §7 measures.
         self.fence_held_s: float | None = None
         self.fence_timer: IDelayedCall | None = None
+        #: The lapse a renewing holder (a move's tool) asked for: the fence is lifted
+        #: that long after its last renewal (None: never renewed).
+        self.lapse_s: float | None = None
         self.idle_timer: IDelayedCall | None = None
         self.reason = ""
         #: The snapshot files this session uses (shared with other sessions or not).

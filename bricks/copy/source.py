@@ -85,6 +85,7 @@ class CopySessions:
         self.snapshot_dir = Path(snapshot_dir)
         self.run_in_thread = ctx.run_in_thread
         self.fence_s = fence_s
+        self.maps = ctx.maps
         self.metrics = metrics = ctx.metrics
         self._rng = ctx.rng
         self.sessions: dict[int, CopySession] = {}
@@ -206,9 +207,10 @@ class CopySessions:
         ``{"lsn": {pid: last committed lsn}}``.  Repeating it while FENCED or
         READMITTING returns the same answer: the fence held since (a move checks so that
         it was not lost to a restart).  A move's fence goes on to READMITTING at once: it
-        is held until dds-admin lifts it (``cancel``) after the cut-over, or repair does;
-        lapsing on a timer could let a write reach the source after the last delta, and
-        the targets would never see it."""
+        is held until dds-admin lifts it (``cancel``) after the cut-over, or repair does,
+        or, if the tool renews it (``renew``), until the tool falls silent while the
+        partition is still active here (the tool and repair then see the session gone
+        and roll the move back, so no write can miss the targets)."""
         s = self._get(session)
         self._touch(s)
         if s.state not in (CopyState.FENCED, CopyState.READMITTING):
@@ -223,7 +225,7 @@ class CopySessions:
                 self._gone(s)
             s.state = CopyState.FENCED
             self._cancel(s.fence_timer)
-            s.fence_timer = self.clock.callLater(self.fence_s, self._fence_lapsed, s)
+            s.fence_timer = self.clock.callLater(self._fence_delay(s), self._fence_lapsed, s)
         reply = {"lsn": self._lsns(s)}
         if s.move:
             self.readmitting(s.id)
@@ -375,8 +377,54 @@ class CopySessions:
                              f"{', '.join(gone)} any more")
         return {str(p): self.storage.open_partition(str(p)).committed_lsn() for p in s.pids}
 
+    def renew(self, session: int, lapse_s: float) -> dict[str, Any]:
+        """The session's holder (a move's tool) is alive: its fence lapses ``lapse_s``
+        from now, also while READMITTING for a move, as long as the source RG still
+        lists the partitions active here.  A lapse costs the move, never a write: the
+        tool checks the fence again once the record lists them outgoing, and repair
+        rolls back a move whose fence is gone.  Once they are outgoing here the record
+        refuses their writes anyway, and the fence is kept for repair to see.  A fence
+        not yet taken starts with that lapse.  An unknown or ended session is no
+        error."""
+        s = self.sessions.get(session)
+        if s is None or s.state not in LIVE:
+            return {"held": False, "known": False}
+        self._touch(s)
+        s.lapse_s = lapse_s
+        held = s.state in (CopyState.FENCED, CopyState.READMITTING)
+        if held and self._renewed_lapse(s):
+            self._cancel(s.fence_timer)
+            s.fence_timer = self.clock.callLater(lapse_s, self._fence_lapsed, s)
+        return {"held": held, "known": True}
+
+    def _renewed_lapse(self, s: CopySession) -> bool:
+        """Whether the fence lapses when its holder stops renewing: a move's, or one not
+        yet in the record change of a recovery's readmission (which this brick runs)."""
+        return s.lapse_s is not None and (s.move or s.state is CopyState.FENCED)
+
+    def _cut_over_begun(self, s: CopySession) -> bool:
+        """Whether this brick's record of the move's source RG no longer lists every
+        partition of ``s`` active (the cut-over made it ``outgoing``)."""
+        rec = self.maps.map.rgs.get(s.rg)
+        return rec is None or any(rec.partition_state(p) != "active" for p in s.pids)
+
+    def _fence_delay(self, s: CopySession) -> float:
+        if s.lapse_s is not None:
+            return min(self.fence_s, s.lapse_s) if not s.move else s.lapse_s
+        return self.fence_s
+
     def _fence_lapsed(self, s: CopySession) -> None:
         s.fence_timer = None
+        if s.state in LIVE and self._renewed_lapse(s):
+            assert s.lapse_s is not None
+            if s.move and self._cut_over_begun(s):
+                # The record refuses writes to it now; repair finishes the move only if
+                # the fence still holds, so it is kept.
+                s.fence_timer = self.clock.callLater(s.lapse_s, self._fence_lapsed, s)
+                return
+            self.metrics.inc("copy_fences_lapsed_total")
+            self.cancel(s.id, f"fence lapsed: no renewal from its holder for {s.lapse_s:g}s")
+            return
         if s.state is CopyState.READMITTING:
             # The record change decides whether the target is active; lifting the fence
             # before it does could let a write miss the target.  Say so, and keep it.
