@@ -135,4 +135,4 @@ class FenceKeeper:
 
 
 __all__ = ["CopyFenceRenew", "FenceKeeper", "LAPSE_MS", "MAX_LAPSE_MS", "MIN_LAPSE_MS",
-           "RENEW_S", "SplitFenceRenew"]
+           "RENEW_S", "RENEW_TIMEOUT_S", "SplitFenceRenew"]

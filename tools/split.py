@@ -37,14 +37,14 @@ from twisted.internet.defer import Deferred, DeferredList
 
 from dds import failpoints
 from dds.errors import DDSError
-from dds.fencerenew import LAPSE_MS, SplitFenceRenew, FenceKeeper
+from dds.fencerenew import LAPSE_MS, RENEW_TIMEOUT_S, FenceKeeper, SplitFenceRenew
 from dds.maps import ClusterMap
 from dds.messages import (Message, SplitAbort, SplitCutover, SplitFence, SplitFinish,
                           SplitPrepare, SplitRelease, SplitStatus)
 from dds.partition import PartitionId
 from dds.records import RGRecord, record_from_wire
 from dds.tools import reorg
-from dds.tools.cluster import Target, describe_error, fetch_map
+from dds.tools.cluster import BrickCaller, Target, describe_error, fetch_map
 from dds.tools.jobs import Job, JobView, brick_addresses
 from dds.tools.rgedit import RecordEditor
 from dds.tools.runner import AdminError, pause
@@ -239,13 +239,18 @@ class Reshaper(RecordEditor):
             await self._step("prepared", rows=rows)
         await self._cancel_point()
         # From here to the release the members' fences live only while this tool does.
-        keeper = FenceKeeper(self.reactor, self.send, [
+        # Renewals keep a connection to each member: a new connection (and handshake)
+        # per renewal missed the lapse under load and faults.
+        renewer = BrickCaller(self.reactor, self.target, self.addresses, reuse=True,
+                              connect_timeout=RENEW_TIMEOUT_S)
+        keeper = FenceKeeper(self.reactor, renewer.send, [
             (b, SplitFenceRenew(job=job, lapse_ms=LAPSE_MS)) for b in p["members"]])
         await keeper.start()
         try:
             await self._under_fence()
         finally:
             keeper.stop()
+            renewer.close()
 
     async def _under_fence(self) -> None:
         """Fence, last delta, cut-over, release: while ``run`` renews the fences."""

@@ -6,10 +6,13 @@ seeded nemesis, then final reads and the linearizability and lost-write checks.
 [--keep] [--plan-only]``
 
 It prints the seed and the enabled nemeses first and, at the end, the summary line
-``ops=N ok=N indeterminate=N faults=N violations=N lost=N write_gap_ms=N read_p99_ms=N``
-(``write_gap_ms``: the longest time a key went without a successful write, over the
-faults that ran alone, tests/faults/gaps.py; ``read_p99_ms``: the 99th percentile of get
-latency over the whole run), after a line of those costs by fault kind.  The exit code is 0 only if
+``ops=N ok=N indeterminate=N faults=N violations=N lost=N write_gap_ms=N read_p99_ms=N
+fence_max_ms=N`` (``write_gap_ms``: the longest time a key went without a successful
+write, over the faults that ran alone, tests/faults/gaps.py; ``read_p99_ms``: the 99th
+percentile of get latency over the whole run; ``fence_max_ms``: the longest write fence
+a brick held, of a split, merge, move or recovery, tests/faults/reorg.py), after a line
+of those costs by fault kind.  Profiles ``verify`` and ``soak`` also run split, merge
+and move jobs during the faults and kill some of their tools (``--reorg off``: not).  The exit code is 0 only if
 there is no violation, no lost write, no replica divergence and no brick that exited by
 itself, and the profile's floors are met: operations, faults (``verify``/``soak``: every
 enabled kind at least once) and throughput before the first fault (>= 50 ops/s).
@@ -40,6 +43,7 @@ from tests.faults.gaps import (SETTLE_S, single_fault_costs, summary_by_kind, wi
                                write_gaps)
 from tests.faults.nemesis import KINDS, DEFAULT_KINDS, Fault, Nemesis, plan
 from tests.faults.proxy import ProxyPool
+from tests.faults.reorg import JOB_TIMEOUT_S, Reorganizer, fences
 from tests.harness.processes import wait_until
 from tests.verify.history import Op, load_histories
 from tests.verify.linearizability import check_linearizable, check_lost_writes
@@ -72,6 +76,8 @@ class Profile:
     #: restart may come right after a cut (prepared transactions survive it); kept as a
     #: knob for narrowing a failure down.
     restart_quiet: float = 0.0
+    #: Split, merge and move jobs run during the faults, some tools killed (reorg.py).
+    reorg: bool = False
 
     @property
     def fault_span(self) -> float:
@@ -87,13 +93,13 @@ PROFILES = {
                   keys=24, minutes=1.0, min_ops=2_000, min_faults=20, all_kinds=True),
     "verify": Profile("verify", bricks=6, replication=3, partitions=16, clients=4,
                       workers=10, keys=32, minutes=4.75, min_ops=20_000, min_faults=100,
-                      all_kinds=True, tail=10.0),
+                      all_kinds=True, tail=10.0, reorg=True),
     # Soak's ops floor: 40 workers pacing at 100 ms under ~0.65 faults/s (three at once)
     # made 42-60 ops/s in runs of 5-45 minutes (docs/verification.md); the floor is
     # 33/s, not the 67/s it was set at before any soak longer than a minute had run.
     "soak": Profile("soak", bricks=6, replication=3, partitions=16, clients=4, workers=10,
                     keys=32, minutes=60, min_ops=120_000, min_faults=1_200, all_kinds=True,
-                    tail=10.0, think_ms=100.0, ops_per_client=2_000_000),
+                    tail=10.0, think_ms=100.0, ops_per_client=2_000_000, reorg=True),
 }
 
 
@@ -120,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--commit-mode", choices=("mixed", "parallel", "ack"), default="mixed",
                    help="the clients' commit mode; mixed (the default): even clients "
                    "parallel commit, odd ones the acknowledged mode, in the same run")
+    p.add_argument("--reorg", choices=("on", "off"), default=None,
+                   help="run split/merge/move jobs during the faults, killing some of "
+                   "their tools (default: on for verify and soak, off for ci)")
     p.add_argument("--dir", type=Path, default=None, help="run directory (kept)")
     p.add_argument("--keep", action="store_true", help="keep the run directory on success")
     p.add_argument("--plan-only", action="store_true", help="print the schedule and exit")
@@ -128,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def profile_for(args: argparse.Namespace) -> Profile:
     prof = PROFILES[args.profile]
+    if args.reorg is not None:
+        prof = attrs.evolve(prof, reorg=args.reorg == "on")
     if args.restart_quiet is not None:
         prof = attrs.evolve(prof, restart_quiet=args.restart_quiet)
     if args.minutes is not None:
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"--nemeses {','.join(kinds)} --restart-quiet {prof.restart_quiet:g}"
     echo(f"replay: python -m tests.faults.runner --profile {prof.name} --seed {seed}"
          f"{f' --minutes {args.minutes:g}' if args.minutes is not None else ''} {how}"
+         f"{f' --reorg {args.reorg}' if args.reorg is not None else ''}"
          f"{f' --commit-mode {args.commit_mode}' if args.commit_mode != 'mixed' else ''}")
     echo(f"planned faults: {len(schedule)}")
     if args.plan_only:
@@ -243,8 +255,24 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         wait_until(lambda: all(h.exists() and h.stat().st_size > 0 for _, h in clients),
                    60, "every client's first operation")
         stop = threading.Event()
+        reorganizer = reorg_thread = None
+        reorg_stop = threading.Event()
+        if prof.reorg:
+            reorganizer = Reorganizer(cluster, random.Random(seed ^ 0x5EED), run / "reorg.jsonl",
+                                      echo)
+            reorg_thread = threading.Thread(target=reorganizer.run, args=(reorg_stop,),
+                                            name="reorganizer", daemon=True)
+            reorg_thread.start()
         nemesis.run(schedule, stop)
         nemesis.heal_all()
+        if reorganizer is not None and reorg_thread is not None:
+            reorg_stop.set()
+            reorg_thread.join(JOB_TIMEOUT_S * 2 + 30)
+            settled = reorganizer.settle()
+            echo(reorganizer.summary() + f"; final repair: {settled}")
+            if settled != "ok":
+                problems.append(f"reorganizations: dds-admin repair did not settle them: "
+                                f"{settled}")
         limit = prof.minutes * 60 + 3 * prof.op_timeout + 60
         wait_until(lambda: all(p.poll() is not None for p, _ in clients), limit,
                    "client processes to finish", interval=0.2)
@@ -279,7 +307,7 @@ def execute(prof: Profile, seed: int, kinds: list[str], schedule: list[Fault],
         pool.close()
         nemesis.close()
     return verdict(prof, kinds, len(schedule), nemesis, [h for _, h in clients], run,
-                   finals, problems, commit_mode, members)
+                   finals, problems, commit_mode, members, cluster)
 
 
 def write_gap_ms(ops: list[Op], after: float | None) -> int:
@@ -303,7 +331,8 @@ def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
             histories: list[Path], run: Path,
             finals: dict[bytes, tuple[bytes | None, int]], problems: list[str],
             commit_mode: str = "mixed",
-            members: dict[bytes, frozenset[str]] | None = None) -> int:
+            members: dict[bytes, frozenset[str]] | None = None,
+            cluster: ProxiedCluster | None = None) -> int:
     t0 = time.monotonic()
     client_ops = load_histories(histories)
     all_ops = load_histories(histories + [run / "history-final.jsonl"])
@@ -352,10 +381,14 @@ def verdict(prof: Profile, kinds: list[str], planned: int, nemesis: Nemesis,
     echo(f"longest write gap over the whole run (stacked faults too): "
          f"{write_gap_ms(client_ops, nemesis.first_fault_t)}ms")
     single_gap = max((c.write_gap_s for c in costs), default=0.0)
+    held = fences(cluster) if cluster is not None else {}
+    echo("longest write fence by kind: " + " ".join(
+        f"{k}={v * 1000:.0f}ms" for k, v in held.items()))
     echo(f"ops={len(client_ops)} ok={ok} indeterminate={indet} faults={n_faults} "
          f"violations={len(lin.violations)} lost={len(lost.violations)} "
          f"write_gap_ms={int(single_gap * 1000)} "
-         f"read_p99_ms={read_p99_ms(client_ops):.0f}")
+         f"read_p99_ms={read_p99_ms(client_ops):.0f} "
+         f"fence_max_ms={max(held.values(), default=0.0) * 1000:.0f}")
     return 0 if not (problems or lin.violations or lost.violations) else 1
 
 

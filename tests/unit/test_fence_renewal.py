@@ -220,3 +220,49 @@ def test_a_recoverys_readmission_keeps_its_fence_whatever_the_renewals(src: Sour
     src.sessions.readmitting(sid)
     src.clock.advance(30.0)
     assert state(src, sid) == "readmitting" and P0 in src.participant.fenced
+
+
+# -- the holder's side ----------------------------------------------------------------------
+
+def test_a_keeper_renews_at_once_then_every_interval_until_stopped() -> None:
+    from dds.fencerenew import RENEW_S, FenceKeeper
+    clock = Clock()
+    sent: list[tuple[float, str]] = []
+
+    async def send(brick: str, msg: Any, timeout: float) -> dict[str, Any]:
+        sent.append((clock.seconds(), brick))
+        return {}
+    msg = SplitFenceRenew(job=JOB, lapse_ms=LAPSE_MS)
+    keeper = FenceKeeper(clock, send, [("b1", msg), ("b2", msg)])
+    started = outcome(keeper.start())
+    assert started and sent == [(0.0, "b1"), (0.0, "b2")]   # before the fence is taken
+    clock.advance(RENEW_S)
+    clock.advance(RENEW_S)
+    assert [t for t, _ in sent] == [0.0, 0.0, RENEW_S, RENEW_S, 2 * RENEW_S, 2 * RENEW_S]
+    keeper.stop()
+    clock.advance(10 * RENEW_S)
+    assert len(sent) == 6
+
+
+def test_a_keeper_does_not_pile_renewals_on_a_brick_that_has_not_answered() -> None:
+    from dds.fencerenew import RENEW_S, FenceKeeper
+    clock = Clock()
+    pending: list[Deferred[dict[str, Any]]] = []
+
+    def send(brick: str, msg: Any, timeout: float) -> Deferred[dict[str, Any]]:
+        d: Deferred[dict[str, Any]] = Deferred()
+        pending.append(d)
+        return d
+    keeper = FenceKeeper(clock, send, [("b1", SplitFenceRenew(job=JOB, lapse_ms=LAPSE_MS))])
+    start = outcome(keeper.start())
+    assert len(pending) == 1 and not start          # the first round is waited for
+    pending[0].errback(Refused("slow brick"))       # a failed renewal is no error
+    assert start and keeper.failed == 1
+    clock.advance(RENEW_S)
+    assert len(pending) == 2
+    clock.advance(RENEW_S)
+    assert len(pending) == 2                        # still in flight: skipped
+    pending[1].callback({})
+    clock.advance(RENEW_S)
+    assert len(pending) == 3
+    keeper.stop()
