@@ -66,7 +66,7 @@ from twisted.logger import Logger
 
 from dds.errors import (InternalError, InvalidRequest, NotServing, Refused, ReplicaDamaged,
                         Timeout)
-from dds.fencerenew import SplitFenceRenew
+from dds.fencerenew import STALL_S, SplitFenceRenew
 from dds.messages import (Message, RGUpdate, SplitAbort, SplitCutover, SplitFence,
                           SplitFinish, SplitPrepare, SplitRelease, SplitStatus)
 from dds.partition import PartitionId, key_hash
@@ -289,12 +289,14 @@ def seal_targets(targets: Sequence[tuple[str, Path]], fsync: bool) -> dict[str, 
 class Fence:
     """One fence a job holds on its sources."""
 
-    __slots__ = ("token", "since", "timer", "pinned", "lifted", "why")
+    __slots__ = ("token", "since", "timer", "due", "pinned", "lifted", "why")
 
     def __init__(self, token: int, since: float) -> None:
         self.token = token
         self.since = since
         self.timer: IDelayedCall | None = None
+        #: When the timer was meant to fire (a late one means this brick did not run).
+        self.due = since
         self.pinned = False
         self.lifted: float | None = None
         self.why = ""
@@ -731,6 +733,7 @@ class Splits:
         delay = max(0.0, fence.since + self.fence_s - self.clock.seconds())
         if job.lapse_s is not None:
             delay = min(delay, job.lapse_s)
+        fence.due = self.clock.seconds() + delay
         if fence.timer is not None and fence.timer.active():
             fence.timer.reset(delay)
         else:
@@ -745,8 +748,16 @@ class Splits:
                           "decided", job=job.job)
             fence.timer = self.clock.callLater(self.fence_s, self._lapse, job, fence)
             return
+        now = self.clock.seconds()
+        held = now - fence.since
+        if job.lapse_s is not None and held < self.fence_s and now - fence.due > STALL_S:
+            # This brick did not run for a while (paused, starved): the renewals sent
+            # meanwhile are still unread.  Its holder gets a whole lapse again.
+            self.log.info("job {job}: fence lapse deferred: this brick did not run for "
+                          "{late:.1f}s", job=job.job, late=now - fence.due)
+            self._arm(job, fence)
+            return
         self.metrics.inc("split_fences_lapsed_total")
-        held = self.clock.seconds() - fence.since
         if job.lapse_s is not None and held < self.fence_s:
             why = f"lapsed: no renewal from its tool for {job.lapse_s:g}s"
         else:

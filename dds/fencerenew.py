@@ -39,6 +39,10 @@ from dds.messages import Message
 MIN_LAPSE_MS = 100
 MAX_LAPSE_MS = 600_000
 
+#: A brick's lapse timer firing this late means the brick itself did not run (a pause, a
+#: starved process): the holder's renewals are still unread, so it gets one more lapse.
+STALL_S = 1.0
+
 _lapse = v.and_(v.instance_of(int), v.ge(MIN_LAPSE_MS), v.le(MAX_LAPSE_MS))
 
 
@@ -135,4 +139,4 @@ class FenceKeeper:
 
 
 __all__ = ["CopyFenceRenew", "FenceKeeper", "LAPSE_MS", "MAX_LAPSE_MS", "MIN_LAPSE_MS",
-           "RENEW_S", "RENEW_TIMEOUT_S", "SplitFenceRenew"]
+           "RENEW_S", "RENEW_TIMEOUT_S", "STALL_S", "SplitFenceRenew"]

@@ -52,7 +52,7 @@ class CopySession:
     __slots__ = ("id", "rg", "target", "pids", "fence_whole_copy", "move", "layout",
                  "state", "snapshots", "bytes_sent", "started", "last_request", "fenced_at",
                  "fence_held_s", "rate", "fence_timer", "idle_timer", "reason", "shared",
-                 "lapse_s")
+                 "lapse_s", "fence_due")
 
     def __init__(self, sid: int, rg: str, target: str, pids: tuple[PartitionId, ...],
                  fence_whole_copy: bool, now: float, *, move: bool = False,
@@ -84,6 +84,8 @@ class CopySession:
         #: The lapse a renewing holder (a move's tool) asked for: the fence is lifted
         #: that long after its last renewal (None: never renewed).
         self.lapse_s: float | None = None
+        #: When the fence timer was meant to fire (late: this brick did not run).
+        self.fence_due = now
         self.idle_timer: IDelayedCall | None = None
         self.reason = ""
         #: The snapshot files this session uses (shared with other sessions or not).

@@ -58,6 +58,7 @@ from twisted.logger import Logger
 
 from dds import failpoints
 from dds.errors import InternalError, InvalidRequest, NotServing, Timeout
+from dds.fencerenew import STALL_S
 from dds.partition import PartitionId
 
 from dds.bricks.context import BrickContext
@@ -225,7 +226,7 @@ class CopySessions:
                 self._gone(s)
             s.state = CopyState.FENCED
             self._cancel(s.fence_timer)
-            s.fence_timer = self.clock.callLater(self._fence_delay(s), self._fence_lapsed, s)
+            self._arm_fence(s, self._fence_delay(s))
         reply = {"lsn": self._lsns(s)}
         if s.move:
             self.readmitting(s.id)
@@ -394,8 +395,12 @@ class CopySessions:
         held = s.state in (CopyState.FENCED, CopyState.READMITTING)
         if held and self._renewed_lapse(s):
             self._cancel(s.fence_timer)
-            s.fence_timer = self.clock.callLater(lapse_s, self._fence_lapsed, s)
+            self._arm_fence(s, lapse_s)
         return {"held": held, "known": True}
+
+    def _arm_fence(self, s: CopySession, delay: float) -> None:
+        s.fence_due = self.clock.seconds() + delay
+        s.fence_timer = self.clock.callLater(delay, self._fence_lapsed, s)
 
     def _renewed_lapse(self, s: CopySession) -> bool:
         """Whether the fence lapses when its holder stops renewing: a move's, or one not
@@ -417,10 +422,18 @@ class CopySessions:
         s.fence_timer = None
         if s.state in LIVE and self._renewed_lapse(s):
             assert s.lapse_s is not None
+            late = self.clock.seconds() - s.fence_due
             if s.move and self._cut_over_begun(s):
                 # The record refuses writes to it now; repair finishes the move only if
                 # the fence still holds, so it is kept.
-                s.fence_timer = self.clock.callLater(s.lapse_s, self._fence_lapsed, s)
+                self._arm_fence(s, s.lapse_s)
+                return
+            if late > STALL_S:
+                # This brick did not run for a while (paused, starved): the renewals
+                # sent meanwhile are still unread.  The holder gets a whole lapse again.
+                self.log.info("copy session {session}: fence lapse deferred: this brick "
+                              "did not run for {late:.1f}s", session=s.id, late=late)
+                self._arm_fence(s, s.lapse_s)
                 return
             self.metrics.inc("copy_fences_lapsed_total")
             self.cancel(s.id, f"fence lapsed: no renewal from its holder for {s.lapse_s:g}s")

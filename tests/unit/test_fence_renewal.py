@@ -266,3 +266,30 @@ def test_a_keeper_does_not_pile_renewals_on_a_brick_that_has_not_answered() -> N
     clock.advance(RENEW_S)
     assert len(pending) == 3
     keeper.stop()
+
+
+# -- a brick that did not run ---------------------------------------------------------------
+
+def test_a_split_fence_whose_brick_stalled_gives_its_tool_another_lapse(brick: Brick) -> None:
+    """A paused brick's timer fires late, before it reads the renewals that queued up
+    meanwhile: the fence is not lifted for the holder's silence then."""
+    from dds.fencerenew import STALL_S
+    fenced_for_cutover(brick)
+    brick.clock.advance(LAPSE_S + STALL_S + 0.5)    # one late firing: this brick stalled
+    assert P in brick.participant.fenced
+    renew(brick)                                    # the queued renewals, read now
+    brick.clock.advance(LAPSE_S - 0.01)
+    assert P in brick.participant.fenced
+    brick.clock.advance(0.01)
+    assert brick.participant.fenced == {}
+
+
+def test_a_moves_fence_whose_brick_stalled_gives_its_tool_another_lapse(src: Source) -> None:
+    from dds.fencerenew import STALL_S
+    sid = begin_move(src)
+    renew_copy(src, sid)
+    fence(src, sid)
+    src.clock.advance(LAPSE_S + STALL_S + 0.5)
+    assert state(src, sid) == "readmitting"
+    src.clock.advance(LAPSE_S)                      # and no renewal after all
+    assert state(src, sid) == "cancelled"
