@@ -628,7 +628,11 @@ class DDSClient:
             pass
         attempt = 0
         while True:
-            await self.maps.refresh()
+            # Mid-move, the RG taking the key's partition has the record that routes it
+            # first: ask its members before the others.
+            await self.maps.refresh(prefer=self.maps.takers(
+                e.pid for rec in self.maps.map.rgs.values() for e in rec.partitions
+                if e.pid.owns(key)))
             try:
                 return self.router.route(self.maps.map, key)
             except (LookupError, ValueError) as e:

@@ -9,12 +9,14 @@ costs one extra round trip, not a map download.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Sequence
 from typing import Any, Awaitable, Callable
 
 from twisted.logger import Logger
 
 from dds.errors import DDSError, Divergence, StaleMap, Unavailable
 from dds.maps import ClusterMap
+from dds.partition import PartitionId
 from dds.messages import MapGet, MapPush
 from dds.records import Record, RGRecord, record_from_wire
 from dds.rpc import RPCProtocol
@@ -42,10 +44,15 @@ class MapCache:
         self.map = ClusterMap()
         self.repairs = 0
 
-    async def refresh(self) -> ClusterMap:
-        """Fetch the whole map from a brick: known bricks first, then the seeds."""
-        candidates = [(b.address, b.port) for b in self.map.bricks.values()]
-        self.rng.shuffle(candidates)
+    async def refresh(self, prefer: Sequence[str] = ()) -> ClusterMap:
+        """Fetch the whole map from a brick: the bricks ``prefer`` names first (in that
+        order), then the other known bricks, then the seeds."""
+        known = self.map.bricks
+        first = [(b.address, b.port) for b in (known.get(i) for i in prefer) if b is not None]
+        others = [(b.address, b.port) for b in known.values()
+                  if (b.address, b.port) not in first]
+        self.rng.shuffle(others)
+        candidates = first + others
         candidates += [s for s in self.seeds if s not in candidates]
         errors = []
         for host, port in candidates:
@@ -115,7 +122,8 @@ class MapCache:
 
     async def _complete(self, theirs: Record) -> None:
         """After taking a brick's record: fetch the whole map if the record needs records
-        we lack (a brick we do not know, or partitions that no longer tile the keys)."""
+        we lack (a brick we do not know, or partitions that no longer tile the keys),
+        first from the members of an RG taking a partition ``theirs`` gives away."""
         try:
             self.map.trie
             missing = isinstance(theirs, RGRecord) and any(
@@ -123,7 +131,18 @@ class MapCache:
         except ValueError:
             missing = True
         if missing:
-            await self.refresh()
+            leaving = ([e.pid for e in theirs.partitions if e.state == "outgoing"]
+                       if isinstance(theirs, RGRecord) else [])
+            await self.refresh(prefer=self.takers(leaving))
+
+    def takers(self, pids: Iterable[PartitionId]) -> list[str]:
+        """The active members of every RG that lists one of ``pids`` incoming: in a move's
+        cut-over (DESIGN §8) they hold the record that makes it active first (they vote
+        on it), before gossip brings it to the other bricks."""
+        wanted = set(pids)
+        return [b for rec in self.map.rgs.values()
+                if any(e.state == "incoming" and e.pid in wanted for e in rec.partitions)
+                for b in rec.active_members]
 
     def known(self) -> dict[str, Any]:
         return {"records": len(self.map), "fp": self.map.fp, "repairs": self.repairs}
