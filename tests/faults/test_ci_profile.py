@@ -21,7 +21,8 @@ from tests.faults.runner import PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(r"^ops=(\d+) ok=(\d+) indeterminate=(\d+) faults=(\d+) "
-                     r"violations=(\d+) lost=(\d+) write_gap_ms=(\d+) read_p99_ms=(\d+)$",
+                     r"violations=(\d+) lost=(\d+) write_gap_ms=(\d+) read_p99_ms=(\d+) "
+                     r"fence_max_ms=(\d+)$",
                      re.MULTILINE)
 
 
@@ -72,7 +73,7 @@ def test_ci_profile_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"seed {seed.group(1)}:\n{out[-6000:]}"
     m = SUMMARY.search(out)
     assert m, out[-3000:]
-    ops, ok, indet, faults, violations, lost, _gap, _p99 = map(int, m.groups())
+    ops, ok, indet, faults, violations, lost, _gap, _p99, _fence = map(int, m.groups())
     prof = PROFILES["ci"]
     assert ops >= prof.min_ops and faults >= prof.min_faults and ok + indet <= ops
     assert violations == 0 and lost == 0
