@@ -206,6 +206,7 @@ class Storage:
         if store is None:
             store = PartitionStore(self._path(validate_pid(pid)), pid, self.durability,
                                    manual_checkpoints=self._run_in_thread is not None)
+            store.wall = self._clock.seconds
             self._stores[pid] = store
             self._known.add(pid)
             if store.checksums_missing:
@@ -345,7 +346,9 @@ class Storage:
                 self.open_partition(pid)
             raise
         fsync_dir(self.data_dir)
-        return self.open_partition(pid)
+        store = self.open_partition(pid)
+        store.installed()       # a new lineage: its lsns go on from another file's
+        return store
 
     def apply_rows(self, pid: str, rows: Sequence[Row]) -> int:
         """Apply copied rows to the replica of ``pid`` (see
