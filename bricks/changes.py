@@ -33,6 +33,8 @@ from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 #: The clock skew allowed between bricks when a position is translated by time.
 DEFAULT_MAX_SKEW_S = 1.0
 _HELD = (TxnState.PREPARED, TxnState.COMMITTING)
+#: How a position was read here (``changes_positions_total{how}``).
+_HOW = ("exact", "time", "beginning", "now")
 
 
 class ChangeStream:
@@ -53,6 +55,8 @@ class ChangeStream:
         self.gate = gate
         self.blocked = blocked
         self.max_skew_s = max_skew_s
+        for how in _HOW:        # every series exported from zero
+            self.metrics.counter("changes_positions", how=how)
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
         """The requests this component answers (``Brick`` dispatches them here)."""
