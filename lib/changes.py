@@ -103,8 +103,15 @@ class ChangeCursor:
         last: DDSError | None = None
         while True:
             route = await self._route(deadline)
-            if route is None:           # the map no longer has it: ask a brick anyway
-                return await self._ended_page()
+            if route is None:
+                ended = self._ended_page()
+                if ended is not None:
+                    return ended
+                # Between two RGs (a move's cut-over): the map will route it again.
+                attempt += 1
+                await client._backoff(attempt, deadline, f"{self.partition} is active in "
+                                      "no replica group of the map")
+                continue
             # The replica of the last page while it serves: a position is exact on its
             # own file, translated (with some changes again) on another.
             brick = next((b for b in route.replicas
@@ -157,15 +164,15 @@ class ChangeCursor:
                 await client.maps.refresh()
         return None
 
-    async def _ended_page(self) -> ChangePage:
-        """The partition split or merged: its successors, from the map."""
+    def _ended_page(self) -> ChangePage | None:
+        """The partition split or merged: its successors, from the map (None: no active
+        partition holds its keys now, as in a move's cut-over)."""
         pid = PartitionId.parse(self.partition)
         active = self.client.maps.map.partition_rg
         successors = tuple(sorted(str(p) for p in active
                                   if pid.covers(p) or p.covers(pid)))
         if not successors:
-            raise InvalidRequest(f"changes: no partition {self.partition} in the map, "
-                                 "nor any partition that replaced it")
+            return None
         self.ended = successors
         return ChangePage((), self.position, False, True, successors)
 
