@@ -1,5 +1,7 @@
 """One partition replica's SQLite file (DESIGN §9): the table, its reads, its batched
-commits, and the checks of a file received from another brick.
+commits, the checks of a file received from another brick, and what the change stream's
+positions need of the file: its lineage and its lsn → wall time samples
+(docs/architecture.md, "Change stream").
 
 :class:`~dds.bricks.storage.Storage` owns the stores, stages their writes and decides
 when each commits; a store only knows its own file.
@@ -11,9 +13,9 @@ import itertools
 import json
 import re
 import secrets
-import time
 import sqlite3
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -74,7 +76,7 @@ _CREATE_META = ('CREATE TABLE IF NOT EXISTS "meta" (\n   "name" TEXT PRIMARY KEY
                 '   "value" ANY\n);')
 _UPSERT_META = ('INSERT INTO meta (name, value) VALUES (?, ?) '
                 'ON CONFLICT (name) DO UPDATE SET value = excluded.value')
-#: The change stream's positions (``bricks/lineage.py``): ``lsn → wall time`` samples,
+#: The change stream's positions (``bricks/changes.py``): ``lsn → wall time`` samples,
 #: about one a second, taken when rows reach the file.  A byte copy carries them along.
 _CREATE_TIMES = ('CREATE TABLE IF NOT EXISTS "lsn_times" (\n   "lsn" INTEGER PRIMARY KEY,\n'
                  '   "t" REAL NOT NULL\n);')
