@@ -14,8 +14,9 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from dds.changemsgs import ReadChanges
-from dds.changepos import Position
-from dds.errors import InvalidRequest
+from dds.changepos import Position, decode
+from dds.connect import open_connection
+from dds.errors import InvalidRequest, PermissionDenied
 from dds.partition import PartitionId
 
 from tests.harness.admin import admin
@@ -138,7 +139,6 @@ async def test_a_position_of_another_partition_is_refused_naming_both(
 async def test_a_forged_position_past_the_end_of_the_file_is_refused(
         cluster: Cluster) -> None:
     first = await _read(cluster, "p2.0", "now")
-    from dds.changepos import decode
     mine = decode(first["position"])
     ahead = Position(mine.pid, mine.lineage, mine.lsn + 10**6, mine.safe_time).encode()
     with pytest.raises(InvalidRequest, match="past the end"):
@@ -168,3 +168,16 @@ async def test_an_oversize_limit_or_a_malformed_partition_is_refused_naming_it(c
     finally:
         conn.transport.loseConnection()
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_brick_role_connection_may_not_read_the_stream(cluster: Cluster) -> None:
+    conn = await open_connection(reactor, "127.0.0.1", cluster.bricks[0].port,
+                                 node_id="test-brick", cluster=CLUSTER,
+                                 credentials=cluster.credentials("brick"), max_frame=1 << 20)
+    try:
+        with pytest.raises(PermissionDenied, match="'changes' is not allowed for the brick"):
+            await conn.call("changes", {"pid": "p2.0", "rg": "rg0", "rg_version": 1,
+                                        "rg_fp": 1, "position": "now"}, timeout=10)
+    finally:
+        conn.close()
