@@ -5,8 +5,10 @@ child processes (this one runs pytest-twisted's reactor)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -19,7 +21,8 @@ from dds.connect import open_connection
 from dds.errors import InvalidRequest, PermissionDenied
 from dds.partition import PartitionId
 
-from tests.harness.admin import admin
+from tests.harness.admin import admin, clean_env
+from tests.harness.aio import eventually
 from tests.harness.cluster import CLUSTER, Cluster
 
 ASYNC = """
@@ -181,3 +184,36 @@ async def test_a_brick_role_connection_may_not_read_the_stream(cluster: Cluster)
                                         "rg_fp": 1, "position": "now"}, timeout=10)
     finally:
         conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_dds_admin_changes_follow_prints_new_changes_until_interrupted(
+        cluster: Cluster) -> None:
+    pid = _pid(0)
+    key = _key(pid, "followed")
+    secret = cluster.root / "secrets" / "admin"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dds.tools.admin", "changes", str(pid), "--from", "now",
+         "--follow", "--json", "--seeds", ",".join(cluster.seeds), "--secret-file",
+         str(secret)], env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    lines: list[str] = []
+    out = proc.stdout
+    assert out is not None
+    threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True).start()
+    try:
+        client = await cluster.client(reactor)
+        try:
+            async def printed() -> bool:
+                await client.put(key, b"followed")
+                return any(key.hex() in line for line in list(lines))
+            await eventually(printed, 60.0, "the follower to print the new write")
+        finally:
+            await client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        assert "interrupted" in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
