@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred
 from dds.changemsgs import MAX_PAGE, ReadChanges
 from dds.changepos import BEGINNING, check_text
 from dds.errors import (ConnectionLost, DDSError, Divergence, InternalError, InvalidRequest,
-                        NotServing, ReplicaDamaged, StaleMap, Timeout, Unavailable)
+                        NotServing, ProtocolError, ReplicaDamaged, StaleMap, Timeout,
+                        Unavailable)
 from dds.partition import PartitionId
 from dds.rpc import RPCProtocol
 
@@ -176,8 +177,16 @@ class ChangeCursor:
         self.ended = successors
         return ChangePage((), self.position, False, True, successors)
 
-    def _took(self, reply: dict[str, Any], brick: str) -> ChangePage:
-        changes = tuple(Change(k, v, int(ver), pos) for k, v, ver, pos in reply["changes"])
+    def _took(self, reply: Any, brick: str) -> ChangePage:
+        try:
+            changes = tuple(Change(k, v, ver, pos) for k, v, ver, pos in reply["changes"])
+            if not all(type(c.key) is bytes and type(c.version) is int
+                       and type(c.position) is str and (c.value is None
+                                                        or type(c.value) is bytes)
+                       for c in changes) or type(reply["position"]) is not str:
+                raise TypeError("a change is not [bytes, bytes|None, int, str]")
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"changes reply from {brick} is malformed: {e}") from None
         self.brick = brick
         self.translated = reply.get("translated")
         if reply.get("ended"):
