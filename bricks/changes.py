@@ -55,6 +55,9 @@ class ChangeStream:
         self.gate = gate
         self.blocked = blocked
         self.max_skew_s = max_skew_s
+        #: Transactions restored from the log at start (``LocalReplicas.restore_prepared``
+        #: runs before this is built) carry their restore time, not their prepare time.
+        self._started = self.clock.seconds()
         for how in _HOW:        # every series exported from zero
             self.metrics.counter("changes_positions", how=how)
 
@@ -137,7 +140,10 @@ class ChangeStream:
         safe = self.clock.seconds()
         for txn in self.participant.active.values():
             if txn.pid_text == pid and txn.state in _HELD:
-                safe = min(safe, txn.prepared_at)
+                # A vote restored at start may be older than the brick: its prepare time
+                # is unknown, so nothing before it is vouched for.
+                safe = min(safe, txn.prepared_at if txn.prepared_at > self._started
+                           else 0.0)
         pending = store.undurable_since()
         if pending is not None:
             safe = min(safe, pending)

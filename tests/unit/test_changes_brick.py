@@ -59,13 +59,23 @@ def test_a_page_holds_the_rows_after_the_position_each_with_its_own(tmp_path: Pa
 
 def test_the_safe_time_is_lowered_to_the_oldest_prepared_transaction(tmp_path: Path) -> None:
     clock = Clock()
-    clock.advance(1000.0)
+    clock.advance(10.0)
     held = SimpleNamespace(pid_text=str(PID), state=TxnState.PREPARED, prepared_at=990.0)
     other = SimpleNamespace(pid_text="p1.1", state=TxnState.PREPARED, prepared_at=900.0)
     stream, storage = _stream(tmp_path, clock, {1: held, 2: other})
+    clock.advance(990.0)
     assert decode(_read(stream, "now")["position"]).safe_time == 990.0
     held.state = TxnState.COMMITTED
     assert decode(_read(stream, "now")["position"]).safe_time == 1000.0
+
+
+def test_a_vote_restored_at_start_vouches_for_no_time_at_all(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(10.0)
+    restored = SimpleNamespace(pid_text=str(PID), state=TxnState.PREPARED, prepared_at=10.0)
+    stream, storage = _stream(tmp_path, clock, {1: restored})
+    clock.advance(100.0)
+    assert decode(_read(stream, "now")["position"]).safe_time == 0.0
 
 
 def test_a_position_of_another_lineage_resumes_by_time_minus_the_skew(
