@@ -81,7 +81,8 @@ _UPSERT_META = ('INSERT INTO meta (name, value) VALUES (?, ?) '
 _CREATE_TIMES = ('CREATE TABLE IF NOT EXISTS "lsn_times" (\n   "lsn" INTEGER PRIMARY KEY,\n'
                  '   "t" REAL NOT NULL\n);')
 _SQL_SAMPLE = "INSERT OR REPLACE INTO lsn_times (lsn, t) VALUES (?, ?)"
-_SQL_LSN_BEFORE = "SELECT MAX(lsn) FROM lsn_times WHERE t < ?"
+# Walks back from the newest sample (the rowid order): a recent position stops at once.
+_SQL_LSN_BEFORE = "SELECT lsn FROM lsn_times WHERE t < ? ORDER BY lsn DESC LIMIT 1"
 _SQL_PRUNE_TIMES = "DELETE FROM lsn_times WHERE t < ?"
 #: Seconds between two samples of the time table, and how long samples are kept (an
 #: older position is translated from the beginning of the file: more overlap, no loss).
