@@ -1,5 +1,7 @@
 """One partition replica's SQLite file (DESIGN §9): the table, its reads, its batched
-commits, and the checks of a file received from another brick.
+commits, the checks of a file received from another brick, and what the change stream's
+positions need of the file: its lineage and its lsn → wall time samples
+(docs/architecture.md, "Change stream").
 
 :class:`~dds.bricks.storage.Storage` owns the stores, stages their writes and decides
 when each commits; a store only knows its own file.
@@ -8,9 +10,12 @@ when each commits; a store only knows its own file.
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import secrets
 import sqlite3
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -71,6 +76,20 @@ _CREATE_META = ('CREATE TABLE IF NOT EXISTS "meta" (\n   "name" TEXT PRIMARY KEY
                 '   "value" ANY\n);')
 _UPSERT_META = ('INSERT INTO meta (name, value) VALUES (?, ?) '
                 'ON CONFLICT (name) DO UPDATE SET value = excluded.value')
+#: The change stream's positions (``bricks/changes.py``): ``lsn → wall time`` samples,
+#: about one a second, taken when rows reach the file.  A byte copy carries them along.
+_CREATE_TIMES = ('CREATE TABLE IF NOT EXISTS "lsn_times" (\n   "lsn" INTEGER PRIMARY KEY,\n'
+                 '   "t" REAL NOT NULL\n);')
+_SQL_SAMPLE = "INSERT OR REPLACE INTO lsn_times (lsn, t) VALUES (?, ?)"
+# Walks back from the newest sample (the rowid order): a recent position stops at once.
+_SQL_LSN_BEFORE = "SELECT lsn FROM lsn_times WHERE t < ? ORDER BY lsn DESC LIMIT 1"
+_SQL_PRUNE_TIMES = "DELETE FROM lsn_times WHERE t < ?"
+#: Seconds between two samples of the time table, and how long samples are kept (an
+#: older position is translated from the beginning of the file: more overlap, no loss).
+SAMPLE_S = 1.0
+KEEP_SAMPLES_S = 7 * 86400.0
+#: At most this many ancestors are remembered per file (older ones translate by time).
+MAX_ANCESTORS = 16
 
 def checkpoint(path: Path) -> None:
     """A PASSIVE WAL checkpoint of the file at ``path`` (run in a worker thread).  Opened
@@ -170,6 +189,22 @@ def summarize_file(path: Path) -> dict[str, int]:
             "last_lsn": max(int(top), int(floor[0]) if floor else 0)}
 
 
+def _ancestors(text: object) -> list[tuple[str, int]]:
+    """The ``ancestors`` meta value: ``[[lineage, fork lsn], ...]``, nearest first."""
+    if not isinstance(text, str):
+        return []
+    try:
+        return [(str(a), int(f)) for a, f in json.loads(text)][:MAX_ANCESTORS]
+    except (ValueError, TypeError):
+        return []
+
+
+def _forked(parent: str, at: int, ancestors: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The ancestors of a lineage forked from ``parent`` at lsn ``at``: an older
+    ancestor's positions stay exact only up to the lower of the two fork points."""
+    return [(parent, at), *((a, min(f, at)) for a, f in ancestors)][:MAX_ANCESTORS]
+
+
 def validate_pid(pid: str) -> str:
     """Partition ids become file names; only canonical ids like ``p3.5`` are accepted."""
     if not isinstance(pid, str) or not PID_RE.match(pid):
@@ -214,6 +249,21 @@ class PartitionStore:
         #: The last log position that can no longer be dropped: in the file, or durable
         #: in the brick's transaction log (set by ``Storage`` after each append).
         self._durable_lsn = self._committed_lsn
+        #: Wall clock of the change stream's time samples (``Storage`` gives its clock).
+        self.wall: Callable[[], float] = time.time
+        self._last_sample = 0.0
+        self._samples = 0
+        #: When the oldest row staged but not yet durable may have been staged (a lower
+        #: bound; meaningful only while ``last_lsn() > committed_lsn()``).
+        self._undurable_since = 0.0
+        #: True from a fork until this file's first own write: copied rows applied
+        #: meanwhile keep the parent's lsns, so the fork point moves up with them.
+        self._fork_open = False
+        try:
+            self.lineage, self.ancestors, self.forked_on_open = self._open_lineage()
+        except BaseException:
+            self._conn.close()
+            raise
         # key -> (result, lsn) of the newest staged write; _pending keeps them all in order.
         self._overlay: dict[bytes, tuple[ReadResult, int]] = {}
         self._pending: list[Row] = []
@@ -234,6 +284,8 @@ class PartitionStore:
                                  f"not {self.partition_id!r}")
             if "kv" in tables and found == SCHEMA_VERSION:
                 self.checksums_missing = bool(int(meta.get(MISSING) or 0))
+                if "lsn_times" not in tables:
+                    self._conn.execute(_CREATE_TIMES)
                 # ``meta.last_lsn`` is a floor written at close (and before any purge of
                 # rows); the indexed MAX(lsn) covers every commit since, so commits need
                 # not rewrite the meta page each time.
@@ -249,6 +301,7 @@ class PartitionStore:
                 conn.execute("ALTER TABLE kv ADD COLUMN checksum INTEGER")
             conn.execute(_CREATE_LSN_INDEX)
             conn.execute(_CREATE_META)
+            conn.execute(_CREATE_TIMES)
             lsns.append(int(conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]))
             old_last = conn.execute("SELECT value FROM meta WHERE name = 'last_lsn'").fetchone()
             conn.executemany(_UPSERT_META, [
@@ -261,6 +314,74 @@ class PartitionStore:
             log.info("{path}: schema 1 partition file upgraded to 2; its rows get checksums "
                      "in the background", path=str(self.path))
         return lsns[0]
+
+    # -- lineage (the change stream's positions, docs/architecture.md) ---------------
+
+    def _open_lineage(self) -> tuple[str, list[tuple[str, int]], bool]:
+        """The file's lineage and ancestors; a new lineage (a fork) if the file has none
+        or was not closed cleanly (its lsns past the file's end may be numbered again).
+        The file is marked open (``clean`` 0) until ``close``."""
+        meta = dict(self._conn.execute(
+            "SELECT name, value FROM meta WHERE name IN ('lineage', 'ancestors', 'clean')"))
+        lineage = meta.get("lineage")
+        ancestors = _ancestors(meta.get("ancestors"))
+        forked = False
+        if not isinstance(lineage, str) or meta.get("clean") == 0:
+            if isinstance(lineage, str):
+                ancestors = _forked(lineage, self._committed_lsn, ancestors)
+            lineage, forked = secrets.token_hex(16), True
+        self._write_lineage(lineage, ancestors, clean=0)
+        return lineage, ancestors, forked
+
+    def _write_lineage(self, lineage: str, ancestors: list[tuple[str, int]],
+                       clean: int) -> None:
+        _transaction(self._conn, lambda conn: conn.executemany(_UPSERT_META, [
+            ("lineage", lineage), ("ancestors", json.dumps(ancestors)), ("clean", clean)]))
+
+    def fork(self) -> None:
+        """Give the file a new lineage descending from its current one at its committed
+        lsn: it was installed from another brick's file (a copy, a split's build)."""
+        self.ancestors = _forked(self.lineage, self._durable_lsn, self.ancestors)
+        self.lineage = secrets.token_hex(16)
+        self._fork_open = True
+        self._write_lineage(self.lineage, self.ancestors, clean=0)
+
+    def installed(self) -> None:
+        """The file was installed from elsewhere (``Storage.replace_partition``): fork,
+        unless opening it already did, and let copied rows move the fork point."""
+        if not self.forked_on_open:
+            self.fork()
+        self.forked_on_open = False
+        self._fork_open = True
+
+    def exact_from(self, lineage: str, lsn: int) -> bool:
+        """Whether log position ``lsn`` of ``lineage`` means the same prefix of writes
+        here: this lineage, or an ancestor this file forked from at or after ``lsn``."""
+        if lineage == self.lineage:
+            return True
+        return any(a == lineage and lsn <= fork for a, fork in self.ancestors)
+
+    def lsn_before(self, t: float) -> int:
+        """The highest lsn whose rows were all staged here before wall time ``t`` by the
+        time table (0: none known, start from the beginning)."""
+        row = self._conn.execute(_SQL_LSN_BEFORE, (t,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def undurable_since(self) -> float | None:
+        """A lower bound on when the rows staged but not yet durable were staged; None
+        if there are none."""
+        return self._undurable_since if self._last_lsn > self._durable_lsn else None
+
+    def _sample(self, conn: sqlite3.Connection, top: int) -> None:
+        """In a commit's transaction: record ``top → now`` if a second passed."""
+        now = self.wall()
+        if now - self._last_sample < SAMPLE_S:
+            return
+        self._last_sample = now
+        conn.execute(_SQL_SAMPLE, (top, now))
+        self._samples += 1
+        if self._samples % 3600 == 1:
+            conn.execute(_SQL_PRUNE_TIMES, (now - KEEP_SAMPLES_S,))
 
     def checksums_done(self) -> None:
         """The walk gave every row of the file a checksum: clear the flag."""
@@ -385,14 +506,26 @@ class PartitionStore:
             return 0
         top = max(self._committed_lsn, max(row[3] for row in rows))
 
+        ancestors = self.ancestors
+        if self._fork_open and ancestors:
+            # Still the parent's numbering (no own write since the fork): the copy is
+            # exact for the parent's positions up to the last row applied.
+            ancestors = [(ancestors[0][0], top), *ancestors[1:]]
+
         def body(conn: sqlite3.Connection) -> None:
             conn.executemany(_SQL_APPLY, rows)
             conn.execute(_SQL_SET_LSN, (top,))
+            if ancestors is not self.ancestors:
+                conn.execute(_UPSERT_META, ("ancestors", json.dumps(ancestors)))
         _transaction(self._conn, body)
+        self.ancestors = ancestors
         self._committed_lsn = self._last_lsn = self._durable_lsn = top
         return len(rows)
 
     def _stage(self, key: bytes, res: ReadResult, checksum: int) -> None:
+        if self._last_lsn == self._durable_lsn:
+            self._undurable_since = self.wall()
+        self._fork_open = False
         self._last_lsn += 1
         self._overlay[key] = (res, self._last_lsn)
         self._pending.append((key, res.value, res.version, self._last_lsn, checksum))
@@ -425,10 +558,14 @@ class PartitionStore:
             newest = {row[0]: row[3] for row in eligible}
             todo = (rows if len(newest) == len(eligible)
                     else [r for r in rows if newest[r[0]] == r[3]])
+        top = rows[-1][3]
         if todo:
-            _transaction(self._conn, lambda conn: conn.executemany(_SQL_UPSERT, todo))
+            def body(conn: sqlite3.Connection) -> None:
+                conn.executemany(_SQL_UPSERT, todo)
+                self._sample(conn, top)
+            _transaction(self._conn, body)
             self.uncheckpointed += 1
-        self._committed_lsn = top = rows[-1][3]
+        self._committed_lsn = top
         self._durable_lsn = max(self._durable_lsn, top)
         if len(rows) == len(pending):
             self._pending = []
@@ -463,6 +600,9 @@ class PartitionStore:
                     self._conn.execute("PRAGMA synchronous=OFF")
                 else:
                     self._conn.execute(_SQL_SET_LSN, (self._committed_lsn,))
+                    # Closed cleanly: the next open keeps the lineage (every lsn it
+                    # served stays that row's).
+                    self._conn.execute(_UPSERT_META, ("clean", 1))
             except sqlite3.Error:
                 pass    # only a floor: MAX(lsn) is authoritative while no row is purged
             self._conn.close()

@@ -43,6 +43,7 @@ from dds.rpc import LATER, RPCProtocol, flush_sends
 from dds.bricks.admission import Admission
 from dds.bricks.admin import AdminRequests
 from dds.bricks.bounded import BoundedReads
+from dds.bricks.changes import ChangeStream
 from dds.bricks.context import BrickContext, peer_caller, thread_runner
 from dds.bricks.copy.movein import IncomingMoves
 from dds.bricks.copy.pull import Streams
@@ -250,6 +251,9 @@ class Brick:
         self.splits = Splits(ctx, config.data_dir / "split-staging", self.changes.update,
                              blocked=lambda rg: rg in self.recoveries.blocked)
         self.admin = AdminRequests(self)
+        self.change_stream = ChangeStream(ctx, lambda *g: self._gate(*g)[2],
+                                          lambda: self.recoveries.blocked,
+                                          config.brick.change_max_skew_ms / 1000.0)
         # Every request type, by the component that answers it (each lists its own).
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
@@ -258,7 +262,7 @@ class Brick:
         }
         for component in (self.gossip, self.admin, self.changes, self.copy_source,
                           self.moves_in, self.splits, self.journal, self.scrubber,
-                          self.bounded):
+                          self.bounded, self.change_stream):
             handlers = component.handlers()
             twice = handlers.keys() & self._handlers.keys()
             if twice:

@@ -8,7 +8,10 @@ data directory:
   ``value`` NULL is a tombstone, kept so that versions never go back across ``remove``
   (``compare_and_put`` stays safe).  ``lsn`` is the partition's log position of the row's
   last write; an index on it serves delta copies (:meth:`PartitionStore.rows_since`).
-- ``meta(name TEXT PRIMARY KEY, value)``: ``schema_version``, ``partition``, ``last_lsn``.
+- ``meta(name TEXT PRIMARY KEY, value)``: ``schema_version``, ``partition``, ``last_lsn``,
+  and the change stream's ``lineage``, ``ancestors`` and ``clean`` (0 while open).
+- ``lsn_times(lsn, t)``: about one ``lsn → wall time`` sample a second (the change
+  stream translates positions of other files with it).
 
 Besides the partition files, the brick's transaction log (:mod:`dds.bricks.txlog`) holds
 the 2PC records: a YES vote is durable there before it is sent, and a committed write
@@ -206,6 +209,7 @@ class Storage:
         if store is None:
             store = PartitionStore(self._path(validate_pid(pid)), pid, self.durability,
                                    manual_checkpoints=self._run_in_thread is not None)
+            store.wall = self._clock.seconds
             self._stores[pid] = store
             self._known.add(pid)
             if store.checksums_missing:
@@ -345,7 +349,9 @@ class Storage:
                 self.open_partition(pid)
             raise
         fsync_dir(self.data_dir)
-        return self.open_partition(pid)
+        store = self.open_partition(pid)
+        store.installed()       # a new lineage: its lsns go on from another file's
+        return store
 
     def apply_rows(self, pid: str, rows: Sequence[Row]) -> int:
         """Apply copied rows to the replica of ``pid`` (see

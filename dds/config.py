@@ -326,6 +326,11 @@ class BrickSection:
                                       "against its checksum at this many MB/s (repairing a "
                                       "damaged one from the RG); 0 = off (rows are still "
                                       "verified on every read)", lo=0.0, hi=10_000.0)
+    change_max_skew_ms: int = int_setting(1000, "clock skew allowed between bricks when "
+                                          "a change stream position made by another "
+                                          "replica is translated by time (more: more "
+                                          "changes delivered twice, never fewer)",
+                                          lo=0, hi=MAX_DURATION_MS)
     unsafe_ignore_read_lease: bool = bool_setting(False, "DEBUG ONLY: serve reads without "
                                                   "a valid membership lease; breaks "
                                                   "linearizability (proves the pause test "

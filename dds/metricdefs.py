@@ -197,6 +197,10 @@ BRICK = Catalogue("dds", _RPC + (
     counter("recovery_attempts_failed", "re-copy attempts that failed (retried)"),
     counter("recovery_bytes", "bytes copied by re-copies"),
     counter("copy_sessions", "copy sessions served to another brick"),
+    counter("changes_pages", "change stream pages served"),
+    counter("changes_rows", "change stream rows served"),
+    counter("changes_positions", "change stream positions resumed from, by how they "
+            "were read here (exact, time, beginning, now)", labels=("how",)),
     counter("copy_bytes_sent", "bytes sent by copy sessions"),
     counter("copy_cancelled", "copy sessions cancelled"),
     counter("copy_snapshots_shared", "copy sessions that shared another session's "
@@ -270,6 +274,8 @@ CLIENT = Catalogue("dds_client", _RPC + (
             "an internal error), tried on another"),
     counter("write_member_stepping_out", "writes refused by a member with StorageFull or "
             "ReplicaDamaged, retried"),
+    counter("changes_failovers", "change stream pages asked of another replica after "
+            "one failed (not serving, unreachable, damaged)"),
     counter("get_hedged", "reads also sent to a second replica because the first had not "
             "answered within the hedge delay"),
     counter("write_retries", "writes retried after a failed attempt (nothing applied)"),

@@ -45,9 +45,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dds.auth import Credentials
+from dds.changemsgs import MAX_PAGE
 from dds.maps import ClusterMap
 
 from dds.lib.bounded import Bounded
+from dds.lib.changes import Change, ChangeCursor, ChangePage
 from dds.lib.client import DDSClient, GetResult, TLSPaths
 
 __all__ = ["AsyncDDSClient"]
@@ -248,6 +250,14 @@ class AsyncDDSClient:
             self.client.compare_and_put(key, value, expected_version, timeout), loop,
             "compare_and_put")
 
+    def changes(self, partition: str, from_position: str | None = None, *,
+                limit: int = MAX_PAGE, timeout: float | None = None) -> AsyncChangeCursor:
+        """A cursor over ``partition``'s changes (``DDSClient.changes``): ``await
+        cursor.next_page()`` or ``async for change in cursor``."""
+        self._here()
+        return AsyncChangeCursor(self.client.changes(partition, from_position, limit=limit,
+                                                     timeout=timeout), self.loop)
+
     async def close(self) -> None:
         """Close the connections (idempotent); the loop's last client also takes the
         reactor adapter off the loop."""
@@ -266,6 +276,28 @@ class AsyncDDSClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class AsyncChangeCursor:
+    """``dds.lib.changes.ChangeCursor`` on the asyncio loop; ``position`` is the one to
+    checkpoint after a page (each change carries its own too)."""
+
+    def __init__(self, cursor: ChangeCursor, loop: asyncio.AbstractEventLoop) -> None:
+        self.cursor = cursor
+        self.loop = loop
+
+    @property
+    def position(self) -> str:
+        return self.cursor.position
+
+    async def next_page(self) -> ChangePage:
+        return await _future_of(self.cursor.next_page(), self.loop)
+
+    def __aiter__(self) -> AsyncChangeCursor:
+        return self
+
+    async def __anext__(self) -> Change:
+        return await _future_of(Deferred.fromCoroutine(self.cursor.__anext__()), self.loop)
 
 
 class _Connecting:

@@ -14,6 +14,8 @@ handed its reactor.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import crochet
@@ -21,7 +23,9 @@ from twisted.internet.defer import Deferred
 
 from dds.errors import Indeterminate, Timeout
 
+from dds.changemsgs import MAX_PAGE
 from dds.lib.bounded import Bounded
+from dds.lib.changes import Change, ChangeCursor, ChangePage
 from dds.lib.client import DDSClient, GetResult
 
 #: How long a thread waits beyond the operation's own timeout.  ``DDSClient`` answers
@@ -98,6 +102,16 @@ class BlockingDDSClient:
         return self._wait(limit, True, self._client.compare_and_put, key, value,
                           expected_version, timeout=limit)
 
+    def changes(self, partition: str, from_position: str | None = None, *,
+                limit: int = MAX_PAGE, timeout: float | None = None,
+                poll_s: float = 0.5) -> BlockingChangeCursor:
+        """A cursor over ``partition``'s changes (``DDSClient.changes``):
+        ``cursor.next_page()``, or ``for change in cursor`` (follows for ever)."""
+        limit_s = self._limit(timeout)
+        cursor = self._client.changes(partition, from_position, limit=limit,
+                                      timeout=limit_s)
+        return BlockingChangeCursor(self, cursor, limit_s, poll_s)
+
     def close(self) -> None:
         self._wait(self.timeout, False, self._client.close)
 
@@ -106,3 +120,33 @@ class BlockingDDSClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BlockingChangeCursor:
+    """``dds.lib.changes.ChangeCursor`` for a thread: each page blocks the caller; at the
+    end of the stream, iteration waits ``poll_s`` (in the caller's thread) and asks
+    again, and it stops once the partition has ended (``cursor.ended``: successors)."""
+
+    def __init__(self, owner: BlockingDDSClient, cursor: ChangeCursor, limit_s: float,
+                 poll_s: float) -> None:
+        self._owner = owner
+        self.cursor = cursor
+        self._limit_s = limit_s
+        self.poll_s = poll_s
+
+    @property
+    def position(self) -> str:
+        return self.cursor.position
+
+    def next_page(self) -> ChangePage:
+        page: ChangePage = self._owner._wait(self._limit_s, False, self.cursor.next_page)
+        return page
+
+    def __iter__(self) -> Iterator[Change]:
+        while True:
+            page = self.next_page()
+            yield from page.changes
+            if page.ended:
+                return
+            if not page.changes:
+                time.sleep(self.poll_s)

@@ -34,7 +34,9 @@ from dds.metricdefs import CLIENT
 from dds.metrics import Metrics
 from dds.rpc import RPCProtocol
 
+from dds.changemsgs import MAX_PAGE
 from dds.lib.bounded import Bounded, bounded_get, check_consistency
+from dds.lib.changes import ChangeCursor
 from dds.lib.exclusion import Excluder
 from dds.lib.hedging import HedgeDelay
 from dds.lib.logging_bridge import TO_LOGGING, library_logger
@@ -475,6 +477,13 @@ class DDSClient:
                 self.metrics.inc("get_retries_total")
                 if self.clock.seconds() >= deadline:
                     raise Timeout(f"get timed out after {timeout:g}s: {e.message}") from None
+
+    def changes(self, partition: str, from_position: str | None = None, *,
+                limit: int = MAX_PAGE, timeout: float | None = None) -> ChangeCursor:
+        """A cursor over ``partition``'s committed changes after ``from_position`` (a
+        position a change or page carried, ``"beginning"`` (None) or ``"now"``); see
+        ``dds.lib.changes``: at least once, compacted, ordered per key by version."""
+        return ChangeCursor(self, partition, from_position, limit=limit, timeout=timeout)
 
     # -- writes --------------------------------------------------------------------------
 

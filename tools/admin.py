@@ -28,6 +28,7 @@ from dds.version import VERSION
 
 from dds.tools import ui
 from dds.tools.certs import certs
+from dds.tools.changescmd import changes
 from dds.tools.cli import (cluster_target, cluster_target_resolver, fail, reports_errors,
                            target_of, tls_from_context, tls_options)
 from dds.tools.cluster import DEFAULT_LOCAL_DIR, Target, resolve_target
@@ -45,11 +46,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
     add-brick, remove-brick, forget-brick, rebalance, jobs, cancel, scrub, txns, repair,
-    bench, certs."""
+    changes, bench, certs."""
 
 
 for _command in (local, certs, move, split, merge, scrub, add_brick, remove_brick,
-                 rebalance):
+                 rebalance, changes):
     main.add_command(_command)
 
 
