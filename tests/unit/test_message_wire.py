@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import msgpack
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dds import failpoints
@@ -49,6 +49,9 @@ _NAMED: dict[str, st.SearchStrategy[Any]] = {
     "name": st.sampled_from(sorted(failpoints.KNOWN) + ["nope"]),
     "action": st.sampled_from([None, "crash", "pause", "error", "count:2:crash", "boom"]),
     "timeout_ms": st.integers(0, 600_001),
+    # Distinct brick ids, most of the time (an empty id or a repeat is refused).
+    "participants": st.one_of(st.lists(st.text(min_size=1, max_size=12), max_size=3,
+                                       unique=True), st.lists(_text, max_size=3)),
 }
 
 
@@ -99,6 +102,10 @@ def test_every_message_class_has_a_valid_example_that_round_trips(cls: type[Mess
     # The property above samples classes at random; this pins each one down.
     found = []
 
+    # Derandomized, so that a class whose valid examples are rare (Prepare: op, value,
+    # expected_version and participants must agree) passes or fails the same way on
+    # every run, never by the luck of a draw.
+    @settings(max_examples=150, derandomize=True, database=None)
     @given(_kwargs(cls))
     def probe(kwargs: dict[str, Any]) -> None:
         try:
