@@ -42,6 +42,7 @@ from dds.rpc import LATER, RPCProtocol, flush_sends
 
 from dds.bricks.admission import Admission
 from dds.bricks.admin import AdminRequests
+from dds.bricks.backup import Backups
 from dds.bricks.bounded import BoundedReads
 from dds.bricks.context import BrickContext, peer_caller, thread_runner
 from dds.bricks.copy.movein import IncomingMoves
@@ -250,6 +251,7 @@ class Brick:
         self.splits = Splits(ctx, config.data_dir / "split-staging", self.changes.update,
                              blocked=lambda rg: rg in self.recoveries.blocked)
         self.admin = AdminRequests(self)
+        self.backups = Backups(ctx, self.serving, self.damage.damaged)   # dds-admin backup
         # Every request type, by the component that answers it (each lists its own).
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
@@ -258,7 +260,7 @@ class Brick:
         }
         for component in (self.gossip, self.admin, self.changes, self.copy_source,
                           self.moves_in, self.splits, self.journal, self.scrubber,
-                          self.bounded):
+                          self.bounded, self.backups):
             handlers = component.handlers()
             twice = handlers.keys() & self._handlers.keys()
             if twice:
@@ -350,6 +352,7 @@ class Brick:
             proto.close()
         self.peers.close_all()
         self.copies.close()
+        self.backups.close_all()
         await self.storage.flush()
         self.storage.close()
         self.journal.close()

@@ -27,6 +27,7 @@ from dds.config import load_cluster_config
 from dds.version import VERSION
 
 from dds.tools import ui
+from dds.tools.backupcmd import backup, restore
 from dds.tools.certs import certs
 from dds.tools.cli import (cluster_target, cluster_target_resolver, fail, reports_errors,
                            target_of, tls_from_context, tls_options)
@@ -45,11 +46,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
     add-brick, remove-brick, forget-brick, rebalance, jobs, cancel, scrub, txns, repair,
-    bench, certs."""
+    backup, restore, bench, certs."""
 
 
 for _command in (local, certs, move, split, merge, scrub, add_brick, remove_brick,
-                 rebalance):
+                 rebalance, backup, restore):
     main.add_command(_command)
 
 
@@ -76,18 +77,29 @@ def _help_config(ctx: click.Context, param: click.Parameter, value: bool) -> Non
 @tls_options
 @click.option("--force", is_flag=True,
               help="take over bricks that already hold another map")
+@click.option("--partitions", "partition_list", default=None, metavar="PID,...",
+              help="these partitions (e.g. p1.0,p2.1,p2.3) instead of the configuration's "
+                   "cluster.partitions equal ones; they must cover the key space once")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
               help="seconds to wait for each brick")
 @reports_errors
-def init(config_path: str, secret_file: str | None, force: bool, timeout: float) -> None:
+def init(config_path: str, secret_file: str | None, force: bool,
+         partition_list: str | None, timeout: float) -> None:
     """Push the first map to every brick of a cluster configuration."""
+    from dds.partition import PartitionId
     from dds.tools.initcmd import init_cluster
 
+    try:
+        partitions = None if partition_list is None else [
+            PartitionId.parse(t.strip()) for t in partition_list.split(",") if t.strip()]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--partitions") from None
     cfg = load_cluster_config(config_path)
     target = resolve_target(",".join(b.address for b in cfg.bricks), secret_file, False,
                             DEFAULT_LOCAL_DIR, cfg.cluster.name, tls_from_context())
     result = run(lambda reactor: init_cluster(reactor, cfg, target, force=force,
-                                              timeout=timeout, say=ui.say))
+                                              timeout=timeout, say=ui.say,
+                                              partitions=partitions))
     for w in result.warnings:
         ui.err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     _print_init(result)
