@@ -314,7 +314,8 @@ def bench(ctx: click.Context, resolve_target: Callable[[], Target], seconds: flo
     """Throughput, latency and CPU per operation, next to the echo floor.
 
     `bench --tls` compares a plain and a TLS cluster; `bench recovery` measures a
-    partition re-copy, `bench move` a partition move, each on throwaway clusters;
+    partition re-copy, `bench move` a partition move, `bench backup` a backup and its
+    restore, each on throwaway clusters;
     `bench contention` increments hot keys with compare_and_put."""
     if ctx.invoked_subcommand is not None:
         return
@@ -425,6 +426,30 @@ def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms
         lease_ms=lease_ms, baseline_s=baseline_s, dir=work_dir, keep=keep,
         rate_mb_s=rate_mb_s))
     ui.show(result, bm.render, as_json)
+
+
+@bench.command("backup")
+@click.option("--keys", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="keys preloaded, spread over the partitions")
+@click.option("--value-bytes", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--partitions", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="partitions of the throwaway cluster (a power of two)")
+@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
+              help="a new or empty directory for the clusters and the backup [default: a "
+                   "temporary one]")
+@click.option("--keep", is_flag=True, help="keep the directory (brick logs, the backup)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@reports_errors
+def bench_backup(keys: int, value_bytes: int, partitions: int, work_dir: Path | None,
+                 keep: bool, as_json: bool) -> None:
+    """MB/s of dds-admin backup and of dds-admin restore (target: 50 each) on a
+    throwaway 3-brick cluster preloaded with ~1 GB, restored into 3 new bricks."""
+    from dds.tools.bench import backup as bb
+
+    result = bb.bench_backup(bb.BackupParams(keys=keys, value_bytes=value_bytes,
+                                             partitions=partitions, dir=work_dir,
+                                             keep=keep))
+    ui.show(result, bb.render, as_json)
 
 
 if __name__ == "__main__":
