@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
+from dds.connect import open_connection
+from dds.errors import PermissionDenied
 from dds.maps import ClusterMap
 from dds.tools.backup import backup
 from dds.tools.backupfmt import MANIFEST, BackupError, load_manifest
@@ -212,3 +215,51 @@ async def test_a_backup_after_a_split_restores_its_irregular_partitions(
             assert (await client.get(k)).value == v
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("role", ["client", "brick"])
+@pytest_twisted.ensureDeferred
+async def test_backup_and_restore_requests_are_refused_to_all_but_the_admin_role(
+        small_backup: tuple[Cluster, Path], role: str) -> None:
+    src, _ = small_backup
+    conn = await open_connection(reactor, "127.0.0.1", src.bricks[0].port,
+                                 node_id=f"test-{role}", cluster=CLUSTER,
+                                 credentials=src.credentials(role), max_frame=16 << 20)
+    try:
+        for mtype, body in (("backup_begin", {"pid": "p2.0"}),
+                            ("restore_begin", {"pid": "p2.0", "size": 1, "checksum": 0})):
+            with pytest.raises(PermissionDenied, match=f"not allowed for the {role} role"):
+                await conn.call(mtype, body, timeout=10)
+    finally:
+        conn.close()
+    assert not (src.bricks[0].data_dir / "backups").exists() or not list(
+        (src.bricks[0].data_dir / "backups").iterdir())
+
+
+class _Steps(QuietView):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def step(self, text: str) -> None:
+        self.lines.append(text)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_partition_whose_member_is_down_is_taken_from_another(
+        cluster_factory: Any, tmp_path: Path) -> None:
+    src: Cluster = cluster_factory(bricks=3, replication=3, partitions=4, lease_ms=20000)
+    await src.init(reactor)
+    client = await src.client(reactor, timeout=10.0)
+    try:
+        for i in range(20):
+            await client.put(b"down-%d" % i, b"v%d" % i)
+    finally:
+        await client.close()
+    src.brick("b1").stop(signal.SIGKILL)
+    view = _Steps()
+    report = await backup(reactor, _target(src), tmp_path / "bk", view, timeout=5.0)
+    assert report["partitions"] == 4
+    assert all(e["brick"] != "b1" for e in report["entries"])
+    assert any("b1 failed" in line for line in view.lines), view.lines
+    manifest = load_manifest(tmp_path / "bk")
+    assert sum(e.rows for e in manifest.entries) == 20
