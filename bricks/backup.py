@@ -12,7 +12,8 @@ then reads the file in chunks (``backup_chunk``) and deletes it (``backup_end``)
 
 **Restore.**  ``restore_begin`` opens a :class:`~dds.bricks.copy.snapshot.SnapshotReceiver`
 in ``<data>/backups/``; ``restore_chunk`` writes verified chunks; ``restore_finish``
-verifies the whole file's xxh64 and every row, then installs it with
+verifies the whole file's xxh64 and every row (in the same pass as its checksum), then
+installs it with
 ``Storage.replace_partition`` only where this brick's replica is *empty*: the partition
 is fenced for the check and the install, so no write slips in between, and a replica
 holding any row (tombstones too) or a transaction is refused.  A restore never
@@ -29,7 +30,7 @@ import itertools
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
@@ -45,9 +46,10 @@ from dds.bricks.context import BrickContext
 from dds.bricks.copy.snapshot import (CopyFailed, SnapshotInfo, SnapshotReceiver,
                                       read_chunk, take_snapshot)
 from dds.bricks.mapstate import parse_pid
-from dds.bricks.partstore import summarize_file
+from dds.bricks.partstore import check_partition_file, hash_rows
+from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
 
-__all__ = ["Backups", "IDLE_S", "PREPARED_WAIT_S"]
+__all__ = ["Backups", "IDLE_S", "PREPARED_WAIT_S", "scan_rows"]
 
 #: A session that hears nothing for this long is dropped with its file.
 IDLE_S = 60.0
@@ -69,6 +71,38 @@ class _Session:
         self.timer = timer
         #: ``restore_finish`` is verifying and installing: no chunk, no second finish.
         self.busy = False
+
+
+def scan_rows(path: Path, pid: str) -> dict[str, int]:
+    """Blocking: one pass over a partition file's rows in key order, each verified against
+    its row checksum (ChecksumMismatch naming the key): ``rows``, live keys (``count``),
+    ``last_lsn`` and the replica ``checksum`` as the ``checksum`` request computes it.
+    One pass instead of ``verify_file_rows`` and ``summarize_file`` each reading every
+    row.  ValueError if the file is no partition file of ``pid``."""
+    check_partition_file(path, pid)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    seen = {"rows": 0, "count": 0}
+    try:
+        conn.execute("BEGIN")
+        has = "checksum" in {r[1] for r in conn.execute("PRAGMA table_info(kv)")}
+        cur = conn.execute("SELECT key, value, version, " + ("checksum" if has else "NULL")
+                           + " FROM kv ORDER BY key")
+
+        def rows() -> Iterator[tuple[bytes, bytes | None, int]]:
+            for key, value, version, checksum in cur:
+                if checksum is not None and row_checksum(key, version, value) != checksum:
+                    raise ChecksumMismatch(pid, key, "backed-up row")
+                seen["rows"] += 1
+                seen["count"] += value is not None
+                yield key, value, version
+        checksum = hash_rows(rows())
+        top = conn.execute("SELECT COALESCE(MAX(lsn), 0) FROM kv").fetchone()[0]
+        floor = conn.execute("SELECT value FROM meta WHERE name = 'last_lsn'").fetchone()
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return {**seen, "checksum": checksum,
+            "last_lsn": max(int(top), int(floor[0]) if floor else 0)}
 
 
 def _empty(path: Path) -> bool:
@@ -262,7 +296,14 @@ class Backups:
         fenced = False
         try:
             receiver.finish(fsync=self.fsync)
-            rows = await self.run_in_thread(receiver.verify_rows)
+            try:
+                summary: dict[str, int] = await self.run_in_thread(scan_rows, receiver.path,
+                                                                   session.pid)
+            except ChecksumMismatch as e:
+                raise Refused(f"the uploaded row of key {e.key[:64]!r} of {pid} fails its "
+                              "checksum: the backup file is damaged") from None
+            except (ValueError, sqlite3.Error) as e:
+                raise Refused(f"the uploaded file of {pid} is unusable: {e}") from None
             self._check_target(pid)
             # No write between the emptiness check and the install.
             self.participant.fence([pid])
@@ -275,8 +316,6 @@ class Backups:
                 raise Refused(f"brick {self.id}'s replica of {pid} is not empty: a restore "
                               "never overwrites data (restore into a new cluster)")
             receiver.install(self.storage)
-            summary: dict[str, int] = await self.run_in_thread(
-                summarize_file, self.storage.partition_path(session.pid))
         except CopyFailed as e:
             raise Refused(str(e)) from None
         finally:
@@ -286,8 +325,8 @@ class Backups:
             self._close(msg.session)
         self.metrics.inc("restore_installs")
         self.log.info("restored {pid} from a backup: {rows} rows, lsn {lsn}", pid=pid,
-                      rows=rows, lsn=summary["last_lsn"])
-        return {"pid": session.pid, "rows": rows, **summary}
+                      rows=summary["rows"], lsn=summary["last_lsn"])
+        return {"pid": session.pid, **summary}
 
     def restore_abort(self, msg: RestoreAbort) -> dict[str, Any]:
         self._close(msg.session)

@@ -182,31 +182,13 @@ def file_digest(path: Path) -> tuple[int, int]:
 
 
 def scan_file(path: Path, pid: str) -> tuple[int, int]:
-    """Blocking: one pass over a partition file's rows in key order, each verified
-    against its row checksum (ChecksumMismatch naming the key), giving (rows, replica
-    checksum as the ``checksum`` request computes it)."""
-    from dds.bricks.partstore import check_partition_file, hash_rows
-    from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
+    """Blocking: every row of a partition file verified against its checksum
+    (ChecksumMismatch naming the key), in one pass that also gives the replica
+    checksum: (rows, checksum).  The brick's own pass (``bricks/backup.py``)."""
+    from dds.bricks.backup import scan_rows
 
-    check_partition_file(path, pid)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-    count = 0
-    try:
-        has = "checksum" in {r[1] for r in conn.execute("PRAGMA table_info(kv)")}
-        cur = conn.execute("SELECT key, value, version, " + ("checksum" if has else "NULL")
-                           + " FROM kv ORDER BY key")
-
-        def rows() -> Any:
-            nonlocal count
-            for key, value, version, checksum in cur:
-                if checksum is not None and row_checksum(key, version, value) != checksum:
-                    raise ChecksumMismatch(pid, key, "backed-up row")
-                count += 1
-                yield key, value, version
-        checksum = hash_rows(rows())
-    finally:
-        conn.close()
-    return count, checksum
+    summary = scan_rows(path, pid)
+    return summary["rows"], summary["checksum"]
 
 
 def verify_file(src: Path, entry: Entry) -> None:
