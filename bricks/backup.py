@@ -315,7 +315,9 @@ class Backups:
             if not await self.run_in_thread(_empty, path):
                 raise Refused(f"brick {self.id}'s replica of {pid} is not empty: a restore "
                               "never overwrites data (restore into a new cluster)")
-            receiver.install(self.storage)
+            trash = receiver.install(self.storage)
+            if trash is not None:       # the empty replica's file: small, freed at once
+                trash.unlink(missing_ok=True)
         except CopyFailed as e:
             raise Refused(str(e)) from None
         finally:

@@ -187,6 +187,7 @@ def test_a_restored_file_is_installed_into_an_empty_replica(brick: Brick,
     assert reply["checksum"] == brick.storage.open_partition(str(P)).checksum()
     assert empty_brick.storage.read(str(P), keys_of(P, 1)[0]).value == b"v0"
     assert not list(empty_brick.backups.dir.iterdir())
+    assert not list(empty_brick.storage.data_dir.glob("*.discard"))
 
 
 def test_a_restore_into_a_replica_holding_a_row_is_refused_and_changes_nothing(
@@ -213,3 +214,18 @@ def test_a_restore_into_a_partition_the_brick_does_not_hold_is_refused(
         empty_brick: Brick) -> None:
     with pytest.raises(NotServing, match="holds no replica of p2.1"):
         empty_brick.backups.restore_begin(RestoreBegin("p2.1", 10, 0))
+
+
+def test_an_upload_with_a_damaged_row_is_refused_and_the_replica_stays_empty(
+        brick: Brick, empty_brick: Brick, tmp_path: Path) -> None:
+    import sqlite3
+    brick.put(30)
+    damaged = tmp_path / "damaged.sqlite"
+    damaged.write_bytes(brick.download(brick.call(brick.backups.begin(BackupBegin(str(P))))))
+    conn = sqlite3.connect(str(damaged), isolation_level=None)
+    conn.execute("UPDATE kv SET value = X'00' WHERE key = ?", (keys_of(P, 1)[0],))
+    conn.close()
+    with pytest.raises(Refused, match="fails its checksum"):
+        empty_brick.upload(damaged.read_bytes())
+    assert empty_brick.storage.read(str(P), keys_of(P, 1)[0]).version == 0
+    assert not list(empty_brick.backups.dir.iterdir())
