@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from dds.backupmsgs import BackupBegin, BackupChunk, BackupEnd
 from dds.errors import DDSError
-from dds.maps import ClusterMap
+from dds.partition import DPTrie
 from dds.records import RGRecord
 
 from dds.tools.backupfmt import (PARTITIONS, BackupError, Entry, Manifest, check_empty_dir,
@@ -177,6 +177,11 @@ async def backup(reactor: Any, target: Target, dest: Path, view: View,
         raise AdminError(f"the map from {seed} is not consistent ({problem}): repair first")
     if cmap.cluster is None:
         raise AdminError(f"the map from {seed} has no cluster record")
+    try:
+        DPTrie(list(cmap.partition_rg))
+    except ValueError as e:
+        raise AdminError(f"the map from {seed} has no active partition for part of the "
+                         f"keys ({e}): a move is cutting over; try again") from None
     started = time.time()
     t0 = time.monotonic()
     (dest / PARTITIONS).mkdir(parents=True, exist_ok=True)
