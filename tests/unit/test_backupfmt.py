@@ -146,3 +146,17 @@ def test_init_refuses_a_partition_list_that_does_not_cover_the_keys_once(
         pids: list[PartitionId], problem: str) -> None:
     with pytest.raises(PlacementError, match=problem):
         plan(_cfg(), pids)  # type: ignore[arg-type]
+
+
+def test_init_names_a_bad_partition_in_its_list(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from dds.tools.admin import main
+
+    config = tmp_path / "cluster.toml"
+    config.write_text('[cluster]\nname = "dds"\nreplication = 1\n\n'
+                      '[[bricks]]\nid = "b1"\naddress = "127.0.0.1:7401"\n')
+    result = CliRunner().invoke(main, ["init", "--config", str(config),
+                                       "--partitions", "p1.0,p1.x"])
+    assert result.exit_code == 2
+    assert "not a partition id: 'p1.x'" in result.output
