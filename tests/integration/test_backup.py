@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -263,3 +265,21 @@ async def test_a_partition_whose_member_is_down_is_taken_from_another(
     assert any("b1 failed" in line for line in view.lines), view.lines
     manifest = load_manifest(tmp_path / "bk")
     assert sum(e.rows for e in manifest.entries) == 20
+
+
+def test_restore_command_prints_its_report_as_json(
+        small_backup: tuple[Cluster, Path], cluster_factory: Any, tmp_path: Path) -> None:
+    from tests.harness.admin import clean_env
+    _src, dest = small_backup
+    dst: Cluster = cluster_factory(bricks=3, replication=2)
+    config = tmp_path / "new.toml"
+    config.write_text(f'[cluster]\nname = "{CLUSTER}"\nreplication = 2\n\n' + "".join(
+        f'[[bricks]]\nid = "{b.id}"\naddress = "{b.address}"\n\n' for b in dst.bricks))
+    result = subprocess.run(
+        [sys.executable, "-m", "dds.tools.admin", "restore", str(dest), "--config",
+         str(config), "--secret-file", str(dst.root / "secrets" / "admin"), "--json"],
+        env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["partitions"] == 4 and report["bricks"] == 3
+    assert report["bytes"] == load_manifest(dest).bytes and report["mb_s"] > 0
