@@ -35,9 +35,10 @@ from dds.tools.errors import AdminError
 
 __all__ = ["View", "backup", "render", "CHUNK", "IN_FLIGHT", "PARALLEL"]
 
-#: Bytes per chunk request, requests in flight per partition, partitions at once.
-CHUNK = 4 << 20
-IN_FLIGHT = 4
+#: Bytes per chunk request (1 MiB fits any valid ``limits.max_frame_bytes``, which must
+#: hold a largest value), requests in flight per partition, partitions at once.
+CHUNK = 1 << 20
+IN_FLIGHT = 8
 PARALLEL = 2
 #: A snapshot of a large partition takes seconds; its reply may take this long.
 SNAPSHOT_TIMEOUT_S = 600.0

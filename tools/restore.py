@@ -40,8 +40,8 @@ from dds.tools.runner import poll_until
 
 __all__ = ["restore", "render", "verify_backup"]
 
-CHUNK = 4 << 20
-IN_FLIGHT = 4
+CHUNK = 1 << 20
+IN_FLIGHT = 8
 PARALLEL = 2
 #: Verifying and installing a large file at the brick takes seconds.
 FINISH_TIMEOUT_S = 600.0
