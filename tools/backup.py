@@ -68,10 +68,17 @@ class _Run:
         self.timeout = timeout
         self.done = 0
         self.total = 0
+        self.known = 0          # snapshots whose size is known (in ``total``)
+        self.partitions = 0     # partitions to back up
 
     def _moved(self, n: int) -> None:
+        """Progress against the sizes known so far, the others estimated at their mean
+        (a snapshot's size is known only once it is taken)."""
         self.done += n
-        self.view.progress(self.done, self.total)
+        guess = self.total
+        if 0 < self.known < self.partitions:
+            guess += self.total * (self.partitions - self.known) // self.known
+        self.view.progress(self.done, guess)
 
     async def partition(self, i: int, pid: str, rec: RGRecord) -> Entry:
         members = list(rec.active_members)
@@ -94,6 +101,7 @@ class _Run:
         begun = await self.caller.send(brick, BackupBegin(pid), timeout=SNAPSHOT_TIMEOUT_S)
         sid, size = int(begun["session"]), int(begun["size"])
         self.total += size
+        self.known += 1
         part = self.dest / PARTITIONS / f"{pid}.sqlite.part"
         final = self.dest / PARTITIONS / f"{pid}.sqlite"
         got = 0
@@ -107,6 +115,7 @@ class _Run:
         except BaseException:
             part.unlink(missing_ok=True)
             self.total -= size
+            self.known -= 1
             self._moved(-got)
             raise
         finally:
@@ -190,6 +199,7 @@ async def backup(reactor: Any, target: Target, dest: Path, view: View,
     caller = BrickCaller(reactor, target, addresses, timeout=timeout, name_unreachable=True)
     run = _Run(reactor, caller, dest, view, timeout)
     parts = sorted(cmap.partition_rg.items())
+    run.partitions = len(parts)
     view.step(f"backing up {len(parts)} partitions of cluster {cmap.cluster.name} into "
               f"{dest}")
     gate = DeferredSemaphore(max(1, parallel))
