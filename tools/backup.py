@@ -33,7 +33,8 @@ from dds.tools.backupfmt import (PARTITIONS, BackupError, Entry, Manifest, check
 from dds.tools.cluster import BrickCaller, Target, describe_error, fetch_map
 from dds.tools.errors import AdminError
 
-__all__ = ["View", "backup", "render", "CHUNK", "IN_FLIGHT", "PARALLEL"]
+__all__ = ["View", "all_results", "backup", "in_thread", "render", "CHUNK", "IN_FLIGHT",
+           "PARALLEL"]
 
 #: Bytes per chunk request (1 MiB fits any valid ``limits.max_frame_bytes``, which must
 #: hold a largest value), requests in flight per partition, partitions at once.
@@ -204,8 +205,8 @@ async def backup(reactor: Any, target: Target, dest: Path, view: View,
               f"{dest}")
     gate = DeferredSemaphore(max(1, parallel))
     try:
-        results = await _all(gate.run(run.partition, i, str(p), r)
-                             for i, (p, r) in enumerate(parts))
+        results = await all_results(gate.run(run.partition, i, str(p), r)
+                                    for i, (p, r) in enumerate(parts))
     finally:
         caller.close()
         view.end()
@@ -220,7 +221,7 @@ async def backup(reactor: Any, target: Target, dest: Path, view: View,
             "entries": [e.to_json() for e in results]}
 
 
-async def _all(ds: Any) -> list[Any]:
+async def all_results(ds: Any) -> list[Any]:
     """Every Deferred's result in order; the first failure raised once all are done (a
     partition failing must not leave others writing into the directory)."""
     deferreds = list(ds)

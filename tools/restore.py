@@ -32,7 +32,7 @@ from dds.errors import DDSError, NotServing
 from dds.maps import ClusterMap
 from dds.messages import Checksum, MapGet
 
-from dds.tools.backup import _all, in_thread, View
+from dds.tools.backup import View, all_results, in_thread
 from dds.tools.backupfmt import BackupError, Entry, Manifest, load_manifest, verify_file
 from dds.tools.cluster import BrickCaller, Target, describe_error, gather
 from dds.tools.errors import AdminError
@@ -206,9 +206,9 @@ async def restore(reactor: Any, cfg: ClusterConfig, target: Target, src: Path,
         gate = DeferredSemaphore(PARALLEL)
         rgs = cmap.partition_rg
         entries = sorted(manifest.entries, key=lambda e: e.pid)
-        installed = await _all(gate.run(upload.partition, e,
-                                        list(rgs[_pid(e)].active_members))
-                               for e in entries)
+        installed = await all_results(gate.run(upload.partition, e,
+                                               list(rgs[_pid(e)].active_members))
+                                      for e in entries)
         view.end()
         problems = await _compare(caller, cmap, manifest)
         if problems:
