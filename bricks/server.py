@@ -42,6 +42,7 @@ from dds.rpc import LATER, RPCProtocol, flush_sends
 
 from dds.bricks.admission import Admission
 from dds.bricks.admin import AdminRequests
+from dds.bricks.backup import Backups
 from dds.bricks.bounded import BoundedReads
 from dds.bricks.changes import ChangeStream
 from dds.bricks.context import BrickContext, peer_caller, thread_runner
@@ -254,6 +255,7 @@ class Brick:
         self.change_stream = ChangeStream(ctx, lambda *g: self._gate(*g)[2],
                                           lambda: self.recoveries.blocked,
                                           config.brick.change_max_skew_ms / 1000.0)
+        self.backups = Backups(ctx, self.serving, self.damage.damaged)   # dds-admin backup
         # Every request type, by the component that answers it (each lists its own).
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
             Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
@@ -262,7 +264,7 @@ class Brick:
         }
         for component in (self.gossip, self.admin, self.changes, self.copy_source,
                           self.moves_in, self.splits, self.journal, self.scrubber,
-                          self.bounded, self.change_stream):
+                          self.bounded, self.change_stream, self.backups):
             handlers = component.handlers()
             twice = handlers.keys() & self._handlers.keys()
             if twice:
@@ -354,6 +356,7 @@ class Brick:
             proto.close()
         self.peers.close_all()
         self.copies.close()
+        self.backups.close_all()
         await self.storage.flush()
         self.storage.close()
         self.journal.close()

@@ -212,6 +212,13 @@ BRICK = Catalogue("dds", _RPC + (
             labels=("reason",), initial=(("auth",), ("busy",), ("protocol",), ("request",),
                                          ("timeout",))),
     counter("stream_auth_failures", "snapshot stream connections with a bad token"),
+    counter("backup_snapshots", "partition snapshots taken for dds-admin backup"),
+    counter("backup_bytes_sent", "bytes of backup snapshots sent to dds-admin backup"),
+    counter("backup_sessions_expired", "backup or restore sessions dropped after "
+            "hearing nothing for a minute (a killed tool)"),
+    counter("restore_bytes_received", "bytes of partition files received by dds-admin "
+            "restore"),
+    counter("restore_installs", "replicas installed from a backup by dds-admin restore"),
     counter("move_pulls", "partitions taken in by a move"),
     counter("split_prepares", "split or merge jobs prepared"),
     counter("split_finishes", "split or merge jobs finished"),

@@ -27,6 +27,7 @@ from dds.config import load_cluster_config
 from dds.version import VERSION
 
 from dds.tools import ui
+from dds.tools.backupcmd import backup, restore
 from dds.tools.certs import certs
 from dds.tools.changescmd import changes
 from dds.tools.cli import (cluster_target, cluster_target_resolver, fail, reports_errors,
@@ -46,11 +47,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
     add-brick, remove-brick, forget-brick, rebalance, jobs, cancel, scrub, txns, repair,
-    changes, bench, certs."""
+    changes, backup, restore, bench, certs."""
 
 
 for _command in (local, certs, move, split, merge, scrub, add_brick, remove_brick,
-                 rebalance, changes):
+                 rebalance, changes, backup, restore):
     main.add_command(_command)
 
 
@@ -77,18 +78,29 @@ def _help_config(ctx: click.Context, param: click.Parameter, value: bool) -> Non
 @tls_options
 @click.option("--force", is_flag=True,
               help="take over bricks that already hold another map")
+@click.option("--partitions", "partition_list", default=None, metavar="PID,...",
+              help="these partitions (e.g. p1.0,p2.1,p2.3) instead of the configuration's "
+                   "cluster.partitions equal ones; they must cover the key space once")
 @click.option("--timeout", type=float, default=5.0, show_default=True,
               help="seconds to wait for each brick")
 @reports_errors
-def init(config_path: str, secret_file: str | None, force: bool, timeout: float) -> None:
+def init(config_path: str, secret_file: str | None, force: bool,
+         partition_list: str | None, timeout: float) -> None:
     """Push the first map to every brick of a cluster configuration."""
+    from dds.partition import PartitionId
     from dds.tools.initcmd import init_cluster
 
+    try:
+        partitions = None if partition_list is None else [
+            PartitionId.parse(t.strip()) for t in partition_list.split(",") if t.strip()]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--partitions") from None
     cfg = load_cluster_config(config_path)
     target = resolve_target(",".join(b.address for b in cfg.bricks), secret_file, False,
                             DEFAULT_LOCAL_DIR, cfg.cluster.name, tls_from_context())
     result = run(lambda reactor: init_cluster(reactor, cfg, target, force=force,
-                                              timeout=timeout, say=ui.say))
+                                              timeout=timeout, say=ui.say,
+                                              partitions=partitions))
     for w in result.warnings:
         ui.err.print(f"[yellow]warning:[/yellow] {escape(w)}")
     _print_init(result)
@@ -303,7 +315,8 @@ def bench(ctx: click.Context, resolve_target: Callable[[], Target], seconds: flo
     """Throughput, latency and CPU per operation, next to the echo floor.
 
     `bench --tls` compares a plain and a TLS cluster; `bench recovery` measures a
-    partition re-copy, `bench move` a partition move, each on throwaway clusters;
+    partition re-copy, `bench move` a partition move, `bench backup` a backup and its
+    restore, each on throwaway clusters;
     `bench contention` increments hot keys with compare_and_put."""
     if ctx.invoked_subcommand is not None:
         return
@@ -414,6 +427,30 @@ def bench_move(keys: int, value_bytes: int, clients: int, workers: int, lease_ms
         lease_ms=lease_ms, baseline_s=baseline_s, dir=work_dir, keep=keep,
         rate_mb_s=rate_mb_s))
     ui.show(result, bm.render, as_json)
+
+
+@bench.command("backup")
+@click.option("--keys", type=click.IntRange(1), default=1_000_000, show_default=True,
+              help="keys preloaded, spread over the partitions")
+@click.option("--value-bytes", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--partitions", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="partitions of the throwaway cluster (a power of two)")
+@click.option("--dir", "work_dir", type=click.Path(path_type=Path), default=None,
+              help="a new or empty directory for the clusters and the backup [default: a "
+                   "temporary one]")
+@click.option("--keep", is_flag=True, help="keep the directory (brick logs, the backup)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@reports_errors
+def bench_backup(keys: int, value_bytes: int, partitions: int, work_dir: Path | None,
+                 keep: bool, as_json: bool) -> None:
+    """MB/s of dds-admin backup and of dds-admin restore (target: 50 each) on a
+    throwaway 3-brick cluster preloaded with ~1 GB, restored into 3 new bricks."""
+    from dds.tools.bench import backup as bb
+
+    result = bb.bench_backup(bb.BackupParams(keys=keys, value_bytes=value_bytes,
+                                             partitions=partitions, dir=work_dir,
+                                             keep=keep))
+    ui.show(result, bb.render, as_json)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ version seen, and replica groups the plan does not have are retired (pushed empt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -22,6 +22,7 @@ import attrs
 from dds.config import ClusterConfig, parse_address
 from dds.errors import AuthenticationFailed, DDSError
 from dds.maps import ClusterMap
+from dds.partition import PartitionId
 from dds.messages import MapGet, MapPush, Status
 from dds.records import Record, RGRecord
 from dds.replies import StatusReply
@@ -125,9 +126,12 @@ def _forced(planned: ClusterMap, held: dict[str, ClusterMap]) -> list[Record]:
 
 async def init_cluster(reactor: Any, cfg: ClusterConfig, target: Target, *,
                        force: bool = False, timeout: float = 5.0,
-                       say: Callable[[str], None] = lambda s: None) -> InitResult:
+                       say: Callable[[str], None] = lambda s: None,
+                       partitions: Sequence[PartitionId] | None = None) -> InitResult:
+    """Push the plan's records (``partitions``: explicit leaves instead of the
+    configuration's equal ones, e.g. a backup's) to every brick; see the module."""
     try:
-        p = plan(cfg)
+        p = plan(cfg, partitions)
     except PlacementError as e:
         raise AdminError(f"{cfg.source}: {e}") from None
     planned = ClusterMap.of(p.records)

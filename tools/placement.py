@@ -28,7 +28,7 @@ from typing import TypeVar
 import attrs
 
 from dds.config import ClusterConfig, parse_address
-from dds.partition import initial_partitions
+from dds.partition import DPTrie, PartitionId, initial_partitions
 from dds.records import (BrickRecord, ClusterRecord, Member, PartitionEntry, Record,
                          RGRecord)
 
@@ -180,8 +180,10 @@ def spread_partitions(groups: Sequence[Sequence[str]], count: int) -> list[int]:
     return chosen + [i for i in range(n) if i not in chosen]
 
 
-def plan(cfg: ClusterConfig) -> Plan:
-    """The records of a new cluster, version 1 each, and any unavoidable problems."""
+def plan(cfg: ClusterConfig, partitions: Sequence[PartitionId] | None = None) -> Plan:
+    """The records of a new cluster, version 1 each, and any unavoidable problems.
+    ``partitions``: an explicit set of leaves (a restored backup's, which splits and
+    merges may have made irregular) instead of ``cluster.partitions`` equal ones."""
     c = cfg.cluster
     ids = [b.id for b in cfg.bricks]
     hosts = []
@@ -193,7 +195,8 @@ def plan(cfg: ClusterConfig) -> Plan:
         hosts.append(domain)
         records.append(BrickRecord(entry.id, 1, host, port, domain))
     groups, problems = assign_groups(ids, hosts, c.replication)
-    parts = initial_partitions(c.partitions)
+    parts = initial_partitions(c.partitions) if partitions is None else \
+        explicit_partitions(partitions)
     order = spread_partitions(groups, len(parts))
     served: list[list[PartitionEntry]] = [[] for _ in groups]
     for j, pid in enumerate(parts):
@@ -202,6 +205,22 @@ def plan(cfg: ClusterConfig) -> Plan:
         records.append(RGRecord(f"rg{i}", 1, [Member(b, "active") for b in group],
                                 served[i]))
     return Plan(tuple(records), tuple(problems))
+
+
+def explicit_partitions(partitions: Sequence[PartitionId]) -> list[PartitionId]:
+    """``partitions`` sorted, checked to cover the key space exactly once (no gap, no
+    overlap, no repeat): PlacementError naming the problem otherwise."""
+    parts = sorted(partitions)
+    if not parts:
+        raise PlacementError("an explicit partition list must not be empty")
+    if len(set(parts)) != len(parts):
+        raise PlacementError("a partition is listed twice")
+    try:
+        DPTrie(parts)
+    except ValueError as e:
+        raise PlacementError(f"the partitions do not cover the key space exactly: {e}"
+                             ) from None
+    return parts
 
 
 def plan_cluster(cfg: ClusterConfig) -> list[Record]:
