@@ -38,7 +38,7 @@ setup(
     version="0.1.0",
     description="A distributed hash table of storage bricks, on Twisted",
     python_requires=">=3.11",
-    packages=["dds", "dds.bricks", "dds.bricks.copy", "dds.lib", "dds.tools",
+    packages=["dds", "dds.messages", "dds.bricks", "dds.bricks.copy", "dds.lib", "dds.tools",
               "dds.tools.bench", "dds.tools.membership", "dds.tools.scrub",
               "twisted.plugins"],
     package_dir={

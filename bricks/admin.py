@@ -147,7 +147,7 @@ class AdminRequests:
             path = b.storage.partition_path(pid)
             summary: dict[str, int] = await b._in_thread(summarize_file, path)
         except sqlite3.DatabaseError as e:
-            raise b._unreadable(pid, e) from None
+            raise b.damage.read_error(pid, e) from None
         return summary
 
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from dds.errors import ReplicaDamaged
+from dds.errors import DDSError, ReplicaDamaged
 from dds.partition import PartitionId
 
 from dds.bricks.mapstate import parse_pid
@@ -183,6 +183,14 @@ class Damage:
         why = self.damaged.get(pid, "unreadable")
         return ReplicaDamaged(f"the replica of {pid} here is damaged ({why}); it is being "
                               "copied again from its RG: read another replica")
+
+    def read_error(self, pid: str, error: BaseException) -> DDSError:
+        """``error`` met reading ``pid``'s file: ``ReplicaDamaged`` (the file is set
+        aside and the partition copied again) if it says the file is damaged; any other
+        error is raised as it was (an internal error)."""
+        if unreadable(error):
+            return self.found(pid, error)
+        raise error
 
     def found(self, pid: str, error: BaseException) -> ReplicaDamaged:
         """A read of ``pid`` met ``error`` (``unreadable``): set the file aside, serve

@@ -16,16 +16,19 @@ transaction id seen first in an ABORT is recorded as ABORTED, so a PREPARE that 
 after its coordinator gave up is refused rather than left holding a lock.  Decided
 transactions are remembered for a while so that a repeated COMMIT or ABORT gets the same
 answer.
+
+Around it: the transaction and its states (``bricks/txn.py``), the deadline sweep that
+hands a prepared transaction to termination (``bricks/txdeadlines.py``), and the write
+fence with its drain (``bricks/writefence.py``).
 """
 
 from __future__ import annotations
 
-import enum
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -43,74 +46,9 @@ from dds.bricks.damage import unreadable
 from dds.bricks.locks import LockTable
 from dds.bricks.rowcheck import row_checksum
 from dds.bricks.storage import PreparedRecord, Storage
-
-#: How many decided transactions are remembered for repeated COMMIT/ABORT answers.
-DECIDED_MEMORY = 100_000
-
-#: Where a vote or a commit that finishes later is answered without a Deferred:
-#: ``reply(to, result)`` with the reply body or the exception (see ``dds.rpc.LATER``).
-Reply = Callable[[Any, Any], None]
-
-
-class TxnState(enum.Enum):
-    PREPARING = "preparing"
-    PREPARED = "prepared"
-    COMMITTING = "committing"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
-
-
-class Transaction:
-    __slots__ = ("txid", "pid", "pid_text", "key", "op", "value", "new_version", "state",
-                 "timer", "wake_at", "prepared_at", "due_at", "waiters", "queried", "ts",
-                 "expected_version", "timeout_ms", "lock_key", "checksum", "origin",
-                 "asked_at", "participants")
-
-    def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
-                 value: bytes | None, now: float, ts: tuple[int, int] = (0, 0),
-                 expected_version: int | None = None, timeout_ms: int = 0,
-                 pid_text: str | None = None) -> None:
-        self.txid = txid
-        self.pid = pid
-        self.pid_text = pid_text if pid_text is not None else str(pid)
-        self.key = key
-        self.op = op
-        self.value = value
-        self.ts = ts
-        self.expected_version = expected_version
-        self.timeout_ms = timeout_ms
-        #: The key's lock: by partition id text, whose hash Python keeps.
-        self.lock_key = (self.pid_text, key)
-        self.new_version = 0
-        #: The staged row's checksum (``bricks/rowcheck.py``), computed once the vote
-        #: fixes ``new_version``; it goes with the row into the log and the file.
-        self.checksum: int | None = None
-        self.state = TxnState.PREPARING
-        #: A timer armed for this transaction alone (after a restart, a retry of
-        #: termination, a failed commit); the common deadline is ``wake_at``.
-        self.timer: IDelayedCall | None = None
-        #: When the participant's deadline sweep hands it to ``on_deadline`` (None: not
-        #: armed); one timer serves every prepared transaction.
-        self.wake_at: float | None = None
-        self.prepared_at = now
-        #: When termination first becomes due (the deadline timer's time); None until the
-        #: YES vote is recorded.  Later retries of termination do not move it.
-        self.due_at: float | None = None
-        #: COMMITs that arrived while the commit was being made durable (a retry).
-        self.waiters: list[Deferred[int]] = []
-        #: Termination has seen this member prepared (it answered a query, or started its
-        #: own termination): from then on the members decide, and a coordinator's ABORT is
-        #: refused, or some member could commit by "all prepared" while others abort.
-        self.queried = False
-        #: The connection the PREPARE came on (None when unknown): once it is closed,
-        #: the coordinator is likely gone, and termination need not wait for the deadline.
-        self.origin: Any = None
-        #: When a member whose key this transaction holds last asked the others early.
-        self.asked_at: float | None = None
-        #: The members the coordinator sent the PREPARE to: the ones termination asks
-        #: (DESIGN §4).  Empty for a vote recorded before the list was kept.
-        self.participants: tuple[str, ...] = ()
-
+from dds.bricks.txdeadlines import Deadlines
+from dds.bricks.txn import DECIDED_MEMORY, Reply, Transaction, TxnState
+from dds.bricks.writefence import WriteFence
 
 class Participant:
     log = Logger()
@@ -130,23 +68,24 @@ class Participant:
         #: Termination is safe at any time (DESIGN §4), so the cap costs a slow coordinator
         #: at most an answer decided by termination, never a wrong one.
         self.max_txn_deadline_s = max_txn_deadline_s
-        self.on_deadline = on_deadline or self._deadline_passed
         #: Called with a key's lock when a PREPARE or a read finds it held by another
         #: transaction (termination may learn its outcome early: ``Terminator.nudge``).
         self.on_blocked: Callable[[Any], None] = lambda lock_key: None
         self.active: dict[TxnId, Transaction] = {}
         self.decided: OrderedDict[TxnId, tuple[TxnState, int]] = OrderedDict()
-        #: Write fence of recovery (DESIGN §7): partition -> number of copy sessions
-        #: fencing it.  A count, so two recoveries of one RG do not lift each other's.
-        #: Empty (falsy) almost always, which keeps the check in ``prepare`` free.
-        self.fenced: dict[PartitionId, int] = {}
-        #: ``quiesce`` calls waiting for their partitions' transactions to resolve.
-        self._quiet_waiters: list[tuple[frozenset[PartitionId], Deferred[bool]]] = []
-        self._quiet_check: IDelayedCall | None = None
-        #: The deadline sweep: one timer, at the earliest ``wake_at`` of the prepared
-        #: transactions, instead of a timer per transaction armed and cancelled each time.
-        self._sweep: IDelayedCall | None = None
-        self._sweep_at = float("inf")
+        #: The deadlines of prepared transactions (``bricks/txdeadlines.py``): one timer.
+        self.deadlines = Deadlines(clock, metrics, self.active, on_deadline)
+        self.on_deadline = self.deadlines.on_deadline
+        # Bound once: every vote arms a deadline, every decision cancels it.
+        self._wake = self.deadlines.wake
+        self._cancel_timer = self.deadlines.cancel
+        #: Write fence of recovery (DESIGN §7) and of moves, splits and merges
+        #: (``bricks/writefence.py``): ``fenced`` is its dict, checked by every vote.
+        self.writes = WriteFence(clock, self.active, lambda lock_key: self.on_blocked(lock_key))
+        self.fenced = self.writes.fenced
+        #: The drains waiting (the fence's list): checked whenever a transaction ends.
+        self._quiet_waiters = self.writes.waiters
+        self._schedule_quiet_check = self.writes.schedule_check
         #: A read or write of a partition whose file turned out unreadable
         #: (``bricks/damage.py``): ``on_unreadable(pid, error)`` sets it aside and returns
         #: the error to answer (``ReplicaDamaged``).
@@ -485,91 +424,25 @@ class Participant:
                 self._schedule_quiet_check()
         return len(dropped)
 
-    # -- write fence (recovery, DESIGN §7) -----------------------------------------------
+    # -- write fence (recovery, DESIGN §7; bricks/writefence.py) -----------------------
+
+    DRAIN_S = WriteFence.DRAIN_S
+    DRAIN_ASK_S = WriteFence.DRAIN_ASK_S
 
     def fence(self, pids: Iterable[PartitionId]) -> None:
-        """Refuse new PREPAREs for ``pids`` with ``Recovering`` until as many ``unfence``
-        calls lift it (each copy session fences and unfences once)."""
-        for pid in pids:
-            self.fenced[pid] = self.fenced.get(pid, 0) + 1
+        """Refuse new PREPAREs for ``pids`` until as many ``unfence`` calls lift it."""
+        self.writes.fence(pids)
 
     def unfence(self, pids: Iterable[PartitionId]) -> None:
-        for pid in pids:
-            n = self.fenced.get(pid, 0) - 1
-            if n > 0:
-                self.fenced[pid] = n
-            else:
-                self.fenced.pop(pid, None)
+        self.writes.unfence(pids)
 
     def busy(self, pids: Iterable[PartitionId]) -> int:
-        """How many active transactions (preparing, prepared or committing) touch
-        ``pids``."""
-        wanted = pids if isinstance(pids, (set, frozenset)) else set(pids)
-        return sum(1 for t in self.active.values() if t.pid in wanted)
-
-    #: The longest a fence's drain waits for the transactions in flight (``quiesce``).
-    #: In health they finish in milliseconds; one that takes longer waits on a lost
-    #: COMMIT, a dead coordinator or an unreachable member, and the early questions
-    #: (``DRAIN_ASK_S``) settle the first two well within it.  Past it the fence is
-    #: lifted and the split, merge or copy rolls back (its tool may try again), rather
-    #: than every write to the partitions waiting out a transaction deadline.
-    DRAIN_S = 1.0
+        """How many active transactions touch ``pids``."""
+        return self.writes.busy(pids)
 
     async def quiesce(self, pids: Iterable[PartitionId], timeout_s: float) -> bool:
-        """Wait until no active transaction touches ``pids``: True once so, False after
-        ``timeout_s`` (on the participant's clock).  Event-driven: checked whenever a
-        transaction leaves ``active``, on the next reactor turn (never from inside a
-        commit's callbacks, where the waiter's next step, a storage flush, would re-enter
-        group commit).  Meant to follow ``fence``, which stops new ones arriving."""
-        wanted = frozenset(pids)
-        if not self.busy(wanted):
-            return True
-        d: Deferred[bool] = Deferred()
-        waiter = (wanted, d)
-        self._quiet_waiters.append(waiter)
-        timer = self.clock.callLater(timeout_s, self._quiet_timeout, d)
-        # A drain must not wait out a transaction deadline for a COMMIT that was lost or
-        # a coordinator that died: ask about what it waits for, as a blocked read does.
-        asking: list[IDelayedCall] = []
-        asking.append(self.clock.callLater(0, self._nudge_drained, wanted, asking, d))
-        try:
-            return await d
-        finally:
-            if timer.active():
-                timer.cancel()
-            if asking[0].active():
-                asking[0].cancel()
-            if waiter in self._quiet_waiters:
-                self._quiet_waiters.remove(waiter)
-
-    #: How often a drain (``quiesce``) asks about the transactions it waits for.
-    DRAIN_ASK_S = 0.1
-
-    def _nudge_drained(self, wanted: frozenset[PartitionId], asking: list[IDelayedCall],
-                       d: Deferred[bool]) -> None:
-        if d.called:
-            return
-        for txn in list(self.active.values()):
-            if txn.pid in wanted and txn.state is TxnState.PREPARED:
-                self.on_blocked(txn.lock_key)
-        asking[0] = self.clock.callLater(self.DRAIN_ASK_S, self._nudge_drained, wanted,
-                                         asking, d)
-
-    @staticmethod
-    def _quiet_timeout(d: Deferred[bool]) -> None:
-        if not d.called:
-            d.callback(False)
-
-    def _schedule_quiet_check(self) -> None:
-        if self._quiet_check is None:
-            self._quiet_check = self.clock.callLater(0, self._check_quiet)
-
-    def _check_quiet(self) -> None:
-        self._quiet_check = None
-        for wanted, d in list(self._quiet_waiters):
-            if not d.called and not self.busy(wanted):
-                self._quiet_waiters.remove((wanted, d))
-                d.callback(True)
+        """Wait until no active transaction touches ``pids`` (False after ``timeout_s``)."""
+        return await self.writes.quiesce(pids, timeout_s)
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -586,61 +459,13 @@ class Participant:
         while len(self.decided) > DECIDED_MEMORY:
             self.decided.popitem(last=False)
 
-    def _cancel_timer(self, txn: Transaction) -> None:
-        txn.wake_at = None
-        if txn.timer is not None:
-            if txn.timer.active():
-                txn.timer.cancel()
-            txn.timer = None
-
-    def _wake(self, txn: Transaction, at: float) -> None:
-        """Hand ``txn`` to ``on_deadline`` at ``at`` (unless it is decided first)."""
-        txn.wake_at = at
-        if at < self._sweep_at:
-            if self._sweep is not None and self._sweep.active():
-                self._sweep.cancel()
-            self._sweep_at = at
-            self._sweep = self.clock.callLater(max(0.0, at - self.clock.seconds()),
-                                               self._sweep_deadlines)
-
-    def _sweep_deadlines(self) -> None:
-        """Every transaction whose ``wake_at`` has come goes to ``on_deadline``; sleep
-        until the next one.  Decided transactions left ``active`` already: nothing to
-        cancel when a transaction ends."""
-        self._sweep = None
-        self._sweep_at = float("inf")
-        now = self.clock.seconds()
-        due = [t for t in self.active.values() if t.wake_at is not None and t.wake_at <= now]
-        for txn in due:
-            if txn.wake_at is not None and self.active.get(txn.txid) is txn:
-                txn.wake_at = None
-                self.on_deadline(txn)
-        upcoming = [t.wake_at for t in self.active.values() if t.wake_at is not None]
-        if upcoming:
-            at = min(upcoming)
-            if at < self._sweep_at:
-                self._sweep_at = at
-                self._sweep = self.clock.callLater(max(0.0, at - now),
-                                                   self._sweep_deadlines)
-
-    def _deadline_passed(self, txn: Transaction) -> None:
-        """Default deadline action: report the in-doubt transaction.  The termination
-        protocol (asking the other members) replaces this through ``on_deadline``."""
-        txn.timer = None
-        self.metrics.inc("txn_in_doubt_total")
-        self.log.warn("transaction {txid} on {pid} is past its deadline and still "
-                      "prepared", txid=txn.txid, pid=str(txn.pid))
-
     def deadline_passed(self, txn: Transaction, now: float | None = None) -> bool:
-        """Whether ``txn``'s deadline (its first termination time) has passed: from then
-        on its coordinator has given up on it, and the termination rule may decide it."""
-        if txn.due_at is None:
-            return False
-        return (self.clock.seconds() if now is None else now) >= txn.due_at
+        """Whether ``txn``'s deadline has passed (``Deadlines.passed``)."""
+        return self.deadlines.passed(txn, now)
 
     def in_doubt(self) -> list[Transaction]:
-        """Prepared transactions past their deadline: termination has not decided them
-        (yet), typically because a member could not be asked."""
-        now = self.clock.seconds()
-        return [t for t in self.active.values()
-                if t.state is TxnState.PREPARED and self.deadline_passed(t, now)]
+        """Prepared transactions past their deadline (``Deadlines.in_doubt``)."""
+        return self.deadlines.in_doubt()
+
+
+__all__ = ["DECIDED_MEMORY", "Participant", "Reply", "Transaction", "TxnState"]

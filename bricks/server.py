@@ -4,9 +4,11 @@
 map, hands what the components share to each as one ``BrickContext``
 (``bricks/context.py``), and dispatches every request to the component that answers it
 (each lists its own in ``handlers()``).  It is the ``handler`` of every inbound
-connection, and keeps the hot path here: reads, PREPARE and COMMIT without building a
-message object.  Requests are decoded and validated before any state is touched; a bad
-request is answered with an error naming the problem.
+connection, and keeps the hot path's dispatch here: the bodies of GET, PREPARE and
+COMMIT are checked field by field and handed, without building a message object, to the
+data path's fast entries (``bricks/datapath.py``, bound once).  Requests are decoded and
+validated before any state is touched; a bad request is answered with an error naming
+the problem.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import sqlite3
 import time
 from time import perf_counter
-from typing import Any, Callable, Sequence, cast
+from typing import Any, Callable, cast
 
 import attrs
 
@@ -27,15 +29,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dds.config import BrickConfig
-from dds.errors import (DDSError, InvalidRequest, KeyTooLarge, NotServing, PermissionDenied,
-                        ReplicaDamaged, ValueTooLarge)
+from dds.errors import DDSError, PermissionDenied
 from dds.maps import ClusterMap
-from dds.messages import (GET_COMPACT, GET_COMPACT_FIELDS, MAX_PARTICIPANTS, OPS, Abort,
-                          Commit, Get, Lease, MapPush, Message, Ping, Prepare, RGChange, RGStatus, RowRead,
-                          TxnState as TxnStateMsg, decode_request, roles_of)
+from dds.messages import (GET_COMPACT, GET_COMPACT_FIELDS, MAX_PARTICIPANTS, OPS, Get, Lease,
+                          MapPush, Message, Ping, Prepare, RGChange, RGStatus, decode_request,
+                          roles_of)
 from dds.metrics import Count, Histogram, Metrics
 from dds.connect import ConnectionCache, Opener
-from dds.partition import PartitionId, key_hash
 from dds.records import Record, RGRecord
 from dds.ratelimit import LogLimiter
 from dds.rpc import LATER, RPCProtocol, flush_sends
@@ -52,6 +52,7 @@ from dds.bricks.copy.serve import CopySource
 from dds.bricks.copy.source import CopySessions
 from dds.bricks.copy.stream import StreamServer
 from dds.bricks.damage import Damage, set_aside_unreadable, unreadable
+from dds.bricks.datapath import DataPath, To
 from dds.bricks.diskspace import DiskSpace, StepOut
 from dds.bricks.gossip import MapGossip
 from dds.bricks.journal import Journal
@@ -59,17 +60,16 @@ from dds.bricks.listener import CertificateWatch, rpc_factory
 from dds.bricks.leases import Leases
 from dds.bricks.locks import LockTable
 from dds.bricks.quarantine import Quarantine
-from dds.bricks.mapstate import MapState, parse_pid
+from dds.bricks.mapstate import MapState
 from dds.bricks.participant import Participant
 from dds.bricks.recovery import Recoveries
 from dds.bricks.replicas import LocalReplicas
 from dds.bricks.rgchange import RecordChanges
 from dds.bricks.scrub import Scrubber
 from dds.bricks.checksumwalk import ChecksumWalk
-from dds.bricks.rowcheck import row_checksum
 from dds.bricks.selfrepair import SelfRepair
 from dds.bricks.split import Splits
-from dds.bricks.partstore import Durability, ReadResult
+from dds.bricks.partstore import Durability
 from dds.bricks.storage import Storage
 from dds.bricks.termination import Terminator
 
@@ -78,15 +78,6 @@ _GET_FIELDS = frozenset(attrs.fields_dict(Get))
 _PREPARE_FIELDS = frozenset(attrs.fields_dict(Prepare))
 _OPS = frozenset(OPS)
 _U64 = 1 << 64
-#: Bound of the remembered map checks (``Brick._gate``): a peer sending made-up partition
-#: ids must not grow it without end.
-_GATES_MAX = 4096
-#: A remembered map check: (version, fp, partition, mask, prefix, the RG's active
-#: members) of a checked route.
-_Gate = tuple[int, int, PartitionId, int, int, tuple[str, ...]]
-#: Where a request the handler answers later (``LATER``) is answered: its connection,
-#: request id and type, and when it arrived (for ``request_seconds``).
-_To = tuple[RPCProtocol, int, str, float]
 
 
 def _compact_reply(reply: dict[str, Any]) -> list[Any]:
@@ -131,9 +122,6 @@ class Brick:
         self._request_series: dict[str, tuple[Count, Histogram]] = {}
         self.started = time.time()
         t = config.timeouts
-        self.read_wait_s = t.read_wait_ms / 1000.0
-        self.max_key = config.limits.max_key_bytes
-        self.max_value = config.limits.max_value_bytes
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._in_thread = thread_runner(reactor)
         # Before the storage opens a file: one it cannot read stopped the brick's start.
@@ -189,7 +177,7 @@ class Brick:
         # Unreadable partition files (bricks/damage.py): set aside, re-copied.
         self.damage = Damage(ctx, self.recoveries)
         self.damage.started(unreadable_files)
-        self.participant.on_unreadable = self._unreadable
+        self.participant.on_unreadable = self.damage.read_error
         # A full disk (bricks/diskspace.py): writes refused, out of the RGs' write path.
         step_out = StepOut(ctx, timeout_s=t.suspect_check_ms / 1000.0 + self.lease_s + 5.0)
         self.disk = DiskSpace(self.id, config.data_dir, self.clock, self.metrics,
@@ -202,8 +190,15 @@ class Brick:
         # Journal of multi-step admin operations (DESIGN §8); opens its file on first use.
         self.journal = Journal(config.data_dir, self.clock, self.metrics,
                                durability=durability)
-        self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
-        if self.ignore_read_lease:
+        # The data requests and their gates (bricks/datapath.py); the hot path's entries
+        # bound once here, so that ``handle`` calls them as directly as its own methods.
+        self.data = DataPath(ctx, config, self.locks, self.leases, self.termination,
+                             self.recoveries, self.damage, self.disk, self._answer)
+        self._get_fast = self.data.get_fast
+        self._read_fast = self.data.read_fast
+        self._prepare_fast = self.data.prepare_fast
+        self._commit_fast = self.data.commit_fast
+        if config.brick.unsafe_ignore_read_lease:
             self.log.error("brick.unsafe_ignore_read_lease is set: this brick serves reads "
                            "without a membership lease and can return stale values")
         self._restarted = len(self.maps.map) > 0
@@ -215,8 +210,6 @@ class Brick:
                                    config.auth.max_unauthenticated_per_source, self.metrics,
                                    self.clock)
         self._denials = LogLimiter(self.clock, self.log)
-        self._gates: dict[tuple[str, str], _Gate] = {}
-        self._gates_map: ClusterMap | None = None
         #: The RPC port actually bound (the configured one may be 0).
         self.port = config.brick.port
         self.quarantine = Quarantine(config.data_dir, self.storage, self.clock, self.metrics,
@@ -230,13 +223,13 @@ class Brick:
         # The map requests and gossip (DESIGN §2).
         self.gossip = MapGossip(ctx, self.peers, config.cluster.seeds,
                                 config.timeouts.gossip_interval_ms / 1000.0, self._denials)
-        self._stopping = False
         # Scrub (dds-admin scrub): per-bucket checksums and keys of a replica.
         self.scrubber = Scrubber(self.id, self.storage, self._in_thread, self.maps,
                                  self.recoveries, config.limits.max_frame_bytes,
-                                 damaged=self.damage.damaged, on_unreadable=self._unreadable)
+                                 damaged=self.damage.damaged,
+                                 on_unreadable=self.damage.read_error)
         self.bounded = BoundedReads(self.clock, self.leases, self.participant,
-                                    lambda *gate: self._gate(*gate)[2], self._read,
+                                    lambda *gate: self.data.gate(*gate)[2], self.data.read,
                                     lambda: self.recoveries.blocked)
         # Row checksums (issue 13): a damaged row is repaired from the RG by itself,
         # found by a read or by the background walk (migration of old files, scrub).
@@ -258,11 +251,9 @@ class Brick:
         self.backups = Backups(ctx, self.serving, self.damage.damaged)   # dds-admin backup
         # Every request type, by the component that answers it (each lists its own).
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
-            Get: self.get, Prepare: self.prepare, Commit: self.commit, Abort: self.abort,
-            TxnStateMsg: self.txn_state, RowRead: self.row_read, Ping: self.ping,
-            Lease: self.lease, RGStatus: self.rg_status,
+            Ping: self.ping, Lease: self.lease, RGStatus: self.rg_status,
         }
-        for component in (self.gossip, self.admin, self.changes, self.copy_source,
+        for component in (self.data, self.gossip, self.admin, self.changes, self.copy_source,
                           self.moves_in, self.splits, self.journal, self.scrubber,
                           self.bounded, self.change_stream, self.backups):
             handlers = component.handlers()
@@ -333,7 +324,7 @@ class Brick:
         time, flush storage.  Prepared transactions left after the grace period stay
         prepared on disk-less memory; their coordinators see ``Indeterminate`` or
         termination resolves them on the other members."""
-        self._stopping = True
+        self.data.stop()
         self.gossip.stop()
         self.leases.stop()
         self.certificate.stop()
@@ -366,7 +357,7 @@ class Brick:
         self.replicas.reconcile()
         self.leases.on_map_change(new_map, adopted)
         self.recoveries.check()
-        if not self._stopping and self.leases.running:
+        if not self.data.stopping and self.leases.running:
             # A new record may make this brick active somewhere: ask for leases now
             # rather than up to a third of a lease later.
             ensureDeferred(self.leases.renew())
@@ -453,7 +444,7 @@ class Brick:
         latency.observe(perf_counter() - t0)
         return result
 
-    def _answer(self, to: _To, result: Any) -> None:
+    def _answer(self, to: To, result: Any) -> None:
         """The answer to a request a hot path finished later (``LATER``), counted."""
         conn, rid, mtype, t0 = to
         if isinstance(result, DDSError):
@@ -466,44 +457,6 @@ class Brick:
         if isinstance(result, Failure) and isinstance(result.value, DDSError):
             self.metrics.inc("errors", code=result.value.code)
         return result
-
-    # -- data operations -----------------------------------------------------------------
-
-    def _check_key(self, key: bytes) -> None:
-        if len(key) > self.max_key:
-            raise KeyTooLarge(f"key of {len(key)} bytes exceeds the limit of "
-                              f"{self.max_key} bytes")
-
-    def _gated(self, pid_text: str, rg: str, version: int, fp: int) -> _Gate | None:
-        """What ``_gate`` remembered for these routing fields under the current map."""
-        if self._gates_map is not self.maps.map:
-            self._gates = {}
-            self._gates_map = self.maps.map
-        hit = self._gates.get((rg, pid_text))
-        if hit is not None and hit[0] == version and hit[1] == fp:
-            return hit
-        return None
-
-    def _gate(self, pid_text: str, rg: str, version: int, fp: int) -> _Gate:
-        """``maps.check`` (DESIGN §2), remembered per RG and partition for as long as the
-        map stays the same object: a data operation that passed it once costs a lookup.
-        With the partition come its hash mask and prefix (``PartitionId.owns``)."""
-        hit = self._gated(pid_text, rg, version, fp)
-        if hit is not None:
-            return hit
-        pid, rec = self.maps.check(pid_text, rg, version, fp)
-        gate = (rec.version, rec.fp, pid, pid.mask, pid.prefix, rec.active_members)
-        if str(pid) == pid_text and len(self._gates) < _GATES_MAX:
-            self._gates[(rg, pid_text)] = gate
-        return gate
-
-    def _get_fast(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        """GET without building a message object: the hottest request.  Anything unusual
-        (a bad type, a lock, an error) returns None and takes the general path, which
-        gives the precise answer."""
-        r = self._read_fast(body["pid"], body["rg"], body["rg_version"], body["rg_fp"],
-                            body["key"])
-        return None if r is None else {"value": r.value, "version": r.version}
 
     def _get_compact(self, body: Any, t0: float) -> Any:
         """The compact read (``dds.messages.GET_COMPACT``): the fast path, or ``get``'s
@@ -523,170 +476,7 @@ class Brick:
             return result.addCallback(_compact_reply)
         return _compact_reply(result)
 
-    def _read_fast(self, pid_text: Any, rg: Any, version: Any, fp: Any, key: Any
-                   ) -> ReadResult | None:
-        if not (type(key) is bytes and type(pid_text) is str and type(rg) is str
-                and type(version) is int and type(fp) is int
-                and len(key) <= self.max_key):
-            return None
-        gate = self._gated(pid_text, rg, version, fp)
-        if (gate is None or key_hash(key) & gate[3] != gate[4]
-                or self.locks.holder((pid_text, key)) is not None
-                or rg in self.recoveries.blocked
-                or not (self.ignore_read_lease or self.leases.valid(rg))):
-            return None
-        try:
-            return self.storage.read(pid_text, key)
-        except ReplicaDamaged:
-            # Counted here: the caller counts only the reads it answers.
-            self.metrics.inc("requests", type="get")
-            self.metrics.inc("errors", code=ReplicaDamaged.code)
-            raise
-        except sqlite3.DatabaseError as e:
-            raise self._unreadable(pid_text, e) from None
-
-    def _check_serving(self, rg: str, read: bool, pid: str | None = None) -> None:
-        """DESIGN §6–7: no reads and no YES votes without a valid lease, and nothing at
-        all from an RG still being re-synced (``ReplicaDamaged`` for a partition whose
-        file was unreadable: ``bricks/damage.py``)."""
-        if rg in self.recoveries.blocked:
-            if pid is not None and pid in self.damage.damaged:
-                raise self.damage.error(pid)
-            raise NotServing(f"brick {self.id} is re-syncing {rg}")
-        if not self.leases.valid(rg) and not (read and self.ignore_read_lease):
-            self.metrics.inc("no_lease_refusals_total")
-            raise NotServing(f"brick {self.id} holds no valid membership lease for {rg}")
-
-    def get(self, msg: Get) -> Any:
-        self._check_key(msg.key)
-        pid = self._gate(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)[2]
-        self._check_serving(msg.rg, read=True, pid=str(pid))
-        if not pid.owns(msg.key):
-            raise InvalidRequest(f"key does not belong to partition {pid}")
-        lock_key = (str(pid), msg.key)
-        if self.locks.holder(lock_key) is None:
-            r = self._read(str(pid), msg.key)
-            return {"value": r.value, "version": r.version}
-        return self._get_after_outcome(msg, lock_key)
-
-    async def _get_after_outcome(self, msg: Get, lock_key: tuple[str, bytes]) -> Any:
-        """A prepared key may already be committed on another replica: wait for the
-        outcome here so that no read returns a value older than one already visible."""
-        self.metrics.inc("reads_waited_total")
-        self.termination.nudge(lock_key)
-        await self.locks.wait_free(lock_key, self.read_wait_s)
-        pid, _rec = self.maps.check(msg.pid, msg.rg, msg.rg_version, msg.rg_fp)
-        self._check_serving(msg.rg, read=True, pid=str(pid))
-        r = self._read(str(pid), msg.key)
-        return {"value": r.value, "version": r.version}
-
-    def row_read(self, msg: RowRead) -> dict[str, Any]:
-        """A member repairing a damaged row asks for ours (``bricks/selfrepair.py``):
-        answered while this brick is an active member of the RG in its own record (with
-        or without a lease, re-syncing after a restart or not: no write commits without
-        an active member), for a partition the RG lists and is not still filling
-        (incoming); ``prepared`` if a transaction on the key is in progress here.  A
-        damaged row here answers ``ReplicaDamaged`` (and is repaired here too)."""
-        rec = self.maps.map.rgs.get(msg.rg)
-        pid = parse_pid(msg.pid)
-        if rec is None or self.id not in rec.active_members \
-                or rec.partition_state(pid) in (None, "incoming") \
-                or not self.storage.has_partition(str(pid)):
-            raise NotServing(f"brick {self.id} is not an active member holding {msg.pid} "
-                             f"of {msg.rg}")
-        if not pid.owns(msg.key):
-            raise InvalidRequest(f"key does not belong to partition {pid}")
-        if self.locks.holder((str(pid), msg.key)) is not None:
-            return {"prepared": True}
-        r = self._read(str(pid), msg.key)
-        return {"value": r.value, "version": r.version, "prepared": False,
-                "checksum": row_checksum(msg.key, r.version, r.value)}
-
-    def _read(self, pid: str, key: bytes) -> ReadResult:
-        try:
-            return self.storage.read(pid, key)
-        except sqlite3.DatabaseError as e:
-            raise self._unreadable(pid, e) from None
-
-    # -- damaged partition files (bricks/damage.py) --------------------------------------
-
-    def _unreadable(self, pid: str, error: BaseException) -> DDSError:
-        """``error`` met reading ``pid``'s file: ``ReplicaDamaged`` (the file is set
-        aside and the partition copied again) if it says the file is damaged; any other
-        error is raised as it was (an internal error)."""
-        if unreadable(error):
-            return self.damage.found(pid, error)
-        raise error
-
-    def prepare(self, msg: Prepare) -> dict[str, int] | Deferred[dict[str, int]]:
-        return self._prepare(msg.txid, msg.ts, msg.pid, msg.key, msg.op, msg.value,
-                             msg.expected_version, msg.rg, msg.rg_version, msg.rg_fp,
-                             msg.timeout_ms, msg.participants)
-
-    def _prepare_fast(self, args: tuple[dict[str, Any], _To]) -> Any:
-        """A PREPARE whose body passed ``_prepare_body_ok``, answered through ``_answer``
-        if it waits for its vote's record."""
-        b, to = args
-        txid, ts = b["txid"], b["ts"]
-        return self._prepare((txid[0], txid[1]), (ts[0], ts[1]), b["pid"], b["key"], b["op"],
-                             b["value"], b["expected_version"], b["rg"], b["rg_version"],
-                             b["rg_fp"], b["timeout_ms"], b["participants"], to)
-
-    def _commit_fast(self, args: tuple[tuple[int, int], _To]) -> Any:
-        txid, to = args
-        return self.participant.commit(txid, self._answer, to)
-
-    def _prepare(self, txid: tuple[int, int], ts: tuple[int, int], pid_text: str, key: bytes,
-                 op: str, value: bytes | None, expected_version: int | None, rg: str,
-                 rg_version: int, rg_fp: int, timeout_ms: int,
-                 participants: Sequence[str] = (), to: _To | None = None) -> Any:
-        """A validated PREPARE: the gates of DESIGN §2 and §6, then the vote.  The
-        participants must be the active members of the record the route names: those
-        are the members termination asks (DESIGN §4), so a list that differs (a bug, or
-        a forged request) is refused before anything is held."""
-        if self._stopping:
-            raise NotServing(f"brick {self.id} is shutting down")
-        if self.disk.full:
-            raise self.disk.refusal()
-        self._check_key(key)
-        if value is not None and len(value) > self.max_value:
-            raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
-                                f"{self.max_value} bytes")
-        _v, _fp, pid, mask, prefix, members = self._gate(pid_text, rg, rg_version, rg_fp)
-        if key_hash(key) & mask != prefix:
-            raise InvalidRequest(f"key does not belong to partition {pid}")
-        named = tuple(participants)     # once per PREPARE: compared, then recorded
-        if named and named != members:
-            raise InvalidRequest(f"participants {list(named)} are not the active "
-                                 f"members {list(members)} of {rg} v{rg_version}")
-        self._check_serving(rg, read=False, pid=pid_text)
-
-        def recheck() -> Any:
-            checked = self.maps.check(pid_text, rg, rg_version, rg_fp)
-            self._check_serving(rg, read=False)
-            return checked
-        return self.participant.vote(txid, ts, pid, key, op, value, expected_version,
-                                     timeout_ms, recheck, pid_text,
-                                     None if to is None else self._answer, to,
-                                     named or members)
-
-    def commit(self, msg: Commit) -> dict[str, int] | Deferred[dict[str, int]]:
-        return self.participant.commit(msg.txid)
-
-    def abort(self, msg: Abort) -> dict[str, Any]:
-        return self.termination.coordinator_abort(msg.txid)
-
-    def txn_state(self, msg: TxnStateMsg) -> dict[str, str]:
-        """A replica that needs a copy (its file or the log was damaged) may have lost a
-        YES vote: "never prepared here" (abort) would be a guess that can undo a write
-        the client was told succeeded.  It answers ``ReplicaDamaged`` instead, which the
-        asking member treats as unreachable: excluded, then decided among the rest."""
-        if self.damage.damaged and not msg.peek \
-                and self.participant.state_of(msg.txid) is None:
-            pid = str(parse_pid(msg.pid)) if msg.pid is not None else None
-            if pid is None or pid in self.damage.damaged:
-                raise self.damage.error(pid or "this brick")
-        return self.termination.answer(msg)
+    # -- membership: leases, record changes, termination's exclusions -------------------
 
     async def _exclude_for_termination(self, rg: RGRecord, member: str, why: str) -> bool:
         """Exclude ``member`` from ``rg`` (DESIGN §5), coordinated by this brick; true once
@@ -699,8 +489,6 @@ class Brick:
                           rg=rg.name, error=e.message)
         now = self.maps.map.rgs.get(rg.name)
         return now is not None and member not in now.active_members
-
-    # -- membership: leases, record changes, recovery ----------------------------------
 
     def _send_lease(self, peer: str, rgs: list[str]) -> Deferred[Any]:
         async def go() -> Any:

@@ -80,7 +80,7 @@ class BrickService(Service):
         restart waits for 200 before it restarts the next brick."""
         b = self.brick
         resyncing = sorted(b.recoveries.blocked) if b is not None else []
-        ok = (b is not None and not b._stopping and len(b.maps.map) > 0
+        ok = (b is not None and not b.data.stopping and len(b.maps.map) > 0
               and not resyncing)
         return {"ok": ok, "brick": self.config.brick.id,
                 "map_records": len(b.maps.map) if b else 0, "resyncing": resyncing,

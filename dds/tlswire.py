@@ -8,7 +8,7 @@ calls and exceptions).  A get is a record each way, so that difference was most 
 TLS cost a get.  Twisted's transport also holds small writes for a reactor turn and
 queues the encrypted bytes for one more, which ``RPCProtocol`` (one frame per peer and
 turn) does not need.  Here a frame is encrypted when written and sent at once when the
-socket takes it (``dds.rpc._write``), as on a plain connection.
+socket takes it (``dds.rpcframing._write``), as on a plain connection.
 
 The handshake runs as soon as the connection is made; what the protocol above writes
 before it completes waits in a list.  A failed handshake ends the connection with the
@@ -26,7 +26,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
-from dds.rpc import _write
+from dds.rpcframing import _write
 
 __all__ = ["TLSTransport"]
 
