@@ -245,7 +245,7 @@ class Brick:
         self.splits = Splits(ctx, config.data_dir / "split-staging", self.changes.update,
                              blocked=lambda rg: rg in self.recoveries.blocked)
         self.admin = AdminRequests(self)
-        self.change_stream = ChangeStream(ctx, lambda *g: self._gate(*g)[2],
+        self.change_stream = ChangeStream(ctx, lambda *g: self.data.gate(*g)[2],
                                           lambda: self.recoveries.blocked,
                                           config.brick.change_max_skew_ms / 1000.0)
         self.backups = Backups(ctx, self.serving, self.damage.damaged)   # dds-admin backup
