@@ -22,6 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from dds import failpoints
+from dds.deferreds import sleep
 from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InternalError,
                         InvalidRequest, Locked, NotServing, ReplicaDamaged, StaleMap,
                         StorageFull, Timeout, Unavailable, UnknownTransaction,
@@ -315,7 +316,7 @@ class Coordinator:
             if self.clock.seconds() >= deadline:
                 raise Indeterminate(f"transaction {txid}: " +
                                     unknown.format(bricks=[b.id for b in pending]))
-            await _sleep(self.clock, 0.01)
+            await sleep(self.clock, 0.01)
 
     async def _first_commit_alone(self, txid: tuple[int, int], members: list[BrickRecord],
                                   deadline: float) -> list[BrickRecord]:
@@ -424,8 +425,3 @@ def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:
         out.callback(results)
     return out
 
-
-def _sleep(clock: IReactorTime, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    clock.callLater(seconds, d.callback, None)
-    return d

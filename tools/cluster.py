@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred
 
 from dds.auth import Credentials, check_secret, read_secret_file, secret_env
+from dds import deferreds
 from dds.codec import DEFAULT_MAX_FRAME
 from dds.config import ConfigError, format_address, load_cluster_config, parse_address
 from dds.connect import ConnectionCache, Opener, open_connection
@@ -160,10 +161,10 @@ async def connect_brick(reactor: Any, host: str, port: int, target: Target,
 
 async def gather(items: Iterable[Coroutine[Any, Any, T] | Deferred[T]]
                  ) -> list[T | BaseException]:
-    """Run awaitables concurrently; each result or the exception it raised, in order."""
-    deferreds: list[Deferred[T]] = [ensureDeferred(i) for i in items]
-    results: list[tuple[bool, Any]] = await DeferredList(deferreds, consumeErrors=True)
-    return [value if ok else value.value for ok, value in results]
+    """Run awaitables concurrently; each result or the exception it raised, in order
+    (``dds.deferreds.gather``)."""
+    results: list[T | BaseException] = await deferreds.gather(items)
+    return results
 
 
 async def fetch_map(reactor: Any, target: Target, timeout: float = CALL_TIMEOUT_S

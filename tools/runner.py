@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 
+from dds.deferreds import sleep
 from dds.tools.errors import AdminError
 
 T = TypeVar("T")
@@ -47,11 +48,9 @@ def run(fn: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def pause(reactor: Any, seconds: float) -> Deferred[None]:
-    """A Deferred that fires after ``seconds``: the interval between two polls."""
-    d: Deferred[None] = Deferred()
-    call = reactor.callLater(seconds, d.callback, None)
-    d.addErrback(lambda f: call.cancel() if call.active() else None)
-    return d
+    """A Deferred that fires after ``seconds``: the interval between two polls
+    (``dds.deferreds.sleep``, cancellable)."""
+    return sleep(reactor, seconds)
 
 
 async def poll_until(reactor: Any, condition: Callable[[], Awaitable[bool] | bool],

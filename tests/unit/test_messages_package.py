@@ -13,9 +13,13 @@ MODULES = ("base", "data", "membership", "admin", "copy", "reorg")
 
 
 def test_every_registered_message_class_is_importable_from_the_package() -> None:
-    missing = [cls.__name__ for cls in _REGISTRY.values()
+    # Requests declared beside their subsystem (dds.fencerenew, dds.changemsgs,
+    # dds.backupmsgs) register too, but live in their own modules.
+    import dds.backupmsgs, dds.changemsgs, dds.fencerenew  # noqa: F401,E401 -- registered
+    ours = [cls for cls in _REGISTRY.values() if cls.__module__.startswith("dds.messages.")]
+    missing = [cls.__name__ for cls in ours
                if getattr(dds.messages, cls.__name__, None) is not cls]
-    assert missing == []
+    assert ours and missing == []
 
 
 def test_every_public_name_of_its_modules_is_exported_by_the_package() -> None:
