@@ -91,19 +91,36 @@ def test_a_prepare_from_a_library_without_the_list_records_the_rg_members(
         tuple(b.id for b in members)
 
 
-def test_termination_does_not_ask_a_member_the_prepare_did_not_name(
+def test_termination_counts_a_member_readmitted_since_the_prepare(
         cluster: SimCluster) -> None:
-    """b2 stands for a member readmitted after the PREPARE: it never saw the
-    transaction, and asked, it would record it aborted and abort it everywhere.  The
-    participants b0 and b1 both hold it prepared: they commit."""
+    """The ci fault profile's divergence (seed 299961328, session 10).  b0 prepared the
+    transaction; its other participant b1 never did (the coordinator aborted, its ABORT
+    to b0 was lost) and is now cut off; b2 stands for a member readmitted since, whose
+    copy came from b1 and so lacks the write.  Asking only the participants, b0 found
+    nobody to ask and committed by "every member prepared": b2 never got the write.
+    b2 is asked, answers from its data, and the transaction is aborted."""
     b0, b1, b2 = cluster.replicas(KEY)
-    for b in (b0, b1):
-        assert _prepare(cluster, b, (5, 5)) == {"version": 0}
-        b.participant.active[(5, 5)].participants = (b0.id, b1.id)
+    assert _prepare(cluster, b0, (5, 5)) == {"version": 0}
+    b0.participant.active[(5, 5)].participants = (b0.id, b1.id)
+    cluster.net.pause(b1.id, stop_process=True)
     result = _resolve(cluster, b0, (5, 5))
+    assert result["decision"] == "abort", result
+    assert b2.participant.state_of((5, 5)) is TxnState.ABORTED   # asked, and answered
+    assert b0.storage.read(cluster.pid(KEY), KEY) == ReadResult(None, 0)
+
+
+def test_a_readmitted_member_whose_copy_holds_the_write_makes_termination_commit(
+        cluster: SimCluster) -> None:
+    """b1 committed and b2 was readmitted from it (its copy holds the write, at the
+    transaction's version); b1 is now cut off.  b2 answers "committed" from its data."""
+    b0, b1, b2 = cluster.replicas(KEY)
+    assert _prepare(cluster, b0, (5, 7)) == {"version": 0}
+    b0.participant.active[(5, 7)].participants = (b0.id, b1.id)
+    b2.storage.write(cluster.pid(KEY), KEY, b"new", 1)
+    cluster.clock.advance(0)
+    cluster.net.pause(b1.id, stop_process=True)
+    result = _resolve(cluster, b0, (5, 7))
     assert result["decision"] == "commit", result
-    assert result["members"] == [b1.id]
-    assert b2.participant.state_of((5, 5)) is None          # never asked
     assert b0.storage.read(cluster.pid(KEY), KEY) == ReadResult(b"new", 1)
 
 
