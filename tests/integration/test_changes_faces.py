@@ -195,12 +195,18 @@ async def test_dds_admin_changes_follow_prints_new_changes_until_interrupted(
     proc = subprocess.Popen(
         [sys.executable, "-m", "dds.tools.admin", "changes", str(pid), "--from", "now",
          "--follow", "--json", "--seeds", ",".join(cluster.seeds), "--secret-file",
-         str(secret)], env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         str(secret)], env={**clean_env(), "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
     lines: list[str] = []
-    out = proc.stdout
-    assert out is not None
+    errs: list[str] = []
+    out, err = proc.stdout, proc.stderr
+    assert out is not None and err is not None
+    # Both pipes are drained all along: a full stderr pipe would block the tool.
     threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True).start()
+    err_reader = threading.Thread(target=lambda: errs.extend(iter(err.readline, "")),
+                                  daemon=True)
+    err_reader.start()
     try:
         client = await cluster.client(reactor)
         try:
@@ -211,8 +217,19 @@ async def test_dds_admin_changes_follow_prints_new_changes_until_interrupted(
         finally:
             await client.close()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) == 130
-        assert "interrupted" in (proc.stderr.read() if proc.stderr else "")
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            # Diagnosable, not retried: every thread's stack (PYTHONFAULTHANDLER) in the
+            # failure (it hung once in a CI run of the whole suite, session 10).
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(10)
+            err_reader.join(10)
+            raise AssertionError("dds-admin changes --follow still ran 30 s after "
+                                 "SIGINT; its threads:\n" + "".join(errs)[-6000:])
+        err_reader.join(10)
+        assert code == 130
+        assert "interrupted" in "".join(errs)
     finally:
         if proc.poll() is None:
             proc.kill()
