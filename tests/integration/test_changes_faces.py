@@ -186,6 +186,15 @@ async def test_a_brick_role_connection_may_not_read_the_stream(cluster: Cluster)
         conn.close()
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT delivered and handled by default, as a shell
+    leaves it for a foreground command.  A child inherits ignored signals and the
+    blocked mask; in full-suite runs (never alone) the tool went on 30 s after SIGINT,
+    as if this worker's state had been handed down to it."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest_twisted.ensureDeferred
 async def test_dds_admin_changes_follow_prints_new_changes_until_interrupted(
         cluster: Cluster) -> None:
@@ -196,8 +205,8 @@ async def test_dds_admin_changes_follow_prints_new_changes_until_interrupted(
         [sys.executable, "-m", "dds.tools.admin", "changes", str(pid), "--from", "now",
          "--follow", "--json", "--seeds", ",".join(cluster.seeds), "--secret-file",
          str(secret)], env={**clean_env(), "PYTHONFAULTHANDLER": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_as_from_a_terminal)
     lines: list[str] = []
     errs: list[str] = []
     out, err = proc.stdout, proc.stderr
