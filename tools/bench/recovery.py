@@ -72,6 +72,8 @@ RECOVERING = "b3"
 #: After the recovering brick serves again, writes go on this long before the window ends
 #: (the clients repair their map on the first StaleMap from the new record).
 POST_S = 0.5
+#: The longest the replicas may take to agree after the writers stopped.
+SETTLE_S = 10.0
 STATUS_POLL_S = 0.1
 #: Log lines of these namespaces make up the timeline.
 _TIMELINE_NS = ("recovery", "bricks.copy.", "rgchange")
@@ -143,9 +145,18 @@ async def _orchestrate(reactor: Any, r: ThrowawayCluster, params: RecoveryParams
             await pause(reactor, POST_S)
         stats = await stop_writers(reactor, r, writers, windows)
         ui.say("comparing the replicas' checksums")
-        sums = {}
-        for bid, conn in conns.items():
-            sums[bid] = (await conn.call("checksum", {"pid": pid}, timeout=60.0))["checksum"]
+        # The writers' last COMMITs are one-way (parallel commit): a member may apply
+        # them a moment after the writers stopped.  Compared until they agree, for at
+        # most SETTLE_S; what still differs then is reported.
+        settle_by = time.monotonic() + SETTLE_S
+        while True:
+            sums = {}
+            for bid, conn in conns.items():
+                sums[bid] = (await conn.call("checksum", {"pid": pid},
+                                             timeout=60.0))["checksum"]
+            if len(set(sums.values())) == 1 or time.monotonic() > settle_by:
+                break
+            await pause(reactor, 0.2)
     finally:
         for conn in conns.values():
             conn.close()
