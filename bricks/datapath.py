@@ -27,6 +27,7 @@ from dds.partition import PartitionId, key_hash
 from dds.rpc import RPCProtocol
 
 from dds.bricks.context import BrickContext
+from dds.bricks.drmode import DRGate
 from dds.bricks.mapstate import parse_pid
 from dds.bricks.partstore import ReadResult
 from dds.bricks.rowcheck import row_checksum
@@ -76,6 +77,8 @@ class DataPath:
         self.max_key = config.limits.max_key_bytes
         self.max_value = config.limits.max_value_bytes
         self.ignore_read_lease = config.brick.unsafe_ignore_read_lease
+        #: What the site's DR record allows a write (DESIGN §12).
+        self.dr = DRGate(ctx.maps, ctx.clock)
         #: Set by ``stop``: no new PREPARE is voted on.
         self.stopping = False
         self._gates: dict[tuple[str, str], Gate] = {}
@@ -245,6 +248,7 @@ class DataPath:
             raise NotServing(f"brick {self.id} is shutting down")
         if self.disk.full:
             raise self.disk.refusal()
+        self.dr.check_write(op)
         self._check_key(key)
         if value is not None and len(value) > self.max_value:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "

@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from dds import failpoints
 from dds.errors import (DDSError, Exists, InternalError, InvalidRequest, Locked,
                         Recovering, ReplicaDamaged, StorageFull, UnknownTransaction,
-                        VersionMismatch)
+                        ReplayRefused, VersionMismatch)
 from dds.messages import Prepare, TxnId
 from dds.metrics import Metrics
 from dds.partition import PartitionId
@@ -175,6 +175,11 @@ class Participant:
                 raise VersionMismatch(f"key is at version {current.version}, "
                                       f"expected {txn.expected_version}",
                                       {"version": current.version})
+            if txn.op == "replay" and current.version >= (txn.expected_version or 0):
+                # DESIGN §12: a replay never overwrites a newer (or the same) write.
+                raise ReplayRefused(f"replay of version {txn.expected_version} refused: "
+                                    f"this site holds version {current.version}",
+                                    {"version": current.version, "reason": "newer"})
         except Exception as e:
             # A NO, or the replica failed to read the key (a damaged file, a bug): either
             # way nothing is held, not even the lock (an unexpected error once left the
@@ -185,7 +190,8 @@ class Participant:
             if self.on_unreadable is not None and unreadable(e):
                 raise self.on_unreadable(txn.pid_text, e) from None
             raise
-        txn.new_version = current.version + 1
+        txn.new_version = (txn.expected_version or 0) if txn.op == "replay" \
+            else current.version + 1
         txn.checksum = row_checksum(txn.key, txn.new_version,
                                     None if txn.op == "remove" else txn.value)
         # The vote is sent only once the record of it is durable: a brick that dies after

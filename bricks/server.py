@@ -98,8 +98,11 @@ def _prepare_body_ok(b: dict[str, Any]) -> bool:
             and type(fp) is int and 0 <= fp < 1 << 32
             and type(timeout) is int and 1 <= timeout <= 600_000
             and type(op) is str and op in _OPS
-            and (value is None if op == "remove" else type(value) is bytes)
+            and (value is None if op == "remove"
+                 else value is None or type(value) is bytes if op == "replay"
+                 else type(value) is bytes)
             and (type(expected) is int and 0 <= expected < _U64 if op == "cas"
+                 else type(expected) is int and 1 <= expected < _U64 if op == "replay"
                  else expected is None)
             and type(parts) is list and len(parts) <= MAX_PARTICIPANTS
             and all(type(p) is str and 0 < len(p) <= 128 for p in parts)

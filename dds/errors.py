@@ -77,6 +77,31 @@ class Recovering(NotServing):
     code = "recovering"
 
 
+class NotPrimary(DDSError):
+    """A write sent to a disaster-recovery site that follows a primary (DESIGN §12):
+    writes go to the primary until ``dds-admin dr promote``.  Nothing was applied."""
+
+    code = "not_primary"
+
+
+class ReplayWindow(DDSError):
+    """A new write sent to a site just promoted, while its replay window is open
+    (DESIGN §12: replays come first).  Nothing was applied; the library retries it until
+    the window closes or its deadline passes."""
+
+    code = "replay_window"
+    retryable = True
+
+
+class ReplayRefused(DDSError):
+    """A journal replay the promoted site does not apply (DESIGN §12): its copy of the key
+    is at the replayed version or newer, the replay window is closed, or the site was not
+    promoted.  ``data``: ``{"version": the site's version, "reason": "newer" |
+    "window_closed" | "not_promoted"}``.  Nothing was applied; the library reports it."""
+
+    code = "replay_refused"
+
+
 class Refused(DDSError):
     """A change of an RG record was refused: the suspect answers, another change holds the
     record's lock, the record moved on, or too few members voted (DESIGN §5)."""

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import attrs
 
 from dds.partition import MAX_DEPTH, DPTrie, PartitionId, key_hash
-from dds.records import (BrickRecord, ClusterRecord, Record, RGRecord, fingerprint,
+from dds.records import (BrickRecord, ClusterRecord, DRRecord, Record, RGRecord, fingerprint,
                          record_from_wire)
 
 #: (record id, version, fingerprint): what gossip exchanges before any record.
@@ -65,6 +65,12 @@ class ClusterMap:
     def cluster(self) -> ClusterRecord | None:
         r = self.records.get("cluster")
         return r if isinstance(r, ClusterRecord) else None
+
+    @functools.cached_property
+    def dr(self) -> DRRecord | None:
+        """This site's disaster-recovery record (DESIGN §12); None: a primary alone."""
+        r = self.records.get("dr")
+        return r if isinstance(r, DRRecord) else None
 
     @functools.cached_property
     def bricks(self) -> dict[str, BrickRecord]:

@@ -78,6 +78,53 @@ class ClusterRecord:
         return fingerprint(self.canonical())
 
 
+DRMode = Literal["primary", "follower"]
+DR_MODES = ("primary", "follower")
+
+
+@attrs.frozen
+class DRRecord:
+    """This site's part in disaster recovery (DESIGN §12).  No record: a primary without
+    a DR site.
+
+    - ``primary`` with ``site`` set: a DR site follows this cluster; write votes carry
+      the prepare time and the DR tag (``bricks/drtags.py``).
+    - ``follower`` of ``primary`` (that cluster's name): client writes are refused
+      (``NotPrimary``); the follower applies the change stream (``dr_apply``).
+    - ``primary`` with ``epoch`` > 0: promoted from ``primary`` by ``dds-admin dr
+      promote``; until ``replay_until_ms`` (wall clock, ms) only journal replays are
+      written (``ReplayWindow`` for the rest), after it replays are refused.
+    """
+
+    version: int = attrs.field(validator=_version)
+    mode: DRMode = attrs.field(validator=attrs.validators.in_(DR_MODES))
+    epoch: int = attrs.field(default=0, validator=_version)
+    primary: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    site: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    replay_until_ms: int = attrs.field(default=0, validator=_version)
+
+    @property
+    def record_id(self) -> str:
+        return "dr"
+
+    @property
+    def attached(self) -> bool:
+        """A DR site follows this primary: votes carry what the client journal needs."""
+        return self.mode == "primary" and bool(self.site)
+
+    @property
+    def promoted(self) -> bool:
+        return self.mode == "primary" and self.epoch > 0
+
+    def canonical(self) -> list[Any]:
+        return ["dr", self.version, self.mode, self.epoch, self.primary, self.site,
+                self.replay_until_ms]
+
+    @functools.cached_property
+    def fp(self) -> int:
+        return fingerprint(self.canonical())
+
+
 #: The mark ``remove-brick`` puts on the ``host`` of a brick it emptied: the brick left
 #: every replica group and gets no replicas again (``add-brick`` registers it afresh).
 RETIRED = "retired:"
@@ -217,7 +264,7 @@ class RGRecord:
         return attrs.evolve(self, version=self.version + 1, **changes)
 
 
-Record = Union[ClusterRecord, BrickRecord, RGRecord]
+Record = Union[ClusterRecord, BrickRecord, RGRecord, DRRecord]
 
 
 def record_to_wire(record: Record) -> list[Any]:
@@ -240,6 +287,9 @@ def record_from_wire(data: Any) -> Record:
             plist: list[PartitionEntry] = [PartitionEntry(PartitionId.parse(p), s)
                                            for p, s in parts]
             return RGRecord(name, version, mlist, plist)
+        if kind == "dr":
+            _, version, mode, epoch, primary, site, until = data
+            return DRRecord(version, mode, epoch, primary, site, until)
     except (TypeError, ValueError, IndexError, KeyError) as e:
         raise ValueError(f"malformed record{_named(data)}: {e}") from None
     raise ValueError(f"malformed record: unknown kind {data[0]!r:.40}")
@@ -254,6 +304,8 @@ def _named(data: Any) -> str:
         return ""
     if kind == "cluster":
         return " cluster"
+    if kind == "dr":
+        return " dr"
     if kind in ("rg", "brick") and isinstance(name, str):
         return f" {kind}/{name[:64]}"
     return ""

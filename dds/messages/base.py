@@ -11,8 +11,11 @@ from attrs import validators as v
 
 from dds.errors import InvalidRequest
 
-Op = Literal["put", "remove", "create", "cas"]
-OPS = ("put", "remove", "create", "cas")
+Op = Literal["put", "remove", "create", "cas", "replay"]
+#: ``replay``: a client journal's write replayed at a promoted DR site (DESIGN §12),
+#: written at ``expected_version`` (the version the primary gave it) if the site's copy
+#: is older; ``value`` None replays a removal.
+OPS = ("put", "remove", "create", "cas", "replay")
 TxnId = tuple[int, int]
 
 _u64 = v.and_(v.instance_of(int), v.ge(0), v.lt(1 << 64))

@@ -79,6 +79,10 @@ class Prepare(Message):
     participants: tuple[str, ...] = attrs.field(default=(), converter=_participants)
 
     def __attrs_post_init__(self) -> None:
+        if self.op == "replay":
+            if self.expected_version is None or self.expected_version < 1:
+                raise ValueError("replay needs expected_version: the version to write")
+            return
         if (self.value is None) != (self.op == "remove"):
             raise ValueError("value is required for put/create/cas and absent for remove")
         if (self.expected_version is None) != (self.op != "cas"):

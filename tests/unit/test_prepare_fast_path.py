@@ -34,8 +34,10 @@ def valid_bodies(draw: st.DrawFn) -> dict[str, Any]:
     return {
         "txid": draw(_pair), "ts": draw(_pair), "pid": draw(st.text(max_size=8)),
         "key": draw(st.binary(max_size=8)), "op": op,
-        "value": None if op == "remove" else draw(st.binary(max_size=8)),
-        "expected_version": draw(st.integers(0, (1 << 64) - 1)) if op == "cas" else None,
+        "value": None if op == "remove" else draw(st.binary(max_size=8)) if op != "replay"
+        else draw(st.one_of(st.none(), st.binary(max_size=8))),
+        "expected_version": draw(st.integers(0, (1 << 64) - 1)) if op == "cas"
+        else draw(st.integers(1, (1 << 64) - 1)) if op == "replay" else None,
         "rg": draw(st.text(max_size=8)), "rg_version": draw(st.integers(0, (1 << 64) - 1)),
         "rg_fp": draw(st.integers(0, (1 << 32) - 1)),
         "timeout_ms": draw(st.integers(1, 600_000)),
