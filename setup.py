@@ -39,7 +39,7 @@ setup(
     description="A distributed hash table of storage bricks, on Twisted",
     python_requires=">=3.11",
     packages=["dds", "dds.messages", "dds.bricks", "dds.bricks.copy", "dds.lib", "dds.tools",
-              "dds.tools.bench", "dds.tools.membership", "dds.tools.scrub",
+              "dds.tools.bench", "dds.tools.dr", "dds.tools.membership", "dds.tools.scrub",
               "twisted.plugins"],
     package_dir={
         "dds": "dds",

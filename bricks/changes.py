@@ -20,12 +20,14 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from dds.changemsgs import ReadChanges
+from dds.drmsgs import DrRead
 from dds.changepos import BEGINNING, NOW, Position, decode
 from dds.errors import InvalidRequest, NotServing
 from dds.messages import Message
 from dds.partition import PartitionId
 
 from dds.bricks.context import BrickContext
+from dds.bricks.drtags import DrTagStore
 from dds.bricks.participant import TxnState
 from dds.bricks.partstore import PartitionStore
 from dds.bricks.rowcheck import ChecksumMismatch, row_checksum
@@ -45,7 +47,8 @@ class ChangeStream:
     log = Logger()
 
     def __init__(self, ctx: BrickContext, gate: Callable[[str, str, int, int], PartitionId],
-                 blocked: Callable[[], Any], max_skew_s: float = DEFAULT_MAX_SKEW_S) -> None:
+                 blocked: Callable[[], Any], max_skew_s: float = DEFAULT_MAX_SKEW_S,
+                 tags: DrTagStore | None = None) -> None:
         self.brick_id = ctx.id
         self.clock = ctx.clock
         self.metrics = ctx.metrics
@@ -55,6 +58,8 @@ class ChangeStream:
         self.gate = gate
         self.blocked = blocked
         self.max_skew_s = max_skew_s
+        #: Where the DR follower's reports of what it applied go (``DrRead``).
+        self.tags = tags
         #: Transactions restored from the log at start (``LocalReplicas.restore_prepared``
         #: runs before this is built) carry their restore time, not their prepare time.
         self._started = self.clock.seconds()
@@ -63,7 +68,15 @@ class ChangeStream:
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
         """The requests this component answers (``Brick`` dispatches them here)."""
-        return {ReadChanges: self.read}
+        return {ReadChanges: self.read, DrRead: self.dr_read}
+
+    def dr_read(self, msg: DrRead) -> dict[str, Any]:
+        """The DR follower's read (DESIGN §12): a page as ``read``, after recording what
+        the DR site says it holds as the partition's tag (once the map check passed)."""
+        reply = self.read(msg)
+        if self.tags is not None and msg.applied and not reply["ended"]:
+            self.tags.record(PartitionId.parse(msg.pid), msg.applied, msg.applied_by)
+        return reply
 
     def read(self, msg: ReadChanges) -> dict[str, Any]:
         try:

@@ -43,6 +43,7 @@ from dds.ratelimit import LogLimiter
 from dds.rpc import LATER
 
 from dds.bricks.damage import unreadable
+from dds.bricks.drtags import DrTagStore
 from dds.bricks.locks import LockTable
 from dds.bricks.rowcheck import row_checksum
 from dds.bricks.storage import PreparedRecord, Storage
@@ -94,6 +95,9 @@ class Participant:
         #: brick's disk is full (``bricks/diskspace.py``), which it then handles; the
         #: caller hears ``StorageFull``.
         self.full: Callable[[BaseException], bool] = lambda error: False
+        #: The DR tags (``bricks/drtags.py``), set by the brick: a YES vote on a primary
+        #: a DR site follows carries its time and the tag.
+        self.dr_tags: DrTagStore | None = None
         #: The lines about failed records: a full disk fails every one of them.
         self._failures = LogLimiter(clock, self.log, per_window=5, window_s=10.0)
 
@@ -121,8 +125,10 @@ class Participant:
             failpoints.fire("prepare.before_vote")
         known = self.active.get(txid)
         if known is not None:
-            if known.state is TxnState.PREPARED:
-                return {"version": known.new_version - 1}   # a repeated PREPARE
+            if known.state is TxnState.PREPARED:            # a repeated PREPARE
+                if known.voted_ms:
+                    return {"version": known.new_version - 1, "at": known.voted_ms}
+                return {"version": known.new_version - 1}
             raise InvalidRequest(f"transaction {txid} is already {known.state.value}")
         if self.fenced and pid in self.fenced:
             # Before any lock: a fenced partition takes no new transaction, so the ones
@@ -220,12 +226,27 @@ class Participant:
             self._forget(txn, TxnState.ABORTED)
             raise Locked(f"transaction {txn.txid} was aborted while being prepared")
         txn.state = TxnState.PREPARED
-        txn.due_at = due = self.clock.seconds() + deadline
+        now = self.clock.seconds()
+        txn.due_at = due = now + deadline
         self._wake(txn, due)
         self.metrics.inc("prepare_yes_total")
         if failpoints.ARMED:
             failpoints.fire("prepare.after_vote")
+        tags = self.dr_tags
+        if tags is not None and tags.attached():
+            return self._tagged(txn, now, tags)
         return {"version": txn.new_version - 1}
+
+    def _tagged(self, txn: Transaction, now: float, tags: DrTagStore) -> dict[str, Any]:
+        """A YES vote on a primary a DR site follows (DESIGN §12): when it was recorded
+        (``at``, ms on this brick's clock) and the partition's DR tag if this brick holds
+        one.  The library keeps the write in its journal until a tag passes ``at``."""
+        txn.voted_ms = int(now * 1000)
+        reply: dict[str, Any] = {"version": txn.new_version - 1, "at": txn.voted_ms}
+        tag = tags.tag(txn.pid_text)
+        if tag is not None:
+            reply["dr"] = tag
+        return reply
 
     def _recorded(self, ctx: tuple[Transaction, float, Reply, Any],
                   error: BaseException | None) -> None:

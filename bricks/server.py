@@ -45,6 +45,7 @@ from dds.bricks.admin import AdminRequests
 from dds.bricks.backup import Backups
 from dds.bricks.bounded import BoundedReads
 from dds.bricks.changes import ChangeStream
+from dds.bricks.drtags import DrTagStore
 from dds.bricks.context import BrickContext, peer_caller, thread_runner
 from dds.bricks.copy.movein import IncomingMoves
 from dds.bricks.copy.pull import Streams
@@ -248,9 +249,13 @@ class Brick:
         self.splits = Splits(ctx, config.data_dir / "split-staging", self.changes.update,
                              blocked=lambda rg: rg in self.recoveries.blocked)
         self.admin = AdminRequests(self)
+        # DR tags (DESIGN §12): what the DR follower applied, carried by YES votes.
+        self.dr_tags = DrTagStore(self.maps, self.clock)
+        self.participant.dr_tags = self.dr_tags
         self.change_stream = ChangeStream(ctx, lambda *g: self.data.gate(*g)[2],
                                           lambda: self.recoveries.blocked,
-                                          config.brick.change_max_skew_ms / 1000.0)
+                                          config.brick.change_max_skew_ms / 1000.0,
+                                          self.dr_tags)
         self.backups = Backups(ctx, self.serving, self.damage.damaged)   # dds-admin backup
         # Every request type, by the component that answers it (each lists its own).
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
@@ -258,7 +263,7 @@ class Brick:
         }
         for component in (self.data, self.gossip, self.admin, self.changes, self.copy_source,
                           self.moves_in, self.splits, self.journal, self.scrubber,
-                          self.bounded, self.change_stream, self.backups):
+                          self.bounded, self.change_stream, self.backups, self.dr_tags):
             handlers = component.handlers()
             twice = handlers.keys() & self._handlers.keys()
             if twice:

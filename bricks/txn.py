@@ -38,7 +38,7 @@ class Transaction:
     __slots__ = ("txid", "pid", "pid_text", "key", "op", "value", "new_version", "state",
                  "timer", "wake_at", "prepared_at", "due_at", "waiters", "queried", "ts",
                  "expected_version", "timeout_ms", "lock_key", "checksum", "origin",
-                 "asked_at", "participants")
+                 "asked_at", "participants", "voted_ms")
 
     def __init__(self, txid: TxnId, pid: PartitionId, key: bytes, op: str,
                  value: bytes | None, now: float, ts: tuple[int, int] = (0, 0),
@@ -84,6 +84,9 @@ class Transaction:
         #: The members the coordinator sent the PREPARE to: the ones termination asks
         #: (DESIGN §4).  Empty for a vote recorded before the list was kept.
         self.participants: tuple[str, ...] = ()
+        #: When the YES vote was recorded, ms on this brick's clock, kept only on a
+        #: primary a DR site follows (the vote's ``at``: ``bricks/drtags.py``); else 0.
+        self.voted_ms = 0
 
 
 __all__ = ["DECIDED_MEMORY", "Reply", "Transaction", "TxnState"]

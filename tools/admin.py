@@ -30,6 +30,7 @@ from dds.tools import ui
 from dds.tools.backupcmd import backup, restore
 from dds.tools.certs import certs
 from dds.tools.changescmd import changes
+from dds.tools.drcmd import dr
 from dds.tools.cli import (cluster_target, cluster_target_resolver, fail, reports_errors,
                            target_of, tls_from_context, tls_options)
 from dds.tools.cluster import DEFAULT_LOCAL_DIR, Target, resolve_target
@@ -47,11 +48,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def main() -> None:
     """Administer a DDS cluster: local clusters, init, status, recover, move, split, merge,
     add-brick, remove-brick, forget-brick, rebalance, jobs, cancel, scrub, txns, repair,
-    changes, backup, restore, bench, certs."""
+    changes, backup, restore, dr, bench, certs."""
 
 
 for _command in (local, certs, move, split, merge, scrub, add_brick, remove_brick,
-                 rebalance, changes, backup, restore):
+                 rebalance, changes, backup, restore, dr):
     main.add_command(_command)
 
 

@@ -49,6 +49,10 @@ _NAMED: dict[str, st.SearchStrategy[Any]] = {
     "name": st.sampled_from(sorted(failpoints.KNOWN) + ["nope"]),
     "action": st.sampled_from([None, "crash", "pause", "error", "count:2:crash", "boom"]),
     "timeout_ms": st.integers(0, 600_001),
+    # A DR page's rows: [key, value | None, version], sometimes malformed.
+    "rows": st.lists(st.one_of(st.tuples(st.binary(max_size=8),
+                                         st.one_of(st.none(), st.binary(max_size=8)),
+                                         st.integers(1, 1 << 20)), _plain), max_size=3),
     # Distinct brick ids, most of the time (an empty id or a repeat is refused).
     "participants": st.one_of(st.lists(st.text(min_size=1, max_size=12), max_size=3,
                                        unique=True), st.lists(_text, max_size=3)),

@@ -1,0 +1,18 @@
+"""The click group ``dr``: the disaster-recovery site (DESIGN §12), registered on
+``dds-admin`` by ``tools/admin.py``.  Each command lives with its subsystem in
+``tools/dr/`` and is added here, one line each."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["dr"]
+
+
+@click.group(help="Disaster recovery: a second cluster that follows this one through "
+             "the change stream, and its promotion when the primary site is lost.")
+def dr() -> None:
+    pass
+
+
+# -- the commands (one line each) ----------------------------------------------------------
