@@ -109,6 +109,10 @@ _RPC: tuple[MetricDef, ...] = (
             "more than limits.max_unsent_bytes of replies waited for its peer"),
     counter("internal_errors", "requests that failed with an unexpected exception (a "
             "bug; logged with its traceback)"),
+    counter("silence_probes", "pings sent on a connection whose requests had no reply at "
+            "all for the probe delay (the library's connections: 0.5 s)"),
+    counter("silent_peers", "connections closed because the peer answered nothing, not "
+            "even a ping (a paused or hung process): their requests failed with Timeout"),
     counter("oneway_failures", "one-way requests (a parallel commit's COMMIT) whose "
             "handler failed; nobody waits for their answer, so it is logged instead"),
 )

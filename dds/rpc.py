@@ -141,6 +141,13 @@ class RPCProtocol(Handshaking):
         self._tcp: Any = None
         self.paused = False
         self._rest: list[Any] | None = None
+        #: The silence probe (``probe_silence``): off unless a caller turns it on.
+        self._probe_after = 0.0
+        self._probe_timeout = 0.0
+        self._probe_timer: Any = None
+        self._probing = False
+        #: Replies received: the probe's evidence that the peer is alive.
+        self.replies = 0
 
     # -- connection lifecycle ----------------------------------------------------------
 
@@ -180,6 +187,9 @@ class RPCProtocol(Handshaking):
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()
         self._sweeper = None
+        if self._probe_timer is not None and self._probe_timer.active():
+            self._probe_timer.cancel()
+        self._probe_timer = None
         self._out = []
         self._rest = None
         pending, self._pending = self._pending, {}
@@ -246,6 +256,9 @@ class RPCProtocol(Handshaking):
         self._next_id = rid + 1
         self.outstanding += 1
         self._send(mtype, rid, body)
+        if self._probe_after and self._probe_timer is None:
+            self._probe_timer = self.clock.callLater(self._probe_after, self._probe_check,
+                                                     self.replies)
         if timeout is None:
             self._pending[rid] = (callback, arg, _NEVER, mtype, 0.0)
             return
@@ -253,6 +266,56 @@ class RPCProtocol(Handshaking):
         self._pending[rid] = (callback, arg, at, mtype, timeout)
         if at < self._sweep_at:
             self._schedule_sweep(at)
+
+    # -- the silence probe ----------------------------------------------------------------
+
+    def probe_silence(self, after_s: float, timeout_s: float) -> None:
+        """Suspect a peer that answers nothing: when requests have waited ``after_s``
+        with no reply at all on this connection, send a ping; if that too goes
+        unanswered for ``timeout_s``, fail every pending request with ``Timeout`` and
+        close the connection.  A paused process keeps its TCP connections open, so
+        without this a write would wait its whole vote timeout on it (issue 15); a
+        peer merely slow to vote (waiting for a lock) still answers the ping.  The
+        library turns it on; bricks, whose peers' silence their leases handle, do not."""
+        self._probe_after = after_s
+        self._probe_timeout = timeout_s
+
+    def _probe_check(self, replies_then: int) -> None:
+        self._probe_timer = None
+        if not self._pending or self.state is not State.READY or self._probing:
+            return
+        if self.replies != replies_then:        # heard from the peer: check again later
+            self._probe_timer = self.clock.callLater(self._probe_after, self._probe_check,
+                                                     self.replies)
+            return
+        self._probing = True
+        self.metrics.inc("silence_probes_total")
+        self.request("ping", {}, self._probe_timeout, self._probe_answered, None)
+
+    def _probe_answered(self, _: Any, result: Any) -> None:
+        self._probing = False
+        if not isinstance(result, (Timeout, ConnectionLost)):
+            if self._pending and self._probe_timer is None \
+                    and self.state is State.READY:
+                self._probe_timer = self.clock.callLater(
+                    self._probe_after, self._probe_check, self.replies)
+            return
+        if self.state is not State.READY:
+            return
+        silent = self._probe_after + self._probe_timeout
+        self.metrics.inc("silent_peers_total")
+        self.log.warn("{peer} answered nothing for {silent:g}s, not even a ping: "
+                      "failing {n} pending request(s) and closing the connection",
+                      peer=self._peer_name(), silent=silent, n=len(self._pending))
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self.outstanding -= 1
+            self._run_callback(entry[0], entry[1], Timeout(
+                f"{title(entry[3])} to {self.peer_id} failed: the brick answered nothing "
+                f"for {silent:g}s, not even a ping"))
+        if self.transport is not None:
+            self._unregister()
+            self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def _run_callback(self, callback: ReplyCallback, arg: Any, result: Any) -> None:
         try:
@@ -274,7 +337,10 @@ class RPCProtocol(Handshaking):
         now = self.clock.seconds()
         expired = [rid for rid, entry in self._pending.items() if entry[2] <= now]
         for rid in expired:
-            callback, arg, _at, mtype, timeout = self._pending.pop(rid)
+            entry = self._pending.pop(rid, None)
+            if entry is None:           # failed meanwhile (a callback gave up the peer)
+                continue
+            callback, arg, _at, mtype, timeout = entry
             self.outstanding -= 1
             self._run_callback(callback, arg, Timeout(
                 f"{title(mtype)} to {self.peer_id} timed out after {timeout:g}s"))
@@ -285,6 +351,7 @@ class RPCProtocol(Handshaking):
 
     def _resolve(self, rid: int, body: Any, error: Any) -> None:
         entry = self._pending.pop(rid, None)
+        self.replies += 1
         if entry is None:
             if rid == 0 and error is not None:
                 self.log.warn("{peer} reported a protocol error: {error}",

@@ -723,6 +723,16 @@ def _since(failures: dict[tuple[str, int], tuple[float, str]], since: float
     return {addr: why for addr, (at, why) in failures.items() if at >= since}
 
 
+#: A brick that answers nothing on a connection for this long while requests wait is
+#: pinged, and given up (its requests fail with ``Timeout``) if the ping too goes
+#: unanswered for ``SILENCE_PROBE_TIMEOUT_S`` (``RPCProtocol.probe_silence``): a paused
+#: member then costs a write about a second before its exclusion is asked for, instead
+#: of the whole vote timeout (``PREPARE_ATTEMPT_S``).  The timeout is generous: a brick
+#: busy with a long request still answers a ping within it.
+SILENCE_PROBE_AFTER_S = 0.5
+SILENCE_PROBE_TIMEOUT_S = 1.0
+
+
 def _logging_opener(opener: Opener) -> Opener:
     """``opener`` whose connections log to ``logging`` (see lib/logging_bridge.py):
     ``RPCProtocol`` is shared with bricks, so its class-level logger cannot change."""
@@ -733,6 +743,8 @@ def _logging_opener(opener: Opener) -> Opener:
             conn.log = library_logger(conn)
         except AttributeError:                   # a test's stand-in with __slots__
             pass
+        if isinstance(conn, RPCProtocol):
+            conn.probe_silence(SILENCE_PROBE_AFTER_S, SILENCE_PROBE_TIMEOUT_S)
         return conn
     return open_logging
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Awaitable, Callable
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.internet.interfaces import IReactorTime
@@ -27,6 +28,7 @@ from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, Interna
                         InvalidRequest, Locked, NotServing, ReplicaDamaged, StaleMap,
                         StorageFull, Timeout, Unavailable, UnknownTransaction,
                         VersionMismatch)
+from dds.messages import title
 from dds.records import BrickRecord
 from dds.rpc import RPCProtocol, State
 
@@ -112,8 +114,22 @@ class Coordinator:
 
     async def _connect_and_call(self, brick: BrickRecord, mtype: str, body: dict[str, Any],
                                 timeout: float) -> Any:
-        conn = await self.connect(brick.address, brick.port)
-        return await conn.call(mtype, body, timeout=max(timeout, 0.001))
+        """The call's timeout covers the connection too: a paused brick accepts TCP
+        connections (its kernel does) but never finishes a handshake."""
+        start = self.clock.seconds()
+        connecting: Deferred[RPCProtocol] = Deferred.fromCoroutine(
+            self._connected(brick))
+        connecting.addTimeout(max(timeout, 0.001), self.clock)
+        try:
+            conn = await connecting
+        except defer.TimeoutError:
+            raise Timeout(f"connecting to {brick.id} for a {title(mtype)} timed out after "
+                          f"{timeout:g}s") from None
+        remaining = timeout - (self.clock.seconds() - start)
+        return await conn.call(mtype, body, timeout=max(remaining, 0.001))
+
+    async def _connected(self, brick: BrickRecord) -> RPCProtocol:
+        return await self.connect(brick.address, brick.port)
 
     def tell(self, brick: BrickRecord, mtype: str, txid: tuple[int, int]) -> None:
         """Send a decision one-way (parallel commit): no reply, no retry.  A member that
