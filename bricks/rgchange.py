@@ -179,7 +179,13 @@ class RecordChanges:
         ask = RecordPrepare(change=change, coordinator=self.id, old_version=rec.version,
                             old_fp=rec.fp, record=new.canonical(), member=member,
                             state=kind, reason=reason)
-        timeout = self.suspect_check_s + self.lease_s + 2.0
+        # A voter asked to exclude a member first checks it and waits for its own lease
+        # grant to it to expire: up to a lease and more.  A readmission is voted on at
+        # once, and runs under the recovery source's write fence: a voter that has not
+        # answered within a second past the suspect check is paused or cut off, and
+        # waiting longer only holds the fence (issue 15: "no fence held over 2 s").
+        timeout = self.suspect_check_s + (1.0 if kind == "active"
+                                          else self.lease_s + 2.0)
         results = await gather([self._vote(b, ask, timeout) for b in voters])
         yes = [b for b, r in zip(voters, results) if not isinstance(r, BaseException)]
         if len(yes) >= rec.quorum and self.changes.get(change) is Phase.VOTING:
