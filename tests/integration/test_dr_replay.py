@@ -1,0 +1,190 @@
+"""The client journal, its replay and failover with real bricks (DESIGN §12, issue 17):
+a primary whose DR record says a DR site follows it (votes carry ``at``), and a second
+cluster made a promoted DR site by pushing its DR record (what ``dds-admin dr promote``
+pushes).  No follower runs here, so no tag ever covers an entry: the journal keeps
+every acknowledged write, which is what these tests need.
+
+- a replay applies the writes the DR site holds at an older version (or not at all) and
+  refuses the ones it holds at the same or a newer version, and both leave the journal;
+- a replay at a site that was not promoted is refused, nothing replayed;
+- during the replay window a new write at the promoted site waits, and is applied only
+  once the window has closed;
+- a full journal refuses a write (at once, or at its deadline) with nothing applied;
+- with the primary killed, a client fails over by itself: it replays, then writes at the
+  DR site."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from dds.errors import JournalFull, NotPrimary
+from dds.lib import DDSClient
+
+from tests.faults.drsites import attach, promote, push_dr, site_option
+from tests.harness.cluster import Cluster
+
+SMALL = {"bricks": 3, "replication": 3, "partitions": 4}
+
+
+@pytest.fixture(scope="module")
+def pair(shared_cluster_factory: Callable[..., Cluster]) -> Iterator[tuple[Cluster, Cluster]]:
+    """A primary and a would-be DR site, shared: each test sets the DR records it needs
+    and writes keys of its own."""
+    yield shared_cluster_factory(**SMALL), shared_cluster_factory(**SMALL)
+
+
+async def _client(primary: Cluster, site: Cluster, **options: Any) -> DDSClient:
+    options.setdefault("dr_failover", "manual")
+    return await primary.client(reactor, dr_site=site_option(site), metrics_registry=None,
+                                **options)
+
+
+def _keys(tag: str, n: int) -> list[bytes]:
+    return [f"{tag}-{i}".encode() for i in range(n)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_replay_applies_writes_older_at_the_site_and_refuses_newer_ones(
+        pair: tuple[Cluster, Cluster]) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    await push_dr(reactor, site, "primary")          # a plain primary: takes writes
+    client = await _client(primary, site)
+    at_site = await site.client(reactor, metrics_registry=None)
+    try:
+        absent, older, same, newer = _keys("replay", 4)
+        acked = {k: await client.put(k, b"primary-" + k) for k in (absent, older, same)}
+        acked[newer] = await client.put(newer, b"primary-" + newer)
+        acked[older] = await client.put(older, b"primary-again-" + older)    # v2
+        assert len(client.dr_journal) == 4           # superseded v1 of `older` left
+        await at_site.put(older, b"site")            # v1 < the journal's v2
+        await at_site.put(same, b"site")             # v1 == the journal's v1
+        for _ in range(2):
+            await at_site.put(newer, b"site")        # v2 > the journal's v1
+        await promote(reactor, site, window_s=60.0)
+
+        report = await client.dr_replay()
+
+        assert sorted(report.applied) == sorted([(absent, 1), (older, 2)])
+        assert sorted(report.refused_newer) == sorted([(same, 1), (newer, 1)])
+        assert report.failed == () and report.refused_window_closed == ()
+        assert len(client.dr_journal) == 0
+        for k, want in ((absent, (b"primary-" + absent, 1)),
+                        (older, (b"primary-again-" + older, 2)),
+                        (same, (b"site", 1)), (newer, (b"site", 2))):
+            got = await at_site.get(k)
+            assert (got.value, got.version) == want
+        applied = sum(site.metric(b.id, "dr_replays_total", outcome="applied")
+                      for b in site.bricks)
+        assert applied == 2 * len(site.bricks)       # each member counts what it voted
+    finally:
+        await client.close()
+        await at_site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replay_at_a_site_not_promoted_is_refused_with_nothing_replayed(
+        pair: tuple[Cluster, Cluster]) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    await push_dr(reactor, site, "follower", primary="dds")
+    client = await _client(primary, site)
+    try:
+        key = _keys("unpromoted", 1)[0]
+        await client.put(key, b"v")
+        with pytest.raises(NotPrimary, match="not promoted"):
+            await client.dr_replay()
+        assert [e.key for e in client.dr_journal] == [key]
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_write_during_the_replay_window_waits_and_is_applied_after_it(
+        pair: tuple[Cluster, Cluster]) -> None:
+    _primary, site = pair
+    rec = await promote(reactor, site, window_s=3.0)
+    at_site = await site.client(reactor, metrics_registry=None, timeout=30.0)
+    try:
+        key = _keys("window", 1)[0]
+        version = await at_site.put(key, b"after the window")
+        assert time.time() * 1000 >= rec.replay_until_ms
+        got = await at_site.get(key)
+        assert (got.value, got.version) == (b"after the window", version)
+    finally:
+        await at_site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_full_journal_refuses_a_write_at_once_with_nothing_applied(
+        pair: tuple[Cluster, Cluster]) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    client = await _client(primary, site, dr_journal_max_entries=2,
+                           dr_journal_when_full="fail")
+    try:
+        first, second, third = _keys("full-fail", 3)
+        await client.put(first, b"v")
+        await client.put(second, b"v")
+        with pytest.raises(JournalFull, match="nothing was applied"):
+            await client.put(third, b"v")
+        got = await client.get(third)
+        assert (got.value, got.version) == (None, 0)
+        assert len(client.dr_journal) == 2
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_waiting_for_room_fails_at_its_deadline_with_nothing_applied(
+        pair: tuple[Cluster, Cluster]) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    client = await _client(primary, site, dr_journal_max_entries=1)
+    try:
+        first, second = _keys("full-wait", 2)
+        await client.put(first, b"v")
+        with pytest.raises(JournalFull, match="after waiting"):
+            await client.put(second, b"v", timeout=1.0)
+        got = await client.get(second)
+        assert (got.value, got.version) == (None, 0)
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_fails_over_by_itself_replays_and_then_writes_at_the_site(
+        cluster_factory: Callable[..., Cluster]) -> None:
+    primary, site = cluster_factory(**SMALL), cluster_factory(**SMALL)
+    await primary.init(reactor)
+    await site.init(reactor)
+    await attach(reactor, primary, site)
+    client = await primary.client(reactor, dr_site=site_option(site), timeout=20.0,
+                                  metrics_registry=None)
+    try:
+        keys = _keys("failover", 6)
+        acked = {k: await client.put(k, b"primary-" + k) for k in keys}
+        await promote(reactor, site, window_s=4.0)
+        for b in primary.bricks:
+            b.stop(signal.SIGKILL)
+
+        first = await client.get(keys[0])            # fails at the primary: fails over
+
+        assert client.dr.failed_over is not None
+        report = client.dr.last_report
+        assert report is not None and sorted(report.applied) == sorted(acked.items())
+        assert (first.value, first.version) == (b"primary-" + keys[0], acked[keys[0]])
+        for k, v in acked.items():
+            got = await client.get(k)                # read at the DR site now
+            assert (got.value, got.version) == (b"primary-" + k, v)
+        version = await client.put(b"after-failover", b"new")   # after the window
+        assert (await client.get(b"after-failover")).version == version
+    finally:
+        await client.close()
