@@ -24,10 +24,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
+from dds.drmsgs import DrRead
 from dds.errors import JournalFull, NotPrimary
 from dds.lib import DDSClient
 
 from tests.faults.drsites import attach, promote, push_dr, site_option
+from tests.harness.aio import eventually
 from tests.harness.cluster import Cluster
 
 SMALL = {"bricks": 3, "replication": 3, "partitions": 4}
@@ -87,6 +89,42 @@ async def test_replay_applies_writes_older_at_the_site_and_refuses_newer_ones(
     finally:
         await client.close()
         await at_site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_entries_leave_the_journal_once_a_tag_covers_them(
+        pair: tuple[Cluster, Cluster]) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    client = await _client(primary, site)
+    try:
+        pid, rec = next(iter(sorted(client.map.partition_rg.items())))
+        keys = [k for k in _keys("tagged", 60) if pid.owns(k)][:5]
+        for k in keys:
+            await client.put(k, b"v")
+        assert len(client.dr_journal) == len(keys)
+        gauge = client.metrics.value("dr_journal_entries")
+        assert gauge == len(keys)
+        # What the DR follower does: read the partition, then report what it applied.
+        for brick_id in rec.active_members:
+            conn = await primary.admin_connection(reactor, primary.brick(brick_id))
+            try:
+                ref = dict(pid=str(pid), rg=rec.name, rg_version=rec.version,
+                           rg_fp=rec.fp)
+                page = await conn.send(DrRead(position="beginning", **ref), timeout=10)
+                await conn.send(DrRead(position=page["position"], applied=page["position"],
+                                       applied_by=brick_id, **ref), timeout=10)
+            finally:
+                conn.close()
+
+        async def covered() -> bool:        # the library polls dr_tags once a second
+            return len(client.dr_journal) == 0
+        await eventually(covered, 30.0, "the journal's entries to be covered")
+        assert client.metrics.value("dr_journal_covered_total") >= len(keys)
+        assert client.metrics.value("dr_tag_polls_total") >= 1
+        assert client.metrics.value("dr_journal_entries") == 0
+    finally:
+        await client.close()
 
 
 @pytest_twisted.ensureDeferred
