@@ -16,3 +16,5 @@ def dr() -> None:
 
 
 # -- the commands (one line each) ----------------------------------------------------------
+from dds.tools.dr.promote import promote  # noqa: E402
+dr.add_command(promote)
