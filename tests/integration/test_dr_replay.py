@@ -15,7 +15,10 @@ every acknowledged write, which is what these tests need.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,12 +26,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 
 from dds.drmsgs import DrRead
 from dds.errors import JournalFull, NotPrimary
 from dds.lib import DDSClient
 
 from tests.faults.drsites import attach, promote, push_dr, site_option
+from tests.harness.admin import clean_env
 from tests.harness.aio import eventually
 from tests.harness.cluster import Cluster
 
@@ -226,3 +231,57 @@ async def test_a_client_fails_over_by_itself_replays_and_then_writes_at_the_site
         assert (await client.get(b"after-failover")).version == version
     finally:
         await client.close()
+
+
+FACE = """
+import asyncio, json, sys
+cfg = json.loads(sys.argv[1])
+primary = dict(cluster="dds", secret=bytes.fromhex(cfg["secret"]), timeout=10.0,
+               dr_failover="manual",
+               dr_site={"seeds": cfg["site"], "cluster": "dds",
+                        "secret": bytes.fromhex(cfg["site_secret"])})
+keys = [k.encode() for k in cfg["keys"]]
+"""
+
+BLOCKING = FACE + """
+from dds.lib import BlockingDDSClient
+with BlockingDDSClient(cfg["seeds"], **primary) as c:
+    versions = [c.put(k, b"v") for k in keys]
+    kept = len(c.dr_journal)
+    report = c.dr_replay()
+print(json.dumps({"kept": kept, "applied": len(report.applied), "left": len(c.dr_journal)}))
+"""
+
+ASYNCIO = FACE + """
+from dds.lib import AsyncDDSClient
+async def main():
+    async with AsyncDDSClient.connect(cfg["seeds"], **primary) as c:
+        for k in keys:
+            await c.put(k, b"v")
+        kept = len(c.dr_journal)
+        report = await c.dr_replay()
+        return {"kept": kept, "applied": len(report.applied), "left": len(c.dr_journal)}
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+@pytest.mark.parametrize("face", ["blocking", "asyncio"])
+@pytest_twisted.ensureDeferred
+async def test_the_blocking_and_asyncio_faces_journal_and_replay(
+        pair: tuple[Cluster, Cluster], face: str) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    await promote(reactor, site, window_s=60.0)
+    secret, site_secret = (c.credentials("client").secret("client")
+                           for c in (primary, site))
+    assert secret is not None and site_secret is not None
+    keys = [f"face-{face}-{i}" for i in range(3)]
+    cfg = {"seeds": primary.seeds, "site": site.seeds, "secret": secret.hex(),
+           "site_secret": site_secret.hex(), "keys": keys}
+    script = BLOCKING if face == "blocking" else ASYNCIO
+    child = await deferToThread(subprocess.run, [sys.executable, "-c", script,
+                                                 json.dumps(cfg)],
+                                capture_output=True, text=True, timeout=120,
+                                env=clean_env())
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout) == {"kept": 3, "applied": 3, "left": 0}
