@@ -219,6 +219,12 @@ BRICK = Catalogue("dds", _RPC + (
     counter("restore_bytes_received", "bytes of partition files received by dds-admin "
             "restore"),
     counter("restore_installs", "replicas installed from a backup by dds-admin restore"),
+    counter("dr_rows_applied", "rows of the primary's change stream written by dr_apply "
+            "(a DR site)"),
+    counter("dr_rows_skipped", "rows dr_apply skipped because the replica's copy was as "
+            "new or newer"),
+    counter("dr_apply_refused", "dr_apply requests refused (not a follower, stale map, "
+            "not serving, fenced, locked key, bad rows); nothing of them applied"),
     counter("move_pulls", "partitions taken in by a move"),
     counter("split_prepares", "split or merge jobs prepared"),
     counter("split_finishes", "split or merge jobs finished"),
