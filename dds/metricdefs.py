@@ -303,3 +303,17 @@ CLIENT = Catalogue("dds_client", _RPC + (
     counter("exclusions", "exclusions that took effect"),
     counter("exclusions_refused", "exclusions refused by the RG"),
 ))
+
+#: The DR follower's (``dds-admin dr attach`` / ``dr follow --metrics-port``).
+DR_FOLLOWER = Catalogue("dds_dr_follower", (
+    counter("rows", "rows of the primary's change stream applied at the DR site (every "
+            "DR replica they route to acknowledged them)"),
+    counter("pages", "change stream pages applied at the DR site"),
+    counter("errors", "failed reads of the primary's change stream and failed dr_apply "
+            "requests, by error code (each is retried)", labels=("code",)),
+    counter("exclusions_requested", "unreachable DR bricks the follower asked their "
+            "group to exclude"),
+    gauge("lag_seconds", "seconds between now and the safe time of what the DR site "
+          "holds of each primary partition", labels=("partition",)),
+    gauge("partitions", "primary partitions followed"),
+))
