@@ -21,3 +21,5 @@ dr.add_command(attach)
 dr.add_command(detach)
 from dds.tools.dr.runfollow import follow  # noqa: E402
 dr.add_command(follow)
+from dds.tools.dr.status import status  # noqa: E402
+dr.add_command(status)

@@ -12,6 +12,8 @@ empty page at the end of the stream is applied at once: its position's safe time
 fresh, so an idle partition's tag keeps up with the clock.
 
 Which partitions, from where, splits and merges, and the checkpoint file: ``lineage.py``.
+Without a checkpoint, each partition starts where the DR site's marks say it holds it
+(``dr_marks``), else from the beginning.
 The checkpoint is written at most once a second and when the follower stops; after a
 crash it is at most that old, and the pages after it are applied again (idempotent by
 version).  Every ``marks_s`` the applied positions also go, without rows, to every DR
@@ -27,7 +29,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
 from dds.deferreds import gather, sleep
-from dds.drmsgs import DrTags
+from dds.drmsgs import DrMarks
 from dds.errors import DDSError, InvalidRequest
 from dds.metrics import Metrics
 
@@ -86,13 +88,13 @@ class Follower:
     async def run(self) -> None:
         """Follow until ``stop()`` (or a ``FollowerStopped`` it raises)."""
         saved = load_checkpoint(self.state, self.primary_name, self.site_name)
-        tags = {} if saved is not None else await self._tags()
+        held = {} if saved is not None else await self._held()
         active = [str(p) for p in self.primary.maps.map.partition_rg]
-        parts = self.lineage.initial(active, saved.partitions if saved else {}, tags)
+        parts = self.lineage.initial(active, saved.partitions if saved else {}, held)
         self.log.info("following {n} partitions of {primary} into {site} ({how})",
                       n=len(parts), primary=self.primary_name, site=self.site_name,
                       how=f"checkpoint {self.state}" if saved else
-                      f"{len(tags)} from the primary's tags, the rest from the beginning")
+                      f"{len(held)} from the DR site's marks, the rest from the beginning")
         for part in parts:
             self._start(part)
         timers = [Deferred.fromCoroutine(self._every(self.settings.checkpoint_s,
@@ -209,25 +211,29 @@ class Follower:
 
     # -- the primary's tags, the checkpoint, the marks ------------------------------------
 
-    async def _tags(self) -> dict[str, tuple[str, str]]:
-        """Per partition, the newest tag any primary brick holds: (position, maker)."""
-        cmap = self.primary.maps.map
-        bricks = list(cmap.bricks.values())
+    async def _held(self) -> dict[str, tuple[str, str]]:
+        """Per primary partition, what the DR site holds by its marks: the oldest mark
+        over every active DR partition (each by its most advanced member); a partition
+        some DR partition has no mark of is not in it.  (Not the primary's tags: those
+        may be a DR site's attached before this one.)"""
+        from dds.tools.dr.status import marks_by_partition
+        cmap = self.site.maps.map
+        bricks = [cmap.bricks[b] for b in sorted(cmap.bricks)]
 
         async def ask(b: Any) -> dict[str, Any]:
-            conn = await self.primary.connections.get(b.address, b.port)
-            reply: dict[str, Any] = await conn.send(DrTags(), timeout=10.0)
+            conn = await self.site.connections.get(b.address, b.port)
+            reply: dict[str, Any] = await conn.send(DrMarks(), timeout=10.0)
             return reply
-        found: dict[str, tuple[str, str, int]] = {}
+        replies: dict[str, Any] = {}
         for b, reply in zip(bricks, await gather(ask(b) for b in bricks)):
             if isinstance(reply, BaseException):
-                self.log.warn("no tags from primary brick {brick}: {error}", brick=b.id,
+                self.log.warn("no marks from DR brick {brick}: {error}", brick=b.id,
                               error=getattr(reply, "message", str(reply)))
-                continue
-            for pid, (maker, safe_ms, position) in reply.get("tags", {}).items():
-                if pid not in found or found[pid][2] < safe_ms:
-                    found[pid] = (position, maker, safe_ms)
-        return {pid: (pos, maker) for pid, (pos, maker, _s) in found.items()}
+            replies[b.id] = reply
+        marks = marks_by_partition(cmap, replies)
+        everywhere = len(cmap.partition_rg)
+        return {pid: (m["position"], "") for pid, m in marks.items()
+                if m["dr_partitions"] == everywhere}
 
     def save(self) -> None:
         save_checkpoint(self.state, Checkpoint(self.primary_name, self.site_name,

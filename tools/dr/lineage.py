@@ -2,8 +2,8 @@
 applied of each: the follower's state, pure (no I/O but the checkpoint file).
 
 - **Start.**  A partition is read from its checkpoint (the last position the DR site was
-  known to hold), else from the tag the primary holds for it (what the follower
-  reported before), else from the beginning (applying is idempotent by version).  A
+  known to hold), else from where the DR site's marks say it holds it, else from the
+  beginning (applying is idempotent by version).  A
   partition of the checkpoint that the primary no longer has (it split or merged while
   the follower was stopped) is read anyway: its stream says ``ended`` at once and names
   the successors.
@@ -92,15 +92,15 @@ class Lineage:
         self.parts: dict[str, Part] = {}
 
     def initial(self, active: Iterable[str], saved: Mapping[str, tuple[str, str]],
-                tags: Mapping[str, tuple[str, str]]) -> list[Part]:
+                held: Mapping[str, tuple[str, str]]) -> list[Part]:
         """The partitions to read at start: every saved one, and every active one not
-        overlapping a saved one (from its tag, else the beginning)."""
+        overlapping a saved one (from what the site holds of it, else the beginning)."""
         for pid, (position, brick) in sorted(saved.items()):
             self.parts[pid] = Part(pid, position, position if brick else "", brick)
         for pid in sorted(set(active)):
             if any(_overlap(pid, s) for s in saved):
                 continue
-            position, brick = tags.get(pid, (BEGINNING, ""))
+            position, brick = held.get(pid, (BEGINNING, ""))
             self.parts[pid] = Part(pid, position, position if brick else "", brick)
         return list(self.parts.values())
 

@@ -22,7 +22,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["SiteURL", "parse_site_url", "site_options", "SiteOptions", "site_target", "url_of"]
 
-_URL = re.compile(r"^dds://(?P<seeds>[^/]+)/(?P<cluster>[A-Za-z0-9][A-Za-z0-9_.-]{0,62})$")
+_URL = re.compile(r"^dds://(?P<seeds>[^/]+)/(?P<cluster>[A-Za-z0-9_.-]{1,64})$")
 
 
 @attrs.frozen
