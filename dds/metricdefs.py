@@ -219,6 +219,12 @@ BRICK = Catalogue("dds", _RPC + (
     counter("restore_bytes_received", "bytes of partition files received by dds-admin "
             "restore"),
     counter("restore_installs", "replicas installed from a backup by dds-admin restore"),
+    counter("dr_rows_applied", "rows of the primary's change stream written by dr_apply "
+            "(a DR site)"),
+    counter("dr_rows_skipped", "rows dr_apply skipped because the replica's copy was as "
+            "new or newer"),
+    counter("dr_apply_refused", "dr_apply requests refused (not a follower, stale map, "
+            "not serving, fenced, locked key, bad rows); nothing of them applied"),
     counter("move_pulls", "partitions taken in by a move"),
     counter("split_prepares", "split or merge jobs prepared"),
     counter("split_finishes", "split or merge jobs finished"),
@@ -316,4 +322,18 @@ CLIENT = Catalogue("dds_client", _RPC + (
                                           ("refused_window_closed",), ("failed",))),
     counter("dr_failovers", "times this client moved to the promoted DR site because its "
             "primary could not be reached"),
+))
+
+#: The DR follower's (``dds-admin dr attach`` / ``dr follow --metrics-port``).
+DR_FOLLOWER = Catalogue("dds_dr_follower", (
+    counter("rows", "rows of the primary's change stream applied at the DR site (every "
+            "DR replica they route to acknowledged them)"),
+    counter("pages", "change stream pages applied at the DR site"),
+    counter("errors", "failed reads of the primary's change stream and failed dr_apply "
+            "requests, by error code (each is retried)", labels=("code",)),
+    counter("exclusions_requested", "unreachable DR bricks the follower asked their "
+            "group to exclude"),
+    gauge("lag_seconds", "seconds between now and the safe time of what the DR site "
+          "holds of each primary partition", labels=("partition",)),
+    gauge("partitions", "primary partitions followed"),
 ))
