@@ -215,7 +215,11 @@ class DDSClient:
                             max_bytes=dr_journal_max_bytes, when_full=dr_journal_when_full,
                             skew_ms=dr_max_skew_ms, path=dr_journal_path,
                             metrics=self.metrics, log=self.log)
-        self.dr = DrSide(self, journal, dr_site, dr_failover)
+        try:
+            self.dr = DrSide(self, journal, dr_site, dr_failover)
+        except BaseException:
+            journal.close()
+            raise
         self.coordinator.on_tagged = self.dr.on_tagged
 
     # -- construction --------------------------------------------------------------------

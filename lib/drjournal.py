@@ -136,7 +136,11 @@ class DrJournal:
 
     def _load(self, path: Path) -> None:
         self.file = JournalFile(path)
-        rows, report = self.file.load()
+        try:
+            rows, report = self.file.load()
+        except OSError as error:
+            raise InvalidRequest(f"dr_journal_path {str(path)!r}: cannot use the file: "
+                                 f"{error.strerror or error}") from None
         self.loaded = report
         for offset, why in report.damaged:
             self.log.warn("DR journal {path}: damaged record at offset {offset} skipped "
@@ -147,9 +151,9 @@ class DrJournal:
                           "(cut short by a crash) ignored", path=str(path),
                           offset=report.torn)
         for row in rows:
-            e = _entry(row)
-            self._index(e)
-            self._seq = max(self._seq, e.seq)
+            entry = _entry(row)
+            self._index(entry)
+            self._seq = max(self._seq, entry.seq)
         if rows:
             self.engaged = True
             self.log.info("DR journal {path}: {n} entries reloaded", path=str(path),

@@ -224,3 +224,8 @@ def test_the_file_is_compacted_once_most_entries_are_covered(tmp_path: Path) -> 
     assert path.stat().st_size < big / 100
     j.close()
     assert [e.key for e in DrJournal(path=path)] == [b"last"]
+
+
+def test_a_journal_file_in_a_missing_directory_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="dr_journal_path .*cannot use the file"):
+        DrJournal(path=tmp_path / "missing" / "journal")
