@@ -234,6 +234,10 @@ BRICK = Catalogue("dds", _RPC + (
     counter("split_foreign_rows", "rows copied by a split or merge from another partition"),
     counter("journal_writes", "admin journal steps written"),
     counter("journal_jobs_dropped", "old finished admin journal jobs dropped"),
+    counter("dr_replays", "client journal replays at this promoted DR site, by outcome "
+            "(applied: committed here; newer, window_closed, not_promoted: refused); every "
+            "member of the RG counts each replay it voted on", labels=("outcome",),
+            initial=(("applied",), ("newer",), ("window_closed",), ("not_promoted",))),
     # -- row checksums, self-repair and the scrubber ---------------------------------------
     counter("checksum_failures", "rows found failing their checksum (reads, votes, row "
             "requests, the scrubber)"),
@@ -302,6 +306,22 @@ CLIENT = Catalogue("dds_client", _RPC + (
     counter("exclusions_requested", "exclusions of an unresponsive brick asked for"),
     counter("exclusions", "exclusions that took effect"),
     counter("exclusions_refused", "exclusions refused by the RG"),
+    # -- the DR journal and failover (lib/drjournal.py, lib/drsite.py) -------------------
+    gauge("dr_journal_entries", "acknowledged writes kept until a tag shows the DR site "
+          "holds them (every client of the registry)"),
+    gauge("dr_journal_bytes", "bytes of those writes (keys, values and a fixed overhead "
+          "each)"),
+    counter("dr_journal_full", "writes refused with JournalFull (nothing applied) because "
+            "the DR journal had no room"),
+    counter("dr_journal_covered", "journal entries dropped because a tag covered them or "
+            "a newer write of their key superseded them"),
+    counter("dr_tag_polls", "dr_tags requests sent for partitions whose entries waited "
+            "a second without a newer tag"),
+    counter("dr_replays", "journal entries replayed at a promoted DR site, by outcome",
+            labels=("outcome",), initial=(("applied",), ("refused_newer",),
+                                          ("refused_window_closed",), ("failed",))),
+    counter("dr_failovers", "times this client moved to the promoted DR site because its "
+            "primary could not be reached"),
 ))
 
 #: The DR follower's (``dds-admin dr attach`` / ``dr follow --metrics-port``).

@@ -23,3 +23,5 @@ from dds.tools.dr.runfollow import follow  # noqa: E402
 dr.add_command(follow)
 from dds.tools.dr.status import status  # noqa: E402
 dr.add_command(status)
+from dds.tools.dr.promote import promote  # noqa: E402
+dr.add_command(promote)
