@@ -7,14 +7,16 @@ and the load of the keys, the put phases alternate *without* (the primary detach
 follower) and *with* (attached, ``dds-admin dr follow`` running) in A-B-B-A order, each
 half of ``--seconds``, so a drift of the machine's speed during the run is shared by
 both.  Before each *with* phase the follower catches up (untimed): the writes of the
-phase before are applied first.
+phase before are applied first; before a *without* phase too, so that the clients'
+journals empty by the tags before the primary is detached.
 
 - ``dr_put_ratio``: put ops/s with over without (target: 0.9);
 - ``dr_lag_p50_ms`` / ``dr_lag_p99_ms``: during the *with* phases, every 0.25 s, each
   partition's tag as its primary bricks hold it (``dr_tags``), its lag = the holder's
   clock minus the tag's safe time;
-- ``journal_entries_p99``: the client journal's entries (``lib/drjournal.py``), when the
-  library keeps one; ``None`` (shown ``n/a``) until then.
+- ``journal_entries_p99``: the client journal's entries (``lib/drjournal.py``) during
+  the *with* phases, sampled by the load processes every 0.2 s (``None``, shown
+  ``n/a``, if none was taken).
 
 Both clusters, the follower and the load share the machine: on a small one the DR
 site's own work (its bricks, the follower) is part of what the ratio measures.
@@ -41,7 +43,7 @@ from dds.tools.bench.cpu import cpu_delta, cpu_seconds
 from dds.tools.bench.harness import READY_TIMEOUT_S, run_phase, start_workers
 from dds.tools.bench.measure import percentile
 from dds.tools.bench.putget import BenchParams
-from dds.tools.bench.report import met, num, table
+from dds.tools.bench.report import met, table
 from dds.tools.children import Child, Events
 from dds.tools.cluster import Target
 from dds.tools.runner import AdminError
@@ -67,12 +69,15 @@ class _Mode:
     lat: list[int] = attrs.Factory(list)
     cpu: float = 0.0
     errors: dict[str, int] = attrs.Factory(dict)
+    #: The client journal's entries, sampled by the workers every 0.2 s.
+    journal: list[int] = attrs.Factory(list)
 
     def add(self, results: list[dict[str, Any]], cpu: float) -> None:
         self.ops += sum(r["ops"] for r in results)
         self.by_phase.append(sum(r["ops"] / r["elapsed"] for r in results if r["elapsed"]))
         for r in results:
             self.lat.extend(r["lat_us"])
+            self.journal.extend(r.get("samples", ()))
             for code, n in r["errors"].items():
                 self.errors[code] = self.errors.get(code, 0) + n
         self.cpu += cpu
@@ -84,6 +89,8 @@ class _Mode:
                 f"put_p50_ms_{name}": percentile(lat, 0.5) / 1000.0,
                 f"put_p99_ms_{name}": percentile(lat, 0.99) / 1000.0,
                 f"cpu_us_per_put_{name}": self.cpu * 1e6 / max(1, self.ops),
+                f"journal_entries_p99_{name}": percentile(sorted(self.journal), 0.99)
+                if self.journal else None,
                 f"put_errors_{name}": self.errors}
 
 
@@ -202,6 +209,9 @@ async def bench_dr(reactor: Any, params: BenchParams, work_dir: Path | None = No
                 ui.say("bench --dr: the follower catches up (untimed)")
                 await _caught_up(reactor, calls, cmap)
             else:
+                if follower.proc is not None:
+                    # Caught up first, so the clients' journals empty by the tags.
+                    await _caught_up(reactor, calls, cmap)
                 follower.stop()
                 await detach_site(reactor, primary)
             running = [attached]
@@ -234,13 +244,17 @@ async def bench_dr(reactor: Any, params: BenchParams, work_dir: Path | None = No
                    "dr_put_target_met": ratio >= DR_PUT_TARGET,
                    "dr_lag_p50_ms": percentile(lags, 0.5),
                    "dr_lag_p99_ms": percentile(lags, 0.99), "dr_lag_samples": len(lags),
-                   "journal_entries_p99": None,
+                   "journal_entries_p99": result["journal_entries_p99_with"],
                    "put_ratio_with_to_floor": result["put_ops_s_with"]
                    / max(1e-9, result["floor_rtt_s"]),
                    "put_ratio_without_to_floor": result["put_ops_s_without"]
                    / max(1e-9, result["floor_rtt_s"]),
                    "cpus": os.cpu_count()})
     return result
+
+
+def _entries(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
 
 
 def render_dr(r: dict[str, Any], console: Console) -> None:
@@ -262,8 +276,9 @@ def render_dr(r: dict[str, Any], console: Console) -> None:
               f"{r['cpu_us_per_put_with']:,.0f}", "", "", "")
     t.add_row("DR lag p50 / p99 ms", "", f"{r['dr_lag_p50_ms']:,.0f} / "
               f"{r['dr_lag_p99_ms']:,.0f}", "", "", "")
-    t.add_row("client journal entries p99", "",
-              num(r["journal_entries_p99"], ",.0f").replace("-", "n/a"), "", "", "")
+    t.add_row("client journal entries p99",
+              _entries(r["journal_entries_p99_without"]),
+              _entries(r["journal_entries_p99"]), "", "", "")
     console.print(t)
     console.print(f"floor (echo, same run): {r['floor_rtt_s']:,.0f} rtt/s; lag samples: "
                   f"{r['dr_lag_samples']}")
