@@ -269,3 +269,38 @@ async def test_a_split_of_a_primary_partition_is_followed(pair: Pair) -> None:
                          "children")
     await primary.close()
     await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_dr_brick_killed_is_excluded_and_the_follower_goes_on(
+        cluster_factory: Any, tmp_path: Path) -> None:
+    primary_c = cluster_factory(bricks=3, replication=3, partitions=2, lease_ms=1000)
+    await primary_c.init(reactor)
+    site_c = cluster_factory(bricks=4, replication=3, partitions=2, lease_ms=1000)
+    await site_c.init(reactor)
+    attached = admin("dr", "attach", *primary_args(primary_c), "--site", site_url(site_c),
+                     "--site-secret-file", str(site_c.root / "secrets" / "admin"),
+                     "--no-follow")
+    assert attached.returncode == 0, attached.stderr
+    follower = FollowerProcess(primary_c, site_c, tmp_path)
+    follower.start()
+    try:
+        pair = Pair(primary_c, site_c, follower, tmp_path)
+        primary, site = await pair.clients()
+        acked: dict[bytes, int] = {}
+        await write(primary, keys_of("dead", 60), 1, acked)
+        await reach_the_site(site, primary, acked, "the writes before the kill")
+        victim = next(b for b in site_c.bricks
+                      if b.id in site.map.partition_rg[sorted(site.map.partition_rg)[0]]
+                      .active_members)
+        victim.stop(signal.SIGKILL)
+        await write(primary, keys_of("dead", 60), 2, acked)
+        await reach_the_site(site, primary, acked, "the writes after a DR brick died")
+        await site.maps.refresh()
+        assert all(victim.id not in rg.active_members
+                   for rg in site.map.partition_rg.values())
+        assert "asking its group to exclude it" in follower.output()
+        await primary.close()
+        await site.close()
+    finally:
+        follower.kill(signal.SIGTERM)
