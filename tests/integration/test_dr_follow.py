@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ class FollowerProcess:
                 [sys.executable, "-m", "dds.tools.admin", "dr", "follow",
                  *primary_args(self.primary), "--site-secret-file",
                  str(self.site.root / "secrets" / "admin"), "--state", str(self.state),
-                 "--poll-ms", "100"],
+                 "--poll-ms", "100", "--metrics-port", "0"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={k: v for k, v in os.environ.items() if k != "DDS_SECRET"})
 
@@ -63,6 +64,11 @@ class FollowerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def metrics_url(self) -> str | None:
+        """Where the follower started last serves /metrics (from its log)."""
+        found = re.findall(r"metrics on (http://\S+/metrics)", self.output())
+        return found[-1] if found else None
 
 
 def primary_args(cluster: Cluster) -> list[str]:
@@ -228,6 +234,36 @@ async def test_dr_status_shows_the_lag_of_every_primary_partition_on_both_sites(
     await eventually(marked, WAIT_S, "a mark of every primary partition at the DR site")
     assert marks["role"] == "follower" and marks["dr_record"]["mode"] == "follower"
     assert all(m["lag_s"] >= 0 for m in marks["marks"].values())
+    await primary.close()
+    await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_follower_exports_rows_and_each_partitions_lag(pair: Pair) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    primary, site = await pair.clients()
+    acked: dict[bytes, int] = {}
+    await write(primary, keys_of("metrics", 20), 1, acked)
+    await reach_the_site(site, primary, acked, "the writes before the scrape")
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    async def scraped() -> bool:
+        url = pair.follower.metrics_url()
+        if url is None:
+            return False
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        samples.clear()
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples.get(("dds_dr_follower_rows_total", ()), 0) >= len(acked)
+    await eventually(scraped, WAIT_S, "the follower's /metrics")
+    lags = {dict(labels)["partition"] for (name, labels) in samples
+            if name == "dds_dr_follower_lag_seconds"}
+    assert lags >= {str(p) for p in primary.map.partition_rg}
+    assert samples[("dds_dr_follower_partitions", ())] == len(primary.map.partition_rg)
     await primary.close()
     await site.close()
 

@@ -137,6 +137,8 @@ def check_pair(primary: Any, site: Any) -> str | None:
 async def run_follower(reactor: Any, primary_t: Target, site_t: Target,
                        options: FollowOptions) -> dict[str, Any]:
     """Follow until interrupted, or until the follower cannot go on (``AdminError``)."""
+    from twisted.internet.error import CannotListenError
+
     from dds.bricks.http import make_site
     from dds.metricdefs import DR_FOLLOWER
     from dds.metrics import Metrics
@@ -157,9 +159,13 @@ async def run_follower(reactor: Any, primary_t: Target, site_t: Target,
         if options.metrics_port is not None:
             def health() -> dict[str, object]:
                 return {"ok": not follower.stopping, **follower.summary()}
-            listening = reactor.listenTCP(options.metrics_port,
-                                          make_site(metrics, health, reactor),
-                                          interface=options.metrics_host)
+            try:
+                listening = reactor.listenTCP(options.metrics_port,
+                                              make_site(metrics, health, reactor),
+                                              interface=options.metrics_host)
+            except CannotListenError as e:
+                raise AdminError(f"--metrics-port {options.metrics_port}: cannot listen "
+                                 f"on {options.metrics_host}: {e.socketError}") from None
             port = listening.getHost().port
             follower.log.info("metrics on http://{host}:{port}/metrics",
                               host=options.metrics_host, port=port)

@@ -26,6 +26,7 @@ from dds.drmsgs import MAX_APPLY_ROWS, DrApply
 from dds.errors import (AuthenticationFailed, DDSError, InvalidRequest, PermissionDenied,
                         ProtocolError, Refused, StaleMap)
 from dds.metrics import Metrics
+from dds.ratelimit import LogLimiter
 from dds.records import BrickRecord
 
 from dds.lib.client import DDSClient
@@ -92,6 +93,8 @@ class SiteWriter:
         self.metrics = metrics
         self.stopping = stopping
         self.router = Router()
+        #: Failed attempts, a few lines a window (a DR site that is down fails each one).
+        self._failures = LogLimiter(self.clock, self.log, per_window=5, window_s=10.0)
 
     async def apply(self, rows: Sequence[Row], marks: dict[str, list[Any]]) -> None:
         """Until every active DR replica the rows route to holds them (with ``marks``):
@@ -179,8 +182,9 @@ class SiteWriter:
                               error=e.message)
         if not excluded:
             first = failures[0][2]
-            self.log.info("dr_apply failed ({error}); attempt {attempt} in a moment",
-                          error=getattr(first, "message", str(first)), attempt=attempt + 1)
+            self._failures.warn("dr_apply failed ({error}); attempt {attempt} in a moment",
+                                error=getattr(first, "message", str(first)),
+                                attempt=attempt + 1)
             await self._pause(attempt)
         await self._refresh()
 
