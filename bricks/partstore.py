@@ -476,12 +476,16 @@ class PartitionStore:
         for k, r in staged[i:]:
             yield k, r.value, r.version
 
-    def rows_since(self, lsn: int) -> Iterator[Row]:
+    def rows_since(self, lsn: int, upto: int | None = None) -> Iterator[Row]:
         """Rows (tombstones included) written after log position ``lsn``, in lsn order.
 
         Reads in pages, so the iterator may be consumed across reactor turns while writes go
         on; a key rewritten meanwhile shows up again with its newer lsn, and applying the
-        rows in order still converges.  Staged writes come last.
+        rows in order still converges.  Staged writes come last, each key's newest only;
+        with ``upto``, none after ``upto``, and each key's newest at or below ``upto``:
+        a staged row whose newer row lies beyond ``upto`` (not yet durable) must still be
+        served, or a write committed before the page's safe time would be in no page until
+        the newer one is durable (and in none at all if the brick dies first).
         """
         cur = lsn
         while True:
@@ -491,9 +495,24 @@ class PartitionStore:
             for row in rows:
                 cur = row[3]
                 yield row
-        for row in list(self._pending):
+        pending = list(self._pending)
+        newest: dict[bytes, int] | None = None
+        if upto is not None:
+            newest = {}
+            for row in pending:
+                if row[3] <= upto:
+                    newest[row[0]] = row[3]
+        for row in pending:
+            if row[3] <= cur:
+                continue
+            if newest is not None:
+                if row[3] > upto:                               # type: ignore[operator]
+                    return
+                if newest.get(row[0]) == row[3]:
+                    yield row
+                continue
             staged = self._overlay.get(row[0])
-            if row[3] > cur and staged is not None and staged[1] == row[3]:
+            if staged is not None and staged[1] == row[3]:
                 yield row
 
     def apply_rows(self, rows: Sequence[Row]) -> int:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,6 +131,33 @@ async def test_entries_leave_the_journal_once_a_tag_covers_them(
         assert client.metrics.value("dr_journal_entries") == 0
     finally:
         await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_client_replays_the_journal_its_file_kept(
+        pair: tuple[Cluster, Cluster], tmp_path: Path) -> None:
+    primary, site = pair
+    await attach(reactor, primary, site)
+    path = tmp_path / "journal"
+    before = await _client(primary, site, dr_journal_path=str(path))
+    keys = _keys("reloaded", 3)
+    try:
+        acked = {k: await before.put(k, b"kept-" + k) for k in keys}
+    finally:
+        await before.close()                         # the service stops
+    await promote(reactor, site, window_s=60.0)
+    after = await _client(primary, site, dr_journal_path=str(path))
+    at_site = await site.client(reactor, metrics_registry=None)
+    try:
+        assert sorted((e.key, e.version) for e in after.dr_journal) == sorted(acked.items())
+        report = await after.dr_replay()
+        assert sorted(report.applied) == sorted(acked.items())
+        for k, v in acked.items():
+            got = await at_site.get(k)
+            assert (got.value, got.version) == (b"kept-" + k, v)
+    finally:
+        await after.close()
+        await at_site.close()
 
 
 @pytest_twisted.ensureDeferred
