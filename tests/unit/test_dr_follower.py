@@ -344,3 +344,24 @@ def test_every_metric_the_follower_counts_is_declared() -> None:
     assert names
     for name in names:
         DR_FOLLOWER.lookup(name)
+
+
+def test_the_status_table_shows_each_tags_position_maker_safe_time_and_lag() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dds.tools.dr.status import render
+    result = {"cluster": "east", "role": "primary", "silent": {},
+              "dr_record": {"version": 2, "mode": "primary", "epoch": 0, "primary": "",
+                            "site": "dds://h:1/west", "replay_until_ms": 0},
+              "tags": {"p1.0": {"position": "AQEAAAAA", "maker": "b2",
+                                "safe_ms": 3_723_004, "held_by": "b2", "lag_s": 1.25},
+                       "p1.1": {}},
+              "untagged": ["p1.1"], "lag_p50_s": 1.25, "lag_p99_s": 1.25, "lag_max_s": 1.25}
+    out = StringIO()
+    render(result, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "DR site: dds://h:1/west" in text
+    assert "b2" in text and "01:02:03.004" in text and "1.25" in text
+    assert "1 partitions without a tag" in text
