@@ -365,3 +365,56 @@ def test_the_status_table_shows_each_tags_position_maker_safe_time_and_lag() -> 
     assert "DR site: dds://h:1/west" in text
     assert "b2" in text and "01:02:03.004" in text and "1.25" in text
     assert "1 partitions without a tag" in text
+
+
+# -- group commit at the DR site ---------------------------------------------------------
+
+def _lanes_and_sends() -> tuple[Any, list[tuple[list[Any], dict[str, Any], Deferred[None]]]]:
+    from dds.tools.dr.lanes import Lanes
+    sends: list[tuple[list[Any], dict[str, Any], Deferred[None]]] = []
+
+    def send(route: Any, brick: Any, rows: list[Any], marks: dict[str, Any]
+             ) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        sends.append((rows, marks, d))
+        return d
+    return Lanes(send), sends
+
+
+def _route_of(cmap: ClusterMap) -> Any:
+    from dds.lib.routing import Route
+    pid, rg = next(iter(cmap.partition_rg.items()))
+    return Route(pid, rg, [cmap.bricks[b] for b in rg.active_members])
+
+
+def test_what_arrives_while_a_request_is_in_flight_goes_out_as_one_request() -> None:
+    lanes, sends = _lanes_and_sends()
+    route = _route_of(cluster_map(0))
+    brick = route.replicas[0]
+    first = lanes.submit(route, brick, [(b"a", b"1", 1)], {"p1.0": ["A", 10]})
+    second = lanes.submit(route, brick, [(b"b", b"2", 1)], {"p1.1": ["B", 20]})
+    third = lanes.submit(route, brick, [(b"c", b"3", 1)], {"p1.0": ["C", 30]})
+    assert len(sends) == 1                      # one in flight per lane
+    sends[0][2].callback(None)
+    assert first.called and not second.called
+    assert len(sends) == 2
+    rows, marks, d = sends[1]
+    assert rows == [(b"b", b"2", 1), (b"c", b"3", 1)]
+    assert marks == {"p1.0": ["C", 30], "p1.1": ["B", 20]}
+    d.callback(None)
+    assert second.called and third.called
+    assert (lanes.sent, lanes.carried) == (2, 3)
+
+
+def test_a_failed_request_fails_every_caller_it_carried() -> None:
+    lanes, sends = _lanes_and_sends()
+    route = _route_of(cluster_map(0))
+    lanes.submit(route, route.replicas[0], [(b"a", b"1", 1)], {})
+    b = lanes.submit(route, route.replicas[0], [(b"b", b"1", 1)], {})
+    c = lanes.submit(route, route.replicas[0], [(b"c", b"1", 1)], {})
+    sends[0][2].callback(None)
+    sends[1][2].errback(Locked("held"))
+    for d in (b, c):
+        errors: list[Any] = []
+        d.addErrback(errors.append)
+        assert errors and errors[0].check(Locked)
