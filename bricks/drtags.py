@@ -11,7 +11,8 @@ that has no write to learn a newer tag from.
 Tags live in memory: after a restart a brick has none until the follower's next read,
 and the library keeps its entries meanwhile (it never drops one without a tag).  They
 belong to the DR site they were reported for: once the DR record names another site (a
-new ``dr attach``), the old ones are dropped, for that site holds none of it.
+new ``dr attach``), the old ones are dropped, for that site holds none of it; a
+``dr detach`` keeps them (``dr_tags`` still answers what the site holds).
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ class DrTagStore:
         return rec is not None and rec.attached
 
     def _current(self) -> dict[str, Tag]:
-        """The tags, emptied first if the DR record names another site than theirs."""
+        """The tags, emptied first if the DR record names another site than theirs (a
+        detached primary keeps them: they still say what that site holds)."""
         rec = self.maps.map.dr
         site = rec.site if rec is not None else ""
-        if site != self.site:
+        if site and site != self.site:
             self.tags = {}
             self.site = site
         return self.tags

@@ -329,6 +329,8 @@ DR_FOLLOWER = Catalogue("dds_dr_follower", (
     counter("rows", "rows of the primary's change stream applied at the DR site (every "
             "DR replica they route to acknowledged them)"),
     counter("pages", "change stream pages applied at the DR site"),
+    counter("requests", "dr_apply requests sent (each one transaction at a DR brick; the "
+            "pages of several partitions share one when they meet)"),
     counter("errors", "failed reads of the primary's change stream and failed dr_apply "
             "requests, by error code (each is retried)", labels=("code",)),
     counter("exclusions_requested", "unreachable DR bricks the follower asked their "

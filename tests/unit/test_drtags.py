@@ -122,3 +122,10 @@ def test_tags_reported_for_another_dr_site_are_dropped(tmp_path: Path) -> None:
     tags.maps.merge([DRRecord(2, "primary", 0, "", "dds://other:1/west-dr")], source="test")
     assert tags.tag(str(P)) is None
     assert tags.read(DrTags())["tags"] == {}
+
+
+def test_a_detached_primary_keeps_the_tags_of_its_last_site(tmp_path: Path) -> None:
+    tags, _ = store(tmp_path)
+    tags.record(P, position(990.5), "b2")
+    tags.maps.merge([DRRecord(2, "primary", 0, "", "")], source="test")
+    assert tags.read(DrTags())["tags"] == {str(P): ["b2", 990500, position(990.5)]}

@@ -109,7 +109,7 @@ def attach(target: Target, url: str | None, site: SiteOptions, no_follow: bool,
     """Make a second cluster (the DR site) follow this one through the change stream,
     then run the follower (until interrupted; `dr follow` resumes it).  The site may
     have another size and placement; from now on it refuses client writes."""
-    from dds.tools.dr.runfollow import _start_logging, run_follower
+    from dds.tools.dr.runfollow import _start_logging, run_follower, run_or_exit
 
     site_t = site_target(parse_site_url(url) if url else None, site)
     if not no_follow:
@@ -125,10 +125,7 @@ def attach(target: Target, url: str | None, site: SiteOptions, no_follow: bool,
                "stops; `dds-admin dr follow` resumes)")
         done["follower"] = await run_follower(reactor, target, site_t, follower)
         return done
-    try:
-        result = run(go)
-    except AdminError as e:
-        fail(e.lines)
+    result = run_or_exit(go)
     if as_json:
         ui.print_json(result)
     elif no_follow:

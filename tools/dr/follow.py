@@ -32,6 +32,7 @@ from dds.deferreds import gather, sleep
 from dds.drmsgs import DrMarks
 from dds.errors import DDSError, InvalidRequest
 from dds.metrics import Metrics
+from dds.ratelimit import LogLimiter
 
 from dds.lib.client import DDSClient
 from dds.tools.bench.measure import percentile
@@ -81,6 +82,8 @@ class Follower:
         self._done: Deferred[None] = Deferred()
         self._sleeps: set[Deferred[None]] = set()
         self._dirty = False
+        #: Read failures, a few lines a window (a primary that is down fails every one).
+        self._read_failures = LogLimiter(self.clock, self.log, per_window=5, window_s=10.0)
         metrics.gauge("partitions", lambda: len(self.lineage.running()))
 
     # -- running -------------------------------------------------------------------------
@@ -155,9 +158,10 @@ class Follower:
                 except DDSError as e:
                     attempt += 1
                     self.metrics.inc("errors_total", code=e.code)
-                    self.log.warn("reading {pid} from the primary failed ({error}); "
-                                  "attempt {attempt} in a moment", pid=part.pid,
-                                  error=e.message, attempt=attempt + 1)
+                    self._read_failures.warn("reading {pid} from the primary failed "
+                                             "({error}); attempt {attempt} in a moment",
+                                             pid=part.pid, error=e.message,
+                                             attempt=attempt + 1)
                     page = None
                 if page is not None and page.changes:
                     rows = [(c.key, c.value, c.version) for c in page.changes]

@@ -7,12 +7,15 @@ and a clean stop on SIGINT/SIGTERM (the checkpoint is written on the way out).""
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import attrs
 import click
+from rich.markup import escape
 
+from dds.tools import ui
 from dds.tools.cli import cluster_target, fail, reports_errors
 from dds.tools.cluster import Target
 from dds.tools.dr.site import SiteOptions, parse_site_url, site_options, site_target
@@ -20,10 +23,19 @@ from dds.tools.runner import AdminError, run
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["FollowOptions", "follow", "follower_options", "run_follower"]
+__all__ = ["FollowOptions", "FollowerRefused", "follow", "follower_options", "run_follower",
+           "run_or_exit"]
 
 #: Seconds between two progress lines when stderr is not a terminal (the log gets one).
 LOG_PROGRESS_S = 30.0
+#: The exit status of a follower that stops for a refusal no restart can cure (the site
+#: was promoted, the primary detached, a request refused for good): the systemd unit
+#: does not restart it (``RestartPreventExitStatus``).
+REFUSED_EXIT = 2
+
+
+class FollowerRefused(AdminError):
+    """The follower may not run, or may not go on, between these two clusters."""
 
 
 @attrs.frozen
@@ -72,7 +84,6 @@ class _ConsoleLines:
     log lines and the progress line do not garble each other."""
 
     def write(self, text: str) -> None:
-        from dds.tools import ui
         for line in text.rstrip("\n").split("\n"):
             ui.err.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -126,20 +137,21 @@ def check_pair(primary: Any, site: Any) -> str | None:
 async def run_follower(reactor: Any, primary_t: Target, site_t: Target,
                        options: FollowOptions) -> dict[str, Any]:
     """Follow until interrupted, or until the follower cannot go on (``AdminError``)."""
+    from twisted.internet.error import CannotListenError
+
     from dds.bricks.http import make_site
     from dds.metricdefs import DR_FOLLOWER
     from dds.metrics import Metrics
-    from dds.tools import ui
     from dds.tools.dr.follow import Follower, FollowerSettings, FollowerStopped
 
     primary, site = await _clients(reactor, primary_t, site_t)
     try:
         problem = check_pair(primary.map, site.map)
         if problem is not None:
-            raise AdminError(problem)
+            raise FollowerRefused(problem)
         if site.map.dr.primary != primary.cluster:
-            raise AdminError(f"the DR site follows {site.map.dr.primary!r}, not "
-                             f"{primary.cluster!r}")
+            raise FollowerRefused(f"the DR site follows {site.map.dr.primary!r}, not "
+                                  f"{primary.cluster!r}")
         metrics = Metrics(DR_FOLLOWER, None, process=True)
         follower = Follower(primary, site, options.state, metrics, FollowerSettings(
             poll_s=options.poll_ms / 1000.0, parallel=options.parallel))
@@ -147,9 +159,13 @@ async def run_follower(reactor: Any, primary_t: Target, site_t: Target,
         if options.metrics_port is not None:
             def health() -> dict[str, object]:
                 return {"ok": not follower.stopping, **follower.summary()}
-            listening = reactor.listenTCP(options.metrics_port,
-                                          make_site(metrics, health, reactor),
-                                          interface=options.metrics_host)
+            try:
+                listening = reactor.listenTCP(options.metrics_port,
+                                              make_site(metrics, health, reactor),
+                                              interface=options.metrics_host)
+            except CannotListenError as e:
+                raise AdminError(f"--metrics-port {options.metrics_port}: cannot listen "
+                                 f"on {options.metrics_host}: {e.socketError}") from None
             port = listening.getHost().port
             follower.log.info("metrics on http://{host}:{port}/metrics",
                               host=options.metrics_host, port=port)
@@ -158,7 +174,7 @@ async def run_follower(reactor: Any, primary_t: Target, site_t: Target,
         try:
             await follower.run()
         except FollowerStopped as e:
-            raise AdminError(f"the DR follower stopped: {e}") from None
+            raise FollowerRefused(f"the DR follower stopped: {e}") from None
         finally:
             ticker.stop()
             if listening is not None:
@@ -188,7 +204,6 @@ class _Progress:
                  terminal: bool) -> None:
         from twisted.internet.task import LoopingCall
 
-        from dds.tools import ui
         self.follower = follower
         self.primary = primary
         self.site = site
@@ -239,14 +254,24 @@ def follow(target: Target, url: str | None, site: SiteOptions,
            follower: FollowOptions) -> None:
     """Run the DR follower: apply the primary's change stream (the cluster this command
     is run against) to its DR site, and report the DR site's progress back (the tags of
-    write replies).  Runs until interrupted; resumes from --state."""
+    write replies).  Runs until interrupted; resumes from --state.  Exits 2 when it may
+    not go on (the site was promoted, the primary detached), 1 on other errors."""
     _start_logging(follower)
 
     async def go(reactor: Any) -> dict[str, Any]:
         site_t = await resolve_site(reactor, target, url, site)
         return await run_follower(reactor, target, site_t, follower)
+    run_or_exit(go)
+
+
+def run_or_exit(go: Any) -> Any:
+    """``run(go)``; an error as ``error:`` lines, exit status 2 for a refusal."""
     try:
-        run(go)
+        return run(go)
+    except FollowerRefused as e:
+        for line in e.lines:
+            ui.err.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
+        sys.exit(REFUSED_EXIT)
     except AdminError as e:
         fail(e.lines)
 

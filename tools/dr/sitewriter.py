@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from dds.deferreds import gather, sleep
@@ -26,12 +27,14 @@ from dds.drmsgs import MAX_APPLY_ROWS, DrApply
 from dds.errors import (AuthenticationFailed, DDSError, InvalidRequest, PermissionDenied,
                         ProtocolError, Refused, StaleMap)
 from dds.metrics import Metrics
+from dds.ratelimit import LogLimiter
 from dds.records import BrickRecord
 
 from dds.lib.client import DDSClient
 from dds.lib.coordinator import UNREACHABLE
 from dds.lib.exclusion import EXCLUDE_TIMEOUT_S
 from dds.lib.routing import Route, Router
+from dds.tools.dr.lanes import Lanes
 
 __all__ = ["FollowerStopped", "SiteWriter", "Row", "chunks"]
 
@@ -92,6 +95,10 @@ class SiteWriter:
         self.metrics = metrics
         self.stopping = stopping
         self.router = Router()
+        #: One request in flight per DR partition and member (``lanes.py``).
+        self.lanes = Lanes(self._request)
+        #: Failed attempts, a few lines a window (a DR site that is down fails each one).
+        self._failures = LogLimiter(self.clock, self.log, per_window=5, window_s=10.0)
 
     async def apply(self, rows: Sequence[Row], marks: dict[str, list[Any]]) -> None:
         """Until every active DR replica the rows route to holds them (with ``marks``):
@@ -143,13 +150,20 @@ class SiteWriter:
         return [(route, brick, r) for (route, brick), r in zip(calls, results)
                 if isinstance(r, Exception)]
 
-    async def _member(self, route: Route, brick: BrickRecord, rows: list[Row],
-                      marks: dict[str, list[Any]]) -> None:
+    def _member(self, route: Route, brick: BrickRecord, rows: list[Row],
+                marks: dict[str, list[Any]]) -> Deferred[None]:
+        return self.lanes.submit(route, brick, rows, marks)
+
+    async def _request(self, route: Route, brick: BrickRecord, rows: list[Row],
+                       marks: dict[str, list[Any]]) -> None:
+        """``rows`` and ``marks`` to one member: one ``dr_apply`` (more if they are many
+        or large; the marks go with the last)."""
         conn = await self.client.connections.get(brick.address, brick.port)
         parts = chunks(rows) or [[]]
         rg = route.rg
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
+            self.metrics.inc("requests_total")
             await conn.send(DrApply(route.pid_text, rg.name, rg.version, rg.fp, part,
                                     marks if last else {}), timeout=APPLY_TIMEOUT_S)
 
@@ -179,8 +193,9 @@ class SiteWriter:
                               error=e.message)
         if not excluded:
             first = failures[0][2]
-            self.log.info("dr_apply failed ({error}); attempt {attempt} in a moment",
-                          error=getattr(first, "message", str(first)), attempt=attempt + 1)
+            self._failures.warn("dr_apply failed ({error}); attempt {attempt} in a moment",
+                                error=getattr(first, "message", str(first)),
+                                attempt=attempt + 1)
             await self._pause(attempt)
         await self._refresh()
 

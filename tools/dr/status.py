@@ -129,6 +129,12 @@ def _short(position: str) -> str:
     return position if len(position) <= 16 else position[:12] + "…"
 
 
+def _clock(ms: int) -> str:
+    """``HH:MM:SS.mmm`` in UTC."""
+    import time
+    return time.strftime("%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}"
+
+
 def render(result: dict[str, Any], console: Any) -> None:
     from rich.table import Table
     rec = result["dr_record"]
@@ -150,7 +156,7 @@ def render(result: dict[str, Any], console: Any) -> None:
         t = Table(title_justify="left")
         t.add_column("partition")
         if tags:
-            for col in ("tag position", "made by", "lag (s)"):
+            for col in ("tag position", "made by", "safe time (UTC)", "lag (s)"):
                 t.add_column(col)
         if marks:
             for col in ("DR mark position", "DR mark lag (s)"):
@@ -160,6 +166,7 @@ def render(result: dict[str, Any], console: Any) -> None:
             cells = [pid]
             if tags:
                 cells += [_short(tag.get("position", "-")), tag.get("maker", "-"),
+                          _clock(tag["safe_ms"]) if tag else "-",
                           f"{tag['lag_s']:.2f}" if tag else "-"]
             if marks:
                 cells += [_short(mark.get("position", "-")),
