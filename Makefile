@@ -57,7 +57,7 @@ clean:
 MINUTES ?= 60
 FAULT_ARGS = $(if $(SEED),--seed $(SEED)) $(if $(NEMESES),--nemeses $(NEMESES))
 
-.PHONY: verify soak sim
+.PHONY: verify soak sim dr-verify
 
 verify: install
 	$(BIN)/python -m tests.faults.runner --profile verify $(FAULT_ARGS)
@@ -69,6 +69,12 @@ SIM_EXAMPLES ?= 300
 sim: install
 	DDS_SIM_SEEDS=$(SIM_SEEDS) DDS_SIM_EXAMPLES=$(SIM_EXAMPLES) $(BIN)/python -m pytest -q \
 	    tests/sim/test_simulation.py -k "sweep or TestSimMachine"
+
+# The DR site's fault run (tests/faults/dr.py, issue 17): the whole primary killed, dr
+# promote, the clients replay; DR_SEEDS runs from DR_SEED (random when unset).
+DR_SEEDS ?= 20
+dr-verify: install
+	$(BIN)/python -m tests.faults.dr --runs $(DR_SEEDS) $(if $(DR_SEED),--seed $(DR_SEED))
 
 soak: install
 	$(BIN)/python -m tests.faults.runner --profile soak --minutes $(MINUTES) $(FAULT_ARGS)

@@ -104,7 +104,7 @@ class ChangeStream:
         changes: list[list[Any]] = []
         more = False
         last = after
-        for key, value, version, lsn, checksum in store.rows_since(after):
+        for key, value, version, lsn, checksum in store.rows_since(after, top):
             if lsn > top:
                 break
             if len(changes) == msg.limit:

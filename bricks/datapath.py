@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from twisted.internet.defer import Deferred
 
 from dds.config import BrickConfig
-from dds.errors import InvalidRequest, KeyTooLarge, NotServing, ReplicaDamaged, ValueTooLarge
+from dds.errors import (InvalidRequest, KeyTooLarge, NotServing, ReplayRefused, ReplicaDamaged,
+                        ValueTooLarge)
 from dds.maps import ClusterMap
 from dds.messages import Abort, Commit, Get, Message, Prepare, RowRead, TxnState
 from dds.partition import PartitionId, key_hash
@@ -248,7 +249,11 @@ class DataPath:
             raise NotServing(f"brick {self.id} is shutting down")
         if self.disk.full:
             raise self.disk.refusal()
-        self.dr.check_write(op)
+        try:
+            self.dr.check_write(op)
+        except ReplayRefused as e:      # counted for `dds-admin dr promote --wait`
+            self.metrics.inc("dr_replays", outcome=str(e.data["reason"]))
+            raise
         self._check_key(key)
         if value is not None and len(value) > self.max_value:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "

@@ -9,7 +9,10 @@ the DR site holds from its journal (``lib/drjournal.py``); ``DrTags`` answers a 
 that has no write to learn a newer tag from.
 
 Tags live in memory: after a restart a brick has none until the follower's next read,
-and the library keeps its entries meanwhile (it never drops one without a tag).
+and the library keeps its entries meanwhile (it never drops one without a tag).  They
+belong to the DR site they were reported for: once the DR record names another site (a
+new ``dr attach``), the old ones are dropped, for that site holds none of it; a
+``dr detach`` keeps them (``dr_tags`` still answers what the site holds).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class DrTagStore:
         self.maps = maps
         self.clock = clock
         self.tags: dict[str, Tag] = {}
+        #: The DR site (the DR record's ``site``) the tags were reported for.
+        self.site = ""
 
     def handlers(self) -> dict[type[Message], Callable[[Any], Any]]:
         return {DrTags: self.read}
@@ -55,6 +60,16 @@ class DrTagStore:
         """A DR site follows this cluster: votes carry ``at`` (and the tag)."""
         rec = self.maps.map.dr
         return rec is not None and rec.attached
+
+    def _current(self) -> dict[str, Tag]:
+        """The tags, emptied first if the DR record names another site than theirs (a
+        detached primary keeps them: they still say what that site holds)."""
+        rec = self.maps.map.dr
+        site = rec.site if rec is not None else ""
+        if site and site != self.site:
+            self.tags = {}
+            self.site = site
+        return self.tags
 
     def record(self, pid: PartitionId, applied: str, applied_by: str) -> None:
         """The follower says the DR site holds ``applied`` (a position of ``pid``'s
@@ -71,7 +86,7 @@ class DrTagStore:
                                  "brick that made it)")
         text = str(pid)
         safe_ms = int(pos.safe_time * 1000)
-        old = self.tags.get(text)
+        old = self._current().get(text)
         if old is not None and old.maker == applied_by and old.safe_ms >= safe_ms:
             return
         if old is None and len(self.tags) >= MAX_TAGS:
@@ -79,13 +94,14 @@ class DrTagStore:
         self.tags[text] = Tag(applied_by, safe_ms, applied)
 
     def tag(self, pid_text: str) -> list[Any] | None:
-        t = self.tags.get(pid_text)
+        t = self._current().get(pid_text)
         return None if t is None else t.wire()
 
     def read(self, msg: DrTags) -> dict[str, Any]:
-        wanted = msg.pids or tuple(self.tags)
+        tags = self._current()
+        wanted = msg.pids or tuple(tags)
         return {"tags": {p: [t.maker, t.safe_ms, t.position] for p in wanted
-                         if (t := self.tags.get(p)) is not None},
+                         if (t := tags.get(p)) is not None},
                 "now_ms": int(self.clock.seconds() * 1000)}
 
     def forget(self, pid_text: str) -> None:

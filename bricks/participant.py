@@ -183,6 +183,7 @@ class Participant:
                                       {"version": current.version})
             if txn.op == "replay" and current.version >= (txn.expected_version or 0):
                 # DESIGN §12: a replay never overwrites a newer (or the same) write.
+                self.metrics.inc("dr_replays", outcome="newer")
                 raise ReplayRefused(f"replay of version {txn.expected_version} refused: "
                                     f"this site holds version {current.version}",
                                     {"version": current.version, "reason": "newer"})
@@ -380,6 +381,8 @@ class Participant:
         self.locks.release(txn.lock_key, txn.txid)
         self._forget(txn, TxnState.COMMITTED)
         self.metrics.inc("commits_total")
+        if txn.op == "replay":
+            self.metrics.inc("dr_replays", outcome="applied")
         waiters, txn.waiters = txn.waiters, []
         for w in waiters:
             w.callback(txn.new_version)

@@ -18,7 +18,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import xxhash
@@ -65,6 +65,9 @@ _SQL_SET_CHECKSUM = ("UPDATE kv SET checksum = ? WHERE key = ? AND version = ? "
                      "AND checksum IS NULL")
 #: Meta flag: 1 while rows of the file may lack a checksum (a file of schema 1 migrating).
 MISSING = "checksums_missing"
+#: Meta: the DR follower's marks, JSON ``{primary pid: [position, safe_ms]}``
+#: (``PartitionStore.dr_apply``).
+DR_MARKS = "dr_marks"
 # The schema, word for word as sqlite-utils wrote it into files before the brick stopped
 # using that library (its import and the checks it makes cost the brick ~0.1 s of CPU at
 # each start): a file's ``sqlite_master`` is the same whichever made it.
@@ -267,6 +270,8 @@ class PartitionStore:
         # key -> (result, lsn) of the newest staged write; _pending keeps them all in order.
         self._overlay: dict[bytes, tuple[ReadResult, int]] = {}
         self._pending: list[Row] = []
+        #: The DR marks (``dr_marks``), read from the file when first asked for.
+        self._marks: dict[str, list[Any]] | None = None
 
     def _migrate(self) -> int:
         """Create the schema in a new file, check an existing one, bring a file of schema
@@ -471,12 +476,16 @@ class PartitionStore:
         for k, r in staged[i:]:
             yield k, r.value, r.version
 
-    def rows_since(self, lsn: int) -> Iterator[Row]:
+    def rows_since(self, lsn: int, upto: int | None = None) -> Iterator[Row]:
         """Rows (tombstones included) written after log position ``lsn``, in lsn order.
 
         Reads in pages, so the iterator may be consumed across reactor turns while writes go
         on; a key rewritten meanwhile shows up again with its newer lsn, and applying the
-        rows in order still converges.  Staged writes come last.
+        rows in order still converges.  Staged writes come last, each key's newest only;
+        with ``upto``, none after ``upto``, and each key's newest at or below ``upto``:
+        a staged row whose newer row lies beyond ``upto`` (not yet durable) must still be
+        served, or a write committed before the page's safe time would be in no page until
+        the newer one is durable (and in none at all if the brick dies first).
         """
         cur = lsn
         while True:
@@ -486,9 +495,24 @@ class PartitionStore:
             for row in rows:
                 cur = row[3]
                 yield row
-        for row in list(self._pending):
+        pending = list(self._pending)
+        newest: dict[bytes, int] | None = None
+        if upto is not None:
+            newest = {}
+            for row in pending:
+                if row[3] <= upto:
+                    newest[row[0]] = row[3]
+        for row in pending:
+            if row[3] <= cur:
+                continue
+            if newest is not None:
+                if row[3] > upto:                               # type: ignore[operator]
+                    return
+                if newest.get(row[0]) == row[3]:
+                    yield row
+                continue
             staged = self._overlay.get(row[0])
-            if row[3] > cur and staged is not None and staged[1] == row[3]:
+            if staged is not None and staged[1] == row[3]:
                 yield row
 
     def apply_rows(self, rows: Sequence[Row]) -> int:
@@ -521,6 +545,70 @@ class PartitionStore:
         self.ancestors = ancestors
         self._committed_lsn = self._last_lsn = self._durable_lsn = top
         return len(rows)
+
+    def dr_marks(self) -> dict[str, list[Any]]:
+        """The DR follower's marks stored with its rows (``dr_apply``): primary partition
+        → ``[position, safe_ms]``; empty in a file that never took a DR row."""
+        if self._marks is None:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = ?",
+                                     (DR_MARKS,)).fetchone()
+            try:
+                loaded = json.loads(row[0]) if row and isinstance(row[0], str) else {}
+            except ValueError:
+                loaded = {}
+            self._marks = loaded if isinstance(loaded, dict) else {}
+        return dict(self._marks)
+
+    def dr_apply(self, rows: Sequence[tuple[bytes, bytes | None, int]],
+                 marks: dict[str, list[Any]]) -> tuple[list[bytes], int]:
+        """A DR site's rows from the primary's change stream (``bricks/drapply.py``):
+        each written at its own version, with a new lsn of this file and its checksum,
+        where the stored copy is older; and ``marks`` merged into the file's (a
+        partition's mark never goes back), all in one durable transaction.  Returns the
+        keys written and how many rows were skipped (already as new).  Raises
+        ChecksumMismatch, with nothing written, if a row it would replace is damaged.
+        The caller (``Storage.dr_apply``) makes sure no write is staged."""
+        if self._pending:
+            raise ValueError(f"{self.partition_id}: {len(self._pending)} staged writes "
+                             "pending; cannot apply DR rows")
+        old = self.dr_marks()
+        merged = dict(old)
+        for pid, mark in marks.items():
+            kept = merged.get(pid)
+            if kept is None or int(kept[1]) < int(mark[1]):
+                merged[pid] = list(mark)
+        written: list[Row] = []
+        newest: dict[bytes, int] = {}
+        lsn = self._last_lsn
+        for key, value, version in rows:
+            current = newest.get(key)
+            if current is None:
+                found = self._conn.execute(_SQL_READ, (key,)).fetchone()
+                current = 0 if found is None else found[1]
+                if found is not None and found[2] is not None \
+                        and row_checksum(key, found[1], found[0]) != found[2]:
+                    raise ChecksumMismatch(self.partition_id, key)
+            if version <= current:
+                continue
+            lsn += 1
+            newest[key] = version
+            written.append((key, value, version, lsn, row_checksum(key, version, value)))
+        if not written and merged == old:
+            return [], len(rows)
+
+        def body(conn: sqlite3.Connection) -> None:
+            if written:
+                conn.executemany(_SQL_UPSERT, written)
+                self._sample(conn, lsn)
+            if merged != old:
+                conn.execute(_UPSERT_META, (DR_MARKS, json.dumps(merged)))
+        _transaction(self._conn, body)
+        self.uncheckpointed += 1
+        self._marks = merged
+        if written:
+            self._fork_open = False
+            self._committed_lsn = self._last_lsn = self._durable_lsn = lsn
+        return [row[0] for row in written], len(rows) - len(written)
 
     def _stage(self, key: bytes, res: ReadResult, checksum: int) -> None:
         if self._last_lsn == self._durable_lsn:

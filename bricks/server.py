@@ -45,6 +45,7 @@ from dds.bricks.admin import AdminRequests
 from dds.bricks.backup import Backups
 from dds.bricks.bounded import BoundedReads
 from dds.bricks.changes import ChangeStream
+from dds.bricks.drapply import DrApplier
 from dds.bricks.drtags import DrTagStore
 from dds.bricks.context import BrickContext, peer_caller, thread_runner
 from dds.bricks.copy.movein import IncomingMoves
@@ -257,13 +258,19 @@ class Brick:
                                           config.brick.change_max_skew_ms / 1000.0,
                                           self.dr_tags)
         self.backups = Backups(ctx, self.serving, self.damage.damaged)   # dds-admin backup
+        # A DR site's side of the follower (DESIGN §12): dr_apply, dr_marks.
+        self.dr_apply = DrApplier(ctx, lambda *g: self.data.gate(*g)[2],
+                                  lambda rg, pid: self.data._check_serving(rg, False, pid),
+                                  self.locks, self.disk, config.limits.max_key_bytes,
+                                  config.limits.max_value_bytes)
         # Every request type, by the component that answers it (each lists its own).
         self._handlers: dict[type[Message], Callable[[Any], Any]] = {
             Ping: self.ping, Lease: self.lease, RGStatus: self.rg_status,
         }
         for component in (self.data, self.gossip, self.admin, self.changes, self.copy_source,
                           self.moves_in, self.splits, self.journal, self.scrubber,
-                          self.bounded, self.change_stream, self.backups, self.dr_tags):
+                          self.bounded, self.change_stream, self.backups, self.dr_tags,
+                          self.dr_apply):
             handlers = component.handlers()
             twice = handlers.keys() & self._handlers.keys()
             if twice:

@@ -365,6 +365,31 @@ class Storage:
                 self._cache.pop((store.cache_tag, row[0]), None)
         return n
 
+    def dr_apply(self, pid: str, rows: Sequence[tuple[bytes, bytes | None, int]],
+                 marks: dict[str, list[Any]]) -> tuple[int, int]:
+        """A DR site's rows and marks (``PartitionStore.dr_apply``): (written, skipped).
+        One SQLite transaction on the partition file, durable as the brick's mode makes
+        a commit, taking this file's next lsns: the change stream, deltas and copies
+        see the rows as any other write.  Rows staged before it go to the file first
+        (a DR site takes no client write; a self-repair may have staged one)."""
+        store = self._store(pid)
+        if store._pending:
+            self.partition_path(pid)
+            if store._pending:
+                self._flush_now(True)
+            if store._pending:
+                raise NotServing(f"{pid}: staged writes could not be committed; "
+                                 "try again")
+        written, skipped = store.dr_apply(rows, marks)
+        if self._cache is not None:
+            for key in written:
+                self._cache.pop((store.cache_tag, key), None)
+        if written:
+            self.stats["commits"] += 1
+            self.stats["committed_rows"] += len(written)
+        self._checkpoint_some()
+        return len(written), skipped
+
     # -- hot path ----------------------------------------------------------------------
 
     def read(self, pid: str, key: bytes) -> ReadResult:

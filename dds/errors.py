@@ -102,6 +102,17 @@ class ReplayRefused(DDSError):
     code = "replay_refused"
 
 
+class JournalFull(DDSError):
+    """A write refused by the library before its PREPARE was sent: the client's DR
+    journal (``lib/drjournal.py``) holds as many acknowledged writes not yet at the DR
+    site as it may (``dr_journal_max_entries`` / ``dr_journal_max_bytes``).  With
+    ``dr_journal_when_full="wait"`` the write waited for room until its deadline first.
+    Nothing was applied anywhere; retry once the DR site has caught up."""
+
+    code = "journal_full"
+    retryable = True
+
+
 class Refused(DDSError):
     """A change of an RG record was refused: the suspect answers, another change holds the
     record's lock, the record moved on, or too few members voted (DESIGN §5)."""

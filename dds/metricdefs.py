@@ -223,6 +223,12 @@ BRICK = Catalogue("dds", _RPC + (
     counter("restore_bytes_received", "bytes of partition files received by dds-admin "
             "restore"),
     counter("restore_installs", "replicas installed from a backup by dds-admin restore"),
+    counter("dr_rows_applied", "rows of the primary's change stream written by dr_apply "
+            "(a DR site)"),
+    counter("dr_rows_skipped", "rows dr_apply skipped because the replica's copy was as "
+            "new or newer"),
+    counter("dr_apply_refused", "dr_apply requests refused (not a follower, stale map, "
+            "not serving, fenced, locked key, bad rows); nothing of them applied"),
     counter("move_pulls", "partitions taken in by a move"),
     counter("split_prepares", "split or merge jobs prepared"),
     counter("split_finishes", "split or merge jobs finished"),
@@ -232,6 +238,10 @@ BRICK = Catalogue("dds", _RPC + (
     counter("split_foreign_rows", "rows copied by a split or merge from another partition"),
     counter("journal_writes", "admin journal steps written"),
     counter("journal_jobs_dropped", "old finished admin journal jobs dropped"),
+    counter("dr_replays", "client journal replays at this promoted DR site, by outcome "
+            "(applied: committed here; newer, window_closed, not_promoted: refused); every "
+            "member of the RG counts each replay it voted on", labels=("outcome",),
+            initial=(("applied",), ("newer",), ("window_closed",), ("not_promoted",))),
     # -- row checksums, self-repair and the scrubber ---------------------------------------
     counter("checksum_failures", "rows found failing their checksum (reads, votes, row "
             "requests, the scrubber)"),
@@ -300,4 +310,36 @@ CLIENT = Catalogue("dds_client", _RPC + (
     counter("exclusions_requested", "exclusions of an unresponsive brick asked for"),
     counter("exclusions", "exclusions that took effect"),
     counter("exclusions_refused", "exclusions refused by the RG"),
+    # -- the DR journal and failover (lib/drjournal.py, lib/drsite.py) -------------------
+    gauge("dr_journal_entries", "acknowledged writes kept until a tag shows the DR site "
+          "holds them (every client of the registry)"),
+    gauge("dr_journal_bytes", "bytes of those writes (keys, values and a fixed overhead "
+          "each)"),
+    counter("dr_journal_full", "writes refused with JournalFull (nothing applied) because "
+            "the DR journal had no room"),
+    counter("dr_journal_covered", "journal entries dropped because a tag covered them or "
+            "a newer write of their key superseded them"),
+    counter("dr_tag_polls", "dr_tags requests sent for partitions whose entries waited "
+            "a second without a newer tag"),
+    counter("dr_replays", "journal entries replayed at a promoted DR site, by outcome",
+            labels=("outcome",), initial=(("applied",), ("refused_newer",),
+                                          ("refused_window_closed",), ("failed",))),
+    counter("dr_failovers", "times this client moved to the promoted DR site because its "
+            "primary could not be reached"),
+))
+
+#: The DR follower's (``dds-admin dr attach`` / ``dr follow --metrics-port``).
+DR_FOLLOWER = Catalogue("dds_dr_follower", (
+    counter("rows", "rows of the primary's change stream applied at the DR site (every "
+            "DR replica they route to acknowledged them)"),
+    counter("pages", "change stream pages applied at the DR site"),
+    counter("requests", "dr_apply requests sent (each one transaction at a DR brick; the "
+            "pages of several partitions share one when they meet)"),
+    counter("errors", "failed reads of the primary's change stream and failed dr_apply "
+            "requests, by error code (each is retried)", labels=("code",)),
+    counter("exclusions_requested", "unreachable DR bricks the follower asked their "
+            "group to exclude"),
+    gauge("lag_seconds", "seconds between now and the safe time of what the DR site "
+          "holds of each primary partition", labels=("partition",)),
+    gauge("partitions", "primary partitions followed"),
 ))

@@ -51,6 +51,8 @@ from dds.maps import ClusterMap
 from dds.lib.bounded import Bounded
 from dds.lib.changes import Change, ChangeCursor, ChangePage
 from dds.lib.client import DDSClient, GetResult, TLSPaths
+from dds.lib.drjournal import DrJournal
+from dds.lib.drreplay import ReplayReport
 
 __all__ = ["AsyncDDSClient"]
 
@@ -249,6 +251,16 @@ class AsyncDDSClient:
         return await _future_of(
             self.client.compare_and_put(key, value, expected_version, timeout), loop,
             "compare_and_put")
+
+    @property
+    def dr_journal(self) -> DrJournal:
+        """The DR journal (``DDSClient.dr_journal``): ``len()`` entries, ``.bytes``."""
+        return self.client.dr_journal
+
+    async def dr_replay(self) -> ReplayReport:
+        """Replay the DR journal at the promoted DR site (``DDSClient.dr_replay``)."""
+        loop = self._here()
+        return await _future_of(self.client.dr_replay(), loop, "dr_replay")
 
     def changes(self, partition: str, from_position: str | None = None, *,
                 limit: int = MAX_PAGE, timeout: float | None = None) -> AsyncChangeCursor:

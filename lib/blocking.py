@@ -27,6 +27,8 @@ from dds.changemsgs import MAX_PAGE
 from dds.lib.bounded import Bounded
 from dds.lib.changes import Change, ChangeCursor, ChangePage
 from dds.lib.client import DDSClient, GetResult
+from dds.lib.drjournal import DrJournal
+from dds.lib.drreplay import ReplayReport
 
 #: How long a thread waits beyond the operation's own timeout.  ``DDSClient`` answers
 #: every call itself, shortly after its deadline: a write that may have been applied as
@@ -101,6 +103,18 @@ class BlockingDDSClient:
         limit = self._limit(timeout)
         return self._wait(limit, True, self._client.compare_and_put, key, value,
                           expected_version, timeout=limit)
+
+    @property
+    def dr_journal(self) -> DrJournal:
+        """The DR journal (``DDSClient.dr_journal``): ``len()`` entries, ``.bytes``."""
+        return self._client.dr_journal
+
+    def dr_replay(self, timeout: float | None = None) -> ReplayReport:
+        """Replay the DR journal at the promoted DR site (``DDSClient.dr_replay``); each
+        replay has the client's timeout, ``timeout`` bounds the wait for the whole."""
+        limit = self._limit(timeout)
+        report: ReplayReport = self._wait(limit, True, self._client.dr_replay)
+        return report
 
     def changes(self, partition: str, from_position: str | None = None, *,
                 limit: int = MAX_PAGE, timeout: float | None = None,

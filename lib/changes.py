@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred
 
 from dds.changemsgs import MAX_PAGE, ReadChanges
 from dds.changepos import BEGINNING, check_text
+from dds.drmsgs import DrRead
 from dds.errors import (ConnectionLost, DDSError, Divergence, InternalError, InvalidRequest,
                         NotServing, ProtocolError, ReplicaDamaged, StaleMap, Timeout,
                         Unavailable)
@@ -90,6 +91,10 @@ class ChangeCursor:
         #: The brick of the last page, and how it read the position (``exact``, ...).
         self.brick: str | None = None
         self.translated: str | None = None
+        #: The DR follower's report, sent with every read as a ``DrRead``: (position of
+        #: this partition's stream the DR site holds, the brick that made it; ``("",
+        #: "")``: nothing yet).  None: a plain ``ReadChanges``.
+        self.dr_applied: tuple[str, str] | None = None
         self._buffer: list[Change] = []
 
     def next_page(self) -> Deferred[ChangePage]:
@@ -129,8 +134,7 @@ class ChangeCursor:
             conn: RPCProtocol | None = None
             try:
                 conn = await client._connect(brick.address, brick.port)
-                msg = ReadChanges(route.pid_text, route.rg.name, route.rg.version,
-                                  route.rg.fp, self.position, self.limit)
+                msg = self._request(route)
                 remaining = max(deadline - client.clock.seconds(), 0.001)
                 reply = await conn.send(msg, timeout=remaining)
                 return self._took(reply, brick.id)
@@ -148,6 +152,16 @@ class ChangeCursor:
                 if client.clock.seconds() >= deadline:
                     raise Timeout(f"changes of {self.partition}: no replica answered "
                                   f"within {self.timeout:g}s: {e.message}") from None
+
+    def _request(self, route: Route) -> ReadChanges:
+        """A plain read, or the DR follower's (``dr_applied`` set): the same read that
+        also reports what the DR site holds (DESIGN §12, ``dds.drmsgs``)."""
+        if self.dr_applied is None:
+            return ReadChanges(route.pid_text, route.rg.name, route.rg.version,
+                               route.rg.fp, self.position, self.limit)
+        applied, applied_by = self.dr_applied
+        return DrRead(route.pid_text, route.rg.name, route.rg.version, route.rg.fp,
+                      self.position, self.limit, applied=applied, applied_by=applied_by)
 
     async def _route(self, deadline: float) -> Route | None:
         """The partition's route under the map (refreshed once if the map lacks it);

@@ -23,11 +23,13 @@ from twisted.python.failure import Failure
 
 from dds.auth import Credentials
 from dds.codec import DEFAULT_MAX_FRAME
+from dds.deferreds import sleep
 from dds.connect import ConnectionCache, Opener, open_connection
 from dds.errors import (AuthenticationFailed, Recovering, ConnectionLost, DDSError, Divergence,
                         Exists, Indeterminate, InternalError, InvalidRequest, KeyTooLarge,
-                        Locked, NotServing, ReplicaDamaged, StaleMap, StorageFull, Timeout,
-                        Unavailable, ValueTooLarge, VersionMismatch)
+                        Locked, NotPrimary, NotServing, ReplayRefused, ReplayWindow,
+                        ReplicaDamaged, StaleMap, StorageFull, Timeout, Unavailable,
+                        ValueTooLarge, VersionMismatch)
 from dds.maps import ClusterMap
 from dds.messages import GET_COMPACT
 from dds.metricdefs import CLIENT
@@ -37,6 +39,10 @@ from dds.rpc import RPCProtocol
 from dds.changemsgs import MAX_PAGE
 from dds.lib.bounded import Bounded, bounded_get, check_consistency
 from dds.lib.changes import ChangeCursor
+from dds.lib.drjournal import (DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, DEFAULT_SKEW_MS,
+                               DrJournal)
+from dds.lib.drreplay import ReplayReport
+from dds.lib.drsite import DrSide
 from dds.lib.exclusion import Excluder
 from dds.lib.hedging import HedgeDelay
 from dds.lib.logging_bridge import TO_LOGGING, library_logger
@@ -123,7 +129,20 @@ class DDSClient:
 
     Metrics (``dds_client_*``: latency per operation, retries, ...) go to
     ``metrics_registry``: prometheus_client's global ``REGISTRY`` by default, shared by
-    every client of the process; None keeps them out of any registry."""
+    every client of the process; None keeps them out of any registry.
+
+    Disaster recovery (DESIGN §12, ``lib/drsite.py``): on a primary that a DR site
+    follows, every acknowledged write is kept in the **journal** (``dr_journal``) until a
+    tag shows the DR site holds it: at most ``dr_journal_max_entries`` entries and
+    ``dr_journal_max_bytes`` bytes; when it is full a write waits for room before its
+    PREPARE (``dr_journal_when_full="wait"``, up to its deadline) or fails at once
+    (``"fail"``), with ``JournalFull`` and nothing applied.  ``dr_journal_path`` keeps
+    it in a file too, reloaded at start.  ``dr_max_skew_ms``: the bound on clock skew
+    between bricks (as the bricks' ``change_max_skew_ms``).  ``dr_site``: the DR site
+    (``{"seeds": [...], "cluster": ..., "secret"|"tls"|"credentials": ...}``);
+    ``dr_failover="auto"`` replays the journal there and moves every call there when
+    the primary is unreachable and the site was promoted from this cluster;
+    ``dr_replay()`` does the replay on request."""
 
     log = Logger(observer=TO_LOGGING)       # to ``logging``, see lib/logging_bridge.py
 
@@ -136,7 +155,13 @@ class DDSClient:
                  opener: Opener | None = None, rng: random.Random | None = None,
                  commit_mode: str = "parallel",
                  metrics_registry: CollectorRegistry | None = REGISTRY,
-                 hedge: bool = True) -> None:
+                 hedge: bool = True, dr_site: Mapping[str, Any] | None = None,
+                 dr_failover: str = "auto",
+                 dr_journal_max_entries: int = DEFAULT_MAX_ENTRIES,
+                 dr_journal_max_bytes: int = DEFAULT_MAX_BYTES,
+                 dr_journal_when_full: str = "wait",
+                 dr_journal_path: str | os.PathLike[str] | None = None,
+                 dr_max_skew_ms: int = DEFAULT_SKEW_MS) -> None:
         credentials = _credentials(cluster, secret, tls, role, credentials)
         self.reactor = reactor
         self.clock: IReactorTime = reactor
@@ -185,6 +210,17 @@ class DDSClient:
         # (an asyncio service must be free to install its own, lib/aio.py).
         self._refresh_call: Any = None
         self._refresh_interval = refresh_interval
+        # The DR journal, tags, replay and failover (lib/drsite.py).
+        journal = DrJournal(max_entries=dr_journal_max_entries,
+                            max_bytes=dr_journal_max_bytes, when_full=dr_journal_when_full,
+                            skew_ms=dr_max_skew_ms, path=dr_journal_path,
+                            metrics=self.metrics, log=self.log)
+        try:
+            self.dr = DrSide(self, journal, dr_site, dr_failover)
+        except BaseException:
+            journal.close()
+            raise
+        self.coordinator.on_tagged = self.dr.on_tagged
 
     # -- construction --------------------------------------------------------------------
 
@@ -227,18 +263,50 @@ class DDSClient:
                   else None)
 
     def close(self) -> Deferred[None]:
-        call, self._refresh_call = self._refresh_call, None
-        if call is not None and call.active():
-            call.cancel()
+        self.stop_refresh()
 
         async def go() -> None:
+            await self.dr.close()
             for d in self.connections.close_all():
                 await d
         return Deferred.fromCoroutine(go())
 
+    def stop_refresh(self) -> None:
+        """No more periodic map refreshes (at close, and once failed over to the DR
+        site, whose own client refreshes its map)."""
+        call, self._refresh_call = self._refresh_call, None
+        if call is not None and call.active():
+            call.cancel()
+
     @property
     def map(self) -> ClusterMap:
-        return self.maps.map
+        """The map calls are routed by: the DR site's once this client failed over."""
+        site = self.dr.failed_over
+        return self.maps.map if site is None else site.map
+
+    # -- disaster recovery (DESIGN §12, lib/drsite.py) -------------------------------------
+
+    @property
+    def dr_journal(self) -> DrJournal:
+        """The journal of acknowledged writes the DR site may not hold yet (``len()``
+        entries, ``.bytes``)."""
+        return self.dr.journal
+
+    def dr_replay(self) -> Deferred[ReplayReport]:
+        """Replay the journal at the DR site (``dr_site``), which must have been promoted
+        from this cluster (``NotPrimary`` otherwise, nothing replayed).  Entries applied
+        or refused leave the journal; the report lists each by outcome."""
+        return self._run(self.dr.replay())
+
+    def replay_write(self, key: bytes, value: bytes | None, version: int,
+                     timeout: float | None = None) -> Deferred[int]:
+        """One journal entry replayed here (this client is the promoted site's):
+        ``Prepare(op="replay")`` at ``version``, through the normal 2PC."""
+        try:
+            self._check(key)
+        except DDSError as e:
+            return _failed(e)
+        return self._write_checked(key, "replay", value, version, timeout)
 
     async def _connect(self, host: str, port: int) -> RPCProtocol:
         try:
@@ -314,6 +382,14 @@ class DDSClient:
         """The key's value and version.  ``consistency``: ``"linearizable"`` (the
         default) or ``Bounded(seconds)``: any replica whose copy is provably at most that
         old answers, without waiting on a prepared key (DESIGN §3)."""
+        dr = self.dr
+        if dr.auto or dr.failed_over is not None:
+            return dr.get(lambda: self._get_here(key, timeout, consistency),
+                          lambda site: site.get(key, timeout, consistency))
+        return self._get_here(key, timeout, consistency)
+
+    def _get_here(self, key: bytes, timeout: float | None,
+                  consistency: str | Bounded | None) -> Deferred[GetResult]:
         # Timed in ``dds_client_request_seconds`` (the fast path's in ``_got``, cheaper).
         if type(key) is not bytes or len(key) > self.max_key_bytes:
             try:
@@ -483,6 +559,9 @@ class DDSClient:
         """A cursor over ``partition``'s committed changes after ``from_position`` (a
         position a change or page carried, ``"beginning"`` (None) or ``"now"``); see
         ``dds.lib.changes``: at least once, compacted, ordered per key by version."""
+        site = self.dr.failed_over
+        if site is not None:
+            return site.changes(partition, from_position, limit=limit, timeout=timeout)
         return ChangeCursor(self, partition, from_position, limit=limit, timeout=timeout)
 
     # -- writes --------------------------------------------------------------------------
@@ -517,6 +596,14 @@ class DDSClient:
             self._check(key, value, needs_value)
         except DDSError as e:
             return _failed(e)
+        dr = self.dr
+        if dr.auto or dr.journal.engaged or dr.failed_over is not None:
+            return dr.write(key, op, value, expected, timeout)
+        return self._write_checked(key, op, value, expected, timeout)
+
+    def _write_checked(self, key: bytes, op: str, value: bytes | None,
+                       expected: int | None, timeout: float | None) -> Deferred[int]:
+        """A write whose input was checked, at this client's cluster."""
         now = self.clock.seconds()
         deadline = now + (timeout or self.timeout)
         # Wait-die priority: fixed across retries, so a retried write only gets older.
@@ -583,8 +670,12 @@ class DDSClient:
                               route: Route | None = None) -> None:
         """Nothing was applied; decide whether and when to try again."""
         for e in errors:
-            if isinstance(e, (Exists, VersionMismatch, Divergence)):
+            if isinstance(e, (Exists, VersionMismatch, Divergence, ReplayRefused,
+                              NotPrimary)):
                 raise e
+        if all(isinstance(e, ReplayWindow) for e in errors):
+            await self._replay_window(errors[0], deadline)
+            return
         who: list[BrickRecord | None] = list(bricks) if bricks else [None] * len(errors)
         lost = [(b, e) for b, e in zip(who, errors)
                 if b is not None and isinstance(e, UNREACHABLE)]
@@ -672,6 +763,19 @@ class DDSClient:
             await self.maps.refresh()
         else:
             await self.maps.repair(error, conn)
+
+    async def _replay_window(self, error: DDSError, deadline: float) -> None:
+        """A promoted DR site takes only journal replays until its window closes (DESIGN
+        §12): wait for that (re-asking at least every half second), or give up with the
+        error at the deadline."""
+        data = error.data if isinstance(error.data, dict) else {}
+        until = data.get("until_ms")
+        now = self.clock.seconds()
+        wait = (until / 1000.0 - now) if isinstance(until, (int, float)) else 0.1
+        wait = min(max(wait, 0.01), 0.5)
+        if now + wait >= deadline:
+            raise error
+        await sleep(self.clock, wait)
 
     def _refresh_soon(self) -> None:
         d = Deferred.fromCoroutine(self._periodic_refresh())

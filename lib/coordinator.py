@@ -25,9 +25,9 @@ from twisted.logger import Logger
 from dds import failpoints
 from dds.deferreds import sleep
 from dds.errors import (ConnectionLost, DDSError, Exists, Indeterminate, InternalError,
-                        InvalidRequest, Locked, NotServing, ReplicaDamaged, StaleMap,
-                        StorageFull, Timeout, Unavailable, UnknownTransaction,
-                        VersionMismatch)
+                        InvalidRequest, Locked, NotPrimary, NotServing, ReplayRefused,
+                        ReplayWindow, ReplicaDamaged, StaleMap, StorageFull, Timeout,
+                        Unavailable, UnknownTransaction, VersionMismatch)
 from dds.messages import title
 from dds.records import BrickRecord
 from dds.rpc import RPCProtocol, State
@@ -38,9 +38,10 @@ Connect = Callable[[str, int], Awaitable[RPCProtocol]]
 
 #: Replies that are a definite NO: the member holds nothing for the transaction.
 #: (A member answers ``StorageFull`` or ``ReplicaDamaged`` to a PREPARE only with nothing
-#: staged or locked: the vote's record could not be written, or the key not read.)
+#: staged or locked: the vote's record could not be written, or the key not read; the DR
+#: refusals come from checks made before anything is held, ``bricks/drmode.py``.)
 _NO_VOTES = (Locked, Exists, VersionMismatch, StaleMap, NotServing, InvalidRequest,
-             StorageFull, ReplicaDamaged)
+             StorageFull, ReplicaDamaged, NotPrimary, ReplayWindow, ReplayRefused)
 #: A member that cannot apply a decision for one of these reasons is stepping out of its
 #: RG (a full disk, ``bricks/diskspace.py``), or dropped the transaction with a replica it
 #: re-copies (``bricks/damage.py``: then it answers the unknown transaction, or a write
@@ -55,6 +56,10 @@ Exclude = Callable[[Route, BrickRecord, str, float], Deferred[bool]]
 Left = Callable[[Route, BrickRecord], Deferred[bool]]
 #: Failures that say a member could not be reached (rather than that it said no).
 UNREACHABLE = (Unavailable, Timeout, ConnectionLost)
+#: Told of a write that succeeded on a primary a DR site follows (its votes carry
+#: ``at``): the route, the PREPARE's body, the new version and the votes
+#: (``lib/drsite.py`` keeps it in the client journal).
+Tagged = Callable[[Route, dict[str, Any], int, list[Any]], None]
 
 
 #: Commit modes: success at the last YES vote, or at the last COMMIT acknowledgement.
@@ -100,6 +105,8 @@ class Coordinator:
         self.cached = cached
         self.lib_id = lib_id if lib_id is not None else int.from_bytes(os.urandom(8), "big")
         self._counter = 0
+        #: See ``Tagged``; None (no DR journal) costs nothing.
+        self.on_tagged: Tagged | None = None
 
     def new_txid(self) -> tuple[int, int]:
         self._counter += 1
@@ -194,15 +201,17 @@ class Coordinator:
         votes = await _gather([self._call(b, "prepare", body,
                                           min(remaining, PREPARE_ATTEMPT_S))
                                for b in members])
-        return await self._after_prepare(route, txid, members, votes, key, deadline)
+        return await self._after_prepare(route, txid, members, votes, key, deadline,
+                                         body=body)
 
     async def _after_prepare(self, route: Route, txid: tuple[int, int],
                              members: list[BrickRecord], votes: list[Any], key: bytes,
-                             deadline: float, acks: list[Any] | None = None) -> int:
+                             deadline: float, acks: list[Any] | None = None,
+                             body: dict[str, Any] | None = None) -> int:
         """Decide on ``votes`` and see the decision through (``acks``: the replies to a
-        first round of COMMITs already sent)."""
+        first round of COMMITs already sent; ``body``: the PREPARE's, for ``on_tagged``)."""
         try:
-            return await self._decide(route, txid, members, votes, key, deadline, acks)
+            version = await self._decide(route, txid, members, votes, key, deadline, acks)
         except (PrepareFailed, Indeterminate):
             raise
         except Exception as e:
@@ -211,6 +220,21 @@ class Coordinator:
             self.log.failure("coordinator failed after PREPARE of {txid}", txid=txid)
             raise Indeterminate(f"transaction {txid}: the coordinator failed after PREPARE "
                                 f"({e!r}); the write may or may not happen") from e
+        self.tagged(route, body, version, votes)
+        return version
+
+    def tagged(self, route: Route, body: dict[str, Any] | None, version: int,
+               votes: list[Any]) -> None:
+        """A write succeeded: tell ``on_tagged`` if its votes carry ``at``."""
+        if self.on_tagged is None or body is None or not votes:
+            return
+        first = votes[0]
+        if type(first) is dict and "at" in first:
+            try:
+                self.on_tagged(route, body, version, votes)
+            except Exception:
+                self.log.failure("the DR journal failed to keep a write of {key!r}",
+                                 key=body.get("key", b"")[:64])
 
     async def _decide(self, route: Route, txid: tuple[int, int], members: list[BrickRecord],
                       votes: list[Any], key: bytes, deadline: float,
@@ -353,7 +377,7 @@ class _Write:
     transaction, with the replies so far, to the coordinator's general code."""
 
     __slots__ = ("coordinator", "route", "key", "conns", "deadline", "txid", "replies",
-                 "waiting", "votes", "new_version", "result")
+                 "waiting", "votes", "new_version", "result", "body")
 
     def __init__(self, coordinator: Coordinator, route: Route, key: bytes,
                  conns: list[RPCProtocol], deadline: float) -> None:
@@ -368,8 +392,10 @@ class _Write:
         self.votes: list[Any] = []
         self.new_version = 0
         self.result: Deferred[int] = Deferred()
+        self.body: dict[str, Any] | None = None
 
     def prepare(self, body: dict[str, Any]) -> None:
+        self.body = body
         timeout = max(min(self.deadline - self.coordinator.clock.seconds(),
                           PREPARE_ATTEMPT_S), 0.001)
         for i, conn in enumerate(self.conns):
@@ -396,6 +422,8 @@ class _Write:
             for conn, brick in zip(self.conns, self.route.replicas):
                 if not conn.notify("commit", body):
                     self.coordinator.tell(brick, "commit", self.txid)
+            if "at" in first:               # a DR site follows: journal the write
+                self.coordinator.tagged(self.route, self.body, self.new_version, votes)
             self.result.callback(self.new_version)
             return
         self.replies = [None] * len(self.conns)
@@ -414,13 +442,15 @@ class _Write:
         if any(isinstance(r, BaseException) for r in self.replies):
             self._general(self.replies)
         else:
+            if "at" in self.votes[0]:
+                self.coordinator.tagged(self.route, self.body, self.new_version, self.votes)
             self.result.callback(self.new_version)
 
     def _general(self, acks: list[Any] | None) -> None:
         c = self.coordinator
         Deferred.fromCoroutine(c._after_prepare(
             self.route, self.txid, self.route.replicas, self.votes, self.key, self.deadline,
-            acks)).chainDeferred(self.result)
+            acks, self.body)).chainDeferred(self.result)
 
 
 def _gather(calls: list[Deferred[Any]]) -> Deferred[list[Any]]:

@@ -307,15 +307,20 @@ def forget_brick(target: Target, bricks: tuple[str, ...], dry_run: bool, as_json
                    "cluster and a throwaway TLS cluster, alternately")
 @click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True,
               help="with --tls: plain-then-TLS rounds; the ratios are their medians")
+@click.option("--dr", "with_dr", is_flag=True,
+              help="measure what a DR site costs: puts without and with a DR site "
+                   "attached (its follower running), alternately, on throwaway clusters; "
+                   "DR lag p50/p99")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @reports_errors
 @click.pass_context
 def bench(ctx: click.Context, resolve_target: Callable[[], Target], seconds: float,
           keys: int, value_size: int, concurrency: int, clients: int, with_tls: bool,
-          rounds: int, as_json: bool) -> None:
+          rounds: int, with_dr: bool, as_json: bool) -> None:
     """Throughput, latency and CPU per operation, next to the echo floor.
 
-    `bench --tls` compares a plain and a TLS cluster; `bench recovery` measures a
+    `bench --tls` compares a plain and a TLS cluster, `bench --dr` puts without and
+    with a DR site; `bench recovery` measures a
     partition re-copy, `bench move` a partition move, `bench backup` a backup and its
     restore, each on throwaway clusters;
     `bench contention` increments hot keys with compare_and_put."""
@@ -330,6 +335,12 @@ def bench(ctx: click.Context, resolve_target: Callable[[], Target], seconds: flo
         tls_result = run(lambda reactor: benchtls.bench_tls(reactor, params,
                                                             rounds=rounds))
         ui.show(tls_result, benchtls.render_tls, as_json)
+        return
+
+    if with_dr:
+        from dds.tools.bench import dr as benchdr
+        dr_result = run(lambda reactor: benchdr.bench_dr(reactor, params))
+        ui.show(dr_result, benchdr.render_dr, as_json)
         return
 
     target = resolve_target()

@@ -16,3 +16,12 @@ def dr() -> None:
 
 
 # -- the commands (one line each) ----------------------------------------------------------
+from dds.tools.dr.attach import attach, detach  # noqa: E402  (attach, detach)
+dr.add_command(attach)
+dr.add_command(detach)
+from dds.tools.dr.runfollow import follow  # noqa: E402
+dr.add_command(follow)
+from dds.tools.dr.status import status  # noqa: E402
+dr.add_command(status)
+from dds.tools.dr.promote import promote  # noqa: E402
+dr.add_command(promote)

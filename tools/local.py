@@ -56,6 +56,9 @@ class LocalParams:
     partitions: int = 16
     durability: str = "disk"
     tls: bool = False
+    #: The cluster's name (the handshake's): two local clusters side by side, a primary
+    #: and its DR site, are told apart by it.
+    name: str = "dds"
 
 
 DEFAULTS = LocalParams()
@@ -145,20 +148,20 @@ def _write_credentials(layout: Layout, params: LocalParams) -> None:
     also a CA and a certificate per brick, admin and client."""
     credfiles.write_role_secrets(layout.dir)
     if params.tls:
-        credfiles.write_tls(layout.dir, "dds", [f"b{i}" for i in range(1, params.bricks + 1)])
+        credfiles.write_tls(layout.dir, params.name, [f"b{i}" for i in range(1, params.bricks + 1)])
 
 
 def _brick_toml(layout: Layout, bid: str, port: int, params: LocalParams) -> str:
     return (f'[brick]\nid = "{bid}"\nhost = "{HOST}"\nport = {port}\ndata_dir = "data"\n'
             f'durability = "{params.durability}"\nhttp_port = 0\nstream_port = 0\n\n'
-            f'[cluster]\nname = "dds"\n\n'
+            f'[cluster]\nname = "{params.name}"\n\n'
             + credfiles.auth_toml(layout.dir, bid, params.tls) +
             '\n[log]\nfile = "brick.log"\nformat = "json"\n')
 
 
 def _cluster_toml(params: LocalParams, bricks: list[BrickProc]) -> str:
     lines = ["# Written by `dds-admin local up`. Each brick is its own failure domain.",
-             "[cluster]", 'name = "dds"', f"replication = {params.replication}",
+             "[cluster]", f'name = "{params.name}"', f"replication = {params.replication}",
              f"partitions = {params.partitions}", ""]
     for b in bricks:
         lines += ["[[bricks]]", f'id = "{b.id}"', f'address = "{b.address}"',
@@ -181,7 +184,7 @@ def _previous(layout: Layout) -> tuple[LocalParams, dict[str, int]] | None:
     except (OSError, ValueError, KeyError):
         pass
     params = LocalParams(len(cfg.bricks), cfg.cluster.replication, cfg.cluster.partitions,
-                         durability, (layout.tls / "ca.crt").exists())
+                         durability, (layout.tls / "ca.crt").exists(), cfg.cluster.name)
     return params, {b.id: int(b.address.rsplit(":", 1)[1]) for b in cfg.bricks}
 
 
@@ -193,7 +196,7 @@ def resolve_params(layout: Layout, given: dict[str, Any]) -> tuple[LocalParams,
     base = prev[0] if prev else DEFAULTS
     params = attrs.evolve(base, **{k: v for k, v in given.items() if v is not None})
     if prev:
-        shape = ("bricks", "replication", "partitions", "tls")
+        shape = ("bricks", "replication", "partitions", "tls", "name")
         changed = [k for k in shape if getattr(params, k) != getattr(prev[0], k)]
         if changed:
             old = ", ".join(f"{k} {getattr(prev[0], k)}" for k in shape)
@@ -324,8 +327,9 @@ async def local_up(reactor: Any, layout: Layout, params: LocalParams,
     layout.dir.mkdir(parents=True, exist_ok=True)
     restart = layout.cluster.exists()
     _write_credentials(layout, params)
-    target = Target(((HOST, 0),), credfiles.client_credentials(layout.dir, "dds", "admin"),
-                    "dds", layout.dir)
+    target = Target(((HOST, 0),), credfiles.client_credentials(layout.dir, params.name,
+                                                                "admin"),
+                    params.name, layout.dir)
     bricks = start_bricks(layout, params, ports)
     try:
         await wait_ready(reactor, layout, bricks, target)

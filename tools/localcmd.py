@@ -3,6 +3,7 @@ this machine (``tools/local.py``), registered on ``dds-admin`` by ``tools/admin.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -40,15 +41,22 @@ dir_option = click.option("--dir", "local_dir", type=click.Path(path_type=Path),
 @click.option("--tls", is_flag=True, default=None,
               help="mutual TLS: create a cluster CA and a certificate per brick, admin "
                    "and client under DIR/tls (default: one shared secret per role)")
+@click.option("--name", default=None, metavar="NAME",
+              help="the cluster's name [default: dds]; a second cluster beside the first "
+                   "(a DR site: --dir .dds-local-dr --name dr) gets its own")
 @reports_errors
 def local_up(local_dir: Path, bricks: int | None, replication: int | None,
-             partitions: int | None, durability: str | None, tls: bool | None) -> None:
+             partitions: int | None, durability: str | None, tls: bool | None,
+             name: str | None) -> None:
     """Start a local cluster (or say that one is running) and initialize it."""
     from dds.tools import local as loc
 
     if partitions is not None and partitions & (partitions - 1):
         raise click.BadParameter(f"must be a power of two, got {partitions}",
                                  param_hint="--partitions")
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise click.BadParameter(f"letters, digits, '_', '.' and '-' (at most 64), got "
+                                 f"{name!r}", param_hint="--name")
     layout = loc.Layout(local_dir.absolute())
     with layout.lock():
         alive = loc.running(layout)
@@ -61,7 +69,8 @@ def local_up(local_dir: Path, bricks: int | None, replication: int | None,
                                                     "replication": replication,
                                                     "partitions": partitions,
                                                     "durability": durability,
-                                                    "tls": tls or None})
+                                                    "tls": tls or None,
+                                                    "name": name})
         started, result = run(lambda reactor: loc.local_up(reactor, layout, params, ports))
     for w in result.warnings:
         ui.err.print(f"[yellow]warning:[/yellow] {escape(w)}")
@@ -87,7 +96,7 @@ def local_up(local_dir: Path, bricks: int | None, replication: int | None,
         how = (f"secrets per role in {layout.secrets} (client for services, admin for "
                f"dds-admin)\n  dds-admin status --seeds {seeds} --secret-file "
                f"{layout.secrets / 'admin'}")
-    ui.out.print(f"connect: seeds [bold]{seeds}[/bold], cluster 'dds', {how}\n"
+    ui.out.print(f"connect: seeds [bold]{seeds}[/bold], cluster {params.name!r}, {how}\n"
                  f"  dds-admin status{here}    (the local cluster)", soft_wrap=True)
 
 

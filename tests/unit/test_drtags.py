@@ -114,3 +114,18 @@ def test_a_replay_of_a_version_the_replica_holds_is_refused(tmp_path: Path) -> N
         vote(p, clock, (1, 1), op="replay", expected=7)
     assert e.value.data == {"version": 7, "reason": "newer"}
     assert len(p.locks) == 0 and p.active == {}
+
+
+def test_tags_reported_for_another_dr_site_are_dropped(tmp_path: Path) -> None:
+    tags, _ = store(tmp_path)
+    tags.record(P, position(990.5), "b2")
+    tags.maps.merge([DRRecord(2, "primary", 0, "", "dds://other:1/west-dr")], source="test")
+    assert tags.tag(str(P)) is None
+    assert tags.read(DrTags())["tags"] == {}
+
+
+def test_a_detached_primary_keeps_the_tags_of_its_last_site(tmp_path: Path) -> None:
+    tags, _ = store(tmp_path)
+    tags.record(P, position(990.5), "b2")
+    tags.maps.merge([DRRecord(2, "primary", 0, "", "")], source="test")
+    assert tags.read(DrTags())["tags"] == {str(P): ["b2", 990500, position(990.5)]}

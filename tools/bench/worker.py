@@ -56,9 +56,14 @@ class Phase:
     """``concurrency`` loops, each issuing the next operation (``next_op()``) as soon as
     its previous one finished, until ``next_op()`` returns None."""
 
-    def __init__(self, name: str, next_op: Callable[[], Deferred[Any] | None]) -> None:
+    def __init__(self, name: str, next_op: Callable[[], Deferred[Any] | None],
+                 sample: Callable[[], int] | None = None) -> None:
         self.name = name
         self.next_op = next_op
+        #: Read at each progress line and reported as ``samples`` (``bench --dr``: the
+        #: client journal's entries).
+        self.sample = sample
+        self.samples: list[int] = []
         self.ops = 0
         self.errors: Counter[str] = Counter()
         self.first_error = ""
@@ -112,9 +117,12 @@ class Phase:
         t0 = time.perf_counter()
         loops = [self.loop() for _ in range(concurrency)]
         all_done = DeferredList(loops, consumeErrors=True)
-        ticker = task.LoopingCall(lambda: emit(event="progress", phase=self.name,
-                                               done=self.ops, errors=sum(self.errors.values()),
-                                               elapsed=time.perf_counter() - t0))
+        def tick() -> None:
+            if self.sample is not None:
+                self.samples.append(self.sample())
+            emit(event="progress", phase=self.name, done=self.ops,
+                 errors=sum(self.errors.values()), elapsed=time.perf_counter() - t0)
+        ticker = task.LoopingCall(tick)
         ticker.clock = reactor
         ticker.start(0.2, now=False)
         results: list[tuple[bool, Any]] = await all_done
@@ -123,7 +131,7 @@ class Phase:
         crashed = [f.getErrorMessage() for ok, f in results if not ok]
         return {"event": "done", "phase": self.name, "ops": self.ops, "elapsed": elapsed,
                 "errors": dict(self.errors), "first_error": self.first_error,
-                "crashed": crashed, "lat_us": self.lat_us}
+                "crashed": crashed, "lat_us": self.lat_us, "samples": self.samples}
 
 
 def _credentials(args: argparse.Namespace) -> Credentials:
@@ -187,7 +195,8 @@ async def work(reactor: Any, args: argparse.Namespace) -> None:
                     key = names[int(pick() * n_keys)]
                     return (writer.put(key, value) if is_put
                             else client.get(key, consistency=bound))
-                p = Phase(phase, timed_next)
+                p = Phase(phase, timed_next,
+                          (lambda: len(writer.dr_journal)) if is_put else None)
             emit(**await p.run(reactor, int(cmd.get("concurrency", args.concurrency))))
     finally:
         await client.close()
