@@ -239,6 +239,33 @@ async def test_dr_status_shows_the_lag_of_every_primary_partition_on_both_sites(
 
 
 @pytest_twisted.ensureDeferred
+async def test_every_member_of_a_primary_partition_holds_its_tag(pair: Pair) -> None:
+    from dds.drmsgs import DrTags
+    primary, site = await pair.clients()
+    acked: dict[bytes, int] = {}
+    await write(primary, keys_of("spread", 20), 1, acked)
+    await reach_the_site(site, primary, acked, "the writes before the tags are read")
+    members = {(str(pid), b) for pid, rg in primary.map.partition_rg.items()
+               for b in rg.active_members}
+    missing: set[tuple[str, str]] = set()
+
+    async def everywhere() -> bool:
+        missing.clear()
+        for brick in pair.primary.bricks:
+            conn = await pair.primary.admin_connection(reactor, brick)
+            try:
+                held = (await conn.send(DrTags(), timeout=10))["tags"]
+            finally:
+                conn.transport.loseConnection()
+            missing.update((pid, b) for pid, b in members
+                           if b == brick.id and pid not in held)
+        return not missing
+    await eventually(everywhere, WAIT_S, "a tag on every member")
+    await primary.close()
+    await site.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_follower_exports_rows_and_each_partitions_lag(pair: Pair) -> None:
     import urllib.request
 

@@ -17,7 +17,8 @@ Without a checkpoint, each partition starts where the DR site's marks say it hol
 The checkpoint is written at most once a second and when the follower stops; after a
 crash it is at most that old, and the pages after it are applied again (idempotent by
 version).  Every ``marks_s`` the applied positions also go, without rows, to every DR
-partition (``dr_marks`` then tells ``dr promote`` how far each primary partition came).
+partition (``dr_marks`` then tells ``dr promote`` how far each primary partition came),
+and to every member of each primary partition's group (so every replica holds the tag).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
 from dds.deferreds import gather, sleep
-from dds.drmsgs import DrMarks
+from dds.drmsgs import DrMarks, DrRead
 from dds.errors import DDSError, InvalidRequest
 from dds.metrics import Metrics
+from dds.partition import PartitionId
 from dds.ratelimit import LogLimiter
 
 from dds.lib.client import DDSClient
@@ -252,7 +254,30 @@ class Follower:
         marks = {p.pid: [p.applied, int(safe_time(p.applied) * 1000)]
                  for p in self.lineage.parts.values() if p.applied}
         if marks:
-            await self.writer.marks(marks)
+            await gather([self.writer.marks(marks), self._spread()])
+
+    async def _spread(self) -> None:
+        """The tags to every active member of each primary partition, not only the one
+        the pages come from: a write's votes then all carry it, and a client's tag poll
+        finds it on any replica.  A one-row ``DrRead`` from the applied position does it
+        (failures are left to the next round)."""
+        cmap = self.primary.maps.map
+        sends = []
+        for part in self.lineage.running():
+            rg = cmap.partition_rg.get(PartitionId.parse(part.pid))
+            if not part.applied or rg is None:
+                continue
+            msg = DrRead(part.pid, rg.name, rg.version, rg.fp, part.applied, 1,
+                         applied=part.applied, applied_by=part.applied_by)
+            sends += [self._tell(cmap.bricks[b], msg) for b in rg.active_members
+                      if b in cmap.bricks]
+        for result in await gather(sends):
+            if isinstance(result, DDSError):
+                self.metrics.inc("errors_total", code=result.code)
+
+    async def _tell(self, brick: Any, msg: DrRead) -> None:
+        conn = await self.primary.connections.get(brick.address, brick.port)
+        await conn.send(msg, timeout=10.0)
 
     # -- reporting -----------------------------------------------------------------------
 
