@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from dds import failpoints
@@ -14,6 +16,25 @@ from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
 
 COMMAND_TIMEOUT_S = 120
+
+#: ``dds-admin`` processes run through this module and ``tests.harness.local`` so far,
+#: and their wall seconds (``tests.harness.timing`` reports both).
+commands = 0
+command_seconds = 0.0
+
+
+def run_admin(argv: list[str], env: dict[str, str], cwd: Path | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+    timeout=COMMAND_TIMEOUT_S)`` for a ``dds-admin`` command, counted."""
+    global commands, command_seconds
+    began = time.monotonic()
+    try:
+        return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT_S)
+    finally:
+        commands += 1
+        command_seconds += time.monotonic() - began
 
 
 #: What a test process's environment may hold that must not reach a child by accident.
@@ -33,11 +54,8 @@ def admin(cluster: Cluster, *args: str, seeds: list[BrickProcess] | None = None,
     secret = cluster.root / "secrets" / "admin"
     base = clean_env()
     addresses = ",".join(b.address for b in (seeds or cluster.bricks))
-    return subprocess.run(
-        [sys.executable, "-m", "dds.tools.admin", *args, "--seeds", addresses,
-         "--secret-file", str(secret)],
-        env={**base, **(env or {})}, capture_output=True, text=True,
-        timeout=COMMAND_TIMEOUT_S)
+    return run_admin([sys.executable, "-m", "dds.tools.admin", *args, "--seeds", addresses,
+                      "--secret-file", str(secret)], {**base, **(env or {})})
 
 
 def admin_json(cluster: Cluster, *args: str, code: int = 0,

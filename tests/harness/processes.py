@@ -28,6 +28,9 @@ READY_TIMEOUT_S = 30.0
 #: rather than forked by the zygote (``tests.harness.timing`` reports both).
 starts = 0
 exec_starts = 0
+#: Wall seconds spent in ``BrickProcess.stop`` so far: a brick stopped while a client of
+#: this (blocked) process still holds a COMMIT waits out its shutdown grace (5 s).
+stop_seconds = 0.0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
@@ -118,8 +121,10 @@ class BrickProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Stop the process and reap it; returns its exit code."""
+        global stop_seconds
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
+        began = time.monotonic()
         self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
@@ -127,6 +132,8 @@ class BrickProcess:
             self.proc.kill()
             self.proc.wait(timeout)
             raise
+        finally:
+            stop_seconds += time.monotonic() - began
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
