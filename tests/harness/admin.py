@@ -14,6 +14,7 @@ from dds import failpoints
 
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
+from tests.harness.zygote import zygote
 
 COMMAND_TIMEOUT_S = 120
 
@@ -26,10 +27,14 @@ command_seconds = 0.0
 def run_admin(argv: list[str], env: dict[str, str], cwd: Path | None = None
               ) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-    timeout=COMMAND_TIMEOUT_S)`` for a ``dds-admin`` command, counted."""
+    timeout=COMMAND_TIMEOUT_S)`` for a ``dds-admin`` command, forked from the harness's
+    zygote when it can be (``tests/harness/zygote.py``: the same command, without
+    importing its libraries again), and counted."""
     global commands, command_seconds
     began = time.monotonic()
     try:
+        if zygote().usable(env):
+            return zygote().run(argv, env, COMMAND_TIMEOUT_S, cwd)
         return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
                               timeout=COMMAND_TIMEOUT_S)
     finally:
