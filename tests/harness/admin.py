@@ -24,22 +24,28 @@ commands = 0
 command_seconds = 0.0
 
 
-def run_admin(argv: list[str], env: dict[str, str], cwd: Path | None = None
-              ) -> subprocess.CompletedProcess[str]:
+def run_admin(argv: list[str], env: dict[str, str], cwd: Path | None = None,
+              timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """``subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-    timeout=COMMAND_TIMEOUT_S)`` for a ``dds-admin`` command, forked from the harness's
-    zygote when it can be (``tests/harness/zygote.py``: the same command, without
-    importing its libraries again), and counted."""
-    global commands, command_seconds
+    timeout=timeout)`` for a ``dds-admin`` command (``python -m dds.tools.admin ...`` or
+    the ``dds-admin`` script), forked from the harness's zygote when it can be
+    (``tests/harness/zygote.py``: the same command, without importing its libraries
+    again), and counted."""
     began = time.monotonic()
     try:
         if zygote().usable(env):
-            return zygote().run(argv, env, COMMAND_TIMEOUT_S, cwd)
+            return zygote().run(argv, env, timeout, cwd)
         return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT_S)
+                              timeout=timeout)
     finally:
-        commands += 1
-        command_seconds += time.monotonic() - began
+        count(time.monotonic() - began)
+
+
+def count(seconds: float) -> None:
+    """One more admin command, which took ``seconds``."""
+    global commands, command_seconds
+    commands += 1
+    command_seconds += seconds
 
 
 #: What a test process's environment may hold that must not reach a child by accident.

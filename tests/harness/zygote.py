@@ -300,33 +300,59 @@ class Zygote:
                 raise RuntimeError(f"the zygote exited with {proc.wait()}")
             return ZygoteChild(args, json.loads(reply)["pid"], status)
 
-    def run(self, args: list[str], env: dict[str, str], timeout: float,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        """What ``subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
-        timeout=timeout)`` returns, for ``args`` a ``dds-admin`` command (``python -m
-        dds.tools.admin ...`` or ``python .../dds-admin ...``), forked: killed and
-        ``TimeoutExpired`` after ``timeout``."""
+    def command(self, args: list[str], env: dict[str, str], cwd: Path | None = None
+                ) -> Command:
+        """Start ``args``, a ``dds-admin`` command (``python -m dds.tools.admin ...`` or
+        ``python .../dds-admin ...``), its output captured."""
         with self._lock:
             self._seq += 1
             base = self._dir / f"{self._seq}.run"
         out, err = base.with_suffix(".out"), base.with_suffix(".err")
-        child = self._fork(args, cwd or Path.cwd(), env, str(out), str(err))
+        return Command(args, self._fork(args, cwd or Path.cwd(), env, str(out), str(err)),
+                       out, err)
+
+    def run(self, args: list[str], env: dict[str, str], timeout: float,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """What ``subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=timeout)`` returns, for ``args`` a ``dds-admin`` command, forked: killed
+        and ``TimeoutExpired`` after ``timeout``."""
+        command = self.command(args, env, cwd)
         try:
-            try:
-                code = child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-                raise subprocess.TimeoutExpired(args, timeout, _read(out), _read(err))
-            return subprocess.CompletedProcess(args, code, _read(out), _read(err))
-        finally:
-            out.unlink(missing_ok=True)
-            err.unlink(missing_ok=True)
+            command.child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            command.kill()
+            killed = command.result()
+            raise subprocess.TimeoutExpired(args, timeout, killed.stdout,
+                                            killed.stderr) from None
+        return command.result()
+
+
+class Command:
+    """A ``dds-admin`` command forked by the zygote: its process and its output files."""
+
+    def __init__(self, args: list[str], child: ZygoteChild, out: Path, err: Path) -> None:
+        self.args = args
+        self.child = child
+        self._out, self._err = out, err
+
+    def result(self) -> subprocess.CompletedProcess[str]:
+        """Once the process exited: its status, and its output as
+        ``subprocess.run(..., text=True)`` decodes it (the locale's encoding, universal
+        newlines); the files are removed."""
+        code = self.child.poll()
+        assert code is not None, "the command still runs"
+        out, err = _read(self._out), _read(self._err)
+        self._out.unlink(missing_ok=True)
+        self._err.unlink(missing_ok=True)
+        return subprocess.CompletedProcess(self.args, code, out, err)
+
+    def kill(self) -> None:
+        self.child.kill()
+        self.child.wait()
 
 
 def _read(path: Path) -> str:
-    """A child's output as ``subprocess.run(..., text=True)`` decodes it (the locale's
-    encoding, universal newlines); empty if it wrote nothing."""
+    """A child's output file; empty if it wrote nothing."""
     try:
         return path.read_text()
     except FileNotFoundError:

@@ -4,7 +4,6 @@ vote it recorded, with its lock, and resolves it with the other members (termina
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from twisted.internet import reactor
 from dds.bricks.txlog import undecided_votes
 from dds.failpoints import CRASH_EXIT_CODE
 
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness.aio import call, eventually, replica_value, stop
 from tests.harness.cluster import CLUSTER, Cluster
 
 WAIT_S = 30.0
@@ -116,8 +115,7 @@ async def test_a_whole_cluster_restart_resolves_a_transaction_prepared_everywher
     assert coordinator.returncode == CRASH_EXIT_CODE, coordinator.stderr
     assert not await _nothing_prepared(cluster)       # every member voted YES, no decision
 
-    for b in cluster.bricks:
-        assert b.stop(signal.SIGTERM) == 0
+    assert await stop(*cluster.bricks) == [0, 0, 0]     # the whole cluster at once
     for b in cluster.bricks:
         b.start()
     for b in cluster.bricks:

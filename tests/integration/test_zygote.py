@@ -155,6 +155,7 @@ def test_a_forked_admin_command_past_its_timeout_is_killed_and_raises_timeout_ex
     """A brick that never answers the handshake (a socket nobody accepts on): the
     command waits for it, and is killed at the timeout as ``subprocess.run`` kills."""
     (tmp_path / "secret").write_text("x" * 40)
+    (tmp_path / "secret").chmod(0o600)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -162,5 +163,6 @@ def test_a_forked_admin_command_past_its_timeout_is_killed_and_raises_timeout_ex
         argv = [sys.executable, "-m", "dds.tools.admin", "status", "--seeds",
                 f"127.0.0.1:{port}", "--secret-file", str(tmp_path / "secret"),
                 "--timeout", "600"]
-        with pytest.raises(subprocess.TimeoutExpired):
+        with pytest.raises(subprocess.TimeoutExpired) as info:
             zygote().run(argv, clean_env(), 1.0, tmp_path)
+    assert "error" not in (info.value.stderr or "")     # it waited, it did not fail
