@@ -29,8 +29,9 @@ docs/verification.md says more.
 
 Protocol: the test process writes one JSON request per line on the zygote's stdin
 (``argv``, ``run`` (``module`` or ``path``), ``target``, ``sys_argv``, ``cwd``, ``out``,
-``err``, ``env``, ``status``) and reads ``{"pid": N}`` from its stdout; when a child exits, the zygote (its
-parent, which reaps it) writes its return code to the request's ``status`` file.
+``err``, ``env``, ``status``) and reads ``{"pid": N}`` from its stdout; when a child
+exits, the zygote (its parent, which reaps it) writes its return code to the request's
+``status`` file.
 """
 
 from __future__ import annotations
