@@ -14,7 +14,7 @@ from dds import failpoints
 
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
-from tests.harness.zygote import zygote
+from tests.harness import zygote
 
 COMMAND_TIMEOUT_S = 120
 
@@ -33,10 +33,7 @@ def run_admin(argv: list[str], env: dict[str, str], cwd: Path | None = None,
     again), and counted."""
     began = time.monotonic()
     try:
-        if zygote().usable(env):
-            return zygote().run(argv, env, timeout, cwd)
-        return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout)
+        return zygote.run(argv, env, timeout, cwd)
     finally:
         count(time.monotonic() - began)
 

@@ -106,29 +106,37 @@ async def every_replica_holds(cluster: Cluster, client: DDSClient,
         assert all(g[0] == value for _, g in got), (key, got)
 
 
+async def run_forked(argv: list[str], env: dict[str, str],
+                     timeout: float = admin.COMMAND_TIMEOUT_S
+                     ) -> subprocess.CompletedProcess[str]:
+    """``argv`` (a ``dds-admin`` command, or a ``python -c`` program) run to its end
+    without blocking the reactor (the test's writers and clients go on meanwhile), its
+    output captured: forked from the zygote when it can be (``tests/harness/zygote.py``),
+    else exec'd.  A forked one is killed, and ``TimeoutExpired`` raised, after
+    ``timeout``."""
+    if not zygote().usable(env):
+        out, err, code = await getProcessOutputAndValue(argv[0], argv[1:], env=env)
+        return subprocess.CompletedProcess(argv, code, out.decode(errors="replace"),
+                                           err.decode(errors="replace"))
+    command = zygote().command(argv, env)
+    deadline = time.monotonic() + timeout
+    while command.child.poll() is None:
+        if time.monotonic() > deadline:
+            command.kill()
+            killed = command.result()
+            raise subprocess.TimeoutExpired(argv, timeout, killed.stdout, killed.stderr)
+        await deferLater(reactor, 0.02, lambda: None)
+    return command.result()
+
+
 async def run_admin(argv: list[str], env: dict[str, str],
                     timeout: float = admin.COMMAND_TIMEOUT_S
                     ) -> subprocess.CompletedProcess[str]:
-    """``tests.harness.admin.run_admin`` without blocking the reactor (the test's writers
-    and clients go on while the command runs): forked from the zygote when it can be,
-    else exec'd.  A forked command is killed, and ``TimeoutExpired`` raised, after
-    ``timeout``."""
+    """``tests.harness.admin.run_admin`` without blocking the reactor (``run_forked``),
+    counted."""
     began = time.monotonic()
     try:
-        if not zygote().usable(env):
-            out, err, code = await getProcessOutputAndValue(argv[0], argv[1:], env=env)
-            return subprocess.CompletedProcess(argv, code, out.decode(errors="replace"),
-                                               err.decode(errors="replace"))
-        command = zygote().command(argv, env)
-        deadline = began + timeout
-        while command.child.poll() is None:
-            if time.monotonic() > deadline:
-                command.kill()
-                killed = command.result()
-                raise subprocess.TimeoutExpired(argv, timeout, killed.stdout,
-                                                killed.stderr)
-            await deferLater(reactor, 0.02, lambda: None)
-        return command.result()
+        return await run_forked(argv, env, timeout)
     finally:
         admin.count(time.monotonic() - began)
 

@@ -7,8 +7,9 @@ bricks; a ``dds-admin`` command costs about 0.8 s before it does anything, for t
 reason, and the suite runs a few hundred of those too.  The zygote is one helper process
 per test process that imports those third-party libraries once, then forks a child for
 each brick start or admin command.  The child then does what ``python -m MODULE ARGS``
-(``dds.bricks.main`` or ``dds.tools.admin``) or ``python SCRIPT ARGS`` (the installed
-``dds-admin`` script) does: it runs the module or script as ``__main__`` (``runpy``) with
+(``dds.bricks.main`` or ``dds.tools.admin``), ``python SCRIPT ARGS`` (the installed
+``dds-admin`` script) or ``python -c CODE ARGS`` (a test's client or coordinator program)
+does: it runs the module, script or code as ``__main__`` (``runpy``, ``exec``) with
 the same ``sys.argv``, environment, working directory, ``sys.path[0]``, stdin from
 ``/dev/null``, a session of its own, and stdout/stderr appended to the brick's log file
 (a brick) or written to files the harness reads back as ``subprocess.run`` with
@@ -152,6 +153,14 @@ def _run_child(request: dict[str, Any]) -> None:
         assert target in MODULES, target
         sys.path[0] = os.getcwd()
         runpy.run_module(target, run_name="__main__", alter_sys=True)
+    elif request["run"] == "code":
+        import builtins
+        import types
+        main = types.ModuleType("__main__")
+        main.__builtins__ = builtins        # type: ignore[attr-defined]
+        sys.modules["__main__"] = main
+        sys.path[0] = ""
+        exec(compile(target, "<string>", "exec"), main.__dict__)
     else:
         sys.path[0] = os.path.dirname(os.path.abspath(target))
         runpy.run_path(target, run_name="__main__")
@@ -275,12 +284,14 @@ class Zygote:
 
     def _fork(self, args: list[str], cwd: Path, env: dict[str, str], out: str, err: str
               ) -> ZygoteChild:
-        """Fork ``python -m MODULE ...``, ``python SCRIPT ...`` or ``SCRIPT ...`` (a
-        Python script run by its ``#!`` line) with this interpreter."""
+        """Fork ``python -m MODULE ...``, ``python -c CODE ...``, ``python SCRIPT ...`` or
+        ``SCRIPT ...`` (a Python script run by its ``#!`` line) with this interpreter."""
         if args[1:2] == ["-m"]:
             run, target, sys_argv = "module", args[2], ["-m"] + args[3:]
             if target not in MODULES:
                 raise ValueError(f"the zygote runs {MODULES}, not {target}")
+        elif args[1:2] == ["-c"]:
+            run, target, sys_argv = "code", args[2], ["-c"] + args[3:]
         elif args[0] == sys.executable:
             run, target, sys_argv = "path", args[1], args[1:]
         else:
@@ -304,7 +315,8 @@ class Zygote:
     def command(self, args: list[str], env: dict[str, str], cwd: Path | None = None
                 ) -> Command:
         """Start ``args``, a ``dds-admin`` command (``python -m dds.tools.admin ...`` or
-        ``python .../dds-admin ...``), its output captured."""
+        ``python .../dds-admin ...``) or a client program (``python -c CODE ...``), its
+        output captured."""
         with self._lock:
             self._seq += 1
             base = self._dir / f"{self._seq}.run"
@@ -329,7 +341,7 @@ class Zygote:
 
 
 class Command:
-    """A ``dds-admin`` command forked by the zygote: its process and its output files."""
+    """A command or program forked by the zygote: its process and its output files."""
 
     def __init__(self, args: list[str], child: ZygoteChild, out: Path, err: Path) -> None:
         self.args = args
@@ -368,6 +380,17 @@ def zygote() -> Zygote:
     if _zygote is None:
         _zygote = Zygote()
     return _zygote
+
+
+def run(args: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
+    timeout=timeout)`` for a ``dds-admin`` command or a ``python -c`` program: forked by
+    the zygote when it can be, else exec'd."""
+    if zygote().usable(env):
+        return zygote().run(args, env, timeout, cwd)
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 if __name__ == "__main__":

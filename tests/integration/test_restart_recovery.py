@@ -4,7 +4,6 @@ vote it recorded, with its lock, and resolves it with the other members (termina
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -17,6 +16,7 @@ from twisted.internet import reactor
 from dds.bricks.txlog import undecided_votes
 from dds.failpoints import CRASH_EXIT_CODE
 
+from tests.harness import zygote
 from tests.harness.aio import call, eventually, replica_value, stop
 from tests.harness.cluster import CLUSTER, Cluster
 
@@ -108,10 +108,10 @@ async def test_a_whole_cluster_restart_resolves_a_transaction_prepared_everywher
     cluster = patient_cluster
     await cluster.init(reactor)
     env = dict(os.environ, DDS_FAILPOINTS="coordinator.after_prepare=crash")
-    coordinator = subprocess.run(
+    coordinator = zygote.run(
         [sys.executable, "-c", textwrap.dedent(_COORDINATOR.format(cluster=CLUSTER)),
          ",".join(cluster.seeds), cluster.secret, "in-doubt", "decided-later"],
-        env=env, capture_output=True, text=True, timeout=60)
+        env, timeout=60)
     assert coordinator.returncode == CRASH_EXIT_CODE, coordinator.stderr
     assert not await _nothing_prepared(cluster)       # every member voted YES, no decision
 

@@ -166,3 +166,16 @@ def test_a_forked_admin_command_past_its_timeout_is_killed_and_raises_timeout_ex
         with pytest.raises(subprocess.TimeoutExpired) as info:
             zygote().run(argv, clean_env(), 1.0, tmp_path)
     assert "error" not in (info.value.stderr or "")     # it waited, it did not fail
+
+
+def test_a_forked_python_c_program_gets_its_arguments_a_fresh_main_and_its_exit_status(
+        tmp_path: Path) -> None:
+    code = ("import sys, __main__\n"
+            "print(sys.argv, __main__.__dict__.get('PRELOAD', 'fresh'), sys.path[0] == '')\n"
+            "sys.exit(int(sys.argv[2]))\n")
+    argv = [sys.executable, "-c", code, "an argument", "7"]
+    forked = zygote().run(argv, clean_env(), WAIT_S, tmp_path)
+    exec_d = _exec_d(argv, tmp_path, clean_env())
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        exec_d.returncode, exec_d.stdout, exec_d.stderr) == (
+        7, "['-c', 'an argument', '7'] fresh True\n", "")
