@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 
 from dds.errors import StaleMap
 from dds.lib import DDSClient
 
+from tests.harness import admin, processes
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
+from tests.harness.zygote import zygote
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float,
@@ -99,3 +104,59 @@ async def every_replica_holds(cluster: Cluster, client: DDSClient,
         else:
             raise AssertionError(f"the map of {key!r} stays stale")
         assert all(g[0] == value for _, g in got), (key, got)
+
+
+async def run_forked(argv: list[str], env: dict[str, str],
+                     timeout: float = admin.COMMAND_TIMEOUT_S
+                     ) -> subprocess.CompletedProcess[str]:
+    """``argv`` (a ``dds-admin`` command, or a ``python -c`` program) run to its end
+    without blocking the reactor (the test's writers and clients go on meanwhile), its
+    output captured: forked from the zygote when it can be (``tests/harness/zygote.py``),
+    else exec'd.  A forked one is killed, and ``TimeoutExpired`` raised, after
+    ``timeout``."""
+    if not zygote().usable(env):
+        out, err, code = await getProcessOutputAndValue(argv[0], argv[1:], env=env)
+        return subprocess.CompletedProcess(argv, code, out.decode(errors="replace"),
+                                           err.decode(errors="replace"))
+    command = zygote().command(argv, env)
+    deadline = time.monotonic() + timeout
+    while command.child.poll() is None:
+        if time.monotonic() > deadline:
+            command.kill()
+            killed = command.result()
+            raise subprocess.TimeoutExpired(argv, timeout, killed.stdout, killed.stderr)
+        await deferLater(reactor, 0.02, lambda: None)
+    return command.result()
+
+
+async def run_admin(argv: list[str], env: dict[str, str],
+                    timeout: float = admin.COMMAND_TIMEOUT_S
+                    ) -> subprocess.CompletedProcess[str]:
+    """``tests.harness.admin.run_admin`` without blocking the reactor (``run_forked``),
+    counted."""
+    began = time.monotonic()
+    try:
+        return await run_forked(argv, env, timeout)
+    finally:
+        admin.count(time.monotonic() - began)
+
+
+async def stop(*bricks: BrickProcess, sig: int = signal.SIGTERM,
+               timeout: float = 20.0) -> list[int]:
+    """Signal ``bricks`` together and wait for their exits without blocking the reactor;
+    their exit codes.  A client of this process goes on meanwhile, as a service's would
+    while an operator stops a brick: it sends the COMMITs it had queued, and the bricks
+    need not wait out their shutdown grace (5 s) for a transaction this process had
+    decided, as they do while ``BrickProcess.stop`` blocks it."""
+    began = time.monotonic()
+    try:
+        for b in bricks:
+            if b.alive():
+                b.send_signal(sig)
+
+        async def exited() -> bool:
+            return not any(b.alive() for b in bricks)
+        await eventually(exited, timeout, f"{[b.id for b in bricks]} to exit")
+    finally:
+        processes.stop_seconds += time.monotonic() - began
+    return [b.stop() for b in bricks]        # reaped already: their codes

@@ -13,7 +13,7 @@ from dds.lib import DDSClient
 from dds.rpc import RPCProtocol
 from dds.tools import credfiles
 
-from tests.harness.processes import BrickProcess
+from tests.harness.processes import BrickProcess, stop_all
 
 CLUSTER = "dds"
 
@@ -156,11 +156,8 @@ class Cluster:
         return total
 
     def stop(self) -> None:
-        errors = []
-        for b in self.bricks:
-            try:
-                b.stop()
-            except Exception as e:  # keep stopping the others
-                errors.append(f"{b.id}: {e}")
-        if errors:
-            raise RuntimeError("bricks did not stop cleanly: " + "; ".join(errors))
+        """SIGTERM to every brick at once, then reap them (``stop_all``)."""
+        try:
+            stop_all(self.bricks)
+        except Exception as e:  # the others were killed
+            raise RuntimeError(f"bricks did not stop cleanly: {e}") from e

@@ -17,6 +17,8 @@ from pathlib import Path
 from dds.tools import procs
 from dds.tools.runner import wait_for
 
+from tests.harness.admin import run_admin
+
 ADMIN = Path(sys.executable).with_name("dds-admin")
 COMMAND_TIMEOUT_S = 120
 
@@ -27,8 +29,7 @@ def admin(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
         else [str(ADMIN)]
     full_env = {k: v for k, v in os.environ.items() if k != "DDS_SECRET"}
     full_env.update(env or {})
-    return subprocess.run(argv + list(args), cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=COMMAND_TIMEOUT_S)
+    return run_admin(argv + list(args), full_env, cwd)
 
 
 def recorded(cluster_dir: Path) -> list[tuple[int, int]]:

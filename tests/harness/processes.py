@@ -28,6 +28,9 @@ READY_TIMEOUT_S = 30.0
 #: rather than forked by the zygote (``tests.harness.timing`` reports both).
 starts = 0
 exec_starts = 0
+#: Wall seconds spent in ``BrickProcess.stop`` so far: a brick stopped while a client of
+#: this (blocked) process still holds a COMMIT waits out its shutdown grace (5 s).
+stop_seconds = 0.0
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
@@ -118,15 +121,7 @@ class BrickProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         """Stop the process and reap it; returns its exit code."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-            raise
+        return stop_all([self], sig, timeout)[0]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -144,3 +139,33 @@ class BrickProcess:
             except ValueError:
                 continue
         return out
+
+
+def stop_all(bricks: list[BrickProcess], sig: int = signal.SIGTERM,
+             timeout: float = 20.0) -> list[int]:
+    """Signal every brick, then reap each; their exit codes.  Stopped together, bricks
+    that each wait out their shutdown grace (a transaction still prepared: 5 s) wait it
+    at the same time.  Raises ``TimeoutExpired`` (after killing the rest) for a brick
+    still running ``timeout`` seconds after its signal."""
+    global stop_seconds
+    began = time.monotonic()
+    try:
+        for b in bricks:
+            if b.proc is not None and b.proc.poll() is None:
+                b.proc.send_signal(sig)
+        codes = []
+        for b in bricks:
+            if b.proc is None:
+                codes.append(0)
+                continue
+            try:
+                codes.append(b.proc.wait(max(0.0, began + timeout - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                for other in bricks:
+                    if other.proc is not None and other.proc.poll() is None:
+                        other.proc.kill()
+                        other.proc.wait(timeout)
+                raise
+        return codes
+    finally:
+        stop_seconds += time.monotonic() - began

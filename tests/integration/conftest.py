@@ -68,3 +68,14 @@ def local_cluster(tmp_path: Path) -> Iterator[Path]:
     up --dir``; stopped at the end, also when the test failed."""
     with local_up(tmp_path / "cluster", bricks=3, replication=3, partitions=4) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def shared_local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``local_cluster`` started once for the tests of a module that ask for it: those
+    that only read it (status, dry runs) or write keys of their own and look at deltas
+    (benches).  A test that stops a brick, runs ``local down`` or changes the map gets a
+    ``local_cluster`` of its own."""
+    with local_up(tmp_path_factory.mktemp("shared-local") / "cluster", bricks=3,
+                  replication=3, partitions=4) as made:
+        yield made

@@ -77,7 +77,8 @@ def test_local_up_status_down(local_cluster: Path) -> None:
     assert not local_cluster.exists()
 
 
-def test_second_local_up_does_not_start_another(local_cluster: Path) -> None:
+def test_second_local_up_does_not_start_another(shared_local_cluster: Path) -> None:
+    local_cluster = shared_local_cluster
     before = recorded(local_cluster)
     second = admin("local", "up", "--dir", str(local_cluster), "--bricks", "3")
     assert second.returncode == 0, second.stderr
@@ -184,8 +185,8 @@ BENCH_KEYS = ("get_ops_s", "put_ops_s", "get_p50_ms", "get_p99_ms", "put_p50_ms"
               "cpu_per_put_parallel_to_ack", "bounded_get_ops_s")
 
 
-def test_bench_smoke(local_cluster: Path) -> None:
-    result = admin("bench", "--dir", str(local_cluster), "--seconds", "1", "--keys", "200",
+def test_bench_smoke(shared_local_cluster: Path) -> None:
+    result = admin("bench", "--dir", str(shared_local_cluster), "--seconds", "1", "--keys", "200",
                    "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -198,8 +199,8 @@ def test_bench_smoke(local_cluster: Path) -> None:
 
 
 def test_bench_contention_reports_both_modes_and_no_lost_increment(
-        local_cluster: Path) -> None:
-    result = admin("bench", "--dir", str(local_cluster), "contention", "--seconds", "0.4",
+        shared_local_cluster: Path) -> None:
+    result = admin("bench", "--dir", str(shared_local_cluster), "contention", "--seconds", "0.4",
                    "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

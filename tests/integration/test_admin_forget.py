@@ -8,6 +8,7 @@ import json
 import re
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,28 @@ from dds.tools.runner import wait_for
 from tests.harness.local import admin, local_up, recorded
 
 
-@pytest.fixture
-def retired_b4(tmp_path: Path) -> Iterator[Path]:
-    with local_up(tmp_path / "cluster", bricks=4, replication=2, partitions=4) as cluster_dir:
+@contextmanager
+def _retired_b4(root: Path) -> Iterator[Path]:
+    with local_up(root / "cluster", bricks=4, replication=2, partitions=4) as cluster_dir:
         removed = admin("remove-brick", "b4", "--dir", str(cluster_dir), "--json",
                         "--timeout", "120")
         assert removed.returncode == 0, removed.stdout + removed.stderr
         assert json.loads(removed.stdout)["retired"] == ["b4"]
+        yield cluster_dir
+
+
+@pytest.fixture
+def retired_b4(tmp_path: Path) -> Iterator[Path]:
+    """b4 retired by remove-brick, still running: for a test that stops it or forgets
+    it."""
+    with _retired_b4(tmp_path) as cluster_dir:
+        yield cluster_dir
+
+
+@pytest.fixture(scope="module")
+def still_retired_b4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The same, shared by the tests that are refused and check that nothing changed."""
+    with _retired_b4(tmp_path_factory.mktemp("forget")) as cluster_dir:
         yield cluster_dir
 
 
@@ -45,7 +61,8 @@ def bricks_in_status(cluster_dir: Path) -> list[str]:
     return [b["id"] for b in status(cluster_dir)["bricks"]]
 
 
-def test_forget_brick_refuses_a_retired_brick_that_still_runs(retired_b4: Path) -> None:
+def test_forget_brick_refuses_a_retired_brick_that_still_runs(still_retired_b4: Path) -> None:
+    retired_b4 = still_retired_b4
     fp = status(retired_b4)["map_fp"]
     result = admin("forget-brick", "b4", "--dir", str(retired_b4))
     assert result.returncode == 1
@@ -54,14 +71,16 @@ def test_forget_brick_refuses_a_retired_brick_that_still_runs(retired_b4: Path) 
     assert status(retired_b4)["map_fp"] == fp and "b4" in bricks_in_status(retired_b4)
 
 
-def test_forget_brick_refuses_a_member_of_a_replica_group(retired_b4: Path) -> None:
+def test_forget_brick_refuses_a_member_of_a_replica_group(still_retired_b4: Path) -> None:
+    retired_b4 = still_retired_b4
     result = admin("forget-brick", "b1", "--dir", str(retired_b4))
     assert result.returncode == 1
     assert "error: b1 is still a member of rg" in result.stderr
     assert "remove-brick b1" in result.stderr
 
 
-def test_forget_brick_refuses_an_unknown_brick(retired_b4: Path) -> None:
+def test_forget_brick_refuses_an_unknown_brick(still_retired_b4: Path) -> None:
+    retired_b4 = still_retired_b4
     result = admin("forget-brick", "b9", "--dir", str(retired_b4))
     assert result.returncode == 1 and "not in the map: b9" in result.stderr
 

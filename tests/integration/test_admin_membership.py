@@ -22,6 +22,7 @@ from twisted.internet import reactor
 
 from dds.tools.status import last_exclusions
 
+from tests.harness.admin import run_admin
 from tests.harness.cluster import Cluster
 
 LEASE_MS = 1000
@@ -32,8 +33,8 @@ COMMAND_TIMEOUT_S = 60
 def admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [str(ADMIN)] if ADMIN.exists() else [sys.executable, "-m", "dds.tools.admin"]
     env = {**os.environ, "DDS_ADMIN_SECRET": cluster.admin_secret}
-    return subprocess.run(argv + [args[0], "--seeds", ",".join(cluster.seeds), *args[1:]],
-                          env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    return run_admin(argv + [args[0], "--seeds", ",".join(cluster.seeds), *args[1:]],
+                     env, timeout=COMMAND_TIMEOUT_S)
 
 
 def status_until(cluster: Cluster, done: Any, timeout: float = 10.0) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def rg_of(cluster: Path, pid: str) -> tuple[str, list[str]]:
     return here, [g["name"] for g in rgs if g["name"] != here]
 
 
-def test_move_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:
+def test_move_dry_run_prints_the_plan_and_changes_nothing(shared_local_cluster: Path) -> None:
+    local_cluster = shared_local_cluster
     before = state(local_cluster)
     here, others = rg_of(local_cluster, "p2.1")
     plan = run_json(local_cluster, "move", "p2.1", "--to", others[0], "--dry-run")
@@ -54,7 +55,9 @@ def test_move_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -
     assert state(local_cluster) == before
 
 
-def test_split_dry_run_prints_the_plan_and_changes_nothing(local_cluster: Path) -> None:
+def test_split_dry_run_prints_the_plan_and_changes_nothing(shared_local_cluster: Path
+                                                          ) -> None:
+    local_cluster = shared_local_cluster
     before = state(local_cluster)
     plan = run_json(local_cluster, "split", "p2.1", "--dry-run")
     assert (plan["result"], plan["job"]) == ("planned", None)

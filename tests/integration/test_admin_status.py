@@ -13,11 +13,12 @@ from dds.tools.runner import wait_for
 from tests.harness.local import admin, recorded
 
 
-def test_status_exits_zero_on_a_healthy_cluster(local_cluster: Path) -> None:
+def test_status_exits_zero_on_a_healthy_cluster(shared_local_cluster: Path) -> None:
     for args in (("--json",), ()):
-        result = admin("status", "--dir", str(local_cluster), *args)
+        result = admin("status", "--dir", str(shared_local_cluster), *args)
         assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(admin("status", "--dir", str(local_cluster), "--json").stdout)["ok"]
+    assert json.loads(admin("status", "--dir", str(shared_local_cluster), "--json"
+                           ).stdout)["ok"]
 
 
 def test_status_exits_one_when_a_brick_is_down(local_cluster: Path) -> None:
@@ -42,11 +43,11 @@ def test_status_exits_one_when_no_seed_answers(local_cluster: Path) -> None:
     assert result.stderr.startswith("error:")
 
 
-def test_status_table_names_every_partition_id(local_cluster: Path) -> None:
-    report = json.loads(admin("status", "--dir", str(local_cluster), "--json").stdout)
+def test_status_table_names_every_partition_id(shared_local_cluster: Path) -> None:
+    report = json.loads(admin("status", "--dir", str(shared_local_cluster), "--json").stdout)
     ids = {p for rg in report["rgs"] for p in rg["partition_states"]}
     assert ids == {"p2.0", "p2.1", "p2.2", "p2.3"}
-    human = " ".join(admin("status", "--dir", str(local_cluster)).stdout.split())
+    human = " ".join(admin("status", "--dir", str(shared_local_cluster)).stdout.split())
     assert "partition ids" in human
     for pid in ids:
         assert pid in human

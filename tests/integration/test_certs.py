@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -18,12 +19,14 @@ from cryptography.x509.oid import NameOID
 
 from dds import tls
 
+from tests.harness.admin import run_admin
+
 UTC = datetime.timezone.utc
 
 
 def certs(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dds.tools.admin", "certs",
-                           *map(str, args)], capture_output=True, text=True, timeout=60)
+    return run_admin([sys.executable, "-m", "dds.tools.admin", "certs", *map(str, args)],
+                     dict(os.environ), timeout=60)
 
 
 def mode(path: Path) -> int:

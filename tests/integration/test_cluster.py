@@ -15,6 +15,7 @@ from twisted.internet.defer import DeferredList
 from dds.errors import Exists, VersionMismatch
 from dds.lib import DDSClient
 
+from tests.harness.aio import stop
 from tests.harness.cluster import Cluster
 
 
@@ -139,7 +140,7 @@ async def test_a_brick_restarted_with_sigterm_keeps_its_data(cluster_factory: An
     keys = [b"durable-%d" % i for i in range(300)]
     await _gather([client.put(k, k[::-1]) for k in keys])
     b1 = cluster.brick("b1")
-    assert b1.stop(signal.SIGTERM) == 0
+    assert await stop(b1) == [0]
     assert any(e.get("msg") == "brick b1 stopped cleanly" for e in b1.log_events())
     b1.start()
     b1.wait_ready()

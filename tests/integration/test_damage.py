@@ -10,7 +10,6 @@ acknowledged write is read back at the end from every replica.
 
 from __future__ import annotations
 
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from dds.lib import DDSClient
 from dds.errors import ConnectionLost
-from tests.harness.aio import Background, call, eventually, every_replica_holds
+from tests.harness.aio import Background, call, eventually, every_replica_holds, stop
 from tests.harness.cluster import Cluster
 from tests.harness.processes import BrickProcess
 from tests.integration.test_scrub import scrub
@@ -176,7 +175,7 @@ async def test_a_brick_with_an_unreadable_partition_file_starts_and_recopies_it(
     client = await cluster.client(reactor, timeout=10.0)
     written = await fill(client)
     victim = cluster.brick(VICTIM)
-    assert victim.stop(signal.SIGTERM) == 0
+    assert await stop(victim) == [0]
     path = victim.data_dir / f"{DAMAGED}.sqlite"
     damage(path)
 
@@ -210,7 +209,7 @@ async def test_a_partition_file_found_unreadable_by_a_read_is_set_aside_and_reco
     written = await fill(client)
     await log_past(cluster, client, written, DAMAGED)
     victim = cluster.brick(VICTIM)
-    assert victim.stop(signal.SIGTERM) == 0
+    assert await stop(victim) == [0]
     break_table(victim.data_dir / f"{DAMAGED}.sqlite")
     victim.start()
     victim.wait_ready()
@@ -266,7 +265,7 @@ async def test_scrub_fix_repairs_an_unreadable_replica(cluster_factory: Any) -> 
     written = await fill(client, 200)
     await log_past(cluster, client, written, DAMAGED)
     victim = cluster.brick(VICTIM)
-    assert victim.stop(signal.SIGTERM) == 0
+    assert await stop(victim) == [0]
     break_table(victim.data_dir / f"{DAMAGED}.sqlite")
     victim.start()
     victim.wait_ready()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dds.bricks.txlog import WRITE, log_files, read_batches
 from dds.errors import DDSError
 from dds.failpoints import CRASH_EXIT_CODE
 
+from tests.harness import zygote
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess, wait_until
@@ -149,10 +149,10 @@ async def test_a_coordinator_crashing_after_its_decision_is_resolved_by_terminat
 
     env = {k: v for k, v in os.environ.items() if k != failpoints.ENV_VAR}
     env[failpoints.ENV_VAR] = "coordinator.after_decision=crash"
-    coordinator = subprocess.run(
+    coordinator = zygote.run(
         [sys.executable, "-c", textwrap.dedent(_CLIENT.format(cluster=CLUSTER)),
          ",".join(cluster.seeds), cluster.secret, key.decode(), "new"],
-        env=env, capture_output=True, text=True, timeout=60)
+        env, timeout=60)
     assert coordinator.returncode == CRASH_EXIT_CODE, coordinator.stderr
     assert coordinator.stdout.split() == ["connected"]            # put never returned
     assert "failpoint coordinator.after_decision: crash" in coordinator.stderr

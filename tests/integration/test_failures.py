@@ -40,14 +40,13 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from dds import failpoints
 from dds.errors import DDSError, Refused, StaleMap
 from dds.failpoints import CRASH_EXIT_CODE
 from dds.records import RGRecord, record_from_wire
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness.aio import call, eventually, replica_value, run_forked
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess
 from tests.harness.writers import (
@@ -223,22 +222,6 @@ _COORDINATOR = """
 """
 
 
-class _Coordinator(ProcessProtocol):
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.err = bytearray()
-        self.ended: Deferred[int | None] = Deferred()
-
-    def outReceived(self, data: bytes) -> None:
-        self.out += data
-
-    def errReceived(self, data: bytes) -> None:
-        self.err += data
-
-    def processEnded(self, reason: Any) -> None:
-        self.ended.callback(getattr(reason.value, "exitCode", None))
-
-
 @pytest.fixture(scope="module")
 def coordinator_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One cluster for all 60 runs (the map is pushed by the first test that runs)."""
@@ -262,21 +245,19 @@ async def _crash_once(cluster: Cluster, client: Any, name: str, key: bytes,
     env[failpoints.ENV_VAR] = f"{name}=crash"
     script = textwrap.dedent(_COORDINATOR.format(cluster=CLUSTER,
                                                  timeout=COORDINATOR_TIMEOUT_S))
-    proto = _Coordinator()
     history.invoke("put", key, b"new")           # never completes: indeterminate
-    reactor.spawnProcess(proto, sys.executable,
-                         [sys.executable, "-c", script, ",".join(cluster.seeds),
-                          cluster.secret, key.decode(), "new"], env=env)
-    code = await proto.ended
+    done = await run_forked([sys.executable, "-c", script, ",".join(cluster.seeds),
+                             cluster.secret, key.decode(), "new"], env)
+    code = done.returncode
     t0 = time.monotonic()
     h = history.invoke("get", key)
     got = await client.get(key, timeout=10.0)
     took = time.monotonic() - t0
     history.complete(h, "ok", result_value=got.value, result_version=got.version)
-    err = proto.err.decode(errors="replace")
+    err = done.stderr
     assert code == CRASH_EXIT_CODE, (key, code, err[-2000:])
     assert f"failpoint {name}: crash" in err, err[-2000:]
-    assert proto.out.decode().split() == ["connected"]      # the put never returned
+    assert done.stdout.split() == ["connected"]      # the put never returned
     return took
 
 

@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from dds.tools.cluster import Target, fetch_map, parse_seeds
 from dds.tools.jobs import Job, brick_addresses, unfinished_jobs
 
+from tests.harness.admin import run_admin
 from tests.harness.cluster import CLUSTER, Cluster
 
 ADMIN = Path(sys.executable).with_name("dds-admin")
@@ -33,8 +34,8 @@ PLAN = {"pid": "p1.0", "from": "rg1", "to": "rg2",
 def admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     argv = [str(ADMIN)] if ADMIN.exists() else [sys.executable, "-m", "dds.tools.admin"]
     env = {**os.environ, "DDS_ADMIN_SECRET": cluster.admin_secret}
-    return subprocess.run(argv + [args[0], "--seeds", ",".join(cluster.seeds), *args[1:]],
-                          env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    return run_admin(argv + [args[0], "--seeds", ",".join(cluster.seeds), *args[1:]],
+                     env, timeout=COMMAND_TIMEOUT_S)
 
 
 def admin_json(cluster: Cluster, *args: str) -> dict[str, Any]:

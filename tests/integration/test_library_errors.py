@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from dds.errors import AuthenticationFailed, Unavailable
 from dds.lib import DDSClient
 
-from tests.harness.aio import call, eventually
+from tests.harness.aio import call, eventually, stop
 from tests.harness.cluster import CLUSTER
 
 #: Far below the client's timeout: "fails fast" means without waiting for it.
@@ -45,8 +45,7 @@ async def _down_cluster(cluster_factory: Any) -> tuple[Any, DDSClient]:
     await cluster.init(reactor)
     client = await cluster.client(reactor, timeout=10.0)
     await client.put(b"k", b"v")
-    for brick in cluster.bricks:
-        brick.stop()
+    await stop(*cluster.bricks)
 
     async def all_closed() -> bool:
         return not client.connections.open
@@ -88,8 +87,7 @@ async def test_a_get_still_succeeds_while_one_replica_answers(cluster_factory: A
     await cluster.init(reactor)
     client = await cluster.client(reactor, timeout=10.0)
     await client.put(b"k", b"v")
-    cluster.brick("b1").stop()
-    cluster.brick("b2").stop()
+    await stop(cluster.brick("b1"), cluster.brick("b2"))
     assert (await client.get(b"k")).value == b"v"
     await client.close()
 

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 
 from dds.errors import NotServing, Refused
 
-from tests.harness.aio import call, replica_value
+from tests.harness.aio import call, replica_value, stop
 from tests.harness.cluster import Cluster
 
 WAIT_S = 30.0
@@ -135,8 +135,7 @@ async def test_a_restarted_whole_cluster_serves_again(cluster_factory: Any) -> N
     client = await cluster.client(reactor, timeout=10.0)
     assert await client.put(b"k", b"kept") == 1
     await client.close()
-    for b in cluster.bricks:
-        b.stop(signal.SIGTERM)
+    await stop(*cluster.bricks)             # the whole cluster at once
     for b in cluster.bricks:
         b.start()
     for b in cluster.bricks:

@@ -39,7 +39,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.utils import getProcessOutputAndValue
 
 from dds import failpoints
 from dds.lib import DDSClient
@@ -49,7 +48,7 @@ from dds.tools.cluster import Target
 from dds.tools.move import move
 from dds.tools.split import reshape
 
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness.aio import call, eventually, replica_value, run_admin
 from tests.harness.cluster import CLUSTER, Cluster
 from tests.harness.processes import BrickProcess
 from tests.harness.writers import (Writers, checksums, make_cluster, nothing_prepared,
@@ -131,11 +130,10 @@ async def _admin(cluster: Cluster, *args: str,
     secret = cluster.root / "secrets" / "admin"
     base = {k: v for k, v in os.environ.items()
             if k not in ("DDS_SECRET", failpoints.ENV_VAR)}
-    argv = ["-m", "dds.tools.admin", *args, "--seeds",
+    argv = [sys.executable, "-m", "dds.tools.admin", *args, "--seeds",
             ",".join(b.address for b in cluster.bricks), "--secret-file", str(secret)]
-    out, err, code = await getProcessOutputAndValue(sys.executable, argv,
-                                                    env={**base, **(env or {})})
-    return code, out.decode(errors="replace"), err.decode(errors="replace")
+    done = await run_admin(argv, {**base, **(env or {})})
+    return done.returncode, done.stdout, done.stderr
 
 
 async def _true(value: bool) -> bool:

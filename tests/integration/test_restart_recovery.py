@@ -4,8 +4,6 @@ vote it recorded, with its lock, and resolves it with the other members (termina
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,7 +16,8 @@ from twisted.internet import reactor
 from dds.bricks.txlog import undecided_votes
 from dds.failpoints import CRASH_EXIT_CODE
 
-from tests.harness.aio import call, eventually, replica_value
+from tests.harness import zygote
+from tests.harness.aio import call, eventually, replica_value, stop
 from tests.harness.cluster import CLUSTER, Cluster
 
 WAIT_S = 30.0
@@ -109,15 +108,14 @@ async def test_a_whole_cluster_restart_resolves_a_transaction_prepared_everywher
     cluster = patient_cluster
     await cluster.init(reactor)
     env = dict(os.environ, DDS_FAILPOINTS="coordinator.after_prepare=crash")
-    coordinator = subprocess.run(
+    coordinator = zygote.run(
         [sys.executable, "-c", textwrap.dedent(_COORDINATOR.format(cluster=CLUSTER)),
          ",".join(cluster.seeds), cluster.secret, "in-doubt", "decided-later"],
-        env=env, capture_output=True, text=True, timeout=60)
+        env, timeout=60)
     assert coordinator.returncode == CRASH_EXIT_CODE, coordinator.stderr
     assert not await _nothing_prepared(cluster)       # every member voted YES, no decision
 
-    for b in cluster.bricks:
-        assert b.stop(signal.SIGTERM) == 0
+    assert await stop(*cluster.bricks) == [0, 0, 0]     # the whole cluster at once
     for b in cluster.bricks:
         b.start()
     for b in cluster.bricks:

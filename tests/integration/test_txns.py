@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from dds.maps import ClusterMap
 from dds import failpoints
 from dds.failpoints import CRASH_EXIT_CODE
 
+from tests.harness import zygote
 from tests.harness.admin import admin, admin_json
 from tests.harness.aio import call, eventually, replica_value
 from tests.harness.cluster import CLUSTER, Cluster
@@ -52,10 +52,10 @@ def crash_a_coordinator_after_prepare(cluster: Cluster) -> None:
     """A client process that dies once every member voted YES on its put of KEY."""
     env = {k: v for k, v in os.environ.items() if k != failpoints.ENV_VAR}
     env[failpoints.ENV_VAR] = "coordinator.after_prepare=crash"
-    coordinator = subprocess.run(
+    coordinator = zygote.run(
         [sys.executable, "-c", textwrap.dedent(_COORDINATOR.format(cluster=CLUSTER)),
          ",".join(cluster.seeds), cluster.secret, KEY.decode(), VALUE.decode()],
-        env=env, capture_output=True, text=True, timeout=60)
+        env, timeout=60)
     assert coordinator.returncode == CRASH_EXIT_CODE, coordinator.stderr
 
 

@@ -1,12 +1,14 @@
 """The harness's forked bricks (``tests/harness/zygote.py``) are started, seen and
 stopped as exec'd ones are: the same argv, environment, working directory, log file,
-session, signals and exit statuses."""
+session, signals and exit statuses; its forked ``dds-admin`` commands print and exit as
+exec'd ones do."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from dds import failpoints
+from tests.harness.admin import clean_env
 from tests.harness.processes import BrickProcess, wait_until
-from tests.harness.zygote import PRELOAD, ZygoteChild
+from tests.harness.zygote import PRELOAD, ZygoteChild, zygote
 
 WAIT_S = 60.0
 
@@ -110,3 +113,69 @@ def test_the_zygote_imports_no_dds_module_and_no_reactor() -> None:
     loaded = json.loads(out.stdout)
     assert not [m for m in loaded if m == "dds" or m.startswith("dds.")]
     assert "twisted.internet.reactor" not in loaded
+
+
+# -- dds-admin commands ----------------------------------------------------------------------
+
+def _exec_d(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=WAIT_S)
+
+
+@pytest.mark.parametrize("how", ["module", "script"])
+def test_a_forked_admin_command_prints_and_exits_as_the_exec_d_one(
+        tmp_path: Path, how: str) -> None:
+    """``python -m dds.tools.admin`` or the installed ``dds-admin`` script: the same
+    stdout (the usage line names the program as the command line did), stderr and exit
+    status, for a command that succeeds and one that fails."""
+    script = str(Path(sys.executable).with_name("dds-admin"))
+    start = [sys.executable, "-m", "dds.tools.admin"] if how == "module" else [script]
+    env = clean_env()
+    for args in (["--help"], ["status", "--seeds", "127.0.0.1:1", "--secret-file",
+                              str(tmp_path / "missing")]):
+        forked = zygote().run(start + args, env, WAIT_S, tmp_path)
+        exec_d = _exec_d(start + args, tmp_path, env)
+        assert (forked.returncode, forked.stdout, forked.stderr) == (
+            exec_d.returncode, exec_d.stdout, exec_d.stderr)
+    assert "Usage: " + ("python -m dds.tools.admin" if how == "module" else "dds-admin") \
+        in zygote().run(start + ["--help"], env, WAIT_S, tmp_path).stdout
+
+
+def test_a_forked_admin_command_reads_dds_failpoints_from_its_environment(
+        tmp_path: Path) -> None:
+    """Read when ``dds.failpoints`` is imported: in the child, not the zygote."""
+    env = {**clean_env(), failpoints.ENV_VAR: "no.such=crash"}
+    done = zygote().run([sys.executable, "-m", "dds.tools.admin", "--help"], env, WAIT_S,
+                        tmp_path)
+    assert done.returncode != 0 and "no.such" in done.stderr, done
+
+
+def test_a_forked_admin_command_past_its_timeout_is_killed_and_raises_timeout_expired(
+        tmp_path: Path) -> None:
+    """A brick that never answers the handshake (a socket nobody accepts on): the
+    command waits for it, and is killed at the timeout as ``subprocess.run`` kills."""
+    (tmp_path / "secret").write_text("x" * 40)
+    (tmp_path / "secret").chmod(0o600)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        argv = [sys.executable, "-m", "dds.tools.admin", "status", "--seeds",
+                f"127.0.0.1:{port}", "--secret-file", str(tmp_path / "secret"),
+                "--timeout", "600"]
+        with pytest.raises(subprocess.TimeoutExpired) as info:
+            zygote().run(argv, clean_env(), 1.0, tmp_path)
+    assert "error" not in (info.value.stderr or "")     # it waited, it did not fail
+
+
+def test_a_forked_python_c_program_gets_its_arguments_a_fresh_main_and_its_exit_status(
+        tmp_path: Path) -> None:
+    code = ("import sys, __main__\n"
+            "print(sys.argv, __main__.__dict__.get('PRELOAD', 'fresh'), sys.path[0] == '')\n"
+            "sys.exit(int(sys.argv[2]))\n")
+    argv = [sys.executable, "-c", code, "an argument", "7"]
+    forked = zygote().run(argv, clean_env(), WAIT_S, tmp_path)
+    exec_d = _exec_d(argv, tmp_path, clean_env())
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        exec_d.returncode, exec_d.stdout, exec_d.stderr) == (
+        7, "['-c', 'an argument', '7'] fresh True\n", "")

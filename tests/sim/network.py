@@ -66,6 +66,8 @@ from dds.records import (BrickRecord, ClusterRecord, Member, PartitionEntry, Rec
                          RGRecord)
 from dds.rpc import Handler, RPCProtocol
 
+from tests.sim.clock import SimClock, earliest
+
 __all__ = ["MemoryNetwork", "Connection", "SimCluster", "SimulationError", "CLIENT", "SERVER",
            "as_deferred"]
 
@@ -442,7 +444,7 @@ class MemoryNetwork:
     # -- the pump ------------------------------------------------------------------------
 
     def _next_time(self) -> float | None:
-        times = [c.getTime() for c in self.clock.getDelayedCalls()]
+        times = [t for t in (earliest(self.clock),) if t is not None]
         if self._events:
             times.append(self._events[0][0])
         return min(times) if times else None
@@ -463,7 +465,8 @@ class MemoryNetwork:
         steps = 0
         while True:
             now = self.clock.seconds()
-            timers = any(c.getTime() <= now for c in self.clock.getDelayedCalls())
+            due = earliest(self.clock)
+            timers = due is not None and due <= now
             if timers:
                 self.clock.advance(0)
             batch: list[_Event] = []
@@ -571,7 +574,7 @@ class SimCluster:
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
         self.config_overrides = config or {}
-        self.clock = Clock()
+        self.clock = SimClock()
         self.rng = random.Random(seed)
         self.net = MemoryNetwork(self.clock, self.rng, latency=latency, jitter=jitter)
         self.bricks: list[Brick] = [self.add_brick(i) for i in range(n)]
