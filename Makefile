@@ -30,14 +30,16 @@ status: install
 	$(BIN)/dds-admin local status
 
 # The suite runs in TEST_JOBS pytest-xdist workers, one test file at a time per worker
-# (--dist loadfile: a file's module-scoped cluster stays in one worker); TEST_JOBS=0 runs
-# it in this process alone.  Bytecode caches are written even where the environment says
+# (--dist loadfile: a file's module-scoped cluster stays in one worker), the longest files
+# first (tests/harness/order.py; --no-loadscope-reorder keeps that order instead of
+# xdist's, by number of tests); TEST_JOBS=0 runs it in this process alone.  Bytecode caches are written even where the environment says
 # PYTHONDONTWRITEBYTECODE: without them every brick, admin command and client process the
 # suite starts compiles DDS's sources again (~0.3 s of CPU each, hundreds of times), and
 # pytest rewrites every test module again in each worker (docs/verification.md).
 TEST_JOBS ?= 2
 test: install
-	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20 tests
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile \
+	    --no-loadscope-reorder --durations=20 tests
 	PYTHON=$(BIN)/python scripts/typecheck
 
 unit: install

@@ -8,7 +8,7 @@ watched as a whole (``--durations``)."""
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["tests.harness.timing"]
+pytest_plugins = ["tests.harness.timing", "tests.harness.order"]
 
 settings.register_profile("dds", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("dds")
